@@ -1,0 +1,20 @@
+"""lgd: large-stepsize gradient descent on two-layer networks, fast and exact.
+
+>>> import lgd
+>>> X, y = lgd.data.xor()
+>>> run = lgd.gd(X, y, lgd.TwoLayerNet(32), "logistic", stepsize=20.0, steps=2000)   # doctest: +SKIP
+>>> run.phase.transition_step                                                        # doctest: +SKIP
+
+Importing lgd loads numpy only: numba and cupy are imported when a backend first needs them.
+"""
+
+from . import activations, data, losses
+from .backends import BackendUnavailable
+from .driver import gd, sweep
+from .models import Linear, TwoLayerNet
+from .results import Phase, Run, Sweep, load
+
+__version__ = "0.1.0"
+
+__all__ = ["gd", "sweep", "TwoLayerNet", "Linear", "Run", "Sweep", "Phase", "load", "BackendUnavailable",
+           "activations", "losses", "data", "__version__"]

@@ -1,0 +1,45 @@
+"""Name parsing shared by the activation and loss catalogs.
+
+A catalog entry is chosen by an object, a bare name (``'logistic'``) or a name with its
+one parameter (``'leaky_softplus(0.3)'``, ``'flattened_exponential(2)'``). Only the parsing
+lives here; the formulas live in :mod:`lgd.activations` and :mod:`lgd.losses`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+_SPEC = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(\s*([^()]*?)\s*\))?\s*$")
+
+
+def parse_spec(spec: str, kind: str, factories: dict):
+    """Build the catalog entry named by ``spec`` (``'name'`` or ``'name(param)'``)."""
+    match = _SPEC.match(spec)
+    if match is None:
+        raise ValueError(f"cannot parse {kind} {spec!r}; expected 'name' or 'name(param)', "
+                         f"one of {sorted(factories)}")
+    name, arg = match.group(1), match.group(2)
+    if name not in factories:
+        raise ValueError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(factories))}")
+    if arg is None or arg == "":
+        return factories[name]()
+    try:
+        value = float(arg)
+    except ValueError:
+        raise ValueError(f"{kind} {name!r}: parameter {arg!r} is not a number") from None
+    try:
+        return factories[name](value)
+    except TypeError:
+        raise ValueError(f"{kind} {name!r} takes no parameter, got {spec!r}") from None
+
+
+def check_param(value: float, kind: str, name: str, *, low: float, high: float = math.inf,
+                low_open: bool = True) -> float:
+    """Return ``value`` as a float after checking it lies in the entry's valid range."""
+    value = float(value)
+    above = value > low if low_open else value >= low
+    if not (math.isfinite(value) and above and value <= high):
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{kind} {name}: parameter must lie in {bracket}{low}, {high}], got {value}")
+    return value

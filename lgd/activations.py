@@ -1,0 +1,276 @@
+"""Activation functions phi with phi' and phi'' in numpy: the oracle every backend matches.
+
+Each activation is a small object with ``phi``, ``dphi`` and ``ddphi`` acting elementwise on
+numpy arrays and keeping their dtype (float32 stays float32). ``code`` and ``param`` are what the
+compiled kernels are specialised on; the formulas here are the single source of truth for them.
+
+Every formula is overflow-safe: softplus is max(z, 0) + log1p(exp(-|z|)) and the sigmoid never
+exponentiates a positive number, so |z| up to 1e6 (and beyond) gives finite values.
+
+>>> import numpy as np, lgd
+>>> act = lgd.activations.get("leaky_softplus(0.5)")
+>>> float(act.phi(np.array(0.0)))  # 0.5 * 0 + 0.5 * log 2
+0.34657359027997264
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._catalog import check_param, parse_spec
+
+__all__ = ["Activation", "get", "NAMES", "sigmoid", "softplus",
+           "identity", "relu", "leaky_relu", "softplus_activation", "leaky_softplus",
+           "gelu", "silu", "tanh"]
+
+# Integer codes the compiled kernels branch on at compile time (see kernels/).
+IDENTITY, RELU, LEAKY_RELU, SOFTPLUS, LEAKY_SOFTPLUS, GELU, SILU, TANH = range(8)
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def sigmoid(z):
+    """Logistic sigmoid 1 / (1 + e^-z), computed from e^-|z| so that it never overflows."""
+    z = np.asarray(z)
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def softplus(z):
+    """log(1 + e^z) = max(z, 0) + log1p(e^-|z|): exact to rounding for every finite z."""
+    z = np.asarray(z)
+    return np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))
+
+
+def _erfc(x):
+    """Complementary error function elementwise, keeping the dtype (scipy when installed)."""
+    x = np.asarray(x)
+    try:
+        from scipy.special import erfc
+    except ImportError:
+        return np.frompyfunc(math.erfc, 1, 1)(x).astype(x.dtype)
+    return erfc(x).astype(x.dtype, copy=False)
+
+
+class Activation:
+    """An activation phi with its first two derivatives (numpy, elementwise)."""
+
+    name: str = ""
+    code: int = -1
+    param: float = 0.0
+
+    def phi(self, z):
+        raise NotImplementedError
+
+    def dphi(self, z):
+        raise NotImplementedError
+
+    def ddphi(self, z):
+        raise NotImplementedError
+
+    @property
+    def spec(self) -> str:
+        """The string that names this activation, parameter included."""
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"Activation({self.spec!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Activation) and (self.code, self.param) == (other.code, other.param)
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.param))
+
+
+class identity(Activation):
+    """phi(z) = z."""
+
+    name, code = "identity", IDENTITY
+
+    def phi(self, z):
+        return np.array(z, copy=True)
+
+    def dphi(self, z):
+        return np.ones_like(z)
+
+    def ddphi(self, z):
+        return np.zeros_like(z)
+
+
+class leaky_relu(Activation):
+    """phi(z) = max(z, c z) for 0 <= c < 1 (c = 0 is the ReLU); phi'(0) is taken as c."""
+
+    name, code = "leaky_relu", LEAKY_RELU
+
+    def __init__(self, c: float = 0.01):
+        self.param = check_param(c, "activation", self.name, low=0.0, high=1.0, low_open=False)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}({self.param:g})"
+
+    def phi(self, z):
+        z = np.asarray(z)
+        return np.where(z > 0, z, z * z.dtype.type(self.param))
+
+    def dphi(self, z):
+        z = np.asarray(z)
+        return np.where(z > 0, z.dtype.type(1), z.dtype.type(self.param))
+
+    def ddphi(self, z):
+        return np.zeros_like(z)
+
+
+class relu(leaky_relu):
+    """phi(z) = max(z, 0), the homogeneous activation of the NTK setting; phi'(0) = 0."""
+
+    name, code = "relu", RELU
+
+    def __init__(self):
+        self.param = 0.0
+
+    @property
+    def spec(self) -> str:
+        return self.name
+
+
+class softplus_activation(Activation):
+    """phi(z) = log(1 + e^z); phi' = sigmoid(z); phi'' = sigmoid(z) sigmoid(-z)."""
+
+    name, code = "softplus", SOFTPLUS
+
+    def phi(self, z):
+        return softplus(z)
+
+    def dphi(self, z):
+        return sigmoid(z)
+
+    def ddphi(self, z):
+        return sigmoid(z) * sigmoid(-np.asarray(z))
+
+
+class leaky_softplus(Activation):
+    """phi(z) = c z + (1 - c) softplus(z) (Cai et al., Example 3.1); phi' lies in [c, 1].
+
+    The experiments of Cai et al. use c = 0.5, the default.
+    """
+
+    name, code = "leaky_softplus", LEAKY_SOFTPLUS
+
+    def __init__(self, c: float = 0.5):
+        self.param = check_param(c, "activation", self.name, low=0.0, high=1.0, low_open=False)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}({self.param:g})"
+
+    def phi(self, z):
+        z = np.asarray(z)
+        c = z.dtype.type(self.param)
+        return c * z + (1 - c) * softplus(z)
+
+    def dphi(self, z):
+        z = np.asarray(z)
+        c = z.dtype.type(self.param)
+        return c + (1 - c) * sigmoid(z)
+
+    def ddphi(self, z):
+        z = np.asarray(z)
+        c = z.dtype.type(self.param)
+        return (1 - c) * sigmoid(z) * sigmoid(-z)
+
+
+class gelu(Activation):
+    """Exact GELU: phi(z) = z Phi(z) with Phi the standard normal CDF (through erfc).
+
+    phi' = Phi(z) + z N(z); phi'' = N(z) (2 - z^2), N the standard normal density.
+    """
+
+    name, code = "gelu", GELU
+
+    @staticmethod
+    def _cdf(z):
+        return 0.5 * _erfc(-z * z.dtype.type(_INV_SQRT2))
+
+    @staticmethod
+    def _pdf(z):
+        # Beyond |z| = 40 the density is below 1e-300: write 0 so that z^2 cannot turn it into nan.
+        return np.where(np.abs(z) < 40, np.exp(-0.5 * np.minimum(z * z, 3200)), 0) * z.dtype.type(_INV_SQRT2PI)
+
+    def phi(self, z):
+        z = np.asarray(z)
+        return z * self._cdf(z)
+
+    def dphi(self, z):
+        z = np.asarray(z)
+        return self._cdf(z) + np.where(np.abs(z) < 40, z, 0) * self._pdf(z)
+
+    def ddphi(self, z):
+        z = np.asarray(z)
+        zc = np.where(np.abs(z) < 40, z, 0)
+        return self._pdf(z) * (2 - zc * zc)
+
+
+class silu(Activation):
+    """SiLU (swish): phi(z) = z sigmoid(z); phi' = s + z s (1 - s); phi'' = s (1 - s) (2 + z (1 - 2 s))."""
+
+    name, code = "silu", SILU
+
+    def phi(self, z):
+        z = np.asarray(z)
+        return z * sigmoid(z)
+
+    def dphi(self, z):
+        z = np.asarray(z)
+        s, t = sigmoid(z), sigmoid(-z)
+        return s + z * s * t
+
+    def ddphi(self, z):
+        z = np.asarray(z)
+        s, t = sigmoid(z), sigmoid(-z)
+        return s * t * (2 + z * (t - s))
+
+
+class tanh(Activation):
+    """phi(z) = tanh z; phi' = 1 - tanh^2 z; phi'' = -2 tanh z (1 - tanh^2 z)."""
+
+    name, code = "tanh", TANH
+
+    def phi(self, z):
+        return np.tanh(z)
+
+    def dphi(self, z):
+        t = np.tanh(z)
+        return 1 - t * t
+
+    def ddphi(self, z):
+        t = np.tanh(z)
+        return -2 * t * (1 - t * t)
+
+
+_FACTORIES = {
+    "identity": identity,
+    "relu": relu,
+    "leaky_relu": leaky_relu,
+    "softplus": softplus_activation,
+    "leaky_softplus": leaky_softplus,
+    "gelu": gelu,
+    "silu": silu,
+    "swish": silu,
+    "tanh": tanh,
+}
+
+NAMES = tuple(name for name in _FACTORIES if name != "swish")
+
+
+def get(spec) -> Activation:
+    """The activation named by ``spec``: an :class:`Activation`, ``'name'`` or ``'name(param)'``."""
+    if isinstance(spec, Activation):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"activation must be a name or an lgd.activations.Activation, got {type(spec).__name__}")
+    return parse_spec(spec, "activation", _FACTORIES)

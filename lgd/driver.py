@@ -1,0 +1,290 @@
+"""The GD driver: :func:`gd` (one run) and :func:`sweep` (a grid of stepsizes and seeds).
+
+This is where inputs are checked, initial weights drawn, the backend chosen and the run advanced
+in chunks (for the progress bar, for Ctrl-C and so that a diverging run stops early). The
+per-step work is entirely the backend's; see :mod:`lgd.backends` for that contract.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+import time
+from numbers import Integral, Real
+
+import numpy as np
+
+from . import backends as _backends
+from . import losses as _losses
+from .backends import Problem, State, Trace, record_steps
+from .models import TwoLayerNet
+from .results import Run, Sweep
+
+__all__ = ["gd", "sweep"]
+
+# Entries of neuron margins (configs x records x width) recorded without being asked for.
+NEURON_BUDGET = 1 << 24
+# Wall time one chunk aims at: short enough for a live progress bar and a prompt Ctrl-C.
+CHUNK_SECONDS = 0.25
+
+
+def gd(X, y, model, loss="logistic", stepsize=1.0, steps=1000, *, init="normal", init_scale=1.0, seed=0,
+       record_every=1, backend="auto", dtype=None, X_test=None, y_test=None, progress=None,
+       neuron_margins=None) -> Run:
+    """Full-batch gradient descent W_{t+1} = W_t - stepsize * grad L(W_t) for ``steps`` steps.
+
+    Parameters
+    ----------
+    X, y : arrays (n, d) and (n,)
+        Training data; labels in {+1, -1} for the margin losses, real targets for ``'squared'``.
+    model : lgd.TwoLayerNet or lgd.Linear
+    loss : str or lgd.losses.Loss
+        ``'logistic'``, ``'exponential'``, ``'flattened_exponential(a)'``, ``'flattened_polynomial(a)'``
+        or ``'squared'``.
+    stepsize : float > 0
+        The constant stepsize eta (runtime data: any value, no recompilation).
+    steps : int >= 1
+        Number of GD steps T; metrics are recorded at steps 0, k, 2k, ... and T (k = ``record_every``).
+    init : 'normal' | 'zeros' | array
+        W_0 ~ N(0, init_scale^2) elementwise (from ``seed``), zero, or the array given
+        (shape (width, d), or (d,) for lgd.Linear).
+    backend : 'auto' | 'numpy' | 'numba' | 'cupy'
+        ``'auto'`` takes cupy with a usable GPU, else numba when installed, else numpy. A backend
+        named explicitly that cannot run raises :class:`lgd.BackendUnavailable`.
+    dtype : None | 'float64' | 'float32'
+        Precision of the whole run; None keeps float32 input as float32 and uses float64 otherwise.
+    X_test, y_test : arrays, optional
+        Held-out data: ``test_risk`` and ``test_accuracy`` are recorded with the other metrics.
+    progress : None | bool
+        A tqdm progress bar; None shows one only when stderr is a terminal.
+    neuron_margins : None | bool
+        Record per-neuron margins; None records them when they take at most 2^24 numbers.
+
+    Returns
+    -------
+    lgd.Run
+        Host numpy traces, final weights, ``status`` ('completed', 'diverged' or 'interrupted'),
+        timing and :attr:`lgd.Run.phase`.
+
+    Examples
+    --------
+    >>> import lgd
+    >>> X, y = lgd.data.xor(n=40)
+    >>> run = lgd.gd(X, y, lgd.TwoLayerNet(16), stepsize=2.0, steps=200, backend="numpy")
+    >>> run.status, bool(run.risk[-1] < run.risk[0])
+    ('completed', True)
+    """
+    stepsize = _check_stepsize(stepsize, "stepsize")
+    result = sweep(X, y, model, loss, stepsizes=[stepsize], steps=steps, seeds=(seed,), init=init,
+                   init_scale=init_scale, record_every=record_every, backend=backend, dtype=dtype,
+                   X_test=X_test, y_test=y_test, progress=progress, neuron_margins=neuron_margins)
+    return result[0]
+
+
+def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,), *, init="normal",
+          init_scale=1.0, record_every=1, backend="auto", dtype=None, X_test=None, y_test=None,
+          progress=None, neuron_margins=None) -> Sweep:
+    """GD for every (stepsize, seed) pair on the same data, in one batched backend call.
+
+    Configs are ordered stepsize-major: config i has ``stepsizes[i // len(seeds)]`` and
+    ``seeds[i % len(seeds)]``. Arguments are those of :func:`gd`; every trace of the result has a
+    leading config axis.
+
+    >>> import lgd
+    >>> X, y = lgd.data.xor(n=40)
+    >>> result = lgd.sweep(X, y, lgd.TwoLayerNet(8), "logistic", stepsizes=[0.5, 4.0], steps=50,
+    ...                    seeds=(0, 1), backend="numpy")
+    >>> result.risk.shape
+    (4, 51)
+    """
+    if not isinstance(model, TwoLayerNet):
+        raise TypeError(f"model must be an lgd.TwoLayerNet or lgd.Linear, got {type(model).__name__}")
+    loss = _losses.get(loss)
+    dtype = _check_dtype(dtype, X)
+    X, y = _check_data(X, y, loss, dtype, "X", "y")
+    if (X_test is None) != (y_test is None):
+        raise ValueError("give both X_test and y_test, or neither")
+    if X_test is not None:
+        X_test, y_test = _check_data(X_test, y_test, loss, dtype, "X_test", "y_test")
+        if X_test.shape[1] != X.shape[1]:
+            raise ValueError(f"X_test has {X_test.shape[1]} features but X has {X.shape[1]}")
+    stepsizes = np.atleast_1d(np.asarray(stepsizes, dtype=np.float64))
+    if stepsizes.ndim != 1 or stepsizes.size == 0:
+        raise ValueError("stepsizes must be a non-empty 1-D sequence of numbers")
+    for eta in stepsizes:
+        _check_stepsize(eta, "stepsizes")
+    seeds = _check_seeds(seeds)
+    steps = _check_count(steps, "steps")
+    record_every = _check_count(record_every, "record_every")
+    init_scale = float(init_scale)
+    if not (math.isfinite(init_scale) and init_scale >= 0):
+        raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale}")
+    backend_name = _backends.choose(backend, X)
+
+    n, d = X.shape
+    configs = list(itertools.product(stepsizes.tolist(), seeds))
+    W0, a0 = _initial_weights(model, d, init, init_scale, seeds, dtype)
+    seed_index = {s: i for i, s in enumerate(seeds)}
+    picks = [seed_index[s] for _, s in configs]
+    state = State(W=np.ascontiguousarray(W0[picks]), a=np.ascontiguousarray(a0[picks]),
+                  stepsizes=np.array([eta for eta, _ in configs]))
+    recorded = record_steps(steps, record_every)
+    if neuron_margins is None:
+        neuron_margins = len(configs) * recorded.size * model.width <= NEURON_BUDGET
+    trace = Trace.empty(len(configs), recorded.size, model.width, bool(neuron_margins))
+    problem = Problem(X=X, y=y, activation=model.activation, loss=loss, scale=model.scale,
+                      train_outer=model.train_outer, linear=model.__class__.__name__ == "Linear",
+                      X_test=X_test, y_test=y_test, record_neurons=bool(neuron_margins))
+
+    runner = _backends.get(backend_name).runner(problem)  # compiles here, outside the timed loop
+    reached, seconds, interrupted = _advance(runner, state, trace, steps, record_every, progress)
+
+    keep = recorded < reached
+    status = ["interrupted" if interrupted and dv < 0 else "diverged" if dv >= 0 else "completed"
+              for dv in state.diverged]
+    done = np.where(state.diverged >= 0, state.diverged, reached)
+    weight_norm = trace.weight_norm[:, keep]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normalized = np.where(weight_norm > 0, trace.margin[:, keep] / weight_norm, np.nan)
+    meta = {"model": model.config(), "loss": loss.spec, "n": n, "d": d, "dtype": np.dtype(dtype).name,
+            "backend": backend_name, "record_every": record_every,
+            "init": init if isinstance(init, str) else "array", "init_scale": init_scale}
+    return Sweep(step=recorded[keep], risk=trace.risk[:, keep], accuracy=trace.accuracy[:, keep],
+                 grad_norm=trace.grad_norm[:, keep], weight_norm=weight_norm, margin=trace.margin[:, keep],
+                 normalized_margin=normalized,
+                 test_risk=trace.test_risk[:, keep] if X_test is not None else None,
+                 test_accuracy=trace.test_accuracy[:, keep] if X_test is not None else None,
+                 neuron_margins=trace.neuron_margins[:, keep] if neuron_margins else None,
+                 weights=model.to_user(np.asarray(state.W)), outer_weights=np.asarray(state.a),
+                 stepsize=state.stepsizes.copy(), seed=np.array([s for _, s in configs], dtype=np.int64),
+                 steps=steps, status=status, diverged_step=state.diverged.copy(), seconds=seconds,
+                 steps_per_second=float(np.sum(np.minimum(done, steps))) / seconds if seconds > 0 else math.inf,
+                 meta=meta)
+
+
+def _advance(runner, state: State, trace: Trace, steps: int, record_every: int, progress):
+    """Run evaluations 0..steps in chunks; returns (first evaluation not run, seconds, interrupted)."""
+    total = steps + 1
+    bar = _progress_bar(progress, total)
+    t, chunk, seconds = 0, min(total, 16), 0.0
+    try:
+        while t < total and np.any(state.diverged < 0):
+            stop = min(total, t + chunk)
+            tic = time.perf_counter()
+            runner.run(state, trace, t, stop, steps, record_every)
+            elapsed = time.perf_counter() - tic
+            seconds += elapsed
+            if bar is not None:
+                bar.update(stop - t)
+            t = stop
+            # Grow or shrink the chunk toward CHUNK_SECONDS of work, at most 8x per chunk.
+            chunk = max(1, int(chunk * min(8.0, CHUNK_SECONDS / max(elapsed, 1e-6))))
+    except KeyboardInterrupt:
+        return t, seconds, True
+    finally:
+        if bar is not None:
+            bar.close()
+    return total, seconds, False
+
+
+def _progress_bar(progress, total: int):
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        if progress is True:
+            raise ImportError('progress=True needs tqdm: pip install tqdm (or "lgd[progress]")') from None
+        return None
+    return tqdm(total=total, unit="step", leave=False)
+
+
+def _check_dtype(dtype, X):
+    if dtype is None:
+        return np.dtype(np.float32) if getattr(X, "dtype", None) == np.float32 else np.dtype(np.float64)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype must be float64 or float32, got {dtype!r}") from None
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float64 or float32, got {dtype.name}")
+    return dtype
+
+
+def _check_data(X, y, loss, dtype, xname: str, yname: str):
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim != 2:
+        raise ValueError(f"{xname} must be a 2-D array (n, d), got shape {X.shape}")
+    if X.shape[0] < 1 or X.shape[1] < 1:
+        raise ValueError(f"{xname} must have at least one row and one column, got shape {X.shape}")
+    if y.ndim != 1 or y.shape[0] != X.shape[0]:
+        raise ValueError(f"{yname} must be a 1-D array of length {X.shape[0]} (rows of {xname}), got shape {y.shape}")
+    for name, array in ((xname, X), (yname, y)):
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+            raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
+        if np.issubdtype(array.dtype, np.complexfloating):
+            raise ValueError(f"{name} must be real, got dtype {array.dtype}")
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"{name} contains NaN or Inf")
+    if loss.margin and not np.all((y == 1) | (y == -1)):
+        bad = np.unique(y[(y != 1) & (y != -1)])[:5]
+        raise ValueError(f"{yname} must hold labels +1 or -1 for the {loss.spec} loss; found {bad.tolist()}")
+    return np.ascontiguousarray(X, dtype=dtype), np.ascontiguousarray(y, dtype=dtype)
+
+
+def _check_stepsize(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be positive and finite, got {value}")
+    return value
+
+
+def _check_count(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _check_seeds(seeds) -> list:
+    if isinstance(seeds, Integral):
+        seeds = (seeds,)
+    seeds = list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, Integral) or s < 0 for s in seeds):
+        raise ValueError(f"seeds must be a non-empty sequence of integers >= 0, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds!r}")
+    return [int(s) for s in seeds]
+
+
+def _initial_weights(model: TwoLayerNet, d: int, init, init_scale: float, seeds: list, dtype):
+    """W_0 (S, m, d) and a_0 (S, m) for each seed, drawn in float64 so both precisions start alike."""
+    m = model.width
+    W0 = np.empty((len(seeds), m, d))
+    a0 = np.empty((len(seeds), m))
+    given = None
+    if isinstance(init, str):
+        if init not in ("normal", "zeros"):
+            raise ValueError(f"unknown init {init!r}; valid: 'normal', 'zeros' or an array of shape "
+                             f"{model.weight_shape(d)}")
+    else:
+        given = np.asarray(init, dtype=np.float64)
+        if given.shape != model.weight_shape(d):
+            raise ValueError(f"init array must have shape {model.weight_shape(d)}, got {given.shape}")
+        if not np.all(np.isfinite(given)):
+            raise ValueError("init array contains NaN or Inf")
+    for i, seed in enumerate(seeds):
+        rng = np.random.default_rng(seed)
+        if given is not None:
+            W0[i] = given.reshape(m, d)
+        elif init == "normal":
+            W0[i] = init_scale * rng.standard_normal((m, d))
+        else:
+            W0[i] = 0.0
+        a0[i] = model.outer_weights(rng)
+    return W0.astype(dtype), a0.astype(dtype)

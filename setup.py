@@ -1,0 +1,34 @@
+"""Packaging for lgd. The top-level kernels/ folder installs as lgd.kernels, never as `kernels`."""
+
+from setuptools import setup
+
+EXTRAS = {
+    "numba": ["numba>=0.60", "scipy>=1.10"],
+    "cuda12": ["cupy-cuda12x>=13"],
+    "cuda13": ["cupy-cuda13x>=14"],
+    "plot": ["matplotlib>=3.7"],
+    "data": ["scikit-learn>=1.3"],
+    "progress": ["tqdm>=4.60"],
+    "analysis": ["scipy>=1.10"],
+    "bench": ["pytest-benchmark>=4", "torch>=2.3", "jax>=0.4.30"],
+    "nvrtc": ["cupy-cuda13x>=14", "nvidia-cuda-nvrtc==13.0.*", "nvidia-cuda-runtime==13.0.*",
+              "nvidia-cuda-cccl==13.0.*"],
+    "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "pandas>=1.5"],
+}
+EXTRAS["all"] = sorted({req for name in ("numba", "plot", "data", "progress", "analysis") for req in EXTRAS[name]})
+
+setup(
+    name="lgd",
+    version="0.1.0",
+    description="Fast, exact large-stepsize gradient descent on two-layer networks (numpy, Numba, CuPy)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=["lgd", "lgd.backends", "lgd.kernels"],
+    package_dir={"lgd.kernels": "kernels"},
+    package_data={"lgd.kernels": ["cuda/*.cu", "cuda/*.cuh"]},
+    install_requires=["numpy>=1.24"],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["lgd = lgd.cli:main"]},
+)

@@ -1,0 +1,129 @@
+"""Activations and losses: derivatives against finite differences and closed forms, overflow safety."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lgd
+from lgd import activations, losses
+
+ACTIVATIONS = [activations.get(name) for name in activations.NAMES] + [
+    activations.get("leaky_softplus(0.2)"), activations.get("leaky_relu(0.3)")]
+LOSSES = [losses.get(name) for name in losses.NAMES] + [
+    losses.get("flattened_exponential(2.5)"), losses.get("flattened_polynomial(0.5)")]
+SMOOTH = {"softplus", "leaky_softplus", "gelu", "silu", "tanh", "identity"}
+
+
+def _central(f, x, h):
+    return (f(x + h) - f(x - h)) / (2 * h)
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: a.spec)
+@settings(max_examples=60, deadline=None)
+@given(z=st.floats(-30, 30))
+def test_activation_derivatives_match_finite_differences(act, z):
+    if act.name not in SMOOTH and abs(z) < 1e-3:
+        return  # the kink of (leaky) ReLU
+    x = np.array(z)
+    h = 1e-6 * max(1.0, abs(z))
+    assert act.dphi(x) == pytest.approx(_central(act.phi, x, h), rel=1e-6, abs=1e-7)
+    assert act.ddphi(x) == pytest.approx(_central(act.dphi, x, h), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda l: l.spec)
+@settings(max_examples=60, deadline=None)
+@given(u=st.floats(-20, 30))
+def test_loss_derivatives_match_finite_differences(loss, u):
+    if loss.name.startswith("flattened") and abs(u) < 1e-3:
+        return  # loss'' jumps at 0 (the loss is C^1 only)
+    x = np.array(u)
+    h = 1e-6 * max(1.0, abs(u))
+    assert loss.d1(x) == pytest.approx(_central(loss.value, x, h), rel=1e-6, abs=1e-9)
+    assert loss.d2(x) == pytest.approx(_central(loss.d1, x, h), rel=1e-5, abs=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: a.spec)
+def test_activations_finite_and_dtype_kept_at_extremes(act, dtype):
+    z = np.array([-1e6, -1e3, -50.0, -1e-8, 0.0, 1e-8, 50.0, 1e3, 1e6], dtype=dtype)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        values = [act.phi(z), act.dphi(z), act.ddphi(z)]
+    for v in values:
+        assert v.dtype == dtype
+        assert np.all(np.isfinite(v))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda l: l.spec)
+def test_losses_finite_and_dtype_kept_at_extremes(loss, dtype):
+    u = np.array([-1e6, -1e3, -50.0, 0.0, 50.0, 1e3, 1e6], dtype=dtype)
+    if loss.name == "exponential":
+        u = u[u > -50]  # e^{-u} truly overflows below; the driver reports that as divergence
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        values = [loss.value(u), loss.d1(u), loss.d2(u)]
+    for v in values:
+        assert v.dtype == dtype
+        assert np.all(np.isfinite(v))
+
+
+def test_closed_forms_at_the_tails():
+    u = np.array([40.0, 700.0, -40.0])
+    logistic = losses.get("logistic")
+    # log(1 + e^-u) ~ e^-u for large u: relative accuracy, not absolute, is what a risk of 1e-15 needs.
+    assert logistic.value(u)[0] == pytest.approx(math.exp(-40.0), rel=1e-15)
+    assert logistic.value(u)[1] == pytest.approx(math.exp(-700.0), rel=1e-14)
+    assert logistic.value(u)[2] == pytest.approx(40.0 + math.log1p(math.exp(-40.0)), rel=1e-15)
+    assert logistic.d1(u)[0] == pytest.approx(-math.exp(-40.0), rel=1e-14)
+    softplus = activations.get("softplus")
+    assert softplus.phi(np.array(-700.0)) == pytest.approx(math.exp(-700.0), rel=1e-14)
+    assert activations.get("leaky_softplus").phi(np.array(0.0)) == pytest.approx(0.5 * math.log(2.0))
+    gelu = activations.get("gelu")
+    assert gelu.phi(np.array(1.0)) == pytest.approx(0.5 * (1 + math.erf(1 / math.sqrt(2))), rel=1e-15)
+    assert losses.get("flattened_exponential(2)").value(np.array(-3.0)) == pytest.approx(7.0)
+    assert losses.get("flattened_polynomial(2)").value(np.array(1.0)) == pytest.approx(0.25)
+    assert losses.get("exponential").value(np.array(-800.0)) == np.inf
+    assert losses.get("logistic").at_zero == pytest.approx(math.log(2.0))
+
+
+def test_specs_parse_and_round_trip():
+    assert activations.get("leaky_softplus").param == 0.5
+    assert activations.get(" leaky_softplus( 0.25 ) ").param == 0.25
+    assert activations.get("swish") == activations.get("silu")
+    for entry in ACTIVATIONS:
+        assert activations.get(entry.spec) == entry
+    for entry in LOSSES:
+        assert losses.get(entry.spec) == entry
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("sigmoidal", "unknown activation 'sigmoidal'; valid: gelu, identity"),
+    ("relu(0.1)", "takes no parameter"),
+    ("leaky_softplus(x)", "is not a number"),
+    ("leaky_softplus(1.5)", r"must lie in \[0.0, 1.0\]"),
+    ("leaky_softplus(0.5", "cannot parse"),
+])
+def test_bad_activation_names_the_problem(spec, message):
+    with pytest.raises(ValueError, match=message):
+        activations.get(spec)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("hinge", "unknown loss 'hinge'; valid: exponential, flattened_exponential"),
+    ("flattened_exponential(0)", r"must lie in \(0.0, inf\]"),
+    ("flattened_polynomial(-1)", "must lie in"),
+])
+def test_bad_loss_names_the_problem(spec, message):
+    with pytest.raises(ValueError, match=message):
+        losses.get(spec)
+    with pytest.raises(TypeError, match="loss must be a name"):
+        losses.get(3)
+
+
+def test_lgd_exports_the_catalogs():
+    assert lgd.activations.NAMES == ("identity", "relu", "leaky_relu", "softplus", "leaky_softplus", "gelu", "silu",
+                                     "tanh")
+    assert lgd.losses.NAMES == ("logistic", "exponential", "flattened_exponential", "flattened_polynomial",
+                                "squared")

@@ -1,0 +1,92 @@
+"""The `lgd` command line end to end, and the promise that `import lgd` stays light."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lgd
+from lgd.cli import DEFAULT_STEPSIZES, main
+
+
+def test_lgd_run_defaults_show_both_phases(tmp_path, capsys):
+    """The main job exactly as the README runs it (only the output folder differs)."""
+    assert main(["run", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "stepsize" in printed and "transition" in printed and "wrote" in printed
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    runs = summary["runs"]
+    assert [r["stepsize"] for r in runs] == list(DEFAULT_STEPSIZES)
+    assert all(r["status"] == "completed" and r["accuracy"] == 1.0 for r in runs)
+    small, *large = runs
+    assert small["increases_before"] == 0  # the small stepsize is monotone from the start
+    for r in large:  # the large ones oscillate (EoS), then enter the stable phase and stay monotone
+        assert r["increases_before"] > 0 and r["peak_risk"] > 0.7
+        assert r["transition_step"] is not None and r["increases_after"] == 0
+    assert large[-1]["final_risk"] < large[0]["final_risk"] < small["final_risk"]
+    assert (tmp_path / "figure.png").stat().st_size > 10_000
+    run = lgd.load(tmp_path / runs[-1]["traces"])
+    assert run.risk.shape == (20001,) and run.stepsize == DEFAULT_STEPSIZES[-1]
+
+
+def test_lgd_run_options(tmp_path, capsys):
+    code = main(["run", "--dataset", "wu_toy", "--model", "linear", "--stepsizes", "0.5,200", "--steps", "300",
+                 "--backend", "numpy", "--record-every", "10", "--out", str(tmp_path), "--no-plot",
+                 "--dtype", "float32"])
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["stepsize"] for r in summary["runs"]] == [0.5, 200.0]
+    assert "Linear()" in summary["header"] and "float32" in summary["header"]
+    assert not (tmp_path / "figure.png").exists()
+    run = lgd.load(tmp_path / "run_eta200.npz")
+    assert run.step[-1] == 300 and run.step[1] == 10 and run.weights.dtype == np.float32
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--loss", "hinge"], "unknown loss 'hinge'"),
+    (["--activation", "sigmoid"], "unknown activation 'sigmoid'"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+])
+def test_lgd_run_reports_bad_options(tmp_path, capsys, args, message):
+    assert main(["run", "--steps", "2", "--backend", "numpy", "--out", str(tmp_path), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_lgd_run_rejects_bad_stepsizes_before_running(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--stepsizes", "1,-2", "--out", str(tmp_path)])
+    assert "stepsizes must be positive and finite, got [-2.0]" in capsys.readouterr().err
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_lgd_run_needs_a_path_for_local_datasets(tmp_path):
+    with pytest.raises(SystemExit, match="--dataset mnist needs --data-path"):
+        main(["run", "--dataset", "mnist", "--out", str(tmp_path)])
+
+
+def test_lgd_info_lists_backends(capsys):
+    assert main(["info"]) == 0
+    printed = capsys.readouterr().out
+    assert "numpy  usable" in printed and "'auto' chooses:" in printed
+    for name in ("numba", "cupy"):
+        assert f"  {name}" in printed
+
+
+def test_console_script_is_installed():
+    beside_python = Path(sys.executable).parent / "lgd"
+    script = str(beside_python) if beside_python.exists() else shutil.which("lgd")
+    assert script is not None, "the `lgd` console script is missing: install the package as the README says"
+    result = subprocess.run([script, "info"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "backends:" in result.stdout
+
+
+def test_import_lgd_imports_neither_numba_nor_cupy():
+    code = ("import sys, lgd; heavy = [m for m in ('numba', 'cupy', 'matplotlib', 'sklearn', 'scipy', 'pandas') "
+            "if m in sys.modules]; print(','.join(heavy))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""

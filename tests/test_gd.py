@@ -1,0 +1,251 @@
+"""The GD driver on the numpy backend: validation, recording, divergence, sweeps, results, phases."""
+
+import math
+
+import numpy as np
+import pytest
+
+import lgd
+from lgd.backends import record_slot, record_steps
+from lgd.models import evaluate
+
+
+@pytest.fixture
+def xor():
+    return lgd.data.xor(n=40, seed=1)
+
+
+def test_gd_matches_hand_written_gradient_descent(xor):
+    X, y = xor
+    net = lgd.TwoLayerNet(6, activation="gelu")
+    run = lgd.gd(X, y, net, "logistic", stepsize=3.0, steps=25, seed=4, backend="numpy")
+    W = np.random.default_rng(4).standard_normal((6, 2))
+    a = net.outer_weights(None)
+    risks = []
+    for _ in range(26):
+        ev = evaluate(W, a, X, y, net.activation, lgd.losses.get("logistic"), net.scale)
+        risks.append(ev.risk)
+        W = W - 3.0 * ev.grad_W
+    W = W + 3.0 * ev.grad_W  # no update after the last evaluation
+    np.testing.assert_allclose(run.risk, risks, rtol=1e-14)
+    np.testing.assert_allclose(run.weights, W, rtol=1e-13)
+    assert run.status == "completed" and run.diverged_step is None
+    assert run.step.tolist() == list(range(26))
+    np.testing.assert_allclose(run.normalized_margin, run.margin / run.weight_norm)
+
+
+def test_record_every_records_multiples_and_the_last_step(xor):
+    X, y = xor
+    full = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=2.0, steps=23, backend="numpy")
+    sparse = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=2.0, steps=23, record_every=5, backend="numpy")
+    assert sparse.step.tolist() == [0, 5, 10, 15, 20, 23]
+    np.testing.assert_allclose(sparse.risk, full.risk[sparse.step], rtol=1e-14)
+    np.testing.assert_allclose(sparse.weights, full.weights, rtol=1e-14)
+    assert record_steps(20, 5).tolist() == [0, 5, 10, 15, 20]
+    assert [record_slot(t, 23, 5) for t in (0, 4, 5, 22, 23)] == [0, -1, 1, -1, 5]
+
+
+def test_deterministic_for_a_seed_and_different_across_seeds(xor):
+    X, y = xor
+    net = lgd.TwoLayerNet(8, outer="random")
+    first = lgd.gd(X, y, net, stepsize=1.0, steps=10, seed=3, backend="numpy")
+    again = lgd.gd(X, y, net, stepsize=1.0, steps=10, seed=3, backend="numpy")
+    other = lgd.gd(X, y, net, stepsize=1.0, steps=10, seed=4, backend="numpy")
+    np.testing.assert_array_equal(first.risk, again.risk)
+    np.testing.assert_array_equal(first.outer_weights, again.outer_weights)
+    assert not np.array_equal(first.risk, other.risk)
+
+
+def test_sweep_equals_single_runs(xor):
+    X, y = xor
+    net = lgd.TwoLayerNet(5, train_outer=True)
+    result = lgd.sweep(X, y, net, "logistic", stepsizes=[0.5, 8.0], steps=30, seeds=(0, 2), backend="numpy",
+                       record_every=3)
+    assert len(result) == 4 and result.risk.shape == (4, 11)
+    assert result.stepsize.tolist() == [0.5, 0.5, 8.0, 8.0] and result.seed.tolist() == [0, 2, 0, 2]
+    for i, run in enumerate(result):
+        single = lgd.gd(X, y, net, stepsize=run.stepsize, steps=30, seed=run.seed, backend="numpy", record_every=3)
+        np.testing.assert_array_equal(run.risk, single.risk)
+        np.testing.assert_array_equal(run.neuron_margins, single.neuron_margins)
+        np.testing.assert_array_equal(result.weights[i], single.weights)
+        np.testing.assert_array_equal(result.outer_weights[i], single.outer_weights)
+    assert result.final_risk.shape == (4,)
+
+
+def test_divergence_stops_the_run_and_keeps_its_trace(xor):
+    X, y = xor
+    run = lgd.gd(X, y, lgd.Linear(), "exponential", stepsize=1e4, steps=100, backend="numpy")
+    assert run.status == "diverged"
+    assert run.diverged_step == 1
+    assert run.step.tolist() == [0] and np.isfinite(run.risk).all()
+    assert np.all(np.isfinite(run.weights))
+    mixed = lgd.sweep(X, y, lgd.Linear(), "exponential", stepsizes=[0.1, 1e4], steps=20, backend="numpy")
+    assert mixed.status == ["completed", "diverged"]
+    assert mixed.diverged_step.tolist() == [-1, 1]
+    assert np.isnan(mixed.risk[1, 1:]).all() and np.isfinite(mixed.risk[0]).all()
+    assert math.isnan(mixed.final_risk[1])
+
+
+def test_test_data_is_recorded(xor):
+    X, y = xor
+    Xt, yt = lgd.data.xor(n=20, seed=9)
+    net = lgd.TwoLayerNet(8)
+    run = lgd.gd(X, y, net, stepsize=100.0, steps=300, X_test=Xt, y_test=yt, backend="numpy")
+    assert run.test_risk.shape == run.risk.shape
+    held_out = evaluate(run.weights, run.outer_weights, Xt, yt, net.activation, lgd.losses.get("logistic"), net.scale)
+    assert run.test_risk[-1] == pytest.approx(held_out.risk, rel=1e-14)
+    assert run.test_accuracy[-1] == held_out.accuracy == 1.0
+    plain = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=4.0, steps=5, backend="numpy")
+    assert plain.test_risk is None and plain.test_accuracy is None
+
+
+def test_float32_runs_in_float32_and_agrees_with_float64(xor):
+    X, y = xor
+    run64 = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=2.0, steps=40, backend="numpy")
+    run32 = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=2.0, steps=40, backend="numpy", dtype="float32")
+    assert run32.weights.dtype == np.float32 and run32.meta["dtype"] == "float32"
+    np.testing.assert_allclose(run32.risk, run64.risk, rtol=1e-5)
+    auto32 = lgd.gd(X.astype(np.float32), y, lgd.TwoLayerNet(4), stepsize=2.0, steps=2, backend="numpy")
+    assert auto32.weights.dtype == np.float32
+
+
+def test_linear_model_and_init_arrays():
+    X, y = lgd.data.wu_toy()
+    run = lgd.gd(X, y, lgd.Linear(), stepsize=1.0, steps=200, init="zeros", backend="numpy")
+    assert run.weights.shape == (2,)
+    assert run.risk[0] == pytest.approx(math.log(2.0))
+    assert run.accuracy[-1] == 1.0
+    given = lgd.gd(X, y, lgd.Linear(), stepsize=1.0, steps=3, init=np.array([1.0, -2.0]), backend="numpy")
+    assert given.weight_norm[0] == pytest.approx(math.sqrt(5.0))
+
+
+def test_neuron_margins_follow_the_budget(xor, monkeypatch):
+    X, y = xor
+    assert lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=1.0, steps=5, backend="numpy").neuron_margins.shape == (6, 4)
+    off = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=1.0, steps=5, backend="numpy", neuron_margins=False)
+    assert off.neuron_margins is None
+    monkeypatch.setattr(lgd.driver, "NEURON_BUDGET", 10)
+    assert lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=1.0, steps=5, backend="numpy").neuron_margins is None
+
+
+def test_fig4_neurons_stay_negative_while_the_network_margin_turns_positive():
+    """Cai et al. Fig. 4: W_0 = 0, outer weights +1/-1 with mean-field scaling (so +-1/2), eta = 3."""
+    X, y = lgd.data.fig4()
+    run = lgd.gd(X, y, lgd.TwoLayerNet(2), "logistic", stepsize=3.0, steps=3000, init="zeros", backend="numpy")
+    assert run.status == "completed"
+    assert np.all(run.neuron_margins < 0)
+    assert run.margin[-1] > 0 and run.accuracy[-1] == 1.0
+    assert run.margin[0] == 0.0
+
+
+def test_phase_of_a_large_stepsize_run():
+    X, y = lgd.data.xor(n=100)
+    net = lgd.TwoLayerNet(20)
+    large = lgd.gd(X, y, net, stepsize=3000.0, steps=3000, backend="numpy")
+    phase = large.phase
+    assert phase.increases_before > 0 and phase.peak_risk > large.risk[0]
+    assert phase.transition_step is not None and phase.monotone_after
+    assert phase.threshold == pytest.approx(min(1 / 3000, math.log(2) / 100))
+    assert large.risk[phase.transition_step] <= phase.threshold < large.risk[phase.transition_step - 1]
+    assert phase.final_rate == pytest.approx(3000 * 3000 * large.risk[-1])
+    small = lgd.gd(X, y, net, stepsize=1.0, steps=200, backend="numpy").phase
+    assert small.transition_step is None and small.increases_before == 0
+
+
+def test_save_and_load_round_trip(tmp_path, xor):
+    X, y = xor
+    Xt, yt = lgd.data.xor(n=8, seed=5)
+    run = lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=2.0, steps=10, X_test=Xt, y_test=yt, backend="numpy")
+    run.save(tmp_path / "run.npz")
+    back = lgd.load(tmp_path / "run.npz")
+    assert isinstance(back, lgd.Run) and back.status == run.status and back.stepsize == run.stepsize
+    np.testing.assert_array_equal(back.risk, run.risk)
+    np.testing.assert_array_equal(back.test_risk, run.test_risk)
+    assert back.meta == run.meta and back.phase == run.phase
+    result = lgd.sweep(X, y, lgd.Linear(), "exponential", stepsizes=[0.1, 1e4], steps=5, backend="numpy")
+    result.save(tmp_path / "sweep.npz")
+    again = lgd.load(tmp_path / "sweep.npz")
+    assert again.status == result.status and again.test_risk is None and again.neuron_margins is not None
+    np.testing.assert_array_equal(again.diverged_step, result.diverged_step)
+    np.testing.assert_array_equal(again[0].risk, result[0].risk)
+
+
+def test_to_pandas(xor):
+    pd = pytest.importorskip("pandas")
+    X, y = xor
+    result = lgd.sweep(X, y, lgd.TwoLayerNet(3), stepsizes=[1.0, 2.0], steps=4, backend="numpy")
+    frame = result[1].to_pandas()
+    assert list(frame.index) == [0, 1, 2, 3, 4] and "normalized_margin" in frame
+    long = result.to_pandas()
+    assert isinstance(long, pd.DataFrame) and len(long) == 10 and set(long.stepsize) == {1.0, 2.0}
+
+
+def test_timing_is_reported(xor):
+    X, y = xor
+    run = lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=1.0, steps=50, backend="numpy")
+    assert run.seconds > 0 and run.steps_per_second == pytest.approx(50 / run.seconds)
+
+
+BAD_CALLS = [
+    (dict(X=np.zeros(5)), "X must be a 2-D array"),
+    (dict(y=np.ones(7)), r"y must be a 1-D array of length 6"),
+    (dict(X=np.full((6, 2), np.nan)), "X contains NaN or Inf"),
+    (dict(y=np.array([1.0, -1, 1, np.inf, 1, 1])), "y contains NaN or Inf"),
+    (dict(y=np.array([1.0, 0, 1, -1, 2, 1])), r"labels \+1 or -1 for the logistic loss; found \[0.0, 2.0\]"),
+    (dict(stepsize=0.0), "stepsize must be positive and finite, got 0.0"),
+    (dict(stepsize=-1.0), "stepsize must be positive"),
+    (dict(stepsize=float("inf")), "stepsize must be positive and finite"),
+    (dict(stepsize="big"), "stepsize must be a positive number"),
+    (dict(steps=0), "steps must be an integer >= 1"),
+    (dict(steps=2.5), "steps must be an integer >= 1"),
+    (dict(record_every=0), "record_every must be an integer >= 1"),
+    (dict(loss="hinge"), "unknown loss 'hinge'"),
+    (dict(backend="jax"), "unknown backend 'jax'"),
+    (dict(init="uniform"), "unknown init 'uniform'"),
+    (dict(init=np.zeros((3, 3))), r"init array must have shape \(4, 2\)"),
+    (dict(init_scale=-1.0), "init_scale must be a finite number >= 0"),
+    (dict(dtype="float16"), "dtype must be float64 or float32"),
+    (dict(X_test=np.zeros((2, 2))), "give both X_test and y_test"),
+    (dict(X_test=np.zeros((2, 3)), y_test=np.ones(2)), "X_test has 3 features but X has 2"),
+    (dict(seed=-1), "seeds must be a non-empty sequence of integers >= 0"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD_CALLS, ids=[m for _, m in BAD_CALLS])
+def test_bad_input_gets_a_clear_error(change, message):
+    rng = np.random.default_rng(0)
+    kwargs = dict(X=rng.standard_normal((6, 2)), y=np.array([1.0, -1, 1, -1, 1, 1]), model=lgd.TwoLayerNet(4),
+                  loss="logistic", stepsize=1.0, steps=3, backend="numpy")
+    kwargs.update(change)
+    with pytest.raises(ValueError, match=message):
+        lgd.gd(**kwargs)
+
+
+def test_more_bad_input():
+    X, y = np.ones((4, 2)), np.array([1.0, -1, 1, -1])
+    with pytest.raises(TypeError, match="model must be an lgd.TwoLayerNet or lgd.Linear"):
+        lgd.gd(X, y, "mlp", stepsize=1.0, steps=1)
+    with pytest.raises(ValueError, match="stepsizes must be positive"):
+        lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0, -2.0], steps=1, backend="numpy")
+    with pytest.raises(ValueError, match="seeds must be distinct"):
+        lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0], seeds=(1, 1), steps=1, backend="numpy")
+    with pytest.raises(ValueError, match="width must be a positive integer"):
+        lgd.TwoLayerNet(0)
+    with pytest.raises(ValueError, match="unknown scaling 'xavier'"):
+        lgd.TwoLayerNet(4, scaling="xavier")
+    with pytest.raises(ValueError, match=r"outer weights must have shape \(4,\)"):
+        lgd.TwoLayerNet(4, outer=[1.0, -1.0])
+    with pytest.raises(ValueError, match="unknown activation 'sigmoid'"):
+        lgd.TwoLayerNet(4, activation="sigmoid")
+    # the squared loss takes real targets
+    run = lgd.gd(X, np.array([0.3, -2.0, 1.5, 0.0]), lgd.Linear(), "squared", stepsize=0.1, steps=3, backend="numpy")
+    assert run.status == "completed"
+
+
+def test_unavailable_backend_named_explicitly_raises(monkeypatch):
+    from lgd import backends
+
+    monkeypatch.setattr(backends, "availability", lambda name: (False, "no usable device"))
+    with pytest.raises(lgd.BackendUnavailable, match="backend 'cupy' is not available: no usable device"):
+        lgd.gd(np.ones((2, 2)), np.array([1.0, -1.0]), lgd.Linear(), stepsize=1.0, steps=1, backend="cupy")
+    assert backends.choose("auto") == "numpy"
