@@ -80,7 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="progress bar (default: when stderr is a terminal)")
 
     commands.add_parser("info", help="versions and which backends can run here")
+    for name, (module, help_text) in PLUGGED_COMMANDS.items():
+        importlib.import_module(module).configure(commands.add_parser(name, help=help_text, description=help_text))
     return parser
+
+
+# Subcommands that live in their own modules: each has configure(parser) and main(args) -> int and
+# imports nothing heavy at module level (the parser is built on every `lgd` call).
+PLUGGED_COMMANDS: dict = {}
 
 
 def main(argv=None) -> int:
@@ -91,6 +98,8 @@ def main(argv=None) -> int:
     if args.command == "info":
         print(info())
         return 0
+    if args.command in PLUGGED_COMMANDS:
+        return importlib.import_module(PLUGGED_COMMANDS[args.command][0]).main(args)
     parser.print_help()
     return 0
 
