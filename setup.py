@@ -11,10 +11,12 @@ EXTRAS = {
     "progress": ["tqdm>=4.60"],
     "analysis": ["scipy>=1.10"],
     "bench": ["pytest-benchmark>=4", "torch>=2.3", "jax>=0.4.30"],
+    # NVRTC and the CUDA headers from PyPI compile the CUDA sources without a GPU. Pinned to the 13.0
+    # line: newer NVRTC emits PTX that the lent GPU machines' driver (CUDA 13.0) rejects.
     "nvrtc": ["cupy-cuda13x>=14", "nvidia-cuda-nvrtc==13.0.*", "nvidia-cuda-runtime==13.0.*",
               "nvidia-cuda-cccl==13.0.*"],
-    "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "pandas>=1.5"],
 }
+EXTRAS["test"] = ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "pandas>=1.5", *EXTRAS["nvrtc"]]
 EXTRAS["all"] = sorted({req for name in ("numba", "plot", "data", "progress", "analysis") for req in EXTRAS[name]})
 
 setup(

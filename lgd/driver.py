@@ -31,7 +31,7 @@ CHUNK_SECONDS = 0.25
 
 def gd(X, y, model, loss="logistic", stepsize=1.0, steps=1000, *, init="normal", init_scale=1.0, seed=0,
        record_every=1, backend="auto", dtype=None, X_test=None, y_test=None, progress=None,
-       neuron_margins=None) -> Run:
+       neuron_margins=None, sharpness_every=None, sharpness_k=1, sharpness_points=None) -> Run:
     """Full-batch gradient descent W_{t+1} = W_t - stepsize * grad L(W_t) for ``steps`` steps.
 
     Parameters
@@ -60,6 +60,13 @@ def gd(X, y, model, loss="logistic", stepsize=1.0, steps=1000, *, init="normal",
         A tqdm progress bar; None shows one only when stderr is a terminal.
     neuron_margins : None | bool
         Record per-neuron margins; None records them when they take at most 2^24 numbers.
+    sharpness_every : None | int
+        Every that many steps (t = 0, s, 2s, ... and T) record the ``sharpness_k`` largest Hessian
+        eigenvalues of the risk at W_t (of (W_t, a_t) with a trained outer layer), on the first
+        ``sharpness_points`` training points (all when None; Cohen et al. use 5,000), into
+        ``run.sharpness`` at ``run.sharpness_step``; compare with ``run.sharpness_limit`` = 2/eta.
+        Computed by :func:`lgd.hessian.sharpness` (numpy Lanczos, needs scipy) in the run's dtype
+        whatever the backend, and not counted in ``seconds`` (see ``meta['sharpness_seconds']``).
 
     Returns
     -------
@@ -78,13 +85,15 @@ def gd(X, y, model, loss="logistic", stepsize=1.0, steps=1000, *, init="normal",
     stepsize = _check_stepsize(stepsize, "stepsize")
     result = sweep(X, y, model, loss, stepsizes=[stepsize], steps=steps, seeds=(seed,), init=init,
                    init_scale=init_scale, record_every=record_every, backend=backend, dtype=dtype,
-                   X_test=X_test, y_test=y_test, progress=progress, neuron_margins=neuron_margins)
+                   X_test=X_test, y_test=y_test, progress=progress, neuron_margins=neuron_margins,
+                   sharpness_every=sharpness_every, sharpness_k=sharpness_k, sharpness_points=sharpness_points)
     return result[0]
 
 
 def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,), *, init="normal",
           init_scale=1.0, record_every=1, backend="auto", dtype=None, X_test=None, y_test=None,
-          progress=None, neuron_margins=None) -> Sweep:
+          progress=None, neuron_margins=None, sharpness_every=None, sharpness_k=1,
+          sharpness_points=None) -> Sweep:
     """GD for every (stepsize, seed) pair on the same data, in one batched backend call.
 
     Configs are ordered stepsize-major: config i has ``stepsizes[i // len(seeds)]`` and
@@ -117,10 +126,19 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
     seeds = _check_seeds(seeds)
     steps = _check_count(steps, "steps")
     record_every = _check_count(record_every, "record_every")
+    if sharpness_every is not None:
+        sharpness_every = _check_count(sharpness_every, "sharpness_every")
+        sharpness_k = _check_count(sharpness_k, "sharpness_k")
+        if sharpness_points is not None:
+            sharpness_points = _check_count(sharpness_points, "sharpness_points")
     init_scale = float(init_scale)
     if not (math.isfinite(init_scale) and init_scale >= 0):
         raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale}")
     backend_name = _backends.choose(backend, X)
+    on_device = _namespace(X) is not np
+    if on_device and backend_name != "cupy":  # the user asked for a CPU backend: one explicit copy
+        X, y = X.get(), y.get()
+        X_test, y_test = (None, None) if X_test is None else (X_test.get(), y_test.get())
 
     n, d = X.shape
     configs = list(itertools.product(stepsizes.tolist(), seeds))
@@ -138,7 +156,20 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
                       X_test=X_test, y_test=y_test, record_neurons=bool(neuron_margins))
 
     runner = _backends.get(backend_name).runner(problem)  # compiles here, outside the timed loop
-    reached, seconds, interrupted = _advance(runner, state, trace, steps, record_every, progress)
+    if sharpness_every is None:
+        sharpness_steps, sharpness, measure_sharpness = None, None, None
+    else:
+        sharpness_steps = record_steps(steps, sharpness_every)
+        sharpness = np.full((len(configs), sharpness_steps.size, sharpness_k), np.nan)
+
+        def measure_sharpness(t):
+            slot = int(np.searchsorted(sharpness_steps, t))
+            for c in np.flatnonzero(state.diverged < 0):
+                sharpness[c, slot] = _sharpness(problem, state, c, sharpness_k, sharpness_points)
+
+    reached, seconds, interrupted, paused_seconds = _advance(
+        runner, state, trace, steps, record_every, progress,
+        pauses=() if sharpness_steps is None else sharpness_steps.tolist(), at_pause=measure_sharpness)
 
     keep = recorded < reached
     status = ["interrupted" if interrupted and dv < 0 else "diverged" if dv >= 0 else "completed"
@@ -150,42 +181,77 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
     meta = {"model": model.config(), "loss": loss.spec, "n": n, "d": d, "dtype": np.dtype(dtype).name,
             "backend": backend_name, "record_every": record_every,
             "init": init if isinstance(init, str) else "array", "init_scale": init_scale}
+    if sharpness_every is not None:
+        meta.update(sharpness_every=sharpness_every, sharpness_points=sharpness_points,
+                    sharpness_seconds=paused_seconds)
+        kept = sharpness_steps < reached
+        sharpness_steps, sharpness = sharpness_steps[kept], sharpness[:, kept]
     return Sweep(step=recorded[keep], risk=trace.risk[:, keep], accuracy=trace.accuracy[:, keep],
                  grad_norm=trace.grad_norm[:, keep], weight_norm=weight_norm, margin=trace.margin[:, keep],
                  normalized_margin=normalized,
                  test_risk=trace.test_risk[:, keep] if X_test is not None else None,
                  test_accuracy=trace.test_accuracy[:, keep] if X_test is not None else None,
                  neuron_margins=trace.neuron_margins[:, keep] if neuron_margins else None,
-                 weights=model.to_user(np.asarray(state.W)), outer_weights=np.asarray(state.a),
+                 weights=_user_array(model.to_user(state.W), on_device and backend_name == "cupy"),
+                 outer_weights=_user_array(state.a, on_device and backend_name == "cupy"),
                  stepsize=state.stepsizes.copy(), seed=np.array([s for _, s in configs], dtype=np.int64),
                  steps=steps, status=status, diverged_step=state.diverged.copy(), seconds=seconds,
                  steps_per_second=float(np.sum(np.minimum(done, steps))) / seconds if seconds > 0 else math.inf,
-                 meta=meta)
+                 meta=meta, sharpness=sharpness, sharpness_step=sharpness_steps)
 
 
-def _advance(runner, state: State, trace: Trace, steps: int, record_every: int, progress):
-    """Run evaluations 0..steps in chunks; returns (first evaluation not run, seconds, interrupted)."""
+def _user_array(array: np.ndarray, on_device: bool):
+    """Final weights in the array type of the input: cupy in, cupy out."""
+    if on_device:
+        import cupy
+
+        return cupy.asarray(array)
+    return array
+
+
+def _advance(runner, state: State, trace: Trace, steps: int, record_every: int, progress, pauses=(),
+             at_pause=None):
+    """Run evaluations 0..steps in chunks.
+
+    Chunks end at every step t of the sorted ``pauses``, where ``at_pause(t)`` is called before
+    evaluation t, so the state then holds W_t; that call is timed apart from the GD steps.
+    Returns (first evaluation not run, GD seconds, interrupted, seconds spent in ``at_pause``).
+    """
     total = steps + 1
     bar = _progress_bar(progress, total)
-    t, chunk, seconds = 0, min(total, 16), 0.0
+    t, chunk, seconds, paused_seconds = 0, min(total, 16), 0.0, 0.0
+    pauses = list(pauses)
     try:
         while t < total and np.any(state.diverged < 0):
-            stop = min(total, t + chunk)
+            if pauses and pauses[0] == t:
+                tic = time.perf_counter()
+                at_pause(pauses.pop(0))
+                paused_seconds += time.perf_counter() - tic
+            stop = min(total, t + chunk, pauses[0] if pauses else total)
             tic = time.perf_counter()
             runner.run(state, trace, t, stop, steps, record_every)
             elapsed = time.perf_counter() - tic
             seconds += elapsed
             if bar is not None:
                 bar.update(stop - t)
-            t = stop
             # Grow or shrink the chunk toward CHUNK_SECONDS of work, at most 8x per chunk.
-            chunk = max(1, int(chunk * min(8.0, CHUNK_SECONDS / max(elapsed, 1e-6))))
+            chunk = max(1, int(min(8.0 * chunk, (stop - t) * CHUNK_SECONDS / max(elapsed, 1e-6))))
+            t = stop
     except KeyboardInterrupt:
-        return t, seconds, True
+        return t, seconds, True, paused_seconds
     finally:
         if bar is not None:
             bar.close()
-    return total, seconds, False
+    return total, seconds, False, paused_seconds
+
+
+def _sharpness(problem: Problem, state: State, c: int, k: int, points):
+    """Top-k Hessian eigenvalues of configuration c at its current weights (NaN where the risk is not finite)."""
+    from .hessian import sharpness
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        return sharpness(np.asarray(state.W[c]), np.asarray(state.a[c]), problem.X, problem.y, problem.activation,
+                         problem.loss, problem.scale, train_outer=problem.train_outer, k=k, points=points)
 
 
 def _progress_bar(progress, total: int):
@@ -214,9 +280,19 @@ def _check_dtype(dtype, X):
     return dtype
 
 
+def _namespace(array):
+    """numpy, or cupy for a cupy array (whose data then stay on the device)."""
+    if type(array).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
 def _check_data(X, y, loss, dtype, xname: str, yname: str):
-    X = np.asarray(X)
-    y = np.asarray(y)
+    xp = _namespace(X)
+    X = xp.asarray(X)
+    y = xp.asarray(y)
     if X.ndim != 2:
         raise ValueError(f"{xname} must be a 2-D array (n, d), got shape {X.shape}")
     if X.shape[0] < 1 or X.shape[1] < 1:
@@ -228,12 +304,12 @@ def _check_data(X, y, loss, dtype, xname: str, yname: str):
             raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
         if np.issubdtype(array.dtype, np.complexfloating):
             raise ValueError(f"{name} must be real, got dtype {array.dtype}")
-        if not np.all(np.isfinite(array)):
+        if not bool(xp.all(xp.isfinite(array))):
             raise ValueError(f"{name} contains NaN or Inf")
-    if loss.margin and not np.all((y == 1) | (y == -1)):
-        bad = np.unique(y[(y != 1) & (y != -1)])[:5]
+    if loss.margin and not bool(xp.all((y == 1) | (y == -1))):
+        bad = xp.unique(y[(y != 1) & (y != -1)])[:5]
         raise ValueError(f"{yname} must hold labels +1 or -1 for the {loss.spec} loss; found {bad.tolist()}")
-    return np.ascontiguousarray(X, dtype=dtype), np.ascontiguousarray(y, dtype=dtype)
+    return xp.ascontiguousarray(X, dtype=dtype), xp.ascontiguousarray(y, dtype=dtype)
 
 
 def _check_stepsize(value, name: str) -> float:

@@ -80,7 +80,9 @@ class Run:
     ``normalized_margin`` (margin / weight_norm), ``test_risk`` and ``test_accuracy`` (None without
     test data); ``neuron_margins`` (R, m): min_i y_i a_j phi(w_j . x_i), or None when not recorded.
     ``status`` is ``'completed'``, ``'diverged'`` (at ``diverged_step``, trace kept up to it) or
-    ``'interrupted'``.
+    ``'interrupted'``. With ``sharpness_every``: ``sharpness`` (R_s, k), the top-k Hessian
+    eigenvalues at ``sharpness_step`` (R_s,), to compare with :attr:`sharpness_limit` = 2/eta;
+    both None otherwise.
     """
 
     step: np.ndarray
@@ -103,6 +105,13 @@ class Run:
     seconds: float
     steps_per_second: float
     meta: dict
+    sharpness: np.ndarray | None = None
+    sharpness_step: np.ndarray | None = None
+
+    @property
+    def sharpness_limit(self) -> float:
+        """2/eta: the sharpness above which GD on a quadratic of that curvature diverges (Cohen et al.)."""
+        return 2.0 / self.stepsize
 
     @property
     def phase(self) -> Phase:
@@ -136,7 +145,8 @@ class Sweep:
 
     ``stepsize`` and ``seed`` (C,) name the configs (stepsize-major order); ``status`` and
     ``diverged_step`` say how each ended; traces after a config's divergence are NaN.
-    ``sweep[i]`` is config i as a :class:`Run`.
+    ``sharpness`` (C, R_s, k) at ``sharpness_step`` when recorded. ``sweep[i]`` is config i as a
+    :class:`Run`.
     """
 
     step: np.ndarray
@@ -159,6 +169,13 @@ class Sweep:
     seconds: float
     steps_per_second: float
     meta: dict
+    sharpness: np.ndarray | None = None
+    sharpness_step: np.ndarray | None = None
+
+    @property
+    def sharpness_limit(self) -> np.ndarray:
+        """2/eta for every config."""
+        return 2.0 / self.stepsize
 
     def __len__(self) -> int:
         return len(self.stepsize)
@@ -171,13 +188,17 @@ class Sweep:
         def take(array):
             return None if array is None else array[i][keep]
 
+        sharpness, sharpness_step = self.sharpness, self.sharpness_step
+        if sharpness is not None:
+            measured = sharpness_step < diverged if diverged >= 0 else slice(None)
+            sharpness, sharpness_step = sharpness[i][measured], sharpness_step[measured]
         return Run(step=self.step[keep], **{name: take(getattr(self, name)) for name in _SCALARS},
                    neuron_margins=take(self.neuron_margins), weights=self.weights[i],
                    outer_weights=self.outer_weights[i], stepsize=float(self.stepsize[i]),
                    seed=int(self.seed[i]), steps=self.steps, status=self.status[i],
                    diverged_step=diverged if diverged >= 0 else None, seconds=self.seconds,
                    steps_per_second=self.steps / self.seconds if self.seconds > 0 else math.inf,
-                   meta=self.meta)
+                   meta=self.meta, sharpness=sharpness, sharpness_step=sharpness_step)
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -221,7 +242,7 @@ def _save(path, kind: str, result) -> None:
         elif value is None:
             header.setdefault("none", []).append(f.name)
         else:
-            arrays[f.name] = np.asarray(value)
+            arrays[f.name] = value.get() if type(value).__module__.startswith("cupy") else np.asarray(value)
     np.savez_compressed(path, header=np.array(json.dumps(header)), **arrays)
 
 
