@@ -8,7 +8,7 @@
 Importing lgd loads numpy only: numba and cupy are imported when a backend first needs them.
 """
 
-from . import activations, data, losses
+from . import activations, analysis, data, hessian, losses
 from .backends import BackendUnavailable
 from .driver import gd, sweep
 from .models import Linear, TwoLayerNet
@@ -17,4 +17,4 @@ from .results import Phase, Run, Sweep, load
 __version__ = "0.1.0"
 
 __all__ = ["gd", "sweep", "TwoLayerNet", "Linear", "Run", "Sweep", "Phase", "load", "BackendUnavailable",
-           "activations", "losses", "data", "__version__"]
+           "activations", "losses", "data", "analysis", "hessian", "__version__"]

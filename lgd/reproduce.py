@@ -1,0 +1,407 @@
+"""``lgd reproduce NAME``: the figures of the literature lgd serves, each with a JSON summary of its numbers.
+
+What lives here: one function per experiment (:func:`fig4`, :func:`xor`, :func:`digits`,
+:func:`acceleration`, :func:`eos`, :func:`balancing`, and :func:`mnist`, :func:`cifar10` on local
+files), each returning a :class:`Reproduction` -- the summary (plain JSON numbers read off the runs
+by :mod:`lgd.analysis`) and a function drawing the figure -- plus the command-line plumbing
+(:func:`configure`, :func:`main`). ``quick=True`` runs a reduced version (fewer steps and points)
+that the tests assert on; the full versions take minutes on two cores.
+
+What does not: the formulas (:mod:`lgd.models`, :mod:`lgd.hessian`) and the phase analysis
+(:mod:`lgd.analysis`). Nothing heavy is imported at module level: the parser is built on every
+``lgd`` call.
+
+References: Cai, Wu, Mei, Lindsey, Bartlett (NeurIPS 2024) for fig4, xor and cifar10; Wu, Bartlett,
+Telgarsky, Yu (COLT 2024) for digits, mnist and acceleration; Cohen et al. (ICLR 2021) for eos;
+Wang, Chen, Zhao, Tao (ICLR 2022) for balancing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+NAMES = ("fig4", "xor", "digits", "acceleration", "eos", "balancing", "mnist", "cifar10")
+
+
+@dataclass
+class Reproduction:
+    """The outcome of one experiment: ``summary`` (JSON-ready) and ``draw()`` returning a matplotlib figure."""
+
+    name: str
+    summary: dict
+    draw: Callable
+
+
+def _pyplot():
+    from .plot import _pyplot as pyplot
+
+    return pyplot()
+
+
+def _run_summary(run) -> dict:
+    """The per-run numbers every experiment reports (lgd.analysis), as plain JSON values."""
+    from .analysis import analyze
+
+    result = analyze(run)
+    summary = {"stepsize": run.stepsize, "status": run.status, "final_risk": run.final_risk,
+               "final_accuracy": float(run.accuracy[-1]) if run.accuracy.size else math.nan,
+               "final_normalized_margin": float(run.normalized_margin[-1]) if run.risk.size else math.nan,
+               "phase": asdict(result.phase), "edge_of_stability": asdict(result.edge_of_stability),
+               "stable": asdict(result.stable), "margin": asdict(result.margin),
+               "steps_per_second": run.steps_per_second}
+    if result.sharpness is not None:
+        summary["sharpness"] = asdict(result.sharpness)
+    return summary
+
+
+def _trace_panels(axes, runs, title: str):
+    """Risk (log-log, dotted line at the transition), eta * t * risk and normalized margin for each run."""
+    plt = _pyplot()
+    ax_risk, ax_rate, ax_margin = axes
+    colors = plt.cm.viridis(np.linspace(0.0, 0.85, max(len(runs), 1)))
+    for run, color in zip(runs, colors):
+        t = run.step.astype(np.float64)
+        shown = (t > 0) & (run.risk > 0)
+        label = f"eta = {run.stepsize:g}"
+        ax_risk.loglog(t[shown], run.risk[shown], color=color, lw=1.1, label=label)
+        s = run.phase.transition_step
+        if s:
+            ax_risk.axvline(s, color=color, ls=":", lw=0.8)
+        ax_rate.loglog(t[shown], run.stepsize * t[shown] * run.risk[shown], color=color, lw=1.1, label=label)
+        ax_margin.semilogx(t[t > 0], run.normalized_margin[t > 0], color=color, lw=1.1, label=label)
+    ax_risk.set(xlabel="step t", ylabel="risk L(W_t)", title=f"{title}: risk")
+    ax_rate.set(xlabel="step t", ylabel="eta t L(W_t)", title="stable-phase rate")
+    ax_margin.set(xlabel="step t", ylabel="min_i y_i f(x_i) / ||W||", title="normalized margin")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    ax_risk.legend(fontsize=8)
+
+
+def _runs_figure(groups, suptitle: str):
+    """One row of :func:`_trace_panels` per (title, runs) group."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(groups), 3, figsize=(15, 4 * len(groups)), constrained_layout=True, squeeze=False)
+    for row, (title, runs) in zip(axes, groups):
+        _trace_panels(row, runs, title)
+    fig.suptitle(suptitle)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- experiments
+
+
+def fig4(quick: bool = False, backend: str = "auto", progress=None) -> Reproduction:
+    """Cai et al. Fig. 4: margin improvement with every neuron's margin negative.
+
+    Five points in R^3 (max-margin direction (1, 0, 0), margin 0.05), two neurons with outer weights
+    +1 and -1 under the 1/m scaling (so +1/2 and -1/2), phi = leaky softplus c = 0.5, logistic loss,
+    W_0 = 0, eta = 3. Expected: each neuron's margin min_i y_i a_j phi(w_j . x_i) stays negative while
+    the network margin min_i y_i f(x_i) turns positive: the network separates data that neither neuron does.
+    """
+    import lgd
+
+    X, y = lgd.data.fig4()
+    net = lgd.TwoLayerNet(2, activation="leaky_softplus(0.5)", scaling="mean_field", outer=[1.0, -1.0])
+    run = lgd.gd(X, y, net, "logistic", stepsize=3.0, steps=3000 if quick else 20000, init="zeros",
+                 backend=backend, neuron_margins=True, progress=progress)
+    positive = np.flatnonzero(run.margin > 0)
+    summary = {"experiment": "fig4", "stepsize": 3.0, "steps": run.steps, "backend": run.meta["backend"],
+               "final_network_margin": float(run.margin[-1]),
+               "final_normalized_margin": float(run.normalized_margin[-1]),
+               "first_step_network_margin_positive": int(run.step[positive[0]]) if positive.size else None,
+               "final_neuron_margins": run.neuron_margins[-1].tolist(),
+               "largest_neuron_margin_after_step_0": float(run.neuron_margins[1:].max()),
+               "final_accuracy": float(run.accuracy[-1]), "run": _run_summary(run)}
+
+    def draw():
+        plt = _pyplot()
+        fig, (ax_margin, ax_risk) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+        t = run.step[1:]
+        ax_margin.semilogx(t, run.margin[1:], color="k", lw=1.5, label="network margin min_i y_i f(x_i)")
+        for j, style in enumerate(("--", ":")):
+            ax_margin.semilogx(t, run.neuron_margins[1:, j] * net.scale, ls=style, lw=1.2,
+                               label=f"neuron {j + 1}: s min_i y_i a_j phi(w_j.x_i)")
+        ax_margin.axhline(0, color="grey", lw=0.8)
+        ax_margin.set(xlabel="step t", ylabel="margin", title="Cai et al. Fig. 4: neurons negative, network positive")
+        ax_margin.legend(fontsize=8)
+        ax_risk.loglog(t, run.risk[1:], color="C3")
+        ax_risk.set(xlabel="step t", ylabel="risk", title="risk (eta = 3, W_0 = 0)")
+        for ax in (ax_margin, ax_risk):
+            ax.grid(True, alpha=0.3)
+        return fig
+
+    return Reproduction("fig4", summary, draw)
+
+
+def xor(quick: bool = False, backend: str = "auto", progress=None) -> Reproduction:
+    """Cai et al. Fig. 2 (XOR): risk, eta * t * risk and normalized margin for a small and two large stepsizes.
+
+    Noisy XOR (n = 100), two-layer net, 20 neurons, leaky softplus c = 0.5, 1/m scaling, logistic loss.
+    Expected: the small stepsize is monotone and slow; the large ones oscillate (EoS), cross the
+    transition min(1/eta, log 2 / n), then decrease monotonically with eta * t * risk levelling off
+    and the normalized margin growing.
+    """
+    import lgd
+
+    X, y = lgd.data.xor(n=40 if quick else 100)
+    net = lgd.TwoLayerNet(10 if quick else 20, activation="leaky_softplus(0.5)", scaling="mean_field")
+    stepsizes = (30.0, 1000.0, 3000.0)
+    grid = lgd.sweep(X, y, net, "logistic", stepsizes=stepsizes, steps=4000 if quick else 20000, backend=backend,
+                     progress=progress)
+    runs = list(grid)
+    summary = {"experiment": "xor", "n": X.shape[0], "width": net.width, "steps": grid.steps,
+               "backend": grid.meta["backend"], "runs": [_run_summary(run) for run in runs]}
+    return Reproduction("xor", summary, lambda: _runs_figure([("XOR, two-layer leaky softplus", runs)],
+                                                             "Cai et al. Fig. 2 (XOR)"))
+
+
+def _two_class(name: str, X, y, steps: int, linear_stepsizes, net_stepsizes, width: int, backend, progress,
+               X_test=None, y_test=None) -> Reproduction:
+    """Logistic regression and a two-layer net (leaky softplus, 1/m) at a small and a large stepsize."""
+    import lgd
+
+    linear = lgd.sweep(X, y, lgd.Linear(), "logistic", stepsizes=linear_stepsizes, steps=steps, init="zeros",
+                       backend=backend, progress=progress, X_test=X_test, y_test=y_test)
+    net = lgd.TwoLayerNet(width, activation="leaky_softplus(0.5)", scaling="mean_field")
+    network = lgd.sweep(X, y, net, "logistic", stepsizes=net_stepsizes, steps=steps, backend=backend,
+                        progress=progress, X_test=X_test, y_test=y_test)
+    summary = {"experiment": name, "n": X.shape[0], "d": X.shape[1], "steps": steps,
+               "backend": linear.meta["backend"],
+               "logistic_regression": [_run_summary(run) for run in linear],
+               "two_layer": {"model": net.describe(), "runs": [_run_summary(run) for run in network]}}
+    return Reproduction(name, summary, lambda: _runs_figure(
+        [("logistic regression", list(linear)), (f"two-layer, {width} neurons", list(network))],
+        f"{name}: small vs large stepsize"))
+
+
+def digits(quick: bool = False, backend: str = "auto", progress=None) -> Reproduction:
+    """Wu et al. on real data: scikit-learn's 8x8 digits 0 vs 8 (n = 352, ||x|| <= 1), small vs large stepsizes.
+
+    Logistic regression from w_0 = 0 at eta = 1 and 1000, and a two-layer net at eta = 10 and 3000.
+    Expected: the large stepsizes oscillate first, then reach far smaller risk within the budget.
+    """
+    import lgd
+
+    X, y = lgd.data.digits(0, 8, n=120 if quick else None)
+    return _two_class("digits", X, y, 1000 if quick else 5000, (1.0, 1000.0), (10.0, 3000.0), 20, backend, progress)
+
+
+def mnist(path, quick: bool = False, backend: str = "auto", progress=None) -> Reproduction:
+    """Wu et al.: 1,000 MNIST digits 0 vs 8 read from the IDX files under ``path``; as :func:`digits`."""
+    import lgd
+
+    X, y = lgd.data.mnist(path, digits=(0, 8), n=200 if quick else 1000)
+    return _two_class("mnist", X, y, 1000 if quick else 5000, (1.0, 1000.0), (10.0, 3000.0), 20, backend, progress)
+
+
+def cifar10(path, quick: bool = False, backend: str = "auto", progress=None) -> Reproduction:
+    """Cai et al. Fig. 2 (CIFAR-10): airplane vs automobile read from the pickles under ``path``; as :func:`digits`."""
+    import lgd
+
+    X, y = lgd.data.cifar10(path, n=200 if quick else 1000)
+    return _two_class("cifar10", X, y, 1000 if quick else 5000, (1.0, 1000.0), (10.0, 3000.0), 20, backend,
+                      progress)
+
+
+def acceleration(quick: bool = False, backend: str = "auto", progress=None) -> Reproduction:
+    """Wu et al.: risk after T steps against the stepsize, logistic regression on their toy set from w_0 = 0.
+
+    Stepsizes log-spaced over 0.1 .. 10^4; budgets T = 100, 1000, 10000 (quick: 100, 300, 1000 and
+    stepsizes up to 10^3). Expected: the best stepsize among the runs whose risk never rose is stuck
+    at risk ~ 1/T (slope -1 against T), while large stepsizes (EoS first) reach risks smaller by orders
+    of magnitude.
+    """
+    import lgd
+    from .analysis import acceleration_curve
+
+    X, y = lgd.data.wu_toy()
+    stepsizes = np.logspace(-1, 3, 9) if quick else np.logspace(-1, 4, 16)
+    budgets = (100, 300, 1000) if quick else (100, 1000, 10000)
+    grid = lgd.sweep(X, y, lgd.Linear(), "logistic", stepsizes=stepsizes, steps=budgets[-1], init="zeros",
+                     backend=backend, progress=progress)
+    curves = [acceleration_curve(grid, T) for T in budgets]
+    log_budgets = np.log(budgets)
+    monotone_slope = float(np.polyfit(log_budgets, np.log([c.best_monotone_risk for c in curves]), 1)[0])
+    summary = {"experiment": "acceleration", "data": "wu_toy", "backend": grid.meta["backend"],
+               "stepsizes": stepsizes.tolist(),
+               "budgets": [{"steps": c.steps, "risk": c.risk.tolist(), "monotone": c.monotone.tolist(),
+                            "best_stepsize": c.best_stepsize, "best_risk": c.best_risk,
+                            "best_monotone_stepsize": c.best_monotone_stepsize,
+                            "best_monotone_risk": c.best_monotone_risk,
+                            "smallest_stepsize_risk": c.smallest_stepsize_risk} for c in curves],
+               "best_monotone_risk_slope_in_T": monotone_slope,
+               "largest_monotone_stepsize": float(stepsizes[curves[-1].monotone][-1])}
+
+    def draw():
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+        for curve, color in zip(curves, plt.cm.viridis(np.linspace(0, 0.85, len(curves)))):
+            ax.loglog(curve.stepsizes, curve.risk, "o-", color=color, ms=4, label=f"T = {curve.steps}")
+            ax.loglog(curve.stepsizes[~curve.monotone], curve.risk[~curve.monotone], "o", color=color, ms=8,
+                      mfc="none")
+        ax.set(xlabel="stepsize eta", ylabel="risk L(w_T)",
+               title="Wu et al. toy set: risk after T steps (open circles: non-monotone runs)")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        return fig
+
+    return Reproduction("acceleration", summary, draw)
+
+
+def eos(quick: bool = False, backend: str = "auto", progress=None) -> Reproduction:
+    """Cohen et al.: progressive sharpening and the edge of stability, sharpness against 2/eta.
+
+    Squared loss on noisy XOR (n = 200, targets +-1), tanh net with 32 neurons, 1/sqrt(m) scaling,
+    both layers trained, W_0 ~ N(0, 0.5^2); sharpness (top Hessian eigenvalue, exact HVPs + Lanczos)
+    every 100-200 steps at eta = 2, 5, 6.5. Expected: at eta = 2 the sharpness rises throughout
+    (progressive sharpening) while 2/eta = 1 stays out of reach; at eta = 5 and 6.5 it rises to 2/eta
+    (0.4, 0.31) and hovers there while the risk keeps decreasing non-monotonically.
+    """
+    import lgd
+
+    X, y = lgd.data.xor(n=200, noise=0.2)
+    net = lgd.TwoLayerNet(32, activation="tanh", scaling="ntk", outer="random", train_outer=True)
+    steps, every = (2000, 100) if quick else (8000, 200)
+    grid = lgd.sweep(X, y, net, "squared", stepsizes=(2.0, 5.0, 6.5), steps=steps, init_scale=0.5, backend=backend,
+                     sharpness_every=every, progress=progress)
+    runs = list(grid)
+    summary = {"experiment": "eos", "backend": grid.meta["backend"], "steps": steps, "sharpness_every": every,
+               "sharpness_seconds": grid.meta["sharpness_seconds"], "runs": [_run_summary(run) for run in runs]}
+
+    def draw():
+        plt = _pyplot()
+        fig, (ax_sharp, ax_risk) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+        for run, color in zip(runs, ("C0", "C1", "C2")):
+            ax_sharp.plot(run.sharpness_step, run.sharpness[:, 0], "o-", ms=3, color=color,
+                          label=f"eta = {run.stepsize:g}")
+            ax_sharp.axhline(run.sharpness_limit, color=color, ls="--", lw=1)
+            ax_risk.plot(run.step, run.risk, color=color, lw=1, label=f"eta = {run.stepsize:g}")
+        ax_sharp.set(xlabel="step t", ylabel="top Hessian eigenvalue", title="sharpness (dashed: 2/eta)")
+        ax_risk.set(xlabel="step t", ylabel="risk (squared loss)", title="risk", yscale="log")
+        for ax in (ax_sharp, ax_risk):
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle("Edge of stability: tanh net, both layers trained, squared loss on XOR")
+        return fig
+
+    return Reproduction("eos", summary, draw)
+
+
+def balancing(quick: bool = False, backend: str = "auto", progress=None) -> Reproduction:
+    """Wang et al.: GD on (1/2)(1 - x y)^2 from (x0, y0) = (9, 1); larger stepsizes end more balanced.
+
+    The model is ``TwoLayerNet(1, 'identity', scaling=1, outer=[y0], train_outer=True)`` on X = [[1]],
+    target 1, squared loss, W_0 = [[x0]]. At a minimum x y = 1 the sharpness is x^2 + y^2, so a
+    limit that GD can reach stably satisfies x^2 + y^2 <= 2/eta, i.e. (x - y)^2 <= 2/eta - 2: larger
+    stepsizes force more balanced limits. Stepsizes from 0.02 up to 4/(x0^2 + y0^2 + 8) and beyond.
+    """
+    import lgd
+
+    x0, y0 = 9.0, 1.0
+    reference = 4.0 / (x0 * x0 + y0 * y0 + 8.0)
+    stepsizes = np.round(np.linspace(0.02, 1.15 * reference, 6 if quick else 13), 5)
+    net = lgd.TwoLayerNet(1, activation="identity", scaling=1.0, outer=[y0], train_outer=True)
+    grid = lgd.sweep(np.array([[1.0]]), np.array([1.0]), net, "squared", stepsizes=stepsizes,
+                     steps=1000 if quick else 3000, init=[[x0]], backend=backend, progress=progress)
+    x, y = grid.weights.reshape(-1), grid.outer_weights.reshape(-1)
+    converged = np.array([s == "completed" for s in grid.status]) & (np.abs(x * y - 1) < 1e-6)
+    gap = np.where(converged, np.abs(x - y), np.nan)
+    bound = np.sqrt(np.maximum(2.0 / stepsizes - 2.0, 0.0))
+    below = stepsizes < 0.85 * reference
+    summary = {"experiment": "balancing", "x0": x0, "y0": y0, "reference_stepsize": reference,
+               "backend": grid.meta["backend"], "stepsizes": stepsizes.tolist(), "status": list(grid.status),
+               "final_x": x.tolist(), "final_y": y.tolist(), "final_gap": gap.tolist(), "gap_bound": bound.tolist(),
+               "gap_decreasing_below_0.85_reference": bool(np.all(np.diff(gap[below]) < 0)),
+               "every_converged_gap_within_bound": bool(np.all(gap[converged] <= bound[converged] + 1e-9)),
+               "initial_gap": abs(x0 - y0)}
+
+    def draw():
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+        ax.plot(stepsizes, gap, "o-", label="|x_T - y_T| (converged runs)")
+        ax.plot(stepsizes, bound, "k--", lw=1, label="stability bound sqrt(2/eta - 2)")
+        ax.axvline(reference, color="grey", ls=":", label="4 / (x0^2 + y0^2 + 8)")
+        ax.set(xlabel="stepsize eta", ylabel="final imbalance |x - y|",
+               title="Wang et al.: (1/2)(1 - xy)^2 from (9, 1)", ylim=(0, 10))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        return fig
+
+    return Reproduction("balancing", summary, draw)
+
+
+_EXPERIMENTS = {"fig4": fig4, "xor": xor, "digits": digits, "acceleration": acceleration, "eos": eos,
+                "balancing": balancing, "mnist": mnist, "cifar10": cifar10}
+_NEEDS_DATA = ("mnist", "cifar10")
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def configure(parser) -> None:
+    """Arguments of ``lgd reproduce``."""
+    parser.add_argument("name", choices=NAMES, help="which experiment")
+    parser.add_argument("--out", default="lgd-reproduce", help="output folder (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="a reduced version (seconds instead of minutes)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "cupy"))
+    parser.add_argument("--data-path", default=None, help="folder of the MNIST or CIFAR-10 files (mnist, cifar10)")
+    parser.add_argument("--no-plot", action="store_true", help="skip the figure")
+    parser.add_argument("--progress", action="store_true", default=None, help="progress bars")
+
+
+def reproduce(name: str, quick: bool = False, backend: str = "auto", data_path=None, progress=None) -> Reproduction:
+    """Run the experiment ``name`` (one of :data:`NAMES`)."""
+    if name not in _EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; valid: {', '.join(NAMES)}")
+    kwargs = {"quick": quick, "backend": backend, "progress": progress}
+    if name in _NEEDS_DATA:
+        if data_path is None:
+            raise ValueError(f"{name} needs --data-path pointing at the local {name} files")
+        return _EXPERIMENTS[name](data_path, **kwargs)
+    return _EXPERIMENTS[name](**kwargs)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def main(args) -> int:
+    """``lgd reproduce NAME``: run, write NAME.json (and NAME.png) into ``--out``, print what was written."""
+    import lgd
+
+    tic = time.perf_counter()
+    try:
+        result = reproduce(args.name, quick=args.quick, backend=args.backend, data_path=args.data_path,
+                           progress=args.progress)
+    except (ValueError, TypeError, ImportError, FileNotFoundError, lgd.BackendUnavailable) as exc:
+        print(f"lgd reproduce: error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result.summary["quick"] = bool(args.quick)
+    result.summary["seconds"] = time.perf_counter() - tic
+    written = [out / f"{result.name}.json"]
+    written[0].write_text(json.dumps(result.summary, indent=2, default=_json_default) + "\n")
+    if not args.no_plot:
+        try:
+            figure = result.draw()
+        except ImportError as exc:
+            print(f"lgd reproduce: no figure: {exc}", file=sys.stderr)
+        else:
+            figure.savefig(out / f"{result.name}.png", dpi=110)
+            _pyplot().close(figure)
+            written.append(out / f"{result.name}.png")
+    print(f"{result.name}: {result.summary['seconds']:.1f} s; wrote " + ", ".join(str(p) for p in written))
+    return 0

@@ -1,0 +1,131 @@
+"""lgd.analysis on synthetic traces with known answers, and on short real runs."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+import lgd
+from lgd import analysis
+
+
+@pytest.fixture(scope="module")
+def template():
+    """A real run whose traces the synthetic tests replace (wu_toy: n = 4, logistic loss)."""
+    X, y = lgd.data.wu_toy()
+    return lgd.gd(X, y, lgd.Linear(), stepsize=10.0, steps=5, init="zeros", backend="numpy")
+
+
+def _synthetic(template, risk, stepsize=10.0, margin=None, sharpness=None, sharpness_step=None):
+    step = np.arange(len(risk))
+    margin = np.linspace(0.1, 0.2, len(risk)) if margin is None else np.asarray(margin, dtype=float)
+    return dataclasses.replace(template, step=step, risk=np.asarray(risk, dtype=float), stepsize=stepsize,
+                               normalized_margin=margin, steps=len(risk) - 1, sharpness=sharpness,
+                               sharpness_step=sharpness_step)
+
+
+def _eos_then_power_law(power, eta=10.0, steps=1000):
+    # threshold = min(1/eta, log 2 / 4) = 0.1; the EoS part stays above it, with 4 increases, peak 5 at step 4.
+    eos = [0.7, 2.0, 0.5, 3.0, 5.0, 0.2, 0.3]
+    t = np.arange(len(eos), steps + 1, dtype=float)
+    return np.concatenate([eos, 0.09 * (t / len(eos)) ** -power])
+
+
+def test_edge_of_stability_and_stable_rate_of_a_one_over_t_trace(template):
+    run = _synthetic(template, _eos_then_power_law(1.0))
+    eos = analysis.edge_of_stability(run)
+    assert (eos.increases, eos.peak_risk, eos.peak_step, eos.length) == (4, 5.0, 4, 7)
+    assert eos.present and eos.peak_over_initial == pytest.approx(5.0 / 0.7)
+    stable = analysis.stable_rate(run)
+    assert stable.start == 7 and stable.end == 1000 and stable.monotone and stable.increases == 0
+    assert stable.slope == pytest.approx(-1.0, abs=1e-12)
+    assert stable.rate_change_last_decade == pytest.approx(0.0, abs=1e-12)
+    assert stable.final_rate == pytest.approx(10.0 * 1000 * 0.09 * 7 / 1000)
+
+
+def test_stable_rate_tells_one_over_t_squared_and_a_stall_apart(template):
+    faster = analysis.stable_rate(_synthetic(template, _eos_then_power_law(2.0)))
+    assert faster.slope == pytest.approx(-2.0, abs=1e-12)
+    assert faster.rate_change_last_decade == pytest.approx(-0.9, abs=1e-12)
+    stalled = analysis.stable_rate(_synthetic(template, _eos_then_power_law(0.0)))
+    assert stalled.slope == pytest.approx(0.0, abs=1e-12) and stalled.rate_change_last_decade == pytest.approx(9.0)
+
+
+def test_a_rise_after_the_transition_is_counted(template):
+    risk = _eos_then_power_law(1.0)
+    risk[500] = risk[499] * 1.5
+    stable = analysis.stable_rate(_synthetic(template, risk))
+    assert not stable.monotone and stable.increases == 1
+
+
+def test_no_transition_gives_no_stable_phase(template):
+    run = _synthetic(template, [0.7, 0.8, 0.6, 0.9, 0.5])
+    assert analysis.edge_of_stability(run).length is None
+    assert analysis.edge_of_stability(run).increases == 2
+    stable = analysis.stable_rate(run)
+    assert stable.start is None and math.isnan(stable.slope) and not stable.monotone
+    assert analysis.margin_monotonicity(run).start is None
+
+
+def test_margin_monotonicity_counts_decreases_and_the_largest_drawdown(template):
+    risk = [0.7, 0.05, 0.04, 0.03, 0.02, 0.01]   # transition at step 1
+    margin = [-1.0, 0.1, 0.2, 0.15, 0.3, 0.3]
+    result = analysis.margin_monotonicity(_synthetic(template, risk, margin=margin))
+    assert result.start == 1 and result.decreases == 1
+    assert result.fraction_decreasing == pytest.approx(1 / 4)
+    assert result.largest_relative_decrease == pytest.approx(0.25)
+    assert (result.initial, result.final) == (0.1, 0.3)
+
+
+def test_sharpness_summary_reads_progressive_sharpening_and_the_limit(template):
+    limit = 2 / 10.0
+    top = np.array([0.05, 0.1, 0.15, 0.19, 0.21, 0.2, 0.19, 0.2])
+    run = _synthetic(template, np.linspace(1, 0.5, 71), sharpness=top[:, None], sharpness_step=np.arange(8) * 10)
+    result = analysis.sharpness_summary(run)
+    assert result.limit == pytest.approx(limit) and result.initial == 0.05 and result.peak == 0.21
+    assert result.peak_step == 40 and result.progressive_sharpening == pytest.approx(4.2)
+    assert result.reached_step == 30 and result.median_over_limit_after == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="sharpness_every"):
+        analysis.sharpness_summary(_synthetic(template, [1.0, 0.5]))
+
+
+def test_acceleration_curve_of_a_synthetic_sweep():
+    X, y = lgd.data.wu_toy()
+    grid = lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0, 10.0, 100.0], seeds=(0, 1), steps=3, init="zeros",
+                     backend="numpy")
+    risk = np.array([[4, 3, 2, 1.0], [4, 3, 2, 4.0],          # eta = 1: monotone / not: geometric mean 2
+                     [4, 3, 2, 0.5], [4, 3, 2, 0.5],          # eta = 10: monotone, 0.5
+                     [4, 5, 2, 0.1], [4, 5, 2, 0.001]])       # eta = 100: non-monotone, 0.01
+    curve = analysis.acceleration_curve(dataclasses.replace(grid, risk=risk))
+    np.testing.assert_allclose(curve.risk, [2.0, 0.5, 0.01])
+    assert curve.monotone.tolist() == [False, True, False]
+    assert (curve.best_stepsize, curve.best_monotone_stepsize, curve.smallest_stepsize_risk) == (100.0, 10.0, 2.0)
+    at_two = analysis.acceleration_curve(dataclasses.replace(grid, risk=risk), steps=2)
+    np.testing.assert_allclose(at_two.risk, [2.0, 2.0, 2.0])
+    assert at_two.monotone.tolist() == [True, True, False]
+    with pytest.raises(ValueError, match="not recorded"):
+        analysis.acceleration_curve(grid, steps=7)
+
+
+def test_real_runs_small_stepsize_monotone_large_stepsize_eos_then_rate_one_over_t():
+    X, y = lgd.data.wu_toy()
+    small, large = lgd.sweep(X, y, lgd.Linear(), stepsizes=[0.5, 10.0], steps=3000, init="zeros", backend="numpy")
+    small_result, large_result = analysis.analyze(small), analysis.analyze(large)
+    assert not small_result.edge_of_stability.present
+    assert large_result.edge_of_stability.present and large_result.edge_of_stability.peak_over_initial > 2
+    for result in (small_result, large_result):
+        assert result.stable.monotone
+        assert -1.15 < result.stable.slope < -0.85          # L = Theta(1/(eta t)) (log factors aside)
+        assert abs(result.stable.rate_change_last_decade) < 0.1
+    # eta * t * L levels off at a constant that barely depends on eta (science.md, section 1)
+    assert large_result.stable.final_rate == pytest.approx(small_result.stable.final_rate, rel=0.2)
+
+
+def test_analyze_a_sweep_and_the_xor_margin_in_the_stable_phase():
+    X, y = lgd.data.xor(n=40)
+    grid = lgd.sweep(X, y, lgd.TwoLayerNet(8), stepsizes=[50.0], steps=1500, backend="numpy")
+    (result,) = analysis.analyze(grid)
+    assert result.phase.transition_step is not None
+    assert result.margin.final > result.margin.initial > 0
+    assert result.margin.largest_relative_decrease < 0.05

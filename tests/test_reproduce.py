@@ -1,0 +1,82 @@
+"""The reduced (--quick) reproductions on the numpy backend: the claims of each figure, read off its summary."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lgd import reproduce
+from lgd.cli import PLUGGED_COMMANDS, main
+
+
+def test_fig4_network_margin_turns_positive_while_each_neuron_margin_stays_negative():
+    summary = reproduce.fig4(quick=True, backend="numpy").summary
+    assert summary["final_network_margin"] > 0 and summary["final_accuracy"] == 1.0
+    assert summary["first_step_network_margin_positive"] > 0
+    assert summary["largest_neuron_margin_after_step_0"] < 0
+    assert all(margin < 0 for margin in summary["final_neuron_margins"])
+
+
+def test_xor_large_stepsizes_oscillate_then_beat_the_small_one():
+    small, *large = reproduce.xor(quick=True, backend="numpy").summary["runs"]
+    assert small["edge_of_stability"]["increases"] == 0 and small["stable"]["monotone"]
+    for run in large:
+        assert run["edge_of_stability"]["increases"] > 0 and run["edge_of_stability"]["peak_over_initial"] > 1
+        assert run["phase"]["transition_step"] is not None and run["stable"]["monotone"]
+        assert run["final_risk"] < small["final_risk"] and run["final_accuracy"] == 1.0
+    assert large[-1]["final_risk"] < 1e-3 * small["final_risk"]
+    # in the stable phase the risk falls like a power of t close to 1/t
+    assert all(-1.3 < run["stable"]["slope"] < -0.7 for run in (small, *large))
+
+
+def test_digits_large_stepsizes_reach_smaller_risk():
+    summary = reproduce.digits(quick=True, backend="numpy").summary
+    for runs in (summary["logistic_regression"], summary["two_layer"]["runs"]):
+        small, large = runs
+        assert small["stepsize"] < large["stepsize"]
+        assert large["final_risk"] < 0.1 * small["final_risk"]
+
+
+def test_acceleration_monotone_runs_are_stuck_at_one_over_t():
+    summary = reproduce.acceleration(quick=True, backend="numpy").summary
+    assert -1.3 < summary["best_monotone_risk_slope_in_T"] < -0.7
+    for budget in summary["budgets"]:
+        assert budget["monotone"][0] and not budget["monotone"][-1]
+        assert budget["best_risk"] < 1e-3 * budget["best_monotone_risk"]
+        assert budget["best_stepsize"] > budget["best_monotone_stepsize"]
+
+
+def test_eos_sharpness_rises_to_two_over_eta_and_hovers():
+    summary = reproduce.eos(quick=True, backend="numpy").summary
+    small, *large = summary["runs"]
+    assert small["sharpness"]["progressive_sharpening"] > 1.15 and small["sharpness"]["peak_over_limit"] < 0.9
+    for run in large:
+        sharpness = run["sharpness"]
+        assert sharpness["reached_step"] is not None
+        assert 0.93 < sharpness["median_over_limit_after"] < 1.07
+        assert sharpness["peak_over_limit"] < 1.3
+        assert run["edge_of_stability"]["increases"] > 10  # the risk is not monotone at the edge of stability
+
+
+def test_balancing_larger_stepsizes_end_more_balanced():
+    summary = reproduce.balancing(quick=True, backend="numpy").summary
+    assert summary["gap_decreasing_below_0.85_reference"]
+    assert summary["every_converged_gap_within_bound"]
+    gaps = np.array(summary["final_gap"], dtype=float)
+    assert gaps[0] > 0.9 * summary["initial_gap"] and np.nanmin(gaps) < 0.25 * summary["initial_gap"]
+
+
+def test_lgd_reproduce_writes_summary_and_figure(tmp_path, capsys):
+    assert "reproduce" in PLUGGED_COMMANDS
+    assert main(["reproduce", "balancing", "--quick", "--backend", "numpy", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "balancing.json").read_text())
+    assert summary["quick"] is True and summary["experiment"] == "balancing"
+    assert (tmp_path / "balancing.png").stat().st_size > 10_000
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_data_experiments_need_a_path(tmp_path, capsys):
+    assert main(["reproduce", "mnist", "--quick", "--out", str(tmp_path)]) == 2
+    assert "--data-path" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown experiment"):
+        reproduce.reproduce("fig5")
