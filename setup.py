@@ -10,7 +10,7 @@ EXTRAS = {
     "data": ["scikit-learn>=1.3"],
     "progress": ["tqdm>=4.60"],
     "analysis": ["scipy>=1.10"],
-    "bench": ["pytest-benchmark>=4", "torch>=2.3", "jax>=0.4.30"],
+    "bench": ["pytest-benchmark>=4", "torch==2.13.0", "jax>=0.4.30", "threadpoolctl>=3"],
     # NVRTC and the CUDA headers from PyPI compile the CUDA sources without a GPU. Pinned to the 13.0
     # line: newer NVRTC emits PTX that the lent GPU machines' driver (CUDA 13.0) rejects.
     "nvrtc": ["cupy-cuda13x>=14", "nvidia-cuda-nvrtc==13.0.*", "nvidia-cuda-runtime==13.0.*",

@@ -87,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands that live in their own modules: each has configure(parser) and main(args) -> int and
 # imports nothing heavy at module level (the parser is built on every `lgd` call).
-PLUGGED_COMMANDS: dict = {}
+PLUGGED_COMMANDS: dict = {
+    "bench": ("lgd.benchmark", "throughput benchmarks against NumPy, PyTorch and JAX"),
+    "reproduce": ("lgd.reproduce",
+                  "reproduce a figure of the literature: fig4, xor, digits, acceleration, eos, balancing"),
+}
 
 
 def main(argv=None) -> int:

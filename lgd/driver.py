@@ -155,7 +155,7 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
                       train_outer=model.train_outer, linear=model.__class__.__name__ == "Linear",
                       X_test=X_test, y_test=y_test, record_neurons=bool(neuron_margins))
 
-    runner = _backends.get(backend_name).runner(problem)  # compiles here, outside the timed loop
+    runner = _backends.get(backend_name).runner(problem, state.W.shape)  # compiles here, not in the timed loop
     if sharpness_every is None:
         sharpness_steps, sharpness, measure_sharpness = None, None, None
     else:

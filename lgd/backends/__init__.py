@@ -1,6 +1,8 @@
 """Backend registry: which implementation runs the GD loop, and the contract they all keep.
 
-A backend is a module with ``available() -> (bool, reason)`` and ``runner(problem) -> Runner``.
+A backend is a module with ``available() -> (bool, reason)`` and ``runner(problem, shape) -> Runner``,
+where ``shape`` = (C, m, d) is the shape of the iterates W it will run (so that it compiles only
+what that batch needs).
 Its library (numba, cupy) is imported only inside those functions, so ``import lgd`` stays light.
 
 The contract (what :mod:`lgd.driver` relies on). A runner advances a batch of C configurations

@@ -73,6 +73,6 @@ class Runner:
         state.diverged[...] = device.diverged.get()
 
 
-def runner(problem: Problem) -> Runner:
+def runner(problem: Problem, shape=None) -> Runner:
     return Runner(problem)
 

@@ -68,5 +68,5 @@ class Runner:
             trace.test_accuracy[c, slot] = np.mean(p.y_test * f > 0)
 
 
-def runner(problem: Problem) -> Runner:
+def runner(problem: Problem, shape=None) -> Runner:
     return Runner(problem)

@@ -1,0 +1,1 @@
+"""Throughput benchmarks of lgd against NumPy, PyTorch and JAX (pytest-benchmark suites; see docs/performance.md)."""

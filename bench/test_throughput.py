@@ -1,0 +1,64 @@
+"""Throughput of lgd's backends and of the peers on every workload (bench.workloads) and dtype.
+
+Each case: build the implementation (a missing peer or device skips with the reason), check it against
+lgd's numpy oracle on a short run, make one untimed warm-up call (compilation; its time is reported as
+``warmup_s``/``compile_s``, never counted), then time whole runs with pytest-benchmark. ``extra_info``
+holds steps/s (configuration-steps/s for sweeps), GFLOP/s of the two products and the roofline fraction.
+
+With benchmarking disabled (``--benchmark-disable``, as CI runs it) every workload is shrunk to a few
+steps on small shapes: the code paths and the agreement checks run, in seconds.
+"""
+
+import time
+
+import numpy as np
+import pytest
+
+from bench.peers import IMPLEMENTATIONS, LGD, Unavailable, prepare, steps_for
+from bench.workloads import CHECK_RTOL, CHECK_STEPS, WORKLOADS
+
+DTYPES = ("float64", "float32")
+CASES = [(w, impl, dtype) for w in WORKLOADS for impl in IMPLEMENTATIONS for dtype in DTYPES]
+MAX_ROUNDS = 5
+
+
+@pytest.mark.parametrize("case", CASES, ids=["-".join(c) for c in CASES])
+def test_throughput(benchmark, case, bench_options, oracle_risk, roofline):
+    name, impl, dtype = case
+    workload = WORKLOADS[name]
+    workload = workload.shrunk() if benchmark.disabled else workload.scaled(bench_options["steps_scale"])
+    benchmark.group = f"{name} {dtype}"
+    if benchmark.disabled and impl == "torch-compile":
+        pytest.skip("torch.compile takes 10-50 s per shape: timed runs only (lgd bench)")
+    if benchmark.disabled and impl == "lgd-numba" and dtype == "float32":
+        pytest.skip("a second numba specialisation compiles for 30-40 s cold; float32 is tested in tests/")
+    try:
+        run = prepare(impl, workload, dtype, device=workload.device)
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+
+    reference = oracle_risk(workload, dtype)
+    got = run(CHECK_STEPS)[:, -1]
+    rel_error = float(np.max(np.abs(got - reference) / np.abs(reference)))
+    assert rel_error <= CHECK_RTOL[dtype], f"{impl} final risk after {CHECK_STEPS} steps is off by {rel_error:.2e}"
+
+    steps = steps_for(impl, workload)
+    if benchmark.disabled:
+        assert benchmark.pedantic(run, args=(steps,)).shape == (workload.configs, steps + 1)
+        return
+    tic = time.perf_counter()
+    run(steps)
+    warmup = time.perf_counter() - tic
+    rounds = int(min(MAX_ROUNDS, max(1, bench_options["round_budget"] // warmup)))
+    benchmark.pedantic(run, args=(steps,), rounds=rounds, iterations=1)
+
+    best = benchmark.stats.stats.min
+    config_steps = workload.configs * steps
+    limit = roofline(workload, dtype, budget=0.3)
+    benchmark.extra_info.update({
+        "workload": name, "impl": impl, "kind": "lgd" if impl in LGD else "peer", "dtype": dtype,
+        "n": workload.n, "d": workload.d, "m": workload.m, "configs": workload.configs, "steps": steps,
+        "config_steps": config_steps, "flops": workload.flops_per_step * config_steps,
+        "check_rel_error": rel_error, "warmup_s": warmup, "compile_s": max(0.0, warmup - best),
+        "steps_per_s": config_steps / best, "gflops": workload.flops_per_step * config_steps / best / 1e9,
+        "roofline": limit, "roofline_fraction": config_steps / best / limit["steps_per_s"]})

@@ -1,0 +1,554 @@
+"""Numba CPU kernels: whole GD runs of a two-layer net (or a linear model) in compiled code.
+
+What lives here: branch-free exp / log1p written as plain arithmetic (so that LLVM vectorises the
+loops that call them), the activations and losses of lgd as scalar/row functions selected by an
+integer code, the fused forward/backward pass over a block of samples, and two whole-run drivers:
+
+- :func:`run_configs`: ``prange`` over configurations, each running its steps serially (sweeps
+  with at least as many configurations as threads).
+- :func:`run_steps`: configurations one after the other, ``prange`` over blocks of samples inside
+  every step; the products X W^T and X^T G go either through the fused loops or through BLAS
+  (``np.dot``, called outside the ``prange`` body) when the problem is large.
+
+Specialisation: one compiled kernel per (driver, dtype). The activation and loss are runtime
+integer codes (the values of ``lgd.activations`` / ``lgd.losses``), dispatched once per row of
+m neurons or once per sample, never inside a vectorised loop, so a sweep over activations,
+losses, their parameters or stepsizes never recompiles. Arithmetic runs in float64; float32
+runs round to float32 wherever the numpy oracle rounds (weights, gradient, loss values, risk) so
+that they also diverge where the oracle does.
+
+Nothing here checks arguments or knows about lgd's classes: :mod:`lgd.backends._numba` does.
+"""
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+# Codes of lgd.activations and lgd.losses (tests assert they agree).
+IDENTITY, RELU, LEAKY_RELU, SOFTPLUS, LEAKY_SOFTPLUS, GELU, SILU, TANH = range(8)
+LOGISTIC, EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL, SQUARED = range(5)
+
+# Compile cost: numba links every callee's LLVM module into each caller and generates its machine
+# code again there, and parfor passes are slow on large bodies. So the scalar and row helpers are
+# inlined at numba-IR level into two plain (non-parallel) workers, sample_block and step_end, and
+# the parallel drivers only call those.
+# No fastmath anywhere: the divergence test needs inf and nan, and exp/log1p need their exact
+# rounding corrections; reductions use four partial sums and the products explicit fma instead.
+CACHE = True
+inline = njit(inline="always")
+worker = njit(cache=CACHE, error_model="numpy", nogil=True)
+
+@intrinsic
+def _double_from_bits(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
+@intrinsic
+def _bits_from_double(typingctx, x):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def fma(typingctx, x, y, z):
+    """x * y + z with one rounding (llvm.fma.f64: vectorises, unlike a libm call)."""
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+    return types.float64(types.float64, types.float64, types.float64), codegen
+
+
+# exp: x = k ln2 + r with |r| <= ln2/2, exp(r) by its Taylor polynomial of degree 13 (truncation
+# 4e-18), 2^k assembled from bits in two factors so that subnormal and near-overflow results are
+# right. Relative error about 2e-16 over the whole range.
+_INV_LN2 = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01  # low 32 bits zero: k * _LN2_HI is exact
+_LN2_LO = 1.90821492927058770002e-10
+_SHIFTER = 6755399441055744.0  # 1.5 * 2^52: adding it rounds to an integer held in the low bits
+_SHIFTER_BITS = 0x4338000000000000
+
+
+@inline
+def exp(x):
+    """e^x for float64 x: overflow to inf above 709.78, gradual underflow to 0, nan kept."""
+    xc = min(max(x, -746.0), 710.0)
+    shifted = xc * _INV_LN2 + _SHIFTER
+    kf = shifted - _SHIFTER
+    k = _bits_from_double(shifted) - _SHIFTER_BITS
+    r = (xc - kf * _LN2_HI) - kf * _LN2_LO
+    p = 1.0 / 6227020800.0
+    p = fma(p, r, 1.0 / 479001600.0)
+    p = fma(p, r, 1.0 / 39916800.0)
+    p = fma(p, r, 1.0 / 3628800.0)
+    p = fma(p, r, 1.0 / 362880.0)
+    p = fma(p, r, 1.0 / 40320.0)
+    p = fma(p, r, 1.0 / 5040.0)
+    p = fma(p, r, 1.0 / 720.0)
+    p = fma(p, r, 1.0 / 120.0)
+    p = fma(p, r, 1.0 / 24.0)
+    p = fma(p, r, 1.0 / 6.0)
+    p = fma(p, r, 0.5)
+    p = fma(p, r, 1.0)
+    p = fma(p, r, 1.0)
+    low = kf < -1000.0
+    high = kf > 1000.0
+    shift = 54 if low else (-2 if high else 0)
+    y = p * _double_from_bits((k + shift + 1023) << 52)
+    y = y * (5.551115123125783e-17 if low else (4.0 if high else 1.0))  # 2^-54, 2^2
+    return y if x == x else x
+
+
+# log(1 + e) for 0 <= e <= 1 (fdlibm's log1p with the argument already in range): u = 1 + e is
+# split as 2^k (1 + f), log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2)), s = f / (2 + f), and the
+# rounding of u is corrected by c = (e - (u - 1)) / u; relative error about 1e-16 even for tiny e.
+_LG1, _LG2, _LG3, _LG4 = 6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01, \
+    2.222219843214978396e-01
+_LG5, _LG6, _LG7 = 1.818357216161805012e-01, 1.531383769920937332e-01, 1.479819860511658591e-01
+_SQRT2 = 1.4142135623730951
+
+
+@inline
+def log1p_unit(e, u, r):
+    """log(1 + e) for e in [0, 1], given u = 1 + e and r = 1 / u (which the caller shares)."""
+    c = (e - (u - 1.0)) * r
+    high = u > _SQRT2
+    f = (0.5 * u if high else u) - 1.0
+    k = 1.0 if high else 0.0
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    rr = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7))) + w * (_LG2 + w * (_LG4 + w * _LG6))
+    hfsq = 0.5 * f * f
+    return k * _LN2_HI - ((hfsq - (s * (hfsq + rr) + (k * _LN2_LO + c))) - f)
+
+
+@inline
+def softplus_sigmoid(x):
+    """(softplus(x), sigmoid(x)) from one exp, one log1p and one division."""
+    e = exp(-abs(x))
+    u = 1.0 + e
+    r = 1.0 / u
+    return max(x, 0.0) + log1p_unit(e, u, r), (r if x >= 0 else e * r)
+
+
+_INV_SQRT2 = 0.7071067811865476
+_INV_SQRT2PI = 0.3989422804014327
+
+
+@inline
+def activate_row(code, c, z, p, q, m):
+    """p[j] = phi(z[j]) and q[j] = phi'(z[j]) for j < m; the branch is taken once per row."""
+    if code == LEAKY_SOFTPLUS or code == SOFTPLUS:  # softplus is c = 0
+        for j in range(m):
+            x = z[j]
+            sp, sg = softplus_sigmoid(x)
+            p[j] = c * x + (1.0 - c) * sp if c != 0.0 else sp
+            q[j] = c + (1.0 - c) * sg
+    elif code == RELU or code == LEAKY_RELU or code == IDENTITY:  # identity is c = 1
+        for j in range(m):
+            x = z[j]
+            pos = x > 0.0
+            p[j] = x if pos else c * x
+            q[j] = 1.0 if pos else c
+    elif code == SILU:
+        for j in range(m):
+            x = z[j]
+            e = exp(-abs(x))
+            r = 1.0 / (1.0 + e)
+            s = r if x >= 0 else e * r
+            t = e * r if x >= 0 else r
+            p[j] = x * s
+            q[j] = s + x * s * t
+    elif code == TANH:
+        for j in range(m):
+            th = math.tanh(z[j])
+            p[j] = th
+            q[j] = 1.0 - th * th
+    else:  # GELU
+        for j in range(m):
+            x = z[j]
+            cdf = 0.5 * math.erfc(-x * _INV_SQRT2)
+            near = abs(x) < 40.0
+            pdf = exp(-0.5 * min(x * x, 3200.0)) * _INV_SQRT2PI if near else 0.0
+            p[j] = x * cdf
+            q[j] = cdf + (x if near else 0.0) * pdf
+
+
+@inline
+def loss_row(code, a, u):
+    """(loss(u), loss'(u)) of one sample."""
+    if code == LOGISTIC:
+        sp, sg = softplus_sigmoid(-u)
+        return sp, -sg
+    if code == EXPONENTIAL:
+        v = exp(-u)
+        return v, -v
+    if code == FLATTENED_EXPONENTIAL:
+        if u >= 0.0:
+            v = exp(-a * u)
+            return v, -a * v
+        return 1.0 - a * u, -a
+    if code == FLATTENED_POLYNOMIAL:
+        if u >= 0.0:
+            b = 1.0 + u
+            v = b ** (-a)
+            return v, -a * v / b
+        return 1.0 - a * u, -a
+    return 0.5 * u * u, u  # SQUARED, u = f - y
+
+
+@inline
+def narrow(x, f32):
+    """x rounded to float32 (inf beyond its range) when the run is float32, else x."""
+    if f32:
+        return np.float64(np.float32(x))
+    return x
+
+
+@inline
+def dot_row(a, p, m):
+    """sum_j a[j] p[j] in four partial sums (vectorisable without reassociation)."""
+    s0 = s1 = s2 = s3 = 0.0
+    j = 0
+    while j + 4 <= m:
+        s0 = fma(a[j], p[j], s0)
+        s1 = fma(a[j + 1], p[j + 1], s1)
+        s2 = fma(a[j + 2], p[j + 2], s2)
+        s3 = fma(a[j + 3], p[j + 3], s3)
+        j += 4
+    while j < m:
+        s0 = fma(a[j], p[j], s0)
+        j += 1
+    return (s0 + s1) + (s2 + s3)
+
+
+@inline
+def sum_squares(x, f32):
+    """sum x^2 as the oracle computes it: in float32 the squares and the sum overflow to inf."""
+    flat = x.ravel()
+    s0 = s1 = s2 = s3 = 0.0
+    if f32:
+        for v in flat:
+            s0 += narrow(v * v, True)
+        return narrow(s0, True)
+    j, m = 0, flat.size
+    while j + 4 <= m:
+        s0 = fma(flat[j], flat[j], s0)
+        s1 = fma(flat[j + 1], flat[j + 1], s1)
+        s2 = fma(flat[j + 2], flat[j + 2], s2)
+        s3 = fma(flat[j + 3], flat[j + 3], s3)
+        j += 4
+    while j < m:
+        s0 = fma(flat[j], flat[j], s0)
+        j += 1
+    return (s0 + s1) + (s2 + s3)
+
+
+@inline
+def record_slot(t, steps, every):
+    """Trace slot of evaluation t, or -1 (same rule as lgd.backends.record_slot)."""
+    if t % every == 0:
+        return t // every
+    if t == steps:
+        return steps // every + 1
+    return -1
+
+
+@inline
+def sample_out(code_loss, loss_param, margin_loss, yi, f, f32):
+    """(loss value, coefficient loss' * y (or loss' for the squared loss), y f) of one sample."""
+    u = yi * f if margin_loss else f - yi
+    value, slope = loss_row(code_loss, loss_param, u)
+    value = narrow(value, f32)
+    slope = narrow(slope, f32)
+    return value, (slope * yi if margin_loss else slope), yi * f
+
+
+@worker
+def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, margin_loss, linear, inv_n,
+                 train_outer, record, neurons, f32, i0, i1, z, p, q, grad, grad_a, neuron, stats, train, from_z):
+    """One pass over samples [i0, i1) of one configuration (the only place that evaluates the net).
+
+    z = X W^T row by row from X and Wt (d, m), or read from Z when from_z (BLAS mode). stats
+    receives (sum of loss values, number with y f > 0, min y f). With train, also the gradient:
+    added to grad (d, m) and grad_a (m,), or, when from_z, G written over the rows of Z (the
+    caller then forms G^T X); at record steps also the per-neuron margins min y a_j phi(z_ij).
+    """
+    d, m = Wt.shape
+    if train:
+        if not from_z:
+            grad[:] = 0.0
+        grad_a[:] = 0.0
+        neuron[:] = np.inf
+    risk, correct, margin = 0.0, 0.0, np.inf
+    for i in range(i0, i1):
+        yi = np.float64(y[i])
+        if linear:
+            f0 = f1 = f2 = f3 = 0.0
+            k = 0
+            while k + 4 <= d:
+                f0 = fma(X[i, k], Wt[k, 0], f0)
+                f1 = fma(X[i, k + 1], Wt[k + 1, 0], f1)
+                f2 = fma(X[i, k + 2], Wt[k + 2, 0], f2)
+                f3 = fma(X[i, k + 3], Wt[k + 3, 0], f3)
+                k += 4
+            while k < d:
+                f0 = fma(X[i, k], Wt[k, 0], f0)
+                k += 1
+            f = (f0 + f1) + (f2 + f3)
+        else:
+            if from_z:
+                for j in range(m):
+                    z[j] = Z[i, j]
+            else:
+                for j in range(m):
+                    z[j] = 0.0
+                for k in range(d):
+                    xk = np.float64(X[i, k])
+                    for j in range(m):
+                        z[j] = fma(xk, Wt[k, j], z[j])
+            activate_row(act, act_param, z, p, q, m)
+            f = scale * dot_row(a, p, m)
+        value, coef, yf = sample_out(code_loss, loss_param, margin_loss, yi, f, f32)
+        risk += value
+        if yf > 0.0:
+            correct += 1.0
+        if train:
+            margin = min(margin, yf)
+            coef *= inv_n
+            if linear:
+                for k in range(d):
+                    grad[k, 0] = fma(coef, X[i, k], grad[k, 0])
+                if record and neurons:
+                    neuron[0] = min(neuron[0], yf)
+            else:
+                cs = coef * scale
+                for j in range(m):
+                    q[j] *= cs * a[j]
+                if from_z:
+                    for j in range(m):
+                        Z[i, j] = q[j]
+                else:
+                    for k in range(d):
+                        xk = np.float64(X[i, k])
+                        for j in range(m):
+                            grad[k, j] = fma(xk, q[j], grad[k, j])
+                if train_outer:
+                    for j in range(m):
+                        grad_a[j] = fma(cs, p[j], grad_a[j])
+                if record and neurons:
+                    for j in range(m):
+                        neuron[j] = min(neuron[j], yi * a[j] * p[j])
+    stats[0] = risk
+    stats[1] = correct
+    stats[2] = margin
+
+
+@inline
+def close_step(grad, grad_a, risk_sum, n, train_outer, f32):
+    """(risk, squared gradient norm) of a step as the oracle rounds them; grad is narrowed in place."""
+    if f32:
+        flat = grad.ravel()
+        for k in range(flat.size):
+            flat[k] = narrow(flat[k], True)
+        for j in range(grad_a.size):
+            grad_a[j] = narrow(grad_a[j], True)
+    risk = narrow(narrow(risk_sum, f32) / n, f32)
+    grad_sq = sum_squares(grad, f32)
+    if train_outer:
+        grad_sq += sum_squares(grad_a, f32)
+    return risk, grad_sq
+
+
+@inline
+def record_step(traces, neuron_trace, c, slot, n, risk, grad_sq, stats, Wt, a, train_outer, neurons, neuron,
+                n_test, test_stats, f32):
+    weight_sq = sum_squares(Wt, False)
+    if train_outer:
+        weight_sq += sum_squares(a, False)
+    traces[0][c, slot] = risk
+    traces[1][c, slot] = stats[1] / n
+    traces[2][c, slot] = math.sqrt(grad_sq)
+    traces[3][c, slot] = math.sqrt(weight_sq)
+    traces[4][c, slot] = stats[2]
+    if neurons:
+        for j in range(neuron.size):
+            neuron_trace[c, slot, j] = neuron[j]
+    if n_test > 0:
+        traces[5][c, slot] = narrow(narrow(test_stats[0], f32) / n_test, f32)
+        traces[6][c, slot] = test_stats[1] / n_test
+
+
+@inline
+def update(Wt, a, grad, grad_a, eta, train_outer, f32):
+    """W <- W - eta grad (and a), with the oracle's rounding of eta * grad in float32."""
+    d, m = Wt.shape
+    for k in range(d):
+        for j in range(m):
+            Wt[k, j] = Wt[k, j] - narrow(eta * grad[k, j], f32)
+    if train_outer:
+        for j in range(m):
+            a[j] = a[j] - narrow(eta * grad_a[j], f32)
+
+
+@worker
+def step_end(c, t, steps, every, n, stats, grad, grad_a, Wt, a, a64, eta, train_outer, f32, traces, neuron_trace,
+             neuron, n_test, test_stats, diverged):
+    """After the pass over the samples at step t: divergence test, records, update. False if diverged."""
+    risk, grad_sq = close_step(grad, grad_a, stats[0], n, train_outer, f32)
+    if not (math.isfinite(risk) and math.isfinite(grad_sq)):
+        diverged[c] = t
+        return False
+    slot = record_slot(t, steps, every)
+    if slot >= 0:
+        record_step(traces, neuron_trace, c, slot, n, risk, grad_sq, stats, Wt, a64, train_outer,
+                    neuron_trace.shape[1] > 0, neuron, n_test, test_stats, f32)
+    if t < steps:
+        update(Wt, a, grad, grad_a, eta, train_outer, f32)
+    return True
+
+
+@worker
+def run_config(X, y, X_test, y_test, W, A, etas, diverged, traces, neuron_trace, act, act_param, code_loss,
+               loss_param, margin_loss, scale, train_outer, linear, t_start, t_stop, steps, every, f32, c):
+    """Evaluations [t_start, t_stop) of configuration c, serially."""
+    m, d = W.shape[1], W.shape[2]
+    n = X.shape[0]
+    n_test = X_test.shape[0]
+    inv_n = 1.0 / n
+    neurons = neuron_trace.shape[1] > 0
+    Wt = np.ascontiguousarray(W[c].T)
+    a = A[c].copy()
+    a64 = np.empty(m)
+    z, p, q = np.empty(m), np.empty(m), np.empty(m)
+    grad = np.empty((d, m))
+    grad_a = np.empty(m)
+    neuron = np.empty(m)
+    stats = np.empty((2, 3))
+    eta = np.float64(etas[c])
+    for t in range(t_start, t_stop):
+        record = record_slot(t, steps, every) >= 0
+        for j in range(m):
+            a64[j] = a[j]
+        for part in range(2 if record and n_test > 0 else 1):
+            train = part == 0
+            sample_block(X if train else X_test, X, y if train else y_test, Wt, a64, scale, act, act_param,
+                         code_loss, loss_param, margin_loss, linear, inv_n, train_outer, record, neurons, f32,
+                         0, n if train else n_test, z, p, q, grad, grad_a, neuron, stats[part], train, False)
+        if not step_end(c, t, steps, every, n, stats[0], grad, grad_a, Wt, a, a64, eta, train_outer, f32, traces,
+                        neuron_trace, neuron, n_test, stats[1], diverged):
+            break
+    W[c] = Wt.T
+    A[c] = a
+
+
+@worker
+def reduce_blocks(blocks, test, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total, from_blas,
+                  grad_blas):
+    """Sum the blocks' partial gradients and statistics into grad, grad_a, neuron and total."""
+    d, m = grad.shape
+    if from_blas:
+        for k in range(d):
+            for j in range(m):
+                grad[k, j] = grad_blas[k, j]
+    else:
+        for k in range(d):
+            for j in range(m):
+                grad[k, j] = grads[0, k, j]
+        for b in range(1, blocks):
+            for k in range(d):
+                for j in range(m):
+                    grad[k, j] += grads[b, k, j]
+    for j in range(m):
+        grad_a[j] = grads_a[0, j]
+        neuron[j] = neurons_part[0, j]
+    total[0, 0], total[0, 1], total[0, 2] = stats[0, 0], stats[0, 1], stats[0, 2]
+    for b in range(1, blocks):
+        total[0, 0] += stats[b, 0]
+        total[0, 1] += stats[b, 1]
+        total[0, 2] = min(total[0, 2], stats[b, 2])
+        for j in range(m):
+            grad_a[j] += grads_a[b, j]
+            neuron[j] = min(neuron[j], neurons_part[b, j])
+    if test:
+        total[1, 0], total[1, 1] = 0.0, 0.0
+        for b in range(blocks, 2 * blocks):
+            total[1, 0] += stats[b, 0]
+            total[1, 1] += stats[b, 1]
+
+
+@njit(cache=CACHE, parallel=True, error_model="numpy")
+def pass_blocks(tasks, blocks, X, Z, y, X_test, Z_test, y_test, Wt, a, scale, act, act_param, code_loss, loss_param,
+                margin_loss, linear, inv_n, train_outer, record, neurons, f32, zs, ps, qs, grads, grads_a,
+                neurons_part, stats, from_z):
+    """sample_block over the blocks of the training samples (tasks < blocks) and of the test samples."""
+    n, n_test = X.shape[0], X_test.shape[0]
+    for task in prange(tasks):
+        train = task < blocks
+        b = task if train else task - blocks
+        rows = n if train else n_test
+        sample_block(X if train else X_test, Z if train else Z_test, y if train else y_test, Wt, a, scale, act,
+                     act_param, code_loss, loss_param, margin_loss, linear, inv_n, train_outer, record, neurons, f32,
+                     (b * rows) // blocks, ((b + 1) * rows) // blocks, zs[task], ps[task], qs[task], grads[task],
+                     grads_a[task], neurons_part[task], stats[task], train, from_z)
+
+
+@worker
+def run_steps(X, XT, y, X_test, y_test, W, A, etas, diverged, traces, neuron_trace, act, act_param, code_loss,
+              loss_param, margin_loss, scale, train_outer, linear, t_start, t_stop, steps, every, f32, blocks,
+              use_blas):
+    """Evaluations [t_start, t_stop), configurations in turn, threads splitting the samples of every step.
+
+    Training blocks and, at record steps, test blocks run in one parallel pass_blocks call. With
+    use_blas, Z = X W^T and the gradient G^T X are np.dot calls made between those."""
+    C, m, d = W.shape
+    n = X.shape[0]
+    n_test = X_test.shape[0]
+    inv_n = 1.0 / n
+    neurons = neuron_trace.shape[1] > 0
+    tasks = 2 * blocks
+    a64 = np.empty(m)
+    zs, ps, qs = np.empty((tasks, m)), np.empty((tasks, m)), np.empty((tasks, m))
+    grads = np.empty((tasks, d, m))
+    grads_a = np.empty((tasks, m))
+    neurons_part = np.empty((tasks, m))
+    stats = np.empty((tasks, 3))
+    grad = np.empty((d, m))
+    grad_a = np.empty(m)
+    neuron = np.empty(m)
+    total = np.empty((2, 3))
+    Z = np.empty((n if use_blas else 0, m), dtype=X.dtype)
+    Z_test = np.empty((n_test if use_blas else 0, m), dtype=X.dtype)
+    grad_blas = np.empty((d if use_blas else 0, m), dtype=X.dtype)
+    for c in range(C):
+        if diverged[c] >= 0:
+            continue
+        Wt = np.ascontiguousarray(W[c].T)
+        a = A[c].copy()
+        eta = np.float64(etas[c])
+        for t in range(t_start, t_stop):
+            record = record_slot(t, steps, every) >= 0
+            test = record and n_test > 0
+            for j in range(m):
+                a64[j] = a[j]
+            if use_blas:
+                np.dot(X, Wt, Z)
+                if test:
+                    np.dot(X_test, Wt, Z_test)
+            pass_blocks(2 * blocks if test else blocks, blocks, X, Z, y, X_test, Z_test, y_test, Wt, a64, scale, act,
+                        act_param, code_loss, loss_param, margin_loss, linear, inv_n, train_outer, record, neurons,
+                        f32, zs, ps, qs, grads, grads_a, neurons_part, stats, use_blas)
+            if use_blas:
+                np.dot(XT, Z, grad_blas)
+            reduce_blocks(blocks, test, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total, use_blas,
+                          grad_blas)
+            if not step_end(c, t, steps, every, n, total[0], grad, grad_a, Wt, a, a64, eta, train_outer, f32, traces,
+                            neuron_trace, neuron, n_test, total[1], diverged):
+                break
+        W[c] = Wt.T
+        A[c] = a

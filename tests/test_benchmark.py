@@ -1,0 +1,106 @@
+"""`lgd bench`: the report built from pytest-benchmark statistics, its table, JSON, markdown and comparison."""
+
+import json
+
+import pytest
+
+import lgd
+from lgd import benchmark
+from lgd.cli import main
+
+
+def _entry(workload, impl, dtype, seconds, kind="peer", config_steps=1000, roofline=4000.0):
+    """One benchmark as pytest-benchmark's JSON holds it (extra_info as bench/test_throughput.py fills it)."""
+    info = {"workload": workload, "impl": impl, "kind": kind, "dtype": dtype, "n": 256, "d": 16, "m": 64,
+            "configs": 1, "steps": config_steps, "config_steps": config_steps, "flops": 1e9, "check_rel_error": 0.0,
+            "warmup_s": 2 * seconds + 1.0, "compile_s": seconds + 1.0, "roofline": {"steps_per_s": roofline}}
+    stats = {"min": seconds, "median": seconds * 1.1, "mean": seconds * 1.2, "stddev": 0.01, "rounds": 3}
+    return {"extra_info": info, "stats": stats}
+
+
+MACHINE = {"cpu": "Test CPU", "cores": 2, "blas": [{"library": "openblas", "version": "0.3", "threads": 2}],
+           "gpu": None, "versions": {"python": "3.11", "lgd": "0.1.0"}}
+SKIPPED = [{"case": "S-torch-compile-float64", "reason": "PyTorch is not installed"}]
+
+
+def _report(numba_seconds=0.5):
+    entries = [_entry("S", "numpy", "float64", 1.0), _entry("S", "jax-scan", "float64", 0.8),
+               _entry("S", "lgd-numba", "float64", numba_seconds, kind="lgd"),
+               _entry("S", "lgd-numba", "float32", 0.25, kind="lgd")]
+    return benchmark.build_report(entries, SKIPPED, MACHINE, "full", {"steps_scale": 1.0})
+
+
+def test_report_ratios_use_the_best_round_and_the_best_peer_of_the_same_workload_and_dtype():
+    records = {(r["impl"], r["dtype"]): r for r in _report()["records"]}
+    numba = records["lgd-numba", "float64"]
+    assert numba["steps_per_s"] == pytest.approx(2000.0)
+    assert numba["best_peer_steps_per_s"] == pytest.approx(1250.0)  # jax-scan: 1000 steps in 0.8 s
+    assert numba["ratio_best_peer"] == pytest.approx(1.6)
+    assert numba["ratio_roofline"] == pytest.approx(0.5)
+    assert numba["gflops"] == pytest.approx(2.0)
+    assert records["numpy", "float64"]["ratio_best_peer"] == pytest.approx(0.8)
+    assert records["lgd-numba", "float32"]["ratio_best_peer"] is None  # no float32 peer ran
+
+
+def test_table_markdown_and_json_round_trip(tmp_path):
+    report = _report()
+    table = benchmark.format_table(report).splitlines()
+    assert table[0].split()[:3] == ["workload", "backend/peer", "dtype"]
+    assert table[2].split()[:4] == ["S", "lgd-numba", "float64", "2,000"]  # lgd first, then the peers
+    assert "1.60" in table[2] and "0.50" in table[2]
+    path = tmp_path / "results.json"
+    benchmark.write(report, path)
+    assert benchmark.load(path) == json.loads(json.dumps(report))
+    markdown = path.with_suffix(".md").read_text()
+    assert "Test CPU, 2 cores" in markdown and "| S | lgd-numba | float64 | 2,000 |" in markdown
+    assert "PyTorch is not installed (1)" in markdown
+    (tmp_path / "other.json").write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match="not an `lgd bench` result file"):
+        benchmark.load(tmp_path / "other.json")
+
+
+def test_compare_prints_new_over_old_and_what_is_missing():
+    old = _report(numba_seconds=1.0)
+    old["records"] = [r for r in old["records"] if r["impl"] != "jax-scan"]
+    lines = benchmark.format_compare(_report(numba_seconds=0.5), old).splitlines()
+    numba = next(line for line in lines if "lgd-numba" in line and "float64" in line)
+    assert numba.split()[-3:] == ["1,000", "2,000", "2.00"]
+    assert lines[-1] == "not in the old file: S-jax-scan-float64"
+
+
+def test_skipped_cases_from_junit():
+    xml = ('<testsuites><testsuite><testcase name="test_throughput[L-jax-jit-float32]">'
+           '<skipped message="JAX is not installed (pip install jax jaxlib)"/></testcase>'
+           '<testcase name="test_throughput[S-numpy-float64]"/></testsuite></testsuites>')
+    assert benchmark.skipped_cases(xml) == [{"case": "L-jax-jit-float32",
+                                              "reason": "JAX is not installed (pip install jax jaxlib)"}]
+
+
+def test_machine_is_described():
+    machine = benchmark.describe_machine()
+    assert machine["cores"] >= 1 and machine["cpu"]
+    assert machine["versions"]["numpy"] and machine["versions"]["lgd"] == lgd.__version__
+
+
+def test_lgd_bench_tiny_run_writes_reports_and_compares(tmp_path, capsys):
+    """A real run of the suite, as small as it gets: 20 steps of S, the NumPy peer and lgd's numpy backend."""
+    out = tmp_path / "tiny.json"
+    code = main(["bench", "--workloads", "S", "--impls", "numpy,lgd-numpy,lgd-cupy", "--dtypes", "float64",
+                 "--steps-scale", "0.001", "--round-budget", "0.01", "--out", str(out)])
+    assert code == 0
+    report = benchmark.load(out)
+    assert {r["impl"] for r in report["records"]} == {"numpy", "lgd-numpy"}
+    assert all(r["steps"] == 20 and r["steps_per_s"] > 0 and r["roofline_steps_per_s"] > 0
+               for r in report["records"])
+    assert report["skipped"][0]["case"] == "S-lgd-cupy-float64"
+    printed = capsys.readouterr().out
+    assert "lgd-numpy" in printed and "vs roofline" in printed
+    assert main(["bench", "--report", str(out), "--compare", str(out)]) == 0
+    compared = capsys.readouterr().out.splitlines()
+    assert sum(line.endswith(" 1.00") for line in compared) == 2
+
+
+def test_lgd_bench_without_a_source_checkout(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(lgd, "__file__", str(tmp_path / "site-packages" / "lgd" / "__init__.py"))
+    assert main(["bench", "--quick"]) == 2
+    assert "no benchmark suite" in capsys.readouterr().err

@@ -1,0 +1,214 @@
+"""The numba backend against the numpy oracle: every (activation, loss, model, dtype) case, whole traces,
+divergence, sweeps, the fast exp/log1p, and the on-disk cache.
+
+Compile cost is bounded: activation and loss are runtime codes, so the whole file compiles two kernels per
+dtype (about 20-40 s each with an empty cache, under a second from the cache).
+"""
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+import lgd  # noqa: E402
+from lgd import activations, losses  # noqa: E402
+from lgd.backends import Problem, State, Trace, _numba, _numpy, record_steps  # noqa: E402
+from lgd.kernels import numba_cpu  # noqa: E402
+
+RTOL_STEP = {np.float64: 1e-12, np.float32: 1e-5}
+MODELS = {
+    "mean_field": lambda act: lgd.TwoLayerNet(6, activation=act),
+    "ntk_train_outer": lambda act: lgd.TwoLayerNet(6, activation=act, scaling="ntk", outer="random",
+                                                   train_outer=True),
+    "linear": lambda act: lgd.Linear(),
+}
+
+
+def problem_data(loss, n=23, d=5, seed=0, dtype=np.float64, test=True):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)) / math.sqrt(d)
+    if losses.get(loss).margin:
+        y = np.where(rng.standard_normal(n) > 0, 1.0, -1.0)
+    else:
+        y = rng.standard_normal(n)
+    X_test, y_test = (X[:7] * 0.9, y[:7]) if test else (None, None)
+    cast = (lambda a: None if a is None else a.astype(dtype))
+    return cast(X), cast(y), cast(X_test), cast(y_test)
+
+
+def make_problem(model, loss, dtype, test=True):
+    X, y, X_test, y_test = problem_data(loss, dtype=dtype, test=test)
+    return Problem(X=X, y=y, activation=model.activation, loss=losses.get(loss), scale=model.scale,
+                   train_outer=model.train_outer, linear=isinstance(model, lgd.Linear), X_test=X_test,
+                   y_test=y_test)
+
+
+def initial_state(model, d, dtype, stepsizes, seed=1):
+    rng = np.random.default_rng(seed)
+    C, m = len(stepsizes), model.width
+    W = rng.standard_normal((C, m, d)).astype(dtype)
+    a = np.stack([model.outer_weights(rng) for _ in range(C)]).astype(dtype)
+    return State(W=W, a=a, stepsizes=np.asarray(stepsizes, dtype=np.float64))
+
+
+def run_both(model, loss, dtype, stepsizes, steps, every=1, test=True):
+    problem = make_problem(model, loss, dtype, test=test)
+    results = []
+    for backend in (_numpy, _numba):
+        state = initial_state(model, problem.X.shape[1], dtype, stepsizes)
+        trace = Trace.empty(len(stepsizes), record_steps(steps, every).size, model.width, True)
+        backend.runner(problem, state.W.shape).run(state, trace, 0, steps + 1, steps, every)
+        results.append((state, trace))
+    return results
+
+
+def assert_traces_close(expected, actual, rtol, atol=0.0):
+    (s0, t0), (s1, t1) = expected, actual
+    np.testing.assert_array_equal(s1.diverged, s0.diverged)
+    for name in ("risk", "accuracy", "grad_norm", "weight_norm", "margin", "test_risk", "test_accuracy",
+                 "neuron_margins"):
+        np.testing.assert_allclose(getattr(t1, name), getattr(t0, name), rtol=rtol, atol=atol, err_msg=name)
+    np.testing.assert_allclose(s1.W, s0.W, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(s1.a, s0.a, rtol=rtol, atol=atol)
+
+
+def test_codes_match_the_catalogs():
+    for name in activations.NAMES:
+        act = activations.get(name)
+        assert getattr(numba_cpu, type(act).__name__.upper().replace("SOFTPLUS_ACTIVATION", "SOFTPLUS")) == act.code
+    for name in losses.NAMES:
+        assert getattr(numba_cpu, name.upper()) == losses.get(name).code
+
+
+def test_available_without_importing_numba():
+    code = "import sys, lgd.backends._numba as b; assert b.available()[0]; assert 'numba' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_one_step_every_activation_and_loss(model_name, dtype):
+    """Risk, gradient (through W_1) and every step-0 record from the same iterate, all combinations."""
+    for act in activations.NAMES:
+        if model_name == "linear" and act != activations.NAMES[0]:
+            continue
+        for loss in losses.NAMES:
+            model = MODELS[model_name](act)
+            expected, actual = run_both(model, loss, dtype, [0.7], steps=1)
+            tol = RTOL_STEP[dtype]
+            try:
+                assert_traces_close(expected, actual, rtol=tol, atol=tol * 1e-3)
+            except AssertionError as exc:
+                raise AssertionError(f"{model_name} {act} {loss} {np.dtype(dtype).name}: {exc}") from None
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_whole_traces_float64(model_name):
+    """A few hundred steps at a small stepsize: every recorded field within 1e-10."""
+    for act in ("leaky_softplus", "gelu", "tanh", "relu"):
+        if model_name == "linear" and act != "leaky_softplus":
+            continue
+        for loss in losses.NAMES:
+            model = MODELS[model_name](act)
+            expected, actual = run_both(model, loss, np.float64, [0.3], steps=300, every=7)
+            try:
+                assert_traces_close(expected, actual, rtol=1e-10, atol=1e-13)
+            except AssertionError as exc:
+                raise AssertionError(f"{model_name} {act} {loss}: {exc}") from None
+
+
+def test_whole_trace_float32():
+    model = MODELS["mean_field"]("leaky_softplus")
+    expected, actual = run_both(model, "logistic", np.float32, [0.3], steps=200, every=10)
+    assert_traces_close(expected, actual, rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_divergence_reported_identically(dtype):
+    X, y, _, _ = problem_data("exponential", dtype=dtype, test=False)
+    runs = [lgd.gd(X, y, lgd.TwoLayerNet(6), "exponential", stepsize=1e4, steps=50, backend=backend,
+                   progress=False) for backend in ("numpy", "numba")]
+    assert runs[0].status == runs[1].status == "diverged"
+    assert runs[0].diverged_step == runs[1].diverged_step
+    np.testing.assert_allclose(runs[1].risk, runs[0].risk, rtol=RTOL_STEP[dtype])
+    np.testing.assert_allclose(runs[1].weights, runs[0].weights, rtol=RTOL_STEP[dtype])
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["serial", "split_samples"])
+def test_sweep_equals_single_runs_and_oracle(split, monkeypatch):
+    if split:
+        monkeypatch.setattr(_numba, "PARALLEL_WORK", 0)
+    """Both numba drivers (threads over configurations, threads over samples) agree with each other and the oracle."""
+    X, y, X_test, y_test = problem_data("logistic")
+    stepsizes = [0.1, 1.0, 10.0, 1e5]
+    kwargs = dict(steps=120, record_every=5, seeds=(0, 1), X_test=X_test, y_test=y_test, progress=False)
+    model = lgd.TwoLayerNet(6)
+    swept = lgd.sweep(X, y, model, "logistic", stepsizes=stepsizes, backend="numba", **kwargs)
+    oracle = lgd.sweep(X, y, model, "logistic", stepsizes=stepsizes, backend="numpy", **kwargs)
+    assert swept.status == oracle.status
+    np.testing.assert_array_equal(swept.diverged_step, oracle.diverged_step)
+    for i, eta in enumerate(np.repeat(stepsizes, 2)):
+        if eta > 1.0:  # chaotic: block-wise summation orders differ at 1e-16 and the runs drift apart
+            continue
+        single = lgd.gd(X, y, model, "logistic", stepsize=eta, seed=(0, 1)[i % 2], backend="numba",
+                        **{k: v for k, v in kwargs.items() if k != "seeds"})
+        np.testing.assert_allclose(single.risk, swept.risk[i], rtol=1e-10, atol=1e-300)
+        np.testing.assert_allclose(single.weights, swept.weights[i], rtol=1e-10)
+    calm = np.repeat(np.array(stepsizes) <= 1.0, 2)
+    np.testing.assert_allclose(swept.risk[calm], oracle.risk[calm], rtol=1e-10, atol=1e-300)
+
+
+def test_blas_path_matches_fused(monkeypatch):
+    model = lgd.TwoLayerNet(6, train_outer=True)
+    fused = run_both(model, "logistic", np.float64, [0.5], steps=40, every=3)[1]
+    monkeypatch.setattr(_numba, "BLAS_WORK", 0)
+    monkeypatch.setattr(_numba, "PARALLEL_WORK", 0)
+    expected, blas = run_both(model, "logistic", np.float64, [0.5], steps=40, every=3)
+    assert_traces_close(expected, blas, rtol=1e-10, atol=1e-13)
+    assert_traces_close(fused, blas, rtol=1e-10, atol=1e-13)
+
+
+def test_exp_and_log1p_accuracy():
+    from numba import njit
+
+    @njit
+    def apply(x):
+        out = np.empty((2, x.size))
+        for i in range(x.size):
+            out[0, i] = numba_cpu.exp(x[i])
+            e = numba_cpu.exp(-abs(x[i]))
+            out[1, i] = numba_cpu.log1p_unit(e, 1.0 + e, 1.0 / (1.0 + e))
+        return out
+
+    x = np.concatenate([np.linspace(-745, 709.7, 200001), [-1e6, -746, 709.78, 710, 1e6, 0.0, -0.0]])
+    out = apply(x)
+    with np.errstate(over="ignore"):
+        exact = np.exp(x)
+    normal = exact > 1e-300
+    np.testing.assert_allclose(out[0][normal], exact[normal], rtol=4e-16)
+    assert np.all(out[0][~normal & (exact == 0)] == 0) and np.isinf(out[0][x > 709.8]).all()
+    np.testing.assert_allclose(out[1], np.log1p(np.exp(-np.abs(x))), rtol=4e-16, atol=1e-320)
+    assert np.isnan(apply(np.array([np.nan]))).all()
+
+
+def test_second_process_loads_from_cache():
+    script = (
+        "import time, numpy as np, lgd\n"
+        "from lgd.backends import Problem, _numba\n"
+        "from lgd.kernels import numba_cpu\n"
+        "X = np.ones((4, 2)); y = np.ones(4)\n"
+        "p = Problem(X=X, y=y, activation=lgd.activations.get('relu'), loss=lgd.losses.get('logistic'),\n"
+        "            scale=1.0, train_outer=False, linear=False)\n"
+        "_numba.runner(p)\n"
+        "print(sum(sum(k.stats.cache_misses.values()) for k in (numba_cpu.run_config, numba_cpu.run_steps)))\n"
+    )
+    env = dict(os.environ)
+    first = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, env=env)
+    second = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, env=env)
+    assert int(first.stdout.split()[-1]) >= 0
+    assert int(second.stdout.split()[-1]) == 0
