@@ -101,17 +101,24 @@ class identity(Activation):
         return np.zeros_like(z)
 
 
-class leaky_relu(Activation):
-    """phi(z) = max(z, c z) for 0 <= c < 1 (c = 0 is the ReLU); phi'(0) is taken as c."""
+class _Sloped(Activation):
+    """An activation with one parameter c in [0, 1] (its slope for z -> -inf)."""
 
-    name, code = "leaky_relu", LEAKY_RELU
+    default_c = 0.0
 
-    def __init__(self, c: float = 0.01):
+    def __init__(self, c: float | None = None):
+        c = self.default_c if c is None else c
         self.param = check_param(c, "activation", self.name, low=0.0, high=1.0, low_open=False)
 
     @property
     def spec(self) -> str:
         return f"{self.name}({self.param:g})"
+
+
+class leaky_relu(_Sloped):
+    """phi(z) = max(z, c z) for 0 <= c < 1 (c = 0 is the ReLU); phi'(0) is taken as c."""
+
+    name, code, default_c = "leaky_relu", LEAKY_RELU, 0.01
 
     def phi(self, z):
         z = np.asarray(z)
@@ -153,20 +160,13 @@ class softplus_activation(Activation):
         return sigmoid(z) * sigmoid(-np.asarray(z))
 
 
-class leaky_softplus(Activation):
+class leaky_softplus(_Sloped):
     """phi(z) = c z + (1 - c) softplus(z) (Cai et al., Example 3.1); phi' lies in [c, 1].
 
     The experiments of Cai et al. use c = 0.5, the default.
     """
 
-    name, code = "leaky_softplus", LEAKY_SOFTPLUS
-
-    def __init__(self, c: float = 0.5):
-        self.param = check_param(c, "activation", self.name, low=0.0, high=1.0, low_open=False)
-
-    @property
-    def spec(self) -> str:
-        return f"{self.name}({self.param:g})"
+    name, code, default_c = "leaky_softplus", LEAKY_SOFTPLUS, 0.5
 
     def phi(self, z):
         z = np.asarray(z)

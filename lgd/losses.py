@@ -96,10 +96,8 @@ class exponential(Loss):
         return self.value(u)
 
 
-class flattened_exponential(Loss):
-    """loss(u) = e^{-a u} for u >= 0 and 1 - a u for u < 0 (a > 0): C^1 and a-Lipschitz."""
-
-    name, code = "flattened_exponential", FLATTENED_EXPONENTIAL
+class _Flattened(Loss):
+    """A margin loss continued linearly, as 1 - a u, for u < 0 (Wu et al.): C^1 and a-Lipschitz."""
 
     def __init__(self, a: float = 1.0):
         self.param = check_param(a, "loss", self.name, low=0.0)
@@ -107,6 +105,12 @@ class flattened_exponential(Loss):
     @property
     def spec(self) -> str:
         return f"{self.name}({self.param:g})"
+
+
+class flattened_exponential(_Flattened):
+    """loss(u) = e^{-a u} for u >= 0 and 1 - a u for u < 0 (a > 0): C^1 and a-Lipschitz."""
+
+    name, code = "flattened_exponential", FLATTENED_EXPONENTIAL
 
     def _tail(self, u):
         return np.exp(-u.dtype.type(self.param) * np.maximum(u, 0))
@@ -127,17 +131,10 @@ class flattened_exponential(Loss):
         return np.where(u >= 0, a * a * self._tail(u), 0)
 
 
-class flattened_polynomial(Loss):
+class flattened_polynomial(_Flattened):
     """loss(u) = (1 + u)^{-a} for u >= 0 and 1 - a u for u < 0 (a > 0): C^1 and a-Lipschitz."""
 
     name, code = "flattened_polynomial", FLATTENED_POLYNOMIAL
-
-    def __init__(self, a: float = 1.0):
-        self.param = check_param(a, "loss", self.name, low=0.0)
-
-    @property
-    def spec(self) -> str:
-        return f"{self.name}({self.param:g})"
 
     def value(self, u):
         u = np.asarray(u)

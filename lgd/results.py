@@ -72,18 +72,8 @@ def _threshold(stepsize: float, loss, n: int) -> float:
 
 
 @dataclass
-class Run:
-    """One GD run: traces at the recorded steps (host numpy arrays) and how it ended.
-
-    Traces (shape (R,), at ``step``): ``risk``, ``accuracy``, ``grad_norm``, ``weight_norm``
-    (||W||_F, with the outer weights when they are trained), ``margin`` (min_i y_i f(x_i)),
-    ``normalized_margin`` (margin / weight_norm), ``test_risk`` and ``test_accuracy`` (None without
-    test data); ``neuron_margins`` (R, m): min_i y_i a_j phi(w_j . x_i), or None when not recorded.
-    ``status`` is ``'completed'``, ``'diverged'`` (at ``diverged_step``, trace kept up to it) or
-    ``'interrupted'``. With ``sharpness_every``: ``sharpness`` (R_s, k), the top-k Hessian
-    eigenvalues at ``sharpness_step`` (R_s,), to compare with :attr:`sharpness_limit` = 2/eta;
-    both None otherwise.
-    """
+class _Traces:
+    """What a run and a sweep both hold: traces at ``step``, and the final weights."""
 
     step: np.ndarray
     risk: np.ndarray
@@ -97,6 +87,28 @@ class Run:
     neuron_margins: np.ndarray | None
     weights: np.ndarray
     outer_weights: np.ndarray
+
+    @property
+    def sharpness_limit(self):
+        """2/eta (per config for a sweep): the sharpness above which GD on a quadratic of that
+        curvature diverges, the line the sharpness hovers at in the edge of stability (Cohen et al.)."""
+        return 2.0 / self.stepsize
+
+
+@dataclass
+class Run(_Traces):
+    """One GD run: traces at the recorded steps (host numpy arrays) and how it ended.
+
+    Traces (shape (R,), at ``step``): ``risk``, ``accuracy``, ``grad_norm``, ``weight_norm``
+    (||W||_F, with the outer weights when they are trained), ``margin`` (min_i y_i f(x_i)),
+    ``normalized_margin`` (margin / weight_norm), ``test_risk`` and ``test_accuracy`` (None without
+    test data); ``neuron_margins`` (R, m): min_i y_i a_j phi(w_j . x_i), or None when not recorded.
+    ``status`` is ``'completed'``, ``'diverged'`` (at ``diverged_step``, trace kept up to it) or
+    ``'interrupted'``. With ``sharpness_every``: ``sharpness`` (R_s, k), the top-k Hessian
+    eigenvalues at ``sharpness_step`` (R_s,), to compare with :attr:`sharpness_limit` = 2/eta;
+    both None otherwise.
+    """
+
     stepsize: float
     seed: int
     steps: int
@@ -107,11 +119,6 @@ class Run:
     meta: dict
     sharpness: np.ndarray | None = None
     sharpness_step: np.ndarray | None = None
-
-    @property
-    def sharpness_limit(self) -> float:
-        """2/eta: the sharpness above which GD on a quadratic of that curvature diverges (Cohen et al.)."""
-        return 2.0 / self.stepsize
 
     @property
     def phase(self) -> Phase:
@@ -140,7 +147,7 @@ class Run:
 
 
 @dataclass
-class Sweep:
+class Sweep(_Traces):
     """A batch of runs on the same data: every trace has a leading config axis of length C.
 
     ``stepsize`` and ``seed`` (C,) name the configs (stepsize-major order); ``status`` and
@@ -149,18 +156,6 @@ class Sweep:
     :class:`Run`.
     """
 
-    step: np.ndarray
-    risk: np.ndarray
-    accuracy: np.ndarray
-    grad_norm: np.ndarray
-    weight_norm: np.ndarray
-    margin: np.ndarray
-    normalized_margin: np.ndarray
-    test_risk: np.ndarray | None
-    test_accuracy: np.ndarray | None
-    neuron_margins: np.ndarray | None
-    weights: np.ndarray
-    outer_weights: np.ndarray
     stepsize: np.ndarray
     seed: np.ndarray
     steps: int
@@ -171,11 +166,6 @@ class Sweep:
     meta: dict
     sharpness: np.ndarray | None = None
     sharpness_step: np.ndarray | None = None
-
-    @property
-    def sharpness_limit(self) -> np.ndarray:
-        """2/eta for every config."""
-        return 2.0 / self.stepsize
 
     def __len__(self) -> int:
         return len(self.stepsize)
