@@ -32,13 +32,19 @@ IDENTITY, RELU, LEAKY_RELU, SOFTPLUS, LEAKY_SOFTPLUS, GELU, SILU, TANH = range(8
 LOGISTIC, EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL, SQUARED = range(5)
 
 # Compile cost: numba links every callee's LLVM module into each caller and generates its machine
-# code again there, and parfor passes are slow on large bodies. So the scalar and row helpers are
-# inlined at numba-IR level into two plain (non-parallel) workers, sample_block and step_end, and
-# the parallel drivers only call those.
+# code again there, and parfor passes are slow on large bodies, so the parallel drivers only call
+# two plain workers, sample_block and step_end. Inlining at numba-IR level (inline="always")
+# copies and re-types a helper's IR at every call site, so only the row helpers whose callers'
+# loops must vectorise use it (as njit functions, softplus_sigmoid, loss_row and dot_row made
+# those loops 2.5x slower). exp, log1p_unit, narrow, record_slot and the sums of squares, called
+# from many sites, are ordinary njit functions compiled once and inlined by LLVM (the loops that
+# call exp still vectorise), with the workers' numpy error model so that divisions carry no zero
+# checks. Array slice assignment is avoided: each one compiles numba's shape-mismatch error path.
 # No fastmath anywhere: the divergence test needs inf and nan, and exp/log1p need their exact
 # rounding corrections; reductions use four partial sums and the products explicit fma instead.
 CACHE = True
 inline = njit(inline="always")
+helper = njit(error_model="numpy")
 worker = njit(cache=CACHE, error_model="numpy", nogil=True)
 
 @intrinsic
@@ -73,7 +79,7 @@ _SHIFTER = 6755399441055744.0  # 1.5 * 2^52: adding it rounds to an integer held
 _SHIFTER_BITS = 0x4338000000000000
 
 
-@inline
+@helper
 def exp(x):
     """e^x for float64 x: overflow to inf above 709.78, gradual underflow to 0, nan kept."""
     xc = min(max(x, -746.0), 710.0)
@@ -81,16 +87,16 @@ def exp(x):
     kf = shifted - _SHIFTER
     k = _bits_from_double(shifted) - _SHIFTER_BITS
     r = (xc - kf * _LN2_HI) - kf * _LN2_LO
-    p = 1.0 / 6227020800.0
-    p = fma(p, r, 1.0 / 479001600.0)
-    p = fma(p, r, 1.0 / 39916800.0)
-    p = fma(p, r, 1.0 / 3628800.0)
-    p = fma(p, r, 1.0 / 362880.0)
-    p = fma(p, r, 1.0 / 40320.0)
-    p = fma(p, r, 1.0 / 5040.0)
-    p = fma(p, r, 1.0 / 720.0)
-    p = fma(p, r, 1.0 / 120.0)
-    p = fma(p, r, 1.0 / 24.0)
+    # Terms r^4/4! .. r^13/13! in Estrin's scheme (a shorter dependency chain than Horner: their
+    # rounding is scaled by r^4/24 < 1e-3), the last four steps in Horner's for exact rounding.
+    r2 = r * r
+    r4 = r2 * r2
+    a0 = fma(1.0 / 120.0, r, 1.0 / 24.0)
+    a1 = fma(1.0 / 5040.0, r, 1.0 / 720.0)
+    a2 = fma(1.0 / 362880.0, r, 1.0 / 40320.0)
+    a3 = fma(1.0 / 39916800.0, r, 1.0 / 3628800.0)
+    a4 = fma(1.0 / 6227020800.0, r, 1.0 / 479001600.0)
+    p = fma(fma(a4, r4, fma(a3, r2, a2)), r4, fma(a1, r2, a0))
     p = fma(p, r, 1.0 / 6.0)
     p = fma(p, r, 0.5)
     p = fma(p, r, 1.0)
@@ -112,7 +118,7 @@ _LG5, _LG6, _LG7 = 1.818357216161805012e-01, 1.531383769920937332e-01, 1.4798198
 _SQRT2 = 1.4142135623730951
 
 
-@inline
+@helper
 def log1p_unit(e, u, r):
     """log(1 + e) for e in [0, 1], given u = 1 + e and r = 1 / u (which the caller shares)."""
     c = (e - (u - 1.0)) * r
@@ -202,7 +208,7 @@ def loss_row(code, a, u):
     return 0.5 * u * u, u  # SQUARED, u = f - y
 
 
-@inline
+@helper
 def narrow(x, f32):
     """x rounded to float32 (inf beyond its range) when the run is float32, else x."""
     if f32:
@@ -227,15 +233,10 @@ def dot_row(a, p, m):
     return (s0 + s1) + (s2 + s3)
 
 
-@inline
-def sum_squares(x, f32):
-    """sum x^2 as the oracle computes it: in float32 the squares and the sum overflow to inf."""
-    flat = x.ravel()
+@helper
+def sum_squares(flat):
+    """sum x^2 of a 1-d array in float64 (callers pass 2-d arrays ravelled: one compiled version)."""
     s0 = s1 = s2 = s3 = 0.0
-    if f32:
-        for v in flat:
-            s0 += narrow(v * v, True)
-        return narrow(s0, True)
     j, m = 0, flat.size
     while j + 4 <= m:
         s0 = fma(flat[j], flat[j], s0)
@@ -249,7 +250,18 @@ def sum_squares(x, f32):
     return (s0 + s1) + (s2 + s3)
 
 
-@inline
+@helper
+def sum_squares_rounded(flat, f32):
+    """sum x^2 as the oracle computes it: in float32 the squares and the sum overflow to inf."""
+    if f32:
+        s = 0.0
+        for v in flat:
+            s += narrow(v * v, True)
+        return narrow(s, True)
+    return sum_squares(flat)
+
+
+@helper
 def record_slot(t, steps, every):
     """Trace slot of evaluation t, or -1 (same rule as lgd.backends.record_slot)."""
     if t % every == 0:
@@ -282,10 +294,16 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
     d, m = Wt.shape
     if train:
         if not from_z:
-            grad[:] = 0.0
-        grad_a[:] = 0.0
-        neuron[:] = np.inf
+            for k in range(d):
+                for j in range(m):
+                    grad[k, j] = 0.0
+        for j in range(grad_a.size):
+            grad_a[j] = 0.0
+            neuron[j] = np.inf
     risk, correct, margin = 0.0, 0.0, np.inf
+    qs = np.empty((4, m))
+    rows = np.empty(4, dtype=np.int64)
+    pending = 0
     for i in range(i0, i1):
         yi = np.float64(y[i])
         if linear:
@@ -306,12 +324,23 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
                 for j in range(m):
                     z[j] = Z[i, j]
             else:
+                # Four rows of Wt per pass over z: a quarter of the loads and stores of z, and
+                # the same order of fmas (so the same rounding) as one row at a time.
                 for j in range(m):
                     z[j] = 0.0
-                for k in range(d):
+                k = 0
+                while k + 4 <= d:
+                    x0, x1 = np.float64(X[i, k]), np.float64(X[i, k + 1])
+                    x2, x3 = np.float64(X[i, k + 2]), np.float64(X[i, k + 3])
+                    for j in range(m):
+                        z[j] = fma(x3, Wt[k + 3, j], fma(x2, Wt[k + 2, j], fma(x1, Wt[k + 1, j],
+                                                                              fma(x0, Wt[k, j], z[j]))))
+                    k += 4
+                while k < d:
                     xk = np.float64(X[i, k])
                     for j in range(m):
                         z[j] = fma(xk, Wt[k, j], z[j])
+                    k += 1
             activate_row(act, act_param, z, p, q, m)
             f = scale * dot_row(a, p, m)
         value, coef, yf = sample_out(code_loss, loss_param, margin_loss, yi, f, f32)
@@ -334,16 +363,32 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
                     for j in range(m):
                         Z[i, j] = q[j]
                 else:
-                    for k in range(d):
-                        xk = np.float64(X[i, k])
-                        for j in range(m):
-                            grad[k, j] = fma(xk, q[j], grad[k, j])
+                    # Samples wait in groups of four so that each pass over grad adds four of
+                    # them (in sample order: the same rounding as one at a time).
+                    for j in range(m):
+                        qs[pending, j] = q[j]
+                    rows[pending] = i
+                    pending += 1
+                    if pending == 4:
+                        r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
+                        for k in range(d):
+                            x0, x1 = np.float64(X[r0, k]), np.float64(X[r1, k])
+                            x2, x3 = np.float64(X[r2, k]), np.float64(X[r3, k])
+                            for j in range(m):
+                                grad[k, j] = fma(x3, qs[3, j], fma(x2, qs[2, j], fma(x1, qs[1, j],
+                                                                                     fma(x0, qs[0, j], grad[k, j]))))
+                        pending = 0
                 if train_outer:
                     for j in range(m):
                         grad_a[j] = fma(cs, p[j], grad_a[j])
                 if record and neurons:
                     for j in range(m):
                         neuron[j] = min(neuron[j], yi * a[j] * p[j])
+    for s in range(pending):  # the last samples still waiting, fewer than four
+        for k in range(d):
+            xk = np.float64(X[rows[s], k])
+            for j in range(m):
+                grad[k, j] = fma(xk, qs[s, j], grad[k, j])
     stats[0] = risk
     stats[1] = correct
     stats[2] = margin
@@ -359,18 +404,18 @@ def close_step(grad, grad_a, risk_sum, n, train_outer, f32):
         for j in range(grad_a.size):
             grad_a[j] = narrow(grad_a[j], True)
     risk = narrow(narrow(risk_sum, f32) / n, f32)
-    grad_sq = sum_squares(grad, f32)
+    grad_sq = sum_squares_rounded(grad.ravel(), f32)
     if train_outer:
-        grad_sq += sum_squares(grad_a, f32)
+        grad_sq += sum_squares_rounded(grad_a, f32)
     return risk, grad_sq
 
 
 @inline
 def record_step(traces, neuron_trace, c, slot, n, risk, grad_sq, stats, Wt, a, train_outer, neurons, neuron,
                 n_test, test_stats, f32):
-    weight_sq = sum_squares(Wt, False)
+    weight_sq = sum_squares(Wt.ravel())
     if train_outer:
-        weight_sq += sum_squares(a, False)
+        weight_sq += sum_squares(a)
     traces[0][c, slot] = risk
     traces[1][c, slot] = stats[1] / n
     traces[2][c, slot] = math.sqrt(grad_sq)
@@ -382,6 +427,17 @@ def record_step(traces, neuron_trace, c, slot, n, risk, grad_sq, stats, Wt, a, t
     if n_test > 0:
         traces[5][c, slot] = narrow(narrow(test_stats[0], f32) / n_test, f32)
         traces[6][c, slot] = test_stats[1] / n_test
+
+
+@inline
+def store_weights(W, A, c, Wt, a):
+    """W[c] = Wt^T and A[c] = a (loops: a slice assignment compiles numba's shape-mismatch error
+    path, seconds of every cold compile)."""
+    d, m = Wt.shape
+    for j in range(m):
+        for k in range(d):
+            W[c, j, k] = Wt[k, j]
+        A[c, j] = a[j]
 
 
 @inline
@@ -443,8 +499,7 @@ def run_config(X, y, X_test, y_test, W, A, etas, diverged, traces, neuron_trace,
         if not step_end(c, t, steps, every, n, stats[0], grad, grad_a, Wt, a, a64, eta, train_outer, f32, traces,
                         neuron_trace, neuron, n_test, stats[1], diverged):
             break
-    W[c] = Wt.T
-    A[c] = a
+    store_weights(W, A, c, Wt, a)
 
 
 @worker
@@ -550,5 +605,4 @@ def run_steps(X, XT, y, X_test, y_test, W, A, etas, diverged, traces, neuron_tra
             if not step_end(c, t, steps, every, n, total[0], grad, grad_a, Wt, a, a64, eta, train_outer, f32, traces,
                             neuron_trace, neuron, n_test, total[1], diverged):
                 break
-        W[c] = Wt.T
-        A[c] = a
+        store_weights(W, A, c, Wt, a)
