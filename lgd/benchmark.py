@@ -267,6 +267,8 @@ def save_plot(report: dict, path) -> None:
     from .plot import _pyplot
 
     plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     records = report["records"]
     workloads = list(dict.fromkeys(r["workload"] for r in records))
     fig, axes = plt.subplots(1, len(workloads), figsize=(4.2 * len(workloads), 4.2), squeeze=False)
@@ -284,6 +286,10 @@ def save_plot(report: dict, path) -> None:
         ax.set_yticks(range(len(impls)), impls)
         ax.invert_yaxis()
         ax.set_xscale("log")
+        # A log axis spanning less than a decade: label 1, 2, 5 x 10^k, leave the minor ticks bare.
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 1 else f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         sweep = mine[0]["configs"] > 1
         ax.set_xlabel("config-steps/s" if sweep else "steps/s")
         first = mine[0]
