@@ -236,18 +236,7 @@ def dot_row(a, p, m):
 @helper
 def sum_squares(flat):
     """sum x^2 of a 1-d array in float64 (callers pass 2-d arrays ravelled: one compiled version)."""
-    s0 = s1 = s2 = s3 = 0.0
-    j, m = 0, flat.size
-    while j + 4 <= m:
-        s0 = fma(flat[j], flat[j], s0)
-        s1 = fma(flat[j + 1], flat[j + 1], s1)
-        s2 = fma(flat[j + 2], flat[j + 2], s2)
-        s3 = fma(flat[j + 3], flat[j + 3], s3)
-        j += 4
-    while j < m:
-        s0 = fma(flat[j], flat[j], s0)
-        j += 1
-    return (s0 + s1) + (s2 + s3)
+    return dot_row(flat, flat, flat.size)
 
 
 @helper

@@ -249,3 +249,12 @@ def test_unavailable_backend_named_explicitly_raises(monkeypatch):
     with pytest.raises(lgd.BackendUnavailable, match="backend 'cupy' is not available: no usable device"):
         lgd.gd(np.ones((2, 2)), np.array([1.0, -1.0]), lgd.Linear(), stepsize=1.0, steps=1, backend="cupy")
     assert backends.choose("auto") == "numpy"
+
+
+def test_progress_bar_on_request_and_off_when_not_a_terminal(xor, capsys):
+    pytest.importorskip("tqdm")
+    X, y = xor
+    lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=1.0, steps=30, backend="numpy", progress=True)
+    assert "step" in capsys.readouterr().err
+    lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=1.0, steps=30, backend="numpy")  # stderr is not a TTY here
+    assert capsys.readouterr().err == ""
