@@ -153,7 +153,7 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
     trace = Trace.empty(len(configs), recorded.size, model.width, bool(neuron_margins))
     problem = Problem(X=X, y=y, activation=model.activation, loss=loss, scale=model.scale,
                       train_outer=model.train_outer, linear=model.__class__.__name__ == "Linear",
-                      X_test=X_test, y_test=y_test, record_neurons=bool(neuron_margins))
+                      X_test=X_test, y_test=y_test)
 
     runner = _backends.get(backend_name).runner(problem, state.W.shape)  # compiles here, not in the timed loop
     if sharpness_every is None:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from . import losses as _losses
-from .models import model_from_config
 
 __all__ = ["Run", "Sweep", "Phase", "phase_of", "load"]
 
@@ -87,6 +86,13 @@ class _Traces:
     neuron_margins: np.ndarray | None
     weights: np.ndarray
     outer_weights: np.ndarray
+
+    @property
+    def model(self):
+        """The model the result was computed with, rebuilt from its metadata (also after :func:`load`)."""
+        from .models import model_from_config
+
+        return model_from_config(self.meta["model"])
 
     @property
     def sharpness_limit(self):
@@ -249,7 +255,3 @@ def load(path):
     cls = Run if kind == "run" else Sweep
     return cls(**values)
 
-
-def model_of(result):
-    """The model a result was computed with, rebuilt from its metadata."""
-    return model_from_config(result.meta["model"])

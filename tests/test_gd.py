@@ -162,6 +162,7 @@ def test_save_and_load_round_trip(tmp_path, xor):
     np.testing.assert_array_equal(back.risk, run.risk)
     np.testing.assert_array_equal(back.test_risk, run.test_risk)
     assert back.meta == run.meta and back.phase == run.phase
+    assert back.model.config() == lgd.TwoLayerNet(3).config()
     result = lgd.sweep(X, y, lgd.Linear(), "exponential", stepsizes=[0.1, 1e4], steps=5, backend="numpy")
     result.save(tmp_path / "sweep.npz")
     again = lgd.load(tmp_path / "sweep.npz")

@@ -49,7 +49,6 @@ class Problem:
     linear: bool
     X_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
-    record_neurons: bool = True
 
     @property
     def dtype(self):
