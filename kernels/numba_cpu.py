@@ -21,10 +21,12 @@ Nothing here checks arguments or knows about lgd's classes: :mod:`lgd.backends._
 """
 
 import math
+import platform
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 # Codes of lgd.activations and lgd.losses (tests assert they agree).
@@ -36,7 +38,7 @@ LOGISTIC, EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL, SQUARED = ra
 # two plain workers, sample_block and step_end. Inlining at numba-IR level (inline="always")
 # copies and re-types a helper's IR at every call site, so only the row helpers whose callers'
 # loops must vectorise use it (as njit functions, softplus_sigmoid, loss_row and dot_row made
-# those loops 2.5x slower). exp, log1p_unit, narrow, record_slot and the sums of squares, called
+# those loops 2.5x slower). exp, narrow, record_slot and the sums of squares, called
 # from many sites, are ordinary njit functions compiled once and inlined by LLVM (the loops that
 # call exp still vectorise), with the workers' numpy error model so that divisions carry no zero
 # checks. Array slice assignment is avoided: each one compiles numba's shape-mismatch error path.
@@ -69,9 +71,92 @@ def fma(typingctx, x, y, z):
     return types.float64(types.float64, types.float64, types.float64), codegen
 
 
+# Synchronisation of a team of threads (run_team): atomics on an int64 array, a spin-wait hint and
+# sched_yield, as LLVM instructions (numba has no atomics of its own). Resolved by name at load time,
+# so the cache keeps working.
+def _element_pointer(context, builder, signature, args):
+    array_type = signature.args[0]
+    array = context.make_array(array_type)(context, builder, args[0])
+    return cgutils.get_item_pointer(context, builder, array_type, array, [args[1]], wraparound=False)
+
+
+@intrinsic
+def atomic_add(typingctx, array, index, value):
+    """array[index] += value atomically (sequentially consistent); returns the old value."""
+    def codegen(context, builder, signature, args):
+        return builder.atomic_rmw("add", _element_pointer(context, builder, signature, args), args[2], "seq_cst")
+    return types.int64(types.Array(types.int64, 1, "C"), types.intp, types.int64), codegen
+
+
+@intrinsic
+def atomic_load(typingctx, array, index):
+    """array[index] read with acquire ordering (never hoisted out of a loop)."""
+    def codegen(context, builder, signature, args):
+        return builder.load_atomic(_element_pointer(context, builder, signature, args), "acquire", 8)
+    return types.int64(types.Array(types.int64, 1, "C"), types.intp), codegen
+
+
+@intrinsic
+def atomic_store(typingctx, array, index, value):
+    """array[index] = value with release ordering."""
+    def codegen(context, builder, signature, args):
+        builder.store_atomic(args[2], _element_pointer(context, builder, signature, args), "release", 8)
+        return context.get_dummy_value()
+    return types.void(types.Array(types.int64, 1, "C"), types.intp, types.int64), codegen
+
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+@intrinsic
+def spin_pause(typingctx):
+    """The CPU's spin-wait hint (x86 pause; nothing elsewhere)."""
+    def codegen(context, builder, signature, args):
+        if _X86:
+            function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                      "llvm.x86.sse2.pause")
+            builder.call(function, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@intrinsic
+def sched_yield(typingctx):
+    """Give the core to another runnable thread (libc's sched_yield)."""
+    def codegen(context, builder, signature, args):
+        function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
+                                                  "sched_yield")
+        builder.call(function, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+# Spins of a waiting thread before it starts yielding its core: about 1 ms, far longer than the
+# imbalance of a step, so that on an idle machine nobody sleeps; on a busy one a waiter gives way.
+SPINS = 1 << 14
+
+
+@helper
+def barrier(sync, team):
+    """Wait until all `team` threads arrive. sync[0] counts arrivals, sync[1] is the generation."""
+    generation = atomic_load(sync, 1)
+    if atomic_add(sync, 0, 1) == team - 1:
+        atomic_store(sync, 0, 0)
+        atomic_store(sync, 1, generation + 1)
+        return
+    spins = 0
+    while atomic_load(sync, 1) == generation:
+        if spins < SPINS:
+            spin_pause()
+            spins += 1
+        else:
+            sched_yield()
+
+
 # exp: x = k ln2 + r with |r| <= ln2/2, exp(r) by its Taylor polynomial of degree 13 (truncation
-# 4e-18), 2^k assembled from bits in two factors so that subnormal and near-overflow results are
-# right. Relative error about 2e-16 over the whole range.
+# 4e-18), 2^k applied as two factors 2^(k//2) 2^(k - k//2), both normal numbers, so that subnormal
+# and overflowing results are rounded once, correctly, with no branch or blend. Relative error about
+# 2e-16 over the whole range.
 _INV_LN2 = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # low 32 bits zero: k * _LN2_HI is exact
 _LN2_LO = 1.90821492927058770002e-10
@@ -83,10 +168,10 @@ _SHIFTER_BITS = 0x4338000000000000
 def exp(x):
     """e^x for float64 x: overflow to inf above 709.78, gradual underflow to 0, nan kept."""
     xc = min(max(x, -746.0), 710.0)
-    shifted = xc * _INV_LN2 + _SHIFTER
+    shifted = fma(xc, _INV_LN2, _SHIFTER)
     kf = shifted - _SHIFTER
     k = _bits_from_double(shifted) - _SHIFTER_BITS
-    r = (xc - kf * _LN2_HI) - kf * _LN2_LO
+    r = fma(kf, -_LN2_LO, fma(kf, -_LN2_HI, xc))
     # Terms r^4/4! .. r^13/13! in Estrin's scheme (a shorter dependency chain than Horner: their
     # rounding is scaled by r^4/24 < 1e-3), the last four steps in Horner's for exact rounding.
     r2 = r * r
@@ -101,45 +186,47 @@ def exp(x):
     p = fma(p, r, 0.5)
     p = fma(p, r, 1.0)
     p = fma(p, r, 1.0)
-    low = kf < -1000.0
-    high = kf > 1000.0
-    shift = 54 if low else (-2 if high else 0)
-    y = p * _double_from_bits((k + shift + 1023) << 52)
-    y = y * (5.551115123125783e-17 if low else (4.0 if high else 1.0))  # 2^-54, 2^2
+    half = k >> 1
+    y = (p * _double_from_bits((half + 1023) << 52)) * _double_from_bits((k - half + 1023) << 52)
     return y if x == x else x
 
 
-# log(1 + e) for 0 <= e <= 1 (fdlibm's log1p with the argument already in range): u = 1 + e is
-# split as 2^k (1 + f), log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2)), s = f / (2 + f), and the
-# rounding of u is corrected by c = (e - (u - 1)) / u; relative error about 1e-16 even for tiny e.
+# log(1 + e) for 0 <= e <= 1 (fdlibm's log1p with the argument already in range): 1 + e = 2^k (1 + f)
+# with f = e exactly when 1 + e <= sqrt 2 (k = 0), else f = (1 + e)/2 - 1 (exact) plus the correction
+# c = (e - ((1 + e) - 1)) / (1 + e) for the rounding of 1 + e; log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2))
+# with s = f / (2 + f). The two divisions it needs (s, and 1 / (1 + e) for the sigmoid) come from one:
+# D = 1 / ((1 + e)(2 + f)). Relative error about 1e-16 even for tiny e.
 _LG1, _LG2, _LG3, _LG4 = 6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01, \
     2.222219843214978396e-01
 _LG5, _LG6, _LG7 = 1.818357216161805012e-01, 1.531383769920937332e-01, 1.479819860511658591e-01
 _SQRT2 = 1.4142135623730951
 
 
-@helper
-def log1p_unit(e, u, r):
-    """log(1 + e) for e in [0, 1], given u = 1 + e and r = 1 / u (which the caller shares)."""
-    c = (e - (u - 1.0)) * r
+@inline
+def log1p_unit(e):
+    """(log(1 + e), 1 / (1 + e)) for e in [0, 1], from one division."""
+    u = 1.0 + e
     high = u > _SQRT2
-    f = (0.5 * u if high else u) - 1.0
+    f = fma(0.5, u, -1.0) if high else e
+    t = 2.0 + f
+    D = 1.0 / (u * t)
+    r = t * D
+    s = f * u * D
+    c = (e - (u - 1.0)) * r if high else 0.0
     k = 1.0 if high else 0.0
-    s = f / (2.0 + f)
     z = s * s
     w = z * z
-    rr = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7))) + w * (_LG2 + w * (_LG4 + w * _LG6))
+    R = fma(z, fma(w, fma(w, fma(w, _LG7, _LG5), _LG3), _LG1), w * fma(w, fma(w, _LG6, _LG4), _LG2))
     hfsq = 0.5 * f * f
-    return k * _LN2_HI - ((hfsq - (s * (hfsq + rr) + (k * _LN2_LO + c))) - f)
+    return k * _LN2_HI - ((hfsq - fma(s, hfsq + R, fma(k, _LN2_LO, c))) - f), r
 
 
 @inline
 def softplus_sigmoid(x):
     """(softplus(x), sigmoid(x)) from one exp, one log1p and one division."""
     e = exp(-abs(x))
-    u = 1.0 + e
-    r = 1.0 / u
-    return max(x, 0.0) + log1p_unit(e, u, r), (r if x >= 0 else e * r)
+    lp, r = log1p_unit(e)
+    return max(x, 0.0) + lp, (r if x >= 0 else e * r)
 
 
 _INV_SQRT2 = 0.7071067811865476
@@ -153,8 +240,8 @@ def activate_row(code, c, z, p, q, m):
         for j in range(m):
             x = z[j]
             sp, sg = softplus_sigmoid(x)
-            p[j] = c * x + (1.0 - c) * sp if c != 0.0 else sp
-            q[j] = c + (1.0 - c) * sg
+            p[j] = fma(c, x, (1.0 - c) * sp) if c != 0.0 else sp
+            q[j] = fma(1.0 - c, sg, c)
     elif code == RELU or code == LEAKY_RELU or code == IDENTITY:  # identity is c = 1
         for j in range(m):
             x = z[j]
@@ -489,6 +576,65 @@ def run_config(X, y, X_test, y_test, W, A, etas, diverged, traces, neuron_trace,
                         neuron_trace, neuron, n_test, stats[1], diverged):
             break
     store_weights(W, A, c, Wt, a)
+
+
+@worker
+def run_team(member, team, sync, go, X, y, X_test, y_test, W, A, etas, diverged, traces, neuron_trace, act, act_param,
+             code_loss, loss_param, margin_loss, scale, train_outer, linear, t_start, t_stop, steps, every, f32, Wt, a,
+             a64, zs, ps, qs, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total):
+    """Evaluations [t_start, t_stop) of every configuration in turn, by `team` threads together.
+
+    Each of the `team` threads (Python threads calling this nogil kernel with member = 0 .. team-1 and
+    the same shared buffers) passes over its block of the samples into its own partial gradient; at
+    a barrier member 0 sums the blocks, records, checks divergence and updates the weights (Wt, a:
+    shared); a second barrier releases the next step. Threads stay in compiled code for the whole
+    chunk, waiting on a spinning barrier: waking pooled threads at every step costs more than a
+    small step's work.
+    """
+    if t_start >= t_stop:
+        return
+    C, m, d = W.shape
+    n = X.shape[0]
+    n_test = X_test.shape[0]
+    inv_n = 1.0 / n
+    neurons = neuron_trace.shape[1] > 0
+    i0, i1 = (member * n) // team, ((member + 1) * n) // team
+    k0, k1 = (member * n_test) // team, ((member + 1) * n_test) // team
+    for c in range(C):
+        if diverged[c] >= 0:
+            continue
+        if member == 0:
+            for j in range(m):
+                for k in range(d):
+                    Wt[k, j] = W[c, j, k]
+                a[j] = A[c, j]
+                a64[j] = a[j]
+        barrier(sync, team)
+        eta = np.float64(etas[c])
+        for t in range(t_start, t_stop):
+            record = record_slot(t, steps, every) >= 0
+            test = record and n_test > 0
+            sample_block(X, X, y, Wt, a64, scale, act, act_param, code_loss, loss_param, margin_loss, linear, inv_n,
+                         train_outer, record, neurons, f32, i0, i1, zs[member], ps[member], qs[member], grads[member],
+                         grads_a[member], neurons_part[member], stats[member], True, False)
+            if test:
+                sample_block(X_test, X, y_test, Wt, a64, scale, act, act_param, code_loss, loss_param, margin_loss,
+                             linear, inv_n, train_outer, record, neurons, f32, k0, k1, zs[member], ps[member],
+                             qs[member], grads[member], grads_a[member], neurons_part[member], stats[team + member],
+                             False, False)
+            barrier(sync, team)
+            if member == 0:
+                reduce_blocks(team, test, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total, False,
+                              grad)
+                go[0] = step_end(c, t, steps, every, n, total[0], grad, grad_a, Wt, a, a64, eta, train_outer, f32,
+                                 traces, neuron_trace, neuron, n_test, total[1], diverged)
+                for j in range(m):
+                    a64[j] = a[j]
+            barrier(sync, team)
+            if not go[0]:
+                break
+        if member == 0:
+            store_weights(W, A, c, Wt, a)
 
 
 @worker

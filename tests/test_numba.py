@@ -142,7 +142,7 @@ def test_divergence_reported_identically(dtype):
 @pytest.mark.parametrize("split", [False, True], ids=["serial", "split_samples"])
 def test_sweep_equals_single_runs_and_oracle(split, monkeypatch):
     if split:
-        monkeypatch.setattr(_numba, "PARALLEL_WORK", 0)
+        monkeypatch.setattr(_numba, "TEAM_WORK", 0)
     """Both numba drivers (threads over configurations, threads over samples) agree with each other and the oracle."""
     X, y, X_test, y_test = problem_data("logistic")
     stepsizes = [0.1, 1.0, 10.0, 1e5]
@@ -163,11 +163,63 @@ def test_sweep_equals_single_runs_and_oracle(split, monkeypatch):
     np.testing.assert_allclose(swept.risk[calm], oracle.risk[calm], rtol=1e-10, atol=1e-300)
 
 
+@pytest.mark.parametrize("team, stepsizes", [(2, [0.3]), (2, [3e3]), (3, [0.3, 3e3])],
+                         ids=["calm", "diverging", "two_configs"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_team_of_threads_matches_oracle(team, stepsizes, dtype, monkeypatch):
+    """run_team (threads splitting the samples of every step, barriers between) against the oracle:
+    whole traces, test metrics and neuron margins, divergence, configurations one after the other."""
+    monkeypatch.setattr(_numba, "TEAM_WORK", 0)
+    model = lgd.TwoLayerNet(6, train_outer=True)
+    problem = make_problem(model, "exponential", dtype)
+    steps, every = 150, 7
+    results = []
+    for backend in (_numpy, _numba):
+        state = initial_state(model, problem.X.shape[1], dtype, stepsizes)
+        trace = Trace.empty(len(stepsizes), record_steps(steps, every).size, model.width, True)
+        runner = backend.runner(problem, state.W.shape)
+        if backend is _numba:
+            runner._threads = team
+            assert runner._kernel_for(len(stepsizes), model.width) is numba_cpu.run_team
+        for t0 in range(0, steps + 1, 40):  # in chunks, as the driver calls it
+            runner.run(state, trace, t0, min(t0 + 40, steps + 1), steps, every)
+        results.append((state, trace))
+    (s0, t0), (s1, t1) = results
+    assert list(s0.diverged >= 0) == [eta > 1.0 for eta in stepsizes]
+    np.testing.assert_array_equal(s1.diverged, s0.diverged)
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    for c, eta in enumerate(stepsizes):
+        # A diverging run is compared up to its divergence (the trace is nan after it).
+        cut = s0.diverged[c] if s0.diverged[c] >= 0 else None
+        for name in ("risk", "accuracy", "grad_norm", "weight_norm", "margin", "test_risk", "test_accuracy",
+                     "neuron_margins"):
+            np.testing.assert_allclose(getattr(t1, name)[c][:cut], getattr(t0, name)[c][:cut], rtol=tol,
+                                       atol=tol * 1e-3, err_msg=name)
+        np.testing.assert_allclose(s1.W[c], s0.W[c], rtol=tol)
+        np.testing.assert_allclose(s1.a[c], s0.a[c], rtol=tol)
+
+
+def test_gd_uses_the_team_and_agrees(monkeypatch):
+    """Through lgd.gd: a single run on more samples than TEAM_WORK needs goes to the team, same numbers."""
+    X, y, X_test, y_test = problem_data("logistic", n=300, d=7)
+    model = lgd.TwoLayerNet(16)
+    kwargs = dict(stepsize=0.5, steps=200, record_every=3, X_test=X_test, y_test=y_test, progress=False)
+    monkeypatch.setattr(_numba, "TEAM_WORK", 300 * 16)
+    team = lgd.gd(X, y, model, "logistic", backend="numba", **kwargs)
+    oracle = lgd.gd(X, y, model, "logistic", backend="numpy", **kwargs)
+    monkeypatch.setattr(_numba, "TEAM_WORK", 300 * 16 + 1)
+    serial = lgd.gd(X, y, model, "logistic", backend="numba", **kwargs)
+    for run in (team, serial):
+        np.testing.assert_allclose(run.risk, oracle.risk, rtol=1e-10)
+        np.testing.assert_allclose(run.test_risk, oracle.test_risk, rtol=1e-10)
+        np.testing.assert_allclose(run.weights, oracle.weights, rtol=1e-10)
+
+
 def test_blas_path_matches_fused(monkeypatch):
     model = lgd.TwoLayerNet(6, train_outer=True)
     fused = run_both(model, "logistic", np.float64, [0.5], steps=40, every=3)[1]
     monkeypatch.setattr(_numba, "BLAS_WORK", 0)
-    monkeypatch.setattr(_numba, "PARALLEL_WORK", 0)
+    monkeypatch.setattr(_numba, "TEAM_WORK", 0)
     expected, blas = run_both(model, "logistic", np.float64, [0.5], steps=40, every=3)
     assert_traces_close(expected, blas, rtol=1e-10, atol=1e-13)
     assert_traces_close(fused, blas, rtol=1e-10, atol=1e-13)
@@ -178,11 +230,11 @@ def test_exp_and_log1p_accuracy():
 
     @njit
     def apply(x):
-        out = np.empty((2, x.size))
+        out = np.empty((3, x.size))
         for i in range(x.size):
             out[0, i] = numba_cpu.exp(x[i])
             e = numba_cpu.exp(-abs(x[i]))
-            out[1, i] = numba_cpu.log1p_unit(e, 1.0 + e, 1.0 / (1.0 + e))
+            out[1, i], out[2, i] = numba_cpu.log1p_unit(e)
         return out
 
     x = np.concatenate([np.linspace(-745, 709.7, 200001), [-1e6, -746, 709.78, 710, 1e6, 0.0, -0.0]])
@@ -193,6 +245,7 @@ def test_exp_and_log1p_accuracy():
     np.testing.assert_allclose(out[0][normal], exact[normal], rtol=4e-16)
     assert np.all(out[0][~normal & (exact == 0)] == 0) and np.isinf(out[0][x > 709.8]).all()
     np.testing.assert_allclose(out[1], np.log1p(np.exp(-np.abs(x))), rtol=4e-16, atol=1e-320)
+    np.testing.assert_allclose(out[2], 1.0 / (1.0 + np.exp(-np.abs(x))), rtol=4e-16)
     assert np.isnan(apply(np.array([np.nan]))).all()
 
 

@@ -5,10 +5,13 @@ Numba is imported only when a runner is built. The kernels compile once per dtyp
 the stepsizes are runtime data. Which kernel runs a chunk:
 
 - :func:`run_config` (compiled, nogil) for each configuration, spread over a pool of Python
-  threads, one whole chunk per call: sweeps, and small problems (below :data:`PARALLEL_WORK`);
-- :func:`run_steps` when there are fewer configurations than threads and the problem is larger:
-  numba threads split the samples of every step; large problems (see :data:`BLAS_WORK`) take
-  their two matrix products through BLAS there instead of the fused loops.
+  threads, one whole chunk per call: sweeps with at least as many configurations as threads, and
+  small problems (below :data:`TEAM_WORK`);
+- :func:`run_team` when there are fewer configurations than threads: all threads work on every
+  step of one configuration, each on its block of samples, meeting at a spinning barrier twice a
+  step and never leaving compiled code during a chunk;
+- :func:`run_steps` for large problems (see :data:`BLAS_WORK`): the two matrix products of a step
+  go through BLAS (which has its own threads), numba threads split the elementwise pass.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from . import Problem, State, Trace
 
 # n * m * d from which a step's products go through BLAS rather than the fused loops.
 BLAS_WORK = 1 << 23
-# n * m * d from which a single run splits every step's samples over threads: below it the cost of
-# waking the threads every step (large on a busy machine) outweighs the work shared.
-PARALLEL_WORK = 1 << 22
+# n * m from which a single run is split over a team of threads: below it a step's work is
+# comparable to the two barriers (about a microsecond each) that a team needs per step.
+TEAM_WORK = 1 << 11
 
 
 def available() -> tuple[bool, str]:
@@ -73,10 +76,13 @@ class Runner:
         return not self.problem.linear and n * d * width >= BLAS_WORK
 
     def _kernel_for(self, configs: int, width: int):
-        """run_steps (threads split every step) or run_config (one thread per configuration)."""
-        n, d = self._X.shape
-        split_samples = self._use_blas(width) or (configs < self._threads and n * d * width >= PARALLEL_WORK)
-        return self._kernels.run_steps if split_samples else self._kernels.run_config
+        """run_steps (BLAS products), run_team (threads split every step) or run_config (a thread per configuration)."""
+        n = self._X.shape[0]
+        if self._use_blas(width):
+            return self._kernels.run_steps
+        if 1 < self._threads and configs < self._threads and n * width >= TEAM_WORK:
+            return self._kernels.run_team
+        return self._kernels.run_config
 
     def _compile(self, kernel):
         """Compile (or load from the cache) the driver a batch of this shape needs, for zero steps.
@@ -115,6 +121,9 @@ class Runner:
             for future in futures:
                 future.result()
             return
+        if kernel is self._kernels.run_team:
+            self._call_team(kernel, state, common)
+            return
         width = state.W.shape[1]
         use_blas = self._use_blas(width)
         if use_blas and self._XT is None:
@@ -122,6 +131,29 @@ class Runner:
         XT = self._XT if use_blas else self._X[:0].T.copy()
         blocks = max(1, min(self._threads, self._X.shape[0]))
         kernel(self._X, XT, self._y, self._X_test, self._y_test, *common, blocks, use_blas)
+
+    def _call_team(self, kernel, state: State, common: tuple):
+        """All threads on every step: member 0 in this thread, the others in the pool."""
+        team = self._threads
+        _, m, d = state.W.shape
+        dtype = self.problem.dtype
+        empty = np.empty
+        buffers = (empty((d, m), dtype), empty(m, dtype), empty(m), empty((team, m)), empty((team, m)),
+                   empty((team, m)), empty((team, d, m)), empty((team, m)), empty((team, m)), empty((2 * team, 3)),
+                   empty((d, m)), empty(m), empty(m), empty((2, 3)))
+        sync = np.zeros(2, dtype=np.int64)
+        go = np.zeros(1, dtype=np.int64)
+        data = (self._X, self._y, self._X_test, self._y_test)
+
+        def member(k):
+            kernel(k, team, sync, go, *data, *common, *buffers)
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="lgd-numba")
+        futures = [self._pool.submit(member, k) for k in range(1, team)]
+        member(0)
+        for future in futures:
+            future.result()
 
     def run(self, state: State, trace: Trace, t_start: int, t_stop: int, steps: int, record_every: int):
         kernel = self._kernel_for(state.W.shape[0], state.W.shape[1])
