@@ -3,7 +3,7 @@
 from setuptools import setup
 
 EXTRAS = {
-    "numba": ["numba>=0.60", "scipy>=1.10"],
+    "numba": ["numba>=0.60", "scipy>=1.10", "threadpoolctl>=3.1"],
     "cuda12": ["cupy-cuda12x>=13"],
     "cuda13": ["cupy-cuda13x>=14"],
     "plot": ["matplotlib>=3.7"],

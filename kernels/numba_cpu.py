@@ -2,15 +2,14 @@
 
 What lives here: branch-free exp / log1p written as plain arithmetic (so that LLVM vectorises the
 loops that call them), the activations and losses of lgd as scalar/row functions selected by an
-integer code, the fused forward/backward pass over a block of samples, and two whole-run drivers:
+integer code, the fused forward/backward pass over a block of samples, and the whole-run driver:
 
-- :func:`run_configs`: ``prange`` over configurations, each running its steps serially (sweeps
-  with at least as many configurations as threads).
-- :func:`run_steps`: configurations one after the other, ``prange`` over blocks of samples inside
-  every step; the products X W^T and X^T G go either through the fused loops or through BLAS
-  (``np.dot``, called outside the ``prange`` body) when the problem is large.
+- :func:`run_team`, the one whole-run driver: configurations one after the other, every step
+  split over a team of threads (Python threads in a nogil kernel, meeting at a spinning barrier);
+  a team of one per thread runs sweeps. The products X W^T and X^T G run in the fused loops, or
+  for large problems through single-threaded BLAS calls on each member's block of samples.
 
-Specialisation: one compiled kernel per (driver, dtype). The activation and loss are runtime
+Specialisation: one compiled kernel per dtype. The activation and loss are runtime
 integer codes (the values of ``lgd.activations`` / ``lgd.losses``), dispatched once per row of
 m neurons or once per sample, never inside a vectorised loop, so a sweep over activations,
 losses, their parameters or stepsizes never recompiles. Arithmetic runs in float64; float32
@@ -25,7 +24,7 @@ import platform
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -34,12 +33,12 @@ IDENTITY, RELU, LEAKY_RELU, SOFTPLUS, LEAKY_SOFTPLUS, GELU, SILU, TANH = range(8
 LOGISTIC, EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL, SQUARED = range(5)
 
 # Compile cost: numba links every callee's LLVM module into each caller and generates its machine
-# code again there, and parfor passes are slow on large bodies, so the parallel drivers only call
-# two plain workers, sample_block and step_end. Inlining at numba-IR level (inline="always")
-# copies and re-types a helper's IR at every call site, so only the row helpers whose callers'
-# loops must vectorise use it (as njit functions, softplus_sigmoid, loss_row and dot_row made
-# those loops 2.5x slower). exp, narrow, record_slot and the sums of squares, called
-# from many sites, are ordinary njit functions compiled once and inlined by LLVM (the loops that
+# code again there, so the driver calls a few plain workers (sample_block, step_end,
+# reduce_blocks). Inlining at numba-IR level (inline="always") copies and re-types a helper's IR at
+# every call site, so only the per-element and per-sample helpers whose callers' loops must
+# vectorise use it (as njit functions, softplus_sigmoid, loss_row and dot_row made those loops
+# 2.5x slower). The row helper activate_row (its loops inside it), exp, narrow, record_slot and the
+# sums of squares are ordinary njit functions compiled once and inlined by LLVM (the loops that
 # call exp still vectorise), with the workers' numpy error model so that divisions carry no zero
 # checks. Array slice assignment is avoided: each one compiles numba's shape-mismatch error path.
 # No fastmath anywhere: the divergence test needs inf and nan, and exp/log1p need their exact
@@ -233,7 +232,7 @@ _INV_SQRT2 = 0.7071067811865476
 _INV_SQRT2PI = 0.3989422804014327
 
 
-@inline
+@helper
 def activate_row(code, c, z, p, q, m):
     """p[j] = phi(z[j]) and q[j] = phi'(z[j]) for j < m; the branch is taken once per row."""
     if code == LEAKY_SOFTPLUS or code == SOFTPLUS:  # softplus is c = 0
@@ -347,7 +346,7 @@ def record_slot(t, steps, every):
     return -1
 
 
-@inline
+@helper
 def sample_out(code_loss, loss_param, margin_loss, yi, f, f32):
     """(loss value, coefficient loss' * y (or loss' for the squared loss), y f) of one sample."""
     u = yi * f if margin_loss else f - yi
@@ -470,7 +469,7 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
     stats[2] = margin
 
 
-@inline
+@helper
 def close_step(grad, grad_a, risk_sum, n, train_outer, f32):
     """(risk, squared gradient norm) of a step as the oracle rounds them; grad is narrowed in place."""
     if f32:
@@ -486,7 +485,7 @@ def close_step(grad, grad_a, risk_sum, n, train_outer, f32):
     return risk, grad_sq
 
 
-@inline
+@helper
 def record_step(traces, neuron_trace, c, slot, n, risk, grad_sq, stats, Wt, a, train_outer, neurons, neuron,
                 n_test, test_stats, f32):
     weight_sq = sum_squares(Wt.ravel())
@@ -505,7 +504,7 @@ def record_step(traces, neuron_trace, c, slot, n, risk, grad_sq, stats, Wt, a, t
         traces[6][c, slot] = test_stats[1] / n_test
 
 
-@inline
+@helper
 def store_weights(W, A, c, Wt, a):
     """W[c] = Wt^T and A[c] = a (loops: a slice assignment compiles numba's shape-mismatch error
     path, seconds of every cold compile)."""
@@ -516,7 +515,7 @@ def store_weights(W, A, c, Wt, a):
         A[c, j] = a[j]
 
 
-@inline
+@helper
 def update(Wt, a, grad, grad_a, eta, train_outer, f32):
     """W <- W - eta grad (and a), with the oracle's rounding of eta * grad in float32."""
     d, m = Wt.shape
@@ -546,114 +545,17 @@ def step_end(c, t, steps, every, n, stats, grad, grad_a, Wt, a, a64, eta, train_
 
 
 @worker
-def run_config(X, y, X_test, y_test, W, A, etas, diverged, traces, neuron_trace, act, act_param, code_loss,
-               loss_param, margin_loss, scale, train_outer, linear, t_start, t_stop, steps, every, f32, c):
-    """Evaluations [t_start, t_stop) of configuration c, serially."""
-    m, d = W.shape[1], W.shape[2]
-    n = X.shape[0]
-    n_test = X_test.shape[0]
-    inv_n = 1.0 / n
-    neurons = neuron_trace.shape[1] > 0
-    Wt = np.ascontiguousarray(W[c].T)
-    a = A[c].copy()
-    a64 = np.empty(m)
-    z, p, q = np.empty(m), np.empty(m), np.empty(m)
-    grad = np.empty((d, m))
-    grad_a = np.empty(m)
-    neuron = np.empty(m)
-    stats = np.empty((2, 3))
-    eta = np.float64(etas[c])
-    for t in range(t_start, t_stop):
-        record = record_slot(t, steps, every) >= 0
-        for j in range(m):
-            a64[j] = a[j]
-        for part in range(2 if record and n_test > 0 else 1):
-            train = part == 0
-            sample_block(X if train else X_test, X, y if train else y_test, Wt, a64, scale, act, act_param,
-                         code_loss, loss_param, margin_loss, linear, inv_n, train_outer, record, neurons, f32,
-                         0, n if train else n_test, z, p, q, grad, grad_a, neuron, stats[part], train, False)
-        if not step_end(c, t, steps, every, n, stats[0], grad, grad_a, Wt, a, a64, eta, train_outer, f32, traces,
-                        neuron_trace, neuron, n_test, stats[1], diverged):
-            break
-    store_weights(W, A, c, Wt, a)
-
-
-@worker
-def run_team(member, team, sync, go, X, y, X_test, y_test, W, A, etas, diverged, traces, neuron_trace, act, act_param,
-             code_loss, loss_param, margin_loss, scale, train_outer, linear, t_start, t_stop, steps, every, f32, Wt, a,
-             a64, zs, ps, qs, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total):
-    """Evaluations [t_start, t_stop) of every configuration in turn, by `team` threads together.
-
-    Each of the `team` threads (Python threads calling this nogil kernel with member = 0 .. team-1 and
-    the same shared buffers) passes over its block of the samples into its own partial gradient; at
-    a barrier member 0 sums the blocks, records, checks divergence and updates the weights (Wt, a:
-    shared); a second barrier releases the next step. Threads stay in compiled code for the whole
-    chunk, waiting on a spinning barrier: waking pooled threads at every step costs more than a
-    small step's work.
-    """
-    if t_start >= t_stop:
-        return
-    C, m, d = W.shape
-    n = X.shape[0]
-    n_test = X_test.shape[0]
-    inv_n = 1.0 / n
-    neurons = neuron_trace.shape[1] > 0
-    i0, i1 = (member * n) // team, ((member + 1) * n) // team
-    k0, k1 = (member * n_test) // team, ((member + 1) * n_test) // team
-    for c in range(C):
-        if diverged[c] >= 0:
-            continue
-        if member == 0:
-            for j in range(m):
-                for k in range(d):
-                    Wt[k, j] = W[c, j, k]
-                a[j] = A[c, j]
-                a64[j] = a[j]
-        barrier(sync, team)
-        eta = np.float64(etas[c])
-        for t in range(t_start, t_stop):
-            record = record_slot(t, steps, every) >= 0
-            test = record and n_test > 0
-            sample_block(X, X, y, Wt, a64, scale, act, act_param, code_loss, loss_param, margin_loss, linear, inv_n,
-                         train_outer, record, neurons, f32, i0, i1, zs[member], ps[member], qs[member], grads[member],
-                         grads_a[member], neurons_part[member], stats[member], True, False)
-            if test:
-                sample_block(X_test, X, y_test, Wt, a64, scale, act, act_param, code_loss, loss_param, margin_loss,
-                             linear, inv_n, train_outer, record, neurons, f32, k0, k1, zs[member], ps[member],
-                             qs[member], grads[member], grads_a[member], neurons_part[member], stats[team + member],
-                             False, False)
-            barrier(sync, team)
-            if member == 0:
-                reduce_blocks(team, test, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total, False,
-                              grad)
-                go[0] = step_end(c, t, steps, every, n, total[0], grad, grad_a, Wt, a, a64, eta, train_outer, f32,
-                                 traces, neuron_trace, neuron, n_test, total[1], diverged)
-                for j in range(m):
-                    a64[j] = a[j]
-            barrier(sync, team)
-            if not go[0]:
-                break
-        if member == 0:
-            store_weights(W, A, c, Wt, a)
-
-
-@worker
-def reduce_blocks(blocks, test, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total, from_blas,
-                  grad_blas):
-    """Sum the blocks' partial gradients and statistics into grad, grad_a, neuron and total."""
+def reduce_blocks(blocks, test, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total, blas, grads_blas):
+    """Sum the blocks' partial gradients (grads, or grads_blas from BLAS) and statistics into grad,
+    grad_a, neuron and total."""
     d, m = grad.shape
-    if from_blas:
+    for k in range(d):
+        for j in range(m):
+            grad[k, j] = grads_blas[0, k, j] if blas else grads[0, k, j]
+    for b in range(1, blocks):
         for k in range(d):
             for j in range(m):
-                grad[k, j] = grad_blas[k, j]
-    else:
-        for k in range(d):
-            for j in range(m):
-                grad[k, j] = grads[0, k, j]
-        for b in range(1, blocks):
-            for k in range(d):
-                for j in range(m):
-                    grad[k, j] += grads[b, k, j]
+                grad[k, j] += grads_blas[b, k, j] if blas else grads[b, k, j]
     for j in range(m):
         grad_a[j] = grads_a[0, j]
         neuron[j] = neurons_part[0, j]
@@ -672,72 +574,71 @@ def reduce_blocks(blocks, test, grads, grads_a, neurons_part, stats, grad, grad_
             total[1, 1] += stats[b, 1]
 
 
-@njit(cache=CACHE, parallel=True, error_model="numpy")
-def pass_blocks(tasks, blocks, X, Z, y, X_test, Z_test, y_test, Wt, a, scale, act, act_param, code_loss, loss_param,
-                margin_loss, linear, inv_n, train_outer, record, neurons, f32, zs, ps, qs, grads, grads_a,
-                neurons_part, stats, from_z):
-    """sample_block over the blocks of the training samples (tasks < blocks) and of the test samples."""
-    n, n_test = X.shape[0], X_test.shape[0]
-    for task in prange(tasks):
-        train = task < blocks
-        b = task if train else task - blocks
-        rows = n if train else n_test
-        sample_block(X if train else X_test, Z if train else Z_test, y if train else y_test, Wt, a, scale, act,
-                     act_param, code_loss, loss_param, margin_loss, linear, inv_n, train_outer, record, neurons, f32,
-                     (b * rows) // blocks, ((b + 1) * rows) // blocks, zs[task], ps[task], qs[task], grads[task],
-                     grads_a[task], neurons_part[task], stats[task], train, from_z)
-
-
 @worker
-def run_steps(X, XT, y, X_test, y_test, W, A, etas, diverged, traces, neuron_trace, act, act_param, code_loss,
-              loss_param, margin_loss, scale, train_outer, linear, t_start, t_stop, steps, every, f32, blocks,
-              use_blas):
-    """Evaluations [t_start, t_stop), configurations in turn, threads splitting the samples of every step.
+def run_team(member, team, sync, go, configs, X, y, X_test, y_test, W, A, etas, diverged, traces, neuron_trace, act,
+             act_param, code_loss, loss_param, margin_loss, scale, train_outer, linear, t_start, t_stop, steps, every,
+             f32, blas, Wt, a, a64, zs, ps, qs, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total, Z,
+             Z_test, grads_blas):
+    """Evaluations [t_start, t_stop) of the configurations `configs`, one after the other, by a team.
 
-    Training blocks and, at record steps, test blocks run in one parallel pass_blocks call. With
-    use_blas, Z = X W^T and the gradient G^T X are np.dot calls made between those."""
-    C, m, d = W.shape
+    The `team` threads (Python threads calling this nogil kernel with member = 0 .. team-1 and the
+    same shared buffers) each pass over their block of the samples into their own partial
+    gradient; at a barrier member 0 sums the blocks, records, checks divergence and updates the
+    shared weights (Wt, a); a second barrier releases the next step. The threads stay in compiled
+    code for the whole chunk, waiting on a spinning barrier: waking pooled threads at every step
+    costs more than a small step's work. A team of one is the serial driver (sweeps give each
+    thread its own share of the configurations); its barriers cost an atomic add each.
+
+    With blas, each member forms its block's products through BLAS (np.dot: the caller limits BLAS
+    to one thread, as the team is the parallelism): Z_b = X_b W^T into its rows of Z, which the
+    pass over the samples overwrites with G_b, then X_b^T G_b into grads_blas[member]. Otherwise
+    the fused loops of sample_block do both products without leaving L1.
+    """
+    if t_start >= t_stop:
+        return
+    m, d = W.shape[1], W.shape[2]
     n = X.shape[0]
     n_test = X_test.shape[0]
     inv_n = 1.0 / n
     neurons = neuron_trace.shape[1] > 0
-    tasks = 2 * blocks
-    a64 = np.empty(m)
-    zs, ps, qs = np.empty((tasks, m)), np.empty((tasks, m)), np.empty((tasks, m))
-    grads = np.empty((tasks, d, m))
-    grads_a = np.empty((tasks, m))
-    neurons_part = np.empty((tasks, m))
-    stats = np.empty((tasks, 3))
-    grad = np.empty((d, m))
-    grad_a = np.empty(m)
-    neuron = np.empty(m)
-    total = np.empty((2, 3))
-    Z = np.empty((n if use_blas else 0, m), dtype=X.dtype)
-    Z_test = np.empty((n_test if use_blas else 0, m), dtype=X.dtype)
-    grad_blas = np.empty((d if use_blas else 0, m), dtype=X.dtype)
-    for c in range(C):
-        if diverged[c] >= 0:
-            continue
-        Wt = np.ascontiguousarray(W[c].T)
-        a = A[c].copy()
+    i0, i1 = (member * n) // team, ((member + 1) * n) // team
+    k0, k1 = (member * n_test) // team, ((member + 1) * n_test) // team
+    for c in configs:
+        if member == 0:
+            for j in range(m):
+                for k in range(d):
+                    Wt[k, j] = W[c, j, k]
+                a[j] = A[c, j]
+                a64[j] = a[j]
+        barrier(sync, team)
         eta = np.float64(etas[c])
         for t in range(t_start, t_stop):
             record = record_slot(t, steps, every) >= 0
             test = record and n_test > 0
-            for j in range(m):
-                a64[j] = a[j]
-            if use_blas:
-                np.dot(X, Wt, Z)
+            if blas:
+                np.dot(X[i0:i1], Wt, Z[i0:i1])
                 if test:
-                    np.dot(X_test, Wt, Z_test)
-            pass_blocks(2 * blocks if test else blocks, blocks, X, Z, y, X_test, Z_test, y_test, Wt, a64, scale, act,
-                        act_param, code_loss, loss_param, margin_loss, linear, inv_n, train_outer, record, neurons,
-                        f32, zs, ps, qs, grads, grads_a, neurons_part, stats, use_blas)
-            if use_blas:
-                np.dot(XT, Z, grad_blas)
-            reduce_blocks(blocks, test, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total, use_blas,
-                          grad_blas)
-            if not step_end(c, t, steps, every, n, total[0], grad, grad_a, Wt, a, a64, eta, train_outer, f32, traces,
-                            neuron_trace, neuron, n_test, total[1], diverged):
+                    np.dot(X_test[k0:k1], Wt, Z_test[k0:k1])
+            sample_block(X, Z, y, Wt, a64, scale, act, act_param, code_loss, loss_param, margin_loss, linear, inv_n,
+                         train_outer, record, neurons, f32, i0, i1, zs[member], ps[member], qs[member], grads[member],
+                         grads_a[member], neurons_part[member], stats[member], True, blas)
+            if test:
+                sample_block(X_test, Z_test, y_test, Wt, a64, scale, act, act_param, code_loss, loss_param,
+                             margin_loss, linear, inv_n, train_outer, record, neurons, f32, k0, k1, zs[member],
+                             ps[member], qs[member], grads[member], grads_a[member], neurons_part[member],
+                             stats[team + member], False, blas)
+            if blas:
+                np.dot(X[i0:i1].T, Z[i0:i1], grads_blas[member])
+            barrier(sync, team)
+            if member == 0:
+                reduce_blocks(team, test, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total, blas,
+                              grads_blas)
+                go[0] = step_end(c, t, steps, every, n, total[0], grad, grad_a, Wt, a, a64, eta, train_outer, f32,
+                                 traces, neuron_trace, neuron, n_test, total[1], diverged)
+                for j in range(m):
+                    a64[j] = a[j]
+            barrier(sync, team)
+            if not go[0]:
                 break
-        store_weights(W, A, c, Wt, a)
+        if member == 0:
+            store_weights(W, A, c, Wt, a)

@@ -139,11 +139,12 @@ def test_divergence_reported_identically(dtype):
     np.testing.assert_allclose(runs[1].weights, runs[0].weights, rtol=RTOL_STEP[dtype])
 
 
-@pytest.mark.parametrize("split", [False, True], ids=["serial", "split_samples"])
-def test_sweep_equals_single_runs_and_oracle(split, monkeypatch):
-    if split:
-        monkeypatch.setattr(_numba, "TEAM_WORK", 0)
-    """Both numba drivers (threads over configurations, threads over samples) agree with each other and the oracle."""
+@pytest.mark.parametrize("products", ["fused", "blas"])
+def test_sweep_equals_single_runs_and_oracle(products, monkeypatch):
+    """A sweep (a thread per share of the configurations) equals the single runs (a team of threads per
+    step) and the oracle, with the products in the fused loops or through BLAS."""
+    monkeypatch.setattr(_numba, "TEAM_WORK", 0)
+    monkeypatch.setattr(_numba, "BLAS_WORK", 0 if products == "blas" else 1 << 62)
     X, y, X_test, y_test = problem_data("logistic")
     stepsizes = [0.1, 1.0, 10.0, 1e5]
     kwargs = dict(steps=120, record_every=5, seeds=(0, 1), X_test=X_test, y_test=y_test, progress=False)
@@ -165,11 +166,14 @@ def test_sweep_equals_single_runs_and_oracle(split, monkeypatch):
 
 @pytest.mark.parametrize("team, stepsizes", [(2, [0.3]), (2, [3e3]), (3, [0.3, 3e3])],
                          ids=["calm", "diverging", "two_configs"])
+@pytest.mark.parametrize("products", ["fused", "blas"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
-def test_team_of_threads_matches_oracle(team, stepsizes, dtype, monkeypatch):
+def test_team_of_threads_matches_oracle(team, stepsizes, dtype, products, monkeypatch):
     """run_team (threads splitting the samples of every step, barriers between) against the oracle:
-    whole traces, test metrics and neuron margins, divergence, configurations one after the other."""
+    whole traces, test metrics and neuron margins, divergence, configurations one after the other,
+    with the products in the fused loops or through BLAS on each thread's block."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 0)
+    monkeypatch.setattr(_numba, "BLAS_WORK", 0 if products == "blas" else 1 << 62)
     model = lgd.TwoLayerNet(6, train_outer=True)
     problem = make_problem(model, "exponential", dtype)
     steps, every = 150, 7
@@ -180,7 +184,8 @@ def test_team_of_threads_matches_oracle(team, stepsizes, dtype, monkeypatch):
         runner = backend.runner(problem, state.W.shape)
         if backend is _numba:
             runner._threads = team
-            assert runner._kernel_for(len(stepsizes), model.width) is numba_cpu.run_team
+            assert runner.team_size(len(stepsizes), model.width) == team
+            assert runner._use_blas(model.width) == (products == "blas")
         for t0 in range(0, steps + 1, 40):  # in chunks, as the driver calls it
             runner.run(state, trace, t0, min(t0 + 40, steps + 1), steps, every)
         results.append((state, trace))
@@ -258,7 +263,7 @@ def test_second_process_loads_from_cache():
         "p = Problem(X=X, y=y, activation=lgd.activations.get('relu'), loss=lgd.losses.get('logistic'),\n"
         "            scale=1.0, train_outer=False, linear=False)\n"
         "_numba.runner(p)\n"
-        "print(sum(sum(k.stats.cache_misses.values()) for k in (numba_cpu.run_config, numba_cpu.run_steps)))\n"
+        "print(sum(sum(k.stats.cache_misses.values()) for k in (numba_cpu.run_team,)))\n"
     )
     env = dict(os.environ)
     first = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, env=env)

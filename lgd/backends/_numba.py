@@ -2,16 +2,17 @@
 
 Numba is imported only when a runner is built. The kernels compile once per dtype (with
 ``cache=True``, so later processes load them from disk); activation, loss, their parameters and
-the stepsizes are runtime data. Which kernel runs a chunk:
+the stepsizes are runtime data. All chunks run :func:`run_team` (compiled, nogil, called from Python threads):
 
-- :func:`run_config` (compiled, nogil) for each configuration, spread over a pool of Python
-  threads, one whole chunk per call: sweeps with at least as many configurations as threads, and
-  small problems (below :data:`TEAM_WORK`);
-- :func:`run_team` when there are fewer configurations than threads: all threads work on every
-  step of one configuration, each on its block of samples, meeting at a spinning barrier twice a
-  step and never leaving compiled code during a chunk;
-- :func:`run_steps` for large problems (see :data:`BLAS_WORK`): the two matrix products of a step
-  go through BLAS (which has its own threads), numba threads split the elementwise pass.
+- with fewer configurations than threads (a single run), all threads work on every step, each on
+  its block of samples, meeting at a spinning barrier twice a step and never leaving compiled code
+  during a chunk;
+- otherwise (sweeps, and problems below :data:`TEAM_WORK`) each thread runs its own share of the
+  configurations as a team of one.
+
+The two products of a step run in the fused loops, or, for problems of at least :data:`BLAS_WORK`,
+as BLAS calls on each thread's block of samples; BLAS is held to one thread meanwhile (through
+threadpoolctl), since the team already occupies the cores.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ import numpy as np
 
 from . import Problem, State, Trace
 
-# n * m * d from which a step's products go through BLAS rather than the fused loops.
-BLAS_WORK = 1 << 23
+# n * m * d from which a step's products go through BLAS (on each thread's block of samples) rather
+# than the fused loops. Measured on 2 cores (float64, leaky softplus): the two are level at
+# n, d, m = 256, 16, 64 and 1000, 16, 256; BLAS is ahead by 1.3x at 256, 64, 64 and 1.6x at
+# 512, 32, 128.
+BLAS_WORK = 1 << 19
 # n * m from which a single run is split over a team of threads: below it a step's work is
 # comparable to the two barriers (about a microsecond each) that a team needs per step.
 TEAM_WORK = 1 << 11
@@ -55,7 +59,6 @@ class Runner:
         d = p.X.shape[1]
         self._X = np.ascontiguousarray(p.X)
         self._y = np.ascontiguousarray(p.y)
-        self._XT = None
         if p.X_test is not None:
             self._X_test = np.ascontiguousarray(p.X_test)
             self._y_test = np.ascontiguousarray(p.y_test)
@@ -68,34 +71,28 @@ class Runner:
         self._codes = (code, param, int(p.loss.code), float(p.loss.param), bool(p.loss.margin), float(p.scale),
                        bool(p.train_outer), bool(p.linear))
         self._pool = None
-        configs, width = (1, 1) if shape is None else shape[:2]
-        self._compile(self._kernel_for(configs, width))
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # then no BLAS inside the team: the fused loops do every product
+            self._blas_limits = None
+        else:
+            self._blas_limits = ThreadpoolController().select(user_api="blas")
+        self._compile()
 
     def _use_blas(self, width: int) -> bool:
         n, d = self._X.shape
-        return not self.problem.linear and n * d * width >= BLAS_WORK
+        return not self.problem.linear and n * d * width >= BLAS_WORK and self._blas_limits is not None
 
-    def _kernel_for(self, configs: int, width: int):
-        """run_steps (BLAS products), run_team (threads split every step) or run_config (a thread per configuration)."""
-        n = self._X.shape[0]
-        if self._use_blas(width):
-            return self._kernels.run_steps
-        if 1 < self._threads and configs < self._threads and n * width >= TEAM_WORK:
-            return self._kernels.run_team
-        return self._kernels.run_config
-
-    def _compile(self, kernel):
-        """Compile (or load from the cache) the driver a batch of this shape needs, for zero steps.
-
-        Only that one: a cold compile costs tens of seconds per driver and dtype."""
+    def _compile(self):
+        """Compile (or load from the cache) the driver for this dtype, running zero steps."""
         d = self._X.shape[1]
         m = 1
         state = State(W=np.zeros((1, m, d), dtype=self.problem.dtype), a=np.ones((1, m), dtype=self.problem.dtype),
                       stepsizes=np.ones(1))
         trace = Trace.empty(1, 1, m, True)
-        self._call(kernel, state, trace, 0, 0, 1, 1)
+        self.run(state, trace, 0, 0, 1, 1)
 
-    def _call(self, kernel, state: State, trace: Trace, t_start: int, t_stop: int, steps: int, every: int):
+    def run(self, state: State, trace: Trace, t_start: int, t_stop: int, steps: int, record_every: int):
         dtype = self.problem.dtype
         etas = np.asarray(state.stepsizes, dtype=dtype)
         traces = tuple(getattr(trace, name) for name in ("risk", "accuracy", "grad_norm", "weight_norm", "margin",
@@ -103,66 +100,71 @@ class Runner:
         arrays = traces + (trace.neuron_margins, state.W, state.a, state.diverged)
         if not all(x.flags.c_contiguous for x in arrays):
             raise ValueError("the numba backend needs C-contiguous state and trace arrays")
+        blas = self._use_blas(state.W.shape[1])
         common = (state.W, state.a, etas, state.diverged, traces, trace.neuron_margins) + self._codes[:5] + \
-                 (self._codes[5], self._codes[6], self._codes[7], t_start, t_stop, steps, every,
-                  dtype == np.float32)
-        if kernel is self._kernels.run_config:
-            args = (self._X, self._y, self._X_test, self._y_test) + common
-            live = [c for c in range(state.W.shape[0]) if state.diverged[c] < 0]
-            if len(live) <= 1:
-                for c in live:
-                    kernel(*args, c)
-                return
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="lgd-numba")
-            # Interleaved shares: neighbouring stepsizes (similar cost) go to different threads.
-            shares = [live[i::self._threads] for i in range(self._threads)]
-            futures = [self._pool.submit(_run_share, kernel, args, share) for share in shares if share]
-            for future in futures:
-                future.result()
-            return
-        if kernel is self._kernels.run_team:
-            self._call_team(kernel, state, common)
-            return
-        width = state.W.shape[1]
-        use_blas = self._use_blas(width)
-        if use_blas and self._XT is None:
-            self._XT = np.ascontiguousarray(self._X.T)
-        XT = self._XT if use_blas else self._X[:0].T.copy()
-        blocks = max(1, min(self._threads, self._X.shape[0]))
-        kernel(self._X, XT, self._y, self._X_test, self._y_test, *common, blocks, use_blas)
-
-    def _call_team(self, kernel, state: State, common: tuple):
-        """All threads on every step: member 0 in this thread, the others in the pool."""
-        team = self._threads
-        _, m, d = state.W.shape
-        dtype = self.problem.dtype
-        empty = np.empty
-        buffers = (empty((d, m), dtype), empty(m, dtype), empty(m), empty((team, m)), empty((team, m)),
-                   empty((team, m)), empty((team, d, m)), empty((team, m)), empty((team, m)), empty((2 * team, 3)),
-                   empty((d, m)), empty(m), empty(m), empty((2, 3)))
-        sync = np.zeros(2, dtype=np.int64)
-        go = np.zeros(1, dtype=np.int64)
+                 (self._codes[5], self._codes[6], self._codes[7], t_start, t_stop, steps, record_every,
+                  dtype == np.float32, blas)
         data = (self._X, self._y, self._X_test, self._y_test)
+        if blas:
+            with self._blas_limits.limit(limits=1):
+                self._run_configs(state, t_start, t_stop, data, common, blas)
+        else:
+            self._run_configs(state, t_start, t_stop, data, common, blas)
 
-        def member(k):
-            kernel(k, team, sync, go, *data, *common, *buffers)
-
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="lgd-numba")
-        futures = [self._pool.submit(member, k) for k in range(1, team)]
-        member(0)
+    def _run_configs(self, state: State, t_start: int, t_stop: int, data: tuple, common: tuple, blas: bool):
+        """A team of all threads per configuration, or a team of one per thread with its share of them."""
+        live = np.flatnonzero(state.diverged < 0)
+        if t_start >= t_stop:  # compiling only: run the kernel's early return
+            live = np.zeros(1, dtype=np.intp)
+        if self.team_size(len(live), state.W.shape[1]) > 1:
+            self._run_team(self._threads, live, data, common, state, blas)
+            return
+        # Otherwise a team of one per thread, each with its share of the configurations; interleaved, so
+        # that neighbouring stepsizes (similar cost) go to different threads.
+        shares = [share for share in (live[i::self._threads] for i in range(self._threads)) if share.size]
+        if len(shares) <= 1:
+            for share in shares:
+                self._run_team(1, share, data, common, state, blas)
+            return
+        futures = [self._thread_pool().submit(self._run_team, 1, share, data, common, state, blas)
+                   for share in shares]
         for future in futures:
             future.result()
 
-    def run(self, state: State, trace: Trace, t_start: int, t_stop: int, steps: int, record_every: int):
-        kernel = self._kernel_for(state.W.shape[0], state.W.shape[1])
-        self._call(kernel, state, trace, t_start, t_stop, steps, record_every)
+    def team_size(self, configs: int, width: int) -> int:
+        """Threads per configuration: all of them when there are fewer configurations than threads (and
+        the problem is worth splitting), else one (each thread with its share of the configurations)."""
+        if self._threads > 1 and configs < self._threads and self._X.shape[0] * width >= TEAM_WORK:
+            return self._threads
+        return 1
 
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="lgd-numba")
+        return self._pool
 
-def _run_share(kernel, args, configs):
-    for c in configs:
-        kernel(*args, c)
+    def _run_team(self, team: int, configs, data: tuple, common: tuple, state: State, blas: bool):
+        """run_team by `team` threads over `configs`: member 0 in this thread, the others in the pool."""
+        _, m, d = state.W.shape
+        dtype = self.problem.dtype
+        empty = np.empty
+        n, n_test = (len(x) if blas else 0 for x in (self._X, self._X_test))
+        buffers = (empty((d, m), dtype), empty(m, dtype), empty(m), empty((team, m)), empty((team, m)),
+                   empty((team, m)), empty((team, d, m)), empty((team, m)), empty((team, m)), empty((2 * team, 3)),
+                   empty((d, m)), empty(m), empty(m), empty((2, 3)), empty((n, m), dtype), empty((n_test, m), dtype),
+                   empty((team if blas else 0, d, m), dtype))
+        sync = np.zeros(2, dtype=np.int64)
+        go = np.zeros(1, dtype=np.int64)
+        configs = np.ascontiguousarray(configs, dtype=np.intp)
+        kernel = self._kernels.run_team
+
+        def member(k):
+            kernel(k, team, sync, go, configs, *data, *common, *buffers)
+
+        futures = [self._thread_pool().submit(member, k) for k in range(1, team)]
+        member(0)
+        for future in futures:
+            future.result()
 
 
 def runner(problem: Problem, shape=None) -> Runner:
