@@ -29,6 +29,10 @@ from . import Problem, State, Trace
 # n, d, m = 256, 16, 64 and 1000, 16, 256; BLAS is ahead by 1.3x at 256, 64, 64 and 1.6x at
 # 512, 32, 128.
 BLAS_WORK = 1 << 19
+# Dimension d from which the products are nearly all of a step's work: a single thread then runs the
+# step and BLAS spreads each product over all the cores (threads splitting the samples, each with a
+# single-threaded BLAS, were 1.25x slower at n, d, m = 2000, 3072, 256 on 2 cores).
+BLAS_BOUND_D = 512
 # n * m from which a single run is split over a team of threads: below it a step's work is
 # comparable to the two barriers (about a microsecond each) that a team needs per step.
 TEAM_WORK = 1 << 11
@@ -105,17 +109,21 @@ class Runner:
                  (self._codes[5], self._codes[6], self._codes[7], t_start, t_stop, steps, record_every,
                   dtype == np.float32, blas)
         data = (self._X, self._y, self._X_test, self._y_test)
-        if blas:
-            with self._blas_limits.limit(limits=1):
-                self._run_configs(state, t_start, t_stop, data, common, blas)
-        else:
-            self._run_configs(state, t_start, t_stop, data, common, blas)
-
-    def _run_configs(self, state: State, t_start: int, t_stop: int, data: tuple, common: tuple, blas: bool):
-        """A team of all threads per configuration, or a team of one per thread with its share of them."""
         live = np.flatnonzero(state.diverged < 0)
         if t_start >= t_stop:  # compiling only: run the kernel's early return
             live = np.zeros(1, dtype=np.intp)
+        if blas and self._X.shape[1] >= BLAS_BOUND_D:
+            # The products are nearly all of the work: one thread runs the configurations in turn and
+            # BLAS spreads each product over all the cores itself.
+            self._run_team(1, live, data, common, state, blas)
+        elif blas:
+            with self._blas_limits.limit(limits=1):
+                self._run_configs(live, data, common, state, blas)
+        else:
+            self._run_configs(live, data, common, state, blas)
+
+    def _run_configs(self, live, data: tuple, common: tuple, state: State, blas: bool):
+        """A team of all threads per configuration, or a team of one per thread with its share of them."""
         if self.team_size(len(live), state.W.shape[1]) > 1:
             self._run_team(self._threads, live, data, common, state, blas)
             return
