@@ -220,11 +220,15 @@ def test_gd_uses_the_team_and_agrees(monkeypatch):
         np.testing.assert_allclose(run.weights, oracle.weights, rtol=1e-10)
 
 
-def test_blas_path_matches_fused(monkeypatch):
+@pytest.mark.parametrize("bound", [False, True], ids=["team_blas", "one_thread_blas"])
+def test_blas_path_matches_fused(bound, monkeypatch):
+    """BLAS products on each team member's block, or (products-bound problems) on one thread with all of
+    BLAS's threads, against the fused loops and the oracle."""
     model = lgd.TwoLayerNet(6, train_outer=True)
     fused = run_both(model, "logistic", np.float64, [0.5], steps=40, every=3)[1]
     monkeypatch.setattr(_numba, "BLAS_WORK", 0)
     monkeypatch.setattr(_numba, "TEAM_WORK", 0)
+    monkeypatch.setattr(_numba, "BLAS_BOUND_D", 0 if bound else 1 << 30)
     expected, blas = run_both(model, "logistic", np.float64, [0.5], steps=40, every=3)
     assert_traces_close(expected, blas, rtol=1e-10, atol=1e-13)
     assert_traces_close(fused, blas, rtol=1e-10, atol=1e-13)
