@@ -23,7 +23,7 @@ import importlib.util
 
 import numpy as np
 
-from .workloads import LOSS, SLOPE, Workload, model, problem
+from .workloads import ACTIVATION, LOSS, SLOPE, Workload, model, problem
 
 # Configuration-steps one lgd-numpy call may take: it is the oracle, one Python-level step per configuration, and
 # would take minutes on the sweeps. Its throughput does not depend on the number of steps.
@@ -45,10 +45,14 @@ def steps_for(impl: str, workload: Workload) -> int:
     return workload.steps
 
 
-def prepare(impl: str, workload: Workload, dtype: str, device: bool = False):
-    """``run(steps) -> risk (C, steps + 1)`` of ``impl`` on ``workload``; raises :class:`Unavailable`."""
+def prepare(impl: str, workload: Workload, dtype: str, device: bool = False, activation: str = ACTIVATION):
+    """``run(steps) -> risk (C, steps + 1)`` of ``impl`` on ``workload``; raises :class:`Unavailable`.
+
+    ``activation`` other than the workloads' own is for lgd's backends only (the breakdown of a step)."""
     if impl in LGD:
-        return _lgd(impl.split("-", 1)[1], workload, dtype, device)
+        return _lgd(impl.split("-", 1)[1], workload, dtype, device, activation)
+    if activation != ACTIVATION:
+        raise ValueError("peers implement the workloads' activation only")
     if impl == "numpy":
         if device:
             raise Unavailable("the NumPy peer runs on the CPU only")
@@ -60,7 +64,7 @@ def prepare(impl: str, workload: Workload, dtype: str, device: bool = False):
     raise ValueError(f"unknown implementation {impl!r}; valid: {', '.join(IMPLEMENTATIONS)}")
 
 
-def _lgd(backend: str, workload: Workload, dtype: str, device: bool):
+def _lgd(backend: str, workload: Workload, dtype: str, device: bool, activation: str):
     import lgd
 
     if device != (backend == "cupy"):
@@ -69,7 +73,7 @@ def _lgd(backend: str, workload: Workload, dtype: str, device: bool):
     if not usable:
         raise Unavailable(f"lgd backend {backend!r}: {reason}")
     X, y = lgd.data.separable(n=workload.n, d=workload.d, margin=0.1, seed=0)
-    net = model(workload)
+    net = model(workload, activation)
 
     def run(steps: int) -> np.ndarray:
         result = lgd.sweep(X, y, net, LOSS, stepsizes=workload.stepsizes, steps=steps, backend=backend,

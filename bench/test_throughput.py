@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bench.peers import IMPLEMENTATIONS, LGD, Unavailable, prepare, steps_for
-from bench.workloads import CHECK_RTOL, CHECK_STEPS, WORKLOADS
+from bench.workloads import CHEAP_ACTIVATION, CHECK_RTOL, CHECK_STEPS, WORKLOADS
 
 DTYPES = ("float64", "float32")
 CASES = [(w, impl, dtype) for w in WORKLOADS for impl in IMPLEMENTATIONS for dtype in DTYPES]
@@ -62,3 +62,29 @@ def test_throughput(benchmark, case, bench_options, oracle_risk, roofline):
         "check_rel_error": rel_error, "warmup_s": warmup, "compile_s": max(0.0, warmup - best),
         "steps_per_s": config_steps / best, "gflops": workload.flops_per_step * config_steps / best / 1e9,
         "roofline": limit, "roofline_fraction": config_steps / best / limit["steps_per_s"]})
+    if impl in BREAKDOWN:
+        benchmark.extra_info["breakdown"] = breakdown(impl, workload, dtype, run, steps)
+
+
+# lgd backends whose steps are broken down (where the time goes): the same runs with CHEAP_ACTIVATION.
+BREAKDOWN = ("lgd-numba", "lgd-cupy")
+BREAKDOWN_ROUNDS = 3
+
+
+def breakdown(impl, workload, dtype, run, steps) -> dict:
+    """Per configuration-step: all of it, the part the activation's transcendentals take (the difference
+    to the same run with a piecewise-linear activation) and the rest (products, loss, records, update).
+
+    The two runs alternate, best of BREAKDOWN_ROUNDS each, so that both see the same machine."""
+    cheap = prepare(impl, workload, dtype, device=workload.device, activation=CHEAP_ACTIVATION)
+    cheap(steps)
+    best = {run: np.inf, cheap: np.inf}
+    for _ in range(BREAKDOWN_ROUNDS):
+        for fn in best:
+            tic = time.perf_counter()
+            fn(steps)
+            best[fn] = min(best[fn], time.perf_counter() - tic)
+    config_steps = workload.configs * steps
+    step_s, rest_s = best[run] / config_steps, best[cheap] / config_steps
+    return {"step_us": step_s * 1e6, "rest_us": rest_s * 1e6, "activation_us": (step_s - rest_s) * 1e6,
+            "activation_ns_per_entry": (step_s - rest_s) / (workload.n * workload.m) * 1e9}

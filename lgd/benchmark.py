@@ -152,7 +152,7 @@ def build_report(benchmarks: list, skipped: list, machine: dict, mode: str, sett
             "steps_per_s": steps_per_s, "gflops": info["flops"] / stats["min"] / 1e9,
             "roofline_steps_per_s": roof, "ratio_roofline": steps_per_s / roof,
             "compile_s": info["compile_s"], "warmup_s": info["warmup_s"], "check_rel_error": info["check_rel_error"],
-            "roofline": info["roofline"],
+            "roofline": info["roofline"], "breakdown": info.get("breakdown"),
             "stats": {key: stats[key] for key in ("min", "median", "mean", "stddev", "rounds")}})
     for record in records:
         peers = [r["steps_per_s"] for r in records if r["kind"] == "peer" and _same_problem(r, record)]
@@ -203,8 +203,14 @@ def _ratio(value: float) -> str:
 
 
 def format_table(report: dict) -> str:
-    """Plain-text table of a report: one line per (workload, implementation, dtype)."""
-    return _text_table(COLUMNS, _rows(report))
+    """Plain-text table of a report: one line per (workload, implementation, dtype), then the breakdown of
+    lgd's steps when the report has one."""
+    text = _text_table(COLUMNS, _rows(report))
+    broken_down = [r for r in report["records"] if r.get("breakdown")]
+    if broken_down:
+        text += "\n\nwhere lgd's time goes (per configuration-step)\n"
+        text += _text_table(BREAKDOWN_COLUMNS, _breakdown_rows(broken_down))
+    return text
 
 
 def _text_table(columns, rows) -> str:
@@ -232,7 +238,29 @@ def format_markdown(report: dict) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in _rows(report)]
     if report["skipped"]:
         lines += ["", "Skipped: " + "; ".join(sorted(_skip_summary(report))) + "."]
+    broken_down = [r for r in report["records"] if r.get("breakdown")]
+    if broken_down:
+        lines += ["", "Where lgd's time goes, per configuration-step: the activation's transcendentals (the "
+                  "difference to the same run with leaky_relu) and the rest (the two products, loss, records, "
+                  "update); against the roofline's numpy exp + log1p per entry and numpy/BLAS products.", "",
+                  "| " + " | ".join(BREAKDOWN_COLUMNS) + " |",
+                  "|" + "|".join("---" if i < 3 else "---:" for i in range(len(BREAKDOWN_COLUMNS))) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in _breakdown_rows(broken_down)]
     return "\n".join(lines) + "\n"
+
+
+BREAKDOWN_COLUMNS = ("workload", "backend", "dtype", "step us", "activation us", "activation ns/entry",
+                     "rest us", "numpy exp+log1p ns/entry", "BLAS products us")
+
+
+def _breakdown_rows(records: list) -> list:
+    rows = []
+    for r in records:
+        b, roof = r["breakdown"], r["roofline"]
+        rows.append((r["workload"], r["impl"], r["dtype"], f"{b['step_us']:,.1f}", f"{b['activation_us']:,.1f}",
+                     f"{b['activation_ns_per_entry']:.2f}", f"{b['rest_us']:,.1f}",
+                     f"{roof['transcendental_ns_per_entry']:.2f}", f"{roof['product_s'] * 1e6:,.1f}"))
+    return rows
 
 
 def _skip_summary(report: dict) -> set:
