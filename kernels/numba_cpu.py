@@ -12,9 +12,11 @@ integer code, the fused forward/backward pass over a block of samples, and the w
 Specialisation: one compiled kernel per dtype. The activation and loss are runtime
 integer codes (the values of ``lgd.activations`` / ``lgd.losses``), dispatched once per row of
 m neurons or once per sample, never inside a vectorised loop, so a sweep over activations,
-losses, their parameters or stepsizes never recompiles. Arithmetic runs in float64; float32
-runs round to float32 wherever the numpy oracle rounds (weights, gradient, loss values, risk) so
-that they also diverge where the oracle does.
+losses, their parameters or stepsizes never recompiles. A float32 run computes in float32 (the
+products, the activation rows with their own exp and log1p, the gradients: eight lanes per AVX2
+vector); its per-sample losses and the O(d m) bookkeeping of a step (sums of the blocks, norms,
+update) run in float64 and round to float32 wherever the numpy oracle rounds (loss values, risk,
+gradient, weights), so that it also diverges where the oracle does.
 
 Nothing here checks arguments or knows about lgd's classes: :mod:`lgd.backends._numba` does.
 """
@@ -26,7 +28,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 # Codes of lgd.activations and lgd.losses (tests assert they agree).
 IDENTITY, RELU, LEAKY_RELU, SOFTPLUS, LEAKY_SOFTPLUS, GELU, SILU, TANH = range(8)
@@ -63,11 +65,43 @@ def _bits_from_double(typingctx, x):
 
 
 @intrinsic
+def _float_from_bits(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
+def _bits_from_float(typingctx, x):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
 def fma(typingctx, x, y, z):
-    """x * y + z with one rounding (llvm.fma.f64: vectorises, unlike a libm call)."""
+    """x * y + z with one rounding (llvm.fma: vectorises, unlike a libm call), all three float64 or all
+    float32 (mixing them would be a silent conversion: it does not type)."""
+    if not (x == y == z and x in (types.float32, types.float64)):
+        return None
+
     def codegen(context, builder, signature, args):
         return builder.fma(*args)
-    return types.float64(types.float64, types.float64, types.float64), codegen
+    return x(x, y, z), codegen
+
+
+def like(array, value):
+    """value converted to the dtype of array, in compiled code: float32 runs compute in float32."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(like, inline="always")
+def _like(array, value):
+    dtype = array.dtype
+
+    def impl(array, value):
+        return dtype(value)
+    return impl
 
 
 # Synchronisation of a team of threads (run_team): atomics on an int64 array, a spin-wait hint and
@@ -228,47 +262,129 @@ def softplus_sigmoid(x):
     return max(x, 0.0) + lp, (r if x >= 0 else e * r)
 
 
+# float32 versions for runs in float32 (eight lanes per AVX2 vector): the same algorithms with float32
+# constants. exp: |r| <= ln2/2 and Taylor degree 7 (truncation 5e-9); log1p: fdlibm's logf coefficients.
+_INV_LN2_F = np.float32(1.4426950408889634)
+_LN2_HI_F = np.float32(0.693145751953125)  # low 12 bits zero: k * _LN2_HI_F is exact for |k| < 2^11
+_LN2_LO_F = np.float32(1.428606765330187e-06)
+_SHIFTER_F = np.float32(12582912.0)  # 1.5 * 2^23
+_SHIFTER_F_BITS = 0x4B400000
+_F = np.float32
+
+
+@helper
+def exp32(x):
+    """e^x for float32 x: overflow to inf above 88.72, gradual underflow to 0, nan kept."""
+    xc = min(max(x, _F(-104.0)), _F(89.0))
+    shifted = fma(xc, _INV_LN2_F, _SHIFTER_F)
+    kf = shifted - _SHIFTER_F
+    k = _bits_from_float(shifted) - np.int32(_SHIFTER_F_BITS)
+    r = fma(kf, -_LN2_LO_F, fma(kf, -_LN2_HI_F, xc))
+    r2 = r * r
+    p = fma(fma(_F(1.0 / 5040.0), r, _F(1.0 / 720.0)), r2, fma(_F(1.0 / 120.0), r, _F(1.0 / 24.0)))
+    p = fma(fma(p, r2, fma(_F(1.0 / 6.0), r, _F(0.5))), r2, r) + _F(1.0)
+    half = k >> np.int32(1)
+    y = (p * _float_from_bits((half + np.int32(127)) << np.int32(23))) * \
+        _float_from_bits((k - half + np.int32(127)) << np.int32(23))
+    return y if x == x else x
+
+
+_LG1_F, _LG2_F = np.float32(0.66666662693), np.float32(0.40000972152)
+_LG3_F, _LG4_F = np.float32(0.28498786688), np.float32(0.24279078841)
+_LN2_HI_LOG_F, _LN2_LO_LOG_F = np.float32(6.9313812256e-01), np.float32(9.0580006145e-06)
+_SQRT2_F = np.float32(1.4142135)
+
+
+@inline
+def log1p_unit32(e):
+    """(log(1 + e), 1 / (1 + e)) for float32 e in [0, 1], from one division."""
+    u = _F(1.0) + e
+    high = u > _SQRT2_F
+    f = fma(_F(0.5), u, _F(-1.0)) if high else e
+    t = _F(2.0) + f
+    D = _F(1.0) / (u * t)
+    r = t * D
+    s = f * u * D
+    c = (e - (u - _F(1.0))) * r if high else _F(0.0)
+    k = _F(1.0) if high else _F(0.0)
+    z = s * s
+    w = z * z
+    R = fma(z, fma(w, _LG3_F, _LG1_F), w * fma(w, _LG4_F, _LG2_F))
+    hfsq = _F(0.5) * f * f
+    return k * _LN2_HI_LOG_F - ((hfsq - fma(s, hfsq + R, fma(k, _LN2_LO_LOG_F, c))) - f), r
+
+
+@inline
+def softplus_sigmoid32(x):
+    e = exp32(-abs(x))
+    lp, r = log1p_unit32(e)
+    return max(x, _F(0.0)) + lp, (r if x >= _F(0.0) else e * r)
+
+
+def exp_of(x):
+    """exp or exp32 by the type of x (compiled code only)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(exp_of, inline="always")
+def _exp_of(x):
+    return (lambda x: exp32(x)) if x == types.float32 else (lambda x: exp(x))
+
+
+def softplus_sigmoid_of(x):
+    """softplus_sigmoid or softplus_sigmoid32 by the type of x (compiled code only)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(softplus_sigmoid_of, inline="always")
+def _softplus_sigmoid_of(x):
+    return (lambda x: softplus_sigmoid32(x)) if x == types.float32 else (lambda x: softplus_sigmoid(x))
+
+
 _INV_SQRT2 = 0.7071067811865476
 _INV_SQRT2PI = 0.3989422804014327
 
 
 @helper
 def activate_row(code, c, z, p, q, m):
-    """p[j] = phi(z[j]) and q[j] = phi'(z[j]) for j < m; the branch is taken once per row."""
+    """p[j] = phi(z[j]) and q[j] = phi'(z[j]) for j < m, in the dtype of z; the branch is taken once per row."""
+    zero, one, half = like(z, 0.0), like(z, 1.0), like(z, 0.5)
+    cz, cbar = like(z, c), like(z, 1.0 - c)
     if code == LEAKY_SOFTPLUS or code == SOFTPLUS:  # softplus is c = 0
         for j in range(m):
             x = z[j]
-            sp, sg = softplus_sigmoid(x)
-            p[j] = fma(c, x, (1.0 - c) * sp) if c != 0.0 else sp
-            q[j] = fma(1.0 - c, sg, c)
+            sp, sg = softplus_sigmoid_of(x)
+            p[j] = fma(cz, x, cbar * sp) if c != 0.0 else sp
+            q[j] = fma(cbar, sg, cz)
     elif code == RELU or code == LEAKY_RELU or code == IDENTITY:  # identity is c = 1
         for j in range(m):
             x = z[j]
-            pos = x > 0.0
-            p[j] = x if pos else c * x
-            q[j] = 1.0 if pos else c
+            pos = x > zero
+            p[j] = x if pos else cz * x
+            q[j] = one if pos else cz
     elif code == SILU:
         for j in range(m):
             x = z[j]
-            e = exp(-abs(x))
-            r = 1.0 / (1.0 + e)
-            s = r if x >= 0 else e * r
-            t = e * r if x >= 0 else r
+            e = exp_of(-abs(x))
+            r = one / (one + e)
+            s = r if x >= zero else e * r
+            t = e * r if x >= zero else r
             p[j] = x * s
             q[j] = s + x * s * t
     elif code == TANH:
         for j in range(m):
             th = math.tanh(z[j])
             p[j] = th
-            q[j] = 1.0 - th * th
+            q[j] = one - th * th
     else:  # GELU
+        inv_sqrt2, inv_sqrt2pi, cap = like(z, _INV_SQRT2), like(z, _INV_SQRT2PI), like(z, 3200.0)
         for j in range(m):
             x = z[j]
-            cdf = 0.5 * math.erfc(-x * _INV_SQRT2)
-            near = abs(x) < 40.0
-            pdf = exp(-0.5 * min(x * x, 3200.0)) * _INV_SQRT2PI if near else 0.0
+            cdf = half * math.erfc(-x * inv_sqrt2)
+            near = abs(x) < like(z, 40.0)
+            pdf = exp_of(-half * min(x * x, cap)) * inv_sqrt2pi if near else zero
             p[j] = x * cdf
-            q[j] = cdf + (x if near else 0.0) * pdf
+            q[j] = cdf + (x if near else zero) * pdf
 
 
 @inline
@@ -304,8 +420,8 @@ def narrow(x, f32):
 
 @inline
 def dot_row(a, p, m):
-    """sum_j a[j] p[j] in four partial sums (vectorisable without reassociation)."""
-    s0 = s1 = s2 = s3 = 0.0
+    """sum_j a[j] p[j] in the dtype of p, in four partial sums (vectorisable without reassociation)."""
+    s0 = s1 = s2 = s3 = like(p, 0.0)
     j = 0
     while j + 4 <= m:
         s0 = fma(a[j], p[j], s0)
@@ -321,8 +437,22 @@ def dot_row(a, p, m):
 
 @helper
 def sum_squares(flat):
-    """sum x^2 of a 1-d array in float64 (callers pass 2-d arrays ravelled: one compiled version)."""
-    return dot_row(flat, flat, flat.size)
+    """sum x^2 of a 1-d array in float64, whatever its dtype (callers pass 2-d arrays ravelled)."""
+    s0 = s1 = s2 = s3 = 0.0
+    m = flat.size
+    j = 0
+    while j + 4 <= m:
+        v0, v1, v2, v3 = np.float64(flat[j]), np.float64(flat[j + 1]), np.float64(flat[j + 2]), np.float64(flat[j + 3])
+        s0 = fma(v0, v0, s0)
+        s1 = fma(v1, v1, s1)
+        s2 = fma(v2, v2, s2)
+        s3 = fma(v3, v3, s3)
+        j += 4
+    while j < m:
+        v = np.float64(flat[j])
+        s0 = fma(v, v, s0)
+        j += 1
+    return (s0 + s1) + (s2 + s3)
 
 
 @helper
@@ -365,6 +495,10 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
     receives (sum of loss values, number with y f > 0, min y f). With train, also the gradient:
     added to grad (d, m) and grad_a (m,), or, when from_z, G written over the rows of Z (the
     caller then forms G^T X); at record steps also the per-neuron margins min y a_j phi(z_ij).
+
+    Rows, products and gradients are in the dtype of X (z, p, q, a, grad and grad_a share it): a
+    float32 run computes in float32. Per-sample losses, the risk and the margins are float64 sums
+    of values rounded as the oracle rounds them.
     """
     d, m = Wt.shape
     if train:
@@ -376,13 +510,13 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
             grad_a[j] = 0.0
             neuron[j] = np.inf
     risk, correct, margin = 0.0, 0.0, np.inf
-    qs = np.empty((4, m))
+    qs = np.empty((4, m), dtype=q.dtype)
     rows = np.empty(4, dtype=np.int64)
     pending = 0
     for i in range(i0, i1):
         yi = np.float64(y[i])
         if linear:
-            f0 = f1 = f2 = f3 = 0.0
+            f0 = f1 = f2 = f3 = like(X, 0.0)
             k = 0
             while k + 4 <= d:
                 f0 = fma(X[i, k], Wt[k, 0], f0)
@@ -393,7 +527,7 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
             while k < d:
                 f0 = fma(X[i, k], Wt[k, 0], f0)
                 k += 1
-            f = (f0 + f1) + (f2 + f3)
+            f = np.float64((f0 + f1) + (f2 + f3))
         else:
             if from_z:
                 for j in range(m):
@@ -405,19 +539,18 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
                     z[j] = 0.0
                 k = 0
                 while k + 4 <= d:
-                    x0, x1 = np.float64(X[i, k]), np.float64(X[i, k + 1])
-                    x2, x3 = np.float64(X[i, k + 2]), np.float64(X[i, k + 3])
+                    x0, x1, x2, x3 = X[i, k], X[i, k + 1], X[i, k + 2], X[i, k + 3]
                     for j in range(m):
                         z[j] = fma(x3, Wt[k + 3, j], fma(x2, Wt[k + 2, j], fma(x1, Wt[k + 1, j],
                                                                               fma(x0, Wt[k, j], z[j]))))
                     k += 4
                 while k < d:
-                    xk = np.float64(X[i, k])
+                    xk = X[i, k]
                     for j in range(m):
                         z[j] = fma(xk, Wt[k, j], z[j])
                     k += 1
             activate_row(act, act_param, z, p, q, m)
-            f = scale * dot_row(a, p, m)
+            f = scale * np.float64(dot_row(a, p, m))
         value, coef, yf = sample_out(code_loss, loss_param, margin_loss, yi, f, f32)
         risk += value
         if yf > 0.0:
@@ -426,12 +559,13 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
             margin = min(margin, yf)
             coef *= inv_n
             if linear:
+                coef_x = like(X, coef)
                 for k in range(d):
-                    grad[k, 0] = fma(coef, X[i, k], grad[k, 0])
+                    grad[k, 0] = fma(coef_x, X[i, k], grad[k, 0])
                 if record and neurons:
                     neuron[0] = min(neuron[0], yf)
             else:
-                cs = coef * scale
+                cs = like(q, coef * scale)
                 for j in range(m):
                     q[j] *= cs * a[j]
                 if from_z:
@@ -447,8 +581,7 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
                     if pending == 4:
                         r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
                         for k in range(d):
-                            x0, x1 = np.float64(X[r0, k]), np.float64(X[r1, k])
-                            x2, x3 = np.float64(X[r2, k]), np.float64(X[r3, k])
+                            x0, x1, x2, x3 = X[r0, k], X[r1, k], X[r2, k], X[r3, k]
                             for j in range(m):
                                 grad[k, j] = fma(x3, qs[3, j], fma(x2, qs[2, j], fma(x1, qs[1, j],
                                                                                      fma(x0, qs[0, j], grad[k, j]))))
@@ -461,7 +594,7 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
                         neuron[j] = min(neuron[j], yi * a[j] * p[j])
     for s in range(pending):  # the last samples still waiting, fewer than four
         for k in range(d):
-            xk = np.float64(X[rows[s], k])
+            xk = X[rows[s], k]
             for j in range(m):
                 grad[k, j] = fma(xk, qs[s, j], grad[k, j])
     stats[0] = risk
@@ -528,7 +661,7 @@ def update(Wt, a, grad, grad_a, eta, train_outer, f32):
 
 
 @worker
-def step_end(c, t, steps, every, n, stats, grad, grad_a, Wt, a, a64, eta, train_outer, f32, traces, neuron_trace,
+def step_end(c, t, steps, every, n, stats, grad, grad_a, Wt, a, a_step, eta, train_outer, f32, traces, neuron_trace,
              neuron, n_test, test_stats, diverged):
     """After the pass over the samples at step t: divergence test, records, update. False if diverged."""
     risk, grad_sq = close_step(grad, grad_a, stats[0], n, train_outer, f32)
@@ -537,7 +670,7 @@ def step_end(c, t, steps, every, n, stats, grad, grad_a, Wt, a, a64, eta, train_
         return False
     slot = record_slot(t, steps, every)
     if slot >= 0:
-        record_step(traces, neuron_trace, c, slot, n, risk, grad_sq, stats, Wt, a64, train_outer,
+        record_step(traces, neuron_trace, c, slot, n, risk, grad_sq, stats, Wt, a_step, train_outer,
                     neuron_trace.shape[1] > 0, neuron, n_test, test_stats, f32)
     if t < steps:
         update(Wt, a, grad, grad_a, eta, train_outer, f32)
@@ -577,8 +710,8 @@ def reduce_blocks(blocks, test, grads, grads_a, neurons_part, stats, grad, grad_
 @worker
 def run_team(member, team, sync, go, configs, X, y, X_test, y_test, W, A, etas, diverged, traces, neuron_trace, act,
              act_param, code_loss, loss_param, margin_loss, scale, train_outer, linear, t_start, t_stop, steps, every,
-             f32, blas, Wt, a, a64, zs, ps, qs, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total, Z,
-             Z_test, grads_blas):
+             f32, blas, Wt, a, a_step, zs, ps, qs, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total,
+             Z, Z_test, grads_blas):
     """Evaluations [t_start, t_stop) of the configurations `configs`, one after the other, by a team.
 
     The `team` threads (Python threads calling this nogil kernel with member = 0 .. team-1 and the
@@ -588,6 +721,9 @@ def run_team(member, team, sync, go, configs, X, y, X_test, y_test, W, A, etas, 
     code for the whole chunk, waiting on a spinning barrier: waking pooled threads at every step
     costs more than a small step's work. A team of one is the serial driver (sweeps give each
     thread its own share of the configurations); its barriers cost an atomic add each.
+
+    Buffers in the run's dtype: Wt, a, a_step (the outer weights the step reads), zs, ps, qs, grads,
+    grads_a, Z, Z_test, grads_blas; the rest float64.
 
     With blas, each member forms its block's products through BLAS (np.dot: the caller limits BLAS
     to one thread, as the team is the parallelism): Z_b = X_b W^T into its rows of Z, which the
@@ -609,7 +745,7 @@ def run_team(member, team, sync, go, configs, X, y, X_test, y_test, W, A, etas, 
                 for k in range(d):
                     Wt[k, j] = W[c, j, k]
                 a[j] = A[c, j]
-                a64[j] = a[j]
+                a_step[j] = a[j]
         barrier(sync, team)
         eta = np.float64(etas[c])
         for t in range(t_start, t_stop):
@@ -619,11 +755,11 @@ def run_team(member, team, sync, go, configs, X, y, X_test, y_test, W, A, etas, 
                 np.dot(X[i0:i1], Wt, Z[i0:i1])
                 if test:
                     np.dot(X_test[k0:k1], Wt, Z_test[k0:k1])
-            sample_block(X, Z, y, Wt, a64, scale, act, act_param, code_loss, loss_param, margin_loss, linear, inv_n,
+            sample_block(X, Z, y, Wt, a_step, scale, act, act_param, code_loss, loss_param, margin_loss, linear, inv_n,
                          train_outer, record, neurons, f32, i0, i1, zs[member], ps[member], qs[member], grads[member],
                          grads_a[member], neurons_part[member], stats[member], True, blas)
             if test:
-                sample_block(X_test, Z_test, y_test, Wt, a64, scale, act, act_param, code_loss, loss_param,
+                sample_block(X_test, Z_test, y_test, Wt, a_step, scale, act, act_param, code_loss, loss_param,
                              margin_loss, linear, inv_n, train_outer, record, neurons, f32, k0, k1, zs[member],
                              ps[member], qs[member], grads[member], grads_a[member], neurons_part[member],
                              stats[team + member], False, blas)
@@ -633,10 +769,10 @@ def run_team(member, team, sync, go, configs, X, y, X_test, y_test, W, A, etas, 
             if member == 0:
                 reduce_blocks(team, test, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total, blas,
                               grads_blas)
-                go[0] = step_end(c, t, steps, every, n, total[0], grad, grad_a, Wt, a, a64, eta, train_outer, f32,
+                go[0] = step_end(c, t, steps, every, n, total[0], grad, grad_a, Wt, a, a_step, eta, train_outer, f32,
                                  traces, neuron_trace, neuron, n_test, total[1], diverged)
                 for j in range(m):
-                    a64[j] = a[j]
+                    a_step[j] = a[j]
             barrier(sync, team)
             if not go[0]:
                 break
