@@ -34,9 +34,10 @@ from numba.extending import intrinsic, overload
 IDENTITY, RELU, LEAKY_RELU, SOFTPLUS, LEAKY_SOFTPLUS, GELU, SILU, TANH = range(8)
 LOGISTIC, EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL, SQUARED = range(5)
 
-# Compile cost: numba links every callee's LLVM module into each caller and generates its machine
-# code again there, so the driver calls a few plain workers (sample_block, step_end,
-# reduce_blocks). Inlining at numba-IR level (inline="always") copies and re-types a helper's IR at
+# Compile cost (about 17 s per dtype cold, most of it numba's typing and lowering, not LLVM): numba
+# links every callee's LLVM module into each caller and generates its machine code again there, so
+# the driver calls a few plain workers (sample_block, step_end, reduce_blocks), each from one call
+# site with one signature (a second signature compiles the worker again). Inlining at numba-IR level (inline="always") copies and re-types a helper's IR at
 # every call site, so only the per-element and per-sample helpers whose callers' loops must
 # vectorise use it (as njit functions, softplus_sigmoid, loss_row and dot_row made those loops
 # 2.5x slower). The row helper activate_row (its loops inside it), exp, narrow, record_slot and the
@@ -755,14 +756,15 @@ def run_team(member, team, sync, go, configs, X, y, X_test, y_test, W, A, etas, 
                 np.dot(X[i0:i1], Wt, Z[i0:i1])
                 if test:
                     np.dot(X_test[k0:k1], Wt, Z_test[k0:k1])
-            sample_block(X, Z, y, Wt, a_step, scale, act, act_param, code_loss, loss_param, margin_loss, linear, inv_n,
-                         train_outer, record, neurons, f32, i0, i1, zs[member], ps[member], qs[member], grads[member],
-                         grads_a[member], neurons_part[member], stats[member], True, blas)
-            if test:
-                sample_block(X_test, Z_test, y_test, Wt, a_step, scale, act, act_param, code_loss, loss_param,
-                             margin_loss, linear, inv_n, train_outer, record, neurons, f32, k0, k1, zs[member],
-                             ps[member], qs[member], grads[member], grads_a[member], neurons_part[member],
-                             stats[team + member], False, blas)
+            # The training block, then at record steps the test block: one call site, so one compiled
+            # sample_block (a literal True / False would type, and compile, twice).
+            for part in range(2 if test else 1):
+                train = part == 0
+                sample_block(X if train else X_test, Z if train else Z_test, y if train else y_test, Wt, a_step,
+                             scale, act, act_param, code_loss, loss_param, margin_loss, linear, inv_n, train_outer,
+                             record, neurons, f32, i0 if train else k0, i1 if train else k1, zs[member], ps[member],
+                             qs[member], grads[member], grads_a[member], neurons_part[member],
+                             stats[member if train else team + member], train, blas)
             if blas:
                 np.dot(X[i0:i1].T, Z[i0:i1], grads_blas[member])
             barrier(sync, team)
