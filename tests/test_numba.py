@@ -143,7 +143,7 @@ def test_divergence_reported_identically(dtype):
 def test_sweep_equals_single_runs_and_oracle(products, monkeypatch):
     """A sweep (a thread per share of the configurations) equals the single runs (a team of threads per
     step) and the oracle, with the products in the fused loops or through BLAS."""
-    monkeypatch.setattr(_numba, "TEAM_WORK", 0)
+    monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_WORK", 0 if products == "blas" else 1 << 62)
     X, y, X_test, y_test = problem_data("logistic")
     stepsizes = [0.1, 1.0, 10.0, 1e5]
@@ -172,7 +172,7 @@ def test_team_of_threads_matches_oracle(team, stepsizes, dtype, products, monkey
     """run_team (threads splitting the samples of every step, barriers between) against the oracle:
     whole traces, test metrics and neuron margins, divergence, configurations one after the other,
     with the products in the fused loops or through BLAS on each thread's block."""
-    monkeypatch.setattr(_numba, "TEAM_WORK", 0)
+    monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_WORK", 0 if products == "blas" else 1 << 62)
     model = lgd.TwoLayerNet(6, train_outer=True)
     problem = make_problem(model, "exponential", dtype)
@@ -204,15 +204,28 @@ def test_team_of_threads_matches_oracle(team, stepsizes, dtype, products, monkey
         np.testing.assert_allclose(s1.a[c], s0.a[c], rtol=tol)
 
 
+def test_team_size_follows_the_work():
+    """As many threads per configuration as the n x m block has TEAM_WORK entries for, up to the threads;
+    one per configuration when there are as many configurations as threads."""
+    model = lgd.TwoLayerNet(6)
+    runner = _numba.runner(make_problem(model, "logistic", np.float64))  # n = 23
+    runner._threads = 16
+    work = 23 * 6
+    assert runner.team_size(1, 6) == max(1, min(16, work // _numba.TEAM_WORK))
+    assert runner.team_size(1, 6 * _numba.TEAM_WORK) == 16
+    assert runner.team_size(1, 3 * _numba.TEAM_WORK // 23 + 1) == 3
+    assert runner.team_size(16, 6 * _numba.TEAM_WORK) == 1
+
+
 def test_gd_uses_the_team_and_agrees(monkeypatch):
-    """Through lgd.gd: a single run on more samples than TEAM_WORK needs goes to the team, same numbers."""
+    """Through lgd.gd: a single run with n m >= 2 TEAM_WORK goes to a team of threads, same numbers."""
     X, y, X_test, y_test = problem_data("logistic", n=300, d=7)
     model = lgd.TwoLayerNet(16)
     kwargs = dict(stepsize=0.5, steps=200, record_every=3, X_test=X_test, y_test=y_test, progress=False)
-    monkeypatch.setattr(_numba, "TEAM_WORK", 300 * 16)
+    monkeypatch.setattr(_numba, "TEAM_WORK", 300 * 16 // 2)
     team = lgd.gd(X, y, model, "logistic", backend="numba", **kwargs)
     oracle = lgd.gd(X, y, model, "logistic", backend="numpy", **kwargs)
-    monkeypatch.setattr(_numba, "TEAM_WORK", 300 * 16 + 1)
+    monkeypatch.setattr(_numba, "TEAM_WORK", 300 * 16)
     serial = lgd.gd(X, y, model, "logistic", backend="numba", **kwargs)
     for run in (team, serial):
         np.testing.assert_allclose(run.risk, oracle.risk, rtol=1e-10)
@@ -227,7 +240,7 @@ def test_blas_path_matches_fused(bound, monkeypatch):
     model = lgd.TwoLayerNet(6, train_outer=True)
     fused = run_both(model, "logistic", np.float64, [0.5], steps=40, every=3)[1]
     monkeypatch.setattr(_numba, "BLAS_WORK", 0)
-    monkeypatch.setattr(_numba, "TEAM_WORK", 0)
+    monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_BOUND_D", 0 if bound else 1 << 30)
     expected, blas = run_both(model, "logistic", np.float64, [0.5], steps=40, every=3)
     assert_traces_close(expected, blas, rtol=1e-10, atol=1e-13)

@@ -33,8 +33,9 @@ BLAS_WORK = 1 << 19
 # step and BLAS spreads each product over all the cores (threads splitting the samples, each with a
 # single-threaded BLAS, were 1.25x slower at n, d, m = 2000, 3072, 256 on 2 cores).
 BLAS_BOUND_D = 512
-# n * m from which a single run is split over a team of threads: below it a step's work is
-# comparable to the two barriers (about a microsecond each) that a team needs per step.
+# Entries of the n x m block per thread of a team: a single run is split over at most n m / TEAM_WORK
+# threads, so that each thread's share of a step outweighs the two barriers (about a microsecond
+# each) that a team needs per step.
 TEAM_WORK = 1 << 11
 
 
@@ -124,8 +125,9 @@ class Runner:
 
     def _run_configs(self, live, data: tuple, common: tuple, state: State, blas: bool):
         """A team of all threads per configuration, or a team of one per thread with its share of them."""
-        if self.team_size(len(live), state.W.shape[1]) > 1:
-            self._run_team(self._threads, live, data, common, state, blas)
+        team = self.team_size(len(live), state.W.shape[1])
+        if team > 1:
+            self._run_team(team, live, data, common, state, blas)
             return
         # Otherwise a team of one per thread, each with its share of the configurations; interleaved, so
         # that neighbouring stepsizes (similar cost) go to different threads.
@@ -140,11 +142,12 @@ class Runner:
             future.result()
 
     def team_size(self, configs: int, width: int) -> int:
-        """Threads per configuration: all of them when there are fewer configurations than threads (and
-        the problem is worth splitting), else one (each thread with its share of the configurations)."""
-        if self._threads > 1 and configs < self._threads and self._X.shape[0] * width >= TEAM_WORK:
-            return self._threads
-        return 1
+        """Threads per configuration: with fewer configurations than threads, as many as the problem is
+        worth (at least TEAM_WORK entries of the n x m block each), else one (each thread with its share
+        of the configurations)."""
+        if configs >= self._threads:
+            return 1
+        return max(1, min(self._threads, self._X.shape[0] * width // max(1, TEAM_WORK)))
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
