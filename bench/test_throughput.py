@@ -30,8 +30,6 @@ def test_throughput(benchmark, case, bench_options, oracle_risk, roofline):
     benchmark.group = f"{name} {dtype}"
     if benchmark.disabled and impl == "torch-compile":
         pytest.skip("torch.compile takes 10-50 s per shape: timed runs only (lgd bench)")
-    if benchmark.disabled and impl == "lgd-numba" and dtype == "float32":
-        pytest.skip("a second numba specialisation compiles for 30-40 s cold; float32 is tested in tests/")
     try:
         run = prepare(impl, workload, dtype, device=workload.device)
     except Unavailable as exc:

@@ -37,15 +37,16 @@ LOGISTIC, EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL, SQUARED = ra
 # Compile cost (about 17 s per dtype cold, most of it numba's typing and lowering, not LLVM): numba
 # links every callee's LLVM module into each caller and generates its machine code again there, so
 # the driver calls a few plain workers (sample_block, step_end, reduce_blocks), each from one call
-# site with one signature (a second signature compiles the worker again). Inlining at numba-IR level (inline="always") copies and re-types a helper's IR at
-# every call site, so only the per-element and per-sample helpers whose callers' loops must
-# vectorise use it (as njit functions, softplus_sigmoid, loss_row and dot_row made those loops
-# 2.5x slower). The row helper activate_row (its loops inside it), exp, narrow, record_slot and the
-# sums of squares are ordinary njit functions compiled once and inlined by LLVM (the loops that
-# call exp still vectorise), with the workers' numpy error model so that divisions carry no zero
-# checks. Array slice assignment is avoided: each one compiles numba's shape-mismatch error path.
+# site with one signature (a second signature compiles the worker again). Inlining at numba-IR
+# level (inline="always") copies and re-types a helper's IR at every call site, so only the
+# per-element and per-sample helpers whose callers' loops must vectorise use it (as njit functions,
+# softplus_sigmoid, loss_row and dot_row made those loops 2.5x slower). The row helper
+# activate_row (its loops inside it), exp, narrow, record_slot and the sums of squares are ordinary
+# njit functions compiled once and inlined by LLVM (the loops that call exp still vectorise), with
+# the workers' numpy error model so that divisions carry no zero checks. Array slice assignment is
+# avoided: each one compiles numba's shape-mismatch error path.
 # No fastmath anywhere: the divergence test needs inf and nan, and exp/log1p need their exact
-# rounding corrections; reductions use four partial sums and the products explicit fma instead.
+# rounding corrections; reductions use partial sums and the products explicit fma instead.
 CACHE = True
 inline = njit(inline="always")
 helper = njit(error_model="numpy")

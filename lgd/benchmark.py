@@ -234,7 +234,8 @@ def describe(machine: dict) -> str:
 def format_markdown(report: dict) -> str:
     lines = [f"# lgd bench ({report['mode']}, {report['created']})", "",
              f"Machine: {describe(report['machine'])}.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" if i < 3 else "---:" for i in range(len(COLUMNS))) + "|"]
+             "| " + " | ".join(COLUMNS) + " |",
+             "|" + "|".join("---" if i < 3 else "---:" for i in range(len(COLUMNS))) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(report)]
     if report["skipped"]:
         lines += ["", "Skipped: " + "; ".join(sorted(_skip_summary(report))) + "."]
@@ -361,7 +362,8 @@ def _blas() -> list:
     except ImportError:
         return []
     return [{"library": info.get("internal_api"), "version": info.get("version"), "threads": info.get("num_threads"),
-             "file": Path(info.get("filepath", "")).name} for info in threadpool_info() if info.get("user_api") == "blas"]
+             "file": Path(info.get("filepath", "")).name}
+            for info in threadpool_info() if info.get("user_api") == "blas"]
 
 
 def _gpu():

@@ -1,18 +1,19 @@
 """The Numba CPU backend: whole runs of compiled code from :mod:`lgd.kernels.numba_cpu`.
 
-Numba is imported only when a runner is built. The kernels compile once per dtype (with
-``cache=True``, so later processes load them from disk); activation, loss, their parameters and
-the stepsizes are runtime data. All chunks run :func:`run_team` (compiled, nogil, called from Python threads):
+Numba is imported only when a runner is built. The kernel compiles once per dtype (with
+``cache=True``, so later processes load it from disk); activation, loss, their parameters and the
+stepsizes are runtime data. Every chunk runs :func:`run_team` (compiled, nogil, called from Python
+threads):
 
-- with fewer configurations than threads (a single run), all threads work on every step, each on
-  its block of samples, meeting at a spinning barrier twice a step and never leaving compiled code
-  during a chunk;
-- otherwise (sweeps, and problems below :data:`TEAM_WORK`) each thread runs its own share of the
-  configurations as a team of one.
+- with fewer configurations than threads (a single run), a team of threads works on every step,
+  each on its block of samples, meeting at a spinning barrier twice a step and never leaving
+  compiled code during a chunk (:meth:`Runner.team_size`, :data:`TEAM_WORK`);
+- otherwise (sweeps) each thread runs its own share of the configurations as a team of one.
 
 The two products of a step run in the fused loops, or, for problems of at least :data:`BLAS_WORK`,
-as BLAS calls on each thread's block of samples; BLAS is held to one thread meanwhile (through
-threadpoolctl), since the team already occupies the cores.
+as BLAS calls on each thread's block of samples, BLAS held to one thread meanwhile (threadpoolctl)
+since the team already occupies the cores; from :data:`BLAS_BOUND_D` one thread runs the step and
+BLAS uses all the cores.
 """
 
 from __future__ import annotations
