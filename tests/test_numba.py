@@ -217,6 +217,15 @@ def test_team_size_follows_the_work():
     assert runner.team_size(16, 6 * _numba.TEAM_WORK) == 1
 
 
+def test_no_blas_inside_a_team_without_threadpoolctl(monkeypatch):
+    """BLAS in a team needs threadpoolctl to hold it to one thread; without it the fused loops do the products."""
+    monkeypatch.setattr(_numba, "BLAS_WORK", 0)
+    runner = _numba.runner(make_problem(lgd.TwoLayerNet(6), "logistic", np.float64))
+    assert runner._use_blas(6)
+    runner._threadpoolctl = False
+    assert not runner._use_blas(6)
+
+
 def test_gd_uses_the_team_and_agrees(monkeypatch):
     """Through lgd.gd: a single run with n m >= 2 TEAM_WORK goes to a team of threads, same numbers."""
     X, y, X_test, y_test = problem_data("logistic", n=300, d=7)

@@ -77,17 +77,22 @@ class Runner:
         self._codes = (code, param, int(p.loss.code), float(p.loss.param), bool(p.loss.margin), float(p.scale),
                        bool(p.train_outer), bool(p.linear))
         self._pool = None
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # then no BLAS inside the team: the fused loops do every product
-            self._blas_limits = None
-        else:
-            self._blas_limits = ThreadpoolController().select(user_api="blas")
+        # Without threadpoolctl no BLAS runs inside a team: the fused loops do every product.
+        self._threadpoolctl = importlib.util.find_spec("threadpoolctl") is not None
+        self._blas_limits = None  # threadpoolctl's controller of the BLAS libraries, made on first use (ms)
         self._compile()
 
     def _use_blas(self, width: int) -> bool:
         n, d = self._X.shape
-        return not self.problem.linear and n * d * width >= BLAS_WORK and self._blas_limits is not None
+        return not self.problem.linear and n * d * width >= BLAS_WORK and self._threadpoolctl
+
+    def _one_blas_thread(self):
+        """Context holding every loaded BLAS to one thread (threadpoolctl), restored on exit."""
+        if self._blas_limits is None:
+            from threadpoolctl import ThreadpoolController
+
+            self._blas_limits = ThreadpoolController().select(user_api="blas")
+        return self._blas_limits.limit(limits=1)
 
     def _compile(self):
         """Compile (or load from the cache) the driver for this dtype, running zero steps."""
@@ -119,7 +124,7 @@ class Runner:
             # BLAS spreads each product over all the cores itself.
             self._run_team(1, live, data, common, state, blas)
         elif blas:
-            with self._blas_limits.limit(limits=1):
+            with self._one_blas_thread():
                 self._run_configs(live, data, common, state, blas)
         else:
             self._run_configs(live, data, common, state, blas)
