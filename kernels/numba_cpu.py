@@ -265,9 +265,9 @@ def softplus_sigmoid(x):
 
 
 # float32 versions for runs in float32 (eight lanes per AVX2 vector): the same algorithms with float32
-# constants. exp: |r| <= ln2/2 and Taylor degree 7 (truncation 5e-9); log1p: fdlibm's logf coefficients.
+# constants. exp: |r| <= ln2/2 and Taylor degree 7 (truncation 5e-9); log1p: musl's logf coefficients.
 _INV_LN2_F = np.float32(1.4426950408889634)
-_LN2_HI_F = np.float32(0.693145751953125)  # low 12 bits zero: k * _LN2_HI_F is exact for |k| < 2^11
+_LN2_HI_F = np.float32(0.693145751953125)  # low 9 bits zero: k * _LN2_HI_F is exact for |k| < 2^9
 _LN2_LO_F = np.float32(1.428606765330187e-06)
 _SHIFTER_F = np.float32(12582912.0)  # 1.5 * 2^23
 _SHIFTER_F_BITS = 0x4B400000

@@ -280,6 +280,34 @@ def test_exp_and_log1p_accuracy():
     assert np.isnan(apply(np.array([np.nan]))).all()
 
 
+def test_float32_exp_softplus_and_sigmoid_accuracy():
+    """The float32 functions of float32 runs: a few float32 ulps over the whole range, inf, 0 and nan kept."""
+    from numba import njit
+
+    @njit
+    def apply(x):
+        out = np.empty((3, x.size), dtype=np.float32)
+        for i in range(x.size):
+            out[0, i] = numba_cpu.exp32(x[i])
+            out[1, i], out[2, i] = numba_cpu.softplus_sigmoid32(x[i])
+        return out
+
+    x = np.concatenate([np.linspace(-110, 95, 400001), [-1e30, 88.72, 88.73, 0.0, -0.0, 1e30]]).astype(np.float32)
+    out = apply(x)
+    x64 = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        exact = np.exp(x64)
+    normal = (exact > 1.2e-38) & (exact < 3.4e38)
+    np.testing.assert_allclose(out[0][normal], exact[normal], rtol=2e-7)
+    assert np.all(out[0][exact < 1e-46] == 0) and np.isinf(out[0][exact > 3.41e38]).all()
+    softplus, sigmoid = np.logaddexp(0.0, x64), np.exp(-np.logaddexp(0.0, -x64))
+    shown = softplus > 1.2e-38
+    np.testing.assert_allclose(out[1][shown], softplus[shown], rtol=3e-7)
+    shown = sigmoid > 1.2e-38
+    np.testing.assert_allclose(out[2][shown], sigmoid[shown], rtol=5e-7)
+    assert np.isnan(apply(np.array([np.nan], dtype=np.float32))).all()
+
+
 def test_second_process_loads_from_cache():
     script = (
         "import time, numpy as np, lgd\n"
