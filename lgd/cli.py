@@ -208,7 +208,7 @@ def info() -> str:
 
     lines = [f"lgd {lgd.__version__} (python {platform.python_version()}, {platform.machine()}, "
              f"{platform.system()})", f"numpy {np.__version__}"]
-    for module in ("numba", "scipy", "cupy", "matplotlib", "sklearn", "tqdm"):
+    for module in ("numba", "scipy", "threadpoolctl", "cupy", "matplotlib", "sklearn", "tqdm"):
         spec = importlib.util.find_spec(module)
         if spec is None:
             lines.append(f"{module}: not installed")
@@ -223,6 +223,11 @@ def info() -> str:
         usable, reason = backends.availability(name)
         lines.append(f"  {name:6s} {'usable' if usable else 'not usable'}: {reason}")
     lines.append(f"  'auto' chooses: {backends.choose('auto')}")
+    if backends.availability("numba")[0]:
+        import numba
+
+        lines.append(f"numba threads: {numba.get_num_threads()} (NUMBA_NUM_THREADS; a single run splits its steps "
+                     "over them, a sweep its configurations)")
     return "\n".join(lines)
 
 

@@ -74,6 +74,10 @@ def test_lgd_info_lists_backends(capsys):
     assert "numpy  usable" in printed and "'auto' chooses:" in printed
     for name in ("numba", "cupy"):
         assert f"  {name}" in printed
+    if lgd.backends.availability("numba")[0]:
+        import numba
+
+        assert f"numba threads: {numba.get_num_threads()} " in printed
 
 
 def test_console_script_is_installed():
