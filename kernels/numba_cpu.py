@@ -495,13 +495,16 @@ def sample_out(code_loss, loss_param, margin_loss, yi, f, f32):
 
 @worker
 def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, margin_loss, linear, inv_n,
-                 train_outer, record, neurons, f32, i0, i1, z, p, q, grad, grad_a, neuron, stats, train, from_z):
+                 train_outer, record, neurons, f32, i0, i1, z, p, q, qs, rows, grad, grad_a, neuron, stats, train,
+                 from_z):
     """One pass over samples [i0, i1) of one configuration (the only place that evaluates the net).
 
     z = X W^T row by row from X and Wt (d, m), or read from Z when from_z (BLAS mode). stats
     receives (sum of loss values, number with y f > 0, min y f). With train, also the gradient:
     added to grad (d, m) and grad_a (m,), or, when from_z, G written over the rows of Z (the
     caller then forms G^T X); at record steps also the per-neuron margins min y a_j phi(z_ij).
+    qs (4, m) and rows (4,) hold the samples waiting for the gradient: nothing here allocates, so
+    nothing can fail while the other threads of a team wait at a barrier.
 
     Rows, products and gradients are in the dtype of X (z, p, q, a, grad and grad_a share it): a
     float32 run computes in float32. Per-sample losses, the risk and the margins are float64 sums
@@ -517,8 +520,6 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
             grad_a[j] = 0.0
             neuron[j] = np.inf
     risk, correct, margin = 0.0, 0.0, np.inf
-    qs = np.empty((4, m), dtype=q.dtype)
-    rows = np.empty(4, dtype=np.int64)
     pending = 0
     for i in range(i0, i1):
         yi = np.float64(y[i])
@@ -717,8 +718,8 @@ def reduce_blocks(blocks, test, grads, grads_a, neurons_part, stats, grad, grad_
 @worker
 def run_team(member, team, sync, go, configs, X, y, X_test, y_test, W, A, etas, diverged, traces, neuron_trace, act,
              act_param, code_loss, loss_param, margin_loss, scale, train_outer, linear, t_start, t_stop, steps, every,
-             f32, blas, Wt, a, a_step, zs, ps, qs, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total,
-             Z, Z_test, grads_blas):
+             f32, blas, Wt, a, a_step, zs, ps, qs, pending_q, pending_rows, grads, grads_a, neurons_part, stats, grad,
+             grad_a, neuron, total, Z, Z_test, grads_blas):
     """Evaluations [t_start, t_stop) of the configurations `configs`, one after the other, by a team.
 
     The `team` threads (Python threads calling this nogil kernel with member = 0 .. team-1 and the
@@ -729,8 +730,8 @@ def run_team(member, team, sync, go, configs, X, y, X_test, y_test, W, A, etas, 
     costs more than a small step's work. A team of one is the serial driver (sweeps give each
     thread its own share of the configurations); its barriers cost an atomic add each.
 
-    Buffers in the run's dtype: Wt, a, a_step (the outer weights the step reads), zs, ps, qs, grads,
-    grads_a, Z, Z_test, grads_blas; the rest float64.
+    Buffers in the run's dtype: Wt, a, a_step (the outer weights the step reads), zs, ps, qs,
+    pending_q, grads, grads_a, Z, Z_test, grads_blas; pending_rows int64; the rest float64.
 
     With blas, each member forms its block's products through BLAS (np.dot: the caller limits BLAS
     to one thread, as the team is the parallelism): Z_b = X_b W^T into its rows of Z, which the
@@ -769,8 +770,8 @@ def run_team(member, team, sync, go, configs, X, y, X_test, y_test, W, A, etas, 
                 sample_block(X if train else X_test, Z if train else Z_test, y if train else y_test, Wt, a_step,
                              scale, act, act_param, code_loss, loss_param, margin_loss, linear, inv_n, train_outer,
                              record, neurons, f32, i0 if train else k0, i1 if train else k1, zs[member], ps[member],
-                             qs[member], grads[member], grads_a[member], neurons_part[member],
-                             stats[member if train else team + member], train, blas)
+                             qs[member], pending_q[member], pending_rows[member], grads[member], grads_a[member],
+                             neurons_part[member], stats[member if train else team + member], train, blas)
             if blas:
                 np.dot(X[i0:i1].T, Z[i0:i1], grads_blas[member])
             barrier(sync, team)

@@ -166,9 +166,11 @@ class Runner:
         dtype = self.problem.dtype
         empty = np.empty
         n, n_test = (len(x) if blas else 0 for x in (self._X, self._X_test))
-        # In the run's dtype: Wt, a, a_step, z/p/q rows, partial gradients, Z, Z_test, BLAS gradients.
+        # In the run's dtype: Wt, a, a_step, z/p/q rows, waiting q rows (and their sample indices, int64),
+        # partial gradients, Z, Z_test, BLAS gradients.
         buffers = (empty((d, m), dtype), empty(m, dtype), empty(m, dtype), empty((team, m), dtype),
-                   empty((team, m), dtype), empty((team, m), dtype), empty((team, d, m), dtype),
+                   empty((team, m), dtype), empty((team, m), dtype), empty((team, 4, m), dtype),
+                   empty((team, 4), np.int64), empty((team, d, m), dtype),
                    empty((team, m), dtype), empty((team, m)), empty((2 * team, 3)), empty((d, m)), empty(m),
                    empty(m), empty((2, 3)), empty((n, m), dtype), empty((n_test, m), dtype),
                    empty((team if blas else 0, d, m), dtype))
