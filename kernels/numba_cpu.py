@@ -166,8 +166,9 @@ def sched_yield(typingctx):
     return types.void(), codegen
 
 
-# Spins of a waiting thread before it starts yielding its core: about 1 ms, far longer than the
-# imbalance of a step, so that on an idle machine nobody sleeps; on a busy one a waiter gives way.
+# Spins of a waiting thread before it starts yielding its core: 0.1-1 ms (the length of a pause
+# differs between CPUs), longer than the imbalance of a small step, so that on an idle machine
+# nobody sleeps; on a busy one a waiter gives way.
 SPINS = 1 << 14
 
 
