@@ -52,32 +52,20 @@ inline = njit(inline="always")
 helper = njit(error_model="numpy")
 worker = njit(cache=CACHE, error_model="numpy", nogil=True)
 
-@intrinsic
-def _double_from_bits(typingctx, bits):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-    return types.float64(types.int64), codegen
+def _bitcast(name, source, target):
+    """An intrinsic reinterpreting the bits of a `source` value as a `target` value (no conversion)."""
+    def typer(typingctx, x):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(target))
+        return target(source), codegen
+    typer.__name__ = typer.__qualname__ = name
+    return intrinsic(typer)
 
 
-@intrinsic
-def _bits_from_double(typingctx, x):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(64))
-    return types.int64(types.float64), codegen
-
-
-@intrinsic
-def _float_from_bits(typingctx, bits):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-    return types.float32(types.int32), codegen
-
-
-@intrinsic
-def _bits_from_float(typingctx, x):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-    return types.int32(types.float32), codegen
+_double_from_bits = _bitcast("_double_from_bits", types.int64, types.float64)
+_bits_from_double = _bitcast("_bits_from_double", types.float64, types.int64)
+_float_from_bits = _bitcast("_float_from_bits", types.int32, types.float32)
+_bits_from_float = _bitcast("_bits_from_float", types.float32, types.int32)
 
 
 @intrinsic

@@ -251,9 +251,19 @@ def test_blas_path_matches_fused(bound, monkeypatch):
     monkeypatch.setattr(_numba, "BLAS_WORK", 0)
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_BOUND_D", 0 if bound else 1 << 30)
+    teams, limited = [], []
+    run_team, one_blas_thread = _numba.Runner._run_team, _numba.Runner._one_blas_thread
+    monkeypatch.setattr(_numba.Runner, "_run_team",
+                        lambda self, team, *a: teams.append(team) or run_team(self, team, *a))
+    monkeypatch.setattr(_numba.Runner, "_one_blas_thread", lambda self: limited.append(1) or one_blas_thread(self))
     expected, blas = run_both(model, "logistic", np.float64, [0.5], steps=40, every=3)
     assert_traces_close(expected, blas, rtol=1e-10, atol=1e-13)
     assert_traces_close(fused, blas, rtol=1e-10, atol=1e-13)
+    import numba
+
+    if numba.get_num_threads() > 1:  # the path taken: one thread with all of BLAS, or a team with one BLAS thread
+        assert set(teams[1:]) == ({1} if bound else {numba.get_num_threads()})  # teams[0]: compiling
+        assert bool(limited) != bound
 
 
 def test_exp_and_log1p_accuracy():

@@ -12,8 +12,8 @@ threads):
 
 The two products of a step run in the fused loops, or, for problems of at least :data:`BLAS_WORK`,
 as BLAS calls on each thread's block of samples, BLAS held to one thread meanwhile (threadpoolctl)
-since the team already occupies the cores; from :data:`BLAS_BOUND_D` one thread runs the step and
-BLAS uses all the cores.
+since the team already occupies the cores; a single run from :data:`BLAS_BOUND_D` runs on one thread
+and BLAS uses all the cores.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from . import Problem, State, Trace
 # n, d, m = 256, 16, 64 and 1000, 16, 256; BLAS is ahead by 1.3x at 256, 64, 64 and 1.6x at
 # 512, 32, 128.
 BLAS_WORK = 1 << 19
-# Dimension d from which the products are nearly all of a step's work: a single thread then runs the
-# step and BLAS spreads each product over all the cores (threads splitting the samples, each with a
-# single-threaded BLAS, were 1.25x slower at n, d, m = 2000, 3072, 256 on 2 cores).
+# Dimension d from which the products are nearly all of a step's work: a single run (that would
+# otherwise take a team) then runs on one thread and BLAS spreads each product over all the cores
+# (a team of threads, each with a single-threaded BLAS, was 1.25x slower at n, d, m = 2000, 3072,
+# 256 on 2 cores).
 BLAS_BOUND_D = 512
 # Entries of the n x m block per thread of a team: a single run is split over at most n m / TEAM_WORK
 # threads, so that each thread's share of a step outweighs the two barriers (about a microsecond
@@ -119,24 +120,24 @@ class Runner:
         live = np.flatnonzero(state.diverged < 0)
         if t_start >= t_stop:  # compiling only: run the kernel's early return
             live = np.zeros(1, dtype=np.intp)
-        if blas and self._X.shape[1] >= BLAS_BOUND_D:
-            # The products are nearly all of the work: one thread runs the configurations in turn and
-            # BLAS spreads each product over all the cores itself.
+        team = self.team_size(len(live), state.W.shape[1])
+        if blas and team > 1 and self._X.shape[1] >= BLAS_BOUND_D:
+            # A single run whose products are nearly all of the work: rather than a team with one BLAS
+            # thread each, one thread runs the step and BLAS spreads each product over all the cores.
             self._run_team(1, live, data, common, state, blas)
         elif blas:
             with self._one_blas_thread():
-                self._run_configs(live, data, common, state, blas)
+                self._run_configs(live, team, data, common, state, blas)
         else:
-            self._run_configs(live, data, common, state, blas)
+            self._run_configs(live, team, data, common, state, blas)
 
-    def _run_configs(self, live, data: tuple, common: tuple, state: State, blas: bool):
-        """A team of all threads per configuration, or a team of one per thread with its share of them."""
-        team = self.team_size(len(live), state.W.shape[1])
+    def _run_configs(self, live, team: int, data: tuple, common: tuple, state: State, blas: bool):
+        """A team of `team` threads per configuration, or (team of one) one thread per share of them."""
         if team > 1:
             self._run_team(team, live, data, common, state, blas)
             return
-        # Otherwise a team of one per thread, each with its share of the configurations; interleaved, so
-        # that neighbouring stepsizes (similar cost) go to different threads.
+        # A team of one per thread, each with its share of the configurations; interleaved, so that
+        # neighbouring stepsizes (similar cost) go to different threads.
         shares = [share for share in (live[i::self._threads] for i in range(self._threads)) if share.size]
         if len(shares) <= 1:
             for share in shares:
