@@ -9,7 +9,12 @@ With benchmarking disabled (``--benchmark-disable``, as CI runs it) every worklo
 steps on small shapes: the code paths and the agreement checks run, in seconds.
 """
 
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,6 +67,8 @@ def test_throughput(benchmark, case, bench_options, oracle_risk, roofline):
         "roofline": limit, "roofline_fraction": config_steps / best / limit["steps_per_s"]})
     if impl in BREAKDOWN:
         benchmark.extra_info["breakdown"] = breakdown(impl, workload, dtype, run, steps)
+    if impl == "lgd-numba" and name in FIRST_CALL_WORKLOADS:
+        benchmark.extra_info["first_call"] = first_call(name, dtype)
 
 
 # lgd backends whose steps are broken down (where the time goes): the same runs with CHEAP_ACTIVATION.
@@ -86,3 +93,32 @@ def breakdown(impl, workload, dtype, run, steps) -> dict:
     step_s, rest_s = best[run] / config_steps, best[cheap] / config_steps
     return {"step_us": step_s * 1e6, "rest_us": rest_s * 1e6, "activation_us": (step_s - rest_s) * 1e6,
             "activation_ns_per_entry": (step_s - rest_s) / (workload.n * workload.m) * 1e9}
+
+
+# Workloads whose first lgd-numba call is timed in fresh processes: S compiles the fused kernel, M the BLAS one.
+FIRST_CALL_WORKLOADS = ("S", "M")
+FIRST_CALL_SCRIPT = """
+import sys, time
+import lgd
+from bench.workloads import WORKLOADS, model, LOSS
+workload, dtype = WORKLOADS[sys.argv[1]], sys.argv[2]
+X, y = lgd.data.separable(n=workload.n, d=workload.d, margin=0.1, seed=0)
+tic = time.perf_counter()
+lgd.gd(X.astype(dtype), y.astype(dtype), model(workload), LOSS, stepsize=1.0, steps=1, backend="numba",
+       progress=False)
+print(time.perf_counter() - tic)
+"""
+
+
+def first_call(name: str, dtype: str) -> dict:
+    """Seconds of lgd.gd's first one-step call on the workload in a new process (after ``import lgd``: numba's
+    import, the kernel's compile or cache load, the step): with an empty kernel cache, then from the cache
+    that run left."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="lgd-numba-cache-") as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=os.pathsep.join(
+            filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+        seconds = [float(subprocess.run([sys.executable, "-c", FIRST_CALL_SCRIPT, name, dtype], check=True, env=env,
+                                        cwd=root, capture_output=True, text=True).stdout.split()[-1])
+                   for _ in ("cold", "cached")]
+    return {"cold_s": seconds[0], "cached_s": seconds[1]}

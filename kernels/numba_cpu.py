@@ -9,9 +9,9 @@ integer code, the fused forward/backward pass over a block of samples, and the w
   a team of one per thread runs sweeps. The products X W^T and X^T G run in the fused loops, or
   for large problems through single-threaded BLAS calls on each member's block of samples.
 
-Specialisation: one compiled kernel per dtype. The activation and loss are runtime
-integer codes (the values of ``lgd.activations`` / ``lgd.losses``), dispatched once per row of
-m neurons or once per sample, never inside a vectorised loop, so a sweep over activations,
+Specialisation: one compiled kernel per dtype and product mode (fused loops or BLAS). The activation
+and loss are runtime integer codes (the values of ``lgd.activations`` / ``lgd.losses``), dispatched
+once per row of m neurons or once per sample, never inside a vectorised loop, so a sweep over activations,
 losses, their parameters or stepsizes never recompiles. A float32 run computes in float32 (the
 products, the activation rows with their own exp and log1p, the gradients: eight lanes per AVX2
 vector); its per-sample losses and the O(d m) bookkeeping of a step (sums of the blocks, norms,
@@ -21,36 +21,92 @@ gradient, weights), so that it also diverges where the oracle does.
 Nothing here checks arguments or knows about lgd's classes: :mod:`lgd.backends._numba` does.
 """
 
+import inspect
 import math
 import platform
+import weakref
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
+from numba.core.compiler import Flags, compile_internal
+from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload
 
 # Codes of lgd.activations and lgd.losses (tests assert they agree).
 IDENTITY, RELU, LEAKY_RELU, SOFTPLUS, LEAKY_SOFTPLUS, GELU, SILU, TANH = range(8)
 LOGISTIC, EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL, SQUARED = range(5)
 
-# Compile cost (about 17 s per dtype cold, most of it numba's typing and lowering, not LLVM): numba
-# links every callee's LLVM module into each caller and generates its machine code again there, so
-# the driver calls a few plain workers (sample_block, step_end, reduce_blocks), each from one call
-# site with one signature (a second signature compiles the worker again). Inlining at numba-IR
-# level (inline="always") copies and re-types a helper's IR at every call site, so only the
-# per-element and per-sample helpers whose callers' loops must vectorise use it (as njit functions,
-# softplus_sigmoid, loss_row and dot_row made those loops 2.5x slower). The row helper
-# activate_row (its loops inside it), exp, narrow, record_slot and the sums of squares are ordinary
-# njit functions compiled once and inlined by LLVM (the loops that call exp still vectorise), with
-# the workers' numpy error model so that divisions carry no zero checks. Array slice assignment is
-# avoided: each one compiles numba's shape-mismatch error path.
+# Compile cost. One kernel, run_team, is compiled (and cached) per dtype and product mode: with the
+# fused products its BLAS buffers are None, which prunes the BLAS calls at compile time (they cost
+# a fused build about 4 s). Every helper is a `subroutine`, typed and lowered once per signature into
+# run_team's own code library and optimised and compiled to machine code once, with it. As njit
+# functions they were libraries of their own, each compiled to machine code by itself and again in
+# every caller up the chain: 17 s per dtype cold then, about 10 s now. LLVM inlines the subroutines,
+# so the loops that call exp, the softplus or dot_row still vectorise. Inlining at numba-IR level
+# (inline="always") copies and re-types a helper at every call site: only the log1p pieces inside the
+# softplus subroutines use it. Array slice assignment is avoided: each one compiles numba's
+# shape-mismatch error path.
 # No fastmath anywhere: the divergence test needs inf and nan, and exp/log1p need their exact
 # rounding corrections; reductions use partial sums and the products explicit fma instead.
 CACHE = True
-inline = njit(inline="always")
-helper = njit(error_model="numpy")
 worker = njit(cache=CACHE, error_model="numpy", nogil=True)
+
+# Code libraries (one per compiled kernel) -> {(function, signature): compile result} of the subroutines
+# lowered into them.
+_SUBROUTINES = weakref.WeakKeyDictionary()
+
+
+def subroutine(returns, pick=None):
+    """Decorator: a helper compiled into the code library of the kernel that calls it.
+
+    An njit helper is a library of its own: numba optimises it and generates its machine code, then
+    links it into each caller and does both again there, so a chain of helpers is compiled once per
+    level. A subroutine is typed and lowered once per signature straight into the calling kernel's
+    library (where LLVM inlines it as usual) and compiled to machine code once, with the kernel.
+    `returns` is the return type, or a function of the argument types that gives it; `pick`, if given,
+    a function of the argument types that gives the Python function to compile instead of the
+    decorated one (one name for per-dtype implementations). Callable from compiled code only; the
+    Python function stays reachable as `.implementation`. Error model numpy, as the kernels:
+    divisions carry no zero checks.
+    """
+    def decorate(func):
+        def signature(args):
+            result = returns if isinstance(returns, types.Type) else returns(*args)
+            if result is None:
+                return None
+
+            def codegen(context, builder, signature, values):
+                library = context.active_code_library
+                compiled = _SUBROUTINES.setdefault(library, {})
+                implementation = func if pick is None else pick(*signature.args)
+                key = (implementation, signature)
+                if key not in compiled:
+                    flags = Flags()
+                    flags.error_model = "numpy"
+                    flags.nrt = True
+                    flags.no_compile = True
+                    flags.no_cpython_wrapper = True
+                    flags.no_cfunc_wrapper = True
+                    compiled[key] = compile_internal(context.typing_context, context, library, implementation, signature.args,
+                                                     signature.return_type, flags, locals={})
+                    # linkonce_odr, as numba makes a linked njit function: LLVM inlines
+                    # it where it pays (the loops that call exp must, to vectorise) and drops the rest.
+                    library.get_function(compiled[key].fndesc.llvm_func_name).linkage = "linkonce_odr"
+                return context.call_internal(builder, compiled[key].fndesc, signature, values)
+            return result(*args), codegen
+        # The typer takes func's parameters by name (numba reads them to fold a call's arguments).
+        params = ", ".join(inspect.signature(func).parameters)
+        namespace = {"signature": signature}
+        exec(f"def {func.__name__}(typingctx, {params}):\n    return signature(({params},))\n", namespace)
+        typer = namespace[func.__name__]
+        typer.__doc__ = func.__doc__
+        compiled_helper = intrinsic(typer)
+        compiled_helper.implementation = func
+        return compiled_helper
+    return decorate
+
 
 def _bitcast(name, source, target):
     """An intrinsic reinterpreting the bits of a `source` value as a `target` value (no conversion)."""
@@ -80,18 +136,31 @@ def fma(typingctx, x, y, z):
     return x(x, y, z), codegen
 
 
-def like(array, value):
+@intrinsic
+def like(typingctx, array, value):
     """value converted to the dtype of array, in compiled code: float32 runs compute in float32."""
-    raise NotImplementedError("compiled code only")
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return context.cast(builder, args[1], signature.args[1], signature.return_type)
+    return array.dtype(array, value), codegen
 
 
-@overload(like, inline="always")
-def _like(array, value):
-    dtype = array.dtype
+@intrinsic
+def flat(typingctx, array):
+    """The 1-d view of a C-contiguous array (as ravel() gives, with far less to compile)."""
+    if not (isinstance(array, types.Array) and array.layout == "C"):
+        return None
+    result = array.copy(ndim=1)
 
-    def impl(array, value):
-        return dtype(value)
-    return impl
+    def codegen(context, builder, signature, args):
+        source = context.make_array(signature.args[0])(context, builder, args[0])
+        view = context.make_array(result)(context, builder)
+        context.populate_array(view, data=source.data, shape=[source.nitems], strides=[source.itemsize],
+                               itemsize=source.itemsize, meminfo=source.meminfo, parent=source.parent)
+        return impl_ret_borrowed(context, builder, result, view._getvalue())
+    return result(array), codegen
 
 
 # Synchronisation of a team of threads (run_team): atomics on an int64 array, a spin-wait hint and
@@ -160,7 +229,7 @@ def sched_yield(typingctx):
 SPINS = 1 << 14
 
 
-@helper
+@subroutine(types.void)
 def barrier(sync, team):
     """Wait until all `team` threads arrive. sync[0] counts arrivals, sync[1] is the generation."""
     generation = atomic_load(sync, 1)
@@ -188,7 +257,7 @@ _SHIFTER = 6755399441055744.0  # 1.5 * 2^52: adding it rounds to an integer held
 _SHIFTER_BITS = 0x4338000000000000
 
 
-@helper
+@subroutine(types.float64)
 def exp(x):
     """e^x for float64 x: overflow to inf above 709.78, gradual underflow to 0, nan kept."""
     xc = min(max(x, -746.0), 710.0)
@@ -226,7 +295,7 @@ _LG5, _LG6, _LG7 = 1.818357216161805012e-01, 1.531383769920937332e-01, 1.4798198
 _SQRT2 = 1.4142135623730951
 
 
-@inline
+@subroutine(types.UniTuple(types.float64, 2))
 def log1p_unit(e):
     """(log(1 + e), 1 / (1 + e)) for e in [0, 1], from one division."""
     u = 1.0 + e
@@ -245,17 +314,11 @@ def log1p_unit(e):
     return k * _LN2_HI - ((hfsq - fma(s, hfsq + R, fma(k, _LN2_LO, c))) - f), r
 
 
-@inline
+@subroutine(types.UniTuple(types.float64, 2))
 def softplus_sigmoid_from_exp(x, e):
     """(softplus(x), sigmoid(x)) given e = exp(-|x|): one log1p and one division."""
     lp, r = log1p_unit(e)
     return max(x, 0.0) + lp, (r if x >= 0 else e * r)
-
-
-@inline
-def softplus_sigmoid(x):
-    """(softplus(x), sigmoid(x)) from one exp, one log1p and one division."""
-    return softplus_sigmoid_from_exp(x, exp(-abs(x)))
 
 
 # float32 versions for runs in float32 (eight lanes per AVX2 vector): the same algorithms with float32
@@ -268,7 +331,7 @@ _SHIFTER_F_BITS = 0x4B400000
 _F = np.float32
 
 
-@helper
+@subroutine(types.float32)
 def exp32(x):
     """e^x for float32 x: overflow to inf above 88.72, gradual underflow to 0, nan kept."""
     xc = min(max(x, _F(-104.0)), _F(89.0))
@@ -291,7 +354,7 @@ _LN2_HI_LOG_F, _LN2_LO_LOG_F = np.float32(6.9313812256e-01), np.float32(9.058000
 _SQRT2_F = np.float32(1.4142135)
 
 
-@inline
+@subroutine(types.UniTuple(types.float32, 2))
 def log1p_unit32(e):
     """(log(1 + e), 1 / (1 + e)) for float32 e in [0, 1], from one division."""
     u = _F(1.0) + e
@@ -310,40 +373,29 @@ def log1p_unit32(e):
     return k * _LN2_HI_LOG_F - ((hfsq - fma(s, hfsq + R, fma(k, _LN2_LO_LOG_F, c))) - f), r
 
 
-@inline
+@subroutine(types.UniTuple(types.float32, 2))
 def softplus_sigmoid_from_exp32(x, e):
     """(softplus(x), sigmoid(x)) of float32 x given e = exp(-|x|)."""
     lp, r = log1p_unit32(e)
     return max(x, _F(0.0)) + lp, (r if x >= _F(0.0) else e * r)
 
 
+@subroutine(lambda x: x, pick=lambda x: (exp32 if x == types.float32 else exp).implementation)
 def exp_of(x):
-    """exp or exp32 by the type of x (compiled code only)."""
-    raise NotImplementedError("compiled code only")
+    """exp or exp32 by the type of x."""
 
 
-@overload(exp_of, inline="always")
-def _exp_of(x):
-    return (lambda x: exp32(x)) if x == types.float32 else (lambda x: exp(x))
-
-
+@subroutine(lambda x, e: types.UniTuple(x, 2), pick=lambda x, e: (
+    softplus_sigmoid_from_exp32 if x == types.float32 else softplus_sigmoid_from_exp).implementation)
 def softplus_sigmoid_from_exp_of(x, e):
-    """softplus_sigmoid_from_exp or its float32 version by the type of x (compiled code only)."""
-    raise NotImplementedError("compiled code only")
-
-
-@overload(softplus_sigmoid_from_exp_of, inline="always")
-def _softplus_sigmoid_from_exp_of(x, e):
-    if x == types.float32:
-        return lambda x, e: softplus_sigmoid_from_exp32(x, e)
-    return lambda x, e: softplus_sigmoid_from_exp(x, e)
+    """softplus_sigmoid_from_exp or its float32 version by the type of x."""
 
 
 _INV_SQRT2 = 0.7071067811865476
 _INV_SQRT2PI = 0.3989422804014327
 
 
-@helper
+@subroutine(types.void)
 def activate_row(code, c, z, p, q, m):
     """p[j] = phi(z[j]) and q[j] = phi'(z[j]) for j < m, in the dtype of z; the branch is taken once per row."""
     zero, one, half = like(z, 0.0), like(z, 1.0), like(z, 0.5)
@@ -389,11 +441,11 @@ def activate_row(code, c, z, p, q, m):
             q[j] = cdf + (x if near else zero) * pdf
 
 
-@inline
+@subroutine(types.UniTuple(types.float64, 2))
 def loss_row(code, a, u):
     """(loss(u), loss'(u)) of one sample."""
     if code == LOGISTIC:
-        sp, sg = softplus_sigmoid(-u)
+        sp, sg = softplus_sigmoid_from_exp_of(-u, exp(-abs(u)))
         return sp, -sg
     if code == EXPONENTIAL:
         v = exp(-u)
@@ -412,7 +464,7 @@ def loss_row(code, a, u):
     return 0.5 * u * u, u  # SQUARED, u = f - y
 
 
-@helper
+@subroutine(types.float64)
 def narrow(x, f32):
     """x rounded to float32 (inf beyond its range) when the run is float32, else x."""
     if f32:
@@ -420,7 +472,7 @@ def narrow(x, f32):
     return x
 
 
-@inline
+@subroutine(lambda a, p, m: p.dtype)
 def dot_row(a, p, m):
     """sum_j a[j] p[j] in the dtype of p, in eight partial sums (two vectors of independent fma chains:
     vectorisable without reassociation, half the latency of one)."""
@@ -442,9 +494,9 @@ def dot_row(a, p, m):
     return ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7))
 
 
-@helper
+@subroutine(types.float64)
 def sum_squares(flat):
-    """sum x^2 of a 1-d array in float64, whatever its dtype (callers pass 2-d arrays ravelled)."""
+    """sum x^2 of a 1-d array in float64, whatever its dtype (callers pass 2-d arrays as flat views)."""
     s0 = s1 = s2 = s3 = 0.0
     m = flat.size
     j = 0
@@ -462,7 +514,7 @@ def sum_squares(flat):
     return (s0 + s1) + (s2 + s3)
 
 
-@helper
+@subroutine(types.float64)
 def sum_squares_rounded(flat, f32):
     """sum x^2 as the oracle computes it: in float32 the squares and the sum overflow to inf."""
     if f32:
@@ -473,7 +525,7 @@ def sum_squares_rounded(flat, f32):
     return sum_squares(flat)
 
 
-@helper
+@subroutine(types.int64)
 def record_slot(t, steps, every):
     """Trace slot of evaluation t, or -1 (same rule as lgd.backends.record_slot)."""
     if t % every == 0:
@@ -483,7 +535,7 @@ def record_slot(t, steps, every):
     return -1
 
 
-@helper
+@subroutine(types.UniTuple(types.float64, 3))
 def sample_out(code_loss, loss_param, margin_loss, yi, f, f32):
     """(loss value, coefficient loss' * y (or loss' for the squared loss), y f) of one sample."""
     u = yi * f if margin_loss else f - yi
@@ -493,10 +545,9 @@ def sample_out(code_loss, loss_param, margin_loss, yi, f, f32):
     return value, (slope * yi if margin_loss else slope), yi * f
 
 
-@worker
+@subroutine(types.void)
 def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, margin_loss, linear, inv_n,
-                 train_outer, record, neurons, f32, i0, i1, z, p, q, qs, rows, grad, grad_a, neuron, stats, train,
-                 from_z):
+                 train_outer, record, neurons, f32, i0, i1, z, p, q, qs, rows, grad, grad_a, neuron, stats, train):
     """One pass over samples [i0, i1) of one configuration (the only place that evaluates the net).
 
     z = X W^T row by row from X and Wt (d, m), or read from Z when from_z (BLAS mode). stats
@@ -512,7 +563,7 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
     """
     d, m = Wt.shape
     if train:
-        if not from_z:
+        if Z is None:
             for k in range(d):
                 for j in range(m):
                     grad[k, j] = 0.0
@@ -537,7 +588,7 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
                 k += 1
             f = np.float64((f0 + f1) + (f2 + f3))
         else:
-            if from_z:
+            if Z is not None:
                 for j in range(m):
                     z[j] = Z[i, j]
             else:
@@ -576,7 +627,7 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
                 cs = like(q, coef * scale)
                 for j in range(m):
                     q[j] *= cs * a[j]
-                if from_z:
+                if Z is not None:
                     for j in range(m):
                         Z[i, j] = q[j]
                 else:
@@ -610,26 +661,26 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
     stats[2] = margin
 
 
-@helper
+@subroutine(types.UniTuple(types.float64, 2))
 def close_step(grad, grad_a, risk_sum, n, train_outer, f32):
     """(risk, squared gradient norm) of a step as the oracle rounds them; grad is narrowed in place."""
     if f32:
-        flat = grad.ravel()
-        for k in range(flat.size):
-            flat[k] = narrow(flat[k], True)
+        entries = flat(grad)
+        for k in range(entries.size):
+            entries[k] = narrow(entries[k], True)
         for j in range(grad_a.size):
             grad_a[j] = narrow(grad_a[j], True)
     risk = narrow(narrow(risk_sum, f32) / n, f32)
-    grad_sq = sum_squares_rounded(grad.ravel(), f32)
+    grad_sq = sum_squares_rounded(flat(grad), f32)
     if train_outer:
         grad_sq += sum_squares_rounded(grad_a, f32)
     return risk, grad_sq
 
 
-@helper
+@subroutine(types.void)
 def record_step(traces, neuron_trace, c, slot, n, risk, grad_sq, stats, Wt, a, train_outer, neurons, neuron,
                 n_test, test_stats, f32):
-    weight_sq = sum_squares(Wt.ravel())
+    weight_sq = sum_squares(flat(Wt))
     if train_outer:
         weight_sq += sum_squares(a)
     traces[0][c, slot] = risk
@@ -645,7 +696,7 @@ def record_step(traces, neuron_trace, c, slot, n, risk, grad_sq, stats, Wt, a, t
         traces[6][c, slot] = test_stats[1] / n_test
 
 
-@helper
+@subroutine(types.void)
 def store_weights(W, A, c, Wt, a):
     """W[c] = Wt^T and A[c] = a (loops: a slice assignment compiles numba's shape-mismatch error
     path, seconds of every cold compile)."""
@@ -656,7 +707,7 @@ def store_weights(W, A, c, Wt, a):
         A[c, j] = a[j]
 
 
-@helper
+@subroutine(types.void)
 def update(Wt, a, grad, grad_a, eta, train_outer, f32):
     """W <- W - eta grad (and a), with the oracle's rounding of eta * grad in float32."""
     d, m = Wt.shape
@@ -668,7 +719,7 @@ def update(Wt, a, grad, grad_a, eta, train_outer, f32):
             a[j] = a[j] - narrow(eta * grad_a[j], f32)
 
 
-@worker
+@subroutine(types.boolean)
 def step_end(c, t, steps, every, n, stats, grad, grad_a, Wt, a, a_step, eta, train_outer, f32, traces, neuron_trace,
              neuron, n_test, test_stats, diverged):
     """After the pass over the samples at step t: divergence test, records, update. False if diverged."""
@@ -685,18 +736,28 @@ def step_end(c, t, steps, every, n, stats, grad, grad_a, Wt, a, a_step, eta, tra
     return True
 
 
-@worker
-def reduce_blocks(blocks, test, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total, blas, grads_blas):
-    """Sum the blocks' partial gradients (grads, or grads_blas from BLAS) and statistics into grad,
-    grad_a, neuron and total."""
-    d, m = grad.shape
+@subroutine(types.void)
+def sum_blocks(parts, blocks, out):
+    """out = the sum of parts[0 .. blocks-1], in block order."""
+    d, m = out.shape
     for k in range(d):
         for j in range(m):
-            grad[k, j] = grads_blas[0, k, j] if blas else grads[0, k, j]
+            out[k, j] = parts[0, k, j]
     for b in range(1, blocks):
         for k in range(d):
             for j in range(m):
-                grad[k, j] += grads_blas[b, k, j] if blas else grads[b, k, j]
+                out[k, j] += parts[b, k, j]
+
+
+@subroutine(types.void)
+def reduce_blocks(blocks, test, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total, grads_blas):
+    """Sum the blocks' partial gradients (grads, or grads_blas from BLAS) and statistics into grad,
+    grad_a, neuron and total."""
+    d, m = grad.shape
+    if grads_blas is not None:  # None: pruned at compile time
+        sum_blocks(grads_blas, blocks, grad)
+    else:
+        sum_blocks(grads, blocks, grad)
     for j in range(m):
         grad_a[j] = grads_a[0, j]
         neuron[j] = neurons_part[0, j]
@@ -718,7 +779,7 @@ def reduce_blocks(blocks, test, grads, grads_a, neurons_part, stats, grad, grad_
 @worker
 def run_team(member, team, sync, go, configs, X, y, X_test, y_test, W, A, etas, diverged, traces, neuron_trace, act,
              act_param, code_loss, loss_param, margin_loss, scale, train_outer, linear, t_start, t_stop, steps, every,
-             f32, blas, Wt, a, a_step, zs, ps, qs, pending_q, pending_rows, grads, grads_a, neurons_part, stats, grad,
+             f32, Wt, a, a_step, zs, ps, qs, pending_q, pending_rows, grads, grads_a, neurons_part, stats, grad,
              grad_a, neuron, total, Z, Z_test, grads_blas):
     """Evaluations [t_start, t_stop) of the configurations `configs`, one after the other, by a team.
 
@@ -759,7 +820,7 @@ def run_team(member, team, sync, go, configs, X, y, X_test, y_test, W, A, etas, 
         for t in range(t_start, t_stop):
             record = record_slot(t, steps, every) >= 0
             test = record and n_test > 0
-            if blas:
+            if grads_blas is not None:
                 np.dot(X[i0:i1], Wt, Z[i0:i1])
                 if test:
                     np.dot(X_test[k0:k1], Wt, Z_test[k0:k1])
@@ -771,12 +832,12 @@ def run_team(member, team, sync, go, configs, X, y, X_test, y_test, W, A, etas, 
                              scale, act, act_param, code_loss, loss_param, margin_loss, linear, inv_n, train_outer,
                              record, neurons, f32, i0 if train else k0, i1 if train else k1, zs[member], ps[member],
                              qs[member], pending_q[member], pending_rows[member], grads[member], grads_a[member],
-                             neurons_part[member], stats[member if train else team + member], train, blas)
-            if blas:
+                             neurons_part[member], stats[member if train else team + member], train)
+            if grads_blas is not None:
                 np.dot(X[i0:i1].T, Z[i0:i1], grads_blas[member])
             barrier(sync, team)
             if member == 0:
-                reduce_blocks(team, test, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total, blas,
+                reduce_blocks(team, test, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total,
                               grads_blas)
                 go[0] = step_end(c, t, steps, every, n, total[0], grad, grad_a, Wt, a, a_step, eta, train_outer, f32,
                                  traces, neuron_trace, neuron, n_test, total[1], diverged)

@@ -152,7 +152,7 @@ def build_report(benchmarks: list, skipped: list, machine: dict, mode: str, sett
             "steps_per_s": steps_per_s, "gflops": info["flops"] / stats["min"] / 1e9,
             "roofline_steps_per_s": roof, "ratio_roofline": steps_per_s / roof,
             "compile_s": info["compile_s"], "warmup_s": info["warmup_s"], "check_rel_error": info["check_rel_error"],
-            "roofline": info["roofline"], "breakdown": info.get("breakdown"),
+            "roofline": info["roofline"], "breakdown": info.get("breakdown"), "first_call": info.get("first_call"),
             "stats": {key: stats[key] for key in ("min", "median", "mean", "stddev", "rounds")}})
     for record in records:
         peers = [r["steps_per_s"] for r in records if r["kind"] == "peer" and _same_problem(r, record)]
@@ -210,6 +210,10 @@ def format_table(report: dict) -> str:
     if broken_down:
         text += "\n\nwhere lgd's time goes (per configuration-step)\n"
         text += _text_table(BREAKDOWN_COLUMNS, _breakdown_rows(broken_down))
+    first_calls = [r for r in report["records"] if r.get("first_call")]
+    if first_calls:
+        text += "\n\nfirst call in a new process (compile or cache load)\n"
+        text += _text_table(FIRST_CALL_COLUMNS, _first_call_rows(first_calls))
     return text
 
 
@@ -247,6 +251,15 @@ def format_markdown(report: dict) -> str:
                   "| " + " | ".join(BREAKDOWN_COLUMNS) + " |",
                   "|" + "|".join("---" if i < 3 else "---:" for i in range(len(BREAKDOWN_COLUMNS))) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in _breakdown_rows(broken_down)]
+    first_calls = [r for r in report["records"] if r.get("first_call")]
+    if first_calls:
+        lines += ["", "First call: seconds of a one-step `lgd.gd` in a new process after `import lgd` (numba's import, "
+                  "the kernel's compile or its load from the cache, the step), with an empty kernel cache and then "
+                  "from the cache that run left. S compiles the fused kernel, M the BLAS one; one kernel serves "
+                  "every activation and loss of a dtype.", "",
+                  "| " + " | ".join(FIRST_CALL_COLUMNS) + " |",
+                  "|" + "|".join("---" if i < 3 else "---:" for i in range(len(FIRST_CALL_COLUMNS))) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in _first_call_rows(first_calls)]
     return "\n".join(lines) + "\n"
 
 
@@ -262,6 +275,14 @@ def _breakdown_rows(records: list) -> list:
                      f"{b['activation_ns_per_entry']:.2f}", f"{b['rest_us']:,.1f}",
                      f"{roof['transcendental_ns_per_entry']:.2f}", f"{roof['product_s'] * 1e6:,.1f}"))
     return rows
+
+
+FIRST_CALL_COLUMNS = ("workload", "backend", "dtype", "empty cache s", "from cache s")
+
+
+def _first_call_rows(records: list) -> list:
+    return [(r["workload"], r["impl"], r["dtype"], f"{r['first_call']['cold_s']:.1f}",
+             f"{r['first_call']['cached_s']:.2f}") for r in records]
 
 
 def _skip_summary(report: dict) -> set:

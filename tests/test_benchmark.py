@@ -120,3 +120,15 @@ def test_breakdown_of_lgd_steps_is_reported():
     assert "| S | lgd-numba | float64 | 500.0 | 300.0 | 18.31 | 200.0 | 7.50 | 40.0 |" in markdown
     table = benchmark.format_table(report)
     assert "where lgd's time goes" in table and "18.31" in table
+
+
+def test_first_call_times_are_reported():
+    """The first call of lgd-numba in a new process, with an empty kernel cache and from the cache."""
+    numba = _entry("M", "lgd-numba", "float32", 0.5, kind="lgd")
+    numba["extra_info"]["first_call"] = {"cold_s": 9.87, "cached_s": 0.456}
+    report = benchmark.build_report([numba, _entry("M", "numpy", "float32", 1.0)], [], MACHINE, "full", {})
+    markdown = benchmark.format_markdown(report)
+    assert "| M | lgd-numba | float32 | 9.9 | 0.46 |" in markdown
+    assert "first call in a new process" in benchmark.format_table(report)
+    plain = benchmark.build_report([_entry("M", "numpy", "float32", 1.0)], [], MACHINE, "full", {})
+    assert "First call" not in benchmark.format_markdown(plain)

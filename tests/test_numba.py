@@ -2,7 +2,7 @@
 divergence, sweeps, the fast exp/log1p, and the on-disk cache.
 
 Compile cost is bounded: activation and loss are runtime codes, so the whole file compiles two kernels per
-dtype (about 20-40 s each with an empty cache, under a second from the cache).
+dtype, one per product mode (about 10-15 s each with an empty cache, under a second from the cache).
 """
 
 import math
@@ -264,6 +264,25 @@ def test_blas_path_matches_fused(bound, monkeypatch):
     if numba.get_num_threads() > 1:  # the path taken: one thread with all of BLAS, or a team with one BLAS thread
         assert set(teams[1:]) == ({1} if bound else {numba.get_num_threads()})  # teams[0]: compiling
         assert bool(limited) != bound
+
+
+@pytest.mark.parametrize("blas", [False, True])
+def test_runner_compiles_the_product_mode_it_runs(blas, monkeypatch):
+    """Building a runner compiles (or loads) the kernel its runs take: with the fused products the BLAS
+    buffers are None, so that kernel has no BLAS calls; with BLAS, the BLAS kernel. Running then
+    compiles nothing more."""
+    from numba import types
+
+    monkeypatch.setattr(_numba, "BLAS_WORK", 0 if blas else 1 << 60)
+    model = lgd.TwoLayerNet(6)
+    problem = make_problem(model, "logistic", np.float64)
+    state = initial_state(model, problem.X.shape[1], np.float64, [0.5])
+    runner = _numba.runner(problem, state.W.shape)
+    compiled = set(numba_cpu.run_team.signatures)
+    assert any(isinstance(sig[-1], types.Array) == blas and (sig[-1] == types.none) != blas for sig in compiled)
+    runner.run(state, Trace.empty(1, 4, model.width, True), 0, 4, 3, 1)
+    assert set(numba_cpu.run_team.signatures) == compiled
+    assert np.isfinite(state.W).all()
 
 
 def test_exp_and_log1p_accuracy():

@@ -1,8 +1,8 @@
 """The Numba CPU backend: whole runs of compiled code from :mod:`lgd.kernels.numba_cpu`.
 
-Numba is imported only when a runner is built. The kernel compiles once per dtype (with
-``cache=True``, so later processes load it from disk); activation, loss, their parameters and the
-stepsizes are runtime data. Every chunk runs :func:`run_team` (compiled, nogil, called from Python
+Numba is imported only when a runner is built. The kernel compiles once per dtype and product mode
+(fused loops or BLAS; with ``cache=True``, so later processes load it from disk); activation, loss,
+their parameters and the stepsizes are runtime data. Every chunk runs :func:`run_team` (compiled, nogil, called from Python
 threads):
 
 - with fewer configurations than threads (a single run), a team of threads works on every step,
@@ -81,7 +81,7 @@ class Runner:
         # Without threadpoolctl no BLAS runs inside a team: the fused loops do every product.
         self._threadpoolctl = importlib.util.find_spec("threadpoolctl") is not None
         self._blas_limits = None  # threadpoolctl's controller of the BLAS libraries, made on first use (ms)
-        self._compile()
+        self._compile(1 if shape is None else int(shape[1]))
 
     def _use_blas(self, width: int) -> bool:
         n, d = self._X.shape
@@ -95,10 +95,10 @@ class Runner:
             self._blas_limits = ThreadpoolController().select(user_api="blas")
         return self._blas_limits.limit(limits=1)
 
-    def _compile(self):
-        """Compile (or load from the cache) the driver for this dtype, running zero steps."""
+    def _compile(self, m: int):
+        """Compile (or load from the cache) the driver that runs of width m use (its dtype and product
+        mode), running zero steps."""
         d = self._X.shape[1]
-        m = 1
         state = State(W=np.zeros((1, m, d), dtype=self.problem.dtype), a=np.ones((1, m), dtype=self.problem.dtype),
                       stepsizes=np.ones(1))
         trace = Trace.empty(1, 1, m, True)
@@ -115,7 +115,7 @@ class Runner:
         blas = self._use_blas(state.W.shape[1])
         common = (state.W, state.a, etas, state.diverged, traces, trace.neuron_margins) + self._codes[:5] + \
                  (self._codes[5], self._codes[6], self._codes[7], t_start, t_stop, steps, record_every,
-                  dtype == np.float32, blas)
+                  dtype == np.float32)
         data = (self._X, self._y, self._X_test, self._y_test)
         live = np.flatnonzero(state.diverged < 0)
         if t_start >= t_stop:  # compiling only: run the kernel's early return
@@ -166,15 +166,19 @@ class Runner:
         _, m, d = state.W.shape
         dtype = self.problem.dtype
         empty = np.empty
-        n, n_test = (len(x) if blas else 0 for x in (self._X, self._X_test))
         # In the run's dtype: Wt, a, a_step, z/p/q rows, waiting q rows (and their sample indices, int64),
-        # partial gradients, Z, Z_test, BLAS gradients.
+        # partial gradients; with BLAS, Z, Z_test and the BLAS gradients, else None (the kernel then
+        # compiles without its BLAS calls: a separate, smaller specialisation).
+        if blas:
+            products = (empty((len(self._X), m), dtype), empty((len(self._X_test), m), dtype),
+                        empty((team, d, m), dtype))
+        else:
+            products = (None, None, None)
         buffers = (empty((d, m), dtype), empty(m, dtype), empty(m, dtype), empty((team, m), dtype),
                    empty((team, m), dtype), empty((team, m), dtype), empty((team, 4, m), dtype),
                    empty((team, 4), np.int64), empty((team, d, m), dtype),
                    empty((team, m), dtype), empty((team, m)), empty((2 * team, 3)), empty((d, m)), empty(m),
-                   empty(m), empty((2, 3)), empty((n, m), dtype), empty((n_test, m), dtype),
-                   empty((team if blas else 0, d, m), dtype))
+                   empty(m), empty((2, 3))) + products
         sync = np.zeros(2, dtype=np.int64)
         go = np.zeros(1, dtype=np.int64)
         configs = np.ascontiguousarray(configs, dtype=np.intp)
