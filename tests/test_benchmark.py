@@ -125,10 +125,10 @@ def test_breakdown_of_lgd_steps_is_reported():
 def test_first_call_times_are_reported():
     """The first call of lgd-numba in a new process, with an empty kernel cache and from the cache."""
     numba = _entry("M", "lgd-numba", "float32", 0.5, kind="lgd")
-    numba["extra_info"]["first_call"] = {"cold_s": 9.87, "cached_s": 0.456}
+    numba["extra_info"]["first_call"] = {"numba_startup_s": 1.234, "cold_s": 9.87, "cached_s": 0.456}
     report = benchmark.build_report([numba, _entry("M", "numpy", "float32", 1.0)], [], MACHINE, "full", {})
     markdown = benchmark.format_markdown(report)
-    assert "| M | lgd-numba | float32 | 9.9 | 0.46 |" in markdown
+    assert "| M | lgd-numba | float32 | 1.23 | 9.9 | 0.46 |" in markdown
     assert "first call in a new process" in benchmark.format_table(report)
     plain = benchmark.build_report([_entry("M", "numpy", "float32", 1.0)], [], MACHINE, "full", {})
     assert "First call" not in benchmark.format_markdown(plain)
