@@ -12,7 +12,9 @@ the two products X W^T and G^T X (2 n d m flops each) and one exp plus one log1p
 block Z (softplus and sigmoid of Z share one exp(-|z|)). The products are timed as numpy matmuls of
 exactly those shapes (for sweeps, of all configurations stacked into one product, which is the best
 shape), the transcendentals as numpy exp and log1p over an n x m block. best steps/s = 1 / (product
-time + transcendental time). A kernel with a faster exp than numpy's can beat it.
+time + transcendental time). A kernel with a faster exp than numpy's can beat it. Beside it, the
+machine's GEMM peak (``gemm_peak_gflops``: a large square numpy matmul) gives the least time the two
+products of a step could take at any shape.
 
 Nothing here imports torch, jax or numba.
 """
@@ -170,7 +172,25 @@ def measure_roofline(workload: Workload, dtype: str, budget: float = 0.3) -> dic
 
     product_s = reps(products) / configs
     transcendental_s = reps(transcendentals)
-    return {"product_s": product_s, "transcendental_s": transcendental_s,
+    peak = gemm_peak_gflops(dtype)
+    return {"product_s": product_s, "transcendental_s": transcendental_s, "gemm_peak_gflops": peak,
+            "product_at_peak_s": workload.flops_per_step / (peak * 1e9),
             "product_gflops": workload.flops_per_step / product_s / 1e9,
             "transcendental_ns_per_entry": transcendental_s / (n * m) * 1e9,
             "steps_per_s": 1.0 / (product_s + transcendental_s)}
+
+
+GEMM_PEAK_SIZE = 1024
+_gemm_peaks = {}
+
+
+def gemm_peak_gflops(dtype: str) -> float:
+    """GFLOP/s of a GEMM_PEAK_SIZE-square numpy matmul in ``dtype`` with all of BLAS's threads, best of twelve:
+    the machine's practical peak for matrix products (measured once per process and dtype)."""
+    if dtype not in _gemm_peaks:
+        rng = np.random.default_rng(7)
+        a, b = (rng.standard_normal((GEMM_PEAK_SIZE, GEMM_PEAK_SIZE)).astype(dtype) for _ in range(2))
+        out = np.empty_like(a)
+        seconds = _best_time(lambda: np.matmul(a, b, out=out), 12, 1)
+        _gemm_peaks[dtype] = 2 * GEMM_PEAK_SIZE ** 3 / seconds / 1e9
+    return _gemm_peaks[dtype]

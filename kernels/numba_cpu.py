@@ -163,6 +163,140 @@ def flat(typingctx, array):
     return result(array), codegen
 
 
+# Register tiles of the two products (fused mode), as LLVM vector code: LLVM does not tile numba's
+# scalar loops itself. Forward (X W^T): TILE_ROWS samples by two AVX2 vectors of columns (8 float64 or
+# 16 float32), eight accumulators held in registers over the whole sum on k: per k, two vector loads
+# and four broadcasts feed eight independent fmas, where the row-at-a-time loop loads and stores z for
+# every four (2x faster alone). Backward (the four waiting samples' X^T G into the gradient):
+# TILE_ROWS rows of the gradient by two vectors, loaded once and held while the four samples add in
+# (10-20% faster than the loop; chaining the samples on one row at a time instead is latency-bound).
+# Every sum runs in the scalar loops' order, fma after fma (in k, or in sample order): the same
+# results, bit for bit.
+TILE_ROWS = 4
+_VECTOR_BYTES = 32
+
+
+def tile_columns(dtype):
+    """Columns of one tile: two vectors of `dtype` (a numpy dtype)."""
+    return 2 * _VECTOR_BYTES // np.dtype(dtype).itemsize
+
+
+def _tile_parts(context, builder, array_type, value):
+    """(data pointer, row length) of a C-contiguous 2-d array."""
+    array = context.make_array(array_type)(context, builder, value)
+    return array.data, cgutils.unpack_tuple(builder, array.shape, 2)[1]
+
+
+def _vector_ops(context, builder, dtype):
+    """(vector type, load(pointer), store(value, pointer), broadcast(scalar), fma(a, b, c)) for `dtype`."""
+    element = context.get_value_type(dtype)
+    lanes = _VECTOR_BYTES // (dtype.bitwidth // 8)
+    vector = ir.VectorType(element, lanes)
+    align = dtype.bitwidth // 8
+    fma_fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
+                                            f"llvm.fma.v{lanes}f{dtype.bitwidth}")
+    zeros = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+
+    def load(pointer):
+        return builder.load(builder.bitcast(pointer, vector.as_pointer()), align=align)
+
+    def store(value, pointer):
+        builder.store(value, builder.bitcast(pointer, vector.as_pointer()), align=align)
+
+    def broadcast(scalar):
+        one = builder.insert_element(ir.Constant(vector, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(one, ir.Constant(vector, ir.Undefined), zeros)
+
+    return vector, lanes, load, store, broadcast, lambda a, b, c: builder.call(fma_fn, [a, b, c])
+
+
+@intrinsic
+def tile_columns_of(typingctx, array):
+    """tile_columns of the array's dtype, as a compile-time constant."""
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return ir.Constant(ir.IntType(64), 2 * _VECTOR_BYTES // (array.dtype.bitwidth // 8))
+    return types.int64(array), codegen
+
+
+def _tiled(typingctx, arrays):
+    dtypes = {a.dtype for a in arrays}
+    return (all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" for a in arrays) and len(dtypes) == 1
+            and dtypes.pop() in (types.float32, types.float64))
+
+
+@intrinsic
+def forward_tile(typingctx, X, i, Wt, j, Z):
+    """Z[r, j:j+c] = sum_k X[i+r, k] Wt[k, j:j+c] for r < TILE_ROWS, c = tile_columns (fma in k order).
+    The caller keeps i + TILE_ROWS <= len(X) and j + c <= Wt.shape[1]."""
+    if not _tiled(typingctx, (X, Wt, Z)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        x_type, _, w_type, _, z_type = signature.args
+        vector, lanes, load, store, broadcast, fma_ = _vector_ops(context, builder, x_type.dtype)
+        x_data, d = _tile_parts(context, builder, x_type, args[0])
+        w_data, m = _tile_parts(context, builder, w_type, args[2])
+        z_data, z_width = _tile_parts(context, builder, z_type, args[4])
+        i_, j_ = args[1], args[3]
+        rows = [builder.gep(x_data, [builder.mul(builder.add(i_, ir.Constant(i_.type, r)), d)])
+                for r in range(TILE_ROWS)]
+        acc = [cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in range(2 * TILE_ROWS)]
+        with cgutils.for_range(builder, d) as loop:
+            k = loop.index
+            w = builder.gep(w_data, [builder.add(builder.mul(k, m), j_)])
+            w0, w1 = load(w), load(builder.gep(w, [ir.Constant(k.type, lanes)]))
+            for r in range(TILE_ROWS):
+                x = broadcast(builder.load(builder.gep(rows[r], [k])))
+                builder.store(fma_(x, w0, builder.load(acc[2 * r])), acc[2 * r])
+                builder.store(fma_(x, w1, builder.load(acc[2 * r + 1])), acc[2 * r + 1])
+        for r in range(TILE_ROWS):
+            out = builder.gep(z_data, [builder.add(builder.mul(ir.Constant(j_.type, r), z_width), j_)])
+            store(builder.load(acc[2 * r]), out)
+            store(builder.load(acc[2 * r + 1]), builder.gep(out, [ir.Constant(j_.type, lanes)]))
+        return context.get_dummy_value()
+    return types.void(X, types.intp, Wt, types.intp, Z), codegen
+
+
+@intrinsic
+def backward_tile(typingctx, X, rows, Q, k, j, G):
+    """G[k+kk, j:j+c] += X[rows[0], k+kk] Q[0, j:j+c] + ... + X[rows[3], k+kk] Q[3, j:j+c] for kk < TILE_ROWS
+    (fma after fma in sample order), c = tile_columns. The caller keeps k + TILE_ROWS <= G.shape[0] and
+    j + c <= G.shape[1]."""
+    if not (_tiled(typingctx, (X, Q, G)) and isinstance(rows, types.Array) and rows.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        x_type, rows_type, q_type, _, _, g_type = signature.args
+        vector, lanes, load, store, broadcast, fma_ = _vector_ops(context, builder, x_type.dtype)
+        x_data, d = _tile_parts(context, builder, x_type, args[0])
+        q_data, q_width = _tile_parts(context, builder, q_type, args[2])
+        g_data, m = _tile_parts(context, builder, g_type, args[5])
+        rows_data = context.make_array(rows_type)(context, builder, args[1]).data
+        k_, j_ = args[3], args[4]
+        step = ir.Constant(j_.type, lanes)
+        out = [builder.gep(g_data, [builder.add(builder.mul(builder.add(k_, ir.Constant(k_.type, kk)), m), j_)])
+               for kk in range(TILE_ROWS)]
+        acc = []
+        for kk in range(TILE_ROWS):
+            acc += [load(out[kk]), load(builder.gep(out[kk], [step]))]
+        for r in range(TILE_ROWS):
+            q_row = builder.gep(q_data, [builder.add(builder.mul(ir.Constant(j_.type, r), q_width), j_)])
+            q0, q1 = load(q_row), load(builder.gep(q_row, [step]))
+            sample = builder.load(builder.gep(rows_data, [ir.Constant(j_.type, r)]))
+            x_row = builder.gep(x_data, [builder.add(builder.mul(sample, d), k_)])
+            for kk in range(TILE_ROWS):
+                x = broadcast(builder.load(builder.gep(x_row, [ir.Constant(k_.type, kk)])))
+                acc[2 * kk], acc[2 * kk + 1] = fma_(x, q0, acc[2 * kk]), fma_(x, q1, acc[2 * kk + 1])
+        for kk in range(TILE_ROWS):
+            store(acc[2 * kk], out[kk])
+            store(acc[2 * kk + 1], builder.gep(out[kk], [step]))
+        return context.get_dummy_value()
+    return types.void(X, rows, Q, types.intp, types.intp, G), codegen
+
+
 # Synchronisation of a team of threads (run_team): atomics on an int64 array, a spin-wait hint and
 # sched_yield, as LLVM instructions (numba has no atomics of its own). Resolved by name at load time,
 # so the cache keeps working.
@@ -546,16 +680,54 @@ def sample_out(code_loss, loss_param, margin_loss, yi, f, f32):
 
 
 @subroutine(types.void)
+def forward_rows(X, i, Wt, zt):
+    """zt[r] = X[i + r] Wt for r < TILE_ROWS: register tiles, then the last columns (fewer than a tile) one
+    by one, fma after fma in k order as the tiles sum."""
+    d, m = Wt.shape
+    width = tile_columns_of(Wt)
+    j = 0
+    while j + width <= m:
+        forward_tile(X, i, Wt, j, zt)
+        j += width
+    for r in range(TILE_ROWS):
+        for jj in range(j, m):
+            s = like(Wt, 0.0)
+            for k in range(d):
+                s = fma(X[i + r, k], Wt[k, jj], s)
+            zt[r, jj] = s
+
+
+@subroutine(types.void)
+def backward_rows(X, rows, qs, grad):
+    """grad[k] += X[rows[0], k] qs[0] + ... + X[rows[3], k] qs[3] for every k (fma after fma in sample order):
+    register tiles of TILE_ROWS rows of grad, then the rows and columns after them one by one."""
+    d, m = grad.shape
+    width = tile_columns_of(grad)
+    k_tiled = d - d % TILE_ROWS
+    j_tiled = m - m % width
+    for k in range(0, k_tiled, TILE_ROWS):
+        for j in range(0, j_tiled, width):
+            backward_tile(X, rows, qs, k, j, grad)
+    r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
+    for k in range(d):
+        x0, x1, x2, x3 = X[r0, k], X[r1, k], X[r2, k], X[r3, k]
+        for j in range(0 if k >= k_tiled else j_tiled, m):
+            grad[k, j] = fma(x3, qs[3, j], fma(x2, qs[2, j], fma(x1, qs[1, j], fma(x0, qs[0, j], grad[k, j]))))
+
+
+@subroutine(types.void)
 def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, margin_loss, linear, inv_n,
-                 train_outer, record, neurons, f32, i0, i1, z, p, q, qs, rows, grad, grad_a, neuron, stats, train):
+                 train_outer, record, neurons, f32, i0, i1, zt, p, q, qs, rows, grad, grad_a, neuron, stats, train):
     """One pass over samples [i0, i1) of one configuration (the only place that evaluates the net).
 
-    z = X W^T row by row from X and Wt (d, m), or read from Z when from_z (BLAS mode). stats
-    receives (sum of loss values, number with y f > 0, min y f). With train, also the gradient:
-    added to grad (d, m) and grad_a (m,), or, when from_z, G written over the rows of Z (the
-    caller then forms G^T X); at record steps also the per-neuron margins min y a_j phi(z_ij).
-    qs (4, m) and rows (4,) hold the samples waiting for the gradient: nothing here allocates, so
-    nothing can fail while the other threads of a team wait at a barrier.
+    The rows z of X W^T come from X and Wt (d, m), TILE_ROWS samples at a time in register tiles
+    into zt (TILE_ROWS, m) (the last samples of the block one by one), or are read from Z when Z is
+    given (BLAS mode; None prunes that path at compile time). stats receives (sum of loss values,
+    number with y f > 0, min y f). With train, also the gradient: added to grad (d, m) and grad_a
+    (m,), or, with Z, G written over the rows of Z (the caller then forms G^T X); at record steps
+    also the per-neuron margins min y a_j phi(z_ij). qs (4, m) and rows (4,) hold the samples
+    waiting for the gradient (added four at a time): nothing here allocates, so nothing can fail
+    while the other threads of a team wait at a barrier.
 
     Rows, products and gradients are in the dtype of X (z, p, q, a, grad and grad_a share it): a
     float32 run computes in float32. Per-sample losses, the risk and the margins are float64 sums
@@ -572,6 +744,7 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
             neuron[j] = np.inf
     risk, correct, margin = 0.0, 0.0, np.inf
     pending = 0
+    tile_start = tile_end = i0  # samples [tile_start, tile_end) have their z rows in zt
     for i in range(i0, i1):
         yi = np.float64(y[i])
         if linear:
@@ -589,9 +762,16 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
             f = np.float64((f0 + f1) + (f2 + f3))
         else:
             if Z is not None:
+                z = zt[0]
                 for j in range(m):
                     z[j] = Z[i, j]
+            elif i + TILE_ROWS <= i1 or i < tile_end:
+                if i >= tile_end:  # the rows of the next TILE_ROWS samples, in register tiles
+                    forward_rows(X, i, Wt, zt)
+                    tile_start, tile_end = i, i + TILE_ROWS
+                z = zt[i - tile_start]
             else:
+                z = zt[0]
                 # Four rows of Wt per pass over z: a quarter of the loads and stores of z, and
                 # the same order of fmas (so the same rounding) as one row at a time.
                 for j in range(m):
@@ -638,12 +818,7 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
                     rows[pending] = i
                     pending += 1
                     if pending == 4:
-                        r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
-                        for k in range(d):
-                            x0, x1, x2, x3 = X[r0, k], X[r1, k], X[r2, k], X[r3, k]
-                            for j in range(m):
-                                grad[k, j] = fma(x3, qs[3, j], fma(x2, qs[2, j], fma(x1, qs[1, j],
-                                                                                     fma(x0, qs[0, j], grad[k, j]))))
+                        backward_rows(X, rows, qs, grad)
                         pending = 0
                 if train_outer:
                     for j in range(m):

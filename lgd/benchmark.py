@@ -247,7 +247,8 @@ def format_markdown(report: dict) -> str:
     if broken_down:
         lines += ["", "Where lgd's time goes, per configuration-step: the activation's transcendentals (the "
                   "difference to the same run with leaky_relu) and the rest (the two products, loss, records, "
-                  "update); against the roofline's numpy exp + log1p per entry and numpy/BLAS products.", "",
+                  "update); against the roofline's numpy exp + log1p per entry and numpy/BLAS products, and the least time "
+                  "the two products could take at this machine's GEMM peak (a large square matmul).", "",
                   "| " + " | ".join(BREAKDOWN_COLUMNS) + " |",
                   "|" + "|".join("---" if i < 3 else "---:" for i in range(len(BREAKDOWN_COLUMNS))) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in _breakdown_rows(broken_down)]
@@ -265,7 +266,7 @@ def format_markdown(report: dict) -> str:
 
 
 BREAKDOWN_COLUMNS = ("workload", "backend", "dtype", "step us", "activation us", "activation ns/entry",
-                     "rest us", "numpy exp+log1p ns/entry", "BLAS products us")
+                     "rest us", "numpy exp+log1p ns/entry", "BLAS products us", "products at GEMM peak us")
 
 
 def _breakdown_rows(records: list) -> list:
@@ -274,7 +275,8 @@ def _breakdown_rows(records: list) -> list:
         b, roof = r["breakdown"], r["roofline"]
         rows.append((r["workload"], r["impl"], r["dtype"], f"{b['step_us']:,.1f}", f"{b['activation_us']:,.1f}",
                      f"{b['activation_ns_per_entry']:.2f}", f"{b['rest_us']:,.1f}",
-                     f"{roof['transcendental_ns_per_entry']:.2f}", f"{roof['product_s'] * 1e6:,.1f}"))
+                     f"{roof['transcendental_ns_per_entry']:.2f}", f"{roof['product_s'] * 1e6:,.1f}",
+                     f"{roof['product_at_peak_s'] * 1e6:,.1f}" if "product_at_peak_s" in roof else "-"))
     return rows
 
 

@@ -111,13 +111,14 @@ def test_breakdown_of_lgd_steps_is_reported():
     """Where the time goes: lgd-numba's step against the same step with a cheap activation, per entry, next to
     the roofline's numpy transcendentals and products."""
     numba = _entry("S", "lgd-numba", "float64", 0.5, kind="lgd")
-    numba["extra_info"]["roofline"].update({"transcendental_ns_per_entry": 7.5, "product_s": 40e-6})
+    numba["extra_info"]["roofline"].update({"transcendental_ns_per_entry": 7.5, "product_s": 40e-6,
+                                            "product_at_peak_s": 12.5e-6})
     numba["extra_info"]["breakdown"] = {"step_us": 500.0, "rest_us": 200.0, "activation_us": 300.0,
                                         "activation_ns_per_entry": 300e3 / (256 * 64)}
     report = benchmark.build_report([numba, _entry("S", "numpy", "float64", 1.0)], [], MACHINE, "full", {})
     markdown = benchmark.format_markdown(report)
     assert "Where lgd's time goes" in markdown
-    assert "| S | lgd-numba | float64 | 500.0 | 300.0 | 18.31 | 200.0 | 7.50 | 40.0 |" in markdown
+    assert "| S | lgd-numba | float64 | 500.0 | 300.0 | 18.31 | 200.0 | 7.50 | 40.0 | 12.5 |" in markdown
     table = benchmark.format_table(report)
     assert "where lgd's time goes" in table and "18.31" in table
 

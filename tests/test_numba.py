@@ -21,9 +21,10 @@ from lgd.backends import Problem, State, Trace, _numba, _numpy, record_steps  # 
 from lgd.kernels import numba_cpu  # noqa: E402
 
 RTOL_STEP = {np.float64: 1e-12, np.float32: 1e-5}
+# Width 21: register tiles of the products (8 float64 / 16 float32 columns) and the columns after them.
 MODELS = {
-    "mean_field": lambda act: lgd.TwoLayerNet(6, activation=act),
-    "ntk_train_outer": lambda act: lgd.TwoLayerNet(6, activation=act, scaling="ntk", outer="random",
+    "mean_field": lambda act: lgd.TwoLayerNet(21, activation=act),
+    "ntk_train_outer": lambda act: lgd.TwoLayerNet(21, activation=act, scaling="ntk", outer="random",
                                                    train_outer=True),
     "linear": lambda act: lgd.Linear(),
 }
@@ -174,7 +175,7 @@ def test_team_of_threads_matches_oracle(team, stepsizes, dtype, products, monkey
     with the products in the fused loops or through BLAS on each thread's block."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_WORK", 0 if products == "blas" else 1 << 62)
-    model = lgd.TwoLayerNet(6, train_outer=True)
+    model = lgd.TwoLayerNet(21, train_outer=True)
     problem = make_problem(model, "exponential", dtype)
     steps, every = 150, 7
     results = []
@@ -283,6 +284,50 @@ def test_runner_compiles_the_product_mode_it_runs(blas, monkeypatch):
     runner.run(state, Trace.empty(1, 4, model.width, True), 0, 4, 3, 1)
     assert set(numba_cpu.run_team.signatures) == compiled
     assert np.isfinite(state.W).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_register_tiles_sum_as_the_scalar_loops(dtype):
+    """forward_rows and backward_rows (register tiles, then the rows and columns after them) give the results
+    of plain fma loops in the same order, bit for bit, for sizes below, at and between multiples of a tile."""
+    from numba import njit
+
+    @njit
+    def tiled(X, Wt, rows, qs, zt, grad):
+        numba_cpu.forward_rows(X, 1, Wt, zt)
+        numba_cpu.backward_rows(X, rows, qs, grad)
+
+    @njit
+    def scalar(X, Wt, rows, qs, zt, grad):
+        d, m = Wt.shape
+        for r in range(4):
+            for j in range(m):
+                s = numba_cpu.like(Wt, 0.0)
+                for k in range(d):
+                    s = numba_cpu.fma(X[1 + r, k], Wt[k, j], s)
+                zt[r, j] = s
+        for k in range(d):
+            for j in range(m):
+                g = grad[k, j]
+                for r in range(4):
+                    g = numba_cpu.fma(X[rows[r], k], qs[r, j], g)
+                grad[k, j] = g
+
+    rng = np.random.default_rng(5)
+    columns = numba_cpu.tile_columns(dtype)
+    for d in (1, 4, 7, 16):
+        for m in (3, columns, 2 * columns, 2 * columns + 5, 64):
+            X = rng.standard_normal((9, d)).astype(dtype)
+            Wt, grad = (rng.standard_normal((d, m)).astype(dtype) for _ in range(2))
+            qs = rng.standard_normal((4, m)).astype(dtype)
+            rows = np.array([7, 0, 3, 3], dtype=np.int64)
+            outs = []
+            for kernel in (tiled, scalar):
+                zt, g = np.full((4, m), np.nan, dtype), grad.copy()
+                kernel(X, Wt, rows, qs, zt, g)
+                outs.append((zt, g))
+            np.testing.assert_array_equal(outs[0][0], outs[1][0], err_msg=f"forward d={d} m={m}")
+            np.testing.assert_array_equal(outs[0][1], outs[1][1], err_msg=f"backward d={d} m={m}")
 
 
 def test_exp_and_log1p_accuracy():

@@ -166,15 +166,16 @@ class Runner:
         _, m, d = state.W.shape
         dtype = self.problem.dtype
         empty = np.empty
-        # In the run's dtype: Wt, a, a_step, z/p/q rows, waiting q rows (and their sample indices, int64),
-        # partial gradients; with BLAS, Z, Z_test and the BLAS gradients, else None (the kernel then
-        # compiles without its BLAS calls: a separate, smaller specialisation).
+        # In the run's dtype: Wt, a, a_step, z rows (a register tile's worth), p/q rows, waiting q rows (and
+        # their sample indices, int64), partial gradients; with BLAS, Z, Z_test and the BLAS gradients,
+        # else None (the kernel then compiles without its BLAS calls: a separate, smaller specialisation).
         if blas:
             products = (empty((len(self._X), m), dtype), empty((len(self._X_test), m), dtype),
                         empty((team, d, m), dtype))
         else:
             products = (None, None, None)
-        buffers = (empty((d, m), dtype), empty(m, dtype), empty(m, dtype), empty((team, m), dtype),
+        tile = self._kernels.TILE_ROWS
+        buffers = (empty((d, m), dtype), empty(m, dtype), empty(m, dtype), empty((team, tile, m), dtype),
                    empty((team, m), dtype), empty((team, m), dtype), empty((team, 4, m), dtype),
                    empty((team, 4), np.int64), empty((team, d, m), dtype),
                    empty((team, m), dtype), empty((team, m)), empty((2 * team, 3)), empty((d, m)), empty(m),
