@@ -124,7 +124,8 @@ def first_call(name: str, dtype: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="lgd-numba-cache-") as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=os.pathsep.join(
             filter(None, [str(root), os.environ.get("PYTHONPATH")])))
-        runs = [[float(v) for v in subprocess.run([sys.executable, "-c", FIRST_CALL_SCRIPT, name, dtype], check=True,
-                                                  env=env, cwd=root, capture_output=True, text=True).stdout.split()[-2:]]
+        command = [sys.executable, "-c", FIRST_CALL_SCRIPT, name, dtype]
+        runs = [[float(v) for v in subprocess.run(command, check=True, env=env, cwd=root, capture_output=True,
+                                                  text=True).stdout.split()[-2:]]
                 for _ in ("cold", "cached")]
     return {"numba_startup_s": min(run[0] for run in runs), "cold_s": runs[0][1], "cached_s": runs[1][1]}

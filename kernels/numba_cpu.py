@@ -32,7 +32,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.core.compiler import Flags, compile_internal
 from numba.core.imputils import impl_ret_borrowed
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 # Codes of lgd.activations and lgd.losses (tests assert they agree).
 IDENTITY, RELU, LEAKY_RELU, SOFTPLUS, LEAKY_SOFTPLUS, GELU, SILU, TANH = range(8)
@@ -43,11 +43,10 @@ LOGISTIC, EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL, SQUARED = ra
 # a fused build about 4 s). Every helper is a `subroutine`, typed and lowered once per signature into
 # run_team's own code library and optimised and compiled to machine code once, with it. As njit
 # functions they were libraries of their own, each compiled to machine code by itself and again in
-# every caller up the chain: 17 s per dtype cold then, about 10 s now. LLVM inlines the subroutines,
-# so the loops that call exp, the softplus or dot_row still vectorise. Inlining at numba-IR level
-# (inline="always") copies and re-types a helper at every call site: only the log1p pieces inside the
-# softplus subroutines use it. Array slice assignment is avoided: each one compiles numba's
-# shape-mismatch error path.
+# every caller up the chain: 17-20 s per dtype cold then, 8-10 s now. LLVM inlines the subroutines,
+# so the loops that call exp, the softplus or dot_row still vectorise. Nothing is inlined at numba-IR
+# level (inline="always" copies and re-types a helper at every call site), and array slice assignment
+# is avoided (each one compiles numba's shape-mismatch error path).
 # No fastmath anywhere: the divergence test needs inf and nan, and exp/log1p need their exact
 # rounding corrections; reductions use partial sums and the products explicit fma instead.
 CACHE = True
@@ -89,8 +88,8 @@ def subroutine(returns, pick=None):
                     flags.no_compile = True
                     flags.no_cpython_wrapper = True
                     flags.no_cfunc_wrapper = True
-                    compiled[key] = compile_internal(context.typing_context, context, library, implementation, signature.args,
-                                                     signature.return_type, flags, locals={})
+                    compiled[key] = compile_internal(context.typing_context, context, library, implementation,
+                                                     signature.args, signature.return_type, flags, locals={})
                     # linkonce_odr, as numba makes a linked njit function: LLVM inlines
                     # it where it pays (the loops that call exp must, to vectorise) and drops the rest.
                     library.get_function(compiled[key].fndesc.llvm_func_name).linkage = "linkonce_odr"

@@ -247,8 +247,8 @@ def format_markdown(report: dict) -> str:
     if broken_down:
         lines += ["", "Where lgd's time goes, per configuration-step: the activation's transcendentals (the "
                   "difference to the same run with leaky_relu) and the rest (the two products, loss, records, "
-                  "update); against the roofline's numpy exp + log1p per entry and numpy/BLAS products, and the least time "
-                  "the two products could take at this machine's GEMM peak (a large square matmul).", "",
+                  "update); against the roofline's numpy exp + log1p per entry and numpy/BLAS products, and the "
+                  "least time the two products could take at this machine's GEMM peak (a large square matmul).", "",
                   "| " + " | ".join(BREAKDOWN_COLUMNS) + " |",
                   "|" + "|".join("---" if i < 3 else "---:" for i in range(len(BREAKDOWN_COLUMNS))) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in _breakdown_rows(broken_down)]

@@ -2,8 +2,8 @@
 
 Numba is imported only when a runner is built. The kernel compiles once per dtype and product mode
 (fused loops or BLAS; with ``cache=True``, so later processes load it from disk); activation, loss,
-their parameters and the stepsizes are runtime data. Every chunk runs :func:`run_team` (compiled, nogil, called from Python
-threads):
+their parameters and the stepsizes are runtime data. Every chunk runs :func:`run_team` (compiled,
+nogil, called from Python threads):
 
 - with fewer configurations than threads (a single run), a team of threads works on every step,
   each on its block of samples, meeting at a spinning barrier twice a step and never leaving
