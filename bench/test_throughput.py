@@ -97,8 +97,8 @@ def breakdown(impl, workload, dtype, run, steps) -> dict:
             "activation_ns_per_entry": (step_s - rest_s) / (workload.n * workload.m) * 1e9}
 
 
-# Workloads whose first lgd-numba call is timed in fresh processes: S compiles the fused kernel, M the BLAS one.
-FIRST_CALL_WORKLOADS = ("S", "M")
+# Workloads whose first lgd-numba call is timed in fresh processes: S compiles the fused kernel, L the BLAS one.
+FIRST_CALL_WORKLOADS = ("S", "L")
 FIRST_CALL_SCRIPT = """
 import sys, time
 import lgd

@@ -257,7 +257,7 @@ def format_markdown(report: dict) -> str:
         lines += ["", "First call: seconds of a one-step `lgd.gd` in a new process (the kernel's compile or its load "
                   "from the cache, and the step), with an empty kernel cache and then from the cache that run left; "
                   "numba's own start-up (its import and the registries that its first compile or cache load reads) "
-                  "is timed apart, before. S compiles the fused kernel, M the BLAS one; one kernel serves every "
+                  "is timed apart, before. S compiles the fused kernel, L the BLAS one; one kernel serves every "
                   "activation and loss of a dtype.", "",
                   "| " + " | ".join(FIRST_CALL_COLUMNS) + " |",
                   "|" + "|".join("---" if i < 3 else "---:" for i in range(len(FIRST_CALL_COLUMNS))) + "|"]

@@ -146,6 +146,7 @@ def test_sweep_equals_single_runs_and_oracle(products, monkeypatch):
     step) and the oracle, with the products in the fused loops or through BLAS."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_WORK", 0 if products == "blas" else 1 << 62)
+    monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
     X, y, X_test, y_test = problem_data("logistic")
     stepsizes = [0.1, 1.0, 10.0, 1e5]
     kwargs = dict(steps=120, record_every=5, seeds=(0, 1), X_test=X_test, y_test=y_test, progress=False)
@@ -175,6 +176,7 @@ def test_team_of_threads_matches_oracle(team, stepsizes, dtype, products, monkey
     with the products in the fused loops or through BLAS on each thread's block."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_WORK", 0 if products == "blas" else 1 << 62)
+    monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
     model = lgd.TwoLayerNet(21, train_outer=True)
     problem = make_problem(model, "exponential", dtype)
     steps, every = 150, 7
@@ -221,6 +223,7 @@ def test_team_size_follows_the_work():
 def test_no_blas_inside_a_team_without_threadpoolctl(monkeypatch):
     """BLAS in a team needs threadpoolctl to hold it to one thread; without it the fused loops do the products."""
     monkeypatch.setattr(_numba, "BLAS_WORK", 0)
+    monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
     runner = _numba.runner(make_problem(lgd.TwoLayerNet(6), "logistic", np.float64))
     assert runner._use_blas(6)
     runner._threadpoolctl = False
@@ -250,6 +253,7 @@ def test_blas_path_matches_fused(bound, monkeypatch):
     model = lgd.TwoLayerNet(6, train_outer=True)
     fused = run_both(model, "logistic", np.float64, [0.5], steps=40, every=3)[1]
     monkeypatch.setattr(_numba, "BLAS_WORK", 0)
+    monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_BOUND_D", 0 if bound else 1 << 30)
     teams, limited = [], []
@@ -275,6 +279,7 @@ def test_runner_compiles_the_product_mode_it_runs(blas, monkeypatch):
     from numba import types
 
     monkeypatch.setattr(_numba, "BLAS_WORK", 0 if blas else 1 << 60)
+    monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
     model = lgd.TwoLayerNet(6)
     problem = make_problem(model, "logistic", np.float64)
     state = initial_state(model, problem.X.shape[1], np.float64, [0.5])

@@ -10,8 +10,8 @@ nogil, called from Python threads):
   compiled code during a chunk (:meth:`Runner.team_size`, :data:`TEAM_WORK`);
 - otherwise (sweeps) each thread runs its own share of the configurations as a team of one.
 
-The two products of a step run in the fused loops, or, for problems of at least :data:`BLAS_WORK`,
-as BLAS calls on each thread's block of samples, BLAS held to one thread meanwhile (threadpoolctl)
+The two products of a step run in the fused loops, or, for problems with d >= :data:`BLAS_MIN_D` and
+at least :data:`BLAS_WORK`, as BLAS calls on each thread's block of samples, BLAS held to one thread meanwhile (threadpoolctl)
 since the team already occupies the cores; a single run from :data:`BLAS_BOUND_D` runs on one thread
 and BLAS uses all the cores.
 """
@@ -25,10 +25,12 @@ import numpy as np
 
 from . import Problem, State, Trace
 
-# n * m * d from which a step's products go through BLAS (on each thread's block of samples) rather
-# than the fused loops. Measured on 2 cores (float64, leaky softplus): the two are level at
-# n, d, m = 256, 16, 64 and 1000, 16, 256; BLAS is ahead by 1.3x at 256, 64, 64 and 1.6x at
-# 512, 32, 128.
+# A step's products go through BLAS (on each thread's block of samples) rather than the fused loops'
+# register tiles from d >= BLAS_MIN_D and n * d * m >= BLAS_WORK. Measured on 2 cores (leaky softplus,
+# fused time over BLAS time, float64 / float32): d = 16, 32: 0.81-0.83 / 0.77-0.78 at n, d, m = 512, 32,
+# 128 and 1000, 16, 256; d = 64: 0.85-1.02 / 0.75-0.99 (n, m from 256, 64 to 2000, 256); d = 128:
+# 1.39 / 1.12 at 1000, 128, 256; d = 256: 1.26-1.98 / 1.31-1.32.
+BLAS_MIN_D = 128
 BLAS_WORK = 1 << 19
 # Dimension d from which the products are nearly all of a step's work: a single run (that would
 # otherwise take a team) then runs on one thread and BLAS spreads each product over all the cores
@@ -85,7 +87,8 @@ class Runner:
 
     def _use_blas(self, width: int) -> bool:
         n, d = self._X.shape
-        return not self.problem.linear and n * d * width >= BLAS_WORK and self._threadpoolctl
+        return (not self.problem.linear and d >= BLAS_MIN_D and n * d * width >= BLAS_WORK
+                and self._threadpoolctl)
 
     def _one_blas_thread(self):
         """Context holding every loaded BLAS to one thread (threadpoolctl), restored on exit."""
