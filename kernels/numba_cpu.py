@@ -33,6 +33,7 @@ from numba.core import cgutils
 from numba.core.compiler import Flags, compile_internal
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
+from numba.np.numpy_support import as_dtype
 
 # Codes of lgd.activations and lgd.losses (tests assert they agree).
 IDENTITY, RELU, LEAKY_RELU, SOFTPLUS, LEAKY_SOFTPLUS, GELU, SILU, TANH = range(8)
@@ -216,11 +217,11 @@ def tile_columns_of(typingctx, array):
         return None
 
     def codegen(context, builder, signature, args):
-        return ir.Constant(ir.IntType(64), 2 * _VECTOR_BYTES // (array.dtype.bitwidth // 8))
+        return ir.Constant(ir.IntType(64), tile_columns(as_dtype(array.dtype)))
     return types.int64(array), codegen
 
 
-def _tiled(typingctx, arrays):
+def _tiled(arrays):
     dtypes = {a.dtype for a in arrays}
     return (all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" for a in arrays) and len(dtypes) == 1
             and dtypes.pop() in (types.float32, types.float64))
@@ -230,7 +231,7 @@ def _tiled(typingctx, arrays):
 def forward_tile(typingctx, X, i, Wt, j, Z):
     """Z[r, j:j+c] = sum_k X[i+r, k] Wt[k, j:j+c] for r < TILE_ROWS, c = tile_columns (fma in k order).
     The caller keeps i + TILE_ROWS <= len(X) and j + c <= Wt.shape[1]."""
-    if not _tiled(typingctx, (X, Wt, Z)):
+    if not _tiled((X, Wt, Z)):
         return None
 
     def codegen(context, builder, signature, args):
@@ -264,7 +265,7 @@ def backward_tile(typingctx, X, rows, Q, k, j, G):
     """G[k+kk, j:j+c] += X[rows[0], k+kk] Q[0, j:j+c] + ... + X[rows[3], k+kk] Q[3, j:j+c] for kk < TILE_ROWS
     (fma after fma in sample order), c = tile_columns. The caller keeps k + TILE_ROWS <= G.shape[0] and
     j + c <= G.shape[1]."""
-    if not (_tiled(typingctx, (X, Q, G)) and isinstance(rows, types.Array) and rows.dtype == types.int64):
+    if not (_tiled((X, Q, G)) and isinstance(rows, types.Array) and rows.dtype == types.int64):
         return None
 
     def codegen(context, builder, signature, args):

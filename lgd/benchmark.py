@@ -237,10 +237,7 @@ def describe(machine: dict) -> str:
 
 def format_markdown(report: dict) -> str:
     lines = [f"# lgd bench ({report['mode']}, {report['created']})", "",
-             f"Machine: {describe(report['machine'])}.", "",
-             "| " + " | ".join(COLUMNS) + " |",
-             "|" + "|".join("---" if i < 3 else "---:" for i in range(len(COLUMNS))) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in _rows(report)]
+             f"Machine: {describe(report['machine'])}.", ""] + _markdown_table(COLUMNS, _rows(report))
     if report["skipped"]:
         lines += ["", "Skipped: " + "; ".join(sorted(_skip_summary(report))) + "."]
     broken_down = [r for r in report["records"] if r.get("breakdown")]
@@ -248,21 +245,23 @@ def format_markdown(report: dict) -> str:
         lines += ["", "Where lgd's time goes, per configuration-step: the activation's transcendentals (the "
                   "difference to the same run with leaky_relu) and the rest (the two products, loss, records, "
                   "update); against the roofline's numpy exp + log1p per entry and numpy/BLAS products, and the "
-                  "least time the two products could take at this machine's GEMM peak (a large square matmul).", "",
-                  "| " + " | ".join(BREAKDOWN_COLUMNS) + " |",
-                  "|" + "|".join("---" if i < 3 else "---:" for i in range(len(BREAKDOWN_COLUMNS))) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in _breakdown_rows(broken_down)]
+                  "least time the two products could take at this machine's GEMM peak (a large square matmul).", ""]
+        lines += _markdown_table(BREAKDOWN_COLUMNS, _breakdown_rows(broken_down))
     first_calls = [r for r in report["records"] if r.get("first_call")]
     if first_calls:
         lines += ["", "First call: seconds of a one-step `lgd.gd` in a new process (the kernel's compile or its load "
                   "from the cache, and the step), with an empty kernel cache and then from the cache that run left; "
                   "numba's own start-up (its import and the registries that its first compile or cache load reads) "
                   "is timed apart, before. S compiles the fused kernel, L the BLAS one; one kernel serves every "
-                  "activation and loss of a dtype.", "",
-                  "| " + " | ".join(FIRST_CALL_COLUMNS) + " |",
-                  "|" + "|".join("---" if i < 3 else "---:" for i in range(len(FIRST_CALL_COLUMNS))) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in _first_call_rows(first_calls)]
+                  "activation and loss of a dtype.", ""]
+        lines += _markdown_table(FIRST_CALL_COLUMNS, _first_call_rows(first_calls))
     return "\n".join(lines) + "\n"
+
+
+def _markdown_table(columns, rows) -> list:
+    """Lines of a markdown table; the first three columns (the names) aligned left, the numbers right."""
+    rule = "|" + "|".join("---" if i < 3 else "---:" for i in range(len(columns))) + "|"
+    return ["| " + " | ".join(columns) + " |", rule] + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 BREAKDOWN_COLUMNS = ("workload", "backend", "dtype", "step us", "activation us", "activation ns/entry",

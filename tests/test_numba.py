@@ -220,6 +220,19 @@ def test_team_size_follows_the_work():
     assert runner.team_size(16, 6 * _numba.TEAM_WORK) == 1
 
 
+def test_blas_only_from_the_dimension_where_it_pays(monkeypatch):
+    """The fused tiles run every problem with d < BLAS_MIN_D, however large; BLAS from there on (given
+    BLAS_WORK and threadpoolctl), never for the linear model."""
+    model = lgd.TwoLayerNet(6)
+    runner = _numba.runner(make_problem(model, "logistic", np.float64), (1, 6, 5))
+    assert not runner._use_blas(1 << 40)
+    monkeypatch.setattr(_numba, "BLAS_MIN_D", 5)
+    assert runner._use_blas(1 << 40) == runner._threadpoolctl
+    assert not runner._use_blas(1)
+    linear = _numba.runner(make_problem(lgd.Linear(), "logistic", np.float64), (1, 1, 5))
+    assert not linear._use_blas(1 << 40)
+
+
 def test_no_blas_inside_a_team_without_threadpoolctl(monkeypatch):
     """BLAS in a team needs threadpoolctl to hold it to one thread; without it the fused loops do the products."""
     monkeypatch.setattr(_numba, "BLAS_WORK", 0)
