@@ -3,7 +3,9 @@
 Each case: build the implementation (a missing peer or device skips with the reason), check it against
 lgd's numpy oracle on a short run, make one untimed warm-up call (compilation; its time is reported as
 ``warmup_s``/``compile_s``, never counted), then time whole runs with pytest-benchmark. ``extra_info``
-holds steps/s (configuration-steps/s for sweeps), GFLOP/s of the two products and the roofline fraction.
+holds steps/s (configuration-steps/s for sweeps), GFLOP/s of the two products and the roofline fraction:
+the median over the rounds of the roofline's time for the round's steps, timed just before it, over the
+round's time (and, for reference, the best round against a roofline timed once, apart).
 
 With benchmarking disabled (``--benchmark-disable``, as CI runs it) every workload is shrunk to a few
 steps on small shapes: the code paths and the agreement checks run, in seconds.
@@ -20,13 +22,16 @@ import numpy as np
 import pytest
 
 from bench.peers import IMPLEMENTATIONS, LGD, Unavailable, prepare, steps_for
-from bench.workloads import CHEAP_ACTIVATION, CHECK_RTOL, CHECK_STEPS, WORKLOADS
+from bench.workloads import CHEAP_ACTIVATION, CHECK_RTOL, CHECK_STEPS, WORKLOADS, roofline_run
 
 DTYPES = ("float64", "float32")
 CASES = [(w, impl, dtype) for w in WORKLOADS for impl in IMPLEMENTATIONS for dtype in DTYPES]
 # Timed rounds per case: as many as the round budget holds, at least MIN_ROUNDS (a workload whose one run
 # outlasts the budget, as L, is otherwise timed once: one unlucky moment of a shared machine), at most MAX_ROUNDS.
 MIN_ROUNDS, MAX_ROUNDS = 3, 5
+# Pause between a roofline timing and the round after it: OpenBLAS's threads spin for about 0.1 s after a
+# call before they sleep, and numpy's would take a core from a run using another BLAS (scipy's, lgd's).
+ROOFLINE_REST_S = 0.2
 
 
 @pytest.mark.parametrize("case", CASES, ids=["-".join(c) for c in CASES])
@@ -55,18 +60,33 @@ def test_throughput(benchmark, case, bench_options, oracle_risk, roofline):
     run(steps)
     warmup = time.perf_counter() - tic
     rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, bench_options["round_budget"] // warmup)))
-    benchmark.pedantic(run, args=(steps,), rounds=rounds, iterations=1)
+    # Before each timed round, the roofline's work of the same steps: each round's roofline fraction compares
+    # two timings seconds apart, which a shared machine's slow phases (tens of percent, lasting seconds to
+    # minutes) mostly leave alone.
+    roofline_steps = roofline_run(workload, dtype)
+    roofline_steps(1)
+    roofline_s = []
+
+    def time_roofline():
+        tic = time.perf_counter()
+        roofline_steps(steps)
+        roofline_s.append(time.perf_counter() - tic)
+        time.sleep(ROOFLINE_REST_S)
+
+    benchmark.pedantic(run, args=(steps,), setup=time_roofline, rounds=rounds, iterations=1)
 
     best = benchmark.stats.stats.min
     config_steps = workload.configs * steps
     limit = roofline(workload, dtype, budget=0.3)
+    paired = [roof / took for roof, took in zip(roofline_s, benchmark.stats.stats.data)]
     benchmark.extra_info.update({
         "workload": name, "impl": impl, "kind": "lgd" if impl in LGD else "peer", "dtype": dtype,
         "n": workload.n, "d": workload.d, "m": workload.m, "configs": workload.configs, "steps": steps,
         "config_steps": config_steps, "flops": workload.flops_per_step * config_steps,
         "check_rel_error": rel_error, "warmup_s": warmup, "compile_s": max(0.0, warmup - best),
         "steps_per_s": config_steps / best, "gflops": workload.flops_per_step * config_steps / best / 1e9,
-        "roofline": limit, "roofline_fraction": config_steps / best / limit["steps_per_s"]})
+        "roofline": limit, "roofline_fraction": config_steps / best / limit["steps_per_s"],
+        "roofline_fraction_paired": float(np.median(paired)), "roofline_fraction_rounds": paired})
     if impl in BREAKDOWN:
         benchmark.extra_info["breakdown"] = breakdown(impl, workload, dtype, run, steps)
     if impl == "lgd-numba" and name in FIRST_CALL_WORKLOADS:

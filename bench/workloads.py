@@ -12,8 +12,9 @@ the two products X W^T and G^T X (2 n d m flops each) and one exp plus one log1p
 block Z (softplus and sigmoid of Z share one exp(-|z|)). The products are timed as numpy matmuls of
 exactly those shapes (for sweeps, of all configurations stacked into one product, which is the best
 shape), the transcendentals as numpy exp and log1p over an n x m block. best steps/s = 1 / (product
-time + transcendental time). A kernel with a faster exp than numpy's can beat it. Beside it, the
-machine's GEMM peak (``gemm_peak_gflops``: a large square numpy matmul) gives the least time the two
+time + transcendental time). A kernel with a faster exp than numpy's can beat it. ``roofline_run``
+does that work for a given number of steps, so that the bench times it beside each timed round. Beside
+it, the machine's GEMM peak (``gemm_peak_gflops``: a large square numpy matmul) gives the least time the two
 products of a step could take at any shape.
 
 Nothing here imports torch, jax or numba.
@@ -140,19 +141,14 @@ def _best_time(fn, repeat: int, number: int) -> float:
     return best
 
 
-def measure_roofline(workload: Workload, dtype: str, budget: float = 0.3) -> dict:
-    """Timed numpy products and transcendentals of one configuration-step of ``workload``; see the module doc.
-
-    >>> r = measure_roofline(WORKLOADS["S"].shrunk(), "float64", budget=0.01)
-    >>> r["steps_per_s"] > 0 and r["product_gflops"] > 0
-    True
-    """
+def _roofline_parts(workload: Workload, dtype: str):
+    """(products, transcendentals): the numpy work of one step of all configurations (products stacked,
+    transcendentals over all configurations' blocks) and of one configuration-step's block."""
     rng = np.random.default_rng(42)
     n, d, m, configs = workload.n, workload.d, workload.m, workload.configs
     X = rng.standard_normal((n, d)).astype(dtype)
     W = rng.standard_normal((configs * m, d)).astype(dtype)  # all configurations stacked: the best shape
-    G = rng.standard_normal((n, configs * m)).astype(dtype)
-    GT = np.ascontiguousarray(G.T)
+    GT = rng.standard_normal((configs * m, n)).astype(dtype)
     Z = rng.standard_normal((n, m)).astype(dtype)
     out_z, out_g = np.empty((n, configs * m), dtype), np.empty((configs * m, d), dtype)
     scratch = np.empty_like(Z)
@@ -165,19 +161,51 @@ def measure_roofline(workload: Workload, dtype: str, budget: float = 0.3) -> dic
         np.exp(Z, out=scratch)
         np.log1p(scratch, out=scratch)
 
+    return products, transcendentals
+
+
+def measure_roofline(workload: Workload, dtype: str, budget: float = 0.3) -> dict:
+    """Timed numpy products and transcendentals of one configuration-step of ``workload``; see the module doc.
+
+    >>> r = measure_roofline(WORKLOADS["S"].shrunk(), "float64", budget=0.01)
+    >>> r["steps_per_s"] > 0 and r["product_gflops"] > 0
+    True
+    """
+    products, transcendentals = _roofline_parts(workload, dtype)
+
     def reps(fn):
         once = _best_time(fn, 1, 1)
         number = max(1, int(budget / 5 / max(once, 1e-7)))
         return _best_time(fn, 5, number)
 
-    product_s = reps(products) / configs
+    product_s = reps(products) / workload.configs
     transcendental_s = reps(transcendentals)
+    n, m = workload.n, workload.m
     peak = gemm_peak_gflops(dtype)
     return {"product_s": product_s, "transcendental_s": transcendental_s, "gemm_peak_gflops": peak,
             "product_at_peak_s": workload.flops_per_step / (peak * 1e9),
             "product_gflops": workload.flops_per_step / product_s / 1e9,
             "transcendental_ns_per_entry": transcendental_s / (n * m) * 1e9,
             "steps_per_s": 1.0 / (product_s + transcendental_s)}
+
+
+def roofline_run(workload: Workload, dtype: str):
+    """A function of ``steps`` doing the roofline's work of that many steps of every configuration (per
+    step: the stacked products once, the transcendentals once per configuration), for timing right beside
+    a run of the same steps: on a shared machine, a run and a roofline timed minutes apart see different
+    neighbours, while adjacent ones see nearly the same.
+
+    >>> roofline_run(WORKLOADS["S"].shrunk(), "float64")(2)
+    """
+    products, transcendentals = _roofline_parts(workload, dtype)
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            products()
+            for _ in range(workload.configs):
+                transcendentals()
+
+    return run
 
 
 GEMM_PEAK_SIZE = 1024

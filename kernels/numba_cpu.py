@@ -104,6 +104,7 @@ def subroutine(returns, pick=None):
         typer.__doc__ = func.__doc__
         compiled_helper = intrinsic(typer)
         compiled_helper.implementation = func
+        compiled_helper.returns = returns
         return compiled_helper
     return decorate
 
@@ -167,12 +168,15 @@ def flat(typingctx, array):
 # scalar loops itself. Forward (X W^T): TILE_ROWS samples by two AVX2 vectors of columns (8 float64 or
 # 16 float32), eight accumulators held in registers over the whole sum on k: per k, two vector loads
 # and four broadcasts feed eight independent fmas, where the row-at-a-time loop loads and stores z for
-# every four (2x faster alone). Backward (the four waiting samples' X^T G into the gradient):
-# TILE_ROWS rows of the gradient by two vectors, loaded once and held while the four samples add in
-# (10-20% faster than the loop; chaining the samples on one row at a time instead is latency-bound).
+# every four (2x faster alone). Backward (the WAITING_SAMPLES waiting samples' X^T G into the
+# gradient): TILE_ROWS rows of the gradient by two vectors, loaded once and held while the samples add
+# in. Eight samples a pass over the gradient rather than four: half its loads and stores per fma,
+# 15-30% faster at n, d, m = 360, 64, 256 / 256, 16, 64 / 1000, 32, 128 (four samples were 10-20%
+# faster than the plain loop, and chaining the samples on one row at a time is latency-bound).
 # Every sum runs in the scalar loops' order, fma after fma (in k, or in sample order): the same
 # results, bit for bit.
 TILE_ROWS = 4
+WAITING_SAMPLES = 8
 _VECTOR_BYTES = 32
 
 
@@ -260,41 +264,114 @@ def forward_tile(typingctx, X, i, Wt, j, Z):
     return types.void(X, types.intp, Wt, types.intp, Z), codegen
 
 
+def _backward_tile(samples):
+    """The backward register tile adding `samples` waiting samples (unrolled: a loop over a runtime count
+    of samples ran 20-50% slower)."""
+    def backward_tile(typingctx, X, rows, first, Q, k, j, G):
+        """G[k+kk, j:j+c] += X[rows[s], k+kk] Q[s, j:j+c] for s = first .. first + samples - 1 (fma after fma
+        in sample order) and kk < TILE_ROWS, c = tile_columns. The caller keeps k + TILE_ROWS <= G.shape[0]
+        and j + c <= G.shape[1]."""
+        if not (_tiled((X, Q, G)) and isinstance(rows, types.Array) and rows.dtype == types.int64):
+            return None
+
+        def codegen(context, builder, signature, args):
+            x_type, rows_type, _, q_type, _, _, g_type = signature.args
+            vector, lanes, load, store, broadcast, fma_ = _vector_ops(context, builder, x_type.dtype)
+            x_data, d = _tile_parts(context, builder, x_type, args[0])
+            q_data, q_width = _tile_parts(context, builder, q_type, args[3])
+            g_data, m = _tile_parts(context, builder, g_type, args[6])
+            rows_data = context.make_array(rows_type)(context, builder, args[1]).data
+            first, k_, j_ = args[2], args[4], args[5]
+            step = ir.Constant(j_.type, lanes)
+            out = [builder.gep(g_data, [builder.add(builder.mul(builder.add(k_, ir.Constant(k_.type, kk)), m), j_)])
+                   for kk in range(TILE_ROWS)]
+            acc = []
+            for kk in range(TILE_ROWS):
+                acc += [load(out[kk]), load(builder.gep(out[kk], [step]))]
+            for r in range(samples):
+                sample_index = builder.add(first, ir.Constant(first.type, r))
+                q_row = builder.gep(q_data, [builder.add(builder.mul(sample_index, q_width), j_)])
+                q0, q1 = load(q_row), load(builder.gep(q_row, [step]))
+                sample = builder.load(builder.gep(rows_data, [sample_index]))
+                x_row = builder.gep(x_data, [builder.add(builder.mul(sample, d), k_)])
+                for kk in range(TILE_ROWS):
+                    x = broadcast(builder.load(builder.gep(x_row, [ir.Constant(k_.type, kk)])))
+                    acc[2 * kk], acc[2 * kk + 1] = fma_(x, q0, acc[2 * kk]), fma_(x, q1, acc[2 * kk + 1])
+            for kk in range(TILE_ROWS):
+                store(acc[2 * kk], out[kk])
+                store(acc[2 * kk + 1], builder.gep(out[kk], [step]))
+            return context.get_dummy_value()
+        return types.void(X, rows, types.intp, Q, types.intp, types.intp, G), codegen
+    backward_tile.__name__ = backward_tile.__qualname__ = f"backward_tile_{samples}"
+    return intrinsic(backward_tile)
+
+
+backward_tile = _backward_tile(WAITING_SAMPLES)
+backward_tile_short = _backward_tile(TILE_ROWS)  # the last samples of a block, TILE_ROWS at a time
+
+
+# The BLAS mode's products, as direct calls of numba's own gemm wrapper (numba_xxgemm: scipy's BLAS,
+# column-major, resolved by name at load time like np.dot's, so the cache keeps working). np.dot on
+# slices of the same arrays did the same calls but compiled its slicing, shape checks and error
+# paths at every call site: about a second of every cold BLAS build. A row-major block is its
+# column-major transpose, so each product is computed as its transpose: Z_b^T = Wt^T X_b^T and
+# (X_b^T G_b)^T = G_b^T X_b.
+def _gemm_call(context, builder, dtype, transpose_b, m, n, k, a, lda, b, ldb, c, ldc):
+    """c = a b (column-major, m x n = (m x k)(k x n), b transposed if transpose_b) through numba_xxgemm."""
+    char, intp, void_p = ir.IntType(8), context.get_value_type(types.intp), ir.IntType(8).as_pointer()
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+        ir.IntType(32), [char, char, char, intp, intp, intp, void_p, void_p, intp, void_p, intp, void_p, void_p,
+                         intp]), "numba_xxgemm")
+    alpha, beta = (cgutils.alloca_once_value(builder, context.get_constant(dtype, v)) for v in (1.0, 0.0))
+    kind = "s" if dtype == types.float32 else "d"
+    flags = [ir.Constant(char, ord(v)) for v in (kind, "n", "t" if transpose_b else "n")]
+    pointer = [builder.bitcast(p, void_p) for p in (alpha, a, b, beta, c)]
+    builder.call(fn, flags + [m, n, k, pointer[0], pointer[1], lda, pointer[2], ldb, pointer[3], pointer[4], ldc])
+
+
+def _blas_typer(arrays):
+    if not _tiled(arrays):
+        return False
+    from numba.np.linalg import ensure_blas
+
+    ensure_blas()
+    return True
+
+
 @intrinsic
-def backward_tile(typingctx, X, rows, Q, k, j, G):
-    """G[k+kk, j:j+c] += X[rows[0], k+kk] Q[0, j:j+c] + ... + X[rows[3], k+kk] Q[3, j:j+c] for kk < TILE_ROWS
-    (fma after fma in sample order), c = tile_columns. The caller keeps k + TILE_ROWS <= G.shape[0] and
-    j + c <= G.shape[1]."""
-    if not (_tiled((X, Q, G)) and isinstance(rows, types.Array) and rows.dtype == types.int64):
+def blas_rows_times(typingctx, X, i0, i1, Wt, Z):
+    """Z[i0:i1] = X[i0:i1] Wt by BLAS (gemm; the caller keeps 0 <= i0 <= i1 <= len(X) = len(Z))."""
+    if not _blas_typer((X, Wt, Z)):
         return None
 
     def codegen(context, builder, signature, args):
-        x_type, rows_type, q_type, _, _, g_type = signature.args
-        vector, lanes, load, store, broadcast, fma_ = _vector_ops(context, builder, x_type.dtype)
+        x_type, _, _, w_type, z_type = signature.args
         x_data, d = _tile_parts(context, builder, x_type, args[0])
-        q_data, q_width = _tile_parts(context, builder, q_type, args[2])
-        g_data, m = _tile_parts(context, builder, g_type, args[5])
-        rows_data = context.make_array(rows_type)(context, builder, args[1]).data
-        k_, j_ = args[3], args[4]
-        step = ir.Constant(j_.type, lanes)
-        out = [builder.gep(g_data, [builder.add(builder.mul(builder.add(k_, ir.Constant(k_.type, kk)), m), j_)])
-               for kk in range(TILE_ROWS)]
-        acc = []
-        for kk in range(TILE_ROWS):
-            acc += [load(out[kk]), load(builder.gep(out[kk], [step]))]
-        for r in range(TILE_ROWS):
-            q_row = builder.gep(q_data, [builder.add(builder.mul(ir.Constant(j_.type, r), q_width), j_)])
-            q0, q1 = load(q_row), load(builder.gep(q_row, [step]))
-            sample = builder.load(builder.gep(rows_data, [ir.Constant(j_.type, r)]))
-            x_row = builder.gep(x_data, [builder.add(builder.mul(sample, d), k_)])
-            for kk in range(TILE_ROWS):
-                x = broadcast(builder.load(builder.gep(x_row, [ir.Constant(k_.type, kk)])))
-                acc[2 * kk], acc[2 * kk + 1] = fma_(x, q0, acc[2 * kk]), fma_(x, q1, acc[2 * kk + 1])
-        for kk in range(TILE_ROWS):
-            store(acc[2 * kk], out[kk])
-            store(acc[2 * kk + 1], builder.gep(out[kk], [step]))
+        w_data, m = _tile_parts(context, builder, w_type, args[3])
+        z_data, _ = _tile_parts(context, builder, z_type, args[4])
+        i0, rows = args[1], builder.sub(args[2], args[1])
+        _gemm_call(context, builder, x_type.dtype, False, m, rows, d, w_data, m,
+                   builder.gep(x_data, [builder.mul(i0, d)]), d, builder.gep(z_data, [builder.mul(i0, m)]), m)
         return context.get_dummy_value()
-    return types.void(X, rows, Q, types.intp, types.intp, G), codegen
+    return types.void(X, types.intp, types.intp, Wt, Z), codegen
+
+
+@intrinsic
+def blas_rows_transposed_times(typingctx, X, i0, i1, G, out):
+    """out = X[i0:i1]^T G[i0:i1] by BLAS (gemm; the caller keeps 0 <= i0 <= i1 <= len(X) = len(G))."""
+    if not _blas_typer((X, G, out)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        x_type, _, _, g_type, out_type = signature.args
+        x_data, d = _tile_parts(context, builder, x_type, args[0])
+        g_data, m = _tile_parts(context, builder, g_type, args[3])
+        out_data, _ = _tile_parts(context, builder, out_type, args[4])
+        i0, rows = args[1], builder.sub(args[2], args[1])
+        _gemm_call(context, builder, x_type.dtype, True, m, d, rows, builder.gep(g_data, [builder.mul(i0, m)]), m,
+                   builder.gep(x_data, [builder.mul(i0, d)]), d, out_data, m)
+        return context.get_dummy_value()
+    return types.void(X, types.intp, types.intp, G, out), codegen
 
 
 # Synchronisation of a team of threads (run_team): atomics on an int64 array, a spin-wait hint and
@@ -680,39 +757,53 @@ def sample_out(code_loss, loss_param, margin_loss, yi, f, f32):
 
 
 @subroutine(types.void)
-def forward_rows(X, i, Wt, zt):
-    """zt[r] = X[i + r] Wt for r < TILE_ROWS: register tiles, then the last columns (fewer than a tile) one
-    by one, fma after fma in k order as the tiles sum."""
+def forward_rows(X, i, count, Wt, zt):
+    """zt[r] = X[i + r] Wt for r < count <= TILE_ROWS: register tiles when count = TILE_ROWS, then the
+    columns after them (all of them for fewer rows) a row at a time, fma after fma in k order as the
+    tiles sum."""
     d, m = Wt.shape
     width = tile_columns_of(Wt)
-    j = 0
-    while j + width <= m:
-        forward_tile(X, i, Wt, j, zt)
-        j += width
-    for r in range(TILE_ROWS):
-        for jj in range(j, m):
-            s = like(Wt, 0.0)
-            for k in range(d):
-                s = fma(X[i + r, k], Wt[k, jj], s)
-            zt[r, jj] = s
+    j0 = 0
+    if count == TILE_ROWS:
+        while j0 + width <= m:
+            forward_tile(X, i, Wt, j0, zt)
+            j0 += width
+    for r in range(count):
+        z = zt[r]
+        for j in range(j0, m):
+            z[j] = 0.0
+        for k in range(d):
+            x = X[i + r, k]
+            for j in range(j0, m):
+                z[j] = fma(x, Wt[k, j], z[j])
 
 
 @subroutine(types.void)
-def backward_rows(X, rows, qs, grad):
-    """grad[k] += X[rows[0], k] qs[0] + ... + X[rows[3], k] qs[3] for every k (fma after fma in sample order):
-    register tiles of TILE_ROWS rows of grad, then the rows and columns after them one by one."""
+def backward_rows(X, rows, count, qs, grad):
+    """grad[k] += X[rows[0], k] qs[0] + ... + X[rows[count-1], k] qs[count-1] for every k (fma after fma
+    in sample order), count <= WAITING_SAMPLES: register tiles of TILE_ROWS rows of grad (adding all
+    the samples, or fewer samples TILE_ROWS at a time), then the rest a sample at a time."""
     d, m = grad.shape
     width = tile_columns_of(grad)
-    k_tiled = d - d % TILE_ROWS
-    j_tiled = m - m % width
-    for k in range(0, k_tiled, TILE_ROWS):
-        for j in range(0, j_tiled, width):
-            backward_tile(X, rows, qs, k, j, grad)
-    r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
-    for k in range(d):
-        x0, x1, x2, x3 = X[r0, k], X[r1, k], X[r2, k], X[r3, k]
-        for j in range(0 if k >= k_tiled else j_tiled, m):
-            grad[k, j] = fma(x3, qs[3, j], fma(x2, qs[2, j], fma(x1, qs[1, j], fma(x0, qs[0, j], grad[k, j]))))
+    k_tiled, j_tiled = d - d % TILE_ROWS, m - m % width
+    tiled = 0  # samples [0, tiled) are added on the tiled part of grad
+    if count == WAITING_SAMPLES:
+        for k in range(0, k_tiled, TILE_ROWS):
+            for j in range(0, j_tiled, width):
+                backward_tile(X, rows, 0, qs, k, j, grad)
+        tiled = count
+    else:
+        while tiled + TILE_ROWS <= count:
+            for k in range(0, k_tiled, TILE_ROWS):
+                for j in range(0, j_tiled, width):
+                    backward_tile_short(X, rows, tiled, qs, k, j, grad)
+            tiled += TILE_ROWS
+    for s in range(count):
+        row = rows[s]
+        for k in range(d):
+            x = X[row, k]
+            for j in range(0 if k >= k_tiled or s >= tiled else j_tiled, m):
+                grad[k, j] = fma(x, qs[s, j], grad[k, j])
 
 
 @subroutine(types.void)
@@ -725,9 +816,9 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
     given (BLAS mode; None prunes that path at compile time). stats receives (sum of loss values,
     number with y f > 0, min y f). With train, also the gradient: added to grad (d, m) and grad_a
     (m,), or, with Z, G written over the rows of Z (the caller then forms G^T X); at record steps
-    also the per-neuron margins min y a_j phi(z_ij). qs (4, m) and rows (4,) hold the samples
-    waiting for the gradient (added four at a time): nothing here allocates, so nothing can fail
-    while the other threads of a team wait at a barrier.
+    also the per-neuron margins min y a_j phi(z_ij). qs (WAITING_SAMPLES, m) and rows
+    (WAITING_SAMPLES,) hold the samples waiting for the gradient (added that many at a time):
+    nothing here allocates, so nothing can fail while the other threads of a team wait at a barrier.
 
     Rows, products and gradients are in the dtype of X (z, p, q, a, grad and grad_a share it): a
     float32 run computes in float32. Per-sample losses, the risk and the margins are float64 sums
@@ -765,29 +856,12 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
                 z = zt[0]
                 for j in range(m):
                     z[j] = Z[i, j]
-            elif i + TILE_ROWS <= i1 or i < tile_end:
-                if i >= tile_end:  # the rows of the next TILE_ROWS samples, in register tiles
-                    forward_rows(X, i, Wt, zt)
-                    tile_start, tile_end = i, i + TILE_ROWS
-                z = zt[i - tile_start]
             else:
-                z = zt[0]
-                # Four rows of Wt per pass over z: a quarter of the loads and stores of z, and
-                # the same order of fmas (so the same rounding) as one row at a time.
-                for j in range(m):
-                    z[j] = 0.0
-                k = 0
-                while k + 4 <= d:
-                    x0, x1, x2, x3 = X[i, k], X[i, k + 1], X[i, k + 2], X[i, k + 3]
-                    for j in range(m):
-                        z[j] = fma(x3, Wt[k + 3, j], fma(x2, Wt[k + 2, j], fma(x1, Wt[k + 1, j],
-                                                                              fma(x0, Wt[k, j], z[j]))))
-                    k += 4
-                while k < d:
-                    xk = X[i, k]
-                    for j in range(m):
-                        z[j] = fma(xk, Wt[k, j], z[j])
-                    k += 1
+                if i >= tile_end:  # the rows of the next TILE_ROWS samples (fewer at the block's end)
+                    count = min(TILE_ROWS, i1 - i)
+                    forward_rows(X, i, count, Wt, zt)
+                    tile_start, tile_end = i, i + count
+                z = zt[i - tile_start]
             activate_row(act, act_param, z, p, q, m)
             f = scale * np.float64(dot_row(a, p, m))
         value, coef, yf = sample_out(code_loss, loss_param, margin_loss, yi, f, f32)
@@ -805,20 +879,18 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
                     neuron[0] = min(neuron[0], yf)
             else:
                 cs = like(q, coef * scale)
-                for j in range(m):
-                    q[j] *= cs * a[j]
                 if Z is not None:
                     for j in range(m):
-                        Z[i, j] = q[j]
+                        Z[i, j] = q[j] * (cs * a[j])
                 else:
-                    # Samples wait in groups of four so that each pass over grad adds four of
-                    # them (in sample order: the same rounding as one at a time).
+                    # Samples wait in groups of WAITING_SAMPLES so that each pass over grad adds
+                    # that many (in sample order: the same rounding as one at a time).
                     for j in range(m):
-                        qs[pending, j] = q[j]
+                        qs[pending, j] = q[j] * (cs * a[j])
                     rows[pending] = i
                     pending += 1
-                    if pending == 4:
-                        backward_rows(X, rows, qs, grad)
+                    if pending == WAITING_SAMPLES:
+                        backward_rows(X, rows, pending, qs, grad)
                         pending = 0
                 if train_outer:
                     for j in range(m):
@@ -826,11 +898,8 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
                 if record and neurons:
                     for j in range(m):
                         neuron[j] = min(neuron[j], yi * a[j] * p[j])
-    for s in range(pending):  # the last samples still waiting, fewer than four
-        for k in range(d):
-            xk = X[rows[s], k]
-            for j in range(m):
-                grad[k, j] = fma(xk, qs[s, j], grad[k, j])
+    if pending > 0:  # the last samples still waiting, fewer than WAITING_SAMPLES
+        backward_rows(X, rows, pending, qs, grad)
     stats[0] = risk
     stats[1] = correct
     stats[2] = margin
@@ -969,8 +1038,8 @@ def run_team(member, team, sync, go, configs, X, y, X_test, y_test, W, A, etas, 
     Buffers in the run's dtype: Wt, a, a_step (the outer weights the step reads), zs, ps, qs,
     pending_q, grads, grads_a, Z, Z_test, grads_blas; pending_rows int64; the rest float64.
 
-    With blas, each member forms its block's products through BLAS (np.dot: the caller limits BLAS
-    to one thread, as the team is the parallelism): Z_b = X_b W^T into its rows of Z, which the
+    With blas, each member forms its block's products through BLAS (gemm calls: the caller limits
+    BLAS to one thread when the team is the parallelism): Z_b = X_b W^T into its rows of Z, which the
     pass over the samples overwrites with G_b, then X_b^T G_b into grads_blas[member]. Otherwise
     the fused loops of sample_block do both products without leaving L1.
     """
@@ -996,9 +1065,9 @@ def run_team(member, team, sync, go, configs, X, y, X_test, y_test, W, A, etas, 
             record = record_slot(t, steps, every) >= 0
             test = record and n_test > 0
             if grads_blas is not None:
-                np.dot(X[i0:i1], Wt, Z[i0:i1])
+                blas_rows_times(X, i0, i1, Wt, Z)
                 if test:
-                    np.dot(X_test[k0:k1], Wt, Z_test[k0:k1])
+                    blas_rows_times(X_test, k0, k1, Wt, Z_test)
             # The training block, then at record steps the test block: one call site, so one compiled
             # sample_block (a literal True / False would type, and compile, twice).
             for part in range(2 if test else 1):
@@ -1009,7 +1078,7 @@ def run_team(member, team, sync, go, configs, X, y, X_test, y_test, W, A, etas, 
                              qs[member], pending_q[member], pending_rows[member], grads[member], grads_a[member],
                              neurons_part[member], stats[member if train else team + member], train)
             if grads_blas is not None:
-                np.dot(X[i0:i1].T, Z[i0:i1], grads_blas[member])
+                blas_rows_transposed_times(X, i0, i1, Z, grads_blas[member])
             barrier(sync, team)
             if member == 0:
                 reduce_blocks(team, test, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total,

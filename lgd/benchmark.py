@@ -139,7 +139,9 @@ def build_report(benchmarks: list, skipped: list, machine: dict, mode: str, sett
     """One record per pytest-benchmark entry, with the ratios to the best peer and to the roofline.
 
     Throughput is the best round (pytest-benchmark's ``min``): on a shared machine the other rounds
-    measure the neighbours as well.
+    measure the neighbours as well. The roofline ratio is the median over the rounds of each round against
+    the roofline timed just before it (``roofline_fraction_paired``; older files: the best round against
+    the roofline timed once).
     """
     records = []
     for bench in benchmarks:
@@ -150,7 +152,9 @@ def build_report(benchmarks: list, skipped: list, machine: dict, mode: str, sett
             "workload": info["workload"], "impl": info["impl"], "kind": info["kind"], "dtype": info["dtype"],
             "n": info["n"], "d": info["d"], "m": info["m"], "configs": info["configs"], "steps": info["steps"],
             "steps_per_s": steps_per_s, "gflops": info["flops"] / stats["min"] / 1e9,
-            "roofline_steps_per_s": roof, "ratio_roofline": steps_per_s / roof,
+            "roofline_steps_per_s": roof,
+            "ratio_roofline": info.get("roofline_fraction_paired", steps_per_s / roof),
+            "ratio_roofline_apart": steps_per_s / roof,
             "compile_s": info["compile_s"], "warmup_s": info["warmup_s"], "check_rel_error": info["check_rel_error"],
             "roofline": info["roofline"], "breakdown": info.get("breakdown"), "first_call": info.get("first_call"),
             "stats": {key: stats[key] for key in ("min", "median", "mean", "stddev", "rounds")}})

@@ -42,6 +42,14 @@ def test_report_ratios_use_the_best_round_and_the_best_peer_of_the_same_workload
     assert records["lgd-numba", "float32"]["ratio_best_peer"] is None  # no float32 peer ran
 
 
+def test_report_takes_the_roofline_ratio_paired_round_by_round_when_the_bench_measured_it():
+    entry = _entry("L", "lgd-numba", "float64", 0.5, kind="lgd")
+    entry["extra_info"].update(roofline_fraction_paired=0.93, roofline_fraction_rounds=[0.95, 0.93, 0.9])
+    record = benchmark.build_report([entry], [], MACHINE, "full", {})["records"][0]
+    assert record["ratio_roofline"] == pytest.approx(0.93)
+    assert record["ratio_roofline_apart"] == pytest.approx(0.5)  # 2000 steps/s against a roofline of 4000
+
+
 def test_table_markdown_and_json_round_trip(tmp_path):
     report = _report()
     table = benchmark.format_table(report).splitlines()

@@ -306,19 +306,20 @@ def test_runner_compiles_the_product_mode_it_runs(blas, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 def test_register_tiles_sum_as_the_scalar_loops(dtype):
-    """forward_rows and backward_rows (register tiles, then the rows and columns after them) give the results
-    of plain fma loops in the same order, bit for bit, for sizes below, at and between multiples of a tile."""
+    """forward_rows and backward_rows (register tiles, then the rows and columns after them; fewer samples
+    than a tile one by one) give the results of plain fma loops in the same order, bit for bit, for sizes
+    below, at and between multiples of a tile."""
     from numba import njit
 
     @njit
-    def tiled(X, Wt, rows, qs, zt, grad):
-        numba_cpu.forward_rows(X, 1, Wt, zt)
-        numba_cpu.backward_rows(X, rows, qs, grad)
+    def tiled(X, Wt, rows, count, qs, zt, grad):
+        numba_cpu.forward_rows(X, 1, min(count, numba_cpu.TILE_ROWS), Wt, zt)
+        numba_cpu.backward_rows(X, rows, count, qs, grad)
 
     @njit
-    def scalar(X, Wt, rows, qs, zt, grad):
+    def scalar(X, Wt, rows, count, qs, zt, grad):
         d, m = Wt.shape
-        for r in range(4):
+        for r in range(min(count, numba_cpu.TILE_ROWS)):
             for j in range(m):
                 s = numba_cpu.like(Wt, 0.0)
                 for k in range(d):
@@ -327,7 +328,7 @@ def test_register_tiles_sum_as_the_scalar_loops(dtype):
         for k in range(d):
             for j in range(m):
                 g = grad[k, j]
-                for r in range(4):
+                for r in range(count):
                     g = numba_cpu.fma(X[rows[r], k], qs[r, j], g)
                 grad[k, j] = g
 
@@ -337,15 +338,17 @@ def test_register_tiles_sum_as_the_scalar_loops(dtype):
         for m in (3, columns, 2 * columns, 2 * columns + 5, 64):
             X = rng.standard_normal((9, d)).astype(dtype)
             Wt, grad = (rng.standard_normal((d, m)).astype(dtype) for _ in range(2))
-            qs = rng.standard_normal((4, m)).astype(dtype)
-            rows = np.array([7, 0, 3, 3], dtype=np.int64)
-            outs = []
-            for kernel in (tiled, scalar):
-                zt, g = np.full((4, m), np.nan, dtype), grad.copy()
-                kernel(X, Wt, rows, qs, zt, g)
-                outs.append((zt, g))
-            np.testing.assert_array_equal(outs[0][0], outs[1][0], err_msg=f"forward d={d} m={m}")
-            np.testing.assert_array_equal(outs[0][1], outs[1][1], err_msg=f"backward d={d} m={m}")
+            qs = rng.standard_normal((numba_cpu.WAITING_SAMPLES, m)).astype(dtype)
+            rows = np.array([7, 0, 3, 3, 8, 1, 1, 5], dtype=np.int64)
+            for count in range(1, numba_cpu.WAITING_SAMPLES + 1):
+                outs = []
+                for kernel in (tiled, scalar):
+                    zt, g = np.full((numba_cpu.TILE_ROWS, m), np.nan, dtype), grad.copy()
+                    kernel(X, Wt, rows, count, qs, zt, g)
+                    outs.append((zt, g))
+                where = f"d={d} m={m} count={count}"
+                np.testing.assert_array_equal(outs[0][0], outs[1][0], err_msg=f"forward {where}")
+                np.testing.assert_array_equal(outs[0][1], outs[1][1], err_msg=f"backward {where}")
 
 
 def test_exp_and_log1p_accuracy():

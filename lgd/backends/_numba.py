@@ -177,10 +177,10 @@ class Runner:
                         empty((team, d, m), dtype))
         else:
             products = (None, None, None)
-        tile = self._kernels.TILE_ROWS
+        tile, waiting = self._kernels.TILE_ROWS, self._kernels.WAITING_SAMPLES
         buffers = (empty((d, m), dtype), empty(m, dtype), empty(m, dtype), empty((team, tile, m), dtype),
-                   empty((team, m), dtype), empty((team, m), dtype), empty((team, 4, m), dtype),
-                   empty((team, 4), np.int64), empty((team, d, m), dtype),
+                   empty((team, m), dtype), empty((team, m), dtype), empty((team, waiting, m), dtype),
+                   empty((team, waiting), np.int64), empty((team, d, m), dtype),
                    empty((team, m), dtype), empty((team, m)), empty((2 * team, 3)), empty((d, m)), empty(m),
                    empty(m), empty((2, 3))) + products
         sync = np.zeros(2, dtype=np.int64)
