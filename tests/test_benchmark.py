@@ -47,6 +47,7 @@ def test_report_takes_the_roofline_ratio_paired_round_by_round_when_the_bench_me
     entry["extra_info"].update(roofline_fraction_paired=0.93, roofline_fraction_rounds=[0.95, 0.93, 0.9])
     record = benchmark.build_report([entry], [], MACHINE, "full", {})["records"][0]
     assert record["ratio_roofline"] == pytest.approx(0.93)
+    assert record["ratio_roofline_rounds"] == [0.95, 0.93, 0.9]
     assert record["ratio_roofline_apart"] == pytest.approx(0.5)  # 2000 steps/s against a roofline of 4000
 
 
