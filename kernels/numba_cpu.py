@@ -813,7 +813,7 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
     """One pass over samples [i0, i1) of one configuration (the only place that evaluates the net).
 
     The rows z of X W^T come from X and Wt (d, m), TILE_ROWS samples at a time in register tiles
-    into zt (TILE_ROWS, m) (the last samples of the block one by one), or are read from Z when Z is
+    into zt (TILE_ROWS, m) (a block's last few rows without tiles), or are read from Z when Z is
     given (BLAS mode; None prunes that path at compile time). stats receives (sum of loss values,
     number with y f > 0, min y f). With train, also the gradient: added to grad (d, m) and grad_a
     (m,), or, with Z, G written over the rows of Z (the caller then forms G^T X); at record steps

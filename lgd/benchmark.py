@@ -40,7 +40,8 @@ VERSIONS = ("lgd", "numpy", "scipy", "numba", "llvmlite", "torch", "jax", "jaxli
 
 def configure(parser) -> None:
     parser.add_argument("--quick", action="store_true",
-                        help="a short run (under two minutes): float64, 1%% of the steps, one peer of each library")
+                        help="a short run (about five minutes on 2 cores): float64, 1%% of the steps, one peer of "
+                             "each library")
     parser.add_argument("--workloads", help="comma-separated: S, M, L, SWEEP, SWEEP-1024, LARGE (default: all)")
     parser.add_argument("--impls", help="comma-separated: lgd-numpy, lgd-numba, lgd-cupy, numpy, torch-autograd, "
                                         "torch-analytic, torch-compile, jax-jit, jax-scan (default: all)")
