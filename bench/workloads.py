@@ -14,8 +14,8 @@ exactly those shapes (for sweeps, of all configurations stacked into one product
 shape), the transcendentals as numpy exp and log1p over an n x m block. best steps/s = 1 / (product
 time + transcendental time). A kernel with a faster exp than numpy's can beat it. ``roofline_run``
 does that work for a given number of steps, so that the bench times it beside each timed round. Beside
-it, the machine's GEMM peak (``gemm_peak_gflops``: a large square numpy matmul) gives the least time the two
-products of a step could take at any shape.
+it, the machine's GEMM peak (``gemm_peak_gflops``: a large square numpy matmul) gives the least time
+the two products of a step could take at any shape.
 
 Nothing here imports torch, jax or numba.
 """
@@ -142,8 +142,8 @@ def _best_time(fn, repeat: int, number: int) -> float:
 
 
 def _roofline_parts(workload: Workload, dtype: str):
-    """(products, transcendentals): the numpy work of one step of all configurations (products stacked,
-    transcendentals over all configurations' blocks) and of one configuration-step's block."""
+    """(products, transcendentals): the numpy work of one step's two products for all configurations
+    (stacked into one product each) and of one configuration-step's transcendentals (an n x m block)."""
     rng = np.random.default_rng(42)
     n, d, m, configs = workload.n, workload.d, workload.m, workload.configs
     X = rng.standard_normal((n, d)).astype(dtype)
@@ -193,7 +193,7 @@ def roofline_run(workload: Workload, dtype: str):
     """A function of ``steps`` doing the roofline's work of that many steps of every configuration (per
     step: the stacked products once, the transcendentals once per configuration), for timing right beside
     a run of the same steps: on a shared machine, a run and a roofline timed minutes apart see different
-    neighbours, while adjacent ones see nearly the same.
+    neighbours, while adjacent ones mostly see the same.
 
     >>> roofline_run(WORKLOADS["S"].shrunk(), "float64")(2)
     """

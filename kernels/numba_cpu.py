@@ -330,49 +330,38 @@ def _gemm_call(context, builder, dtype, transpose_b, m, n, k, a, lda, b, ldb, c,
     builder.call(fn, flags + [m, n, k, pointer[0], pointer[1], lda, pointer[2], ldb, pointer[3], pointer[4], ldc])
 
 
-def _blas_typer(arrays):
-    if not _tiled(arrays):
-        return False
-    from numba.np.linalg import ensure_blas
+def _blas_rows(transposed):
+    """The intrinsic forming one block's product by BLAS: Z[i0:i1] = X[i0:i1] Wt (blas_rows_times), or
+    with `transposed` out = X[i0:i1]^T G[i0:i1] (blas_rows_transposed_times)."""
+    def blas_rows(typingctx, X, i0, i1, B, C):
+        """The caller keeps 0 <= i0 <= i1 <= len(X), and len(X) = len(Z) (len(G)); all C-contiguous."""
+        if not _tiled((X, B, C)):
+            return None
+        from numba.np.linalg import ensure_blas
 
-    ensure_blas()
-    return True
+        ensure_blas()
+
+        def codegen(context, builder, signature, args):
+            x_type, _, _, b_type, c_type = signature.args
+            x_data, d = _tile_parts(context, builder, x_type, args[0])
+            b_data, m = _tile_parts(context, builder, b_type, args[3])
+            c_data, _ = _tile_parts(context, builder, c_type, args[4])
+            i0, rows = args[1], builder.sub(args[2], args[1])
+            x_block = builder.gep(x_data, [builder.mul(i0, d)])
+            if transposed:  # out^T = G_b^T X_b: (m x rows)(rows x d)
+                _gemm_call(context, builder, x_type.dtype, True, m, d, rows,
+                           builder.gep(b_data, [builder.mul(i0, m)]), m, x_block, d, c_data, m)
+            else:  # Z_b^T = Wt^T X_b^T: (m x d)(d x rows)
+                _gemm_call(context, builder, x_type.dtype, False, m, rows, d, b_data, m, x_block, d,
+                           builder.gep(c_data, [builder.mul(i0, m)]), m)
+            return context.get_dummy_value()
+        return types.void(X, types.intp, types.intp, B, C), codegen
+    blas_rows.__name__ = blas_rows.__qualname__ = "blas_rows_transposed_times" if transposed else "blas_rows_times"
+    return intrinsic(blas_rows)
 
 
-@intrinsic
-def blas_rows_times(typingctx, X, i0, i1, Wt, Z):
-    """Z[i0:i1] = X[i0:i1] Wt by BLAS (gemm; the caller keeps 0 <= i0 <= i1 <= len(X) = len(Z))."""
-    if not _blas_typer((X, Wt, Z)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        x_type, _, _, w_type, z_type = signature.args
-        x_data, d = _tile_parts(context, builder, x_type, args[0])
-        w_data, m = _tile_parts(context, builder, w_type, args[3])
-        z_data, _ = _tile_parts(context, builder, z_type, args[4])
-        i0, rows = args[1], builder.sub(args[2], args[1])
-        _gemm_call(context, builder, x_type.dtype, False, m, rows, d, w_data, m,
-                   builder.gep(x_data, [builder.mul(i0, d)]), d, builder.gep(z_data, [builder.mul(i0, m)]), m)
-        return context.get_dummy_value()
-    return types.void(X, types.intp, types.intp, Wt, Z), codegen
-
-
-@intrinsic
-def blas_rows_transposed_times(typingctx, X, i0, i1, G, out):
-    """out = X[i0:i1]^T G[i0:i1] by BLAS (gemm; the caller keeps 0 <= i0 <= i1 <= len(X) = len(G))."""
-    if not _blas_typer((X, G, out)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        x_type, _, _, g_type, out_type = signature.args
-        x_data, d = _tile_parts(context, builder, x_type, args[0])
-        g_data, m = _tile_parts(context, builder, g_type, args[3])
-        out_data, _ = _tile_parts(context, builder, out_type, args[4])
-        i0, rows = args[1], builder.sub(args[2], args[1])
-        _gemm_call(context, builder, x_type.dtype, True, m, d, rows, builder.gep(g_data, [builder.mul(i0, m)]), m,
-                   builder.gep(x_data, [builder.mul(i0, d)]), d, out_data, m)
-        return context.get_dummy_value()
-    return types.void(X, types.intp, types.intp, G, out), codegen
+blas_rows_times = _blas_rows(False)
+blas_rows_transposed_times = _blas_rows(True)
 
 
 # Synchronisation of a team of threads (run_team): atomics on an int64 array, a spin-wait hint and

@@ -11,9 +11,9 @@ nogil, called from Python threads):
 - otherwise (sweeps) each thread runs its own share of the configurations as a team of one.
 
 The two products of a step run in the fused loops, or, for problems with d >= :data:`BLAS_MIN_D` and
-at least :data:`BLAS_WORK`, as BLAS calls on each thread's block of samples, BLAS held to one thread meanwhile (threadpoolctl)
-since the team already occupies the cores; a single run from :data:`BLAS_BOUND_D` runs on one thread
-and BLAS uses all the cores.
+at least :data:`BLAS_WORK`, as BLAS calls on each thread's block of samples, BLAS held to one thread
+meanwhile (threadpoolctl) since the team already occupies the cores; a single run from
+:data:`BLAS_BOUND_D` runs on one thread and BLAS uses all the cores.
 """
 
 from __future__ import annotations
