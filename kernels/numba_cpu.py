@@ -805,8 +805,10 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
     number with y f > 0, min y f). With train, also the gradient: added to grad (d, m) and grad_a
     (m,), or, with Z, G written over the rows of Z (the caller then forms G^T X); at record steps
     also the per-neuron margins min y a_j phi(z_ij). qs (WAITING_SAMPLES, m) and rows
-    (WAITING_SAMPLES,) hold the samples waiting for the gradient (added that many at a time):
-    nothing here allocates, so nothing can fail while the other threads of a team wait at a barrier.
+    (WAITING_SAMPLES,) hold the samples waiting for the gradient (added that many at a time). The
+    per-sample buffers (zt, p, q, qs, rows, grad_a, neuron) may have longer rows than m: a team pads
+    them, so that no two threads write the same cache line. Nothing here allocates, so nothing can
+    fail while the other threads of a team wait at a barrier.
 
     Rows, products and gradients are in the dtype of X (z, p, q, a, grad and grad_a share it): a
     float32 run computes in float32. Per-sample losses, the risk and the margins are float64 sums
@@ -818,7 +820,7 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
             for k in range(d):
                 for j in range(m):
                     grad[k, j] = 0.0
-        for j in range(grad_a.size):
+        for j in range(m):
             grad_a[j] = 0.0
             neuron[j] = np.inf
     risk, correct, margin = 0.0, 0.0, np.inf

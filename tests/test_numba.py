@@ -220,6 +220,19 @@ def test_team_size_follows_the_work():
     assert runner.team_size(16, 6 * _numba.TEAM_WORK) == 1
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("shape", [(2, 3), (3, 1), (2, 4, 8), (4, 2, 16)])
+def test_members_rows_never_share_a_cache_line(shape, dtype):
+    """Wherever numpy puts the buffer, the bytes one member writes (the first shape[-1] of each of its
+    rows) and the next member's are at least a cache line apart, so never on one line."""
+    rows = _numba._own_rows(shape, dtype)
+    assert rows.shape[:-1] == shape[:-1] and rows.shape[-1] > shape[-1]
+    for member in range(shape[0] - 1):
+        used = rows[member].size - rows.shape[-1] + shape[-1]  # up to the end of its last row's first shape[-1]
+        last_byte = rows[member].ctypes.data + used * rows.itemsize - 1
+        assert rows[member + 1].ctypes.data - last_byte > _numba.CACHE_LINE - 1, member
+
+
 def test_blas_only_from_the_dimension_where_it_pays(monkeypatch):
     """The fused tiles run every problem with d < BLAS_MIN_D, however large; BLAS from there on (given
     BLAS_WORK and threadpoolctl), never for the linear model."""
