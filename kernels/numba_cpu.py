@@ -118,8 +118,8 @@ def _bitcast(name, source, target):
     return intrinsic(typer)
 
 
-_double_from_bits = _bitcast("_double_from_bits", types.int64, types.float64)
-_bits_from_double = _bitcast("_bits_from_double", types.float64, types.int64)
+_double_from_bits = _bitcast("_double_from_bits", types.uint64, types.float64)
+_bits_from_double = _bitcast("_bits_from_double", types.float64, types.uint64)
 _float_from_bits = _bitcast("_float_from_bits", types.int32, types.float32)
 _bits_from_float = _bitcast("_bits_from_float", types.float32, types.int32)
 
@@ -450,12 +450,15 @@ def barrier(sync, team):
 # exp: x = k ln2 + r with |r| <= ln2/2, exp(r) by its Taylor polynomial of degree 13 (truncation
 # 4e-18), 2^k applied as two factors 2^(k//2) 2^(k - k//2), both normal numbers, so that subnormal
 # and overflowing results are rounded once, correctly, with no branch or blend. Relative error about
-# 2e-16 over the whole range.
+# 2e-16 over the whole range. The shifter's low bits carry both exponent biases: its integer part
+# ends in 2 * 1023, so its bits give v = k + 2046 > 0, then h = v >> 1 = k//2 + 1023 and v - h are
+# the two factors' biased exponents (a logical shift: AVX2 has none for signed 64-bit lanes).
 _INV_LN2 = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # low 32 bits zero: k * _LN2_HI is exact
 _LN2_LO = 1.90821492927058770002e-10
-_SHIFTER = 6755399441055744.0  # 1.5 * 2^52: adding it rounds to an integer held in the low bits
-_SHIFTER_BITS = 0x4338000000000000
+_SHIFTER = 6755399441055744.0 + 2046.0  # 1.5 * 2^52 (adding it rounds to an integer in the low bits) + 2046
+_SHIFTER_BITS = np.uint64(0x4338000000000000)  # the bits of 1.5 * 2^52
+_ONE, _EXPONENT = np.uint64(1), np.uint64(52)
 
 
 @subroutine(types.float64)
@@ -464,7 +467,7 @@ def exp(x):
     xc = min(max(x, -746.0), 710.0)
     shifted = fma(xc, _INV_LN2, _SHIFTER)
     kf = shifted - _SHIFTER
-    k = _bits_from_double(shifted) - _SHIFTER_BITS
+    v = _bits_from_double(shifted) - _SHIFTER_BITS
     r = fma(kf, -_LN2_LO, fma(kf, -_LN2_HI, xc))
     # exp(r) - 1 = r + r^2 (1/2 + r/6) + r^4 (1/4! + ... + r^9/13!), all in Estrin's scheme (short
     # dependency chains: the row loops that call exp are bound by their latency), then one rounding
@@ -478,8 +481,8 @@ def exp(x):
     a4 = fma(1.0 / 6227020800.0, r, 1.0 / 479001600.0)
     high = fma(fma(a4, r4, fma(a3, r2, a2)), r4, fma(a1, r2, a0))
     p = 1.0 + fma(high, r4, fma(fma(1.0 / 6.0, r, 0.5), r2, r))
-    half = k >> 1
-    y = (p * _double_from_bits((half + 1023) << 52)) * _double_from_bits((k - half + 1023) << 52)
+    h = v >> _ONE
+    y = (p * _double_from_bits(h << _EXPONENT)) * _double_from_bits((v - h) << _EXPONENT)
     return y if x == x else x
 
 
@@ -528,8 +531,8 @@ def softplus_sigmoid_from_exp(x, e):
 _INV_LN2_F = np.float32(1.4426950408889634)
 _LN2_HI_F = np.float32(0.693145751953125)  # low 9 bits zero: k * _LN2_HI_F is exact for |k| < 2^9
 _LN2_LO_F = np.float32(1.428606765330187e-06)
-_SHIFTER_F = np.float32(12582912.0)  # 1.5 * 2^23
-_SHIFTER_F_BITS = 0x4B400000
+_SHIFTER_F = np.float32(12582912.0 + 254.0)  # 1.5 * 2^23 + 2 * 127, as _SHIFTER
+_SHIFTER_F_BITS = np.int32(0x4B400000)
 _F = np.float32
 
 
@@ -539,14 +542,13 @@ def exp32(x):
     xc = min(max(x, _F(-104.0)), _F(89.0))
     shifted = fma(xc, _INV_LN2_F, _SHIFTER_F)
     kf = shifted - _SHIFTER_F
-    k = _bits_from_float(shifted) - np.int32(_SHIFTER_F_BITS)
+    v = _bits_from_float(shifted) - _SHIFTER_F_BITS
     r = fma(kf, -_LN2_LO_F, fma(kf, -_LN2_HI_F, xc))
     r2 = r * r
     p = fma(fma(_F(1.0 / 5040.0), r, _F(1.0 / 720.0)), r2, fma(_F(1.0 / 120.0), r, _F(1.0 / 24.0)))
     p = fma(fma(p, r2, fma(_F(1.0 / 6.0), r, _F(0.5))), r2, r) + _F(1.0)
-    half = k >> np.int32(1)
-    y = (p * _float_from_bits((half + np.int32(127)) << np.int32(23))) * \
-        _float_from_bits((k - half + np.int32(127)) << np.int32(23))
+    h = v >> np.int32(1)
+    y = (p * _float_from_bits(h << np.int32(23))) * _float_from_bits((v - h) << np.int32(23))
     return y if x == x else x
 
 
