@@ -505,6 +505,14 @@ _G0, _G1, _G2, _G3, _G4, _G5, _G6, _G7, _G8, _G9 = _LOG1P_G
 @subroutine(types.UniTuple(types.float64, 2))
 def log1p_unit(e):
     """(log(1 + e), 1 / (1 + e)) for e in [0, 1], from one division."""
+    s, t, hfsq, r = log1p_parts(e)
+    return e + fma(s, t, -hfsq), r
+
+
+@subroutine(types.UniTuple(types.float64, 4))
+def log1p_parts(e):
+    """(s, f^2/2 + R, f^2/2, 1 / (1 + e)) of log(1 + e) = e + s (f^2/2 + R) - f^2/2 (f = e), e in [0, 1]: the
+    activation adds the last terms in its own order, the slowest (s (f^2/2 + R)) last."""
     u = 1.0 + e
     t = 2.0 + e
     D = 1.0 / (u * t)
@@ -516,7 +524,7 @@ def log1p_unit(e):
     g = fma(fma(fma(_G9, z, _G8), z4, fma(fma(_G7, z, _G6), z2, fma(_G5, z, _G4))), z4,
             fma(fma(_G3, z, _G2), z2, fma(_G1, z, _G0)))
     hfsq = 0.5 * e * e
-    return e + fma(s, fma(z, g, hfsq), -hfsq), r
+    return s, fma(z, g, hfsq), hfsq, r
 
 
 @subroutine(types.UniTuple(types.float64, 2))
@@ -560,6 +568,13 @@ _G0_F, _G1_F, _G2_F, _G3_F, _G4_F = (np.float32(c) for c in (
 @subroutine(types.UniTuple(types.float32, 2))
 def log1p_unit32(e):
     """(log(1 + e), 1 / (1 + e)) for float32 e in [0, 1], from one division."""
+    s, t, hfsq, r = log1p_parts32(e)
+    return e + fma(s, t, -hfsq), r
+
+
+@subroutine(types.UniTuple(types.float32, 4))
+def log1p_parts32(e):
+    """log1p_parts for float32 e."""
     u = _F(1.0) + e
     t = _F(2.0) + e
     D = _F(1.0) / (u * t)
@@ -569,7 +584,7 @@ def log1p_unit32(e):
     z2 = z * z
     g = fma(fma(_G4_F, z2, fma(_G3_F, z, _G2_F)), z2, fma(_G1_F, z, _G0_F))
     hfsq = _F(0.5) * e * e
-    return e + fma(s, fma(z, g, hfsq), -hfsq), r
+    return s, fma(z, g, hfsq), hfsq, r
 
 
 @subroutine(types.UniTuple(types.float32, 2))
@@ -590,6 +605,12 @@ def softplus_sigmoid_from_exp_of(x, e):
     """softplus_sigmoid_from_exp or its float32 version by the type of x."""
 
 
+@subroutine(lambda e: types.UniTuple(e, 4), pick=lambda e: (
+    log1p_parts32 if e == types.float32 else log1p_parts).implementation)
+def log1p_parts_of(e):
+    """log1p_parts or its float32 version by the type of e."""
+
+
 _INV_SQRT2 = 0.7071067811865476
 _INV_SQRT2PI = 0.3989422804014327
 
@@ -606,11 +627,19 @@ def activate_row(code, c, Z, row, p, q, m):
         # doing both, so fewer are reloaded every iteration (17% faster, same results).
         for j in range(m):
             p[j] = exp_of(-abs(Z[row, j]))
+        # softplus(x) = max(x, 0) + e + s t - hfsq (log1p_parts): the terms known early first, s t
+        # (the end of the longest chain: the division, then the polynomial) last, in one fma.
+        # 20% shorter chain than adding the finished softplus; the loop is bound by its latency.
         for j in range(m):
             x = Z[row, j]
-            sp, sg = softplus_sigmoid_from_exp_of(x, p[j])
-            p[j] = fma(cz, x, cbar * sp) if c != 0.0 else sp
-            q[j] = fma(cbar, sg, cz)
+            e = p[j]
+            s, t, hfsq, r = log1p_parts_of(e)
+            early = max(x, zero) + (e - hfsq)
+            if c != 0.0:
+                p[j] = fma(cbar * s, t, fma(cz, x, cbar * early))
+            else:
+                p[j] = fma(s, t, early)
+            q[j] = fma(cbar, r if x >= zero else e * r, cz)
     elif code == RELU or code == LEAKY_RELU or code == IDENTITY:  # identity is c = 1
         for j in range(m):
             x = Z[row, j]
