@@ -167,14 +167,19 @@ def flat(typingctx, array):
 # scalar loops itself. Forward (X W^T): TILE_ROWS samples by two AVX2 vectors of columns (8 float64 or
 # 16 float32), eight accumulators held in registers over the whole sum on k: per k, two vector loads
 # and four broadcasts feed eight independent fmas, where the row-at-a-time loop loads and stores z for
-# every four (2x faster alone). Backward (the WAITING_SAMPLES waiting samples' X^T G into the
-# gradient): TILE_ROWS rows of the gradient by two vectors, loaded once and held while the samples add
-# in. Eight samples a pass over the gradient rather than four: half its loads and stores per fma,
-# 15-30% faster at n, d, m = 360, 64, 256 / 256, 16, 64 / 1000, 32, 128 (four samples were 10-20%
-# faster than the plain loop, and chaining the samples on one row at a time is latency-bound).
+# every four (2x faster alone). From d >= WIDE_MIN_D, WIDE_ROWS samples: twelve accumulators, each
+# load of W feeding six fmas (alone: 1.28x faster at n, d, m = 360, 64, 256, 1.15x at 1000, 32, 128,
+# 0.94x at 256, 16, 64, where the sum on k is short; M 6% faster in float64, 1.6% in float32).
+# Backward (the WAITING_SAMPLES waiting samples' X^T G into the gradient): TILE_ROWS rows of the
+# gradient by two vectors, loaded once and held while the samples add in. Eight samples a pass over
+# the gradient rather than four: half its loads and stores per fma, 15-30% faster at n, d, m = 360,
+# 64, 256 / 256, 16, 64 / 1000, 32, 128 (four samples were 10-20% faster than the plain loop, and
+# chaining the samples on one row at a time is latency-bound).
 # Every sum runs in the scalar loops' order, fma after fma (in k, or in sample order): the same
 # results, bit for bit.
 TILE_ROWS = 4
+WIDE_ROWS = 6
+WIDE_MIN_D = 32
 WAITING_SAMPLES = 8
 _VECTOR_BYTES = 32
 
@@ -230,37 +235,44 @@ def _tiled(arrays):
             and dtypes.pop() in (types.float32, types.float64))
 
 
-@intrinsic
-def forward_tile(typingctx, X, i, Wt, j, Z):
-    """Z[r, j:j+c] = sum_k X[i+r, k] Wt[k, j:j+c] for r < TILE_ROWS, c = tile_columns (fma in k order).
-    The caller keeps i + TILE_ROWS <= len(X) and j + c <= Wt.shape[1]."""
-    if not _tiled((X, Wt, Z)):
-        return None
+def _forward_tile(samples):
+    """The forward register tile over `samples` rows of X."""
+    def forward_tile(typingctx, X, i, Wt, j, Z):
+        """Z[r, j:j+c] = sum_k X[i+r, k] Wt[k, j:j+c] for r < samples, c = tile_columns (fma in k order).
+        The caller keeps i + samples <= len(X) and j + c <= Wt.shape[1]."""
+        if not _tiled((X, Wt, Z)):
+            return None
 
-    def codegen(context, builder, signature, args):
-        x_type, _, w_type, _, z_type = signature.args
-        vector, lanes, load, store, broadcast, fma_ = _vector_ops(context, builder, x_type.dtype)
-        x_data, d = _tile_parts(context, builder, x_type, args[0])
-        w_data, m = _tile_parts(context, builder, w_type, args[2])
-        z_data, z_width = _tile_parts(context, builder, z_type, args[4])
-        i_, j_ = args[1], args[3]
-        rows = [builder.gep(x_data, [builder.mul(builder.add(i_, ir.Constant(i_.type, r)), d)])
-                for r in range(TILE_ROWS)]
-        acc = [cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in range(2 * TILE_ROWS)]
-        with cgutils.for_range(builder, d) as loop:
-            k = loop.index
-            w = builder.gep(w_data, [builder.add(builder.mul(k, m), j_)])
-            w0, w1 = load(w), load(builder.gep(w, [ir.Constant(k.type, lanes)]))
-            for r in range(TILE_ROWS):
-                x = broadcast(builder.load(builder.gep(rows[r], [k])))
-                builder.store(fma_(x, w0, builder.load(acc[2 * r])), acc[2 * r])
-                builder.store(fma_(x, w1, builder.load(acc[2 * r + 1])), acc[2 * r + 1])
-        for r in range(TILE_ROWS):
-            out = builder.gep(z_data, [builder.add(builder.mul(ir.Constant(j_.type, r), z_width), j_)])
-            store(builder.load(acc[2 * r]), out)
-            store(builder.load(acc[2 * r + 1]), builder.gep(out, [ir.Constant(j_.type, lanes)]))
-        return context.get_dummy_value()
-    return types.void(X, types.intp, Wt, types.intp, Z), codegen
+        def codegen(context, builder, signature, args):
+            x_type, _, w_type, _, z_type = signature.args
+            vector, lanes, load, store, broadcast, fma_ = _vector_ops(context, builder, x_type.dtype)
+            x_data, d = _tile_parts(context, builder, x_type, args[0])
+            w_data, m = _tile_parts(context, builder, w_type, args[2])
+            z_data, z_width = _tile_parts(context, builder, z_type, args[4])
+            i_, j_ = args[1], args[3]
+            rows = [builder.gep(x_data, [builder.mul(builder.add(i_, ir.Constant(i_.type, r)), d)])
+                    for r in range(samples)]
+            acc = [cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in range(2 * samples)]
+            with cgutils.for_range(builder, d) as loop:
+                k = loop.index
+                w = builder.gep(w_data, [builder.add(builder.mul(k, m), j_)])
+                w0, w1 = load(w), load(builder.gep(w, [ir.Constant(k.type, lanes)]))
+                for r in range(samples):
+                    x = broadcast(builder.load(builder.gep(rows[r], [k])))
+                    builder.store(fma_(x, w0, builder.load(acc[2 * r])), acc[2 * r])
+                    builder.store(fma_(x, w1, builder.load(acc[2 * r + 1])), acc[2 * r + 1])
+            for r in range(samples):
+                out = builder.gep(z_data, [builder.add(builder.mul(ir.Constant(j_.type, r), z_width), j_)])
+                store(builder.load(acc[2 * r]), out)
+                store(builder.load(acc[2 * r + 1]), builder.gep(out, [ir.Constant(j_.type, lanes)]))
+            return context.get_dummy_value()
+        return types.void(X, types.intp, Wt, types.intp, Z), codegen
+    forward_tile.__name__ = forward_tile.__qualname__ = f"forward_tile_{samples}"
+    return intrinsic(forward_tile)
+
+
+forward_tile = _forward_tile(TILE_ROWS)
+forward_tile_wide = _forward_tile(WIDE_ROWS)  # from d >= WIDE_MIN_D: twelve accumulators, W loaded half as often
 
 
 def _backward_tile(samples):
@@ -780,13 +792,17 @@ def sample_out(code_loss, loss_param, margin_loss, yi, f, f32):
 
 @subroutine(types.void)
 def forward_rows(X, i, count, Wt, zt):
-    """zt[r] = X[i + r] Wt for r < count <= TILE_ROWS: register tiles when count = TILE_ROWS, then the
-    columns after them (all of them for fewer rows) a row at a time, fma after fma in k order as the
-    tiles sum."""
+    """zt[r] = X[i + r] Wt for r < count <= WIDE_ROWS: register tiles when count is WIDE_ROWS or
+    TILE_ROWS, then the columns after them (all of them for other counts) a row at a time, fma after
+    fma in k order as the tiles sum."""
     d, m = Wt.shape
     width = tile_columns_of(Wt)
     j0 = 0
-    if count == TILE_ROWS:
+    if count == WIDE_ROWS:
+        while j0 + width <= m:
+            forward_tile_wide(X, i, Wt, j0, zt)
+            j0 += width
+    elif count == TILE_ROWS:
         while j0 + width <= m:
             forward_tile(X, i, Wt, j0, zt)
             j0 += width
@@ -880,8 +896,8 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
             if Z is not None:
                 activate_row(act, act_param, Z, i, p, q, m)
             else:
-                if i >= tile_end:  # the rows of the next TILE_ROWS samples (fewer at the block's end)
-                    count = min(TILE_ROWS, i1 - i)
+                if i >= tile_end:  # the rows of the next tile's samples (fewer at the block's end)
+                    count = WIDE_ROWS if d >= WIDE_MIN_D and i1 - i >= WIDE_ROWS else min(TILE_ROWS, i1 - i)
                     forward_rows(X, i, count, Wt, zt)
                     tile_start, tile_end = i, i + count
                 activate_row(act, act_param, zt, i - tile_start, p, q, m)

@@ -42,8 +42,8 @@ def problem_data(loss, n=23, d=5, seed=0, dtype=np.float64, test=True):
     return cast(X), cast(y), cast(X_test), cast(y_test)
 
 
-def make_problem(model, loss, dtype, test=True):
-    X, y, X_test, y_test = problem_data(loss, dtype=dtype, test=test)
+def make_problem(model, loss, dtype, test=True, d=5):
+    X, y, X_test, y_test = problem_data(loss, d=d, dtype=dtype, test=test)
     return Problem(X=X, y=y, activation=model.activation, loss=losses.get(loss), scale=model.scale,
                    train_outer=model.train_outer, linear=isinstance(model, lgd.Linear), X_test=X_test,
                    y_test=y_test)
@@ -207,6 +207,30 @@ def test_team_of_threads_matches_oracle(team, stepsizes, dtype, products, monkey
         np.testing.assert_allclose(s1.a[c], s0.a[c], rtol=tol)
 
 
+@pytest.mark.parametrize("team", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_wide_inputs_match_oracle(team, dtype, monkeypatch):
+    """From d >= WIDE_MIN_D the forward tiles take WIDE_ROWS samples (a block's last few TILE_ROWS, then
+    one at a time): whole traces against the oracle, by one thread and by a team (blocks of 12 and 11
+    samples: every kind of tile)."""
+    monkeypatch.setattr(_numba, "TEAM_WORK", 1)
+    model = lgd.TwoLayerNet(21, train_outer=True)
+    problem = make_problem(model, "logistic", dtype, d=numba_cpu.WIDE_MIN_D + 3)
+    steps, every = 60, 3
+    results = []
+    for backend in (_numpy, _numba):
+        state = initial_state(model, problem.X.shape[1], dtype, [0.7])
+        trace = Trace.empty(1, record_steps(steps, every).size, model.width, True)
+        runner = backend.runner(problem, state.W.shape)
+        if backend is _numba:
+            runner._threads = team
+            assert runner.team_size(1, model.width) == team and not runner._use_blas(model.width)
+        runner.run(state, trace, 0, steps + 1, steps, every)
+        results.append((state, trace))
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    assert_traces_close(*results, rtol=tol, atol=tol * 1e-3)
+
+
 def test_team_size_follows_the_work():
     """As many threads per configuration as the n x m block has TEAM_WORK entries for, up to the threads;
     one per configuration when there are as many configurations as threads."""
@@ -319,20 +343,20 @@ def test_runner_compiles_the_product_mode_it_runs(blas, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 def test_register_tiles_sum_as_the_scalar_loops(dtype):
-    """forward_rows and backward_rows (register tiles, then the rows and columns after them; fewer samples
-    than a tile one by one) give the results of plain fma loops in the same order, bit for bit, for sizes
-    below, at and between multiples of a tile."""
+    """forward_rows and backward_rows (register tiles of four or six samples forward, then the rows and
+    columns after them; other counts one by one) give the results of plain fma loops in the same order,
+    bit for bit, for sizes below, at and between multiples of a tile."""
     from numba import njit
 
     @njit
     def tiled(X, Wt, rows, count, qs, zt, grad):
-        numba_cpu.forward_rows(X, 1, min(count, numba_cpu.TILE_ROWS), Wt, zt)
+        numba_cpu.forward_rows(X, 1, min(count, numba_cpu.WIDE_ROWS), Wt, zt)
         numba_cpu.backward_rows(X, rows, count, qs, grad)
 
     @njit
     def scalar(X, Wt, rows, count, qs, zt, grad):
         d, m = Wt.shape
-        for r in range(min(count, numba_cpu.TILE_ROWS)):
+        for r in range(min(count, numba_cpu.WIDE_ROWS)):
             for j in range(m):
                 s = numba_cpu.like(Wt, 0.0)
                 for k in range(d):
@@ -356,7 +380,7 @@ def test_register_tiles_sum_as_the_scalar_loops(dtype):
             for count in range(1, numba_cpu.WAITING_SAMPLES + 1):
                 outs = []
                 for kernel in (tiled, scalar):
-                    zt, g = np.full((numba_cpu.TILE_ROWS, m), np.nan, dtype), grad.copy()
+                    zt, g = np.full((numba_cpu.WIDE_ROWS, m), np.nan, dtype), grad.copy()
                     kernel(X, Wt, rows, count, qs, zt, g)
                     outs.append((zt, g))
                 where = f"d={d} m={m} count={count}"

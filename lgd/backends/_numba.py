@@ -178,7 +178,7 @@ class Runner:
                         empty((team, d, m), dtype))
         else:
             products = (None, None, None)
-        tile, waiting = self._kernels.TILE_ROWS, self._kernels.WAITING_SAMPLES
+        tile, waiting = self._kernels.WIDE_ROWS, self._kernels.WAITING_SAMPLES
         buffers = (empty((d, m), dtype), empty(m, dtype), empty(m, dtype), _own_rows((team, tile, m), dtype),
                    _own_rows((team, m), dtype), _own_rows((team, m), dtype), _own_rows((team, waiting, m), dtype),
                    _own_rows((team, waiting), np.int64), empty((team, d, m), dtype),
