@@ -170,17 +170,22 @@ def flat(typingctx, array):
 # every four (2x faster alone). From d >= WIDE_MIN_D, WIDE_ROWS samples: twelve accumulators, each
 # load of W feeding six fmas (alone: 1.28x faster at n, d, m = 360, 64, 256, 1.15x at 1000, 32, 128,
 # 0.94x at 256, 16, 64, where the sum on k is short; M 6% faster in float64, 1.6% in float32).
-# Backward (the WAITING_SAMPLES waiting samples' X^T G into the gradient): TILE_ROWS rows of the
-# gradient by two vectors, loaded once and held while the samples add in. Eight samples a pass over
-# the gradient rather than four: half its loads and stores per fma, 15-30% faster at n, d, m = 360,
-# 64, 256 / 256, 16, 64 / 1000, 32, 128 (four samples were 10-20% faster than the plain loop, and
-# chaining the samples on one row at a time is latency-bound).
+# Backward (the waiting samples' X^T G into the gradient): TILE_ROWS rows of the gradient by two
+# vectors, loaded once and held while the samples add in, BACKWARD_GROUP (8) unrolled at a time.
+# Eight samples a pass over the gradient rather than four: half its loads and stores per fma, 15-30%
+# faster at n, d, m = 360, 64, 256 / 256, 16, 64 / 1000, 32, 128 (four samples were 10-20% faster
+# than the plain loop, and chaining the samples on one row at a time is latency-bound). Up to m =
+# WAITING_MAX_M, WAITING_SAMPLES (32) a pass, in a loop over groups: S 2-4% faster, n, d, m = 4096, 16, 8
+# 4%, M level in float64 and 3.5% faster in float32; at m = 1024 it was 2.6% slower (a waiting block
+# of 256 KB), so wider nets keep eight.
 # Every sum runs in the scalar loops' order, fma after fma (in k, or in sample order): the same
 # results, bit for bit.
 TILE_ROWS = 4
 WIDE_ROWS = 6
 WIDE_MIN_D = 32
-WAITING_SAMPLES = 8
+WAITING_SAMPLES = 32
+WAITING_MAX_M = 256
+BACKWARD_GROUP = 8
 _VECTOR_BYTES = 32
 
 
@@ -275,13 +280,14 @@ forward_tile = _forward_tile(TILE_ROWS)
 forward_tile_wide = _forward_tile(WIDE_ROWS)  # from d >= WIDE_MIN_D: twelve accumulators, W loaded half as often
 
 
-def _backward_tile(samples):
+def _backward_tile(samples, grouped=False):
     """The backward register tile adding `samples` waiting samples (unrolled: a loop over a runtime count
-    of samples ran 17-52% slower)."""
+    of single samples ran 17-52% slower); grouped, a runtime number of such groups, the gradient's tile
+    held in registers throughout."""
     def backward_tile(typingctx, X, rows, first, Q, k, j, G):
-        """G[k+kk, j:j+c] += X[rows[s], k+kk] Q[s, j:j+c] for s = first .. first + samples - 1 (fma after fma
-        in sample order) and kk < TILE_ROWS, c = tile_columns. The caller keeps k + TILE_ROWS <= G.shape[0]
-        and j + c <= G.shape[1]."""
+        """G[k+kk, j:j+c] += X[rows[s], k+kk] Q[s, j:j+c] for s = first .. first + samples - 1 (grouped: for
+        s = 0 .. first * samples - 1), fma after fma in sample order, and kk < TILE_ROWS, c = tile_columns.
+        The caller keeps k + TILE_ROWS <= G.shape[0] and j + c <= G.shape[1]."""
         if not (_tiled((X, Q, G)) and isinstance(rows, types.Array) and rows.dtype == types.int64):
             return None
 
@@ -299,25 +305,38 @@ def _backward_tile(samples):
             acc = []
             for kk in range(TILE_ROWS):
                 acc += [load(out[kk]), load(builder.gep(out[kk], [step]))]
-            for r in range(samples):
-                sample_index = builder.add(first, ir.Constant(first.type, r))
-                q_row = builder.gep(q_data, [builder.add(builder.mul(sample_index, q_width), j_)])
-                q0, q1 = load(q_row), load(builder.gep(q_row, [step]))
-                sample = builder.load(builder.gep(rows_data, [sample_index]))
-                x_row = builder.gep(x_data, [builder.add(builder.mul(sample, d), k_)])
-                for kk in range(TILE_ROWS):
-                    x = broadcast(builder.load(builder.gep(x_row, [ir.Constant(k_.type, kk)])))
-                    acc[2 * kk], acc[2 * kk + 1] = fma_(x, q0, acc[2 * kk]), fma_(x, q1, acc[2 * kk + 1])
+
+            def add_samples(start, acc):
+                for r in range(samples):
+                    sample_index = builder.add(start, ir.Constant(start.type, r))
+                    q_row = builder.gep(q_data, [builder.add(builder.mul(sample_index, q_width), j_)])
+                    q0, q1 = load(q_row), load(builder.gep(q_row, [step]))
+                    sample = builder.load(builder.gep(rows_data, [sample_index]))
+                    x_row = builder.gep(x_data, [builder.add(builder.mul(sample, d), k_)])
+                    for kk in range(TILE_ROWS):
+                        x = broadcast(builder.load(builder.gep(x_row, [ir.Constant(k_.type, kk)])))
+                        acc[2 * kk], acc[2 * kk + 1] = fma_(x, q0, acc[2 * kk]), fma_(x, q1, acc[2 * kk + 1])
+                return acc
+
+            if grouped:  # accumulators through allocas (promoted to registers) across the loop
+                slots = [cgutils.alloca_once_value(builder, value) for value in acc]
+                with cgutils.for_range(builder, first) as loop:
+                    start = builder.mul(loop.index, ir.Constant(loop.index.type, samples))
+                    for slot, value in zip(slots, add_samples(start, [builder.load(slot) for slot in slots])):
+                        builder.store(value, slot)
+                acc = [builder.load(slot) for slot in slots]
+            else:
+                acc = add_samples(first, acc)
             for kk in range(TILE_ROWS):
                 store(acc[2 * kk], out[kk])
                 store(acc[2 * kk + 1], builder.gep(out[kk], [step]))
             return context.get_dummy_value()
         return types.void(X, rows, types.intp, Q, types.intp, types.intp, G), codegen
-    backward_tile.__name__ = backward_tile.__qualname__ = f"backward_tile_{samples}"
+    backward_tile.__name__ = backward_tile.__qualname__ = f"backward_tile_{samples}{'_groups' if grouped else ''}"
     return intrinsic(backward_tile)
 
 
-backward_tile = _backward_tile(WAITING_SAMPLES)
+backward_tile_groups = _backward_tile(BACKWARD_GROUP, grouped=True)  # whole groups of BACKWARD_GROUP samples
 backward_tile_short = _backward_tile(TILE_ROWS)  # the last samples of a block, TILE_ROWS at a time
 
 
@@ -817,23 +836,23 @@ def forward_rows(X, i, count, Wt, zt):
 @subroutine(types.void)
 def backward_rows(X, rows, count, qs, grad):
     """grad[k] += X[rows[0], k] qs[0] + ... + X[rows[count-1], k] qs[count-1] for every k (fma after fma
-    in sample order), count <= WAITING_SAMPLES: register tiles of TILE_ROWS rows of grad (adding all
-    the samples, or fewer samples TILE_ROWS at a time), then the rest a sample at a time."""
+    in sample order), count <= WAITING_SAMPLES: register tiles of TILE_ROWS rows of grad (adding the
+    whole groups of BACKWARD_GROUP samples, then TILE_ROWS more if as many are left), then the rest a
+    sample at a time."""
     d, m = grad.shape
     width = tile_columns_of(grad)
     k_tiled, j_tiled = d - d % TILE_ROWS, m - m % width
-    tiled = 0  # samples [0, tiled) are added on the tiled part of grad
-    if count == WAITING_SAMPLES:
+    groups = count // BACKWARD_GROUP
+    tiled = groups * BACKWARD_GROUP  # samples [0, tiled) are added on the tiled part of grad
+    if groups > 0:
         for k in range(0, k_tiled, TILE_ROWS):
             for j in range(0, j_tiled, width):
-                backward_tile(X, rows, 0, qs, k, j, grad)
-        tiled = count
-    else:
-        while tiled + TILE_ROWS <= count:
-            for k in range(0, k_tiled, TILE_ROWS):
-                for j in range(0, j_tiled, width):
-                    backward_tile_short(X, rows, tiled, qs, k, j, grad)
-            tiled += TILE_ROWS
+                backward_tile_groups(X, rows, groups, qs, k, j, grad)
+    while tiled + TILE_ROWS <= count:
+        for k in range(0, k_tiled, TILE_ROWS):
+            for j in range(0, j_tiled, width):
+                backward_tile_short(X, rows, tiled, qs, k, j, grad)
+        tiled += TILE_ROWS
     for s in range(count):
         row = rows[s]
         for k in range(d):
@@ -873,6 +892,7 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
             neuron[j] = np.inf
     risk, correct, margin = 0.0, 0.0, np.inf
     pending = 0
+    waiting = WAITING_SAMPLES if m <= WAITING_MAX_M else BACKWARD_GROUP
     tile_start = tile_end = i0  # samples [tile_start, tile_end) have their z rows in zt
     for i in range(i0, i1):
         yi = np.float64(y[i])
@@ -918,13 +938,13 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
                     for j in range(m):
                         Z[i, j] = q[j] * (cs * a[j])
                 else:
-                    # Samples wait in groups of WAITING_SAMPLES so that each pass over grad adds
-                    # that many (in sample order: the same rounding as one at a time).
+                    # Samples wait in groups of `waiting` so that each pass over grad adds that
+                    # many (in sample order: the same rounding as one at a time).
                     for j in range(m):
                         qs[pending, j] = q[j] * (cs * a[j])
                     rows[pending] = i
                     pending += 1
-                    if pending == WAITING_SAMPLES:
+                    if pending == waiting:
                         backward_rows(X, rows, pending, qs, grad)
                         pending = 0
                 if train_outer:
@@ -933,7 +953,7 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
                 if record and neurons:
                     for j in range(m):
                         neuron[j] = min(neuron[j], yi * a[j] * p[j])
-    if pending > 0:  # the last samples still waiting, fewer than WAITING_SAMPLES
+    if pending > 0:  # the last samples still waiting, fewer than `waiting`
         backward_rows(X, rows, pending, qs, grad)
     stats[0] = risk
     stats[1] = correct

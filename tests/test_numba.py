@@ -376,7 +376,7 @@ def test_register_tiles_sum_as_the_scalar_loops(dtype):
             X = rng.standard_normal((9, d)).astype(dtype)
             Wt, grad = (rng.standard_normal((d, m)).astype(dtype) for _ in range(2))
             qs = rng.standard_normal((numba_cpu.WAITING_SAMPLES, m)).astype(dtype)
-            rows = np.array([7, 0, 3, 3, 8, 1, 1, 5], dtype=np.int64)
+            rows = rng.integers(0, len(X), numba_cpu.WAITING_SAMPLES)
             for count in range(1, numba_cpu.WAITING_SAMPLES + 1):
                 outs = []
                 for kernel in (tiled, scalar):
