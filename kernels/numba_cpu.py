@@ -483,7 +483,7 @@ def barrier(sync, team):
 # and overflowing results are rounded once, correctly, with no branch or blend. Relative error about
 # 2e-16 over the whole range. The shifter's low bits carry both exponent biases: its integer part
 # ends in 2 * 1023, so its bits give v = k + 2046 > 0, then h = v >> 1 = k//2 + 1023 and v - h are
-# the two factors' biased exponents (a logical shift: AVX2 has none for signed 64-bit lanes).
+# the two factors' biased exponents (a logical shift: AVX2 has no arithmetic shift of 64-bit lanes).
 _INV_LN2 = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # low 32 bits zero: k * _LN2_HI is exact
 _LN2_LO = 1.90821492927058770002e-10
@@ -521,7 +521,7 @@ def exp(x):
 
 # log(1 + e) for 0 <= e <= 1, as fdlibm's log1p takes log(1 + f) once it has reduced its argument to
 # f: log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2)) with s = f / (2 + f) and R(z) = 2z/3 + 2z^2/5 + ...
-# = 2 atanh(s) - 2s written in z. fdlibm first reduces 1 + f to [sqrt 2 / 2, sqrt 2] (s <= 0.17),
+# = (2 atanh(s) - 2s) / s written in z = s^2. fdlibm first reduces 1 + f to [sqrt 2 / 2, sqrt 2] (s <= 0.17),
 # which here costs a comparison, blends and a correction for the rounding of 1 + e; this takes f = e
 # as it is (s <= 1/3, z <= 1/9) and a longer polynomial instead: R(z) = z g(z), g of degree 9 fitted
 # on [0, 1/9] (Chebyshev, mpmath: |error| <= 1e-16, which reaches the result scaled by s z <= 1/27).
@@ -537,7 +537,7 @@ _G0, _G1, _G2, _G3, _G4, _G5, _G6, _G7, _G8, _G9 = _LOG1P_G
 
 @subroutine(types.UniTuple(types.float64, 2))
 def log1p_unit(e):
-    """(log(1 + e), 1 / (1 + e)) for e in [0, 1], from one division."""
+    """(log(1 + e), 1 / (1 + e)) for e in [0, 1]."""
     s, t, hfsq, r = log1p_parts(e)
     return e + fma(s, t, -hfsq), r
 
@@ -659,8 +659,9 @@ def activate_row(code, c, Z, row, p, q, m):
         for j in range(m):
             p[j] = exp_of(-abs(Z[row, j]))
         # softplus(x) = max(x, 0) + e + s t - hfsq (log1p_parts): the terms known early first, s t
-        # (the end of the longest chain: the division, then the polynomial) last, in one fma.
-        # 20% shorter chain than adding the finished softplus; the loop is bound by its latency.
+        # (the end of the longest chain: the division, then the polynomial) last, in one fma: a
+        # shorter chain than adding the finished softplus, for a loop bound by its latency (SWEEP 5%
+        # faster).
         for j in range(m):
             x = Z[row, j]
             e = p[j]
@@ -867,15 +868,16 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
     """One pass over samples [i0, i1) of one configuration (the only place that evaluates the net).
 
     The rows z of X W^T come from X and Wt (d, m), TILE_ROWS samples at a time in register tiles
-    into zt (TILE_ROWS, m) (a block's last few rows without tiles), or are read from Z when Z is
-    given (BLAS mode; None prunes that path at compile time). stats receives (sum of loss values,
-    number with y f > 0, min y f). With train, also the gradient: added to grad (d, m) and grad_a
-    (m,), or, with Z, G written over the rows of Z (the caller then forms G^T X); at record steps
-    also the per-neuron margins min y a_j phi(z_ij). qs (WAITING_SAMPLES, m) and rows
-    (WAITING_SAMPLES,) hold the samples waiting for the gradient (added that many at a time). The
-    per-sample buffers (zt, p, q, qs, rows, grad_a, neuron) may have longer rows than m: a team pads
-    them, so that no two threads write the same cache line. Nothing here allocates, so nothing can
-    fail while the other threads of a team wait at a barrier.
+    (WIDE_ROWS from d >= WIDE_MIN_D) into zt (WIDE_ROWS, m) (a block's last few rows without
+    tiles), or are read from Z when Z is given (BLAS mode; None prunes that path at compile time).
+    stats receives (sum of loss values, number with y f > 0, min y f). With train, also the
+    gradient: added to grad (d, m) and grad_a (m,), or, with Z, G written over the rows of Z (the
+    caller then forms G^T X); at record steps also the per-neuron margins min y a_j phi(z_ij). qs
+    (WAITING_SAMPLES, m) and rows (WAITING_SAMPLES,) hold the samples waiting for the gradient
+    (added WAITING_SAMPLES at a time up to m = WAITING_MAX_M, BACKWARD_GROUP at a time for wider
+    nets). The per-sample buffers (zt, p, q, qs, rows, grad_a, neuron) may have longer rows than m:
+    a team pads them, so that no two threads write the same cache line. Nothing here allocates, so
+    nothing can fail while the other threads of a team wait at a barrier.
 
     Rows, products and gradients are in the dtype of X (z, p, q, a, grad and grad_a share it): a
     float32 run computes in float32. Per-sample losses, the risk and the margins are float64 sums
