@@ -209,13 +209,16 @@ def test_team_of_threads_matches_oracle(team, stepsizes, dtype, products, monkey
 
 @pytest.mark.parametrize("team", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
-def test_wide_inputs_match_oracle(team, dtype, monkeypatch):
-    """From d >= WIDE_MIN_D the forward tiles take WIDE_ROWS samples (a block's last few TILE_ROWS, then
-    one at a time): whole traces against the oracle, by one thread and by a team (blocks of 12 and 11
-    samples: every kind of tile)."""
+@pytest.mark.parametrize("shape", ["wide_inputs", "wide_net"])
+def test_wide_inputs_and_nets_match_oracle(shape, team, dtype, monkeypatch):
+    """The shape-dependent paths of the fused pass, whole traces against the oracle, by one thread and by
+    a team (blocks of 12 and 11 samples): from d >= WIDE_MIN_D the forward tiles take WIDE_ROWS samples
+    (a block's last few TILE_ROWS, then one at a time: every kind of tile); from m > WAITING_MAX_M the
+    samples wait for the gradient BACKWARD_GROUP at a time, not WAITING_SAMPLES."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
-    model = lgd.TwoLayerNet(21, train_outer=True)
-    problem = make_problem(model, "logistic", dtype, d=numba_cpu.WIDE_MIN_D + 3)
+    d, width = (numba_cpu.WIDE_MIN_D + 3, 21) if shape == "wide_inputs" else (5, numba_cpu.WAITING_MAX_M + 3)
+    model = lgd.TwoLayerNet(width, train_outer=True)
+    problem = make_problem(model, "logistic", dtype, d=d)
     steps, every = 60, 3
     results = []
     for backend in (_numpy, _numba):
