@@ -391,6 +391,33 @@ def test_register_tiles_sum_as_the_scalar_loops(dtype):
                 np.testing.assert_array_equal(outs[0][1], outs[1][1], err_msg=f"backward {where}")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_dot_row_sums_as_eight_scalar_chains(dtype):
+    """dot_row's vector accumulators give the eight scalar fma chains' sums bit for bit (terms j = r mod 8
+    in chain r, the last m % 8 in chain 0, then the pairwise total), reading nothing past m."""
+    from numba import njit
+
+    @njit
+    def vector(a, p, m):
+        return numba_cpu.dot_row(a, p, m)
+
+    @njit
+    def scalar(a, p, m):
+        s = [numba_cpu.like(p, 0.0)] * 8
+        for j in range(m - m % 8):
+            s[j % 8] = numba_cpu.fma(a[j], p[j], s[j % 8])
+        for j in range(m - m % 8, m):
+            s[0] = numba_cpu.fma(a[j], p[j], s[0])
+        return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]))
+
+    rng = np.random.default_rng(7)
+    for m in (0, 1, 7, 8, 9, 16, 63, 64, 259):
+        a = rng.standard_normal(m).astype(dtype)
+        p = np.concatenate([rng.standard_normal(m), [np.nan] * 8]).astype(dtype)  # a padded row
+        got, want = vector(a, p, m), scalar(a, p, m)
+        assert got == want, (m, got, want)
+
+
 def test_exp_and_log1p_accuracy():
     from numba import njit
 
