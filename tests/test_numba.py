@@ -142,8 +142,8 @@ def test_divergence_reported_identically(dtype):
 
 @pytest.mark.parametrize("products", ["fused", "blas"])
 def test_sweep_equals_single_runs_and_oracle(products, monkeypatch):
-    """A sweep (a thread per share of the configurations) equals the single runs (a team of threads per
-    step) and the oracle, with the products in the fused loops or through BLAS."""
+    """A sweep (threads taking the configurations from a shared queue) equals the single runs (a team of
+    threads per step) and the oracle, with the products in the fused loops or through BLAS."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_WORK", 0 if products == "blas" else 1 << 62)
     monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)

@@ -8,7 +8,8 @@ nogil, called from Python threads):
 - with fewer configurations than threads (a single run), a team of threads works on every step,
   each on its block of samples, meeting at a spinning barrier twice a step and never leaving
   compiled code during a chunk (:meth:`Runner.team_size`, :data:`TEAM_WORK`);
-- otherwise (sweeps) each thread runs its own share of the configurations as a team of one.
+- otherwise (sweeps) each thread runs a team of one, taking the configurations one at a time from a
+  queue the threads share.
 
 The two products of a step run in the fused loops, or, for problems with d >= :data:`BLAS_MIN_D` and
 at least :data:`BLAS_WORK`, as BLAS calls on each thread's block of samples, BLAS held to one thread
@@ -136,18 +137,15 @@ class Runner:
 
     def _run_configs(self, live, team: int, data: tuple, common: tuple, state: State, blas: bool):
         """A team of `team` threads per configuration, or (team of one) one thread per share of them."""
-        if team > 1:
+        threads = min(self._threads, len(live))
+        if team > 1 or threads <= 1:
             self._run_team(team, live, data, common, state, blas)
             return
-        # A team of one per thread, each with its share of the configurations; interleaved, so that
-        # neighbouring stepsizes (similar cost) go to different threads.
-        shares = [share for share in (live[i::self._threads] for i in range(self._threads)) if share.size]
-        if len(shares) <= 1:
-            for share in shares:
-                self._run_team(1, share, data, common, state, blas)
-            return
-        futures = [self._thread_pool().submit(self._run_team, 1, share, data, common, state, blas)
-                   for share in shares]
+        # A team of one per thread, taking the configurations from one queue: each runs the next one
+        # not taken yet, so the threads finish together however their speeds differ.
+        queue = np.zeros(1, dtype=np.int64)
+        futures = [self._thread_pool().submit(self._run_team, 1, live, data, common, state, blas, queue)
+                   for _ in range(threads)]
         for future in futures:
             future.result()
 
@@ -164,8 +162,9 @@ class Runner:
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="lgd-numba")
         return self._pool
 
-    def _run_team(self, team: int, configs, data: tuple, common: tuple, state: State, blas: bool):
-        """run_team by `team` threads over `configs`: member 0 in this thread, the others in the pool."""
+    def _run_team(self, team: int, configs, data: tuple, common: tuple, state: State, blas: bool, queue=None):
+        """run_team by `team` threads over `configs` (those not taken yet from `queue`, which other teams may
+        share; a fresh one if None): member 0 in this thread, the others in the pool."""
         _, m, d = state.W.shape
         dtype = self.problem.dtype
         empty = np.empty
@@ -185,12 +184,14 @@ class Runner:
                    _own_rows((team, m), dtype), _own_rows((team, m), np.float64), _own_rows((2 * team, 3), np.float64),
                    empty((d, m)), empty(m), empty(m), empty((2, 3))) + products
         sync = np.zeros(2, dtype=np.int64)
-        go = np.zeros(1, dtype=np.int64)
+        go = np.zeros(2, dtype=np.int64)  # the step's verdict (not diverged), the configuration's index
+        if queue is None:
+            queue = np.zeros(1, dtype=np.int64)
         configs = np.ascontiguousarray(configs, dtype=np.intp)
         kernel = self._kernels.run_team
 
         def member(k):
-            kernel(k, team, sync, go, configs, *data, *common, *buffers)
+            kernel(k, team, sync, go, queue, configs, *data, *common, *buffers)
 
         futures = [self._thread_pool().submit(member, k) for k in range(1, team)]
         member(0)
