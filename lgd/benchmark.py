@@ -17,6 +17,7 @@ is imported at module level: the parser is built on every ``lgd`` call.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -236,7 +237,10 @@ def describe(machine: dict) -> str:
     """One paragraph on the machine of a report."""
     blas = ", ".join(f"{b['library']} {b['version']} ({b['threads']} threads)" for b in machine.get("blas", []))
     versions = ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items() if v)
-    return (f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, GPU: {machine.get('gpu') or 'none'}; "
+    sharing = machine.get("fp_sharing")
+    fp = (f" (all {machine.get('usable_cores')} threads at once: {sharing['throughput_speedup']:.2f}x one thread's "
+          f"fma throughput, {sharing['latency_speedup']:.2f}x on a latency-bound chain)" if sharing else "")
+    return (f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores{fp}, GPU: {machine.get('gpu') or 'none'}; "
             f"BLAS: {blas or 'unknown'}; {versions}")
 
 
@@ -378,9 +382,65 @@ def describe_machine() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"cpu": cpu, "cores": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "fp_sharing": fp_sharing(usable),
             "blas": _blas(), "gpu": _gpu(), "os": platform.platform(), "versions": versions}
+
+
+def fp_sharing(threads: int, seconds: float = 0.2):
+    """How `threads` threads share the floating-point units, measured (numba; None without it or with one thread).
+
+    Each thread runs the same two loops: twelve independent scalar fma chains (bound by the FP pipes'
+    throughput) and one dependent multiply-add chain (bound by latency). Returned: one thread's fma per ns
+    and each loop's speedup with all threads at once over one thread. A throughput speedup near 1 with a
+    latency speedup near `threads` means the threads share one core's pipes (SMT siblings, or vCPUs
+    placed so): parallel threads then gain only where one thread leaves the pipes idle.
+    """
+    if threads < 2 or importlib.util.find_spec("numba") is None:
+        return None
+    import threading
+
+    from numba import njit
+
+    from .kernels.numba_cpu import fma
+
+    @njit(nogil=True)
+    def chains(reps, b, c):
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = 1.0
+        for _ in range(reps):
+            a0, a1, a2, a3 = fma(a0, b, c), fma(a1, b, c), fma(a2, b, c), fma(a3, b, c)
+            a4, a5, a6, a7 = fma(a4, b, c), fma(a5, b, c), fma(a6, b, c), fma(a7, b, c)
+            a8, a9, a10, a11 = fma(a8, b, c), fma(a9, b, c), fma(a10, b, c), fma(a11, b, c)
+        return a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11
+
+    @njit(nogil=True)
+    def chain(reps, b, c):
+        a = 1.0
+        for _ in range(reps):
+            a = a * b + c
+        return a
+
+    def timed(kernel, reps, count):
+        workers = [threading.Thread(target=kernel, args=(reps, 0.999, 0.001)) for _ in range(count)]
+        tic = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return time.perf_counter() - tic
+
+    result = {}
+    for name, kernel in (("throughput", chains), ("latency", chain)):
+        kernel(10, 0.999, 0.001)  # compile
+        reps = 1 << 16
+        while timed(kernel, reps, 1) < seconds / 4:
+            reps *= 2
+        one = min(timed(kernel, reps, 1) for _ in range(3))
+        together = min(timed(kernel, reps, threads) for _ in range(3))
+        result[f"{name}_speedup"] = threads * one / together
+        if name == "throughput":
+            result["fma_per_ns_one_thread"] = 12 * reps / one / 1e9
+    return result
 
 
 def _blas() -> list:

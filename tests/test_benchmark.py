@@ -90,6 +90,15 @@ def test_machine_is_described():
     machine = benchmark.describe_machine()
     assert machine["cores"] >= 1 and machine["cpu"]
     assert machine["versions"]["numpy"] and machine["versions"]["lgd"] == lgd.__version__
+    sharing = machine["fp_sharing"]  # measured where numba and two usable cores are
+    if sharing is not None:
+        assert sharing["fma_per_ns_one_thread"] > 0
+        assert 0 < sharing["throughput_speedup"] and 0 < sharing["latency_speedup"]
+        assert "fma throughput" in benchmark.describe(machine)
+
+
+def test_fp_sharing_needs_two_threads():
+    assert benchmark.fp_sharing(1) is None
 
 
 def test_lgd_bench_tiny_run_writes_reports_and_compares(tmp_path, capsys):
