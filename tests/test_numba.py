@@ -247,6 +247,21 @@ def test_team_size_follows_the_work():
     assert runner.team_size(16, 6 * _numba.TEAM_WORK) == 1
 
 
+@pytest.mark.parametrize("collecting", [True, False])
+def test_compiling_leaves_the_garbage_collector_as_it_was(collecting):
+    """A runner holds Python's cyclic collector off while it compiles (or loads) its kernel, then restores
+    the user's setting."""
+    import gc
+
+    was = gc.isenabled()
+    try:
+        (gc.enable if collecting else gc.disable)()
+        _numba.runner(make_problem(lgd.TwoLayerNet(6), "logistic", np.float64))
+        assert gc.isenabled() == collecting
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
 @pytest.mark.parametrize("shape", [(2, 3), (3, 1), (2, 4, 8), (4, 2, 16)])
 def test_members_rows_never_share_a_cache_line(shape, dtype):
