@@ -340,12 +340,6 @@ backward_tile_groups = _backward_tile(BACKWARD_GROUP, grouped=True)  # whole gro
 backward_tile_short = _backward_tile(TILE_ROWS)  # the last samples of a block, TILE_ROWS at a time
 
 
-# The BLAS mode's products, as direct calls of numba's own gemm wrapper (numba_xxgemm: scipy's BLAS,
-# column-major, resolved by name at load time like np.dot's, so the cache keeps working). np.dot on
-# slices of the same arrays did the same calls but compiled its slicing, shape checks and error
-# paths at every call site: about a second of every cold BLAS build. A row-major block is its
-# column-major transpose, so each product is computed as its transpose: Z_b^T = Wt^T X_b^T and
-# (X_b^T G_b)^T = G_b^T X_b.
 @intrinsic
 def dot_lanes(typingctx, a, p, count):
     """The eight partial sums of dot_row: s_r = sum of a[j] p[j] over j < count with j = r (mod 8), fma
@@ -377,6 +371,12 @@ def dot_lanes(typingctx, a, p, count):
     return types.UniTuple(dtype, 8)(a, p, types.intp), codegen
 
 
+# The BLAS mode's products, as direct calls of numba's own gemm wrapper (numba_xxgemm: scipy's BLAS,
+# column-major, resolved by name at load time like np.dot's, so the cache keeps working). np.dot on
+# slices of the same arrays did the same calls but compiled its slicing, shape checks and error
+# paths at every call site: about a second of every cold BLAS build. A row-major block is its
+# column-major transpose, so each product is computed as its transpose: Z_b^T = Wt^T X_b^T and
+# (X_b^T G_b)^T = G_b^T X_b.
 def _gemm_call(context, builder, dtype, transpose_b, m, n, k, a, lda, b, ldb, c, ldc):
     """c = a b (column-major, m x n = (m x k)(k x n), b transposed if transpose_b) through numba_xxgemm."""
     char, intp, void_p = ir.IntType(8), context.get_value_type(types.intp), ir.IntType(8).as_pointer()
@@ -1110,10 +1110,10 @@ def reduce_blocks(blocks, test, grads, grads_a, neurons_part, stats, grad, grad_
 
 
 @worker
-def run_team(member, team, sync, go, queue, configs, X, y, X_test, y_test, W, A, etas, diverged, traces, neuron_trace, act,
-             act_param, code_loss, loss_param, margin_loss, scale, train_outer, linear, t_start, t_stop, steps, every,
-             f32, Wt, a, a_step, zs, ps, qs, pending_q, pending_rows, grads, grads_a, neurons_part, stats, grad,
-             grad_a, neuron, total, Z, Z_test, grads_blas):
+def run_team(member, team, sync, go, queue, configs, X, y, X_test, y_test, W, A, etas, diverged, traces,
+             neuron_trace, act, act_param, code_loss, loss_param, margin_loss, scale, train_outer, linear, t_start,
+             t_stop, steps, every, f32, Wt, a, a_step, zs, ps, qs, pending_q, pending_rows, grads, grads_a,
+             neurons_part, stats, grad, grad_a, neuron, total, Z, Z_test, grads_blas):
     """Evaluations [t_start, t_stop) of configurations of `configs`, one after the other, by a team.
 
     The `team` threads (Python threads calling this nogil kernel with member = 0 .. team-1 and the

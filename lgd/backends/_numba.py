@@ -146,7 +146,8 @@ class Runner:
             self._run_configs(live, team, data, common, state, blas)
 
     def _run_configs(self, live, team: int, data: tuple, common: tuple, state: State, blas: bool):
-        """A team of `team` threads per configuration, or (team of one) one thread per share of them."""
+        """A team of `team` threads per configuration, or (team of one) a thread per configuration, the
+        threads taking them from a queue they share."""
         threads = min(self._threads, len(live))
         if team > 1 or threads <= 1:
             self._run_team(team, live, data, common, state, blas)
