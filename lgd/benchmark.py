@@ -115,12 +115,15 @@ def run(args) -> tuple:
                 command.append(f"--lgd-{key}={settings[key]}")
         print("running: " + " ".join(command[1:]), flush=True)
         started = time.perf_counter()
+        sharing_before = fp_sharing(_usable_cores())  # the host may move the vCPUs during the run
         code = subprocess.call(command, cwd=folder.parent)
         if code not in (0, 1) or not stats_path.is_file():
             raise RuntimeError(f"the benchmark suite did not run (pytest exit code {code})")
         raw = json.loads(stats_path.read_text())
         skipped = skipped_cases(junit_path.read_text()) if junit_path.is_file() else []
-    report = build_report(raw["benchmarks"], skipped, describe_machine(), mode, settings)
+    machine = describe_machine()
+    machine["fp_sharing_before"] = sharing_before
+    report = build_report(raw["benchmarks"], skipped, machine, mode, settings)
     report["seconds"] = time.perf_counter() - started
     return report, code
 
@@ -237,9 +240,13 @@ def describe(machine: dict) -> str:
     """One paragraph on the machine of a report."""
     blas = ", ".join(f"{b['library']} {b['version']} ({b['threads']} threads)" for b in machine.get("blas", []))
     versions = ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items() if v)
-    sharing = machine.get("fp_sharing")
-    fp = (f" (all {machine.get('usable_cores')} threads at once: {sharing['throughput_speedup']:.2f}x one thread's "
-          f"fma throughput, {sharing['latency_speedup']:.2f}x on a latency-bound chain)" if sharing else "")
+    sharing, before = machine.get("fp_sharing"), machine.get("fp_sharing_before")
+    fp = ""
+    if sharing:
+        fp = (f" (all {machine.get('usable_cores')} threads at once: {sharing['throughput_speedup']:.2f}x one "
+              f"thread's fma throughput, {sharing['latency_speedup']:.2f}x on a latency-bound chain"
+              + (f"; {before['throughput_speedup']:.2f}x and {before['latency_speedup']:.2f}x when the run began"
+                 if before else "") + ")")
     return (f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores{fp}, GPU: {machine.get('gpu') or 'none'}; "
             f"BLAS: {blas or 'unknown'}; {versions}")
 
@@ -382,9 +389,13 @@ def describe_machine() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = _usable_cores()
     return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "fp_sharing": fp_sharing(usable),
             "blas": _blas(), "gpu": _gpu(), "os": platform.platform(), "versions": versions}
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def fp_sharing(threads: int, seconds: float = 0.2):

@@ -95,6 +95,8 @@ def test_machine_is_described():
         assert sharing["fma_per_ns_one_thread"] > 0
         assert 0 < sharing["throughput_speedup"] and 0 < sharing["latency_speedup"]
         assert "fma throughput" in benchmark.describe(machine)
+        machine["fp_sharing_before"] = dict(sharing, throughput_speedup=1.0)
+        assert "1.00x and" in benchmark.describe(machine) and "when the run began" in benchmark.describe(machine)
 
 
 def test_fp_sharing_needs_two_threads():
@@ -112,6 +114,7 @@ def test_lgd_bench_tiny_run_writes_reports_and_compares(tmp_path, capsys):
     assert all(r["steps"] == 20 and r["steps_per_s"] > 0 and r["roofline_steps_per_s"] > 0
                for r in report["records"])
     assert report["skipped"][0]["case"] == "S-lgd-cupy-float64"
+    assert "fp_sharing_before" in report["machine"]  # probed before the run, and again after it
     printed = capsys.readouterr().out
     assert "lgd-numpy" in printed and "vs roofline" in printed
     assert main(["bench", "--report", str(out), "--compare", str(out)]) == 0
