@@ -777,9 +777,14 @@ def dot_row(a, p, m):
     return ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7))
 
 
-@subroutine(types.float64)
-def sum_squares(flat):
-    """sum x^2 of a 1-d array in float64, whatever its dtype (callers pass 2-d arrays as flat views)."""
+def _sum_squares64(flat):
+    """sum_squares of a float64 array: dot_row's vector code. The scalar loop below does not vectorise
+    and took 5.6 us for 16,384 squares, this 2.8 us: M's serial section does two such sums a step."""
+    return dot_row(flat, flat, flat.size)
+
+
+def _sum_squares_widening(flat):
+    """sum_squares of a narrower array, each entry widened to float64 first."""
     s0 = s1 = s2 = s3 = 0.0
     m = flat.size
     j = 0
@@ -795,6 +800,11 @@ def sum_squares(flat):
         s0 = fma(v, v, s0)
         j += 1
     return (s0 + s1) + (s2 + s3)
+
+
+@subroutine(types.float64, pick=lambda flat: _sum_squares64 if flat.dtype == types.float64 else _sum_squares_widening)
+def sum_squares(flat):
+    """sum x^2 of a 1-d array in float64, whatever its dtype (callers pass 2-d arrays as flat views)."""
 
 
 @subroutine(types.float64)

@@ -433,6 +433,22 @@ def test_dot_row_sums_as_eight_scalar_chains(dtype):
         assert got == want, (m, got, want)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_sum_squares_in_float64(dtype):
+    """sum_squares (gradient and weight norms): float64 sums of the squares, in vector code for float64
+    arrays (dot_row's lanes) and widened entry by entry for float32 ones."""
+    from numba import njit
+
+    @njit
+    def apply(x):
+        return numba_cpu.sum_squares(x)
+
+    rng = np.random.default_rng(11)
+    for size in (0, 1, 7, 8, 9, 1024, 16385):
+        x = rng.standard_normal(size).astype(dtype)
+        np.testing.assert_allclose(apply(x), np.sum(x.astype(np.float64) ** 2), rtol=1e-14, atol=0)
+
+
 def test_exp_and_log1p_accuracy():
     from numba import njit
 
