@@ -566,10 +566,10 @@ _LOG1P_G = (0.6666666666666666, 0.40000000000014585, 0.2857142856710876, 0.22222
 _G0, _G1, _G2, _G3, _G4, _G5, _G6, _G7, _G8, _G9 = _LOG1P_G
 
 
-@subroutine(types.UniTuple(types.float64, 2))
+@subroutine(lambda e: types.UniTuple(e, 2))
 def log1p_unit(e):
-    """(log(1 + e), 1 / (1 + e)) for e in [0, 1]."""
-    s, t, hfsq, r = log1p_parts(e)
+    """(log(1 + e), 1 / (1 + e)) for e in [0, 1], in the dtype of e."""
+    s, t, hfsq, r = log1p_parts_of(e)
     return e + fma(s, t, -hfsq), r
 
 
@@ -627,13 +627,6 @@ _G0_F, _G1_F, _G2_F, _G3_F, _G4_F = (np.float32(c) for c in (
     0.6666666865348816, 0.3999970555305481, 0.285923570394516, 0.2170657515525818, 0.23224329948425293))
 
 
-@subroutine(types.UniTuple(types.float32, 2))
-def log1p_unit32(e):
-    """(log(1 + e), 1 / (1 + e)) for float32 e in [0, 1], from one division."""
-    s, t, hfsq, r = log1p_parts32(e)
-    return e + fma(s, t, -hfsq), r
-
-
 @subroutine(types.UniTuple(types.float32, 4))
 def log1p_parts32(e):
     """log1p_parts for float32 e."""
@@ -652,7 +645,7 @@ def log1p_parts32(e):
 @subroutine(types.UniTuple(types.float32, 2))
 def softplus_sigmoid_from_exp32(x, e):
     """(softplus(x), sigmoid(x)) of float32 x given e = exp(-|x|)."""
-    lp, r = log1p_unit32(e)
+    lp, r = log1p_unit(e)
     return max(x, _F(0.0)) + lp, (r if x >= _F(0.0) else e * r)
 
 

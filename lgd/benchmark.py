@@ -411,25 +411,7 @@ def fp_sharing(threads: int, seconds: float = 0.2):
         return None
     import threading
 
-    from numba import njit
-
-    from .kernels.numba_cpu import fma
-
-    @njit(nogil=True)
-    def chains(reps, b, c):
-        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = 1.0
-        for _ in range(reps):
-            a0, a1, a2, a3 = fma(a0, b, c), fma(a1, b, c), fma(a2, b, c), fma(a3, b, c)
-            a4, a5, a6, a7 = fma(a4, b, c), fma(a5, b, c), fma(a6, b, c), fma(a7, b, c)
-            a8, a9, a10, a11 = fma(a8, b, c), fma(a9, b, c), fma(a10, b, c), fma(a11, b, c)
-        return a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11
-
-    @njit(nogil=True)
-    def chain(reps, b, c):
-        a = 1.0
-        for _ in range(reps):
-            a = a * b + c
-        return a
+    chains, chain = _fp_kernels()
 
     def timed(kernel, reps, count):
         workers = [threading.Thread(target=kernel, args=(reps, 0.999, 0.001)) for _ in range(count)]
@@ -442,7 +424,6 @@ def fp_sharing(threads: int, seconds: float = 0.2):
 
     result = {}
     for name, kernel in (("throughput", chains), ("latency", chain)):
-        kernel(10, 0.999, 0.001)  # compile
         reps = 1 << 16
         while timed(kernel, reps, 1) < seconds / 4:
             reps *= 2
@@ -452,6 +433,38 @@ def fp_sharing(threads: int, seconds: float = 0.2):
         if name == "throughput":
             result["fma_per_ns_one_thread"] = 12 * reps / one / 1e9
     return result
+
+
+_FP_KERNELS = []
+
+
+def _fp_kernels() -> tuple:
+    """fp_sharing's two loops, compiled once per process (numba is imported here, not with the module)."""
+    if not _FP_KERNELS:
+        from numba import njit
+
+        from .kernels.numba_cpu import fma
+
+        @njit(nogil=True)
+        def chains(reps, b, c):
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = 1.0
+            for _ in range(reps):
+                a0, a1, a2, a3 = fma(a0, b, c), fma(a1, b, c), fma(a2, b, c), fma(a3, b, c)
+                a4, a5, a6, a7 = fma(a4, b, c), fma(a5, b, c), fma(a6, b, c), fma(a7, b, c)
+                a8, a9, a10, a11 = fma(a8, b, c), fma(a9, b, c), fma(a10, b, c), fma(a11, b, c)
+            return a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11
+
+        @njit(nogil=True)
+        def chain(reps, b, c):
+            a = 1.0
+            for _ in range(reps):
+                a = a * b + c
+            return a
+
+        for kernel in (chains, chain):
+            kernel(10, 0.999, 0.001)  # compile before anything is timed
+        _FP_KERNELS.extend((chains, chain))
+    return tuple(_FP_KERNELS)
 
 
 def _blas() -> list:
