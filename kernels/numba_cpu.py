@@ -41,13 +41,15 @@ LOGISTIC, EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL, SQUARED = ra
 
 # Compile cost. One kernel, run_team, is compiled (and cached) per dtype and product mode: with the
 # fused products its BLAS buffers are None, which prunes the BLAS calls at compile time (they cost
-# a fused build about 4 s). Every helper is a `subroutine`, typed and lowered once per signature into
-# run_team's own code library and optimised and compiled to machine code once, with it. As njit
-# functions they were libraries of their own, each compiled to machine code by itself and again in
-# every caller up the chain: 17-20 s per dtype cold then, 8-10 s now. LLVM inlines the subroutines,
-# so the loops that call exp, the softplus or dot_row still vectorise. Nothing is inlined at numba-IR
-# level (inline="always" copies and re-types a helper at every call site), and array slice assignment
-# is avoided (each one compiles numba's shape-mismatch error path).
+# a fused build about 4 s); with BLAS its tile rows (zs) are None, which prunes the fused loops
+# (about 1.2 s of a BLAS build: 8.1-8.4 s cold instead of 9.2-9.9). Every helper is a `subroutine`,
+# typed and lowered once per signature into run_team's own code library and optimised and compiled
+# to machine code once, with it. As njit functions they were libraries of their own, each compiled
+# to machine code by itself and again in every caller up the chain: 17-20 s per dtype cold then,
+# 8-10 s now. LLVM inlines the subroutines, so the loops that call exp, the softplus or dot_row
+# still vectorise. Nothing is inlined at numba-IR level (inline="always" copies and re-types a
+# helper at every call site), and array slice assignment is avoided (each one compiles numba's
+# shape-mismatch error path).
 # No fastmath anywhere: the divergence test needs inf and nan, and exp/log1p need their exact
 # rounding corrections; reductions use partial sums and the products explicit fma instead.
 CACHE = True
@@ -899,12 +901,14 @@ def backward_rows(X, rows, count, qs, grad):
 
 @subroutine(types.void)
 def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, margin_loss, linear, inv_n,
-                 train_outer, record, neurons, f32, i0, i1, zt, p, q, qs, rows, grad, grad_a, neuron, stats, train):
+                 train_outer, record, neurons, f32, i0, i1, zs, member, p, q, qs, rows, grad, grad_a, neuron, stats,
+                 train):
     """One pass over samples [i0, i1) of one configuration (the only place that evaluates the net).
 
     The rows z of X W^T come from X and Wt (d, m), TILE_ROWS samples at a time in register tiles
-    (WIDE_ROWS from d >= WIDE_MIN_D) into zt (WIDE_ROWS, m) (a block's last few rows without
-    tiles), or are read from Z when Z is given (BLAS mode; None prunes that path at compile time).
+    (WIDE_ROWS from d >= WIDE_MIN_D) into zt = zs[member] (WIDE_ROWS, m) (a block's last few rows
+    without tiles), or are read from Z (BLAS mode). Exactly one of Z and zs is None: that prunes the
+    other mode's code at compile time.
     stats receives (sum of loss values, number with y f > 0, min y f). With train, also the
     gradient: added to grad (d, m) and grad_a (m,), or, with Z, G written over the rows of Z (the
     caller then forms G^T X); at record steps also the per-neuron margins min y a_j phi(z_ij). qs
@@ -931,6 +935,8 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
     pending = 0
     waiting = WAITING_SAMPLES if m <= WAITING_MAX_M else BACKWARD_GROUP
     tile_start = tile_end = i0  # samples [tile_start, tile_end) have their z rows in zt
+    if zs is not None:
+        zt = zs[member]  # the member's rows (a view taken once: each costs two atomic reference counts)
     for i in range(i0, i1):
         yi = np.float64(y[i])
         if linear:
@@ -947,9 +953,11 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
                 k += 1
             f = np.float64((f0 + f1) + (f2 + f3))
         else:
+            # Two ifs, not if / else: numba prunes a branch on an argument that is None, not on one
+            # that is an array, so an else would compile the other mode's code into each kernel.
             if Z is not None:
                 activate_row(act, act_param, Z, i, p, q, m)
-            else:
+            if zs is not None:
                 if i >= tile_end:  # the rows of the next tile's samples (fewer at the block's end)
                     count = WIDE_ROWS if d >= WIDE_MIN_D and i1 - i >= WIDE_ROWS else min(TILE_ROWS, i1 - i)
                     forward_rows(X, i, count, Wt, zt)
@@ -974,7 +982,7 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
                 if Z is not None:
                     for j in range(m):
                         Z[i, j] = q[j] * (cs * a[j])
-                else:
+                if zs is not None:
                     # Samples wait in groups of `waiting` so that each pass over grad adds that
                     # many (in sample order: the same rounding as one at a time).
                     for j in range(m):
@@ -990,7 +998,7 @@ def sample_block(X, Z, y, Wt, a, scale, act, act_param, code_loss, loss_param, m
                 if record and neurons:
                     for j in range(m):
                         neuron[j] = min(neuron[j], yi * a[j] * p[j])
-    if pending > 0:  # the last samples still waiting, fewer than `waiting`
+    if zs is not None and pending > 0:  # the last samples still waiting, fewer than `waiting`
         backward_rows(X, rows, pending, qs, grad)
     stats[0] = risk
     stats[1] = correct
@@ -1132,7 +1140,8 @@ def run_team(member, team, sync, go, queue, configs, X, y, X_test, y_test, W, A,
     runs a configuration does not change its results.
 
     Buffers in the run's dtype: Wt, a, a_step (the outer weights the step reads), zs, ps, qs,
-    pending_q, grads, grads_a, Z, Z_test, grads_blas; pending_rows int64; the rest float64.
+    pending_q, grads, grads_a, Z, Z_test, grads_blas; pending_rows int64; the rest float64. The
+    fused loops' tile rows zs are None with BLAS, and Z, Z_test and grads_blas None without.
 
     With blas, each member forms its block's products through BLAS (gemm calls: the caller limits
     BLAS to one thread when the team is the parallelism): Z_b = X_b W^T into its rows of Z, which the
@@ -1176,7 +1185,7 @@ def run_team(member, team, sync, go, queue, configs, X, y, X_test, y_test, W, A,
                 train = part == 0
                 sample_block(X if train else X_test, Z if train else Z_test, y if train else y_test, Wt, a_step,
                              scale, act, act_param, code_loss, loss_param, margin_loss, linear, inv_n, train_outer,
-                             record, neurons, f32, i0 if train else k0, i1 if train else k1, zs[member], ps[member],
+                             record, neurons, f32, i0 if train else k0, i1 if train else k1, zs, member, ps[member],
                              qs[member], pending_q[member], pending_rows[member], grads[member], grads_a[member],
                              neurons_part[member], stats[member if train else team + member], train)
             if grads_blas is not None:

@@ -78,6 +78,28 @@ def assert_traces_close(expected, actual, rtol, atol=0.0):
     np.testing.assert_allclose(s1.a, s0.a, rtol=rtol, atol=atol)
 
 
+def test_blas_kernel_compiles_without_the_fused_loops(tmp_path):
+    """The BLAS kernel passes None for the fused loops' tile rows, which prunes them (and their
+    register tiles) from its compile; a fresh cache, so that this process compiles it."""
+    script = (
+        "import numpy as np, lgd\n"
+        "from lgd.backends import Problem, _numba\n"
+        "from lgd.kernels import numba_cpu\n"
+        "X = np.ones((64, _numba.BLAS_MIN_D)); y = np.ones(64)\n"
+        "p = Problem(X=X, y=y, activation=lgd.activations.get('relu'), loss=lgd.losses.get('logistic'),\n"
+        "            scale=1.0, train_outer=False, linear=False)\n"
+        "runner = _numba.runner(p, shape=(1, _numba.BLAS_WORK // X.size + 1))\n"
+        "assert runner._use_blas(_numba.BLAS_WORK // X.size + 1)\n"
+        "compiled = [f.__name__ for lib in numba_cpu._SUBROUTINES for f, _ in numba_cpu._SUBROUTINES[lib]]\n"
+        "print(' '.join(sorted(set(compiled))))\n"
+    )
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    compiled = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True,
+                              env=env).stdout.split()
+    assert "sample_block" in compiled and "activate_row" in compiled
+    assert "forward_rows" not in compiled and "backward_rows" not in compiled
+
+
 def test_codes_match_the_catalogs():
     for name in activations.NAMES:
         act = activations.get(name)

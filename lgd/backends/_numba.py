@@ -189,7 +189,8 @@ class Runner:
         else:
             products = (None, None, None)
         tile, waiting = self._kernels.WIDE_ROWS, self._kernels.WAITING_SAMPLES
-        buffers = (empty((d, m), dtype), empty(m, dtype), empty(m, dtype), _own_rows((team, tile, m), dtype),
+        buffers = (empty((d, m), dtype), empty(m, dtype), empty(m, dtype),
+                   None if blas else _own_rows((team, tile, m), dtype),
                    _own_rows((team, m), dtype), _own_rows((team, m), dtype), _own_rows((team, waiting, m), dtype),
                    _own_rows((team, waiting), np.int64), empty((team, d, m), dtype),
                    _own_rows((team, m), dtype), _own_rows((team, m), np.float64), _own_rows((2 * team, 3), np.float64),
