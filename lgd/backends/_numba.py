@@ -179,9 +179,10 @@ class Runner:
         _, m, d = state.W.shape
         dtype = self.problem.dtype
         empty = np.empty
-        # In the run's dtype: Wt, a, a_step, z rows (a register tile's worth), p/q rows, waiting q rows (and
-        # their sample indices, int64), partial gradients; with BLAS, Z, Z_test and the BLAS gradients,
-        # else None (the kernel then compiles without its BLAS calls: a separate, smaller specialisation).
+        # In the run's dtype: Wt, a, a_step, z rows (a register tile's worth; None with BLAS, which prunes the
+        # fused loops from that kernel), p/q rows, waiting q rows (and their sample indices, int64), partial
+        # gradients; with BLAS, Z, Z_test and the BLAS gradients, else None (the kernel then compiles without
+        # its BLAS calls: a separate, smaller specialisation).
         # What a member writes at every sample is in _own_rows, apart from the other members' rows.
         if blas:
             products = (empty((len(self._X), m), dtype), empty((len(self._X_test), m), dtype),
