@@ -21,11 +21,13 @@ import numpy as np
 
 from ._catalog import check_param, parse_spec
 
-__all__ = ["Activation", "get", "NAMES", "sigmoid", "softplus",
+__all__ = ["Activation", "get", "NAMES", "CODES", "ENTRIES", "sigmoid", "softplus",
            "identity", "relu", "leaky_relu", "softplus_activation", "leaky_softplus",
            "gelu", "silu", "tanh"]
 
-# Integer codes the compiled kernels branch on at compile time (see kernels/).
+# The one table of activation codes: every compiled kernel takes its codes from here (the numba
+# formulas import them, the CUDA header is generated from :data:`CODES`). A kernel that meets a
+# code it has no formula for raises; tests enumerate :data:`ENTRIES` on every backend.
 IDENTITY, RELU, LEAKY_RELU, SOFTPLUS, LEAKY_SOFTPLUS, GELU, SILU, TANH = range(8)
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -265,6 +267,9 @@ _FACTORIES = {
 }
 
 NAMES = tuple(name for name in _FACTORIES if name != "swish")
+# Every entry of the catalog, in code order, and the code of each by name.
+ENTRIES = tuple(sorted({factory for factory in _FACTORIES.values()}, key=lambda entry: entry.code))
+CODES = {entry.name: entry.code for entry in ENTRIES}
 
 
 def get(spec) -> Activation:

@@ -21,10 +21,11 @@ import numpy as np
 from ._catalog import check_param, parse_spec
 from .activations import sigmoid, softplus
 
-__all__ = ["Loss", "get", "NAMES", "logistic", "exponential", "flattened_exponential",
+__all__ = ["Loss", "get", "NAMES", "CODES", "ENTRIES", "MARGIN_CODES", "logistic", "exponential", "flattened_exponential",
            "flattened_polynomial", "squared"]
 
-# Integer codes the compiled kernels branch on at compile time (see kernels/).
+# The one table of loss codes (see lgd.activations): the numba formulas import them, the CUDA
+# header is generated from :data:`CODES` and :data:`MARGIN_CODES`.
 LOGISTIC, EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL, SQUARED = range(5)
 
 
@@ -177,6 +178,11 @@ _FACTORIES = {
 }
 
 NAMES = tuple(_FACTORIES)
+# Every entry of the catalog, in code order; the code of each by name; the codes of the margin losses
+# (functions of u = y f; the others take the residual r = f - y): the margin rule every kernel follows.
+ENTRIES = tuple(sorted(_FACTORIES.values(), key=lambda entry: entry.code))
+CODES = {entry.name: entry.code for entry in ENTRIES}
+MARGIN_CODES = frozenset(entry.code for entry in ENTRIES if entry.margin)
 
 
 def get(spec) -> Loss:
