@@ -3,7 +3,9 @@
 from setuptools import setup
 
 EXTRAS = {
-    "numba": ["numba>=0.60", "scipy>=1.10", "threadpoolctl>=3.1"],
+    # The numba kernels use numba internals (compile_internal, Flags, the cache's index file): bounded to
+    # the minor version they are tested with (kernels/numba_cpu/compiler.py names a missing internal).
+    "numba": ["numba>=0.68,<0.69", "scipy>=1.10", "threadpoolctl>=3.1"],
     "cuda12": ["cupy-cuda12x>=13"],
     "cuda13": ["cupy-cuda13x>=14"],
     "plot": ["matplotlib>=3.7"],
@@ -27,7 +29,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["lgd", "lgd.backends", "lgd.kernels"],
+    packages=["lgd", "lgd.backends", "lgd.benchmark", "lgd.kernels", "lgd.kernels.numba_cpu"],
     package_dir={"lgd.kernels": "kernels"},
     package_data={"lgd.kernels": ["cuda/*.cu", "cuda/*.cuh"]},
     install_requires=["numpy>=1.24"],

@@ -3,14 +3,21 @@
 The module is built once per process (a RawModule, lazily, on first use) and its entries are
 fetched by dtype suffix. :func:`gd_steps` runs evaluations t_start..t_stop-1 of every config
 without synchronising the host: the stepsizes, divergence flags and traces stay on the device.
-:func:`nvrtc_compile` compiles the source for an explicit architecture without a GPU (for CI).
+:func:`check_codes` rejects, before any launch, an activation or loss the kernels have no formula
+for (the table of cuda/codes.cuh, see :mod:`lgd.kernels.cuda_codes`); :func:`check_fault` reads the
+kernels' fault flag once the host has synchronised. :func:`nvrtc_compile` compiles the source for
+an explicit architecture without a GPU (for CI).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from pathlib import Path
 
 import cupy
+
+from . import cuda_codes
 
 SOURCE = Path(__file__).with_name("cuda") / "lgd.cu"
 ENTRIES = ("lgd_forward", "lgd_finish", "lgd_test_metrics")
@@ -21,11 +28,19 @@ OPTIONS = ("--std=c++17",)
 _module = None
 
 
+def options() -> tuple[str, ...]:
+    """OPTIONS, the include path of SOURCE's headers (codes.cuh) and a digest of those headers."""
+    # CuPy keys its kernel cache on the source text and the options, not on the headers the source
+    # includes: the digest among the options rebuilds the module when a header changes.
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in sorted(SOURCE.parent.glob("*.cuh"))))
+    return OPTIONS + (f"--include-path={SOURCE.parent}", f"-DLGD_HEADERS_SHA256={digest.hexdigest()}")
+
+
 def module():
     """The compiled RawModule (built on the first call, then reused)."""
     global _module
     if _module is None:
-        _module = cupy.RawModule(code=SOURCE.read_text(), options=OPTIONS)
+        _module = cupy.RawModule(code=SOURCE.read_text(), options=options())
     return _module
 
 
@@ -42,17 +57,51 @@ def nvrtc_compile(arch: str) -> str:
     """
     from cupy_backends.cuda.libs import nvrtc
 
-    options = OPTIONS + ("-ftz=true", "--device-as-default-execution-space", f"-arch={arch}",
-                         "--ptxas-options=-v")
+    flags = options() + ("-ftz=true", "--device-as-default-execution-space", f"-arch={arch}", "--ptxas-options=-v")
     program = nvrtc.createProgram(SOURCE.read_text(), SOURCE.name, (), ())
     try:
-        nvrtc.compileProgram(program, options)
+        nvrtc.compileProgram(program, flags)
     except nvrtc.NVRTCError as exc:
         raise RuntimeError(f"NVRTC failed for {arch}: {exc}\n{nvrtc.getProgramLog(program)}") from None
     finally:
         log = nvrtc.getProgramLog(program)
         nvrtc.destroyProgram(program)
     return log.rstrip("\x00")
+
+
+@functools.cache
+def _known() -> dict[str, dict[str, int]]:
+    return cuda_codes.codes()
+
+
+def check_codes(activation, loss) -> None:
+    """Raise ValueError unless the kernels have a formula for ``activation`` and ``loss``.
+
+    A formula is known by the entry's code and name in cuda/codes.cuh: an entry the header does not
+    list, or a code the header gives to another entry, would otherwise run a formula that is not its own.
+    """
+    for kind, entry in (("activation", activation), ("loss", loss)):
+        known = _known()[kind]
+        if known.get(entry.name) != entry.code:
+            listed = ", ".join(f"{name} ({code})" for name, code in known.items())
+            raise _no_formula(kind, entry, f"; they know {listed}")
+
+
+def check_fault(run: "DeviceRun", activation, loss) -> None:
+    """Raise ValueError when a kernel of ``run`` met a code it has no formula for (and wrote NaN).
+
+    Copies the fault flag to the host: call it after the host has waited for the device anyway (the
+    copies at the end of a chunk), never per step.
+    """
+    fault = int(run.fault.get()[0])
+    for kind, entry in (("activation", activation), ("loss", loss)):
+        if fault & cuda_codes.FAULTS[kind]:
+            raise _no_formula(kind, entry, ": lgd.cu has no case for it and wrote NaN")
+
+
+def _no_formula(kind: str, entry, detail: str) -> ValueError:
+    return ValueError(f"the CUDA kernels have no formula for {kind} {entry.spec!r} (code {entry.code}){detail}. "
+                      "Run it on the numpy backend: compute='numpy'.")
 
 
 class DeviceRun:
@@ -63,6 +112,7 @@ class DeviceRun:
         self.X, self.y, self.X_test, self.y_test = X, y, X_test, y_test
         self.W, self.a = W, a
         self.stepsizes, self.diverged = stepsizes, diverged
+        self.fault = cupy.zeros(1, dtype=cupy.int32)  # bits of cuda_codes.FAULTS, see check_fault
         C, m, d = W.shape
         n = X.shape[0]
         self.ZG = cupy.empty((C, n, m), dtype=dtype)
@@ -81,6 +131,7 @@ class DeviceRun:
 def gd_steps(run: DeviceRun, t_start: int, t_stop: int, steps: int, record_every: int, activation, loss,
              scale: float, train_outer: bool):
     """Launch evaluations t_start..t_stop-1 (metrics of W_t, then W_{t+1} = W_t - eta grad when t < steps)."""
+    check_codes(activation, loss)
     dtype = run.X.dtype
     real = dtype.type
     forward, finish, test_metrics = (kernel(entry, dtype) for entry in ENTRIES)
@@ -96,12 +147,12 @@ def gd_steps(run: DeviceRun, t_start: int, t_stop: int, steps: int, record_every
         if slot >= 0 and run.X_test is not None:
             cupy.matmul(run.X_test, Wt, out=run.Z_test)
             test_metrics((C,), (THREADS,), (
-                run.Z_test, run.a, run.y_test, run.diverged, run.trace["test_risk"], run.trace["test_accuracy"],
-                _i32(run.X_test.shape[0]), _i32(m), _i32(activation.code), real(activation.param),
-                _i32(loss.code), real(loss.param), real(scale), _i32(slot), _i32(records)))
+                run.Z_test, run.a, run.y_test, run.diverged, run.fault, run.trace["test_risk"],
+                run.trace["test_accuracy"], _i32(run.X_test.shape[0]), _i32(m), _i32(activation.code),
+                real(activation.param), _i32(loss.code), real(loss.param), real(scale), _i32(slot), _i32(records)))
         forward((n, C), (min(THREADS, _round_up(m, 32)),), (
-            run.ZG, run.P, run.a, run.y, run.row_loss, run.row_yf, run.row_coef, run.diverged, _i32(n),
-            _i32(m), _i32(activation.code), real(activation.param), _i32(loss.code),
+            run.ZG, run.P, run.a, run.y, run.row_loss, run.row_yf, run.row_coef, run.diverged, run.fault,
+            _i32(n), _i32(m), _i32(activation.code), real(activation.param), _i32(loss.code),
             real(loss.param), real(scale), _i32(store_p)))
         cupy.matmul(run.ZG.transpose(0, 2, 1), run.X, out=run.grad_W)
         if train_outer:

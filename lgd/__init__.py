@@ -4,6 +4,9 @@
 >>> X, y = lgd.data.xor()
 >>> run = lgd.gd(X, y, lgd.TwoLayerNet(32), "logistic", stepsize=20.0, steps=2000)   # doctest: +SKIP
 >>> run.phase.transition_step                                                        # doctest: +SKIP
+>>> grid = lgd.sweep(X, y, lgd.TwoLayerNet(32), stepsizes=[1.0, 20.0], steps=100, record=10, compute="numpy")
+>>> grid.risk.shape
+(2, 11)
 
 Importing lgd loads numpy only: numba and cupy are imported when a backend first needs them.
 """
@@ -12,9 +15,10 @@ from . import activations, analysis, data, hessian, losses
 from .backends import BackendUnavailable
 from .driver import gd, sweep
 from .models import Linear, TwoLayerNet
+from .options import Compute, Record
 from .results import Phase, Run, Sweep, load
 
 __version__ = "0.1.0"
 
-__all__ = ["gd", "sweep", "TwoLayerNet", "Linear", "Run", "Sweep", "Phase", "load", "BackendUnavailable",
-           "activations", "losses", "data", "analysis", "hessian", "__version__"]
+__all__ = ["gd", "sweep", "Record", "Compute", "TwoLayerNet", "Linear", "Run", "Sweep", "Phase", "load",
+           "BackendUnavailable", "activations", "losses", "data", "analysis", "hessian", "__version__"]

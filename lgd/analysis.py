@@ -14,7 +14,7 @@ Cai et al., NeurIPS 2024; Cohen et al., ICLR 2021):
 
 The phase transition itself is :attr:`lgd.Run.phase` (first recorded step with
 L <= min(1/eta, loss(0)/n)); everything here reuses it. Only recorded steps are seen: with
-``record_every`` > 1 an increase between two records can be missed. What does not live here:
+``lgd.Record(every=k)``, k > 1, an increase between two records can be missed. What does not live here:
 plotting (:mod:`lgd.plot`, :mod:`lgd.reproduce`) and the Hessian (:mod:`lgd.hessian`).
 """
 
@@ -194,9 +194,9 @@ class SharpnessSummary:
 
 
 def sharpness_summary(run, fraction: float = 0.9) -> SharpnessSummary:
-    """Progressive sharpening and the edge of stability of a run recorded with ``sharpness_every``."""
+    """Progressive sharpening and the edge of stability of a run recorded with ``Record.sharpness_every``."""
     if run.sharpness is None:
-        raise ValueError("this run has no sharpness: run lgd.gd(..., sharpness_every=...)")
+        raise ValueError("this run has no sharpness: run lgd.gd(..., record=lgd.Record(sharpness_every=...))")
     step, top = _finite_trace(run.sharpness_step, np.asarray(run.sharpness)[:, 0])
     limit = 2.0 / run.stepsize
     if top.size == 0:
@@ -240,7 +240,7 @@ def acceleration_curve(sweep, steps: int | None = None) -> AccelerationCurve:
     steps = int(sweep.steps if steps is None else steps)
     where = np.flatnonzero(np.asarray(sweep.step) == steps)
     if where.size == 0:
-        raise ValueError(f"step {steps} was not recorded in this sweep; record it (record_every) or pick "
+        raise ValueError(f"step {steps} was not recorded in this sweep; record it (lgd.Record.every) or pick "
                          f"one of the recorded steps")
     traces = np.asarray(sweep.risk)[:, :where[0] + 1]
     stepsizes = np.unique(sweep.stepsize)
@@ -285,7 +285,7 @@ def analyze(result):
 
     >>> import lgd
     >>> X, y = lgd.data.wu_toy()
-    >>> run = lgd.gd(X, y, lgd.Linear(), stepsize=100.0, steps=300, init="zeros", backend="numpy")
+    >>> run = lgd.gd(X, y, lgd.Linear(), stepsize=100.0, steps=300, init="zeros", compute="numpy")
     >>> result = analyze(run)
     >>> result.edge_of_stability.present, result.stable.monotone
     (True, True)

@@ -134,8 +134,8 @@ def _run(args) -> int:
         # One batched call for all stepsizes: the backend runs the configs side by side.
         runs = list(lgd.sweep(X, y, model, args.loss, stepsizes=args.stepsizes, steps=args.steps,
                               seeds=(args.seed,), init=args.init, init_scale=args.init_scale,
-                              record_every=args.record_every, backend=args.backend, dtype=args.dtype,
-                              progress=args.progress))
+                              record=lgd.Record(every=args.record_every),
+                              compute=lgd.Compute(backend=args.backend, dtype=args.dtype, progress=args.progress)))
     except (ValueError, TypeError, ImportError, FileNotFoundError, lgd.BackendUnavailable) as exc:
         print(f"lgd run: error: {exc}", file=sys.stderr)
         return 2
@@ -222,7 +222,7 @@ def info() -> str:
     for name in backends.NAMES:
         usable, reason = backends.availability(name)
         lines.append(f"  {name:6s} {'usable' if usable else 'not usable'}: {reason}")
-    lines.append(f"  'auto' chooses: {backends.choose('auto')}")
+    lines.append(f"  'auto' chooses: {backends.resolve('auto').name} (for numpy input; cupy input goes to cupy)")
     if backends.availability("numba")[0]:
         import numba
 

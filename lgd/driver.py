@@ -2,7 +2,8 @@
 
 This is where inputs are checked, initial weights drawn, the backend chosen and the run advanced
 in chunks (for the progress bar, for Ctrl-C and so that a diverging run stops early). The
-per-step work is entirely the backend's; see :mod:`lgd.backends` for that contract.
+per-step work is entirely the backend's; see :mod:`lgd.backends` for that contract. The option
+objects (what to record, where to compute) and their checks live in :mod:`lgd.options`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import numpy as np
 
 from . import backends as _backends
 from . import losses as _losses
+from . import options as _options
 from .backends import Problem, State, Trace, record_steps
 from .models import TwoLayerNet
+from .options import check_count as _check_count
 from .results import Run, Sweep
 
 __all__ = ["gd", "sweep"]
@@ -30,8 +33,7 @@ CHUNK_SECONDS = 0.25
 
 
 def gd(X, y, model, loss="logistic", stepsize=1.0, steps=1000, *, init="normal", init_scale=1.0, seed=0,
-       record_every=1, backend="auto", dtype=None, X_test=None, y_test=None, progress=None,
-       neuron_margins=None, sharpness_every=None, sharpness_k=1, sharpness_points=None) -> Run:
+       X_test=None, y_test=None, record=1, compute="auto", **deprecated) -> Run:
     """Full-batch gradient descent W_{t+1} = W_t - stepsize * grad L(W_t) for ``steps`` steps.
 
     Parameters
@@ -45,28 +47,22 @@ def gd(X, y, model, loss="logistic", stepsize=1.0, steps=1000, *, init="normal",
     stepsize : float > 0
         The constant stepsize eta (runtime data: any value, no recompilation).
     steps : int >= 1
-        Number of GD steps T; metrics are recorded at steps 0, k, 2k, ... and T (k = ``record_every``).
+        Number of GD steps T; metrics are recorded at steps 0, k, 2k, ... and T (k = ``record.every``).
     init : 'normal' | 'zeros' | array
         W_0 ~ N(0, init_scale^2) elementwise (from ``seed``), zero, or the array given
         (shape (width, d), or (d,) for lgd.Linear).
-    backend : 'auto' | 'numpy' | 'numba' | 'cupy'
-        ``'auto'`` takes cupy with a usable GPU, else numba when installed, else numpy. A backend
-        named explicitly that cannot run raises :class:`lgd.BackendUnavailable`.
-    dtype : None | 'float64' | 'float32'
-        Precision of the whole run; None keeps float32 input as float32 and uses float64 otherwise.
     X_test, y_test : arrays, optional
         Held-out data: ``test_risk`` and ``test_accuracy`` are recorded with the other metrics.
-    progress : None | bool
-        A tqdm progress bar; None shows one only when stderr is a terminal.
-    neuron_margins : None | bool
-        Record per-neuron margins; None records them when they take at most 2^24 numbers.
-    sharpness_every : None | int
-        Every that many steps (t = 0, s, 2s, ... and T) record the ``sharpness_k`` largest Hessian
-        eigenvalues of the risk at W_t (of (W_t, a_t) with a trained outer layer), on the first
-        ``sharpness_points`` training points (all when None; Cohen et al. use 5,000), into
-        ``run.sharpness`` at ``run.sharpness_step``; compare with ``run.sharpness_limit`` = 2/eta.
-        Computed by :func:`lgd.hessian.sharpness` (numpy Lanczos, needs scipy) in the run's dtype
-        whatever the backend, and not counted in ``seconds`` (see ``meta['sharpness_seconds']``).
+    record : lgd.Record or int
+        What to record: the record interval k, per-neuron margins, the sharpness; an int k is short
+        for ``lgd.Record(every=k)``. See :class:`lgd.Record`.
+    compute : lgd.Compute or str
+        Where and how to compute: backend, dtype, progress bar; a backend name is short for
+        ``lgd.Compute(backend=name)``. See :class:`lgd.Compute`.
+    **deprecated
+        The keywords these objects replace still work, with a DeprecationWarning: ``record_every``,
+        ``neuron_margins``, ``sharpness_every``, ``sharpness_k``, ``sharpness_points`` (fields of
+        :class:`lgd.Record`) and ``backend``, ``dtype``, ``progress`` (fields of :class:`lgd.Compute`).
 
     Returns
     -------
@@ -78,22 +74,19 @@ def gd(X, y, model, loss="logistic", stepsize=1.0, steps=1000, *, init="normal",
     --------
     >>> import lgd
     >>> X, y = lgd.data.xor(n=40)
-    >>> run = lgd.gd(X, y, lgd.TwoLayerNet(16), stepsize=2.0, steps=200, backend="numpy")
+    >>> run = lgd.gd(X, y, lgd.TwoLayerNet(16), stepsize=2.0, steps=200, compute="numpy")
     >>> run.status, bool(run.risk[-1] < run.risk[0])
     ('completed', True)
     """
+    record, compute = _options.resolve(record, compute, deprecated, "gd")
     stepsize = _check_stepsize(stepsize, "stepsize")
     result = sweep(X, y, model, loss, stepsizes=[stepsize], steps=steps, seeds=(seed,), init=init,
-                   init_scale=init_scale, record_every=record_every, backend=backend, dtype=dtype,
-                   X_test=X_test, y_test=y_test, progress=progress, neuron_margins=neuron_margins,
-                   sharpness_every=sharpness_every, sharpness_k=sharpness_k, sharpness_points=sharpness_points)
+                   init_scale=init_scale, X_test=X_test, y_test=y_test, record=record, compute=compute)
     return result[0]
 
 
 def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,), *, init="normal",
-          init_scale=1.0, record_every=1, backend="auto", dtype=None, X_test=None, y_test=None,
-          progress=None, neuron_margins=None, sharpness_every=None, sharpness_k=1,
-          sharpness_points=None) -> Sweep:
+          init_scale=1.0, X_test=None, y_test=None, record=1, compute="auto", **deprecated) -> Sweep:
     """GD for every (stepsize, seed) pair on the same data, in one batched backend call.
 
     Configs are ordered stepsize-major: config i has ``stepsizes[i // len(seeds)]`` and
@@ -103,14 +96,18 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
     >>> import lgd
     >>> X, y = lgd.data.xor(n=40)
     >>> result = lgd.sweep(X, y, lgd.TwoLayerNet(8), "logistic", stepsizes=[0.5, 4.0], steps=50,
-    ...                    seeds=(0, 1), backend="numpy")
+    ...                    seeds=(0, 1), compute="numpy")
     >>> result.risk.shape
     (4, 51)
     """
+    record, compute = _options.resolve(record, compute, deprecated, "sweep")
+    record_every, neuron_margins = record.every, record.neuron_margins
+    sharpness_every, sharpness_k, sharpness_points = record.sharpness_every, record.sharpness_k, record.sharpness_points
+    backend, dtype, progress = compute.backend, compute.dtype, compute.progress
     if not isinstance(model, TwoLayerNet):
         raise TypeError(f"model must be an lgd.TwoLayerNet or lgd.Linear, got {type(model).__name__}")
     loss = _losses.get(loss)
-    dtype = _check_dtype(dtype, X)
+    dtype = _run_dtype(dtype, X)
     X, y = _check_data(X, y, loss, dtype, "X", "y")
     if (X_test is None) != (y_test is None):
         raise ValueError("give both X_test and y_test, or neither")
@@ -125,20 +122,13 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
         _check_stepsize(eta, "stepsizes")
     seeds = _check_seeds(seeds)
     steps = _check_count(steps, "steps")
-    record_every = _check_count(record_every, "record_every")
-    if sharpness_every is not None:
-        sharpness_every = _check_count(sharpness_every, "sharpness_every")
-        sharpness_k = _check_count(sharpness_k, "sharpness_k")
-        if sharpness_points is not None:
-            sharpness_points = _check_count(sharpness_points, "sharpness_points")
     init_scale = float(init_scale)
     if not (math.isfinite(init_scale) and init_scale >= 0):
         raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale}")
-    backend_name = _backends.choose(backend, X)
+    _check_stepsize_range(stepsizes, dtype)
     on_device = _namespace(X) is not np
-    if on_device and backend_name != "cupy":  # the user asked for a CPU backend: one explicit copy
-        X, y = X.get(), y.get()
-        X_test, y_test = (None, None) if X_test is None else (X_test.get(), y_test.get())
+    backend = _backends.resolve(backend, X)
+    X, y, X_test, y_test = backend.inputs(X, y, X_test, y_test)
 
     n, d = X.shape
     configs = list(itertools.product(stepsizes.tolist(), seeds))
@@ -155,7 +145,7 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
                       train_outer=model.train_outer, linear=model.__class__.__name__ == "Linear",
                       X_test=X_test, y_test=y_test)
 
-    runner = _backends.get(backend_name).runner(problem, state.W.shape)  # compiles here, not in the timed loop
+    runner = backend.runner(problem, steps, record_every, state.W.shape)  # compiles here, not in the timed loop
     if sharpness_every is None:
         sharpness_steps, sharpness, measure_sharpness = None, None, None
     else:
@@ -168,7 +158,7 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
                 sharpness[c, slot] = _sharpness(problem, state, c, sharpness_k, sharpness_points)
 
     reached, seconds, interrupted, paused_seconds = _advance(
-        runner, state, trace, steps, record_every, progress,
+        runner, state, trace, steps, progress,
         pauses=() if sharpness_steps is None else sharpness_steps.tolist(), at_pause=measure_sharpness)
 
     keep = recorded < reached
@@ -179,7 +169,7 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
     with np.errstate(divide="ignore", invalid="ignore"):
         normalized = np.where(weight_norm > 0, trace.margin[:, keep] / weight_norm, np.nan)
     meta = {"model": model.config(), "loss": loss.spec, "n": n, "d": d, "dtype": np.dtype(dtype).name,
-            "backend": backend_name, "record_every": record_every,
+            "backend": backend.name, "record_every": record_every,
             "init": init if isinstance(init, str) else "array", "init_scale": init_scale}
     if sharpness_every is not None:
         meta.update(sharpness_every=sharpness_every, sharpness_points=sharpness_points,
@@ -192,26 +182,16 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
                  test_risk=trace.test_risk[:, keep] if X_test is not None else None,
                  test_accuracy=trace.test_accuracy[:, keep] if X_test is not None else None,
                  neuron_margins=trace.neuron_margins[:, keep] if neuron_margins else None,
-                 weights=_user_array(model.to_user(state.W), on_device and backend_name == "cupy"),
-                 outer_weights=_user_array(state.a, on_device and backend_name == "cupy"),
+                 weights=backend.outputs(model.to_user(state.W), on_device),
+                 outer_weights=backend.outputs(state.a, on_device),
                  stepsize=state.stepsizes.copy(), seed=np.array([s for _, s in configs], dtype=np.int64),
                  steps=steps, status=status, diverged_step=state.diverged.copy(), seconds=seconds,
                  steps_per_second=float(np.sum(np.minimum(done, steps))) / seconds if seconds > 0 else math.inf,
                  meta=meta, sharpness=sharpness, sharpness_step=sharpness_steps)
 
 
-def _user_array(array: np.ndarray, on_device: bool):
-    """Final weights in the array type of the input: cupy in, cupy out."""
-    if on_device:
-        import cupy
-
-        return cupy.asarray(array)
-    return array
-
-
-def _advance(runner, state: State, trace: Trace, steps: int, record_every: int, progress, pauses=(),
-             at_pause=None):
-    """Run evaluations 0..steps in chunks.
+def _advance(runner, state: State, trace: Trace, steps: int, progress, pauses=(), at_pause=None):
+    """Run evaluations 0..steps in chunks (the runner protocol of :mod:`lgd.backends`).
 
     Chunks end at every step t of the sorted ``pauses``, where ``at_pause(t)`` is called before
     evaluation t, so the state then holds W_t; that call is timed apart from the GD steps.
@@ -221,6 +201,7 @@ def _advance(runner, state: State, trace: Trace, steps: int, record_every: int, 
     bar = _progress_bar(progress, total)
     t, chunk, seconds, paused_seconds = 0, min(total, 16), 0.0, 0.0
     pauses = list(pauses)
+    runner.start(state, trace)
     try:
         while t < total and np.any(state.diverged < 0):
             if pauses and pauses[0] == t:
@@ -229,7 +210,7 @@ def _advance(runner, state: State, trace: Trace, steps: int, record_every: int, 
                 paused_seconds += time.perf_counter() - tic
             stop = min(total, t + chunk, pauses[0] if pauses else total)
             tic = time.perf_counter()
-            runner.run(state, trace, t, stop, steps, record_every)
+            runner.advance(t, stop)
             elapsed = time.perf_counter() - tic
             seconds += elapsed
             if bar is not None:
@@ -240,6 +221,7 @@ def _advance(runner, state: State, trace: Trace, steps: int, record_every: int, 
     except KeyboardInterrupt:
         return t, seconds, True, paused_seconds
     finally:
+        runner.finish()
         if bar is not None:
             bar.close()
     return total, seconds, False, paused_seconds
@@ -268,16 +250,11 @@ def _progress_bar(progress, total: int):
     return tqdm(total=total, unit="step", leave=False)
 
 
-def _check_dtype(dtype, X):
+def _run_dtype(dtype, X):
+    """The run's dtype: the one asked for (checked by lgd.Compute), else float32 for float32 input, else float64."""
     if dtype is None:
         return np.dtype(np.float32) if getattr(X, "dtype", None) == np.float32 else np.dtype(np.float64)
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError:
-        raise ValueError(f"dtype must be float64 or float32, got {dtype!r}") from None
-    if dtype not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float64 or float32, got {dtype.name}")
-    return dtype
+    return np.dtype(dtype)
 
 
 def _namespace(array):
@@ -312,6 +289,14 @@ def _check_data(X, y, loss, dtype, xname: str, yname: str):
     return xp.ascontiguousarray(X, dtype=dtype), xp.ascontiguousarray(y, dtype=dtype)
 
 
+def _check_stepsize_range(stepsizes: np.ndarray, dtype):
+    """A stepsize a run of `dtype` cannot hold (it would round to inf) is refused before any work."""
+    largest = float(np.finfo(dtype).max)
+    if np.any(stepsizes > largest):
+        raise ValueError(f"stepsize {float(stepsizes.max()):g} does not fit in {np.dtype(dtype).name} (largest "
+                         f"{largest:g}); use dtype float64")
+
+
 def _check_stepsize(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
         raise ValueError(f"{name} must be a positive number, got {value!r}")
@@ -319,12 +304,6 @@ def _check_stepsize(value, name: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be positive and finite, got {value}")
     return value
-
-
-def _check_count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
 
 
 def _check_seeds(seeds) -> list:

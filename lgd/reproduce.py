@@ -111,7 +111,7 @@ def fig4(quick: bool = False, backend: str = "auto", progress=None) -> Reproduct
     X, y = lgd.data.fig4()
     net = lgd.TwoLayerNet(2, activation="leaky_softplus(0.5)", scaling="mean_field", outer=[1.0, -1.0])
     run = lgd.gd(X, y, net, "logistic", stepsize=3.0, steps=3000 if quick else 20000, init="zeros",
-                 backend=backend, neuron_margins=True, progress=progress)
+                 record=lgd.Record(neuron_margins=True), compute=lgd.Compute(backend, progress=progress))
     positive = np.flatnonzero(run.margin > 0)
     summary = {"experiment": "fig4", "stepsize": 3.0, "steps": run.steps, "backend": run.meta["backend"],
                "final_network_margin": float(run.margin[-1]),
@@ -154,8 +154,8 @@ def xor(quick: bool = False, backend: str = "auto", progress=None) -> Reproducti
     X, y = lgd.data.xor(n=40 if quick else 100)
     net = lgd.TwoLayerNet(10 if quick else 20, activation="leaky_softplus(0.5)", scaling="mean_field")
     stepsizes = (30.0, 1000.0, 3000.0)
-    grid = lgd.sweep(X, y, net, "logistic", stepsizes=stepsizes, steps=4000 if quick else 20000, backend=backend,
-                     progress=progress)
+    grid = lgd.sweep(X, y, net, "logistic", stepsizes=stepsizes, steps=4000 if quick else 20000,
+                     compute=lgd.Compute(backend, progress=progress))
     runs = list(grid)
     summary = {"experiment": "xor", "n": X.shape[0], "width": net.width, "steps": grid.steps,
                "backend": grid.meta["backend"], "runs": [_run_summary(run) for run in runs]}
@@ -168,11 +168,12 @@ def _two_class(name: str, X, y, steps: int, linear_stepsizes, net_stepsizes, wid
     """Logistic regression and a two-layer net (leaky softplus, 1/m) at a small and a large stepsize."""
     import lgd
 
+    compute = lgd.Compute(backend, progress=progress)
     linear = lgd.sweep(X, y, lgd.Linear(), "logistic", stepsizes=linear_stepsizes, steps=steps, init="zeros",
-                       backend=backend, progress=progress, X_test=X_test, y_test=y_test)
+                       X_test=X_test, y_test=y_test, compute=compute)
     net = lgd.TwoLayerNet(width, activation="leaky_softplus(0.5)", scaling="mean_field")
-    network = lgd.sweep(X, y, net, "logistic", stepsizes=net_stepsizes, steps=steps, backend=backend,
-                        progress=progress, X_test=X_test, y_test=y_test)
+    network = lgd.sweep(X, y, net, "logistic", stepsizes=net_stepsizes, steps=steps, X_test=X_test, y_test=y_test,
+                        compute=compute)
     summary = {"experiment": name, "n": X.shape[0], "d": X.shape[1], "steps": steps,
                "backend": linear.meta["backend"],
                "logistic_regression": [_run_summary(run) for run in linear],
@@ -226,7 +227,7 @@ def acceleration(quick: bool = False, backend: str = "auto", progress=None) -> R
     stepsizes = np.logspace(-1, 3, 9) if quick else np.logspace(-1, 4, 16)
     budgets = (100, 300, 1000) if quick else (100, 1000, 10000)
     grid = lgd.sweep(X, y, lgd.Linear(), "logistic", stepsizes=stepsizes, steps=budgets[-1], init="zeros",
-                     backend=backend, progress=progress)
+                     compute=lgd.Compute(backend, progress=progress))
     curves = [acceleration_curve(grid, T) for T in budgets]
     log_budgets = np.log(budgets)
     monotone_slope = float(np.polyfit(log_budgets, np.log([c.best_monotone_risk for c in curves]), 1)[0])
@@ -270,8 +271,8 @@ def eos(quick: bool = False, backend: str = "auto", progress=None) -> Reproducti
     X, y = lgd.data.xor(n=200, noise=0.2)
     net = lgd.TwoLayerNet(32, activation="tanh", scaling="ntk", outer="random", train_outer=True)
     steps, every = (2000, 100) if quick else (8000, 200)
-    grid = lgd.sweep(X, y, net, "squared", stepsizes=(2.0, 5.0, 6.5), steps=steps, init_scale=0.5, backend=backend,
-                     sharpness_every=every, progress=progress)
+    grid = lgd.sweep(X, y, net, "squared", stepsizes=(2.0, 5.0, 6.5), steps=steps, init_scale=0.5,
+                     record=lgd.Record(sharpness_every=every), compute=lgd.Compute(backend, progress=progress))
     runs = list(grid)
     summary = {"experiment": "eos", "backend": grid.meta["backend"], "steps": steps, "sharpness_every": every,
                "sharpness_seconds": grid.meta["sharpness_seconds"], "runs": [_run_summary(run) for run in runs]}
@@ -310,7 +311,7 @@ def balancing(quick: bool = False, backend: str = "auto", progress=None) -> Repr
     stepsizes = np.round(np.linspace(0.02, 1.15 * reference, 6 if quick else 13), 5)
     net = lgd.TwoLayerNet(1, activation="identity", scaling=1.0, outer=[y0], train_outer=True)
     grid = lgd.sweep(np.array([[1.0]]), np.array([1.0]), net, "squared", stepsizes=stepsizes,
-                     steps=1000 if quick else 3000, init=[[x0]], backend=backend, progress=progress)
+                     steps=1000 if quick else 3000, init=[[x0]], compute=lgd.Compute(backend, progress=progress))
     x, y = grid.weights.reshape(-1), grid.outer_weights.reshape(-1)
     converged = np.array([s == "completed" for s in grid.status]) & (np.abs(x * y - 1) < 1e-6)
     gap = np.where(converged, np.abs(x - y), np.nan)

@@ -110,7 +110,7 @@ class Run(_Traces):
     ``normalized_margin`` (margin / weight_norm), ``test_risk`` and ``test_accuracy`` (None without
     test data); ``neuron_margins`` (R, m): min_i y_i a_j phi(w_j . x_i), or None when not recorded.
     ``status`` is ``'completed'``, ``'diverged'`` (at ``diverged_step``, trace kept up to it) or
-    ``'interrupted'``. With ``sharpness_every``: ``sharpness`` (R_s, k), the top-k Hessian
+    ``'interrupted'``. With ``lgd.Record(sharpness_every=s)``: ``sharpness`` (R_s, k), the top-k Hessian
     eigenvalues at ``sharpness_step`` (R_s,), to compare with :attr:`sharpness_limit` = 2/eta;
     both None otherwise.
     """

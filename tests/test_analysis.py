@@ -14,7 +14,7 @@ from lgd import analysis
 def template():
     """A real run whose traces the synthetic tests replace (wu_toy: n = 4, logistic loss)."""
     X, y = lgd.data.wu_toy()
-    return lgd.gd(X, y, lgd.Linear(), stepsize=10.0, steps=5, init="zeros", backend="numpy")
+    return lgd.gd(X, y, lgd.Linear(), stepsize=10.0, steps=5, init="zeros", compute="numpy")
 
 
 def _synthetic(template, risk, stepsize=10.0, margin=None, sharpness=None, sharpness_step=None):
@@ -93,7 +93,7 @@ def test_sharpness_summary_reads_progressive_sharpening_and_the_limit(template):
 def test_acceleration_curve_of_a_synthetic_sweep():
     X, y = lgd.data.wu_toy()
     grid = lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0, 10.0, 100.0], seeds=(0, 1), steps=3, init="zeros",
-                     backend="numpy")
+                     compute="numpy")
     risk = np.array([[4, 3, 2, 1.0], [4, 3, 2, 4.0],          # eta = 1: monotone / not: geometric mean 2
                      [4, 3, 2, 0.5], [4, 3, 2, 0.5],          # eta = 10: monotone, 0.5
                      [4, 5, 2, 0.1], [4, 5, 2, 0.001]])       # eta = 100: non-monotone, 0.01
@@ -110,7 +110,7 @@ def test_acceleration_curve_of_a_synthetic_sweep():
 
 def test_real_runs_small_stepsize_monotone_large_stepsize_eos_then_rate_one_over_t():
     X, y = lgd.data.wu_toy()
-    small, large = lgd.sweep(X, y, lgd.Linear(), stepsizes=[0.5, 10.0], steps=3000, init="zeros", backend="numpy")
+    small, large = lgd.sweep(X, y, lgd.Linear(), stepsizes=[0.5, 10.0], steps=3000, init="zeros", compute="numpy")
     small_result, large_result = analysis.analyze(small), analysis.analyze(large)
     assert not small_result.edge_of_stability.present
     assert large_result.edge_of_stability.present and large_result.edge_of_stability.peak_over_initial > 2
@@ -124,7 +124,7 @@ def test_real_runs_small_stepsize_monotone_large_stepsize_eos_then_rate_one_over
 
 def test_analyze_a_sweep_and_the_xor_margin_in_the_stable_phase():
     X, y = lgd.data.xor(n=40)
-    grid = lgd.sweep(X, y, lgd.TwoLayerNet(8), stepsizes=[50.0], steps=1500, backend="numpy")
+    grid = lgd.sweep(X, y, lgd.TwoLayerNet(8), stepsizes=[50.0], steps=1500, compute="numpy")
     (result,) = analysis.analyze(grid)
     assert result.phase.transition_step is not None
     assert result.margin.final > result.margin.initial > 0

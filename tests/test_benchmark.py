@@ -1,16 +1,26 @@
-"""`lgd bench`: the report built from pytest-benchmark statistics, its table, JSON, markdown and comparison."""
+"""`lgd bench`: the report built from pytest-benchmark statistics, its table, JSON, markdown and comparison; the
+command run from the checkout and from a plain install."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 import lgd
-from lgd import benchmark
+from lgd.benchmark.command import skipped_cases
+from lgd.benchmark.machine import describe_machine, fp_sharing
+from lgd.benchmark.report import build_report, describe, format_compare, format_markdown, format_table, load, write
 from lgd.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _entry(workload, impl, dtype, seconds, kind="peer", config_steps=1000, roofline=4000.0):
-    """One benchmark as pytest-benchmark's JSON holds it (extra_info as bench/test_throughput.py fills it)."""
+    """One benchmark as pytest-benchmark's JSON holds it (extra_info as lgd.benchmark.suite fills it)."""
     info = {"workload": workload, "impl": impl, "kind": kind, "dtype": dtype, "n": 256, "d": 16, "m": 64,
             "configs": 1, "steps": config_steps, "config_steps": config_steps, "flops": 1e9, "check_rel_error": 0.0,
             "warmup_s": 2 * seconds + 1.0, "compile_s": seconds + 1.0, "roofline": {"steps_per_s": roofline}}
@@ -27,7 +37,7 @@ def _report(numba_seconds=0.5):
     entries = [_entry("S", "numpy", "float64", 1.0), _entry("S", "jax-scan", "float64", 0.8),
                _entry("S", "lgd-numba", "float64", numba_seconds, kind="lgd"),
                _entry("S", "lgd-numba", "float32", 0.25, kind="lgd")]
-    return benchmark.build_report(entries, SKIPPED, MACHINE, "full", {"steps_scale": 1.0})
+    return build_report(entries, SKIPPED, MACHINE, "full", {"steps_scale": 1.0})
 
 
 def test_report_ratios_use_the_best_round_and_the_best_peer_of_the_same_workload_and_dtype():
@@ -45,7 +55,7 @@ def test_report_ratios_use_the_best_round_and_the_best_peer_of_the_same_workload
 def test_report_takes_the_roofline_ratio_paired_round_by_round_when_the_bench_measured_it():
     entry = _entry("L", "lgd-numba", "float64", 0.5, kind="lgd")
     entry["extra_info"].update(roofline_fraction_paired=0.93, roofline_fraction_rounds=[0.95, 0.93, 0.9])
-    record = benchmark.build_report([entry], [], MACHINE, "full", {})["records"][0]
+    record = build_report([entry], [], MACHINE, "full", {})["records"][0]
     assert record["ratio_roofline"] == pytest.approx(0.93)
     assert record["ratio_roofline_rounds"] == [0.95, 0.93, 0.9]
     assert record["ratio_roofline_apart"] == pytest.approx(0.5)  # 2000 steps/s against a roofline of 4000
@@ -53,26 +63,26 @@ def test_report_takes_the_roofline_ratio_paired_round_by_round_when_the_bench_me
 
 def test_table_markdown_and_json_round_trip(tmp_path):
     report = _report()
-    table = benchmark.format_table(report).splitlines()
+    table = format_table(report).splitlines()
     assert table[0].split()[:3] == ["workload", "backend/peer", "dtype"]
     assert table[2].split()[:4] == ["S", "lgd-numba", "float64", "2,000"]  # lgd first, then the peers
     assert "1.60" in table[2] and "0.50" in table[2]
     path = tmp_path / "results.json"
-    benchmark.write(report, path)
-    assert benchmark.load(path) == json.loads(json.dumps(report))
+    write(report, path)
+    assert load(path) == json.loads(json.dumps(report))
     markdown = path.with_suffix(".md").read_text()
     assert "Test CPU, 2 cores" in markdown and "| S | lgd-numba | float64 | 2,000 |" in markdown
     assert "PyTorch is not installed (1)" in markdown
     assert "Where lgd's time goes" not in markdown  # no breakdown was measured
     (tmp_path / "other.json").write_text('{"format": "something else"}')
     with pytest.raises(ValueError, match="not an `lgd bench` result file"):
-        benchmark.load(tmp_path / "other.json")
+        load(tmp_path / "other.json")
 
 
 def test_compare_prints_new_over_old_and_what_is_missing():
     old = _report(numba_seconds=1.0)
     old["records"] = [r for r in old["records"] if r["impl"] != "jax-scan"]
-    lines = benchmark.format_compare(_report(numba_seconds=0.5), old).splitlines()
+    lines = format_compare(_report(numba_seconds=0.5), old).splitlines()
     numba = next(line for line in lines if "lgd-numba" in line and "float64" in line)
     assert numba.split()[-3:] == ["1,000", "2,000", "2.00"]
     assert lines[-1] == "not in the old file: S-jax-scan-float64"
@@ -82,25 +92,25 @@ def test_skipped_cases_from_junit():
     xml = ('<testsuites><testsuite><testcase name="test_throughput[L-jax-jit-float32]">'
            '<skipped message="JAX is not installed (pip install jax jaxlib)"/></testcase>'
            '<testcase name="test_throughput[S-numpy-float64]"/></testsuite></testsuites>')
-    assert benchmark.skipped_cases(xml) == [{"case": "L-jax-jit-float32",
+    assert skipped_cases(xml) == [{"case": "L-jax-jit-float32",
                                               "reason": "JAX is not installed (pip install jax jaxlib)"}]
 
 
 def test_machine_is_described():
-    machine = benchmark.describe_machine()
+    machine = describe_machine()
     assert machine["cores"] >= 1 and machine["cpu"]
     assert machine["versions"]["numpy"] and machine["versions"]["lgd"] == lgd.__version__
     sharing = machine["fp_sharing"]  # measured where numba and two usable cores are
     if sharing is not None:
         assert sharing["fma_per_ns_one_thread"] > 0
         assert 0 < sharing["throughput_speedup"] and 0 < sharing["latency_speedup"]
-        assert "fma throughput" in benchmark.describe(machine)
+        assert "fma throughput" in describe(machine)
         machine["fp_sharing_before"] = dict(sharing, throughput_speedup=1.0)
-        assert "1.00x and" in benchmark.describe(machine) and "when the run began" in benchmark.describe(machine)
+        assert "1.00x and" in describe(machine) and "when the run began" in describe(machine)
 
 
 def test_fp_sharing_needs_two_threads():
-    assert benchmark.fp_sharing(1) is None
+    assert fp_sharing(1) is None
 
 
 def test_lgd_bench_tiny_run_writes_reports_and_compares(tmp_path, capsys):
@@ -109,7 +119,7 @@ def test_lgd_bench_tiny_run_writes_reports_and_compares(tmp_path, capsys):
     code = main(["bench", "--workloads", "S", "--impls", "numpy,lgd-numpy,lgd-cupy", "--dtypes", "float64",
                  "--steps-scale", "0.001", "--round-budget", "0.01", "--out", str(out)])
     assert code == 0
-    report = benchmark.load(out)
+    report = load(out)
     assert {r["impl"] for r in report["records"]} == {"numpy", "lgd-numpy"}
     assert all(r["steps"] == 20 and r["steps_per_s"] > 0 and r["roofline_steps_per_s"] > 0
                for r in report["records"])
@@ -122,10 +132,44 @@ def test_lgd_bench_tiny_run_writes_reports_and_compares(tmp_path, capsys):
     assert sum(line.endswith(" 1.00") for line in compared) == 2
 
 
-def test_lgd_bench_without_a_source_checkout(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(lgd, "__file__", str(tmp_path / "site-packages" / "lgd" / "__init__.py"))
+def test_lgd_bench_without_pytest_benchmark_says_what_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pytest_benchmark", None)  # importlib finds no such module then
     assert main(["bench", "--quick"]) == 2
-    assert "no benchmark suite" in capsys.readouterr().err
+    assert 'pip install "lgd[bench]"' in capsys.readouterr().err
+
+
+def _install(site: Path) -> None:
+    """lgd laid out as a wheel installs it: setup.py's build_py (its packages, package_dir and package_data) run
+    on a copy of the sources, so that the build writes nothing into the checkout."""
+    source = site.parent / "source"
+    for name in ("lgd", "kernels"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.py", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", f"--build-lib={site}"], cwd=source, check=True,
+                   capture_output=True)
+
+
+def test_lgd_bench_runs_from_a_plain_install(tmp_path):
+    """`lgd bench` from an installed lgd, run from another folder: it runs the installed suite and writes its
+    results into the current folder, nothing into the package. The smallest run: 20 steps of S, two cases."""
+    site, work = tmp_path / "site-packages", tmp_path / "work"
+    _install(site)
+    work.mkdir()
+    installed = sorted(path for path in site.rglob("*") if path.is_file())
+    # No bytecode caches: the package's files before and after must match. (Numba's kernel cache may make its
+    # folder, lgd/kernels/__pycache__, as any import of lgd's numba kernels does in a writable install.)
+    env = dict(os.environ, PYTHONPATH=str(site), PYTHONDONTWRITEBYTECODE="1")
+    done = subprocess.run([sys.executable, "-m", "lgd.cli", "bench", "--workloads", "S", "--impls", "lgd-numpy,numpy",
+                           "--dtypes", "float64", "--steps-scale", "0.001", "--round-budget", "0.05"],
+                          cwd=work, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"pytest {site / 'lgd' / 'benchmark' / 'suite.py'} " in done.stdout
+    results = sorted(work.iterdir())
+    assert [path.suffix for path in results] == [".json", ".md"]
+    assert all(path.stem.startswith("lgd-bench-custom-") for path in results)
+    assert {r["impl"] for r in load(results[0])["records"]} == {"lgd-numpy", "numpy"}
+    assert sorted(path for path in site.rglob("*") if path.is_file()) == installed
 
 
 def test_breakdown_of_lgd_steps_is_reported():
@@ -136,11 +180,11 @@ def test_breakdown_of_lgd_steps_is_reported():
                                             "product_at_peak_s": 12.5e-6})
     numba["extra_info"]["breakdown"] = {"step_us": 500.0, "rest_us": 200.0, "activation_us": 300.0,
                                         "activation_ns_per_entry": 300e3 / (256 * 64)}
-    report = benchmark.build_report([numba, _entry("S", "numpy", "float64", 1.0)], [], MACHINE, "full", {})
-    markdown = benchmark.format_markdown(report)
+    report = build_report([numba, _entry("S", "numpy", "float64", 1.0)], [], MACHINE, "full", {})
+    markdown = format_markdown(report)
     assert "Where lgd's time goes" in markdown
     assert "| S | lgd-numba | float64 | 500.0 | 300.0 | 18.31 | 200.0 | 7.50 | 40.0 | 12.5 |" in markdown
-    table = benchmark.format_table(report)
+    table = format_table(report)
     assert "where lgd's time goes" in table and "18.31" in table
 
 
@@ -148,9 +192,9 @@ def test_first_call_times_are_reported():
     """The first call of lgd-numba in a new process, with an empty kernel cache and from the cache."""
     numba = _entry("M", "lgd-numba", "float32", 0.5, kind="lgd")
     numba["extra_info"]["first_call"] = {"numba_startup_s": 1.234, "cold_s": 9.87, "cached_s": 0.456}
-    report = benchmark.build_report([numba, _entry("M", "numpy", "float32", 1.0)], [], MACHINE, "full", {})
-    markdown = benchmark.format_markdown(report)
+    report = build_report([numba, _entry("M", "numpy", "float32", 1.0)], [], MACHINE, "full", {})
+    markdown = format_markdown(report)
     assert "| M | lgd-numba | float32 | 1.23 | 9.9 | 0.46 |" in markdown
-    assert "first call in a new process" in benchmark.format_table(report)
-    plain = benchmark.build_report([_entry("M", "numpy", "float32", 1.0)], [], MACHINE, "full", {})
-    assert "First call" not in benchmark.format_markdown(plain)
+    assert "first call in a new process" in format_table(report)
+    plain = build_report([_entry("M", "numpy", "float32", 1.0)], [], MACHINE, "full", {})
+    assert "First call" not in format_markdown(plain)

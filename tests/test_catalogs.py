@@ -122,11 +122,18 @@ def test_bad_loss_names_the_problem(spec, message):
         losses.get(3)
 
 
-def test_lgd_exports_the_catalogs():
-    assert lgd.activations.NAMES == ("identity", "relu", "leaky_relu", "softplus", "leaky_softplus", "gelu", "silu",
-                                     "tanh")
-    assert lgd.losses.NAMES == ("logistic", "exponential", "flattened_exponential", "flattened_polynomial",
-                                "squared")
+@pytest.mark.parametrize("catalog", [lgd.activations, lgd.losses], ids=["activations", "losses"])
+def test_one_table_of_codes(catalog):
+    """Every entry has its own code, the codes are 0, 1, 2, ... in ENTRIES' order, every name resolves to
+    its entry, and the margin rule is the entries' own."""
+    codes = [entry.code for entry in catalog.ENTRIES]
+    assert codes == list(range(len(codes)))
+    assert catalog.CODES == {entry.name: entry.code for entry in catalog.ENTRIES}
+    assert set(catalog.NAMES) == set(catalog.CODES)
+    for name in catalog.NAMES:
+        assert catalog.get(name).code == catalog.CODES[name]
+    if catalog is lgd.losses:
+        assert catalog.MARGIN_CODES == {entry.code for entry in catalog.ENTRIES if entry.margin}
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -1,18 +1,104 @@
 """The cupy backend: CUDA sources compile (no GPU needed); on a GPU, results match the numpy oracle.
 
-The compile checks run everywhere NVRTC is installed (CI installs it with the test extra). The
+The compile checks run everywhere NVRTC is installed (CI installs it with the test extra); the
+table of codes (cuda/codes.cuh) and the checks of the glue run wherever cupy imports. The
 comparison tests need a usable CUDA device; the fixture probes for one and skips with the reason.
 """
 
 import re
+import types
 
 import numpy as np
 import pytest
 
 import lgd
 from lgd import backends
+from lgd.kernels import cuda_codes
 
-TOLERANCE = {np.float64: 1e-10, np.float32: 1e-5}
+CATALOG_ENTRIES = [pytest.param(kind, entry, id=f"{kind}-{entry.name}")
+                   for kind, catalog in (("activation", lgd.activations), ("loss", lgd.losses))
+                   for entry in catalog.ENTRIES]
+
+
+class UnknownActivation(lgd.activations.Activation):
+    name, code = "unknown", 99
+
+
+class UnknownLoss(lgd.losses.Loss):
+    name, code = "unknown", 99
+
+
+class Impostor(lgd.activations.Activation):
+    """An entry that takes another entry's code (relu's): its formula is not relu's."""
+
+    name, code = "impostor", lgd.activations.RELU
+
+
+def _cupy_gpu():
+    pytest.importorskip("cupy", reason="cupy is not installed")
+    from lgd.kernels import cupy_gpu
+
+    return cupy_gpu
+
+
+def test_cuda_header_is_generated_from_the_catalogs():
+    assert cuda_codes.HEADER.read_text() == cuda_codes.header(), (
+        "kernels/cuda/codes.cuh is out of date with lgd/activations.py and lgd/losses.py: "
+        "regenerate it with `python -m lgd.kernels.cuda_codes` and commit it")
+    assert cuda_codes.codes() == {"activation": lgd.activations.CODES, "loss": lgd.losses.CODES}
+
+
+@pytest.mark.parametrize("kind, entry", CATALOG_ENTRIES)
+def test_every_catalog_entry_has_a_cuda_formula(kind, entry):
+    cupy_gpu = _cupy_gpu()
+    constant = cuda_codes.constant(kind, entry.name)
+    assert re.search(rf"\bcase {constant}:", cupy_gpu.SOURCE.read_text()), \
+        f"kernels/cuda/lgd.cu has no `case {constant}:` for the {kind} {entry.name!r}"
+    activation, loss = lgd.activations.identity(), lgd.losses.squared()
+    if kind == "activation":
+        activation = entry()
+    else:
+        loss = entry()
+    cupy_gpu.check_codes(activation, loss)
+
+
+@pytest.mark.parametrize("activation, loss, message", [
+    (UnknownActivation(), lgd.losses.logistic(), r"activation 'unknown' \(code 99\)"),
+    (Impostor(), lgd.losses.logistic(), r"activation 'impostor' \(code 1\)"),
+    (lgd.activations.relu(), UnknownLoss(), r"loss 'unknown' \(code 99\)"),
+], ids=["unknown_activation", "impostor_activation", "unknown_loss"])
+def test_unknown_codes_are_rejected_before_any_launch(activation, loss, message):
+    cupy_gpu = _cupy_gpu()
+    pattern = rf"the CUDA kernels have no formula for {message}; they know .*compute='numpy'"
+    with pytest.raises(ValueError, match=pattern):
+        cupy_gpu.check_codes(activation, loss)
+    with pytest.raises(ValueError, match=pattern):  # before gd_steps touches the (here absent) device
+        cupy_gpu.gd_steps(None, 0, 1, 1, 1, activation, loss, 1.0, False)
+
+
+class HostFlag:
+    """Stands for the device fault flag: check_fault only copies it to the host."""
+
+    def __init__(self, bits):
+        self.bits = bits
+
+    def get(self):
+        return np.array([self.bits], dtype=np.int32)
+
+
+@pytest.mark.parametrize("bits, message", [
+    (0, None),
+    (cuda_codes.FAULTS["activation"], "activation 'relu' (code 1)"),
+    (cuda_codes.FAULTS["loss"], "loss 'logistic' (code 0)"),
+], ids=["clear", "activation", "loss"])
+def test_the_fault_flag_raises_naming_the_code(bits, message):
+    cupy_gpu = _cupy_gpu()
+    run = types.SimpleNamespace(fault=HostFlag(bits))
+    if message is None:
+        cupy_gpu.check_fault(run, lgd.activations.relu(), lgd.losses.logistic())
+    else:
+        with pytest.raises(ValueError, match=re.escape(message) + ".*wrote NaN.*compute='numpy'"):
+            cupy_gpu.check_fault(run, lgd.activations.relu(), lgd.losses.logistic())
 
 
 @pytest.mark.parametrize("arch", ["sm_90", "sm_80"])
@@ -63,54 +149,29 @@ def _problem(loss_name, seed=0, n=48, d=5):
     return X, y
 
 
-MODELS = {
-    "mean_field": lambda act: lgd.TwoLayerNet(7, activation=act),
-    "ntk_trained_outer": lambda act: lgd.TwoLayerNet(6, activation=act, scaling="ntk", outer="random",
-                                                     train_outer=True),
-    "linear": lambda act: lgd.Linear(),
-}
+# The runs of every activation x loss x model x dtype against the oracle, sweeps and divergence are the
+# compiled-backend cases of test_backends.py, which include cupy.
 
 
-def _compare(reference, candidate, rtol):
-    assert candidate.status == reference.status and candidate.diverged_step == reference.diverged_step
-    np.testing.assert_array_equal(candidate.step, reference.step)
-    for name in ("risk", "accuracy", "grad_norm", "weight_norm", "margin", "normalized_margin", "test_risk",
-                 "test_accuracy", "neuron_margins"):
-        ref, got = getattr(reference, name), getattr(candidate, name)
-        if ref is None:
-            assert got is None
-        else:
-            np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * 1e-3, err_msg=name)
-    np.testing.assert_allclose(np.asarray(candidate.weights), reference.weights, rtol=rtol, atol=rtol * 1e-3)
+@pytest.mark.parametrize("kind", ["activation", "loss"])
+def test_kernels_flag_a_code_without_a_case_and_write_nan(gpu, kind, monkeypatch):
+    from lgd.kernels import cupy_gpu
 
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("model_name", sorted(MODELS))
-@pytest.mark.parametrize("loss_name", lgd.losses.NAMES)
-@pytest.mark.parametrize("act_name", lgd.activations.NAMES)
-def test_runs_match_the_numpy_oracle(gpu, act_name, loss_name, model_name, dtype):
-    X, y = _problem(loss_name)
-    Xt, yt = _problem(loss_name, seed=1, n=20)
-    model = MODELS[model_name](act_name)
-    kwargs = dict(stepsize=0.5, steps=60, record_every=7, dtype=dtype, X_test=Xt, y_test=yt, seed=3)
-    reference = lgd.gd(X, y, model, loss_name, backend="numpy", **kwargs)
-    candidate = lgd.gd(X, y, model, loss_name, backend="cupy", **kwargs)
-    _compare(reference, candidate, TOLERANCE[dtype])
-
-
-def test_sweep_matches_single_runs_and_divergence_is_reported(gpu):
-    X, y = _problem("exponential")
-    model = lgd.TwoLayerNet(8)
-    stepsizes = [0.1, 3.0, 1e6]
-    result = lgd.sweep(X, y, model, "exponential", stepsizes=stepsizes, seeds=(0, 1), steps=40, backend="cupy")
-    reference = lgd.sweep(X, y, model, "exponential", stepsizes=stepsizes, seeds=(0, 1), steps=40, backend="numpy")
-    assert result.status == reference.status and "diverged" in result.status
-    for got, ref in zip(result, reference):
-        _compare(ref, got, 1e-10)
+    monkeypatch.setattr(cupy_gpu, "check_codes", lambda activation, loss: None)  # as if lgd.cu lacked the case
+    activation = UnknownActivation() if kind == "activation" else lgd.activations.relu()
+    loss = UnknownLoss() if kind == "loss" else lgd.losses.logistic()
+    X, y = (gpu.asarray(values) for values in _problem("logistic", n=8, d=3))
+    configs, width = 2, 4
+    run = cupy_gpu.DeviceRun(X, y, None, None, gpu.ones((configs, width, 3)), gpu.ones((configs, width)),
+                             gpu.full(configs, 0.1), gpu.full(configs, -1, dtype=gpu.int64), 2, 0)
+    cupy_gpu.gd_steps(run, 0, 1, 1, 1, activation, loss, 1.0, False)
+    with pytest.raises(ValueError, match=rf"no formula for {kind} 'unknown' \(code 99\)"):
+        cupy_gpu.check_fault(run, activation, loss)
+    np.testing.assert_array_equal(run.diverged.get(), 0)  # the NaN risk stops every config at step 0
 
 
 def test_cupy_inputs_stay_on_the_device(gpu):
     X, y = _problem("logistic")
-    run = lgd.gd(gpu.asarray(X), gpu.asarray(y), lgd.TwoLayerNet(4), stepsize=1.0, steps=5, backend="auto")
+    run = lgd.gd(gpu.asarray(X), gpu.asarray(y), lgd.TwoLayerNet(4), stepsize=1.0, steps=5, compute="auto")
     assert run.meta["backend"] == "cupy"
     assert isinstance(run.weights, gpu.ndarray) and isinstance(run.risk, np.ndarray)

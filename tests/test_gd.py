@@ -18,7 +18,7 @@ def xor():
 def test_gd_matches_hand_written_gradient_descent(xor):
     X, y = xor
     net = lgd.TwoLayerNet(6, activation="gelu")
-    run = lgd.gd(X, y, net, "logistic", stepsize=3.0, steps=25, seed=4, backend="numpy")
+    run = lgd.gd(X, y, net, "logistic", stepsize=3.0, steps=25, seed=4, compute="numpy")
     W = np.random.default_rng(4).standard_normal((6, 2))
     a = net.outer_weights(None)
     risks = []
@@ -34,10 +34,10 @@ def test_gd_matches_hand_written_gradient_descent(xor):
     np.testing.assert_allclose(run.normalized_margin, run.margin / run.weight_norm)
 
 
-def test_record_every_records_multiples_and_the_last_step(xor):
+def test_record_every_k_records_multiples_and_the_last_step(xor):
     X, y = xor
-    full = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=2.0, steps=23, backend="numpy")
-    sparse = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=2.0, steps=23, record_every=5, backend="numpy")
+    full = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=2.0, steps=23, compute="numpy")
+    sparse = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=2.0, steps=23, record=5, compute="numpy")
     assert sparse.step.tolist() == [0, 5, 10, 15, 20, 23]
     np.testing.assert_allclose(sparse.risk, full.risk[sparse.step], rtol=1e-14)
     np.testing.assert_allclose(sparse.weights, full.weights, rtol=1e-14)
@@ -48,9 +48,9 @@ def test_record_every_records_multiples_and_the_last_step(xor):
 def test_deterministic_for_a_seed_and_different_across_seeds(xor):
     X, y = xor
     net = lgd.TwoLayerNet(8, outer="random")
-    first = lgd.gd(X, y, net, stepsize=1.0, steps=10, seed=3, backend="numpy")
-    again = lgd.gd(X, y, net, stepsize=1.0, steps=10, seed=3, backend="numpy")
-    other = lgd.gd(X, y, net, stepsize=1.0, steps=10, seed=4, backend="numpy")
+    first = lgd.gd(X, y, net, stepsize=1.0, steps=10, seed=3, compute="numpy")
+    again = lgd.gd(X, y, net, stepsize=1.0, steps=10, seed=3, compute="numpy")
+    other = lgd.gd(X, y, net, stepsize=1.0, steps=10, seed=4, compute="numpy")
     np.testing.assert_array_equal(first.risk, again.risk)
     np.testing.assert_array_equal(first.outer_weights, again.outer_weights)
     assert not np.array_equal(first.risk, other.risk)
@@ -59,12 +59,12 @@ def test_deterministic_for_a_seed_and_different_across_seeds(xor):
 def test_sweep_equals_single_runs(xor):
     X, y = xor
     net = lgd.TwoLayerNet(5, train_outer=True)
-    result = lgd.sweep(X, y, net, "logistic", stepsizes=[0.5, 8.0], steps=30, seeds=(0, 2), backend="numpy",
-                       record_every=3)
+    result = lgd.sweep(X, y, net, "logistic", stepsizes=[0.5, 8.0], steps=30, seeds=(0, 2), record=3,
+                       compute="numpy")
     assert len(result) == 4 and result.risk.shape == (4, 11)
     assert result.stepsize.tolist() == [0.5, 0.5, 8.0, 8.0] and result.seed.tolist() == [0, 2, 0, 2]
     for i, run in enumerate(result):
-        single = lgd.gd(X, y, net, stepsize=run.stepsize, steps=30, seed=run.seed, backend="numpy", record_every=3)
+        single = lgd.gd(X, y, net, stepsize=run.stepsize, steps=30, seed=run.seed, record=3, compute="numpy")
         np.testing.assert_array_equal(run.risk, single.risk)
         np.testing.assert_array_equal(run.neuron_margins, single.neuron_margins)
         np.testing.assert_array_equal(result.weights[i], single.weights)
@@ -74,12 +74,12 @@ def test_sweep_equals_single_runs(xor):
 
 def test_divergence_stops_the_run_and_keeps_its_trace(xor):
     X, y = xor
-    run = lgd.gd(X, y, lgd.Linear(), "exponential", stepsize=1e4, steps=100, backend="numpy")
+    run = lgd.gd(X, y, lgd.Linear(), "exponential", stepsize=1e4, steps=100, compute="numpy")
     assert run.status == "diverged"
     assert run.diverged_step == 1
     assert run.step.tolist() == [0] and np.isfinite(run.risk).all()
     assert np.all(np.isfinite(run.weights))
-    mixed = lgd.sweep(X, y, lgd.Linear(), "exponential", stepsizes=[0.1, 1e4], steps=20, backend="numpy")
+    mixed = lgd.sweep(X, y, lgd.Linear(), "exponential", stepsizes=[0.1, 1e4], steps=20, compute="numpy")
     assert mixed.status == ["completed", "diverged"]
     assert mixed.diverged_step.tolist() == [-1, 1]
     assert np.isnan(mixed.risk[1, 1:]).all() and np.isfinite(mixed.risk[0]).all()
@@ -90,48 +90,49 @@ def test_test_data_is_recorded(xor):
     X, y = xor
     Xt, yt = lgd.data.xor(n=20, seed=9)
     net = lgd.TwoLayerNet(8)
-    run = lgd.gd(X, y, net, stepsize=100.0, steps=300, X_test=Xt, y_test=yt, backend="numpy")
+    run = lgd.gd(X, y, net, stepsize=100.0, steps=300, X_test=Xt, y_test=yt, compute="numpy")
     assert run.test_risk.shape == run.risk.shape
     held_out = evaluate(run.weights, run.outer_weights, Xt, yt, net.activation, lgd.losses.get("logistic"), net.scale)
     assert run.test_risk[-1] == pytest.approx(held_out.risk, rel=1e-14)
     assert run.test_accuracy[-1] == held_out.accuracy == 1.0
-    plain = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=4.0, steps=5, backend="numpy")
+    plain = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=4.0, steps=5, compute="numpy")
     assert plain.test_risk is None and plain.test_accuracy is None
 
 
 def test_float32_runs_in_float32_and_agrees_with_float64(xor):
     X, y = xor
-    run64 = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=2.0, steps=40, backend="numpy")
-    run32 = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=2.0, steps=40, backend="numpy", dtype="float32")
+    run64 = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=2.0, steps=40, compute="numpy")
+    run32 = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=2.0, steps=40, compute=lgd.Compute("numpy", dtype="float32"))
     assert run32.weights.dtype == np.float32 and run32.meta["dtype"] == "float32"
     np.testing.assert_allclose(run32.risk, run64.risk, rtol=1e-5)
-    auto32 = lgd.gd(X.astype(np.float32), y, lgd.TwoLayerNet(4), stepsize=2.0, steps=2, backend="numpy")
+    auto32 = lgd.gd(X.astype(np.float32), y, lgd.TwoLayerNet(4), stepsize=2.0, steps=2, compute="numpy")
     assert auto32.weights.dtype == np.float32
 
 
 def test_linear_model_and_init_arrays():
     X, y = lgd.data.wu_toy()
-    run = lgd.gd(X, y, lgd.Linear(), stepsize=1.0, steps=200, init="zeros", backend="numpy")
+    run = lgd.gd(X, y, lgd.Linear(), stepsize=1.0, steps=200, init="zeros", compute="numpy")
     assert run.weights.shape == (2,)
     assert run.risk[0] == pytest.approx(math.log(2.0))
     assert run.accuracy[-1] == 1.0
-    given = lgd.gd(X, y, lgd.Linear(), stepsize=1.0, steps=3, init=np.array([1.0, -2.0]), backend="numpy")
+    given = lgd.gd(X, y, lgd.Linear(), stepsize=1.0, steps=3, init=np.array([1.0, -2.0]), compute="numpy")
     assert given.weight_norm[0] == pytest.approx(math.sqrt(5.0))
 
 
 def test_neuron_margins_follow_the_budget(xor, monkeypatch):
     X, y = xor
-    assert lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=1.0, steps=5, backend="numpy").neuron_margins.shape == (6, 4)
-    off = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=1.0, steps=5, backend="numpy", neuron_margins=False)
+    assert lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=1.0, steps=5, compute="numpy").neuron_margins.shape == (6, 4)
+    off = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=1.0, steps=5, compute="numpy",
+                 record=lgd.Record(neuron_margins=False))
     assert off.neuron_margins is None
     monkeypatch.setattr(lgd.driver, "NEURON_BUDGET", 10)
-    assert lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=1.0, steps=5, backend="numpy").neuron_margins is None
+    assert lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=1.0, steps=5, compute="numpy").neuron_margins is None
 
 
 def test_fig4_neurons_stay_negative_while_the_network_margin_turns_positive():
     """Cai et al. Fig. 4: W_0 = 0, outer weights +1/-1 with mean-field scaling (so +-1/2), eta = 3."""
     X, y = lgd.data.fig4()
-    run = lgd.gd(X, y, lgd.TwoLayerNet(2), "logistic", stepsize=3.0, steps=3000, init="zeros", backend="numpy")
+    run = lgd.gd(X, y, lgd.TwoLayerNet(2), "logistic", stepsize=3.0, steps=3000, init="zeros", compute="numpy")
     assert run.status == "completed"
     assert np.all(run.neuron_margins < 0)
     assert run.margin[-1] > 0 and run.accuracy[-1] == 1.0
@@ -141,21 +142,21 @@ def test_fig4_neurons_stay_negative_while_the_network_margin_turns_positive():
 def test_phase_of_a_large_stepsize_run():
     X, y = lgd.data.xor(n=100)
     net = lgd.TwoLayerNet(20)
-    large = lgd.gd(X, y, net, stepsize=3000.0, steps=3000, backend="numpy")
+    large = lgd.gd(X, y, net, stepsize=3000.0, steps=3000, compute="numpy")
     phase = large.phase
     assert phase.increases_before > 0 and phase.peak_risk > large.risk[0]
     assert phase.transition_step is not None and phase.monotone_after
     assert phase.threshold == pytest.approx(min(1 / 3000, math.log(2) / 100))
     assert large.risk[phase.transition_step] <= phase.threshold < large.risk[phase.transition_step - 1]
     assert phase.final_rate == pytest.approx(3000 * 3000 * large.risk[-1])
-    small = lgd.gd(X, y, net, stepsize=1.0, steps=200, backend="numpy").phase
+    small = lgd.gd(X, y, net, stepsize=1.0, steps=200, compute="numpy").phase
     assert small.transition_step is None and small.increases_before == 0
 
 
 def test_save_and_load_round_trip(tmp_path, xor):
     X, y = xor
     Xt, yt = lgd.data.xor(n=8, seed=5)
-    run = lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=2.0, steps=10, X_test=Xt, y_test=yt, backend="numpy")
+    run = lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=2.0, steps=10, X_test=Xt, y_test=yt, compute="numpy")
     run.save(tmp_path / "run.npz")
     back = lgd.load(tmp_path / "run.npz")
     assert isinstance(back, lgd.Run) and back.status == run.status and back.stepsize == run.stepsize
@@ -163,7 +164,7 @@ def test_save_and_load_round_trip(tmp_path, xor):
     np.testing.assert_array_equal(back.test_risk, run.test_risk)
     assert back.meta == run.meta and back.phase == run.phase
     assert back.model.config() == lgd.TwoLayerNet(3).config()
-    result = lgd.sweep(X, y, lgd.Linear(), "exponential", stepsizes=[0.1, 1e4], steps=5, backend="numpy")
+    result = lgd.sweep(X, y, lgd.Linear(), "exponential", stepsizes=[0.1, 1e4], steps=5, compute="numpy")
     result.save(tmp_path / "sweep.npz")
     again = lgd.load(tmp_path / "sweep.npz")
     assert again.status == result.status and again.test_risk is None and again.neuron_margins is not None
@@ -174,7 +175,7 @@ def test_save_and_load_round_trip(tmp_path, xor):
 def test_to_pandas(xor):
     pd = pytest.importorskip("pandas")
     X, y = xor
-    result = lgd.sweep(X, y, lgd.TwoLayerNet(3), stepsizes=[1.0, 2.0], steps=4, backend="numpy")
+    result = lgd.sweep(X, y, lgd.TwoLayerNet(3), stepsizes=[1.0, 2.0], steps=4, compute="numpy")
     frame = result[1].to_pandas()
     assert list(frame.index) == [0, 1, 2, 3, 4] and "normalized_margin" in frame
     long = result.to_pandas()
@@ -183,7 +184,7 @@ def test_to_pandas(xor):
 
 def test_timing_is_reported(xor):
     X, y = xor
-    run = lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=1.0, steps=50, backend="numpy")
+    run = lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=1.0, steps=50, compute="numpy")
     assert run.seconds > 0 and run.steps_per_second == pytest.approx(50 / run.seconds)
 
 
@@ -199,13 +200,12 @@ BAD_CALLS = [
     (dict(stepsize="big"), "stepsize must be a positive number"),
     (dict(steps=0), "steps must be an integer >= 1"),
     (dict(steps=2.5), "steps must be an integer >= 1"),
-    (dict(record_every=0), "record_every must be an integer >= 1"),
+    (dict(record=0), "Record.every must be an integer >= 1"),
     (dict(loss="hinge"), "unknown loss 'hinge'"),
-    (dict(backend="jax"), "unknown backend 'jax'"),
+    (dict(compute="jax"), "unknown backend 'jax'"),
     (dict(init="uniform"), "unknown init 'uniform'"),
     (dict(init=np.zeros((3, 3))), r"init array must have shape \(4, 2\)"),
     (dict(init_scale=-1.0), "init_scale must be a finite number >= 0"),
-    (dict(dtype="float16"), "dtype must be float64 or float32"),
     (dict(X_test=np.zeros((2, 2))), "give both X_test and y_test"),
     (dict(X_test=np.zeros((2, 3)), y_test=np.ones(2)), "X_test has 3 features but X has 2"),
     (dict(seed=-1), "seeds must be a non-empty sequence of integers >= 0"),
@@ -216,7 +216,7 @@ BAD_CALLS = [
 def test_bad_input_gets_a_clear_error(change, message):
     rng = np.random.default_rng(0)
     kwargs = dict(X=rng.standard_normal((6, 2)), y=np.array([1.0, -1, 1, -1, 1, 1]), model=lgd.TwoLayerNet(4),
-                  loss="logistic", stepsize=1.0, steps=3, backend="numpy")
+                  loss="logistic", stepsize=1.0, steps=3, compute="numpy")
     kwargs.update(change)
     with pytest.raises(ValueError, match=message):
         lgd.gd(**kwargs)
@@ -227,9 +227,9 @@ def test_more_bad_input():
     with pytest.raises(TypeError, match="model must be an lgd.TwoLayerNet or lgd.Linear"):
         lgd.gd(X, y, "mlp", stepsize=1.0, steps=1)
     with pytest.raises(ValueError, match="stepsizes must be positive"):
-        lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0, -2.0], steps=1, backend="numpy")
+        lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0, -2.0], steps=1, compute="numpy")
     with pytest.raises(ValueError, match="seeds must be distinct"):
-        lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0], seeds=(1, 1), steps=1, backend="numpy")
+        lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0], seeds=(1, 1), steps=1, compute="numpy")
     with pytest.raises(ValueError, match="width must be a positive integer"):
         lgd.TwoLayerNet(0)
     with pytest.raises(ValueError, match="unknown scaling 'xavier'"):
@@ -239,23 +239,39 @@ def test_more_bad_input():
     with pytest.raises(ValueError, match="unknown activation 'sigmoid'"):
         lgd.TwoLayerNet(4, activation="sigmoid")
     # the squared loss takes real targets
-    run = lgd.gd(X, np.array([0.3, -2.0, 1.5, 0.0]), lgd.Linear(), "squared", stepsize=0.1, steps=3, backend="numpy")
+    run = lgd.gd(X, np.array([0.3, -2.0, 1.5, 0.0]), lgd.Linear(), "squared", stepsize=0.1, steps=3, compute="numpy")
     assert run.status == "completed"
 
 
 def test_unavailable_backend_named_explicitly_raises(monkeypatch):
     from lgd import backends
 
-    monkeypatch.setattr(backends, "availability", lambda name: (False, "no usable device"))
+    monkeypatch.setattr(backends.Backend, "availability", lambda self: (False, "no usable device"))
     with pytest.raises(lgd.BackendUnavailable, match="backend 'cupy' is not available: no usable device"):
-        lgd.gd(np.ones((2, 2)), np.array([1.0, -1.0]), lgd.Linear(), stepsize=1.0, steps=1, backend="cupy")
-    assert backends.choose("auto") == "numpy"
+        lgd.gd(np.ones((2, 2)), np.array([1.0, -1.0]), lgd.Linear(), stepsize=1.0, steps=1, compute="cupy")
+    assert backends.resolve("auto").name == "numpy"  # numba unusable too: numpy input falls to the oracle
+
+
+def test_auto_follows_the_input_not_the_machine(monkeypatch):
+    """numpy input never goes to the GPU because one is present; it goes to numba when installed."""
+    from lgd import backends
+
+    numba_usable = backends.availability("numba")[0]
+    monkeypatch.setattr(backends.Backend, "availability",
+                        lambda self: (self.name != "numba" or numba_usable, "probed"))
+    assert backends.resolve("auto", np.ones((2, 2))).name == ("numba" if numba_usable else "numpy")
+
+
+def test_a_stepsize_beyond_the_float32_range_is_refused_before_any_work():
+    with pytest.raises(ValueError, match=r"stepsize 1e\+39 does not fit in float32"):
+        lgd.gd(np.ones((2, 2)), np.array([1.0, -1.0]), lgd.Linear(), stepsize=1e39, steps=1,
+               compute=lgd.Compute("numpy", dtype="float32"))
 
 
 def test_progress_bar_on_request_and_off_when_not_a_terminal(xor, capsys):
     pytest.importorskip("tqdm")
     X, y = xor
-    lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=1.0, steps=30, backend="numpy", progress=True)
+    lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=1.0, steps=30, compute=lgd.Compute("numpy", progress=True))
     assert "step" in capsys.readouterr().err
-    lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=1.0, steps=30, backend="numpy")  # stderr is not a TTY here
+    lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=1.0, steps=30, compute="numpy")  # stderr is not a TTY here
     assert capsys.readouterr().err == ""

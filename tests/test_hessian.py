@@ -123,8 +123,8 @@ def test_missing_scipy_names_the_extra(monkeypatch):
 def test_driver_records_the_sharpness_of_the_iterate_at_each_sharpness_step(tmp_path):
     X, y = lgd.data.xor(n=30, seed=2)
     net = lgd.TwoLayerNet(30, activation="tanh", scaling="ntk", train_outer=True)
-    run = lgd.gd(X, y, net, "squared", stepsize=1.5, steps=23, seed=3, backend="numpy",
-                 sharpness_every=5, sharpness_k=2, sharpness_points=20)
+    run = lgd.gd(X, y, net, "squared", stepsize=1.5, steps=23, seed=3, compute="numpy",
+                 record=lgd.Record(sharpness_every=5, sharpness_k=2, sharpness_points=20))
     assert run.sharpness_step.tolist() == [0, 5, 10, 15, 20, 23]
     assert run.sharpness.shape == (6, 2) and run.sharpness_limit == pytest.approx(2 / 1.5)
     # Replay GD by hand and compare with the Hessian of W_t on the first 20 points.
@@ -144,7 +144,7 @@ def test_driver_records_the_sharpness_of_the_iterate_at_each_sharpness_step(tmp_
     loaded = lgd.load(tmp_path / "run.npz")
     np.testing.assert_array_equal(loaded.sharpness, run.sharpness)
     np.testing.assert_array_equal(loaded.sharpness_step, run.sharpness_step)
-    plain = lgd.gd(X, y, net, "squared", stepsize=1.5, steps=3, backend="numpy")
+    plain = lgd.gd(X, y, net, "squared", stepsize=1.5, steps=3, compute="numpy")
     assert plain.sharpness is None and lgd.load(_saved(plain, tmp_path)).sharpness is None
 
 
@@ -157,7 +157,8 @@ def _saved(run, folder):
 def test_sweep_sharpness_stops_at_divergence_and_per_run_views_follow():
     X, y = lgd.data.xor(n=20)
     net = lgd.TwoLayerNet(30, activation="identity", train_outer=True)
-    grid = lgd.sweep(X, y, net, "squared", stepsizes=[1.0, 1e3], steps=200, backend="numpy", sharpness_every=10)
+    grid = lgd.sweep(X, y, net, "squared", stepsizes=[1.0, 1e3], steps=200, compute="numpy",
+                     record=lgd.Record(sharpness_every=10))
     assert grid.status == ["completed", "diverged"]
     assert grid.sharpness.shape == (2, 21, 1) and np.all(np.isfinite(grid.sharpness[0]))
     diverged_at = grid.diverged_step[1]
@@ -177,15 +178,15 @@ def test_sharpness_time_is_not_counted_as_gd_time(monkeypatch):
 
     monkeypatch.setattr(hessian, "sharpness", slow_sharpness)
     X, y = lgd.data.xor(n=20)
-    run = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=1.0, steps=20, backend="numpy", sharpness_every=2)
+    run = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=1.0, steps=20, compute="numpy",
+                 record=lgd.Record(sharpness_every=2))
     assert run.sharpness_step.size == 11
     assert run.meta["sharpness_seconds"] >= 11 * 0.05
     assert run.seconds < 11 * 0.05
 
 
 def test_sharpness_arguments_are_checked():
-    X, y = lgd.data.xor(n=20)
-    for bad in ({"sharpness_every": 0}, {"sharpness_every": 2, "sharpness_k": 0},
-                {"sharpness_every": 2, "sharpness_points": 1.5}):
-        with pytest.raises(ValueError, match="sharpness"):
-            lgd.gd(X, y, lgd.TwoLayerNet(4), steps=3, backend="numpy", **bad)
+    for bad, name in (({"sharpness_every": 0}, "sharpness_every"), ({"sharpness_every": 2, "sharpness_k": 0},
+                      "sharpness_k"), ({"sharpness_every": 2, "sharpness_points": 1.5}, "sharpness_points")):
+        with pytest.raises(ValueError, match=f"Record.{name} must be an integer >= 1"):
+            lgd.Record(**bad)

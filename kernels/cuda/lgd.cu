@@ -5,23 +5,26 @@
 //   lgd_forward:  phi, outputs, loss, loss', G_ij = loss'_i y_i s a_j phi'(Z_ij) / n (written over Z)
 //   grad_W = G^T X                 (cuBLAS)
 //   lgd_finish:   risk, accuracy, margins, norms, divergence check, trace record, W -= eta * grad_W
-// The activation and loss are runtime codes (lgd.activations / lgd.losses): the branch is uniform
-// across a launch, and one entry per dtype keeps the module small and built once.
+// The activation and loss are runtime codes (codes.cuh, generated from lgd.activations / lgd.losses):
+// the branch is uniform across a launch, and one entry per dtype keeps the module small and built once.
+// A code with no case below sets its bit in `fault` (checked by the glue) and writes NaN: never a
+// plausible number from another formula.
 //
 // Formulas mirror the numpy oracle in lgd/activations.py and lgd/losses.py: overflow-safe
 // softplus max(z, 0) + log1p(exp(-|z|)) and a sigmoid that never exponentiates a positive number.
-// No CUDA headers: NVRTC compiles this file alone (INFINITY is not defined there).
+// No CUDA headers, only our own: NVRTC compiles this file with the include path of this folder
+// (INFINITY and NAN are not defined there).
+
+#include "codes.cuh"
 
 #define LGD_THREADS 256
 
 namespace lgd {
 
-// Codes of lgd/activations.py and lgd/losses.py.
-enum { IDENTITY = 0, RELU, LEAKY_RELU, SOFTPLUS, LEAKY_SOFTPLUS, GELU, SILU, TANH };
-enum { LOGISTIC = 0, EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL, SQUARED };
-
 __device__ __forceinline__ double infinity(double) { return __longlong_as_double(0x7ff0000000000000LL); }
 __device__ __forceinline__ float infinity(float) { return __int_as_float(0x7f800000); }
+__device__ __forceinline__ double quiet_nan(double) { return __longlong_as_double(0x7ff8000000000000LL); }
+__device__ __forceinline__ float quiet_nan(float) { return __int_as_float(0x7fc00000); }
 
 template <typename T> __device__ __forceinline__ T sigmoid(T z) {
     T e = exp(-fabs(z));
@@ -41,72 +44,81 @@ template <typename T> __device__ __forceinline__ T normal_pdf(T z) {
 }
 
 // phi(z) and phi'(z) of the activation `code` with parameter c.
-template <typename T> __device__ __forceinline__ void activation(int code, T c, T z, T& phi, T& dphi) {
+template <typename T> __device__ __forceinline__ void activation(int code, T c, T z, T& phi, T& dphi, int* fault) {
     switch (code) {
-    case RELU:
-    case LEAKY_RELU:
+    case ACT_IDENTITY:
+        phi = z;
+        dphi = T(1);
+        break;
+    case ACT_RELU:
+    case ACT_LEAKY_RELU:
         phi = z > T(0) ? z : c * z;
         dphi = z > T(0) ? T(1) : c;
         break;
-    case SOFTPLUS:
+    case ACT_SOFTPLUS:
         phi = softplus(z);
         dphi = sigmoid(z);
         break;
-    case LEAKY_SOFTPLUS:
+    case ACT_LEAKY_SOFTPLUS:
         phi = c * z + (T(1) - c) * softplus(z);
         dphi = c + (T(1) - c) * sigmoid(z);
         break;
-    case GELU: {
+    case ACT_GELU: {
         T cdf = normal_cdf(z);
         phi = z * cdf;
         dphi = cdf + (fabs(z) < T(40) ? z : T(0)) * normal_pdf(z);
         break;
     }
-    case SILU: {
+    case ACT_SILU: {
         T s = sigmoid(z);
         phi = z * s;
         dphi = s + z * s * sigmoid(-z);
         break;
     }
-    case TANH: {
+    case ACT_TANH: {
         T t = tanh(z);
         phi = t;
         dphi = T(1) - t * t;
         break;
     }
-    default:  // IDENTITY
-        phi = z;
-        dphi = T(1);
+    default:
+        atomicOr(fault, FAULT_UNKNOWN_ACTIVATION);
+        phi = dphi = quiet_nan(T(0));
     }
 }
 
-// loss(u) and loss'(u) of the loss `code` with parameter p (u = y f, or r = f - y for SQUARED).
-template <typename T> __device__ __forceinline__ void loss_and_slope(int code, T p, T u, T& value, T& slope) {
+// loss(u) and loss'(u) of the loss `code` with parameter p (u = y f for a margin loss, else r = f - y).
+template <typename T>
+__device__ __forceinline__ void loss_and_slope(int code, T p, T u, T& value, T& slope, int* fault) {
     switch (code) {
-    case LOGISTIC:
+    case LOSS_LOGISTIC:
         value = softplus(-u);
         slope = -sigmoid(-u);
         break;
-    case EXPONENTIAL:
+    case LOSS_EXPONENTIAL:
         value = exp(-u);  // inf for very negative u: the run is reported as diverged
         slope = -value;
         break;
-    case FLATTENED_EXPONENTIAL: {
+    case LOSS_FLATTENED_EXPONENTIAL: {
         T tail = exp(-p * fmax(u, T(0)));
         value = u >= T(0) ? tail : T(1) - p * u;
         slope = u >= T(0) ? -p * tail : -p;
         break;
     }
-    case FLATTENED_POLYNOMIAL: {
+    case LOSS_FLATTENED_POLYNOMIAL: {
         T base = T(1) + fmax(u, T(0));
         T tail = pow(base, -p);
         value = u >= T(0) ? tail : T(1) - p * u;
         slope = u >= T(0) ? -p * tail / base : -p;
         break;
     }
-    default:  // SQUARED
+    case LOSS_SQUARED:
         value = T(0.5) * u * u;
         slope = u;
+        break;
+    default:
+        atomicOr(fault, FAULT_UNKNOWN_LOSS);
+        value = slope = quiet_nan(T(0));
     }
 }
 
@@ -140,8 +152,8 @@ template <typename T> __device__ T block_reduce(T v, bool is_min, T* scratch) {
 // One block per (sample i, config c): outputs, loss, and the backward coefficients over Z.
 template <typename T>
 __device__ void forward(T* ZG, T* P, const T* a, const T* y, T* row_loss, T* row_yf, T* row_coef,
-                        const long long* diverged, int n, int m, int act, T act_param, int loss, T loss_param,
-                        T scale, int store_p) {
+                        const long long* diverged, int* fault, int n, int m, int act, T act_param, int loss,
+                        T loss_param, T scale, int store_p) {
     __shared__ T scratch[32];
     const int i = blockIdx.x, c = blockIdx.y;
     if (diverged[c] >= 0) return;
@@ -149,18 +161,18 @@ __device__ void forward(T* ZG, T* P, const T* a, const T* y, T* row_loss, T* row
     const T* ac = a + (long long)c * m;
     T partial = T(0), phi, dphi;
     for (int j = threadIdx.x; j < m; j += blockDim.x) {
-        activation(act, act_param, z[j], phi, dphi);
+        activation(act, act_param, z[j], phi, dphi, fault);
         partial += ac[j] * phi;
         if (store_p) P[((long long)c * n + i) * m + j] = phi;
     }
     const T f = scale * block_reduce(partial, false, scratch);
     const T yi = y[i];
-    const bool margin_loss = loss != SQUARED;
+    const bool margin_loss = is_margin_loss(loss);
     T value, slope;
-    loss_and_slope(loss, loss_param, margin_loss ? yi * f : f - yi, value, slope);
+    loss_and_slope(loss, loss_param, margin_loss ? yi * f : f - yi, value, slope, fault);
     const T coef = (margin_loss ? slope * yi : slope) / T(n);
     for (int j = threadIdx.x; j < m; j += blockDim.x) {
-        activation(act, act_param, z[j], phi, dphi);
+        activation(act, act_param, z[j], phi, dphi, fault);
         z[j] = coef * scale * ac[j] * dphi;  // the same thread read z[j] above: safe in place
     }
     if (threadIdx.x == 0) {
@@ -241,9 +253,9 @@ __device__ void finish(T* W, T* a, const T* grad_W, const T* grad_a, const T* ro
 
 // Held-out risk and accuracy of W_t at a record step; one block per config over Z_test = X_test W^T.
 template <typename T>
-__device__ void test_metrics(const T* Zt, const T* a, const T* yt, const long long* diverged, double* trace_risk,
-                             double* trace_accuracy, int nt, int m, int act, T act_param, int loss, T loss_param,
-                             T scale, int slot, int records) {
+__device__ void test_metrics(const T* Zt, const T* a, const T* yt, const long long* diverged, int* fault,
+                             double* trace_risk, double* trace_accuracy, int nt, int m, int act, T act_param,
+                             int loss, T loss_param, T scale, int slot, int records) {
     __shared__ T scratch[32];
     const int c = blockIdx.x;
     if (diverged[c] >= 0) return;
@@ -253,11 +265,11 @@ __device__ void test_metrics(const T* Zt, const T* a, const T* yt, const long lo
         const T* z = Zt + ((long long)c * nt + i) * m;
         T f = T(0);
         for (int j = 0; j < m; ++j) {
-            activation(act, act_param, z[j], phi, dphi);
+            activation(act, act_param, z[j], phi, dphi, fault);
             f += ac[j] * phi;
         }
         f *= scale;
-        loss_and_slope(loss, loss_param, loss != SQUARED ? yt[i] * f : f - yt[i], value, slope);
+        loss_and_slope(loss, loss_param, is_margin_loss(loss) ? yt[i] * f : f - yt[i], value, slope, fault);
         loss_sum += value;
         correct += yt[i] * f > T(0) ? T(1) : T(0);
     }
@@ -272,28 +284,28 @@ __device__ void test_metrics(const T* Zt, const T* a, const T* yt, const long lo
 }  // namespace lgd
 
 #define LGD_ENTRIES(T, SUFFIX)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(LGD_THREADS) lgd_forward_##SUFFIX(                            \
-        T* ZG, T* P, const T* a, const T* y, T* row_loss, T* row_yf, T* row_coef, const long long* diverged,     \
-        int n, int m, int act, T act_param, int loss, T loss_param, T scale, int store_p) {                     \
-        lgd::forward<T>(ZG, P, a, y, row_loss, row_yf, row_coef, diverged, n, m, act, act_param, loss,          \
+    extern "C" __global__ void __launch_bounds__(LGD_THREADS) lgd_forward_##SUFFIX(                             \
+        T* ZG, T* P, const T* a, const T* y, T* row_loss, T* row_yf, T* row_coef, const long long* diverged,    \
+        int* fault, int n, int m, int act, T act_param, int loss, T loss_param, T scale, int store_p) {         \
+        lgd::forward<T>(ZG, P, a, y, row_loss, row_yf, row_coef, diverged, fault, n, m, act, act_param, loss,   \
                         loss_param, scale, store_p);                                                            \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(LGD_THREADS) lgd_finish_##SUFFIX(                             \
+    extern "C" __global__ void __launch_bounds__(LGD_THREADS) lgd_finish_##SUFFIX(                              \
         T* W, T* a, const T* grad_W, const T* grad_a, const T* row_loss, const T* row_yf, const T* y,           \
         const T* P, const double* stepsizes, long long* diverged, double* trace_risk, double* trace_accuracy,   \
         double* trace_grad_norm, double* trace_weight_norm, double* trace_margin, double* trace_neuron, int n,  \
-        int m, int d, int train_outer, long long t, long long steps, int slot, int records,                    \
+        int m, int d, int train_outer, long long t, long long steps, int slot, int records,                     \
         int neuron_records) {                                                                                   \
         lgd::finish<T>(W, a, grad_W, grad_a, row_loss, row_yf, y, P, stepsizes, diverged, trace_risk,           \
-                       trace_accuracy, trace_grad_norm, trace_weight_norm, trace_margin, trace_neuron, n, m, d,  \
+                       trace_accuracy, trace_grad_norm, trace_weight_norm, trace_margin, trace_neuron, n, m, d, \
                        train_outer, t, steps, slot, records, neuron_records);                                   \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(LGD_THREADS) lgd_test_metrics_##SUFFIX(                       \
-        const T* Zt, const T* a, const T* yt, const long long* diverged, double* trace_risk,                    \
+    extern "C" __global__ void __launch_bounds__(LGD_THREADS) lgd_test_metrics_##SUFFIX(                        \
+        const T* Zt, const T* a, const T* yt, const long long* diverged, int* fault, double* trace_risk,        \
         double* trace_accuracy, int nt, int m, int act, T act_param, int loss, T loss_param, T scale, int slot, \
         int records) {                                                                                          \
-        lgd::test_metrics<T>(Zt, a, yt, diverged, trace_risk, trace_accuracy, nt, m, act, act_param, loss,      \
-                             loss_param, scale, slot, records);                                                 \
+        lgd::test_metrics<T>(Zt, a, yt, diverged, fault, trace_risk, trace_accuracy, nt, m, act, act_param,     \
+                             loss, loss_param, scale, slot, records);                                           \
     }
 
 LGD_ENTRIES(double, f64)

@@ -1,16 +1,27 @@
-"""Backend registry: which implementation runs the GD loop, and the contract they all keep.
+"""The backend seam: which implementation runs the GD loop, and the contract they all keep.
 
-A backend is a module with ``available() -> (bool, reason)`` and ``runner(problem, shape) -> Runner``,
-where ``shape`` = (C, m, d) is the shape of the iterates W it will run (so that it compiles only
-what that batch needs).
-Its library (numba, cupy) is imported only inside those functions, so ``import lgd`` stays light.
+A backend name is resolved once, by :func:`resolve`, into a :class:`Backend` object; the driver talks to
+that object only and never to a name. A backend's module (``_numpy``, ``_numba``, ``_cupy``) has
+``available() -> (bool, reason)`` and a ``Runner(problem, steps, record_every, shape)`` class; its
+library (numba, cupy) is imported only inside them, so ``import lgd`` stays light.
 
-The contract (what :mod:`lgd.driver` relies on). A runner advances a batch of C configurations
-(stepsize, initial weights) of one :class:`Problem` over the evaluations t in [t_start, t_stop):
-at each t it computes risk, gradient and, at record steps, the recorded metrics of W_t; it then
-updates W_{t+1} = W_t - eta * grad when t < T. A configuration whose risk or gradient norm is not
-finite stops there: ``state.diverged[c] = t`` and its weights stay W_t. Record steps are
-t = 0, k, 2k, ... and T, written to slot :func:`record_slot` of every trace array.
+Every runner keeps one protocol:
+
+- ``start(state, trace)`` binds a batch of C configurations (stepsize, initial weights) of one
+  :class:`Problem` and the :class:`Trace` their records go into;
+- ``advance(t_start, t_stop)`` runs the evaluations t in [t_start, t_stop): at each it computes risk,
+  gradient and, at record steps, the recorded metrics of W_t; it then updates
+  W_{t+1} = W_t - eta * grad when t < steps. A configuration whose risk or gradient norm is not finite
+  stops there: ``state.diverged[c] = t`` and its weights stay W_t. When it returns, ``state`` holds
+  the weights and divergence flags after t_stop - 1 (the driver may pause there, e.g. for the
+  sharpness);
+- ``finish()`` makes ``trace`` complete on the host (a device runner copies it back; also after an
+  interruption).
+
+Record steps are t = 0, k, 2k, ... and T (:func:`record_steps`), written to slot :func:`record_slot`
+of every field of :class:`Trace`. That rule, the trace's fields and the stepsize cast
+(:func:`cast_stepsizes`) live here and nowhere else: the numba kernels compile :func:`record_slot`
+itself and write the trace by field name.
 """
 
 from __future__ import annotations
@@ -18,18 +29,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["NAMES", "Problem", "State", "Trace", "get", "choose", "availability", "BackendUnavailable",
-           "record_slot", "record_steps", "TRACE_FIELDS"]
+__all__ = ["NAMES", "Backend", "resolve", "availability", "BackendUnavailable", "Problem", "State", "Trace",
+           "record_slot", "record_steps", "cast_stepsizes", "TRACE_FIELDS"]
 
 NAMES = ("numpy", "numba", "cupy")
-_MODULES = {"numpy": "lgd.backends._numpy", "numba": "lgd.backends._numba", "cupy": "lgd.backends._cupy"}
-_INSTALL = {"numba": 'pip install "lgd[numba]"', "cupy": 'pip install "lgd[cuda13]" (or "lgd[cuda12]")'}
-
-# Scalar traces, one float64 value per (config, record).
-TRACE_FIELDS = ("risk", "accuracy", "grad_norm", "weight_norm", "margin", "test_risk", "test_accuracy")
 
 
 class BackendUnavailable(RuntimeError):
@@ -57,7 +64,8 @@ class Problem:
 
 @dataclass
 class State:
-    """The batch of iterates: W (C, m, d), a (C, m), stepsizes (C,), diverged (C,) (-1 while running)."""
+    """The batch of iterates: W (C, m, d), a (C, m), stepsizes (C,) float64, diverged (C,) int64 (-1 while
+    running, else the step where the run stopped)."""
 
     W: np.ndarray
     a: np.ndarray
@@ -69,9 +77,11 @@ class State:
             self.diverged = np.full(self.W.shape[0], -1, dtype=np.int64)
 
 
-@dataclass
-class Trace:
-    """Preallocated host buffers, float64: scalars (C, R) and neuron margins (C, R, m) or (C, 0, m)."""
+class Trace(NamedTuple):
+    """The records of a batch, host float64 arrays: scalars (C, R) and neuron margins (C, R, m) or (C, 0, m).
+
+    A named tuple so that the numba kernels take it as it is and write each field by name.
+    """
 
     risk: np.ndarray
     accuracy: np.ndarray
@@ -84,9 +94,14 @@ class Trace:
 
     @classmethod
     def empty(cls, configs: int, records: int, width: int, neurons: bool) -> "Trace":
+        """NaN-filled records of `configs` configurations, `records` slots, per-neuron margins if `neurons`."""
         scalars = {name: np.full((configs, records), np.nan) for name in TRACE_FIELDS}
         neuron = np.full((configs, records if neurons else 0, width), np.nan)
         return cls(neuron_margins=neuron, **scalars)
+
+
+# The scalar fields of a Trace, one float64 value per (configuration, record).
+TRACE_FIELDS = tuple(name for name in Trace._fields if name != "neuron_margins")
 
 
 def record_steps(steps: int, record_every: int) -> np.ndarray:
@@ -97,8 +112,10 @@ def record_steps(steps: int, record_every: int) -> np.ndarray:
     return recorded
 
 
-def record_slot(t: int, steps: int, record_every: int) -> int:
-    """Trace slot of evaluation t, or -1 when t is not recorded (mirrors :func:`record_steps`)."""
+def record_slot(t, steps, record_every):
+    """Trace slot of evaluation t, or -1 when t is not recorded (the slots of :func:`record_steps`).
+
+    Plain arithmetic: the numba kernels compile this very function."""
     if t % record_every == 0:
         return t // record_every
     if t == steps:
@@ -106,38 +123,94 @@ def record_slot(t: int, steps: int, record_every: int) -> int:
     return -1
 
 
-def _module(name: str):
-    return importlib.import_module(_MODULES[name])
+def cast_stepsizes(stepsizes, dtype) -> np.ndarray:
+    """The stepsizes as a run of `dtype` applies them: rounded once to that dtype (the driver has checked
+    they fit in it)."""
+    return np.asarray(stepsizes, dtype=np.float64).astype(dtype)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One backend: its name, the module that implements it, and how to get it when it is missing."""
+
+    name: str
+    module_name: str
+    install: str = ""
+    device: bool = False  # runs on a GPU: takes device arrays as they are and returns device arrays
+
+    def availability(self) -> tuple[bool, str]:
+        """(usable, reason); the reason says what is missing when it is not."""
+        if importlib.util.find_spec(self.module_name) is None:
+            return False, f"the {self.name} backend is not part of this version of lgd"
+        return self._module().available()
+
+    def _module(self):
+        return importlib.import_module(self.module_name)
+
+    def runner(self, problem: Problem, steps: int, record_every: int, shape):
+        """A runner of `problem` for a run of `steps` steps recording every `record_every`, for iterates of
+        `shape` (C, m, d); it compiles what that batch needs here, before any timed chunk."""
+        return self._module().Runner(problem, steps, record_every, shape)
+
+    def inputs(self, *arrays):
+        """The user's arrays as this backend takes them: a CPU backend copies device arrays to the host
+        (the user asked for it by name), a device backend takes them as they are. None stays None."""
+        if self.device:
+            return arrays
+        return tuple(None if a is None else (a.get() if _on_device(a) else a) for a in arrays)
+
+    def outputs(self, array: np.ndarray, on_device: bool):
+        """A host result in the array type of the user's input: device in, device out, on a device backend."""
+        if on_device and self.device:
+            import cupy
+
+            return cupy.asarray(array)
+        return array
+
+
+_BACKENDS = {
+    "numpy": Backend("numpy", "lgd.backends._numpy"),
+    "numba": Backend("numba", "lgd.backends._numba", install='pip install "lgd[numba]"'),
+    "cupy": Backend("cupy", "lgd.backends._cupy", install='pip install "lgd[cuda13]" (or "lgd[cuda12]")',
+                    device=True),
+}
+
+
+def _on_device(array) -> bool:
+    return type(array).__module__.split(".")[0] == "cupy"
 
 
 def availability(name: str) -> tuple[bool, str]:
     """(usable, reason) for a backend name; the reason says what is missing when it is not."""
-    if name not in _MODULES:
+    return _named(name).availability()
+
+
+def _named(name: str) -> Backend:
+    if name not in _BACKENDS:
         raise ValueError(f"unknown backend {name!r}; valid: 'auto', {', '.join(repr(n) for n in NAMES)}")
-    if importlib.util.find_spec(_MODULES[name]) is None:
-        return False, f"the {name} backend is not part of this version of lgd"
-    return _module(name).available()
+    return _BACKENDS[name]
 
 
-def get(name: str):
-    """The backend module for an explicit name; raises :class:`BackendUnavailable` if it cannot run."""
-    usable, reason = availability(name)
+def _usable(backend: Backend) -> Backend:
+    usable, reason = backend.availability()
     if not usable:
-        shipped = importlib.util.find_spec(_MODULES[name]) is not None
-        hint = f"; install it with {_INSTALL[name]}" if shipped and name in _INSTALL else ""
-        raise BackendUnavailable(f"backend {name!r} is not available: {reason}{hint}")
-    return _module(name)
+        shipped = importlib.util.find_spec(backend.module_name) is not None
+        hint = f"; install it with {backend.install}" if shipped and backend.install else ""
+        raise BackendUnavailable(f"backend {backend.name!r} is not available: {reason}{hint}")
+    return backend
 
 
-def choose(name: str, X=None) -> str:
-    """Resolve ``'auto'``: cupy for cupy inputs or a usable GPU, else numba when installed, else numpy."""
+def resolve(name: str, X=None) -> Backend:
+    """The backend that runs a call given ``name`` and its input X; raises :class:`BackendUnavailable`
+    when a backend named explicitly (or needed by device input) cannot run.
+
+    ``'auto'`` follows the input's array type: cupy arrays go to cupy; numpy input goes to numba when it
+    is installed, else numpy. A GPU is used because it was asked for, never because one is present.
+    """
     if name != "auto":
-        get(name)
-        return name
-    if X is not None and type(X).__module__.split(".")[0] == "cupy":
-        get("cupy")
-        return "cupy"
-    for candidate in ("cupy", "numba"):
-        if availability(candidate)[0]:
-            return candidate
-    return "numpy"
+        return _usable(_named(name))
+    if X is not None and _on_device(X):
+        return _usable(_BACKENDS["cupy"])
+    if _BACKENDS["numba"].availability()[0]:
+        return _BACKENDS["numba"]
+    return _BACKENDS["numpy"]

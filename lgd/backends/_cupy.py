@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from . import Problem, State, Trace, record_slot
+from . import Problem, State, Trace, cast_stepsizes
 
 
 def available() -> tuple[bool, str]:
@@ -32,47 +32,46 @@ def available() -> tuple[bool, str]:
 
 
 class Runner:
-    """Runs configurations of one problem on the GPU; see :mod:`lgd.backends` for the contract."""
+    """Runs configurations of one problem on the GPU; see :mod:`lgd.backends` for the protocol."""
 
     name = "cupy"
 
-    def __init__(self, problem: Problem):
+    def __init__(self, problem: Problem, steps: int, record_every: int, shape=None):
         import cupy
 
         from ..kernels import cupy_gpu
 
         self.cupy, self.kernels, self.problem = cupy, cupy_gpu, problem
+        self.steps, self.record_every = steps, record_every
         cupy_gpu.module()  # build the module here, outside the timed loop
         self.X, self.y = cupy.asarray(problem.X), cupy.asarray(problem.y)
         self.X_test = None if problem.X_test is None else cupy.asarray(problem.X_test)
         self.y_test = None if problem.y_test is None else cupy.asarray(problem.y_test)
-        self.device = None  # DeviceRun, created on the first chunk of a state
-        self.state_id = None
+        self.state, self.trace, self.device = None, None, None
 
-    def run(self, state: State, trace: Trace, t_start: int, t_stop: int, steps: int, record_every: int):
-        cp, p = self.cupy, self.problem
-        if self.state_id != id(state):
-            self.device = self.kernels.DeviceRun(
-                self.X, self.y, self.X_test, self.y_test, cp.asarray(state.W), cp.asarray(state.a),
-                cp.asarray(state.stepsizes, dtype=cp.float64), cp.asarray(state.diverged),
-                trace.risk.shape[1], trace.neuron_margins.shape[1])
-            self.state_id = id(state)
-        device = self.device
-        self.kernels.gd_steps(device, t_start, t_stop, steps, record_every, p.activation, p.loss, p.scale,
-                              p.train_outer)
-        # One synchronising copy per chunk: the recorded slots, the iterates and the divergence flags.
-        slots = [s for s in (record_slot(t, steps, record_every) for t in range(t_start, t_stop)) if s >= 0]
-        if slots:
-            first, last = min(slots), max(slots) + 1
-            for name, values in device.trace.items():
-                host = getattr(trace, name)
-                if host.shape[1]:
-                    host[:, first:last] = values[:, first:last].get()
-        state.W[...] = device.W.get()
-        state.a[...] = device.a.get()
-        state.diverged[...] = device.diverged.get()
+    def start(self, state: State, trace: Trace):
+        """Copy the batch to the device, where it stays until :meth:`finish`."""
+        cp = self.cupy
+        self.state, self.trace = state, trace
+        self.device = self.kernels.DeviceRun(
+            self.X, self.y, self.X_test, self.y_test, cp.asarray(state.W), cp.asarray(state.a),
+            cp.asarray(cast_stepsizes(state.stepsizes, self.problem.dtype), dtype=cp.float64),
+            cp.asarray(state.diverged), trace.risk.shape[1], trace.neuron_margins.shape[1])
 
+    def advance(self, t_start: int, t_stop: int):
+        p, device = self.problem, self.device
+        self.kernels.gd_steps(device, t_start, t_stop, self.steps, self.record_every, p.activation, p.loss,
+                              p.scale, p.train_outer)
+        # One synchronising copy per chunk: the divergence flags (the driver stops when all are set) and
+        # the iterates (the driver may pause to measure them).
+        self.state.diverged[...] = device.diverged.get()
+        self.kernels.check_fault(device, p.activation, p.loss)
+        self.state.W[...] = device.W.get()
+        self.state.a[...] = device.a.get()
 
-def runner(problem: Problem, shape=None) -> Runner:
-    return Runner(problem)
-
+    def finish(self):
+        """Copy the traces back to the host."""
+        for name, values in self.device.trace.items():
+            host = getattr(self.trace, name)
+            if host.shape[1]:
+                host[...] = values.get()

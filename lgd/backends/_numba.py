@@ -25,19 +25,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import Problem, State, Trace
+from . import Problem, State, Trace, cast_stepsizes
 
 # A step's products go through BLAS (on each thread's block of samples) rather than the fused loops'
-# register tiles from d >= BLAS_MIN_D and n * d * m >= BLAS_WORK. Measured on 2 cores (leaky softplus,
-# fused time over BLAS time, float64 / float32): d = 16, 32: 0.81-0.83 / 0.77-0.78 at n, d, m = 512, 32,
-# 128 and 1000, 16, 256; d = 64: 0.85-1.02 / 0.75-0.99 (n, m from 256, 64 to 2000, 256); d = 128:
-# 1.39 / 1.12 at 1000, 128, 256; d = 256: 1.26-1.98 / 1.31-1.32.
+# register tiles from d >= BLAS_MIN_D and n * d * m >= BLAS_WORK: below that the fused loops, which never
+# leave L1, are faster; above it BLAS's blocking wins (docs/performance.md has the measurements).
 BLAS_MIN_D = 128
 BLAS_WORK = 1 << 19
 # Dimension d from which the products are nearly all of a step's work: a single run (that would
-# otherwise take a team) then runs on one thread and BLAS spreads each product over all the cores
-# (a team of threads, each with a single-threaded BLAS, was 1.25x slower at n, d, m = 2000, 3072,
-# 256 on 2 cores).
+# otherwise take a team) then runs on one thread and BLAS spreads each product over all the cores,
+# faster than a team of threads each with a single-threaded BLAS.
 BLAS_BOUND_D = 512
 # Entries of the n x m block per thread of a team: a single run is split over at most n m / TEAM_WORK
 # threads, so that each thread's share of a step outweighs the two barriers (about a microsecond
@@ -54,41 +51,55 @@ def available() -> tuple[bool, str]:
 
 
 class Runner:
-    """Runs configurations of one problem in compiled code; see :mod:`lgd.backends` for the contract."""
+    """Runs configurations of one problem in compiled code; see :mod:`lgd.backends` for the protocol."""
 
     name = "numba"
 
-    def __init__(self, problem: Problem, shape=None):
+    def __init__(self, problem: Problem, steps: int, record_every: int, shape=None):
         import numba
 
         from ..kernels import numba_cpu
 
-        self.problem = problem
+        self.problem, self.steps, self.record_every = problem, steps, record_every
         self._kernels = numba_cpu
+        _check_codes(problem, numba_cpu)
         self._threads = numba.get_num_threads()
         p = problem
         d = p.X.shape[1]
-        self._X = np.ascontiguousarray(p.X)
-        self._y = np.ascontiguousarray(p.y)
         if p.X_test is not None:
-            self._X_test = np.ascontiguousarray(p.X_test)
-            self._y_test = np.ascontiguousarray(p.y_test)
+            test = (np.ascontiguousarray(p.X_test), np.ascontiguousarray(p.y_test))
         else:
-            self._X_test = np.empty((0, d), dtype=p.dtype)
-            self._y_test = np.empty(0, dtype=p.dtype)
-        code, param = int(p.activation.code), float(p.activation.param)
-        if code == numba_cpu.IDENTITY:  # the kernels treat the identity as leaky_relu(1)
-            code, param = numba_cpu.LEAKY_RELU, 1.0
-        self._codes = (code, param, int(p.loss.code), float(p.loss.param), bool(p.loss.margin), float(p.scale),
-                       bool(p.train_outer), bool(p.linear))
+            test = (np.empty((0, d), dtype=p.dtype), np.empty(0, dtype=p.dtype))
+        self._data = numba_cpu.Data(np.ascontiguousarray(p.X), np.ascontiguousarray(p.y), *test)
+        self._spec = numba_cpu.Spec(activation=int(p.activation.code), activation_param=float(p.activation.param),
+                                    loss=int(p.loss.code), loss_param=float(p.loss.param),
+                                    margin_loss=bool(p.loss.margin), scale=float(p.scale),
+                                    train_outer=bool(p.train_outer), linear=bool(p.linear),
+                                    f32=p.dtype == np.float32)
         self._pool = None
         # Without threadpoolctl no BLAS runs inside a team: the fused loops do every product.
         self._threadpoolctl = importlib.util.find_spec("threadpoolctl") is not None
         self._blas_limits = None  # threadpoolctl's controller of the BLAS libraries, made on first use (ms)
+        self.state, self.trace, self._batch = None, None, None
         self._compile(1 if shape is None else int(shape[1]))
 
+    def start(self, state: State, trace: Trace):
+        arrays = tuple(trace) + (state.W, state.a, state.diverged)
+        if not all(x.flags.c_contiguous for x in arrays):
+            raise ValueError("the numba backend needs C-contiguous state and trace arrays")
+        self.state, self.trace = state, trace
+        self._batch = self._kernels.Batch(state.W, state.a, cast_stepsizes(state.stepsizes, self.problem.dtype),
+                                          state.diverged)
+
+    def advance(self, t_start: int, t_stop: int):
+        live = np.flatnonzero(self.state.diverged < 0)
+        self._chunk(self._batch, self.trace, live, t_start, t_stop)
+
+    def finish(self):
+        """Nothing to copy: the kernels wrote the trace in place."""
+
     def _use_blas(self, width: int) -> bool:
-        n, d = self._X.shape
+        n, d = self._data.X.shape
         return (not self.problem.linear and d >= BLAS_MIN_D and n * d * width >= BLAS_WORK
                 and self._threadpoolctl)
 
@@ -101,61 +112,49 @@ class Runner:
         return self._blas_limits.limit(limits=1)
 
     def _compile(self, m: int):
-        """Compile (or load from the cache) the driver that runs of width m use (its dtype and product
+        """Compile (or load from the cache) the kernel that runs of width m use (its dtype and product
         mode), running zero steps."""
-        d = self._X.shape[1]
-        state = State(W=np.zeros((1, m, d), dtype=self.problem.dtype), a=np.ones((1, m), dtype=self.problem.dtype),
-                      stepsizes=np.ones(1))
-        trace = Trace.empty(1, 1, m, True)
+        d = self._data.X.shape[1]
+        dtype = self.problem.dtype
+        batch = self._kernels.Batch(np.zeros((1, m, d), dtype=dtype), np.ones((1, m), dtype=dtype),
+                                    np.ones(1, dtype=dtype), np.full(1, -1, dtype=np.int64))
         # Python's cyclic garbage collector, left on, walks numba's many compiler objects again and again
-        # during a cold compile (three full collections, 0.9 s of 9 s here); off, the compile's garbage
-        # waits for the first collection after it.
+        # during a cold compile; off, the compile's garbage waits for the first collection after it.
         collecting = gc.isenabled()
         gc.disable()
         try:
-            self.run(state, trace, 0, 0, 1, 1)
+            self._chunk(batch, Trace.empty(1, 1, m, True), np.zeros(1, dtype=np.intp), 0, 0)
         finally:
             if collecting:
                 gc.enable()
 
-    def run(self, state: State, trace: Trace, t_start: int, t_stop: int, steps: int, record_every: int):
-        dtype = self.problem.dtype
-        etas = np.asarray(state.stepsizes, dtype=dtype)
-        traces = tuple(getattr(trace, name) for name in ("risk", "accuracy", "grad_norm", "weight_norm", "margin",
-                                                          "test_risk", "test_accuracy"))
-        arrays = traces + (trace.neuron_margins, state.W, state.a, state.diverged)
-        if not all(x.flags.c_contiguous for x in arrays):
-            raise ValueError("the numba backend needs C-contiguous state and trace arrays")
-        blas = self._use_blas(state.W.shape[1])
-        common = (state.W, state.a, etas, state.diverged, traces, trace.neuron_margins) + self._codes[:5] + \
-                 (self._codes[5], self._codes[6], self._codes[7], t_start, t_stop, steps, record_every,
-                  dtype == np.float32)
-        data = (self._X, self._y, self._X_test, self._y_test)
-        live = np.flatnonzero(state.diverged < 0)
-        if t_start >= t_stop:  # compiling only: run the kernel's early return
-            live = np.zeros(1, dtype=np.intp)
-        team = self.team_size(len(live), state.W.shape[1])
-        if blas and team > 1 and self._X.shape[1] >= BLAS_BOUND_D:
+    def _chunk(self, batch, trace: Trace, live, t_start: int, t_stop: int):
+        """Evaluations [t_start, t_stop) of the configurations `live` (t_start == t_stop: compile only)."""
+        schedule = self._kernels.Schedule(t_start, t_stop, self.steps, self.record_every)
+        m = batch.W.shape[1]
+        blas = self._use_blas(m)
+        team = self.team_size(len(live), m)
+        if blas and team > 1 and self._data.X.shape[1] >= BLAS_BOUND_D:
             # A single run whose products are nearly all of the work: rather than a team with one BLAS
             # thread each, one thread runs the step and BLAS spreads each product over all the cores.
-            self._run_team(1, live, data, common, state, blas)
+            self._run_team(1, live, batch, trace, schedule, blas)
         elif blas:
             with self._one_blas_thread():
-                self._run_configs(live, team, data, common, state, blas)
+                self._run_configs(live, team, batch, trace, schedule, blas)
         else:
-            self._run_configs(live, team, data, common, state, blas)
+            self._run_configs(live, team, batch, trace, schedule, blas)
 
-    def _run_configs(self, live, team: int, data: tuple, common: tuple, state: State, blas: bool):
+    def _run_configs(self, live, team: int, batch, trace: Trace, schedule, blas: bool):
         """A team of `team` threads per configuration, or (team of one) a thread per configuration, the
         threads taking them from a queue they share."""
         threads = min(self._threads, len(live))
         if team > 1 or threads <= 1:
-            self._run_team(team, live, data, common, state, blas)
+            self._run_team(team, live, batch, trace, schedule, blas)
             return
         # A team of one per thread, taking the configurations from one queue: each runs the next one
         # not taken yet, so the threads finish together however their speeds differ.
         queue = np.zeros(1, dtype=np.int64)
-        futures = [self._thread_pool().submit(self._run_team, 1, live, data, common, state, blas, queue)
+        futures = [self._thread_pool().submit(self._run_team, 1, live, batch, trace, schedule, blas, queue)
                    for _ in range(threads)]
         for future in futures:
             future.result()
@@ -166,50 +165,73 @@ class Runner:
         of the configurations)."""
         if configs >= self._threads:
             return 1
-        return max(1, min(self._threads, self._X.shape[0] * width // max(1, TEAM_WORK)))
+        return max(1, min(self._threads, self._data.X.shape[0] * width // max(1, TEAM_WORK)))
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="lgd-numba")
         return self._pool
 
-    def _run_team(self, team: int, configs, data: tuple, common: tuple, state: State, blas: bool, queue=None):
+    def _run_team(self, team: int, configs, batch, trace: Trace, schedule, blas: bool, queue=None):
         """run_team by `team` threads over `configs` (those not taken yet from `queue`, which other teams may
         share; a fresh one if None): member 0 in this thread, the others in the pool."""
-        _, m, d = state.W.shape
-        dtype = self.problem.dtype
-        empty = np.empty
-        # In the run's dtype: Wt, a, a_step, z rows (a register tile's worth; None with BLAS, which prunes the
-        # fused loops from that kernel), p/q rows, waiting q rows (and their sample indices, int64), partial
-        # gradients; with BLAS, Z, Z_test and the BLAS gradients, else None (the kernel then compiles without
-        # its BLAS calls: a separate, smaller specialisation).
-        # What a member writes at every sample is in _own_rows, apart from the other members' rows.
-        if blas:
-            products = (empty((len(self._X), m), dtype), empty((len(self._X_test), m), dtype),
-                        empty((team, d, m), dtype))
-        else:
-            products = (None, None, None)
-        tile, waiting = self._kernels.WIDE_ROWS, self._kernels.WAITING_SAMPLES
-        buffers = (empty((d, m), dtype), empty(m, dtype), empty(m, dtype),
-                   None if blas else _own_rows((team, tile, m), dtype),
-                   _own_rows((team, m), dtype), _own_rows((team, m), dtype), _own_rows((team, waiting, m), dtype),
-                   _own_rows((team, waiting), np.int64), empty((team, d, m), dtype),
-                   _own_rows((team, m), dtype), _own_rows((team, m), np.float64), _own_rows((2 * team, 3), np.float64),
-                   empty((d, m)), empty(m), empty(m), empty((2, 3))) + products
+        kernels = self._kernels
+        _, m, d = batch.W.shape
+        scratch = buffers(kernels, team, m, d, len(self._data.X), len(self._data.X_test), self.problem.dtype, blas)
         sync = np.zeros(2, dtype=np.int64)
         go = np.zeros(2, dtype=np.int64)  # the step's verdict (not diverged), the configuration's index
         if queue is None:
             queue = np.zeros(1, dtype=np.int64)
         configs = np.ascontiguousarray(configs, dtype=np.intp)
-        kernel = self._kernels.run_team
 
         def member(k):
-            kernel(k, team, sync, go, queue, configs, *data, *common, *buffers)
+            return kernels.run_team(kernels.Team(k, team, sync, go, queue, configs), self._data, batch, trace,
+                                    self._spec, schedule, scratch)
 
         futures = [self._thread_pool().submit(member, k) for k in range(1, team)]
-        member(0)
+        verdict = member(0)
         for future in futures:
             future.result()
+        if verdict != kernels.KNOWN:  # _check_codes refused these codes already: the kernel agrees
+            raise ValueError(f"the numba kernels have no formula for {_unknown(self.problem, verdict, kernels)}")
+
+
+def _unknown(problem: Problem, verdict: int, kernels) -> str:
+    if verdict == kernels.UNKNOWN_ACTIVATION:
+        return f"the activation {problem.activation.spec!r} (code {problem.activation.code})"
+    return f"the loss {problem.loss.spec!r} (code {problem.loss.code})"
+
+
+def _check_codes(problem: Problem, kernels):
+    """Refuse, before any compile, an activation or loss whose code the kernels' formulas do not have."""
+    for verdict, code, known in ((kernels.UNKNOWN_ACTIVATION, problem.activation.code, kernels.ACTIVATIONS),
+                                 (kernels.UNKNOWN_LOSS, problem.loss.code, kernels.LOSSES)):
+        if code not in known:
+            raise ValueError(f"the numba kernels have no formula for {_unknown(problem, verdict, kernels)}; "
+                             f"run it with compute='numpy', or add it to lgd/kernels/numba_cpu/formulas.py "
+                             f"(docs/extending.md)")
+
+
+def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas: bool):
+    """The scratch of one run_team call by a team of `team` (kernels.Buffers documents each buffer).
+
+    What a member writes at every sample is in _own_rows, apart from the other members' rows. With BLAS
+    the fused loops' tile rows are None, without it the BLAS buffers: each mode's kernel is compiled
+    without the other's code."""
+    empty = np.empty
+    if blas:
+        products = dict(Z=empty((n, m), dtype), Z_test=empty((n_test, m), dtype), grads_blas=empty((team, d, m), dtype))
+    else:
+        products = dict(Z=None, Z_test=None, grads_blas=None)
+    waiting = kernels.WAITING_SAMPLES
+    return kernels.Buffers(
+        Wt=empty((d, m), dtype), a=empty(m, dtype), a_step=empty(m, dtype),
+        zs=None if blas else _own_rows((team, kernels.WIDE_ROWS, m), dtype),
+        ps=_own_rows((team, m), dtype), qs=_own_rows((team, m), dtype), pending_q=_own_rows((team, waiting, m), dtype),
+        pending_rows=_own_rows((team, waiting), np.int64), grads=empty((team, d, m), dtype),
+        grads_a=_own_rows((team, m), dtype), neurons_part=_own_rows((team, m), np.float64),
+        stats=_own_rows((2 * team, 3), np.float64), grad=empty((d, m)), grad_a=empty(m), neuron=empty(m),
+        total=empty((2, 3)), **products)
 
 
 CACHE_LINE = 64
@@ -221,11 +243,6 @@ def _own_rows(shape: tuple, dtype) -> np.ndarray:
     A team stacks its members' buffers (member first), and the kernel writes its member's block of
     each at every sample. Without the gap, two neighbouring blocks share the cache line where they meet
     (numpy aligns to 16 bytes, not 64), and the two cores pass that line back and forth at every
-    sample. With the gap a team of two was 1.4x faster at m = 8 (n, d = 4096, 16), 1.17x at m = 16,
-    1.03x at m = 32 and level at m = 64: one shared line per row matters less as rows grow."""
+    sample; that matters most for narrow rows (docs/performance.md)."""
     pad = CACHE_LINE // np.dtype(dtype).itemsize
     return np.empty(shape[:-1] + (shape[-1] + pad,), dtype=dtype)
-
-
-def runner(problem: Problem, shape=None) -> Runner:
-    return Runner(problem, shape)

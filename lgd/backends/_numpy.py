@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from ..models import evaluate, predict
-from . import Problem, State, Trace, record_slot
+from . import Problem, State, Trace, cast_stepsizes, record_slot
 
 
 def available() -> tuple[bool, str]:
@@ -23,16 +23,21 @@ class Runner:
 
     name = "numpy"
 
-    def __init__(self, problem: Problem):
-        self.problem = problem
+    def __init__(self, problem: Problem, steps: int, record_every: int, shape=None):
+        self.problem, self.steps, self.record_every = problem, steps, record_every
+        self.state, self.trace = None, None
 
-    def run(self, state: State, trace: Trace, t_start: int, t_stop: int, steps: int, record_every: int):
-        p = self.problem
+    def start(self, state: State, trace: Trace):
+        self.state, self.trace = state, trace
+
+    def advance(self, t_start: int, t_stop: int):
+        p, state, trace, steps = self.problem, self.state, self.trace, self.steps
+        etas = cast_stepsizes(state.stepsizes, p.dtype)
         for c in range(state.W.shape[0]):
             if state.diverged[c] >= 0:
                 continue
             W, a = state.W[c], state.a[c]
-            eta = W.dtype.type(state.stepsizes[c])
+            eta = etas[c]
             for t in range(t_start, t_stop):
                 with np.errstate(over="ignore", invalid="ignore"):
                     ev = evaluate(W, a, p.X, p.y, p.activation, p.loss, p.scale, p.train_outer)
@@ -42,7 +47,7 @@ class Runner:
                 if not (math.isfinite(float(ev.risk)) and math.isfinite(grad_sq)):
                     state.diverged[c] = t
                     break
-                slot = record_slot(t, steps, record_every)
+                slot = record_slot(t, steps, self.record_every)
                 if slot >= 0:
                     self._record(trace, c, slot, ev, grad_sq, W, a)
                 if t < steps:
@@ -67,6 +72,5 @@ class Runner:
                 trace.test_risk[c, slot] = p.loss.value(u).mean()
             trace.test_accuracy[c, slot] = np.mean(p.y_test * f > 0)
 
-
-def runner(problem: Problem, shape=None) -> Runner:
-    return Runner(problem)
+    def finish(self):
+        """Nothing to copy: the trace was written in place."""

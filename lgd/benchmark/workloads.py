@@ -94,7 +94,7 @@ WORKLOADS = {
                            stepsizes=tuple(np.logspace(-1, 3, 1024).tolist()), device=True),
     "LARGE": Workload("LARGE", n=20_000, d=3072, m=1024, steps=50, stepsizes=(STEPSIZE,), device=True),
 }
-CPU_WORKLOADS = tuple(name for name, w in WORKLOADS.items() if not w.device)
+DTYPES = ("float64", "float32")  # every workload runs in each
 
 
 def problem(workload: Workload, dtype: str):
@@ -125,8 +125,9 @@ def oracle_final_risk(workload: Workload, dtype: str, steps: int = CHECK_STEPS) 
     import lgd
 
     X, y = lgd.data.separable(n=workload.n, d=workload.d, margin=MARGIN, seed=0)
-    result = lgd.sweep(X, y, model(workload), LOSS, stepsizes=workload.stepsizes, steps=steps, backend="numpy",
-                       dtype=dtype, progress=False, neuron_margins=False)
+    result = lgd.sweep(X, y, model(workload), LOSS, stepsizes=workload.stepsizes, steps=steps,
+                       record=lgd.Record(neuron_margins=False),
+                       compute=lgd.Compute(backend="numpy", dtype=dtype, progress=False))
     return result.risk[:, -1]
 
 

@@ -11,7 +11,7 @@ risk = mean softplus(-y f), W <- W - eta * G^T X with G = -y sigmoid(-y f) / n *
 Torch and JAX are imported inside the functions that use them: a missing peer raises
 :class:`Unavailable` (the benchmark skips and reports it), it never fails an import.
 
->>> from bench.workloads import WORKLOADS
+>>> from lgd.benchmark.workloads import WORKLOADS
 >>> run = prepare("numpy", WORKLOADS["S"].shrunk(), "float64")
 >>> run(3).shape
 (1, 4)
@@ -76,8 +76,9 @@ def _lgd(backend: str, workload: Workload, dtype: str, device: bool, activation:
     net = model(workload, activation)
 
     def run(steps: int) -> np.ndarray:
-        result = lgd.sweep(X, y, net, LOSS, stepsizes=workload.stepsizes, steps=steps, backend=backend,
-                           dtype=dtype, progress=False, neuron_margins=False)
+        result = lgd.sweep(X, y, net, LOSS, stepsizes=workload.stepsizes, steps=steps,
+                           record=lgd.Record(neuron_margins=False),
+                           compute=lgd.Compute(backend=backend, dtype=dtype, progress=False))
         if any(status != "completed" for status in result.status):
             raise RuntimeError(f"lgd {backend} run did not complete: {sorted(set(result.status))}")
         return result.risk

@@ -1,0 +1,27 @@
+"""Numba CPU kernels: whole GD runs of a two-layer net (or a linear model) in compiled code.
+
+One kernel, :func:`run_team`, runs chunks of GD steps of a batch of configurations by a team of threads;
+it is compiled (and cached on disk) once per dtype and product mode (fused loops or BLAS). The activation
+and loss are runtime integer codes from the catalogs, dispatched once per row of m neurons or once per
+sample, never inside a vectorised loop, so a sweep over activations, losses, their parameters or
+stepsizes never recompiles. The modules, from the bottom up:
+
+- compiler:   the kernel decorator, its cache (which notices an edit in any module here) and
+              `subroutine`, which compiles a helper into the kernel that calls it;
+- intrinsics: LLVM instructions numba cannot say in Python (fma, bit casts, vector code, atomics);
+- exp_log1p:  exp and log1p as arithmetic that vectorises;
+- formulas:   the activations and losses (the one file to edit when adding either);
+- tiles:      the two products, as register tiles or BLAS calls;
+- step:       one step: the pass over a block of samples, records, divergence, update;
+- team:       run_team and the named tuples of its arguments.
+
+Nothing here checks arguments or knows about lgd's classes: :mod:`lgd.backends._numba` does.
+"""
+
+from .formulas import ACTIVATIONS, KNOWN, LOSSES, UNKNOWN_ACTIVATION, UNKNOWN_LOSS
+from .intrinsics import tile_columns
+from .team import Batch, Buffers, Data, Schedule, Spec, Team, run_team
+from .tiles import WAITING_SAMPLES, WIDE_ROWS
+
+__all__ = ["run_team", "Data", "Batch", "Spec", "Schedule", "Team", "Buffers", "ACTIVATIONS", "LOSSES", "KNOWN",
+           "UNKNOWN_ACTIVATION", "UNKNOWN_LOSS", "WIDE_ROWS", "WAITING_SAMPLES", "tile_columns"]

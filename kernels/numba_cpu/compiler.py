@@ -1,0 +1,139 @@
+"""The compile machinery of the numba kernels: the kernel decorator, its on-disk cache and `subroutine`.
+
+What lives here: :data:`kernel` (numba's njit as every entry point of this folder uses it, with a cache
+that notices edits anywhere in the folder), :func:`subroutine` (a helper compiled into the code library
+of the kernel that calls it) and the numba internals both need, imported in one place so that a numba
+without them fails with a message naming what is missing. Nothing here computes anything.
+"""
+
+import hashlib
+import inspect
+import weakref
+from pathlib import Path
+
+import numba
+from numba import njit, types
+from numba.extending import intrinsic
+
+# The kernels lean on numba internals (compile_internal, Flags, code-library linkage, the cache's index
+# file). setup.py bounds numba to the versions they were tested with; a numba outside those bounds that
+# lacks one of them should say which, not fail somewhere in a compile.
+TESTED_NUMBA = "0.68"
+
+
+def _internal(module: str, name: str):
+    try:
+        return getattr(__import__(module, fromlist=[name]), name)
+    except (ImportError, AttributeError):
+        raise ImportError(f"lgd's numba kernels need {module}.{name}, which numba {numba.__version__} does not "
+                          f"have; lgd is tested with numba {TESTED_NUMBA}.x (pip install 'numba=={TESTED_NUMBA}.*')"
+                          ) from None
+
+
+Flags = _internal("numba.core.compiler", "Flags")
+compile_internal = _internal("numba.core.compiler", "compile_internal")
+FunctionCache = _internal("numba.core.caching", "FunctionCache")
+IndexDataCacheFile = _internal("numba.core.caching", "IndexDataCacheFile")
+impl_ret_borrowed = _internal("numba.core.imputils", "impl_ret_borrowed")
+
+CACHE = True
+FOLDER = Path(__file__).resolve().parent
+
+
+def _sources() -> list:
+    """The files a kernel's machine code depends on: this folder's modules and the lgd modules they import
+    (the catalogs' codes, the record rule)."""
+    import lgd.activations
+    import lgd.backends
+    import lgd.losses
+
+    upstream = [Path(module.__file__) for module in (lgd.activations, lgd.losses, lgd.backends)]
+    return sorted(FOLDER.glob("*.py")) + upstream
+
+
+def sources_hash() -> str:
+    """SHA-256 of every source a kernel is compiled from (see :func:`_sources`)."""
+    digest = hashlib.sha256()
+    for path in _sources():
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class FolderCache(FunctionCache):
+    """numba's on-disk cache of one kernel, its index stamped with :func:`sources_hash`.
+
+    numba stamps a cached kernel with its own module's source only: an edit in another module (a formula,
+    a tile) would load the stale machine code. With the hash of every source in the stamp, any edit
+    invalidates the index, and the next call compiles afresh.
+    """
+
+    def __init__(self, py_func):
+        super().__init__(py_func)
+        stamp = (self._impl.locator.get_source_stamp(), sources_hash())
+        self._cache_file = IndexDataCacheFile(cache_path=self._cache_path, filename_base=self._impl.filename_base,
+                                              source_stamp=stamp)
+
+
+def kernel(func):
+    """An entry point called from Python: njit, nogil, numpy's error model, cached by :class:`FolderCache`."""
+    dispatcher = njit(error_model="numpy", nogil=True)(func)
+    if CACHE:
+        dispatcher._cache = FolderCache(dispatcher.py_func)
+    return dispatcher
+
+
+# Code libraries (one per compiled kernel) -> {(function, signature): compile result} of the subroutines
+# lowered into them.
+_SUBROUTINES = weakref.WeakKeyDictionary()
+
+
+def subroutine(returns, pick=None):
+    """Decorator: a helper compiled into the code library of the kernel that calls it.
+
+    An njit helper is a library of its own: numba optimises it and generates its machine code, then
+    links it into each caller and does both again there, so a chain of helpers is compiled once per
+    level. A subroutine is typed and lowered once per signature straight into the calling kernel's
+    library (where LLVM inlines it as usual) and compiled to machine code once, with the kernel.
+    `returns` is the return type, or a function of the argument types that gives it; `pick`, if given,
+    a function of the argument types that gives the Python function to compile instead of the
+    decorated one (one name for per-dtype implementations). Callable from compiled code only; the
+    Python function stays reachable as `.implementation`. Error model numpy, as the kernels:
+    divisions carry no zero checks. A branch on an argument that is None is pruned at compile time,
+    which is how one kernel leaves out the product mode it does not run.
+    """
+    def decorate(func):
+        def signature(args):
+            result = returns if isinstance(returns, types.Type) else returns(*args)
+            if result is None:
+                return None
+
+            def codegen(context, builder, signature, values):
+                library = context.active_code_library
+                compiled = _SUBROUTINES.setdefault(library, {})
+                implementation = func if pick is None else pick(*signature.args)
+                key = (implementation, signature)
+                if key not in compiled:
+                    flags = Flags()
+                    flags.error_model = "numpy"
+                    flags.nrt = True
+                    flags.no_compile = True
+                    flags.no_cpython_wrapper = True
+                    flags.no_cfunc_wrapper = True
+                    compiled[key] = compile_internal(context.typing_context, context, library, implementation,
+                                                     signature.args, signature.return_type, flags, locals={})
+                    # linkonce_odr, as numba makes a linked njit function: LLVM inlines it where it pays
+                    # (the loops that call exp must, to vectorise) and drops the rest.
+                    library.get_function(compiled[key].fndesc.llvm_func_name).linkage = "linkonce_odr"
+                return context.call_internal(builder, compiled[key].fndesc, signature, values)
+            return result(*args), codegen
+        # The typer takes func's parameters by name (numba reads them to fold a call's arguments).
+        params = ", ".join(inspect.signature(func).parameters)
+        namespace = {"signature": signature}
+        exec(f"def {func.__name__}(typingctx, {params}):\n    return signature(({params},))\n", namespace)
+        typer = namespace[func.__name__]
+        typer.__doc__ = func.__doc__
+        compiled_helper = intrinsic(typer)
+        compiled_helper.implementation = func
+        return compiled_helper
+    return decorate

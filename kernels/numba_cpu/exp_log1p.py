@@ -1,0 +1,172 @@
+"""exp and log1p as plain arithmetic, float64 and float32, for the loops that compute activations and losses.
+
+What lives here: ``exp`` / ``exp32`` (range reduction by ln 2, a polynomial, the exponent assembled from
+bits) and the parts of log(1 + e) for e in [0, 1] (``log1p_parts``, ``log1p_unit``), with the softplus
+and sigmoid built from them; ``*_of`` names pick the float64 or float32 version by argument type. The
+PyPI llvmlite has no vector math library: a call of libm's exp or log1p is a scalar call that stops a
+loop from vectorising, these are branch-free arithmetic that LLVM vectorises. What they compute into
+(activations, losses) lives in formulas.
+
+No fastmath: the divergence test needs inf and nan, and both functions need their exact rounding
+corrections.
+"""
+
+import numpy as np
+from numba import types
+
+from .compiler import subroutine
+from .intrinsics import bits_from_double, bits_from_float, double_from_bits, float_from_bits, fma
+
+# exp: x = k ln2 + r with |r| <= ln2/2, exp(r) by its Taylor polynomial of degree 13 (truncation
+# 4e-18), 2^k applied as two factors 2^(k//2) 2^(k - k//2), both normal numbers, so that subnormal
+# and overflowing results are rounded once, correctly, with no branch or blend. Relative error about
+# 2e-16 over the whole range. The shifter's low bits carry both exponent biases: its integer part
+# ends in 2 * 1023, so its bits give v = k + 2046 > 0, then h = v >> 1 = k//2 + 1023 and v - h are
+# the two factors' biased exponents (a logical shift: AVX2 has no arithmetic shift of 64-bit lanes).
+_INV_LN2 = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01  # low 32 bits zero: k * _LN2_HI is exact
+_LN2_LO = 1.90821492927058770002e-10
+_SHIFTER = 6755399441055744.0 + 2046.0  # 1.5 * 2^52 (adding it rounds to an integer in the low bits) + 2046
+_SHIFTER_BITS = np.uint64(0x4338000000000000)  # the bits of 1.5 * 2^52
+_ONE, _EXPONENT = np.uint64(1), np.uint64(52)
+
+
+@subroutine(types.float64)
+def exp(x):
+    """e^x for float64 x: overflow to inf above 709.78, gradual underflow to 0, nan kept."""
+    xc = min(max(x, -746.0), 710.0)
+    shifted = fma(xc, _INV_LN2, _SHIFTER)
+    kf = shifted - _SHIFTER
+    v = bits_from_double(shifted) - _SHIFTER_BITS
+    r = fma(kf, -_LN2_LO, fma(kf, -_LN2_HI, xc))
+    # exp(r) - 1 = r + r^2 (1/2 + r/6) + r^4 (1/4! + ... + r^9/13!), all in Estrin's scheme (short
+    # dependency chains: the row loops that call exp are bound by their latency), then one rounding
+    # adding the 1, in the fma that applies the first factor (within an ulp).
+    r2 = r * r
+    r4 = r2 * r2
+    a0 = fma(1.0 / 120.0, r, 1.0 / 24.0)
+    a1 = fma(1.0 / 5040.0, r, 1.0 / 720.0)
+    a2 = fma(1.0 / 362880.0, r, 1.0 / 40320.0)
+    a3 = fma(1.0 / 39916800.0, r, 1.0 / 3628800.0)
+    a4 = fma(1.0 / 6227020800.0, r, 1.0 / 479001600.0)
+    high = fma(fma(a4, r4, fma(a3, r2, a2)), r4, fma(a1, r2, a0))
+    expm1 = fma(high, r4, fma(fma(1.0 / 6.0, r, 0.5), r2, r))
+    h = v >> _ONE
+    first = double_from_bits(h << _EXPONENT)  # normal, so fma(expm1, first, first) = (1 + expm1) first, bit for bit
+    y = fma(expm1, first, first) * double_from_bits((v - h) << _EXPONENT)
+    return y if x == x else x
+
+
+# log(1 + e) for 0 <= e <= 1, as fdlibm's log1p takes log(1 + f) once it has reduced its argument to
+# f: log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2)) with s = f / (2 + f) and R(z) = 2z/3 + 2z^2/5 + ...
+# = (2 atanh(s) - 2s) / s written in z = s^2. fdlibm first reduces 1 + f to [sqrt 2 / 2, sqrt 2] (s <= 0.17),
+# which here costs a comparison, blends and a correction for the rounding of 1 + e; this takes f = e
+# as it is (s <= 1/3, z <= 1/9) and a longer polynomial instead: R(z) = z g(z), g of degree 9 fitted
+# on [0, 1/9] (Chebyshev, mpmath: |error| <= 1e-16, which reaches the result scaled by s z <= 1/27).
+# About 8 operations fewer and no blend on the chain. The price is accuracy: s's own rounding errors
+# weigh more at larger s, up to 1.4 ulp rather than fdlibm's 0.85 (docs/performance.md).
+# s and 1 / (1 + e) (the sigmoid) are two divisions in float64 and one shared in float32 (below).
+_LOG1P_G = (0.6666666666666666, 0.40000000000014585, 0.2857142856710876, 0.22222222717427864,
+            0.18181789436132859, 0.15385570064958623, 0.13314144209654935, 0.12001072809590713,
+            0.08800738486144674, 0.1616404561194353)
+_G0, _G1, _G2, _G3, _G4, _G5, _G6, _G7, _G8, _G9 = _LOG1P_G
+
+
+@subroutine(lambda e: types.UniTuple(e, 2))
+def log1p_unit(e):
+    """(log(1 + e), 1 / (1 + e)) for e in [0, 1], in the dtype of e."""
+    s, t, hfsq, r = log1p_parts_of(e)
+    return e + fma(s, t, -hfsq), r
+
+
+@subroutine(types.UniTuple(types.float64, 4))
+def log1p_parts(e):
+    """(s, f^2/2 + R, f^2/2, 1 / (1 + e)) of log(1 + e) = e + s (f^2/2 + R) - f^2/2 (f = e), e in [0, 1]: the
+    activation adds the last terms in its own order, the slowest (s (f^2/2 + R)) last."""
+    r = 1.0 / (1.0 + e)  # two divisions, in parallel: as fast as one shared (1 / ((1 + e)(2 + e))) and
+    s = e / (2.0 + e)  # more accurate (sigmoid within 1 ulp, not 3)
+    z = s * s
+    z2 = z * z
+    z4 = z2 * z2
+    g = fma(fma(fma(_G9, z, _G8), z4, fma(fma(_G7, z, _G6), z2, fma(_G5, z, _G4))), z4,
+            fma(fma(_G3, z, _G2), z2, fma(_G1, z, _G0)))
+    hfsq = 0.5 * e * e
+    return s, fma(z, g, hfsq), hfsq, r
+
+
+@subroutine(types.UniTuple(types.float64, 2))
+def softplus_sigmoid_from_exp(x, e):
+    """(softplus(x), sigmoid(x)) given e = exp(-|x|): one log1p and one division."""
+    lp, r = log1p_unit(e)
+    return max(x, 0.0) + lp, (r if x >= 0 else e * r)
+
+
+# float32 versions for runs in float32 (eight lanes per AVX2 vector): the same algorithms with float32
+# constants. exp: |r| <= ln2/2 and Taylor degree 7 (truncation 5e-9); log1p: g of degree 4.
+_INV_LN2_F = np.float32(1.4426950408889634)
+_LN2_HI_F = np.float32(0.693145751953125)  # low 9 bits zero: k * _LN2_HI_F is exact for |k| < 2^9
+_LN2_LO_F = np.float32(1.428606765330187e-06)
+_SHIFTER_F = np.float32(12582912.0 + 254.0)  # 1.5 * 2^23 + 2 * 127, as _SHIFTER
+_SHIFTER_F_BITS = np.int32(0x4B400000)
+_F = np.float32
+
+
+@subroutine(types.float32)
+def exp32(x):
+    """e^x for float32 x: overflow to inf above 88.72, gradual underflow to 0, nan kept."""
+    xc = min(max(x, _F(-104.0)), _F(89.0))
+    shifted = fma(xc, _INV_LN2_F, _SHIFTER_F)
+    kf = shifted - _SHIFTER_F
+    v = bits_from_float(shifted) - _SHIFTER_F_BITS
+    r = fma(kf, -_LN2_LO_F, fma(kf, -_LN2_HI_F, xc))
+    r2 = r * r
+    p = fma(fma(_F(1.0 / 5040.0), r, _F(1.0 / 720.0)), r2, fma(_F(1.0 / 120.0), r, _F(1.0 / 24.0)))
+    expm1 = fma(fma(p, r2, fma(_F(1.0 / 6.0), r, _F(0.5))), r2, r)
+    h = v >> np.int32(1)
+    first = float_from_bits(h << np.int32(23))
+    y = fma(expm1, first, first) * float_from_bits((v - h) << np.int32(23))
+    return y if x == x else x
+
+
+# log1p_unit's g for float32 runs: degree 4 (|error| <= 7e-9 before its coefficients' float32 rounding).
+_G0_F, _G1_F, _G2_F, _G3_F, _G4_F = (np.float32(c) for c in (
+    0.6666666865348816, 0.3999970555305481, 0.285923570394516, 0.2170657515525818, 0.23224329948425293))
+
+
+@subroutine(types.UniTuple(types.float32, 4))
+def log1p_parts32(e):
+    """log1p_parts for float32 e."""
+    u = _F(1.0) + e
+    t = _F(2.0) + e
+    D = _F(1.0) / (u * t)  # one division for both: in float32 it is accurate enough, and two are slower
+    r = t * D
+    s = e * u * D
+    z = s * s
+    z2 = z * z
+    g = fma(fma(_G4_F, z2, fma(_G3_F, z, _G2_F)), z2, fma(_G1_F, z, _G0_F))
+    hfsq = _F(0.5) * e * e
+    return s, fma(z, g, hfsq), hfsq, r
+
+
+@subroutine(types.UniTuple(types.float32, 2))
+def softplus_sigmoid_from_exp32(x, e):
+    """(softplus(x), sigmoid(x)) of float32 x given e = exp(-|x|)."""
+    lp, r = log1p_unit(e)
+    return max(x, _F(0.0)) + lp, (r if x >= _F(0.0) else e * r)
+
+
+@subroutine(lambda x: x, pick=lambda x: (exp32 if x == types.float32 else exp).implementation)
+def exp_of(x):
+    """exp or exp32 by the type of x."""
+
+
+@subroutine(lambda x, e: types.UniTuple(x, 2), pick=lambda x, e: (
+    softplus_sigmoid_from_exp32 if x == types.float32 else softplus_sigmoid_from_exp).implementation)
+def softplus_sigmoid_from_exp_of(x, e):
+    """softplus_sigmoid_from_exp or its float32 version by the type of x."""
+
+
+@subroutine(lambda e: types.UniTuple(e, 4), pick=lambda e: (
+    log1p_parts32 if e == types.float32 else log1p_parts).implementation)
+def log1p_parts_of(e):
+    """log1p_parts or its float32 version by the type of e."""

@@ -1,0 +1,152 @@
+"""The activation and loss formulas of the numba kernels: the one file to edit when adding either.
+
+Codes come from the catalogs (:mod:`lgd.activations`, :mod:`lgd.losses`), the single table every kernel
+takes them from; the numpy formulas there are the oracle these rows are tested against. A code this
+file has no formula for is refused before a run starts (:func:`unknown_code`), never computed as
+something else.
+
+Activations, row by row (phi and phi' of every entry z of a row; c is the entry's parameter):
+
+- identity:        phi = z,                                phi' = 1
+- relu:            phi = max(z, 0),                        phi' = 1 if z > 0 else 0
+- leaky_relu(c):   phi = z if z > 0 else c z,              phi' = 1 if z > 0 else c
+- softplus:        phi = log(1 + e^z) = max(z, 0) + log1p(e^-|z|),   phi' = sigmoid(z)
+- leaky_softplus(c): phi = c z + (1 - c) softplus(z),      phi' = c + (1 - c) sigmoid(z)
+- silu:            phi = z sigmoid(z),                     phi' = s + z s (1 - s), s = sigmoid(z)
+- tanh:            phi = tanh z,                           phi' = 1 - tanh^2 z
+- gelu:            phi = z Phi(z),                         phi' = Phi(z) + z N(z)  (Phi = erfc(-z/sqrt 2)/2,
+                   N the normal density, taken as 0 beyond |z| = 40)
+
+Losses, sample by sample (loss and loss' of u = y f for the margin losses, of r = f - y for squared; a is
+the entry's parameter):
+
+- logistic:                   log(1 + e^-u),                          -sigmoid(-u)
+- exponential:                e^-u,                                   -e^-u
+- flattened_exponential(a):   e^{-a u} (u >= 0), 1 - a u (u < 0),     -a e^{-a u}, -a
+- flattened_polynomial(a):    (1 + u)^-a (u >= 0), 1 - a u (u < 0),   -a (1 + u)^{-a-1}, -a
+- squared:                    r^2 / 2,                                r
+
+Every sigmoid and softplus is built from e^-|z|, so nothing overflows for |z| up to 1e6; only e^-u of
+the exponential loss overflows (to inf: the run diverges, as the oracle's does). What the formulas feed
+(the forward and backward pass, G_ij = loss'_i y_i s a_j phi'(Z_ij) / n) lives in step.
+"""
+
+import math
+
+from numba import types
+
+from lgd.activations import GELU, IDENTITY, LEAKY_RELU, LEAKY_SOFTPLUS, RELU, SILU, SOFTPLUS, TANH
+from lgd.losses import EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL, LOGISTIC, SQUARED
+
+from .compiler import subroutine
+from .exp_log1p import exp, exp_of, log1p_parts_of, softplus_sigmoid_from_exp_of
+from .intrinsics import fma, like
+
+# The codes this file has a formula for: a catalog entry missing here is refused (and the tests, which
+# enumerate the catalogs, fail until its formula is written).
+ACTIVATIONS = (IDENTITY, RELU, LEAKY_RELU, SOFTPLUS, LEAKY_SOFTPLUS, GELU, SILU, TANH)
+LOSSES = (LOGISTIC, EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL, SQUARED)
+
+# Values of unknown_code.
+KNOWN, UNKNOWN_ACTIVATION, UNKNOWN_LOSS = 0, 1, 2
+
+_INV_SQRT2 = 0.7071067811865476
+_INV_SQRT2PI = 0.3989422804014327
+
+
+@subroutine(types.int64)
+def unknown_code(activation, loss):
+    """KNOWN when both codes have formulas here, else UNKNOWN_ACTIVATION or UNKNOWN_LOSS."""
+    known = False
+    for code in ACTIVATIONS:
+        known = known or code == activation
+    if not known:
+        return UNKNOWN_ACTIVATION
+    known = False
+    for code in LOSSES:
+        known = known or code == loss
+    if not known:
+        return UNKNOWN_LOSS
+    return KNOWN
+
+
+@subroutine(types.void)
+def activate_row(code, c, Z, row, p, q, m):
+    """p[j] = phi(Z[row, j]) and q[j] = phi'(Z[row, j]) for j < m, in the dtype of Z; the branch is taken
+    once per row, never inside the vectorised loops. The row is indexed here, not passed as a view: a
+    view costs two atomic reference counts per sample."""
+    zero, one, half = like(Z, 0.0), like(Z, 1.0), like(Z, 0.5)
+    cz, cbar = like(Z, c), like(Z, 1.0 - c)
+    if code == LEAKY_SOFTPLUS or code == SOFTPLUS:  # softplus is c = 0
+        # Two passes, exp(-|z|) into p first: each loop keeps fewer constants live than one loop doing
+        # both, so fewer are reloaded every iteration.
+        for j in range(m):
+            p[j] = exp_of(-abs(Z[row, j]))
+        # softplus(x) = max(x, 0) + e + s t - hfsq (log1p_parts): the terms known early first, s t (the
+        # end of the longest chain: the division, then the polynomial) last, in one fma: a shorter
+        # chain than adding the finished softplus, for a loop bound by its latency.
+        for j in range(m):
+            x = Z[row, j]
+            e = p[j]
+            s, t, hfsq, r = log1p_parts_of(e)
+            early = max(x, zero) + (e - hfsq)
+            if c != 0.0:
+                p[j] = fma(cbar * s, t, fma(cz, x, cbar * early))
+            else:
+                p[j] = fma(s, t, early)
+            q[j] = fma(cbar, r if x >= zero else e * r, cz)
+    elif code == RELU or code == LEAKY_RELU or code == IDENTITY:
+        slope = one if code == IDENTITY else cz  # the identity is the leaky ReLU of slope 1
+        for j in range(m):
+            x = Z[row, j]
+            pos = x > zero
+            p[j] = x if pos else slope * x
+            q[j] = one if pos else slope
+    elif code == SILU:
+        for j in range(m):
+            x = Z[row, j]
+            e = exp_of(-abs(x))
+            r = one / (one + e)
+            s = r if x >= zero else e * r
+            t = e * r if x >= zero else r
+            p[j] = x * s
+            q[j] = s + x * s * t
+    elif code == TANH:
+        for j in range(m):
+            th = math.tanh(Z[row, j])
+            p[j] = th
+            q[j] = one - th * th
+    elif code == GELU:
+        inv_sqrt2, inv_sqrt2pi, cap = like(Z, _INV_SQRT2), like(Z, _INV_SQRT2PI), like(Z, 3200.0)
+        for j in range(m):
+            x = Z[row, j]
+            cdf = half * math.erfc(-x * inv_sqrt2)
+            near = abs(x) < like(Z, 40.0)
+            pdf = exp_of(-half * min(x * x, cap)) * inv_sqrt2pi if near else zero
+            p[j] = x * cdf
+            q[j] = cdf + (x if near else zero) * pdf
+
+
+@subroutine(types.UniTuple(types.float64, 2))
+def loss_row(code, a, u):
+    """(loss(u), loss'(u)) of one sample, in float64 (nan for a code refused by unknown_code)."""
+    if code == LOGISTIC:
+        sp, sg = softplus_sigmoid_from_exp_of(-u, exp(-abs(u)))
+        return sp, -sg
+    if code == EXPONENTIAL:
+        v = exp(-u)
+        return v, -v
+    if code == FLATTENED_EXPONENTIAL:
+        if u >= 0.0:
+            v = exp(-a * u)
+            return v, -a * v
+        return 1.0 - a * u, -a
+    if code == FLATTENED_POLYNOMIAL:
+        if u >= 0.0:
+            b = 1.0 + u
+            v = b ** (-a)
+            return v, -a * v / b
+        return 1.0 - a * u, -a
+    if code == SQUARED:  # u = f - y
+        return 0.5 * u * u, u
+    return math.nan, math.nan

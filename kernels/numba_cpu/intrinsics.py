@@ -1,0 +1,223 @@
+"""LLVM intrinsics the kernels call as functions: bit casts, fma, vector code, atomics, spin-waiting.
+
+What lives here: what numba cannot say in Python, written as LLVM instructions through
+``numba.extending.intrinsic``: reinterpreting bits (exp's exponent arithmetic), ``fma`` with one
+rounding, the dtype of an array as a cast target (``like``), a flat view without ravel's code, the
+vector operations of the register tiles and of :func:`dot_lanes`, and the atomics, pause and
+sched_yield of a team's barrier. Everything resolved by name at load time, so the on-disk cache keeps
+working. No formulas and no loops over the data: those live in exp_log1p, formulas, tiles and step.
+"""
+
+import platform
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+from numba.np.numpy_support import as_dtype
+
+from .compiler import impl_ret_borrowed
+
+
+def _bitcast(name, source, target):
+    """An intrinsic reinterpreting the bits of a `source` value as a `target` value (no conversion)."""
+    def typer(typingctx, x):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(target))
+        return target(source), codegen
+    typer.__name__ = typer.__qualname__ = name
+    return intrinsic(typer)
+
+
+double_from_bits = _bitcast("double_from_bits", types.uint64, types.float64)
+bits_from_double = _bitcast("bits_from_double", types.float64, types.uint64)
+float_from_bits = _bitcast("float_from_bits", types.int32, types.float32)
+bits_from_float = _bitcast("bits_from_float", types.float32, types.int32)
+
+
+@intrinsic
+def fma(typingctx, x, y, z):
+    """x * y + z with one rounding (llvm.fma: vectorises, unlike a libm call), all three float64 or all
+    float32 (mixing them would be a silent conversion: it does not type)."""
+    if not (x == y == z and x in (types.float32, types.float64)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+    return x(x, y, z), codegen
+
+
+@intrinsic
+def like(typingctx, array, value):
+    """value converted to the dtype of array, in compiled code: float32 runs compute in float32."""
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return context.cast(builder, args[1], signature.args[1], signature.return_type)
+    return array.dtype(array, value), codegen
+
+
+@intrinsic
+def flat(typingctx, array):
+    """The 1-d view of a C-contiguous array (as ravel() gives, with far less to compile)."""
+    if not (isinstance(array, types.Array) and array.layout == "C"):
+        return None
+    result = array.copy(ndim=1)
+
+    def codegen(context, builder, signature, args):
+        source = context.make_array(signature.args[0])(context, builder, args[0])
+        view = context.make_array(result)(context, builder)
+        context.populate_array(view, data=source.data, shape=[source.nitems], strides=[source.itemsize],
+                               itemsize=source.itemsize, meminfo=source.meminfo, parent=source.parent)
+        return impl_ret_borrowed(context, builder, result, view._getvalue())
+    return result(array), codegen
+
+
+# Vector code is written for AVX2's 32-byte registers (4 float64 or 8 float32 lanes); on wider or
+# narrower machines LLVM splits or joins them.
+VECTOR_BYTES = 32
+
+
+def tile_columns(dtype):
+    """Columns of one tile: two vectors of `dtype` (a numpy dtype)."""
+    return 2 * VECTOR_BYTES // np.dtype(dtype).itemsize
+
+
+def tile_parts(context, builder, array_type, value):
+    """(data pointer, row length) of a C-contiguous 2-d array."""
+    array = context.make_array(array_type)(context, builder, value)
+    return array.data, cgutils.unpack_tuple(builder, array.shape, 2)[1]
+
+
+def vector_ops(context, builder, dtype):
+    """(vector type, load(pointer), store(value, pointer), broadcast(scalar), fma(a, b, c)) for `dtype`."""
+    element = context.get_value_type(dtype)
+    lanes = VECTOR_BYTES // (dtype.bitwidth // 8)
+    vector = ir.VectorType(element, lanes)
+    align = dtype.bitwidth // 8
+    fma_fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
+                                            f"llvm.fma.v{lanes}f{dtype.bitwidth}")
+    zeros = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+
+    def load(pointer):
+        return builder.load(builder.bitcast(pointer, vector.as_pointer()), align=align)
+
+    def store(value, pointer):
+        builder.store(value, builder.bitcast(pointer, vector.as_pointer()), align=align)
+
+    def broadcast(scalar):
+        one = builder.insert_element(ir.Constant(vector, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(one, ir.Constant(vector, ir.Undefined), zeros)
+
+    return vector, lanes, load, store, broadcast, lambda a, b, c: builder.call(fma_fn, [a, b, c])
+
+
+@intrinsic
+def tile_columns_of(typingctx, array):
+    """tile_columns of the array's dtype, as a compile-time constant."""
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return ir.Constant(ir.IntType(64), tile_columns(as_dtype(array.dtype)))
+    return types.int64(array), codegen
+
+
+def tiled_arrays(arrays):
+    """True when every array type is 2-d, C-contiguous and of one float dtype: what the tiles need."""
+    dtypes = {a.dtype for a in arrays}
+    return (all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" for a in arrays) and len(dtypes) == 1
+            and dtypes.pop() in (types.float32, types.float64))
+
+
+@intrinsic
+def dot_lanes(typingctx, a, p, count):
+    """The eight partial sums of dot_row: s_r = sum of a[j] p[j] over j < count with j = r (mod 8), fma
+    after fma in j order, as (s_0, ..., s_7); count a multiple of 8. In vector code (two AVX2 vectors
+    of float64 accumulators, one of float32): LLVM does not vectorise the eight scalar chains."""
+    if not (isinstance(a, types.Array) and isinstance(p, types.Array) and a.ndim == p.ndim == 1
+            and a.dtype == p.dtype and a.dtype in (types.float32, types.float64)):
+        return None
+    dtype = a.dtype
+
+    def codegen(context, builder, signature, args):
+        vector, lanes, load, store, broadcast, fma_ = vector_ops(context, builder, dtype)
+        a_data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        p_data = context.make_array(signature.args[1])(context, builder, args[1]).data
+        count = args[2]
+        vectors = 8 // lanes
+        acc = [cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in range(vectors)]
+        with cgutils.for_range(builder, builder.udiv(count, ir.Constant(count.type, 8))) as loop:
+            base = builder.mul(loop.index, ir.Constant(count.type, 8))
+            for v in range(vectors):
+                at = builder.add(base, ir.Constant(count.type, v * lanes))
+                product = fma_(load(builder.gep(a_data, [at])), load(builder.gep(p_data, [at])),
+                               builder.load(acc[v]))
+                builder.store(product, acc[v])
+        sums = [builder.extract_element(builder.load(acc[r // lanes]), ir.Constant(ir.IntType(32), r % lanes))
+                for r in range(8)]
+        return context.make_tuple(builder, signature.return_type, sums)
+    return types.UniTuple(dtype, 8)(a, p, types.intp), codegen
+
+
+# Synchronisation of a team of threads (run_team): atomics on an int64 array, a spin-wait hint and
+# sched_yield, as LLVM instructions (numba has no atomics of its own). Resolved by name at load time,
+# so the cache keeps working.
+def _element_pointer(context, builder, signature, args):
+    array_type = signature.args[0]
+    array = context.make_array(array_type)(context, builder, args[0])
+    return cgutils.get_item_pointer(context, builder, array_type, array, [args[1]], wraparound=False)
+
+
+@intrinsic
+def atomic_add(typingctx, array, index, value):
+    """array[index] += value atomically (sequentially consistent); returns the old value."""
+    def codegen(context, builder, signature, args):
+        return builder.atomic_rmw("add", _element_pointer(context, builder, signature, args), args[2], "seq_cst")
+    return types.int64(types.Array(types.int64, 1, "C"), types.intp, types.int64), codegen
+
+
+@intrinsic
+def atomic_load(typingctx, array, index):
+    """array[index] read with acquire ordering (never hoisted out of a loop)."""
+    def codegen(context, builder, signature, args):
+        return builder.load_atomic(_element_pointer(context, builder, signature, args), "acquire", 8)
+    return types.int64(types.Array(types.int64, 1, "C"), types.intp), codegen
+
+
+@intrinsic
+def atomic_store(typingctx, array, index, value):
+    """array[index] = value with release ordering."""
+    def codegen(context, builder, signature, args):
+        builder.store_atomic(args[2], _element_pointer(context, builder, signature, args), "release", 8)
+        return context.get_dummy_value()
+    return types.void(types.Array(types.int64, 1, "C"), types.intp, types.int64), codegen
+
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+@intrinsic
+def spin_pause(typingctx):
+    """The CPU's spin-wait hint (x86 pause; nothing elsewhere)."""
+    def codegen(context, builder, signature, args):
+        if _X86:
+            function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                      "llvm.x86.sse2.pause")
+            builder.call(function, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@intrinsic
+def sched_yield(typingctx):
+    """Give the core to another runnable thread (libc's sched_yield)."""
+    def codegen(context, builder, signature, args):
+        function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
+                                                  "sched_yield")
+        builder.call(function, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+

@@ -1,0 +1,330 @@
+"""One GD step of one configuration: the forward and backward pass over a block of samples, then the update.
+
+What lives here: :func:`sample_block` (the only place that evaluates the net), the step's closing
+arithmetic (risk and norms as the oracle rounds them, records, divergence test, update) and the sum
+of a team's partial results. The pass computes, with Z = X W^T, f = s phi(Z) a and u_i = y_i f_i
+(margin losses) or r_i = f_i - y_i (squared):
+
+    G_ij = loss'_i y_i s a_j phi'(Z_ij) / n     (y_i dropped for the squared loss)
+    grad_W = G^T X,    grad_a = s phi(Z)^T (loss' y) / n,    L = (1/n) sum_i loss_i
+
+(the numpy oracle, :func:`lgd.models.evaluate`, computes the same). The formulas of phi and the losses
+live in formulas, the products in tiles, the team that runs steps in team.
+
+Rows, products and gradients are in the run's dtype (a float32 run computes in float32); per-sample
+losses, the risk, the margins and the O(d m) bookkeeping run in float64 and round to float32
+wherever the oracle rounds (:func:`narrow`), so that a float32 run also diverges where the oracle's
+does.
+"""
+
+import math
+
+import numpy as np
+from numba import types
+
+from lgd.backends import record_slot as _record_slot
+
+from .compiler import subroutine
+from .formulas import activate_row, loss_row
+from .intrinsics import dot_lanes, flat, fma, like
+from .tiles import (BACKWARD_GROUP, TILE_ROWS, WAITING_MAX_M, WAITING_SAMPLES, WIDE_MIN_D, WIDE_ROWS, backward_rows,
+                    forward_rows)
+
+# The record rule of lgd.backends (which evaluations are recorded, into which trace slot), compiled.
+record_slot = subroutine(types.int64)(_record_slot)
+
+
+@subroutine(types.float64)
+def narrow(x, f32):
+    """x rounded to float32 (inf beyond its range) when the run is float32, else x."""
+    if f32:
+        return np.float64(np.float32(x))
+    return x
+
+
+@subroutine(lambda a, p, m: p.dtype)
+def dot_row(a, p, m):
+    """sum_j a[j] p[j] for j < m in the dtype of p, in eight partial sums (dot_lanes: independent fma
+    chains, half the latency of one), the last m % 8 terms added to the first."""
+    j = m - m % 8
+    s0, s1, s2, s3, s4, s5, s6, s7 = dot_lanes(a, p, j)
+    while j < m:
+        s0 = fma(a[j], p[j], s0)
+        j += 1
+    return ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7))
+
+
+def _sum_squares64(flat):
+    """sum_squares of a float64 array: dot_row's vector code (the scalar loop below does not vectorise,
+    and a team's serial section does two such sums a step)."""
+    return dot_row(flat, flat, flat.size)
+
+
+def _sum_squares_widening(flat):
+    """sum_squares of a narrower array, each entry widened to float64 first."""
+    s0 = s1 = s2 = s3 = 0.0
+    m = flat.size
+    j = 0
+    while j + 4 <= m:
+        v0, v1, v2, v3 = np.float64(flat[j]), np.float64(flat[j + 1]), np.float64(flat[j + 2]), np.float64(flat[j + 3])
+        s0 = fma(v0, v0, s0)
+        s1 = fma(v1, v1, s1)
+        s2 = fma(v2, v2, s2)
+        s3 = fma(v3, v3, s3)
+        j += 4
+    while j < m:
+        v = np.float64(flat[j])
+        s0 = fma(v, v, s0)
+        j += 1
+    return (s0 + s1) + (s2 + s3)
+
+
+@subroutine(types.float64, pick=lambda flat: _sum_squares64 if flat.dtype == types.float64 else _sum_squares_widening)
+def sum_squares(flat):
+    """sum x^2 of a 1-d array in float64, whatever its dtype (callers pass 2-d arrays as flat views)."""
+
+
+@subroutine(types.float64)
+def sum_squares_rounded(flat, f32):
+    """sum x^2 as the oracle computes it: in float32 the squares and the sum overflow to inf."""
+    if f32:
+        s = 0.0
+        for v in flat:
+            s += narrow(v * v, True)
+        return narrow(s, True)
+    return sum_squares(flat)
+
+
+@subroutine(types.UniTuple(types.float64, 3))
+def sample_out(code_loss, loss_param, margin_loss, yi, f, f32):
+    """(loss value, coefficient loss' * y (or loss' for the squared loss), y f) of one sample."""
+    u = yi * f if margin_loss else f - yi
+    value, slope = loss_row(code_loss, loss_param, u)
+    value = narrow(value, f32)
+    slope = narrow(slope, f32)
+    return value, (slope * yi if margin_loss else slope), yi * f
+
+
+
+@subroutine(types.void)
+def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, member, p, q, qs, rows, grad, grad_a,
+                 neuron, stats, train):
+    """One pass over samples [i0, i1) of one configuration (the only place that evaluates the net), for
+    the activation, loss and model of `spec` (a Spec).
+
+    The rows z of X W^T come from X and Wt (d, m), TILE_ROWS samples at a time in register tiles
+    (WIDE_ROWS from d >= WIDE_MIN_D) into zt = zs[member] (WIDE_ROWS, m) (a block's last few rows
+    without tiles), or are read from Z (BLAS mode). Exactly one of Z and zs is None: that prunes the
+    other mode's code at compile time.
+    stats receives (sum of loss values, number with y f > 0, min y f). With train, also the
+    gradient: added to grad (d, m) and grad_a (m,), or, with Z, G written over the rows of Z (the
+    caller then forms G^T X); at record steps also the per-neuron margins min y a_j phi(z_ij). qs
+    (WAITING_SAMPLES, m) and rows (WAITING_SAMPLES,) hold the samples waiting for the gradient
+    (added WAITING_SAMPLES at a time up to m = WAITING_MAX_M, BACKWARD_GROUP at a time for wider
+    nets). The per-sample buffers (zt, p, q, qs, rows, grad_a, neuron) may have longer rows than m:
+    a team pads them, so that no two threads write the same cache line. Nothing here allocates, so
+    nothing can fail while the other threads of a team wait at a barrier.
+
+    Rows, products and gradients are in the dtype of X (z, p, q, a, grad and grad_a share it): a
+    float32 run computes in float32. Per-sample losses, the risk and the margins are float64 sums
+    of values rounded as the oracle rounds them.
+    """
+    d, m = Wt.shape
+    act, act_param, scale, linear = spec.activation, spec.activation_param, spec.scale, spec.linear
+    if train:
+        if Z is None:
+            for k in range(d):
+                for j in range(m):
+                    grad[k, j] = 0.0
+        for j in range(m):
+            grad_a[j] = 0.0
+            neuron[j] = np.inf
+    risk, correct, margin = 0.0, 0.0, np.inf
+    pending = 0
+    waiting = WAITING_SAMPLES if m <= WAITING_MAX_M else BACKWARD_GROUP
+    tile_start = tile_end = i0  # samples [tile_start, tile_end) have their z rows in zt
+    if zs is not None:
+        zt = zs[member]  # the member's rows (a view taken once: each costs two atomic reference counts)
+    for i in range(i0, i1):
+        yi = np.float64(y[i])
+        if linear:
+            f0 = f1 = f2 = f3 = like(X, 0.0)
+            k = 0
+            while k + 4 <= d:
+                f0 = fma(X[i, k], Wt[k, 0], f0)
+                f1 = fma(X[i, k + 1], Wt[k + 1, 0], f1)
+                f2 = fma(X[i, k + 2], Wt[k + 2, 0], f2)
+                f3 = fma(X[i, k + 3], Wt[k + 3, 0], f3)
+                k += 4
+            while k < d:
+                f0 = fma(X[i, k], Wt[k, 0], f0)
+                k += 1
+            f = np.float64((f0 + f1) + (f2 + f3))
+        else:
+            # Two ifs, not if / else: numba prunes a branch on an argument that is None, not on one
+            # that is an array, so an else would compile the other mode's code into each kernel.
+            if Z is not None:
+                activate_row(act, act_param, Z, i, p, q, m)
+            if zs is not None:
+                if i >= tile_end:  # the rows of the next tile's samples (fewer at the block's end)
+                    count = WIDE_ROWS if d >= WIDE_MIN_D and i1 - i >= WIDE_ROWS else min(TILE_ROWS, i1 - i)
+                    forward_rows(X, i, count, Wt, zt)
+                    tile_start, tile_end = i, i + count
+                activate_row(act, act_param, zt, i - tile_start, p, q, m)
+            f = scale * np.float64(dot_row(a, p, m))
+        value, coef, yf = sample_out(spec.loss, spec.loss_param, spec.margin_loss, yi, f, spec.f32)
+        risk += value
+        if yf > 0.0:
+            correct += 1.0
+        if train:
+            margin = min(margin, yf)
+            coef *= inv_n
+            if linear:
+                coef_x = like(X, coef)
+                for k in range(d):
+                    grad[k, 0] = fma(coef_x, X[i, k], grad[k, 0])
+                if record and neurons:
+                    neuron[0] = min(neuron[0], yf)
+            else:
+                cs = like(q, coef * scale)
+                if Z is not None:
+                    for j in range(m):
+                        Z[i, j] = q[j] * (cs * a[j])
+                if zs is not None:
+                    # Samples wait in groups of `waiting` so that each pass over grad adds that
+                    # many (in sample order: the same rounding as one at a time).
+                    for j in range(m):
+                        qs[pending, j] = q[j] * (cs * a[j])
+                    rows[pending] = i
+                    pending += 1
+                    if pending == waiting:
+                        backward_rows(X, rows, pending, qs, grad)
+                        pending = 0
+                if spec.train_outer:
+                    for j in range(m):
+                        grad_a[j] = fma(cs, p[j], grad_a[j])
+                if record and neurons:
+                    for j in range(m):
+                        neuron[j] = min(neuron[j], yi * a[j] * p[j])
+    if zs is not None and pending > 0:  # the last samples still waiting, fewer than `waiting`
+        backward_rows(X, rows, pending, qs, grad)
+    stats[0] = risk
+    stats[1] = correct
+    stats[2] = margin
+
+
+@subroutine(types.UniTuple(types.float64, 2))
+def close_step(grad, grad_a, risk_sum, n, train_outer, f32):
+    """(risk, squared gradient norm) of a step as the oracle rounds them; grad is narrowed in place."""
+    if f32:
+        entries = flat(grad)
+        for k in range(entries.size):
+            entries[k] = narrow(entries[k], True)
+        for j in range(grad_a.size):
+            grad_a[j] = narrow(grad_a[j], True)
+    risk = narrow(narrow(risk_sum, f32) / n, f32)
+    grad_sq = sum_squares_rounded(flat(grad), f32)
+    if train_outer:
+        grad_sq += sum_squares_rounded(grad_a, f32)
+    return risk, grad_sq
+
+
+@subroutine(types.void)
+def record_step(trace, c, slot, n, risk, grad_sq, stats, Wt, a, train_outer, neuron, n_test, test_stats, f32):
+    """Write slot `slot` of configuration c of every field of `trace` (an lgd.backends.Trace)."""
+    weight_sq = sum_squares(flat(Wt))
+    if train_outer:
+        weight_sq += sum_squares(a)
+    trace.risk[c, slot] = risk
+    trace.accuracy[c, slot] = stats[1] / n
+    trace.grad_norm[c, slot] = math.sqrt(grad_sq)
+    trace.weight_norm[c, slot] = math.sqrt(weight_sq)
+    trace.margin[c, slot] = stats[2]
+    if trace.neuron_margins.shape[1] > 0:
+        for j in range(neuron.size):
+            trace.neuron_margins[c, slot, j] = neuron[j]
+    if n_test > 0:
+        trace.test_risk[c, slot] = narrow(narrow(test_stats[0], f32) / n_test, f32)
+        trace.test_accuracy[c, slot] = test_stats[1] / n_test
+
+
+@subroutine(types.void)
+def store_weights(W, A, c, Wt, a):
+    """W[c] = Wt^T and A[c] = a (loops: a slice assignment compiles numba's shape-mismatch error
+    path, which slows every cold compile)."""
+    d, m = Wt.shape
+    for j in range(m):
+        for k in range(d):
+            W[c, j, k] = Wt[k, j]
+        A[c, j] = a[j]
+
+
+@subroutine(types.void)
+def update(Wt, a, grad, grad_a, eta, train_outer, f32):
+    """W <- W - eta grad (and a), with the oracle's rounding of eta * grad in float32."""
+    d, m = Wt.shape
+    for k in range(d):
+        for j in range(m):
+            Wt[k, j] = Wt[k, j] - narrow(eta * grad[k, j], f32)
+    if train_outer:
+        for j in range(m):
+            a[j] = a[j] - narrow(eta * grad_a[j], f32)
+
+
+@subroutine(types.boolean)
+def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, eta, trace, neuron, n_test, test_stats,
+             diverged):
+    """After the pass over the samples at step t: divergence test, records, update. False if diverged."""
+    train_outer, f32 = spec.train_outer, spec.f32
+    risk, grad_sq = close_step(grad, grad_a, stats[0], n, train_outer, f32)
+    if not (math.isfinite(risk) and math.isfinite(grad_sq)):
+        diverged[c] = t
+        return False
+    slot = record_slot(t, schedule.steps, schedule.record_every)
+    if slot >= 0:
+        record_step(trace, c, slot, n, risk, grad_sq, stats, Wt, a_step, train_outer, neuron, n_test, test_stats,
+                    f32)
+    if t < schedule.steps:
+        update(Wt, a, grad, grad_a, eta, train_outer, f32)
+    return True
+
+
+@subroutine(types.void)
+def sum_blocks(parts, blocks, out):
+    """out = the sum of parts[0 .. blocks-1], in block order."""
+    d, m = out.shape
+    for k in range(d):
+        for j in range(m):
+            out[k, j] = parts[0, k, j]
+    for b in range(1, blocks):
+        for k in range(d):
+            for j in range(m):
+                out[k, j] += parts[b, k, j]
+
+
+@subroutine(types.void)
+def reduce_blocks(blocks, test, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total, grads_blas):
+    """Sum the blocks' partial gradients (grads, or grads_blas from BLAS) and statistics into grad,
+    grad_a, neuron and total."""
+    d, m = grad.shape
+    if grads_blas is not None:  # None: pruned at compile time
+        sum_blocks(grads_blas, blocks, grad)
+    else:
+        sum_blocks(grads, blocks, grad)
+    for j in range(m):
+        grad_a[j] = grads_a[0, j]
+        neuron[j] = neurons_part[0, j]
+    total[0, 0], total[0, 1], total[0, 2] = stats[0, 0], stats[0, 1], stats[0, 2]
+    for b in range(1, blocks):
+        total[0, 0] += stats[b, 0]
+        total[0, 1] += stats[b, 1]
+        total[0, 2] = min(total[0, 2], stats[b, 2])
+        for j in range(m):
+            grad_a[j] += grads_a[b, j]
+            neuron[j] = min(neuron[j], neurons_part[b, j])
+    if test:
+        total[1, 0], total[1, 1] = 0.0, 0.0
+        for b in range(blocks, 2 * blocks):
+            total[1, 0] += stats[b, 0]
+            total[1, 1] += stats[b, 1]
+

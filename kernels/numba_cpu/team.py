@@ -1,0 +1,218 @@
+"""The team runner: whole chunks of GD steps of a batch of configurations, by a team of threads.
+
+What lives here: :func:`run_team`, the one entry point called from Python, the named tuples it takes
+(:class:`Data`, :class:`Batch`, :class:`Spec`, :class:`Schedule`, :class:`Team`, :class:`Buffers`;
+the traces come as an :class:`lgd.backends.Trace`) and the barrier its threads meet at. What a step
+computes lives in step; checking arguments and building the buffers is the Python glue's
+(:mod:`lgd.backends._numba`).
+
+The `team` threads (Python threads calling this nogil kernel with member = 0 .. team-1 and the same
+shared buffers) each pass over their block of the samples into their own partial gradient; at a
+barrier member 0 sums the blocks, records, checks divergence and updates the shared weights; a second
+barrier releases the next step. The threads stay in compiled code for the whole chunk, waiting on a
+spinning barrier: waking pooled threads at every step costs more than a small step's work. A team of
+one is the serial driver; its barriers cost an atomic add each. Member 0 takes the configurations one
+at a time from a queue that the teams of one call share, so in a sweep a thread that runs faster
+takes more of them. Which thread runs a configuration does not change its results.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import types
+
+from .compiler import kernel, subroutine
+from .formulas import KNOWN, unknown_code
+from .intrinsics import atomic_add, atomic_load, atomic_store, sched_yield, spin_pause
+from .step import record_slot, reduce_blocks, sample_block, step_end, store_weights
+from .tiles import blas_backward, blas_forward
+
+
+class Data(NamedTuple):
+    """The training and held-out data, C-contiguous in the run's dtype (X_test (0, d) when there is none)."""
+
+    X: np.ndarray
+    y: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+
+
+class Batch(NamedTuple):
+    """The configurations' iterates: W (C, m, d) and A (C, m) in the run's dtype, stepsizes (C,) in the run's
+    dtype, diverged (C,) int64 (-1 while running, else the step where the run stopped)."""
+
+    W: np.ndarray
+    A: np.ndarray
+    stepsizes: np.ndarray
+    diverged: np.ndarray
+
+
+class Spec(NamedTuple):
+    """What is computed: codes and parameters of the catalogs' activation and loss, the margin rule
+    (u = y f, else r = f - y), the output scale s, whether a is trained, the linear model's fast path,
+    and whether the run is float32 (rounded as the oracle rounds)."""
+
+    activation: int
+    activation_param: float
+    loss: int
+    loss_param: float
+    margin_loss: bool
+    scale: float
+    train_outer: bool
+    linear: bool
+    f32: bool
+
+
+class Schedule(NamedTuple):
+    """Evaluations t in [t_start, t_stop) of a run of `steps` steps recording every `record_every`."""
+
+    t_start: int
+    t_stop: int
+    steps: int
+    record_every: int
+
+
+class Team(NamedTuple):
+    """One thread's place in a team: its member index, the team's size, the barrier's counters (sync, 2
+    int64), the step's verdict and configuration index (go, 2 int64), the configurations taken so far
+    from the shared queue (queue, 1 int64) and the configurations to run (configs, intp)."""
+
+    member: int
+    size: int
+    sync: np.ndarray
+    go: np.ndarray
+    queue: np.ndarray
+    configs: np.ndarray
+
+
+class Buffers(NamedTuple):
+    """Scratch of one call, shared by the team (built by :func:`lgd.backends._numba.buffers`).
+
+    In the run's dtype: Wt (d, m) and a (m,), the weights being stepped; a_step (m,), the outer weights the
+    step reads; per member (a leading axis of `team`): zs (WIDE_ROWS, m) tile rows, ps and qs (m,) rows of
+    phi and phi', pending_q (WAITING_SAMPLES, m) and pending_rows (WAITING_SAMPLES,) int64 the samples
+    waiting for the gradient, grads (d, m) and grads_a (m,) partial gradients; float64: neurons_part (m,)
+    per member, stats (2 team, 3) per member's training and held-out blocks; grad, grad_a, neuron and
+    total (2, 3) the sums. BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m). The fused loops' zs is
+    None with BLAS, and Z, Z_test and grads_blas None without: a branch on None is pruned at compile time,
+    so each product mode is a kernel of its own without the other's code.
+    """
+
+    Wt: np.ndarray
+    a: np.ndarray
+    a_step: np.ndarray
+    zs: object
+    ps: np.ndarray
+    qs: np.ndarray
+    pending_q: np.ndarray
+    pending_rows: np.ndarray
+    grads: np.ndarray
+    grads_a: np.ndarray
+    neurons_part: np.ndarray
+    stats: np.ndarray
+    grad: np.ndarray
+    grad_a: np.ndarray
+    neuron: np.ndarray
+    total: np.ndarray
+    Z: object
+    Z_test: object
+    grads_blas: object
+
+
+# Spins of a waiting thread before it starts yielding its core: 0.1-1 ms (the length of a pause
+# differs between CPUs), longer than the imbalance of a small step, so that on an idle machine
+# nobody sleeps; on a busy one a waiter gives way.
+SPINS = 1 << 14
+
+
+@subroutine(types.void)
+def barrier(sync, team):
+    """Wait until all `team` threads arrive. sync[0] counts arrivals, sync[1] is the generation."""
+    generation = atomic_load(sync, 1)
+    if atomic_add(sync, 0, 1) == team - 1:
+        atomic_store(sync, 0, 0)
+        atomic_store(sync, 1, generation + 1)
+        return
+    spins = 0
+    while atomic_load(sync, 1) == generation:
+        if spins < SPINS:
+            spin_pause()
+            spins += 1
+        else:
+            sched_yield()
+
+
+@kernel
+def run_team(team, data, batch, trace, spec, schedule, buffers):
+    """Evaluations [t_start, t_stop) of `schedule` for the configurations of `team.configs`, one after the
+    other, by this member of a team (see the module's docstring).
+
+    At each evaluation t of a configuration it computes the risk, the gradient and, at record steps
+    (:func:`lgd.backends.record_slot`), the recorded metrics of W_t into `trace`; then, when t < steps,
+    W_{t+1} = W_t - eta grad. A configuration whose risk or squared gradient norm is not finite stops:
+    batch.diverged[c] = t, and its weights stay W_t. Returns formulas.KNOWN, or the code of
+    formulas.unknown_code when the spec names an activation or loss the formulas do not have (then
+    nothing runs).
+
+    With BLAS buffers, each member forms its block's products through BLAS (gemm calls: the caller limits
+    BLAS to one thread when the team is the parallelism): Z_b = X_b W^T into its rows of Z, which the
+    pass over the samples overwrites with G_b, then X_b^T G_b into grads_blas[member]. Otherwise the
+    fused loops of sample_block do both products without leaving L1.
+    """
+    verdict = unknown_code(spec.activation, spec.loss)
+    if verdict != KNOWN or schedule.t_start >= schedule.t_stop:
+        return verdict
+    member, size, sync, go, queue, configs = team
+    X, y, X_test, y_test = data
+    b = buffers
+    m, d = batch.W.shape[1], batch.W.shape[2]
+    n = X.shape[0]
+    n_test = X_test.shape[0]
+    inv_n = 1.0 / n
+    neurons = trace.neuron_margins.shape[1] > 0
+    i0, i1 = (member * n) // size, ((member + 1) * n) // size
+    k0, k1 = (member * n_test) // size, ((member + 1) * n_test) // size
+    while True:
+        if member == 0:  # the team's next configuration, from the queue the teams of a call share
+            go[1] = atomic_add(queue, 0, 1)
+            if go[1] < len(configs):
+                c = configs[go[1]]
+                for j in range(m):
+                    for k in range(d):
+                        b.Wt[k, j] = batch.W[c, j, k]
+                    b.a[j] = batch.A[c, j]
+                    b.a_step[j] = b.a[j]
+        barrier(sync, size)
+        if go[1] >= len(configs):
+            return verdict
+        c = configs[go[1]]
+        eta = np.float64(batch.stepsizes[c])
+        for t in range(schedule.t_start, schedule.t_stop):
+            record = record_slot(t, schedule.steps, schedule.record_every) >= 0
+            test = record and n_test > 0
+            blas_forward(X, i0, i1, b.Wt, b.Z)
+            if test:
+                blas_forward(X_test, k0, k1, b.Wt, b.Z_test)
+            # The training block, then at record steps the test block: one call site, so one compiled
+            # sample_block (a literal True / False would type, and compile, twice).
+            for part in range(2 if test else 1):
+                train = part == 0
+                sample_block(X if train else X_test, b.Z if train else b.Z_test, y if train else y_test, b.Wt,
+                             b.a_step, spec, inv_n, record, neurons, i0 if train else k0, i1 if train else k1, b.zs,
+                             member, b.ps[member], b.qs[member], b.pending_q[member], b.pending_rows[member],
+                             b.grads[member], b.grads_a[member], b.neurons_part[member],
+                             b.stats[member if train else size + member], train)
+            blas_backward(X, i0, i1, b.Z, b.grads_blas, member)
+            barrier(sync, size)
+            if member == 0:
+                reduce_blocks(size, test, b.grads, b.grads_a, b.neurons_part, b.stats, b.grad, b.grad_a, b.neuron,
+                              b.total, b.grads_blas)
+                go[0] = step_end(c, t, schedule, spec, n, b.total[0], b.grad, b.grad_a, b.Wt, b.a, b.a_step, eta,
+                                 trace, b.neuron, n_test, b.total[1], batch.diverged)
+                for j in range(m):
+                    b.a_step[j] = b.a[j]
+            barrier(sync, size)
+            if not go[0]:
+                break
+        if member == 0:
+            store_weights(batch.W, batch.A, c, b.Wt, b.a)

@@ -1,0 +1,268 @@
+"""The two products of a step, X W^T and X^T G: register tiles in vector code, or BLAS calls.
+
+What lives here: the fused mode's register tiles (LLVM vector code: LLVM does not tile numba's scalar
+loops itself) and the row loops around them (:func:`forward_rows`, :func:`backward_rows`), and the BLAS
+mode's direct gemm calls on one thread's block of samples (:func:`blas_forward`, :func:`blas_backward`).
+What is done with the products (activations, losses, the gradient's coefficients) lives in step.
+
+Forward (X W^T): TILE_ROWS samples by two vectors of columns, eight accumulators held in registers
+over the whole sum on k: per k, two vector loads and four broadcasts feed eight independent fmas. From
+d >= WIDE_MIN_D, WIDE_ROWS samples: twelve accumulators, each load of W feeding six fmas (for short
+sums on k the narrower tile is faster). Backward (the waiting samples' X^T G into the gradient):
+TILE_ROWS rows of the gradient by two vectors, loaded once and held while the samples add in,
+BACKWARD_GROUP unrolled at a time; up to m = WAITING_MAX_M, WAITING_SAMPLES wait for one pass over the
+gradient (wider nets keep BACKWARD_GROUP: a larger waiting block leaves L1). Every sum runs in the
+scalar loops' order, fma after fma (in k, or in sample order): the same results, bit for bit.
+docs/performance.md has the measurements behind each size.
+"""
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .compiler import subroutine
+from .intrinsics import fma, tile_columns_of, tile_parts, tiled_arrays, vector_ops
+
+TILE_ROWS = 4
+WIDE_ROWS = 6
+WIDE_MIN_D = 32
+WAITING_SAMPLES = 32
+WAITING_MAX_M = 256
+BACKWARD_GROUP = 8
+
+
+def _forward_tile(samples):
+    """The forward register tile over `samples` rows of X."""
+    def forward_tile(typingctx, X, i, Wt, j, Z):
+        """Z[r, j:j+c] = sum_k X[i+r, k] Wt[k, j:j+c] for r < samples, c = tile_columns (fma in k order).
+        The caller keeps i + samples <= len(X) and j + c <= Wt.shape[1]."""
+        if not tiled_arrays((X, Wt, Z)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            x_type, _, w_type, _, z_type = signature.args
+            vector, lanes, load, store, broadcast, fma_ = vector_ops(context, builder, x_type.dtype)
+            x_data, d = tile_parts(context, builder, x_type, args[0])
+            w_data, m = tile_parts(context, builder, w_type, args[2])
+            z_data, z_width = tile_parts(context, builder, z_type, args[4])
+            i_, j_ = args[1], args[3]
+            rows = [builder.gep(x_data, [builder.mul(builder.add(i_, ir.Constant(i_.type, r)), d)])
+                    for r in range(samples)]
+            acc = [cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in range(2 * samples)]
+            with cgutils.for_range(builder, d) as loop:
+                k = loop.index
+                w = builder.gep(w_data, [builder.add(builder.mul(k, m), j_)])
+                w0, w1 = load(w), load(builder.gep(w, [ir.Constant(k.type, lanes)]))
+                for r in range(samples):
+                    x = broadcast(builder.load(builder.gep(rows[r], [k])))
+                    builder.store(fma_(x, w0, builder.load(acc[2 * r])), acc[2 * r])
+                    builder.store(fma_(x, w1, builder.load(acc[2 * r + 1])), acc[2 * r + 1])
+            for r in range(samples):
+                out = builder.gep(z_data, [builder.add(builder.mul(ir.Constant(j_.type, r), z_width), j_)])
+                store(builder.load(acc[2 * r]), out)
+                store(builder.load(acc[2 * r + 1]), builder.gep(out, [ir.Constant(j_.type, lanes)]))
+            return context.get_dummy_value()
+        return types.void(X, types.intp, Wt, types.intp, Z), codegen
+    forward_tile.__name__ = forward_tile.__qualname__ = f"forward_tile_{samples}"
+    return intrinsic(forward_tile)
+
+
+forward_tile = _forward_tile(TILE_ROWS)
+forward_tile_wide = _forward_tile(WIDE_ROWS)  # from d >= WIDE_MIN_D: twelve accumulators, W loaded half as often
+
+
+def _backward_tile(samples, grouped=False):
+    """The backward register tile adding `samples` waiting samples (unrolled: a loop over a runtime count
+    of single samples is much slower); grouped, a runtime number of such groups, the gradient's tile
+    held in registers throughout."""
+    def backward_tile(typingctx, X, rows, first, Q, k, j, G):
+        """G[k+kk, j:j+c] += X[rows[s], k+kk] Q[s, j:j+c] for s = first .. first + samples - 1 (grouped: for
+        s = 0 .. first * samples - 1), fma after fma in sample order, and kk < TILE_ROWS, c = tile_columns.
+        The caller keeps k + TILE_ROWS <= G.shape[0] and j + c <= G.shape[1]."""
+        if not (tiled_arrays((X, Q, G)) and isinstance(rows, types.Array) and rows.dtype == types.int64):
+            return None
+
+        def codegen(context, builder, signature, args):
+            x_type, rows_type, _, q_type, _, _, g_type = signature.args
+            vector, lanes, load, store, broadcast, fma_ = vector_ops(context, builder, x_type.dtype)
+            x_data, d = tile_parts(context, builder, x_type, args[0])
+            q_data, q_width = tile_parts(context, builder, q_type, args[3])
+            g_data, m = tile_parts(context, builder, g_type, args[6])
+            rows_data = context.make_array(rows_type)(context, builder, args[1]).data
+            first, k_, j_ = args[2], args[4], args[5]
+            step = ir.Constant(j_.type, lanes)
+            out = [builder.gep(g_data, [builder.add(builder.mul(builder.add(k_, ir.Constant(k_.type, kk)), m), j_)])
+                   for kk in range(TILE_ROWS)]
+            acc = []
+            for kk in range(TILE_ROWS):
+                acc += [load(out[kk]), load(builder.gep(out[kk], [step]))]
+
+            def add_samples(start, acc):
+                for r in range(samples):
+                    sample_index = builder.add(start, ir.Constant(start.type, r))
+                    q_row = builder.gep(q_data, [builder.add(builder.mul(sample_index, q_width), j_)])
+                    q0, q1 = load(q_row), load(builder.gep(q_row, [step]))
+                    sample = builder.load(builder.gep(rows_data, [sample_index]))
+                    x_row = builder.gep(x_data, [builder.add(builder.mul(sample, d), k_)])
+                    for kk in range(TILE_ROWS):
+                        x = broadcast(builder.load(builder.gep(x_row, [ir.Constant(k_.type, kk)])))
+                        acc[2 * kk], acc[2 * kk + 1] = fma_(x, q0, acc[2 * kk]), fma_(x, q1, acc[2 * kk + 1])
+                return acc
+
+            if grouped:  # accumulators through allocas (promoted to registers) across the loop
+                slots = [cgutils.alloca_once_value(builder, value) for value in acc]
+                with cgutils.for_range(builder, first) as loop:
+                    start = builder.mul(loop.index, ir.Constant(loop.index.type, samples))
+                    for slot, value in zip(slots, add_samples(start, [builder.load(slot) for slot in slots])):
+                        builder.store(value, slot)
+                acc = [builder.load(slot) for slot in slots]
+            else:
+                acc = add_samples(first, acc)
+            for kk in range(TILE_ROWS):
+                store(acc[2 * kk], out[kk])
+                store(acc[2 * kk + 1], builder.gep(out[kk], [step]))
+            return context.get_dummy_value()
+        return types.void(X, rows, types.intp, Q, types.intp, types.intp, G), codegen
+    backward_tile.__name__ = backward_tile.__qualname__ = f"backward_tile_{samples}{'_groups' if grouped else ''}"
+    return intrinsic(backward_tile)
+
+
+backward_tile_groups = _backward_tile(BACKWARD_GROUP, grouped=True)  # whole groups of BACKWARD_GROUP samples
+backward_tile_short = _backward_tile(TILE_ROWS)  # the last samples of a block, TILE_ROWS at a time
+
+
+# The BLAS mode's products, as direct calls of numba's own gemm wrapper (numba_xxgemm: scipy's BLAS,
+# column-major, resolved by name at load time like np.dot's, so the cache keeps working). np.dot on
+# slices of the same arrays makes the same calls but compiles its slicing, shape checks and error
+# paths at every call site, seconds of every cold BLAS build. A row-major block is its
+# column-major transpose, so each product is computed as its transpose: Z_b^T = Wt^T X_b^T and
+# (X_b^T G_b)^T = G_b^T X_b.
+def _gemm_call(context, builder, dtype, transpose_b, m, n, k, a, lda, b, ldb, c, ldc):
+    """c = a b (column-major, m x n = (m x k)(k x n), b transposed if transpose_b) through numba_xxgemm."""
+    char, intp, void_p = ir.IntType(8), context.get_value_type(types.intp), ir.IntType(8).as_pointer()
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+        ir.IntType(32), [char, char, char, intp, intp, intp, void_p, void_p, intp, void_p, intp, void_p, void_p,
+                         intp]), "numba_xxgemm")
+    alpha, beta = (cgutils.alloca_once_value(builder, context.get_constant(dtype, v)) for v in (1.0, 0.0))
+    kind = "s" if dtype == types.float32 else "d"
+    flags = [ir.Constant(char, ord(v)) for v in (kind, "n", "t" if transpose_b else "n")]
+    pointer = [builder.bitcast(p, void_p) for p in (alpha, a, b, beta, c)]
+    # Its status is nonzero only when scipy's BLAS cannot be found, which typing has already ruled out
+    # (ensure_blas); a team member could not raise anyway while the others wait at a barrier.
+    builder.call(fn, flags + [m, n, k, pointer[0], pointer[1], lda, pointer[2], ldb, pointer[3], pointer[4], ldc])
+
+
+def _blas_rows(transposed):
+    """The intrinsic forming one block's product by BLAS: Z[i0:i1] = X[i0:i1] Wt (blas_rows_times), or
+    with `transposed` out = X[i0:i1]^T G[i0:i1] (blas_rows_transposed_times)."""
+    def blas_rows(typingctx, X, i0, i1, B, C):
+        """The caller keeps 0 <= i0 <= i1 <= len(X), and len(X) = len(Z) (len(G)); all C-contiguous."""
+        if not tiled_arrays((X, B, C)):
+            return None
+        from numba.np.linalg import ensure_blas
+
+        ensure_blas()
+
+        def codegen(context, builder, signature, args):
+            x_type, _, _, b_type, c_type = signature.args
+            x_data, d = tile_parts(context, builder, x_type, args[0])
+            b_data, m = tile_parts(context, builder, b_type, args[3])
+            c_data, _ = tile_parts(context, builder, c_type, args[4])
+            i0, rows = args[1], builder.sub(args[2], args[1])
+            x_block = builder.gep(x_data, [builder.mul(i0, d)])
+            if transposed:  # out^T = G_b^T X_b: (m x rows)(rows x d)
+                _gemm_call(context, builder, x_type.dtype, True, m, d, rows,
+                           builder.gep(b_data, [builder.mul(i0, m)]), m, x_block, d, c_data, m)
+            else:  # Z_b^T = Wt^T X_b^T: (m x d)(d x rows)
+                _gemm_call(context, builder, x_type.dtype, False, m, rows, d, b_data, m, x_block, d,
+                           builder.gep(c_data, [builder.mul(i0, m)]), m)
+            return context.get_dummy_value()
+        return types.void(X, types.intp, types.intp, B, C), codegen
+    blas_rows.__name__ = blas_rows.__qualname__ = "blas_rows_transposed_times" if transposed else "blas_rows_times"
+    return intrinsic(blas_rows)
+
+
+blas_rows_times = _blas_rows(False)
+blas_rows_transposed_times = _blas_rows(True)
+
+
+@subroutine(types.void)
+def forward_rows(X, i, count, Wt, zt):
+    """zt[r] = X[i + r] Wt for r < count <= WIDE_ROWS: register tiles when count is WIDE_ROWS or
+    TILE_ROWS, then the columns after them (all of them for other counts) a row at a time, fma after
+    fma in k order as the tiles sum."""
+    d, m = Wt.shape
+    width = tile_columns_of(Wt)
+    j0 = 0
+    if count == WIDE_ROWS:
+        while j0 + width <= m:
+            forward_tile_wide(X, i, Wt, j0, zt)
+            j0 += width
+    elif count == TILE_ROWS:
+        while j0 + width <= m:
+            forward_tile(X, i, Wt, j0, zt)
+            j0 += width
+    if j0 == m:
+        return
+    for r in range(count):
+        for j in range(j0, m):
+            zt[r, j] = 0.0
+        for k in range(d):
+            x = X[i + r, k]
+            for j in range(j0, m):
+                zt[r, j] = fma(x, Wt[k, j], zt[r, j])
+
+
+@subroutine(types.void)
+def backward_rows(X, rows, count, qs, grad):
+    """grad[k] += X[rows[0], k] qs[0] + ... + X[rows[count-1], k] qs[count-1] for every k (fma after fma
+    in sample order), count <= WAITING_SAMPLES: register tiles of TILE_ROWS rows of grad (adding the
+    whole groups of BACKWARD_GROUP samples, then TILE_ROWS more if as many are left), then the rest a
+    sample at a time."""
+    d, m = grad.shape
+    width = tile_columns_of(grad)
+    k_tiled, j_tiled = d - d % TILE_ROWS, m - m % width
+    groups = count // BACKWARD_GROUP
+    tiled = groups * BACKWARD_GROUP  # samples [0, tiled) are added on the tiled part of grad
+    if groups > 0:
+        for k in range(0, k_tiled, TILE_ROWS):
+            for j in range(0, j_tiled, width):
+                backward_tile_groups(X, rows, groups, qs, k, j, grad)
+    while tiled + TILE_ROWS <= count:
+        for k in range(0, k_tiled, TILE_ROWS):
+            for j in range(0, j_tiled, width):
+                backward_tile_short(X, rows, tiled, qs, k, j, grad)
+        tiled += TILE_ROWS
+    # What the tiles left: for the tiled samples, the columns after the tiles and the rows of grad
+    # after them (nothing when d and m are whole tiles: no pass over k for nothing); for the rest, all
+    # of grad.
+    for s in range(count):
+        row = rows[s]
+        k_from = 0
+        if s < tiled:
+            if j_tiled < m:
+                for k in range(k_tiled):
+                    x = X[row, k]
+                    for j in range(j_tiled, m):
+                        grad[k, j] = fma(x, qs[s, j], grad[k, j])
+            k_from = k_tiled
+        for k in range(k_from, d):
+            x = X[row, k]
+            for j in range(m):
+                grad[k, j] = fma(x, qs[s, j], grad[k, j])
+
+
+
+@subroutine(types.void)
+def blas_forward(X, i0, i1, Wt, Z):
+    """Z[i0:i1] = X[i0:i1] Wt by BLAS; nothing when Z is None (the fused mode: pruned at compile time)."""
+    if Z is not None:
+        blas_rows_times(X, i0, i1, Wt, Z)
+
+
+@subroutine(types.void)
+def blas_backward(X, i0, i1, G, grads, member):
+    """grads[member] = (X[i0:i1]^T G[i0:i1])^T by BLAS; nothing when grads is None (the fused mode)."""
+    if grads is not None:
+        blas_rows_transposed_times(X, i0, i1, G, grads[member])

@@ -1,0 +1,135 @@
+"""The machine a benchmark ran on: CPU, cores and how their threads share the floating-point units, BLAS, GPU,
+library versions. Numba (the fp_sharing probe), threadpoolctl and nvidia-smi are used only where present and
+imported only inside the functions that use them."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+VERSIONS = ("lgd", "numpy", "scipy", "numba", "llvmlite", "torch", "jax", "jaxlib", "cupy-cuda12x", "cupy-cuda13x",
+            "pytest", "pytest-benchmark", "threadpoolctl")
+
+
+def describe_machine() -> dict:
+    """CPU model, cores, BLAS libraries and threads, GPU, OS and library versions."""
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {"python": platform.python_version()}
+    for name in VERSIONS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    usable = usable_cores()
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "fp_sharing": fp_sharing(usable),
+            "blas": _blas(), "gpu": _gpu(), "os": platform.platform(), "versions": versions}
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def fp_sharing(threads: int, seconds: float = 0.2):
+    """How `threads` threads share the floating-point units, measured (numba; None without it or with one thread).
+
+    Each thread runs the same two loops: twelve independent scalar fma chains (bound by the FP pipes'
+    throughput) and one dependent multiply-add chain (bound by latency). Returned: one thread's fma per ns
+    and each loop's speedup with all threads at once over one thread. A throughput speedup near 1 with a
+    latency speedup near `threads` means the threads share one core's pipes (SMT siblings, or vCPUs
+    placed so): parallel threads then gain only where one thread leaves the pipes idle.
+    """
+    if threads < 2 or importlib.util.find_spec("numba") is None:
+        return None
+    import threading
+
+    chains, chain = _fp_kernels()
+
+    def timed(kernel, reps, count):
+        workers = [threading.Thread(target=kernel, args=(reps, 0.999, 0.001)) for _ in range(count)]
+        tic = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return time.perf_counter() - tic
+
+    result = {}
+    for name, kernel in (("throughput", chains), ("latency", chain)):
+        reps = 1 << 16
+        while timed(kernel, reps, 1) < seconds / 4:
+            reps *= 2
+        one = min(timed(kernel, reps, 1) for _ in range(3))
+        together = min(timed(kernel, reps, threads) for _ in range(3))
+        result[f"{name}_speedup"] = threads * one / together
+        if name == "throughput":
+            result["fma_per_ns_one_thread"] = 12 * reps / one / 1e9
+    return result
+
+
+_FP_KERNELS = []
+
+
+def _fp_kernels() -> tuple:
+    """fp_sharing's two loops, compiled once per process (numba is imported here, not with the module)."""
+    if not _FP_KERNELS:
+        from numba import njit
+
+        from ..kernels.numba_cpu.intrinsics import fma
+
+        @njit(nogil=True)
+        def chains(reps, b, c):
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = 1.0
+            for _ in range(reps):
+                a0, a1, a2, a3 = fma(a0, b, c), fma(a1, b, c), fma(a2, b, c), fma(a3, b, c)
+                a4, a5, a6, a7 = fma(a4, b, c), fma(a5, b, c), fma(a6, b, c), fma(a7, b, c)
+                a8, a9, a10, a11 = fma(a8, b, c), fma(a9, b, c), fma(a10, b, c), fma(a11, b, c)
+            return a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11
+
+        @njit(nogil=True)
+        def chain(reps, b, c):
+            a = 1.0
+            for _ in range(reps):
+                a = a * b + c
+            return a
+
+        for kernel in (chains, chain):
+            kernel(10, 0.999, 0.001)  # compile before anything is timed
+        _FP_KERNELS.extend((chains, chain))
+    return tuple(_FP_KERNELS)
+
+
+def _blas() -> list:
+    try:
+        import numpy  # noqa: F401  (loads numpy's BLAS so that threadpoolctl sees it)
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    return [{"library": info.get("internal_api"), "version": info.get("version"), "threads": info.get("num_threads"),
+             "file": Path(info.get("filepath", "")).name}
+            for info in threadpool_info() if info.get("user_api") == "blas"]
+
+
+def _gpu():
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None

@@ -1,0 +1,129 @@
+"""The cases the suite is written in: one (backend, dtype) fixture, one tolerance table, problems from the catalogs.
+
+Tests that compare a backend with the numpy oracle take the ``backend_dtype`` fixture (or
+``compiled_backend_dtype`` for every backend but the oracle itself): one case per backend and dtype,
+with readable ids (``numba-float32``), skipped with the reason when that backend cannot run here (the
+probe runs in the fixture, never at import or collection). Activations, losses and models are
+enumerated from the catalogs, so a new catalog entry is tested on every backend without editing a
+test.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+import lgd
+from lgd import backends
+from lgd.backends import Problem, State, Trace, record_steps
+
+DTYPES = {"float64": np.float64, "float32": np.float32}
+# A backend against the numpy oracle on the same inputs, relative, per dtype: whole traces and weights
+# after a few hundred steps at calm stepsizes.
+TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
+# The same after one step (where nothing has had time to accumulate).
+TOLERANCE_ONE_STEP = {"float64": 1e-12, "float32": 1e-5}
+
+ACTIVATIONS = lgd.activations.NAMES
+LOSSES = lgd.losses.NAMES
+# Width 21: a register tile of the products (8 float64 / 16 float32 columns) and the columns after it.
+MODELS = {
+    "mean_field": lambda act: lgd.TwoLayerNet(21, activation=act),
+    "ntk_train_outer": lambda act: lgd.TwoLayerNet(21, activation=act, scaling="ntk", outer="random",
+                                                   train_outer=True),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One (backend, dtype) case: the backend object, the numpy dtype and the tolerances against the oracle."""
+
+    backend: backends.Backend
+    dtype: type
+    rtol: float
+    rtol_one_step: float
+
+    @property
+    def dtype_name(self) -> str:
+        return np.dtype(self.dtype).name
+
+
+def _case(request) -> Case:
+    name, dtype = request.param
+    usable, reason = backends.availability(name)
+    if not usable:
+        pytest.skip(f"backend {name} cannot run here: {reason}")
+    return Case(backends.resolve(name), DTYPES[dtype], TOLERANCE[dtype], TOLERANCE_ONE_STEP[dtype])
+
+
+_ALL = [(name, dtype) for name in backends.NAMES for dtype in DTYPES]
+_COMPILED = [(name, dtype) for name, dtype in _ALL if name != "numpy"]
+
+
+@pytest.fixture(params=_ALL, ids=[f"{name}-{dtype}" for name, dtype in _ALL])
+def backend_dtype(request) -> Case:
+    return _case(request)
+
+
+@pytest.fixture(params=_COMPILED, ids=[f"{name}-{dtype}" for name, dtype in _COMPILED])
+def compiled_backend_dtype(request) -> Case:
+    return _case(request)
+
+
+def problem_data(loss, n=23, d=5, seed=0, dtype=np.float64, test=True):
+    """(X, y, X_test, y_test): Gaussian inputs, labels +-1 for margin losses and real targets otherwise."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)) / math.sqrt(d)
+    y = np.where(rng.standard_normal(n) > 0, 1.0, -1.0) if lgd.losses.get(loss).margin else rng.standard_normal(n)
+    X_test, y_test = (X[:7] * 0.9, y[:7]) if test else (None, None)
+    cast = (lambda a: None if a is None else a.astype(dtype))
+    return cast(X), cast(y), cast(X_test), cast(y_test)
+
+
+def make_problem(model, loss, dtype, test=True, d=5, n=23) -> Problem:
+    X, y, X_test, y_test = problem_data(loss, n=n, d=d, dtype=dtype, test=test)
+    return Problem(X=X, y=y, activation=model.activation, loss=lgd.losses.get(loss), scale=model.scale,
+                   train_outer=model.train_outer, linear=isinstance(model, lgd.Linear), X_test=X_test,
+                   y_test=y_test)
+
+
+def initial_state(model, d, dtype, stepsizes, seed=1) -> State:
+    rng = np.random.default_rng(seed)
+    C, m = len(stepsizes), model.width
+    W = rng.standard_normal((C, m, d)).astype(dtype)
+    a = np.stack([model.outer_weights(rng) for _ in range(C)]).astype(dtype)
+    return State(W=W, a=a, stepsizes=np.asarray(stepsizes, dtype=np.float64))
+
+
+def run_backend(backend, model, problem, stepsizes, steps, every=1, chunk=None, prepare=None):
+    """(state, trace) after `steps` steps of the configurations `stepsizes` of `problem` on `backend` (a
+    Backend), advanced in chunks of `chunk` evaluations (all at once when None), as the driver does;
+    `prepare(runner)` may adjust the runner before it starts."""
+    state = initial_state(model, problem.X.shape[1], problem.dtype, stepsizes)
+    trace = Trace.empty(len(stepsizes), record_steps(steps, every).size, model.width, True)
+    runner = backend.runner(problem, steps, every, state.W.shape)
+    if prepare is not None:
+        prepare(runner)
+    runner.start(state, trace)
+    chunk = chunk or steps + 1
+    for t0 in range(0, steps + 1, chunk):
+        runner.advance(t0, min(t0 + chunk, steps + 1))
+    runner.finish()
+    return state, trace
+
+
+def assert_traces_close(expected, actual, rtol, atol=0.0, upto=None):
+    """Every trace field, the weights and the divergence steps of two (state, trace) pairs agree; with
+    `upto`, configuration c only up to record upto[c] (a diverging run's trace is nan after it)."""
+    (s0, t0), (s1, t1) = expected, actual
+    np.testing.assert_array_equal(s1.diverged, s0.diverged)
+    for name in Trace._fields:
+        want, got = getattr(t0, name), getattr(t1, name)
+        for c in range(want.shape[0]):
+            cut = None if upto is None else upto[c]
+            np.testing.assert_allclose(got[c][:cut], want[c][:cut], rtol=rtol, atol=atol, err_msg=f"{name}[{c}]")
+    np.testing.assert_allclose(s1.W, s0.W, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(s1.a, s0.a, rtol=rtol, atol=atol)

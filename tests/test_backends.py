@@ -1,0 +1,107 @@
+"""Every compiled backend against the numpy oracle, case by case: the catalogs' activations and losses, the
+models, float64 and float32, whole traces, divergence, and codes a kernel does not know.
+
+The cases come from tests/conftest.py (``compiled_backend_dtype``) and from the catalogs, so a new
+activation, loss or backend is tested here without editing this file.
+"""
+
+import numpy as np
+import pytest
+from conftest import (ACTIVATIONS, LOSSES, MODELS, assert_traces_close, initial_state, make_problem, problem_data,
+                      run_backend)
+
+import lgd
+from lgd import backends
+from lgd.backends import Trace, record_steps
+
+ORACLE = backends.resolve("numpy")
+ONE_STEP_CASES = ([(model, act, loss) for model in MODELS for act in ACTIVATIONS for loss in LOSSES]
+                  + [("linear", "identity", loss) for loss in LOSSES])
+
+
+def _model(name, act):
+    return lgd.Linear() if name == "linear" else MODELS[name](act)
+
+
+@pytest.mark.parametrize("model_name, act, loss", ONE_STEP_CASES, ids=["-".join(c) for c in ONE_STEP_CASES])
+def test_one_step_matches_the_oracle(compiled_backend_dtype, model_name, act, loss):
+    """Risk, gradient (through W_1) and every record of step 0 from the same iterate."""
+    case = compiled_backend_dtype
+    model = _model(model_name, act)
+    problem = make_problem(model, loss, case.dtype)
+    expected = run_backend(ORACLE, model, problem, [0.7], steps=1)
+    actual = run_backend(case.backend, model, problem, [0.7], steps=1)
+    assert_traces_close(expected, actual, rtol=case.rtol_one_step, atol=case.rtol_one_step * 1e-3)
+
+
+WHOLE_TRACE_CASES = [(model, act, loss) for model in MODELS for act in ("leaky_softplus", "gelu", "tanh", "relu")
+                     for loss in LOSSES] + [("linear", "identity", loss) for loss in LOSSES]
+
+
+@pytest.mark.parametrize("model_name, act, loss", WHOLE_TRACE_CASES, ids=["-".join(c) for c in WHOLE_TRACE_CASES])
+def test_whole_traces_match_the_oracle(compiled_backend_dtype, model_name, act, loss):
+    """A few hundred steps at a small stepsize, in chunks as the driver advances them: every recorded field."""
+    case = compiled_backend_dtype
+    model = _model(model_name, act)
+    problem = make_problem(model, loss, case.dtype)
+    steps = 300 if case.dtype == np.float64 else 100
+    expected = run_backend(ORACLE, model, problem, [0.3], steps=steps, every=7)
+    actual = run_backend(case.backend, model, problem, [0.3], steps=steps, every=7, chunk=41)
+    rtol = case.rtol if case.dtype == np.float64 else 2e-4  # float32: 100 steps of rounding drift
+    assert_traces_close(expected, actual, rtol=rtol, atol=rtol * 1e-3)
+
+
+def test_divergence_is_reported_at_the_same_step(compiled_backend_dtype):
+    """A stepsize that blows the exponential loss up stops at the oracle's step, with the oracle's trace."""
+    case = compiled_backend_dtype
+    X, y, _, _ = problem_data("exponential", dtype=case.dtype, test=False)
+    runs = [lgd.gd(X, y, lgd.TwoLayerNet(6), "exponential", stepsize=1e4, steps=50,
+                   compute=lgd.Compute(backend=name, progress=False)) for name in ("numpy", case.backend.name)]
+    assert runs[0].status == runs[1].status == "diverged"
+    assert runs[0].diverged_step == runs[1].diverged_step
+    np.testing.assert_allclose(runs[1].risk, runs[0].risk, rtol=case.rtol_one_step)
+    np.testing.assert_allclose(runs[1].weights, runs[0].weights, rtol=case.rtol_one_step)
+
+
+def test_a_sweep_is_its_single_runs(compiled_backend_dtype):
+    """One batched call over stepsizes and seeds gives each configuration's single run."""
+    case = compiled_backend_dtype
+    X, y, X_test, y_test = problem_data("logistic", dtype=case.dtype)
+    model = lgd.TwoLayerNet(6)
+    options = dict(steps=60, record=5, X_test=X_test, y_test=y_test)
+    compute = lgd.Compute(backend=case.backend.name, progress=False)
+    swept = lgd.sweep(X, y, model, "logistic", stepsizes=[0.1, 1.0], seeds=(0, 1), compute=compute, **options)
+    for i, (eta, seed) in enumerate(zip(swept.stepsize, swept.seed)):
+        single = lgd.gd(X, y, model, "logistic", stepsize=float(eta), seed=int(seed), compute=compute, **options)
+        np.testing.assert_allclose(single.risk, swept.risk[i], rtol=case.rtol)
+        np.testing.assert_allclose(single.weights, swept.weights[i], rtol=case.rtol)
+
+
+class _Unknown(lgd.activations.Activation):
+    """An activation of the user's own: numpy formulas, a code no kernel has."""
+
+    name, code = "cube", 99
+
+    def phi(self, z):
+        return z ** 3
+
+    def dphi(self, z):
+        return 3 * z ** 2
+
+    def ddphi(self, z):
+        return 6 * z
+
+
+def test_a_code_the_kernels_do_not_have_is_refused(compiled_backend_dtype):
+    """An entry whose code a kernel has no formula for is refused before any work, naming it, never computed
+    as another; the oracle runs it."""
+    case = compiled_backend_dtype
+    model = lgd.TwoLayerNet(4, activation=_Unknown())
+    problem = make_problem(model, "logistic", case.dtype)
+    with pytest.raises(ValueError, match=r"no formula for the activation 'cube' \(code 99\)"):
+        case.backend.runner(problem, 3, 1, (1, 4, 5))
+    state = initial_state(model, 5, case.dtype, [0.1])
+    runner = ORACLE.runner(problem, 3, 1, state.W.shape)
+    runner.start(state, Trace.empty(1, record_steps(3, 1).size, 4, True))
+    runner.advance(0, 4)
+    assert np.all(state.diverged < 0) and np.isfinite(state.W).all()
