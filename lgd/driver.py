@@ -126,7 +126,7 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
     if not (math.isfinite(init_scale) and init_scale >= 0):
         raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale}")
     _check_stepsize_range(stepsizes, dtype)
-    on_device = _namespace(X) is not np
+    device_input = _backends.on_device(X)
     backend = _backends.resolve(backend, X)
     X, y, X_test, y_test = backend.inputs(X, y, X_test, y_test)
 
@@ -182,8 +182,8 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
                  test_risk=trace.test_risk[:, keep] if X_test is not None else None,
                  test_accuracy=trace.test_accuracy[:, keep] if X_test is not None else None,
                  neuron_margins=trace.neuron_margins[:, keep] if neuron_margins else None,
-                 weights=backend.outputs(model.to_user(state.W), on_device),
-                 outer_weights=backend.outputs(state.a, on_device),
+                 weights=backend.outputs(model.to_user(state.W), device_input),
+                 outer_weights=backend.outputs(state.a, device_input),
                  stepsize=state.stepsizes.copy(), seed=np.array([s for _, s in configs], dtype=np.int64),
                  steps=steps, status=status, diverged_step=state.diverged.copy(), seconds=seconds,
                  steps_per_second=float(np.sum(np.minimum(done, steps))) / seconds if seconds > 0 else math.inf,
@@ -259,7 +259,7 @@ def _run_dtype(dtype, X):
 
 def _namespace(array):
     """numpy, or cupy for a cupy array (whose data then stay on the device)."""
-    if type(array).__module__.split(".")[0] == "cupy":
+    if _backends.on_device(array):
         import cupy
 
         return cupy

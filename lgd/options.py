@@ -107,8 +107,8 @@ class Compute:
     Parameters
     ----------
     backend : 'auto' | 'numpy' | 'numba' | 'cupy'
-        ``'auto'`` takes cupy for cupy inputs or with a usable GPU, else numba when installed, else
-        numpy. A backend named explicitly that cannot run raises :class:`lgd.BackendUnavailable` when
+        ``'auto'`` follows the input's array type: cupy for cupy inputs; for numpy inputs numba when
+        installed, else numpy (a GPU is used because it was asked for, not because one is present). A backend named explicitly that cannot run raises :class:`lgd.BackendUnavailable` when
         the run starts (the name itself is checked here). ``compute="numba"`` in :func:`lgd.gd` is
         short for ``Compute(backend="numba")``.
     dtype : None | 'float64' | 'float32'

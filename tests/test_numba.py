@@ -319,8 +319,9 @@ def test_runner_compiles_the_product_mode_it_runs(blas, monkeypatch):
     assert np.isfinite(state.W).all()
 
 
+@pytest.mark.parametrize("d", [1, 4, 7, 16], ids=lambda d: f"d{d}")
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
-def test_register_tiles_sum_as_the_scalar_loops(dtype):
+def test_register_tiles_sum_as_the_scalar_loops(dtype, d):
     """forward_rows and backward_rows (register tiles of four or six samples forward, then the rows and
     columns after them; other counts one by one) give the results of plain fma loops in the same order,
     bit for bit, for sizes below, at and between multiples of a tile."""
@@ -349,21 +350,20 @@ def test_register_tiles_sum_as_the_scalar_loops(dtype):
 
     rng = np.random.default_rng(5)
     columns = intrinsics.tile_columns(dtype)
-    for d in (1, 4, 7, 16):
-        for m in (3, columns, 2 * columns, 2 * columns + 5, 64):
-            X = rng.standard_normal((9, d)).astype(dtype)
-            Wt, grad = (rng.standard_normal((d, m)).astype(dtype) for _ in range(2))
-            qs = rng.standard_normal((tiles.WAITING_SAMPLES, m)).astype(dtype)
-            rows = rng.integers(0, len(X), tiles.WAITING_SAMPLES)
-            for count in range(1, tiles.WAITING_SAMPLES + 1):
-                outs = []
-                for kernel in (tiled, scalar):
-                    zt, g = np.full((tiles.WIDE_ROWS, m), np.nan, dtype), grad.copy()
-                    kernel(X, Wt, rows, count, qs, zt, g)
-                    outs.append((zt, g))
-                where = f"d={d} m={m} count={count}"
-                np.testing.assert_array_equal(outs[0][0], outs[1][0], err_msg=f"forward {where}")
-                np.testing.assert_array_equal(outs[0][1], outs[1][1], err_msg=f"backward {where}")
+    for m in (3, columns, 2 * columns, 2 * columns + 5, 64):
+        X = rng.standard_normal((9, d)).astype(dtype)
+        Wt, grad = (rng.standard_normal((d, m)).astype(dtype) for _ in range(2))
+        qs = rng.standard_normal((tiles.WAITING_SAMPLES, m)).astype(dtype)
+        rows = rng.integers(0, len(X), tiles.WAITING_SAMPLES)
+        for count in range(1, tiles.WAITING_SAMPLES + 1):
+            outs = []
+            for kernel in (tiled, scalar):
+                zt, g = np.full((tiles.WIDE_ROWS, m), np.nan, dtype), grad.copy()
+                kernel(X, Wt, rows, count, qs, zt, g)
+                outs.append((zt, g))
+            where = f"m={m} count={count}"
+            np.testing.assert_array_equal(outs[0][0], outs[1][0], err_msg=f"forward {where}")
+            np.testing.assert_array_equal(outs[0][1], outs[1][1], err_msg=f"backward {where}")
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])

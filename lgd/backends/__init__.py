@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = ["NAMES", "Backend", "resolve", "availability", "BackendUnavailable", "Problem", "State", "Trace",
-           "record_slot", "record_steps", "cast_stepsizes", "TRACE_FIELDS"]
+           "record_slot", "record_steps", "cast_stepsizes", "on_device", "TRACE_FIELDS"]
 
 NAMES = ("numpy", "numba", "cupy")
 
@@ -157,11 +157,11 @@ class Backend:
         (the user asked for it by name), a device backend takes them as they are. None stays None."""
         if self.device:
             return arrays
-        return tuple(None if a is None else (a.get() if _on_device(a) else a) for a in arrays)
+        return tuple(None if a is None else (a.get() if on_device(a) else a) for a in arrays)
 
-    def outputs(self, array: np.ndarray, on_device: bool):
+    def outputs(self, array: np.ndarray, device_input: bool):
         """A host result in the array type of the user's input: device in, device out, on a device backend."""
-        if on_device and self.device:
+        if device_input and self.device:
             import cupy
 
             return cupy.asarray(array)
@@ -176,7 +176,8 @@ _BACKENDS = {
 }
 
 
-def _on_device(array) -> bool:
+def on_device(array) -> bool:
+    """True for a cupy array (its data on a GPU)."""
     return type(array).__module__.split(".")[0] == "cupy"
 
 
@@ -209,7 +210,7 @@ def resolve(name: str, X=None) -> Backend:
     """
     if name != "auto":
         return _usable(_named(name))
-    if X is not None and _on_device(X):
+    if X is not None and on_device(X):
         return _usable(_BACKENDS["cupy"])
     if _BACKENDS["numba"].availability()[0]:
         return _BACKENDS["numba"]
