@@ -14,11 +14,11 @@ Importing lgd loads numpy only: numba and cupy are imported when a backend first
 from . import activations, analysis, data, hessian, losses
 from .backends import BackendUnavailable
 from .driver import gd, sweep
-from .models import Linear, TwoLayerNet
-from .options import Compute, Record
+from .models import Linear, TwoLayerNet, init_grid
+from .options import Compute, Divergence, Record
 from .results import Phase, Run, Sweep, load
 
 __version__ = "0.1.0"
 
-__all__ = ["gd", "sweep", "Record", "Compute", "TwoLayerNet", "Linear", "Run", "Sweep", "Phase", "load",
-           "BackendUnavailable", "activations", "losses", "data", "analysis", "hessian", "__version__"]
+__all__ = ["gd", "sweep", "Record", "Compute", "Divergence", "init_grid", "TwoLayerNet", "Linear", "Run", "Sweep",
+           "Phase", "load", "BackendUnavailable", "activations", "losses", "data", "analysis", "hessian", "__version__"]

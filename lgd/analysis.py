@@ -14,8 +14,10 @@ Cai et al., NeurIPS 2024; Cohen et al., ICLR 2021):
 
 The phase transition itself is :attr:`lgd.Run.phase` (first recorded step with
 L <= min(1/eta, loss(0)/n)); everything here reuses it. Only recorded steps are seen: with
-``lgd.Record(every=k)``, k > 1, an increase between two records can be missed. What does not live here:
-plotting (:mod:`lgd.plot`, :mod:`lgd.reproduce`) and the Hessian (:mod:`lgd.hessian`).
+``lgd.Record(every=k)``, k > 1, an increase between two records can be missed. Logs of the risk come
+from the result's ``log_risk`` (finite where the risk underflowed to 0.0, as large stepsizes on separable
+data reach 1e-300 and below), else from ``log(risk)``: a run whose risk underflowed is never dropped.
+What does not live here: plotting (:mod:`lgd.plot`, :mod:`lgd.reproduce`) and the Hessian (:mod:`lgd.hessian`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .results import Phase
+from .results import Phase, log_risk_trace
 
 __all__ = ["EdgeOfStability", "StableRate", "MarginMonotonicity", "SharpnessSummary", "AccelerationCurve",
            "RunAnalysis", "edge_of_stability", "stable_rate", "margin_monotonicity", "sharpness_summary",
@@ -39,12 +41,12 @@ def _finite_trace(step, values):
     return step[keep], values[keep]
 
 
-def _loglog_slope(step, values) -> float:
-    """Least-squares slope of log(values) against log(step) over the points with step > 0 and values > 0."""
-    keep = (step > 0) & (values > 0)
+def _loglog_slope(step, log_values) -> float:
+    """Least-squares slope of ``log_values`` against log(step) over the points with step > 0 and a finite log."""
+    keep = (step > 0) & np.isfinite(log_values)
     if np.count_nonzero(keep) < 2 or np.ptp(np.log(step[keep])) == 0:
         return math.nan
-    return float(np.polyfit(np.log(step[keep]), np.log(values[keep]), 1)[0])
+    return float(np.polyfit(np.log(step[keep]), log_values[keep], 1)[0])
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,9 @@ class StableRate:
 def stable_rate(run, start: int | None = None) -> StableRate:
     """Monotonicity, rate eta * t * L and log-log slope of ``run`` in its stable phase."""
     phase: Phase = run.phase
-    step, risk = _finite_trace(run.step, run.risk)
+    finite = np.isfinite(np.asarray(run.risk, dtype=np.float64))
+    step, risk = np.asarray(run.step, dtype=np.float64)[finite], np.asarray(run.risk, dtype=np.float64)[finite]
+    log_risk = log_risk_trace(run)[finite]
     end = int(step[-1]) if step.size else 0
     if phase.transition_step is None or step.size == 0:
         return StableRate(None, end, False, 0, math.nan, math.nan, math.nan)
@@ -120,14 +124,15 @@ def stable_rate(run, start: int | None = None) -> StableRate:
     increases = int(np.sum(risk[tail][1:] > risk[tail][:-1]))
     start = max(s, 1) if start is None else int(start)
     window = step >= start
-    rate = run.stepsize * step * risk
+    with np.errstate(divide="ignore"):
+        log_rate = math.log(run.stepsize) + np.log(step) + log_risk  # log(eta t L): L may be below 1e-308
     if end >= 10 and step[tail][0] <= end / 10:
         decade = int(np.argmin(np.abs(step - end / 10)))
-        change = float((rate[-1] - rate[decade]) / rate[decade]) if rate[decade] > 0 else math.nan
+        change = float(np.expm1(log_rate[-1] - log_rate[decade])) if np.isfinite(log_rate[decade]) else math.nan
     else:
         change = math.nan  # the stable phase does not span the last decade of steps
     return StableRate(start=start, end=end, monotone=increases == 0, increases=increases,
-                      slope=_loglog_slope(step[window], risk[window]), final_rate=float(rate[-1]),
+                      slope=_loglog_slope(step[window], log_risk[window]), final_rate=float(np.exp(log_rate[-1])),
                       rate_change_last_decade=change)
 
 
@@ -216,22 +221,27 @@ def sharpness_summary(run, fraction: float = 0.9) -> SharpnessSummary:
 class AccelerationCurve:
     """Risk after a budget of ``steps`` GD steps against the stepsize (one point per distinct stepsize).
 
-    ``risk``: geometric mean over the seeds of L(W_T) (NaN when a seed diverged before T);
+    ``log_risk``: the mean over the seeds of log L(W_T), from the sweep's ``log_risk`` when recorded
+    (finite where L(W_T) underflowed to 0.0), NaN when a seed diverged before T; ``risk`` = exp of it,
+    the geometric mean (0.0 below about 1e-308; the ranking goes by ``log_risk``);
     ``monotone``: whether the recorded risk of every seed never rose over steps 0..T;
-    ``best_stepsize`` / ``best_risk``: the smallest risk; ``best_monotone_stepsize`` /
-    ``best_monotone_risk``: the smallest among the monotone stepsizes (NaN if none);
-    ``smallest_stepsize_risk``: the risk of the smallest stepsize. Wu et al.: eta = Theta(T) reaches
-    O~(1/T^2) while stepsizes that keep the risk monotone are stuck at Omega(1/T).
+    ``best_stepsize`` / ``best_risk`` / ``best_log_risk``: the smallest risk; ``best_monotone_stepsize`` /
+    ``best_monotone_risk`` / ``best_monotone_log_risk``: the smallest among the monotone stepsizes (NaN
+    if none); ``smallest_stepsize_risk``: the risk of the smallest stepsize. Wu et al.: eta = Theta(T)
+    reaches O~(1/T^2) while stepsizes that keep the risk monotone are stuck at Omega(1/T).
     """
 
     steps: int
     stepsizes: np.ndarray
     risk: np.ndarray
+    log_risk: np.ndarray
     monotone: np.ndarray
     best_stepsize: float
     best_risk: float
+    best_log_risk: float
     best_monotone_stepsize: float
     best_monotone_risk: float
+    best_monotone_log_risk: float
     smallest_stepsize_risk: float
 
 
@@ -242,28 +252,31 @@ def acceleration_curve(sweep, steps: int | None = None) -> AccelerationCurve:
     if where.size == 0:
         raise ValueError(f"step {steps} was not recorded in this sweep; record it (lgd.Record.every) or pick "
                          f"one of the recorded steps")
-    traces = np.asarray(sweep.risk)[:, :where[0] + 1]
+    # log L, not L: a risk below about 1e-308 is 0.0 in float64 but its log_risk is finite. Without
+    # log_risk such a run is log(0) = -inf, below every other: still ranked, never dropped.
+    traces = log_risk_trace(sweep)[:, :where[0] + 1]
     stepsizes = np.unique(sweep.stepsize)
-    risk = np.empty(stepsizes.size)
+    log_risk = np.empty(stepsizes.size)
     monotone = np.empty(stepsizes.size, dtype=bool)
     for i, eta in enumerate(stepsizes):
         runs = traces[sweep.stepsize == eta]
-        values = runs[:, -1]
-        risk[i] = math.exp(np.mean(np.log(values))) if np.all(np.isfinite(values) & (values > 0)) else math.nan
-        monotone[i] = bool(np.all(np.isfinite(runs)) and np.all(runs[:, 1:] <= runs[:, :-1]))
+        reached = bool(np.all(runs < np.inf))  # False for a NaN (diverged) or an infinite risk
+        log_risk[i] = np.mean(runs[:, -1]) if np.all(runs[:, -1] < np.inf) else math.nan
+        monotone[i] = reached and bool(np.all(runs[:, 1:] <= runs[:, :-1]))
+    risk = np.exp(log_risk)
 
     def smallest(mask):
-        if not np.any(mask & np.isfinite(risk)):
-            return math.nan, math.nan
-        i = int(np.nanargmin(np.where(mask, risk, np.nan)))
-        return float(stepsizes[i]), float(risk[i])
+        if not np.any(mask & ~np.isnan(log_risk)):
+            return math.nan, math.nan, math.nan
+        i = int(np.nanargmin(np.where(mask, log_risk, np.nan)))
+        return float(stepsizes[i]), float(risk[i]), float(log_risk[i])
 
-    best_stepsize, best_risk = smallest(np.ones(stepsizes.size, dtype=bool))
-    best_monotone_stepsize, best_monotone_risk = smallest(monotone)
-    return AccelerationCurve(steps=steps, stepsizes=stepsizes, risk=risk, monotone=monotone,
-                             best_stepsize=best_stepsize, best_risk=best_risk,
+    best_stepsize, best_risk, best_log_risk = smallest(np.ones(stepsizes.size, dtype=bool))
+    best_monotone_stepsize, best_monotone_risk, best_monotone_log_risk = smallest(monotone)
+    return AccelerationCurve(steps=steps, stepsizes=stepsizes, risk=risk, log_risk=log_risk, monotone=monotone,
+                             best_stepsize=best_stepsize, best_risk=best_risk, best_log_risk=best_log_risk,
                              best_monotone_stepsize=best_monotone_stepsize, best_monotone_risk=best_monotone_risk,
-                             smallest_stepsize_risk=float(risk[0]))
+                             best_monotone_log_risk=best_monotone_log_risk, smallest_stepsize_risk=float(risk[0]))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 ``lgd run`` with no arguments runs GD on the embedded XOR data (leaky softplus c = 0.5, mean-field
 two-layer net, logistic loss) at one small and two large stepsizes, prints a table of the phases,
-and writes the traces, a JSON summary and a figure into an output folder.
+and writes the traces, a JSON summary and a figure into an output folder. The folder is checked
+before any work; Ctrl-C ends any command with ``lgd: interrupted`` and exit code 130, and ``lgd run``
+interrupted while GD runs first writes what it has.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import math
+import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +98,15 @@ PLUGGED_COMMANDS: dict = {
 
 
 def main(argv=None) -> int:
+    """Run the ``lgd`` command line; returns the exit code (130 after Ctrl-C, wherever it came)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("lgd: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -106,6 +118,29 @@ def main(argv=None) -> int:
         return importlib.import_module(PLUGGED_COMMANDS[args.command][0]).main(args)
     parser.print_help()
     return 0
+
+
+def output_folder(path) -> Path:
+    """Create the output folder ``path`` (with its parents) and check that files can be written into it
+    (a probe file, removed again), so that a folder lgd cannot write fails before any work.
+
+    Raises ValueError naming the problem: a path that is a file, a parent that is a file, or a folder
+    that cannot be created or written (the system's reason, e.g. permission denied).
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out} exists and is a file, not a folder")
+    blocking = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"output folder {out} cannot be created: {blocking} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".lgd-write-check-", dir=out)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as exc:
+        raise ValueError(f"cannot write into the output folder {out}: {exc.strerror or exc}") from None
+    return out
 
 
 def _load_data(args):
@@ -125,41 +160,46 @@ def _load_data(args):
 
 def _run(args) -> int:
     import lgd
+    from ._json import to_json
 
     try:
+        out = output_folder(args.out)
         X, y = _load_data(args)
         model = lgd.Linear() if args.model == "linear" else lgd.TwoLayerNet(
             args.width, activation=args.activation, scaling=args.scaling, outer=args.outer,
             train_outer=args.train_outer)
+        header = (f"{args.dataset} (n={X.shape[0]}, d={X.shape[1]}), {model.describe()}, "
+                  f"{lgd.losses.get(args.loss).spec} loss, {args.steps} steps, "
+                  f"{lgd.backends.resolve(args.backend, X).name} backend, {args.dtype}")
+        print(header, flush=True)
         # One batched call for all stepsizes: the backend runs the configs side by side.
-        runs = list(lgd.sweep(X, y, model, args.loss, stepsizes=args.stepsizes, steps=args.steps,
-                              seeds=(args.seed,), init=args.init, init_scale=args.init_scale,
-                              record=lgd.Record(every=args.record_every),
-                              compute=lgd.Compute(backend=args.backend, dtype=args.dtype, progress=args.progress)))
+        grid = lgd.sweep(X, y, model, args.loss, stepsizes=args.stepsizes, steps=args.steps, seeds=(args.seed,),
+                         init=args.init, init_scale=args.init_scale, record=lgd.Record(every=args.record_every),
+                         compute=lgd.Compute(backend=args.backend, dtype=args.dtype, progress=args.progress))
     except (ValueError, TypeError, ImportError, FileNotFoundError, lgd.BackendUnavailable) as exc:
         print(f"lgd run: error: {exc}", file=sys.stderr)
         return 2
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    header = (f"{args.dataset} (n={X.shape[0]}, d={X.shape[1]}), {model.describe()}, {lgd.losses.get(args.loss).spec} "
-              f"loss, {args.steps} steps, {runs[0].meta['backend']} backend, {args.dtype}")
-    print(header)
+    runs = list(grid)
     print(format_table(runs))
-    print("(the stepsizes run side by side in one batched call: steps/s is per stepsize)")
-    summary = {"header": header, "runs": []}
-    for run in runs:
-        name = f"run_eta{run.stepsize:g}.npz"
+    print(f"(the stepsizes run side by side in one batched call, {grid.steps_per_second:,.0f} steps/s in all; "
+          "steps/s of a stepsize: the steps it took over the batch's time)")
+    if any(run.status == "diverged" for run in runs):
+        print("(a diverged stepsize: its columns are read off the steps before its divergence)")
+    summary = {"header": header, "steps": args.steps, "seconds": grid.seconds,
+               "steps_per_second": grid.steps_per_second, "runs": []}
+    for run, name in zip(runs, trace_names(grid.stepsize)):
         run.save(out / name)
         phase = run.phase
         summary["runs"].append({
             "stepsize": run.stepsize, "status": run.status, "diverged_step": run.diverged_step,
-            "final_risk": run.final_risk, "transition_step": phase.transition_step,
+            "steps_taken": run.steps_taken, "final_risk": run.final_risk, "final_log_risk": run.final_log_risk,
+            "transition_step": phase.transition_step,
             "increases_before": phase.increases_before, "increases_after": phase.increases_after,
             "peak_risk": phase.peak_risk, "final_eta_t_risk": phase.final_rate,
             "normalized_margin": _last(run.normalized_margin), "accuracy": _last(run.accuracy),
             "steps_per_second": run.steps_per_second, "traces": name})
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    (out / "summary.json").write_text(to_json(summary) + "\n")
     written = [str(out / "summary.json")] + [str(out / r["traces"]) for r in summary["runs"]]
     if not args.no_plot:
         try:
@@ -169,17 +209,41 @@ def _run(args) -> int:
         except ImportError as exc:
             print(f"lgd run: no figure: {exc}", file=sys.stderr)
     print("wrote " + ", ".join(written))
+    interrupted = [run for run in runs if run.status == "interrupted"]
+    if interrupted:
+        print(f"lgd run: interrupted after {max(run.steps_taken for run in interrupted)} of {args.steps} steps; "
+              "wrote what it had (status 'interrupted' in summary.json)", file=sys.stderr)
+        return 130
     return 0
+
+
+def trace_names(stepsizes) -> list:
+    """File names of the traces of ``lgd run``, one per configuration and never two alike: the index,
+    then the stepsize in full (``run0_eta30.npz``, ``run1_eta1234567.0.npz``)."""
+    width = len(str(len(stepsizes) - 1))
+    return [f"run{i:0{width}d}_eta{_stepsize_text(eta)}.npz" for i, eta in enumerate(stepsizes)]
+
+
+def _stepsize_text(stepsize) -> str:
+    """The stepsize short when that is exact (30, 0.5), else in full (1234567.0, not 1.23457e+06)."""
+    stepsize = float(stepsize)
+    short = f"{stepsize:g}"
+    return short if float(short) == stepsize else repr(stepsize)
+
+
+def _risk_text(risk: float, log_risk: float) -> str:
+    """The risk as 1.234e-05; one that underflowed to 0.0 read off its log (1.234e-400)."""
+    if risk != 0.0 or not math.isfinite(log_risk):
+        return f"{risk:.3e}"
+    exponent = math.floor(log_risk / math.log(10))
+    mantissa = round(math.exp(log_risk - exponent * math.log(10)), 3)
+    if mantissa >= 10:
+        mantissa, exponent = mantissa / 10, exponent + 1
+    return f"{mantissa:.3f}e{exponent:+03d}"
 
 
 def _last(array) -> float:
     return float(array[-1]) if len(array) else math.nan
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def format_table(runs) -> str:
@@ -189,8 +253,9 @@ def format_table(runs) -> str:
     rows = []
     for run in runs:
         phase = run.phase
-        status = run.status if run.status != "diverged" else f"diverged@{run.diverged_step}"
-        rows.append((f"{run.stepsize:g}", f"{run.final_risk:.3e}",
+        status = {"diverged": f"diverged at step {run.diverged_step}",
+                  "interrupted": f"interrupted at step {run.steps_taken}"}.get(run.status, run.status)
+        rows.append((_stepsize_text(run.stepsize), _risk_text(run.final_risk, run.final_log_risk),
                      "-" if phase.transition_step is None else str(phase.transition_step),
                      f"{phase.increases_before}/{phase.increases_after}", f"{_last(run.normalized_margin):+.4f}",
                      f"{_last(run.accuracy):.3f}", f"{run.steps_per_second:,.0f}", status))

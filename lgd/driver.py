@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
@@ -33,7 +36,7 @@ CHUNK_SECONDS = 0.25
 
 
 def gd(X, y, model, loss="logistic", stepsize=1.0, steps=1000, *, init="normal", init_scale=1.0, seed=0,
-       X_test=None, y_test=None, record=1, compute="auto", **deprecated) -> Run:
+       X_test=None, y_test=None, record=1, compute="auto", divergence=1e10, **deprecated) -> Run:
     """Full-batch gradient descent W_{t+1} = W_t - stepsize * grad L(W_t) for ``steps`` steps.
 
     Parameters
@@ -49,8 +52,11 @@ def gd(X, y, model, loss="logistic", stepsize=1.0, steps=1000, *, init="normal",
     steps : int >= 1
         Number of GD steps T; metrics are recorded at steps 0, k, 2k, ... and T (k = ``record.every``).
     init : 'normal' | 'zeros' | array
-        W_0 ~ N(0, init_scale^2) elementwise (from ``seed``), zero, or the array given
-        (shape (width, d), or (d,) for lgd.Linear).
+        W_0 ~ N(0, init_scale^2) elementwise, zero, or the array given (shape (width, d), or (d,) for
+        lgd.Linear). The draw: ``rng = numpy.random.default_rng(seed)``, then
+        ``W_0 = init_scale * rng.standard_normal((width, d))`` in float64 (cast to the run's dtype),
+        then, for ``outer='random'``, the outer weights ``rng.choice([1.0, -1.0], size=width)`` from the
+        same generator. ``run.initial_weights`` holds W_0 whatever the init.
     X_test, y_test : arrays, optional
         Held-out data: ``test_risk`` and ``test_accuracy`` are recorded with the other metrics.
     record : lgd.Record or int
@@ -59,6 +65,10 @@ def gd(X, y, model, loss="logistic", stepsize=1.0, steps=1000, *, init="normal",
     compute : lgd.Compute or str
         Where and how to compute: backend, dtype, progress bar; a backend name is short for
         ``lgd.Compute(backend=name)``. See :class:`lgd.Compute`.
+    divergence : lgd.Divergence or float
+        When the run counts as diverged and stops (besides a risk or gradient that is not finite): a
+        risk above this factor times max(1, risk of the zero predictor), or a weight norm above a bound.
+        See :class:`lgd.Divergence`.
     **deprecated
         The keywords these objects replace still work, with a DeprecationWarning: ``record_every``,
         ``neuron_margins``, ``sharpness_every``, ``sharpness_k``, ``sharpness_points`` (fields of
@@ -67,8 +77,9 @@ def gd(X, y, model, loss="logistic", stepsize=1.0, steps=1000, *, init="normal",
     Returns
     -------
     lgd.Run
-        Host numpy traces, final weights, ``status`` ('completed', 'diverged' or 'interrupted'),
-        timing and :attr:`lgd.Run.phase`.
+        Host numpy traces, initial and final weights, ``status`` ('completed', 'diverged' or
+        'interrupted'), timing and :attr:`lgd.Run.phase`. Ctrl-C stops the run at the end of the
+        chunk it arrives in and returns it 'interrupted', its last record at the step its weights are.
 
     Examples
     --------
@@ -81,17 +92,28 @@ def gd(X, y, model, loss="logistic", stepsize=1.0, steps=1000, *, init="normal",
     record, compute = _options.resolve(record, compute, deprecated, "gd")
     stepsize = _check_stepsize(stepsize, "stepsize")
     result = sweep(X, y, model, loss, stepsizes=[stepsize], steps=steps, seeds=(seed,), init=init,
-                   init_scale=init_scale, X_test=X_test, y_test=y_test, record=record, compute=compute)
+                   init_scale=init_scale, X_test=X_test, y_test=y_test, record=record, compute=compute,
+                   divergence=divergence)
     return result[0]
 
 
 def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,), *, init="normal",
-          init_scale=1.0, X_test=None, y_test=None, record=1, compute="auto", **deprecated) -> Sweep:
-    """GD for every (stepsize, seed) pair on the same data, in one batched backend call.
+          init_scale=1.0, inits=None, outer_inits=None, X_test=None, y_test=None, record=1, compute="auto",
+          divergence=1e10, **deprecated) -> Sweep:
+    """GD for every (stepsize, seed, starting point) on the same data, in one batched backend call.
 
-    Configs are ordered stepsize-major: config i has ``stepsizes[i // len(seeds)]`` and
-    ``seeds[i % len(seeds)]``. Arguments are those of :func:`gd`; every trace of the result has a
-    leading config axis.
+    Configurations are ordered stepsize-major, then seed, then starting point: with K starting points,
+    configuration i has ``stepsizes[i // (len(seeds) K)]``, ``seeds[(i // K) % len(seeds)]`` and starting
+    point ``i % K`` (``result.stepsize``, ``result.seed``, ``result.init_index`` say it). Arguments are
+    those of :func:`gd`, and:
+
+    inits : None | array (K, width, d), or (K, d) for lgd.Linear
+        K starting points W_0 as a sweep axis (instead of ``init``), run in the same batched call;
+        :func:`lgd.init_grid` builds a grid of them for two-parameter models.
+    outer_inits : None | array (K, width)
+        The outer weights of each starting point (instead of the model's ``outer``).
+
+    Every trace of the result has a leading configuration axis.
 
     >>> import lgd
     >>> X, y = lgd.data.xor(n=40)
@@ -101,6 +123,7 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
     (4, 51)
     """
     record, compute = _options.resolve(record, compute, deprecated, "sweep")
+    divergence = _options.as_divergence(divergence)
     record_every, neuron_margins = record.every, record.neuron_margins
     sharpness_every, sharpness_k, sharpness_points = record.sharpness_every, record.sharpness_k, record.sharpness_points
     backend, dtype, progress = compute.backend, compute.dtype, compute.progress
@@ -126,25 +149,38 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
     if not (math.isfinite(init_scale) and init_scale >= 0):
         raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale}")
     _check_stepsize_range(stepsizes, dtype)
+    n, d = X.shape
+    starts = _starting_points(model, d, inits, outer_inits)
+    directions = _directions(record, model, d)
+    risk_bound = divergence.risk * max(1.0, _zero_predictor_risk(y, loss))
     device_input = _backends.on_device(X)
     backend = _backends.resolve(backend, X)
     X, y, X_test, y_test = backend.inputs(X, y, X_test, y_test)
 
-    n, d = X.shape
-    configs = list(itertools.product(stepsizes.tolist(), seeds))
-    W0, a0 = _initial_weights(model, d, init, init_scale, seeds, dtype)
-    seed_index = {s: i for i, s in enumerate(seeds)}
-    picks = [seed_index[s] for _, s in configs]
-    state = State(W=np.ascontiguousarray(W0[picks]), a=np.ascontiguousarray(a0[picks]),
-                  stepsizes=np.array([eta for eta, _ in configs]))
+    # Configurations stepsize-major, then seed, then starting point.
+    configs = list(itertools.product(range(stepsizes.size), range(len(seeds)), range(starts.count)))
+    W0, a0 = _initial_weights(model, d, init, init_scale, seeds, starts, dtype)
+    state = State(W=np.ascontiguousarray([W0[s, k] for _, s, k in configs]),
+                  a=np.ascontiguousarray([a0[s, k] for _, s, k in configs]),
+                  stepsizes=np.array([stepsizes[e] for e, _, _ in configs]))
+    initial_W, initial_a = state.W.copy(), state.a.copy()
     recorded = record_steps(steps, record_every)
     if neuron_margins is None:
         neuron_margins = len(configs) * recorded.size * model.width <= NEURON_BUDGET
-    trace = Trace.empty(len(configs), recorded.size, model.width, bool(neuron_margins))
     problem = Problem(X=X, y=y, activation=model.activation, loss=loss, scale=model.scale,
                       train_outer=model.train_outer, linear=model.__class__.__name__ == "Linear",
-                      X_test=X_test, y_test=y_test)
+                      X_test=X_test, y_test=y_test, risk_bound=risk_bound, weight_bound=divergence.weight_norm,
+                      weights_every=record.weights or 0,
+                      directions=None if directions is None else directions.astype(dtype))
 
+    def empty_trace(until: int) -> Trace:
+        """The records of a run of `until` steps (trajectories included when asked for)."""
+        weight_records = record_steps(until, record.weights).size if record.weights else 0
+        return Trace.empty(len(configs), record_steps(until, record_every).size, model.width, bool(neuron_margins),
+                           weight_records=weight_records, dim=d, dtype=dtype, outer=model.train_outer,
+                           directions=0 if directions is None else directions.shape[0])
+
+    trace = empty_trace(steps)
     runner = backend.runner(problem, steps, record_every, state.W.shape)  # compiles here, not in the timed loop
     if sharpness_every is None:
         sharpness_steps, sharpness, measure_sharpness = None, None, None
@@ -160,42 +196,101 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
     reached, seconds, interrupted, paused_seconds = _advance(
         runner, state, trace, steps, progress,
         pauses=() if sharpness_steps is None else sharpness_steps.tolist(), at_pause=measure_sharpness)
+    final = None
+    if interrupted:
+        # The weights are W_reached: record that step too, so that the last record and the weights agree.
+        final = empty_trace(reached)
+        last = backend.runner(problem, reached, record_every, state.W.shape)
+        last.start(state, final)
+        try:
+            last.advance(reached, reached + 1)
+        finally:
+            last.finish()
 
-    keep = recorded < reached
+    def kept(field: str, every: int):
+        """A trace field over the steps the run took (and, when interrupted, the step it stopped at)."""
+        values = getattr(trace, field)
+        taken = record_steps(steps, every) < reached
+        if final is None:
+            return values[:, taken]
+        return np.concatenate([values[:, taken], getattr(final, field)[:, -1:]], axis=1)
+
+    def kept_steps(every: int) -> np.ndarray:
+        taken = record_steps(steps, every)
+        taken = taken[taken < reached]
+        return taken if final is None else np.append(taken, reached)
+
     status = ["interrupted" if interrupted and dv < 0 else "diverged" if dv >= 0 else "completed"
               for dv in state.diverged]
-    done = np.where(state.diverged >= 0, state.diverged, reached)
-    weight_norm = trace.weight_norm[:, keep]
+    steps_taken = np.where(state.diverged >= 0, state.diverged, min(reached, steps)).astype(np.int64)
+    weight_norm = kept("weight_norm", record_every)
     with np.errstate(divide="ignore", invalid="ignore"):
-        normalized = np.where(weight_norm > 0, trace.margin[:, keep] / weight_norm, np.nan)
+        normalized = np.where(weight_norm > 0, kept("margin", record_every) / weight_norm, np.nan)
     meta = {"model": model.config(), "loss": loss.spec, "n": n, "d": d, "dtype": np.dtype(dtype).name,
             "backend": backend.name, "record_every": record_every,
-            "init": init if isinstance(init, str) else "array", "init_scale": init_scale}
+            "init": "inits" if inits is not None else init if isinstance(init, str) else "array",
+            "init_scale": init_scale, "divergence": {"risk": divergence.risk, "weight_norm": divergence.weight_norm},
+            "risk_bound": risk_bound}
     if sharpness_every is not None:
         meta.update(sharpness_every=sharpness_every, sharpness_points=sharpness_points,
                     sharpness_seconds=paused_seconds)
-        kept = sharpness_steps < reached
-        sharpness_steps, sharpness = sharpness_steps[kept], sharpness[:, kept]
-    return Sweep(step=recorded[keep], risk=trace.risk[:, keep], accuracy=trace.accuracy[:, keep],
-                 grad_norm=trace.grad_norm[:, keep], weight_norm=weight_norm, margin=trace.margin[:, keep],
-                 normalized_margin=normalized,
-                 test_risk=trace.test_risk[:, keep] if X_test is not None else None,
-                 test_accuracy=trace.test_accuracy[:, keep] if X_test is not None else None,
-                 neuron_margins=trace.neuron_margins[:, keep] if neuron_margins else None,
+        taken = sharpness_steps < reached
+        sharpness_steps, sharpness = sharpness_steps[taken], sharpness[:, taken]
+    trajectory = outer_trajectory = projections = trajectory_step = None
+    if record.weights:
+        trajectory_step = kept_steps(record.weights)
+        if directions is not None:
+            projections = kept("projections", record.weights)
+        else:
+            trajectory = model.to_user(kept("weights", record.weights))
+            outer_trajectory = kept("outer", record.weights) if model.train_outer else None
+    scalar = {name: kept(name, record_every) for name in ("risk", "log_risk", "accuracy", "grad_norm", "margin")}
+    return Sweep(step=kept_steps(record_every), **scalar, weight_norm=weight_norm, normalized_margin=normalized,
+                 test_risk=kept("test_risk", record_every) if X_test is not None else None,
+                 test_accuracy=kept("test_accuracy", record_every) if X_test is not None else None,
+                 neuron_margins=kept("neuron_margins", record_every) if neuron_margins else None,
                  weights=backend.outputs(model.to_user(state.W), device_input),
                  outer_weights=backend.outputs(state.a, device_input),
-                 stepsize=state.stepsizes.copy(), seed=np.array([s for _, s in configs], dtype=np.int64),
-                 steps=steps, status=status, diverged_step=state.diverged.copy(), seconds=seconds,
-                 steps_per_second=float(np.sum(np.minimum(done, steps))) / seconds if seconds > 0 else math.inf,
+                 initial_weights=model.to_user(initial_W), initial_outer_weights=initial_a,
+                 trajectory=trajectory, outer_trajectory=outer_trajectory, projections=projections,
+                 trajectory_step=trajectory_step,
+                 stepsize=state.stepsizes.copy(), seed=np.array([seeds[s] for _, s, _ in configs], dtype=np.int64),
+                 init_index=None if inits is None else np.array([k for _, _, k in configs], dtype=np.int64),
+                 steps=steps, status=status, diverged_step=state.diverged.copy(), steps_taken=steps_taken,
+                 seconds=seconds,
+                 steps_per_second=float(np.sum(steps_taken)) / seconds if seconds > 0 else math.inf,
                  meta=meta, sharpness=sharpness, sharpness_step=sharpness_steps)
+
+
+class _HeldInterrupt:
+    """Holds a Ctrl-C (SIGINT) that arrives during a chunk until the chunk has ended, so that a run stops
+    between two steps with its state and trace in agreement. Only in the main thread (where Python
+    delivers signals) and only over Python's own handler; elsewhere a no-op."""
+
+    def __enter__(self):
+        self.pending, self.previous = False, None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous = signal.signal(signal.SIGINT, self._hold)
+        return self
+
+    def _hold(self, signum, frame):
+        self.pending = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 def _advance(runner, state: State, trace: Trace, steps: int, progress, pauses=(), at_pause=None):
     """Run evaluations 0..steps in chunks (the runner protocol of :mod:`lgd.backends`).
 
     Chunks end at every step t of the sorted ``pauses``, where ``at_pause(t)`` is called before
-    evaluation t, so the state then holds W_t; that call is timed apart from the GD steps.
-    Returns (first evaluation not run, GD seconds, interrupted, seconds spent in ``at_pause``).
+    evaluation t, so the state then holds W_t; that call is timed apart from the GD steps. A Ctrl-C
+    ends the run at the end of the chunk it arrives in (:class:`_HeldInterrupt`), or where it arrives
+    outside a chunk: either way the state then holds W_t for the first evaluation t not run.
+    Returns (that t, GD seconds, interrupted, seconds spent in ``at_pause``).
     """
     total = steps + 1
     bar = _progress_bar(progress, total)
@@ -210,7 +305,8 @@ def _advance(runner, state: State, trace: Trace, steps: int, progress, pauses=()
                 paused_seconds += time.perf_counter() - tic
             stop = min(total, t + chunk, pauses[0] if pauses else total)
             tic = time.perf_counter()
-            runner.advance(t, stop)
+            with _HeldInterrupt() as held:
+                runner.advance(t, stop)
             elapsed = time.perf_counter() - tic
             seconds += elapsed
             if bar is not None:
@@ -218,6 +314,8 @@ def _advance(runner, state: State, trace: Trace, steps: int, progress, pauses=()
             # Grow or shrink the chunk toward CHUNK_SECONDS of work, at most 8x per chunk.
             chunk = max(1, int(min(8.0 * chunk, (stop - t) * CHUNK_SECONDS / max(elapsed, 1e-6))))
             t = stop
+            if held.pending:
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         return t, seconds, True, paused_seconds
     finally:
@@ -317,11 +415,69 @@ def _check_seeds(seeds) -> list:
     return [int(s) for s in seeds]
 
 
-def _initial_weights(model: TwoLayerNet, d: int, init, init_scale: float, seeds: list, dtype):
-    """W_0 (S, m, d) and a_0 (S, m) for each seed, drawn in float64 so both precisions start alike."""
+@dataclass(frozen=True)
+class _Starts:
+    """The starting points of a sweep: W_0 (K, m, d) and a_0 (K, m) given by the user (None: drawn per seed)."""
+
+    W: np.ndarray | None
+    a: np.ndarray | None
+
+    @property
+    def count(self) -> int:
+        for given in (self.W, self.a):
+            if given is not None:
+                return given.shape[0]
+        return 1
+
+
+def _starting_points(model: TwoLayerNet, d: int, inits, outer_inits) -> _Starts:
+    """Check ``inits`` (K, *model.weight_shape(d)) and ``outer_inits`` (K, m): float64 arrays, or None."""
+    W = a = None
+    if inits is not None:
+        W = np.asarray(inits, dtype=np.float64)
+        if W.ndim < 1 or W.shape[1:] != model.weight_shape(d) or W.shape[0] < 1:
+            raise ValueError(f"inits must have shape (K, {', '.join(map(str, model.weight_shape(d)))}) with K >= 1, "
+                             f"got {W.shape}")
+        if not np.all(np.isfinite(W)):
+            raise ValueError("inits contains NaN or Inf")
+        W = W.reshape(W.shape[0], model.width, d)
+    if outer_inits is not None:
+        a = np.asarray(outer_inits, dtype=np.float64)
+        if a.ndim != 2 or a.shape[1] != model.width or a.shape[0] < 1:
+            raise ValueError(f"outer_inits must have shape (K, {model.width}) with K >= 1, got {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError("outer_inits contains NaN or Inf")
+        if W is not None and a.shape[0] != W.shape[0]:
+            raise ValueError(f"inits and outer_inits must hold as many starting points, got {W.shape[0]} and "
+                             f"{a.shape[0]}")
+    return _Starts(W, a)
+
+
+def _directions(record, model: TwoLayerNet, d: int):
+    """Record.project_onto checked against the model's shape: (P, m, d) float64, or None."""
+    if record.project_onto is None:
+        return None
+    directions = record.project_onto
+    if directions.shape[1:] != (model.width, d):
+        raise ValueError(f"Record.project_onto must have shape (P, {model.width}, {d}) for this model and data, "
+                         f"got {directions.shape}")
+    return directions
+
+
+def _zero_predictor_risk(y, loss) -> float:
+    """The risk of the predictor f = 0 on the training labels (the scale of lgd.Divergence's risk bound)."""
+    y = np.asarray(y.get() if _backends.on_device(y) else y, dtype=np.float64)
+    u = np.zeros_like(y) if loss.margin else -y
+    return float(np.mean(loss.value(u)))
+
+
+def _initial_weights(model: TwoLayerNet, d: int, init, init_scale: float, seeds: list, starts: _Starts, dtype):
+    """W_0 (S, K, m, d) and a_0 (S, K, m) for each seed and starting point, drawn (or given) in float64 so
+    that both precisions start alike: per seed, rng = default_rng(seed), W_0 = init_scale *
+    rng.standard_normal((m, d)), then a_0 from the same rng when the outer weights are random."""
     m = model.width
-    W0 = np.empty((len(seeds), m, d))
-    a0 = np.empty((len(seeds), m))
+    W0 = np.empty((len(seeds), starts.count, m, d))
+    a0 = np.empty((len(seeds), starts.count, m))
     given = None
     if isinstance(init, str):
         if init not in ("normal", "zeros"):
@@ -335,11 +491,13 @@ def _initial_weights(model: TwoLayerNet, d: int, init, init_scale: float, seeds:
             raise ValueError("init array contains NaN or Inf")
     for i, seed in enumerate(seeds):
         rng = np.random.default_rng(seed)
-        if given is not None:
+        if starts.W is not None:
+            W0[i] = starts.W
+        elif given is not None:
             W0[i] = given.reshape(m, d)
         elif init == "normal":
             W0[i] = init_scale * rng.standard_normal((m, d))
         else:
             W0[i] = 0.0
-        a0[i] = model.outer_weights(rng)
+        a0[i] = model.outer_weights(rng) if starts.a is None else starts.a
     return W0.astype(dtype), a0.astype(dtype)

@@ -46,6 +46,13 @@ class Loss:
     def d2(self, u):
         raise NotImplementedError
 
+    def log_value(self, u):
+        """log loss(u), finite wherever loss(u) > 0 even when loss(u) itself underflows to 0 (so that a
+        risk of 1e-400 has a log-risk). The default takes the log of the value; entries whose tail
+        underflows override it."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.value(u))
+
     @property
     def at_zero(self) -> float:
         """loss(0): the per-sample loss of the zero predictor (the phase-transition scale loss(0)/n)."""
@@ -80,6 +87,11 @@ class logistic(Loss):
         u = np.asarray(u)
         return sigmoid(u) * sigmoid(-u)
 
+    def log_value(self, u):
+        """log log(1 + e^-u); beyond u = 36 it is -u + log1p(-e^-u / 2 + ...) = -u to rounding."""
+        u = np.asarray(u)
+        return np.where(u > 36, -u, np.log(softplus(-np.minimum(u, 36))))
+
 
 class exponential(Loss):
     """loss(u) = e^-u = -loss'(u) = loss''(u); overflows to inf for u below about -709 (float64)."""
@@ -95,6 +107,9 @@ class exponential(Loss):
 
     def d2(self, u):
         return self.value(u)
+
+    def log_value(self, u):
+        return -np.asarray(u)
 
 
 class _Flattened(Loss):
@@ -131,6 +146,11 @@ class flattened_exponential(_Flattened):
         a = u.dtype.type(self.param)
         return np.where(u >= 0, a * a * self._tail(u), 0)
 
+    def log_value(self, u):
+        u = np.asarray(u)
+        a = u.dtype.type(self.param)
+        return np.where(u >= 0, -a * np.maximum(u, 0), np.log(1 - a * np.minimum(u, 0)))
+
 
 class flattened_polynomial(_Flattened):
     """loss(u) = (1 + u)^{-a} for u >= 0 and 1 - a u for u < 0 (a > 0): C^1 and a-Lipschitz."""
@@ -152,6 +172,11 @@ class flattened_polynomial(_Flattened):
         a = u.dtype.type(self.param)
         return np.where(u >= 0, a * (a + 1) * (1 + np.maximum(u, 0)) ** (-a - 2), 0)
 
+    def log_value(self, u):
+        u = np.asarray(u)
+        a = u.dtype.type(self.param)
+        return np.where(u >= 0, -a * np.log1p(np.maximum(u, 0)), np.log(1 - a * np.minimum(u, 0)))
+
 
 class squared(Loss):
     """Regression loss of the residual r = f - y: r^2 / 2, with loss' = r and loss'' = 1."""
@@ -167,6 +192,11 @@ class squared(Loss):
 
     def d2(self, r):
         return np.ones_like(r)
+
+    def log_value(self, r):
+        """log(r^2 / 2) = 2 log|r| - log 2 (-inf at r = 0)."""
+        with np.errstate(divide="ignore"):
+            return 2 * np.log(np.abs(np.asarray(r))) - np.log(np.asarray(r).dtype.type(2))
 
 
 _FACTORIES = {

@@ -22,7 +22,7 @@ import numpy as np
 from . import activations as _activations
 from .activations import Activation
 
-__all__ = ["TwoLayerNet", "Linear", "predict", "evaluate", "Evaluation"]
+__all__ = ["TwoLayerNet", "Linear", "init_grid", "predict", "evaluate", "log_mean", "log_risk_of", "Evaluation"]
 
 
 class TwoLayerNet:
@@ -137,6 +137,37 @@ class Linear(TwoLayerNet):
         return {"kind": "Linear"}
 
 
+def init_grid(model: TwoLayerNet, first, second) -> dict:
+    """Starting points on a grid, for a model with two trained parameters: ``lgd.sweep(..., **grid)``.
+
+    - ``lgd.Linear()`` on inputs of dimension 2: w_0 = (first[i], second[j]);
+    - a ``TwoLayerNet`` of width 1 with ``train_outer=True`` on inputs of dimension 1: (w_0, a_0) =
+      (first[i], second[j]). With the identity activation, ``scaling=1.0``, X = [[1]], y = [1] and the
+      squared loss this is GD on (1 - x y)^2 / 2, the miniature matrix factorisation of the science notes.
+
+    The points are ordered first-major: point i * len(second) + j, so a sweep's results reshape to
+    (..., len(first), len(second)). Returns ``{'inits': ..., 'outer_inits': ...}`` (the latter only for
+    the two-layer model).
+
+    >>> import numpy as np, lgd
+    >>> net = lgd.TwoLayerNet(1, activation="identity", scaling=1.0, outer=[1.0], train_outer=True)
+    >>> grid = lgd.init_grid(net, [1.0, 2.0], [0.5, 1.5, 2.5])
+    >>> grid["inits"].shape, grid["outer_inits"].shape, grid["outer_inits"][:3, 0].tolist()
+    ((6, 1, 1), (6, 1), [0.5, 1.5, 2.5])
+    """
+    first = np.asarray(first, dtype=np.float64).ravel()
+    second = np.asarray(second, dtype=np.float64).ravel()
+    if first.size < 1 or second.size < 1:
+        raise ValueError("init_grid needs at least one value on each axis")
+    a, b = (axis.ravel() for axis in np.meshgrid(first, second, indexing="ij"))
+    if isinstance(model, Linear):
+        return {"inits": np.stack([a, b], axis=1)}
+    if model.width == 1 and model.train_outer:
+        return {"inits": a.reshape(-1, 1, 1), "outer_inits": b.reshape(-1, 1)}
+    raise ValueError("init_grid is for models with two trained parameters: lgd.Linear() on 2 inputs, or a "
+                     "TwoLayerNet of width 1 with train_outer=True on 1 input")
+
+
 def model_from_config(config: dict) -> TwoLayerNet:
     """Rebuild a model from :meth:`TwoLayerNet.config` (used by :func:`lgd.load`)."""
     config = dict(config)
@@ -156,12 +187,38 @@ class Evaluation:
     """What one oracle pass computes at an iterate (W, a)."""
 
     risk: float
+    log_risk: float
     grad_W: np.ndarray
     grad_a: np.ndarray | None
     accuracy: float
     margin: float
     neuron_margins: np.ndarray
     outputs: np.ndarray
+
+
+def log_mean(log_values) -> float:
+    """log((1/n) sum_i e^{l_i}) of the per-sample log-losses l_i, in float64, without leaving the log
+    domain: max_i l_i + log(sum_i e^{l_i - max}) - log n (-inf when every loss is 0)."""
+    values = np.asarray(log_values, dtype=np.float64)
+    top = float(np.max(values))
+    if not math.isfinite(top):
+        return top
+    return top + math.log(float(np.sum(np.exp(values - top)))) - math.log(values.size)
+
+
+# The log-risk is log(risk) while the risk is well within its dtype's range, and is computed from the
+# samples' log-losses below these (float64, float32) risks, where the risk loses digits to underflow or is 0.
+# Every backend follows this rule.
+LOG_RISK_EXACT_BELOW = 1e-280
+LOG_RISK_EXACT_BELOW_F32 = 1e-30
+
+
+def log_risk_of(risk, u, loss) -> float:
+    """log L of a risk computed from the loss arguments u (float64; see LOG_RISK_EXACT_BELOW)."""
+    below = LOG_RISK_EXACT_BELOW_F32 if np.asarray(risk).dtype == np.float32 else LOG_RISK_EXACT_BELOW
+    if risk >= below:
+        return math.log(float(risk))
+    return log_mean(loss.log_value(np.asarray(u, dtype=np.float64)))
 
 
 def evaluate(W, a, X, y, activation: Activation, loss, scale: float, train_outer: bool = False) -> Evaluation:
@@ -172,7 +229,8 @@ def evaluate(W, a, X, y, activation: Activation, loss, scale: float, train_outer
         G_ij = loss'_i * y_i * s * a_j * phi'(Z_ij) / n      (y_i dropped for the squared loss)
         grad_W = G^T X,   grad_a = s * phi(Z)^T (loss' * y) / n
 
-    ``margin`` is min_i y_i f_i, ``accuracy`` the fraction with y_i f_i > 0, and ``neuron_margins``
+    ``log_risk`` is log L (:func:`log_risk_of`: from the per-sample log-losses where L underflows, so a
+    number even where L is 0); ``margin`` is min_i y_i f_i, ``accuracy`` the fraction with y_i f_i > 0, and ``neuron_margins``
     the per-neuron min_i y_i a_j phi(w_j . x_i).
     """
     n = X.shape[0]
@@ -182,6 +240,7 @@ def evaluate(W, a, X, y, activation: Activation, loss, scale: float, train_outer
     yf = y * f
     u = yf if loss.margin else f - y
     risk = loss.value(u).mean()
+    log_risk = log_risk_of(risk, u, loss)
     coef = loss.d1(u) / n
     if loss.margin:
         coef = coef * y
@@ -189,5 +248,5 @@ def evaluate(W, a, X, y, activation: Activation, loss, scale: float, train_outer
     grad_W = G.T @ X
     grad_a = scale * (P.T @ coef) if train_outer else None
     neuron = (y[:, None] * P * a[None, :]).min(axis=0)
-    return Evaluation(risk=risk, grad_W=grad_W, grad_a=grad_a, accuracy=float(np.mean(yf > 0)),
+    return Evaluation(risk=risk, log_risk=log_risk, grad_W=grad_W, grad_a=grad_a, accuracy=float(np.mean(yf > 0)),
                       margin=yf.min(), neuron_margins=neuron, outputs=f)

@@ -6,6 +6,8 @@ What lives here:
   ``record=k`` is the shorthand for ``Record(every=k)``;
 - :class:`Compute` -- where and how the run computes (backend, dtype, progress bar);
   ``compute="numba"`` is the shorthand for ``Compute(backend="numba")``;
+- :class:`Divergence` -- when a run counts as diverged and stops; ``divergence=x`` is the shorthand
+  for ``Divergence(risk=x)``;
 - :func:`resolve` -- turns the ``record`` and ``compute`` arguments (shorthands included) and the
   keywords that predate these objects into one ``Record`` and one ``Compute``, warning about the old
   keywords. Each object checks its fields when it is built, so a bad option fails before any work.
@@ -17,15 +19,16 @@ driver when the run starts) and the checks of the data, stepsizes and seeds (:mo
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 
 from .backends import NAMES as BACKEND_NAMES
 
-__all__ = ["Record", "Compute", "resolve", "DEPRECATED"]
+__all__ = ["Record", "Compute", "Divergence", "as_divergence", "resolve", "DEPRECATED"]
 
 
 def check_count(value, name: str) -> int:
@@ -65,6 +68,14 @@ class Record:
     sharpness_points : None | int >= 1
         The sharpness is that of the risk on the first that many training points (all when None;
         Cohen et al. use 5,000).
+    weights : None | int >= 1
+        Record the trajectory: the weights W_t (and the outer weights a_t when they are trained) at steps
+        0, k, 2k, ... and T for k = ``weights``, into ``run.trajectory`` at ``run.trajectory_step``
+        (records x width x d numbers per configuration, in the run's dtype). None records none.
+    project_onto : None | array (P, width, d)
+        With ``weights``, record instead the projections <W_t, V_p> = sum_jk V_pjk (W_t)_jk onto these P
+        directions (e.g. random or top-Hessian directions), into ``run.projections`` (float64): for
+        models too large to keep their weights at every step.
 
     Every field is checked here, so a bad value fails before a run starts. The object is frozen:
     ``dataclasses.replace(record, every=10)`` gives a changed copy.
@@ -88,12 +99,23 @@ class Record:
     sharpness_every: int | None = None
     sharpness_k: int = 1
     sharpness_points: int | None = None
+    weights: int | None = None
+    project_onto: np.ndarray | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self):
+        if self.project_onto is not None:
+            directions = np.array(self.project_onto, dtype=np.float64)
+            if directions.ndim != 3 or directions.shape[0] < 1 or not np.all(np.isfinite(directions)):
+                raise ValueError("Record.project_onto must be a finite array of shape (P, width, d) with P >= 1, got "
+                                 f"shape {directions.shape}")
+            if self.weights is None:
+                raise ValueError("Record.project_onto needs Record.weights (every how many steps to project)")
+            directions.setflags(write=False)
+            object.__setattr__(self, "project_onto", directions)
         checked = {"every": check_count(self.every, "Record.every"),
                    "neuron_margins": _check_flag(self.neuron_margins, "Record.neuron_margins"),
                    "sharpness_k": check_count(self.sharpness_k, "Record.sharpness_k")}
-        for name in ("sharpness_every", "sharpness_points"):
+        for name in ("sharpness_every", "sharpness_points", "weights"):
             value = getattr(self, name)
             checked[name] = None if value is None else check_count(value, f"Record.{name}")
         for name, value in checked.items():  # plain Python values, whatever numpy scalars came in
@@ -142,6 +164,53 @@ class Compute:
             raise ValueError(f"unknown backend {self.backend!r}; valid: {', '.join(repr(n) for n in valid)}")
         object.__setattr__(self, "dtype", _dtype_name(self.dtype))
         object.__setattr__(self, "progress", _check_flag(self.progress, "Compute.progress"))
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """When a run counts as diverged, and stops there with its trace kept (status 'diverged').
+
+    Besides a risk or gradient that is not finite (always), a run stops at the first step t where
+
+    - its risk exceeds ``risk`` times the reference risk max(1, L_0), L_0 the risk of the zero predictor
+      f = 0 on the training data (loss(0) for the margin losses, mean(y^2)/2 for the squared loss): a
+      relative bound, so it means the same whatever the loss and the scale of the targets; or
+    - the norm of its weights sqrt(|W_t|^2 + |a_t|^2) (a when trained) exceeds ``weight_norm`` (absolute).
+
+    The step t is recorded (its risk is finite), ``run.diverged_step`` is t and the final weights are
+    W_t. The default (1e10, no weight bound) catches a run that blows up long before anything overflows,
+    and lets the edge of stability's spikes (risks of order the stepsize) pass. ``divergence=x`` in
+    :func:`lgd.gd` is short for ``Divergence(risk=x)``.
+
+    Examples
+    --------
+    >>> import numpy as np, lgd
+    >>> X, y = np.array([[2.0]]), np.array([1.0])          # (1/2)(2w - 1)^2: smoothness 4, 2/L = 0.5
+    >>> run = lgd.gd(X, y, lgd.Linear(), "squared", stepsize=0.51, steps=1000, init=np.zeros(1), compute="numpy")
+    >>> run.status, int(run.diverged_step)
+    ('diverged', 303)
+    """
+
+    risk: float = 1e10
+    weight_norm: float = math.inf
+
+    def __post_init__(self):
+        for name in ("risk", "weight_norm"):
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (Real, np.floating, np.integer)) \
+                    or not float(value) > 0 or math.isnan(float(value)):
+                raise ValueError(f"Divergence.{name} must be a positive number (inf for no bound), got {value!r}")
+            object.__setattr__(self, name, float(value))
+
+
+def as_divergence(divergence) -> Divergence:
+    """The :class:`Divergence` of a ``divergence`` argument: the object, or a number (its risk factor)."""
+    if isinstance(divergence, Divergence):
+        return divergence
+    if isinstance(divergence, (Real, np.floating, np.integer)) and not isinstance(divergence, (bool, np.bool_)):
+        return Divergence(risk=divergence)
+    raise TypeError(f"divergence must be an lgd.Divergence or a number (short for lgd.Divergence(risk=x)), "
+                    f"got {divergence!r}")
 
 
 def _dtype_name(dtype):

@@ -28,7 +28,7 @@ def plot_runs(runs, title: str | None = None):
     colors = plt.cm.viridis(np.linspace(0.0, 0.85, max(len(runs), 1)))
     for run, color in zip(runs, colors):
         t = run.step.astype(np.float64)
-        label = f"eta = {run.stepsize:g}" + (" (diverged)" if run.status == "diverged" else "")
+        label = f"eta = {run.stepsize:g}" + ("" if run.status == "completed" else f" ({run.status})")
         positive = (t > 0) & (run.risk > 0)
         ax_risk.loglog(t[positive], run.risk[positive], color=color, lw=1.2, label=label)
         s = run.phase.transition_step

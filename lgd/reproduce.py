@@ -5,7 +5,9 @@ What lives here: one function per experiment (:func:`fig4`, :func:`xor`, :func:`
 files), each returning a :class:`Reproduction` -- the summary (plain JSON numbers read off the runs
 by :mod:`lgd.analysis`) and a function drawing the figure -- plus the command-line plumbing
 (:func:`configure`, :func:`main`). ``quick=True`` runs a reduced version (fewer steps and points)
-that the tests assert on; the full versions take minutes on two cores.
+that the tests assert on; the full versions take minutes on two cores. An experiment whose runs were
+interrupted (Ctrl-C) raises KeyboardInterrupt rather than summarise part of them; the summaries are
+written as strict JSON (NaN and Inf as null, :func:`lgd._json.to_json`).
 
 What does not: the formulas (:mod:`lgd.models`, :mod:`lgd.hessian`) and the phase analysis
 (:mod:`lgd.analysis`). Nothing heavy is imported at module level: the parser is built on every
@@ -18,12 +20,10 @@ Wang, Chen, Zhao, Tao (ICLR 2022) for balancing.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -46,12 +46,25 @@ def _pyplot():
     return pyplot()
 
 
+def _finished(result):
+    """``result`` (a Run or Sweep) when none of its runs was interrupted; KeyboardInterrupt otherwise.
+
+    The driver turns Ctrl-C into runs with status 'interrupted'; a figure of the literature drawn from
+    part of its runs would be wrong, so the experiment stops as if the signal had reached it.
+    """
+    status = [result.status] if isinstance(result.status, str) else result.status
+    if "interrupted" in status:
+        raise KeyboardInterrupt
+    return result
+
+
 def _run_summary(run) -> dict:
     """The per-run numbers every experiment reports (lgd.analysis), as plain JSON values."""
     from .analysis import analyze
 
     result = analyze(run)
     summary = {"stepsize": run.stepsize, "status": run.status, "final_risk": run.final_risk,
+               "final_log_risk": run.final_log_risk,
                "final_accuracy": float(run.accuracy[-1]) if run.accuracy.size else math.nan,
                "final_normalized_margin": float(run.normalized_margin[-1]) if run.risk.size else math.nan,
                "phase": asdict(result.phase), "edge_of_stability": asdict(result.edge_of_stability),
@@ -110,8 +123,8 @@ def fig4(quick: bool = False, backend: str = "auto", progress=None) -> Reproduct
 
     X, y = lgd.data.fig4()
     net = lgd.TwoLayerNet(2, activation="leaky_softplus(0.5)", scaling="mean_field", outer=[1.0, -1.0])
-    run = lgd.gd(X, y, net, "logistic", stepsize=3.0, steps=3000 if quick else 20000, init="zeros",
-                 record=lgd.Record(neuron_margins=True), compute=lgd.Compute(backend, progress=progress))
+    run = _finished(lgd.gd(X, y, net, "logistic", stepsize=3.0, steps=3000 if quick else 20000, init="zeros",
+                           record=lgd.Record(neuron_margins=True), compute=lgd.Compute(backend, progress=progress)))
     positive = np.flatnonzero(run.margin > 0)
     summary = {"experiment": "fig4", "stepsize": 3.0, "steps": run.steps, "backend": run.meta["backend"],
                "final_network_margin": float(run.margin[-1]),
@@ -154,8 +167,8 @@ def xor(quick: bool = False, backend: str = "auto", progress=None) -> Reproducti
     X, y = lgd.data.xor(n=40 if quick else 100)
     net = lgd.TwoLayerNet(10 if quick else 20, activation="leaky_softplus(0.5)", scaling="mean_field")
     stepsizes = (30.0, 1000.0, 3000.0)
-    grid = lgd.sweep(X, y, net, "logistic", stepsizes=stepsizes, steps=4000 if quick else 20000,
-                     compute=lgd.Compute(backend, progress=progress))
+    grid = _finished(lgd.sweep(X, y, net, "logistic", stepsizes=stepsizes, steps=4000 if quick else 20000,
+                               compute=lgd.Compute(backend, progress=progress)))
     runs = list(grid)
     summary = {"experiment": "xor", "n": X.shape[0], "width": net.width, "steps": grid.steps,
                "backend": grid.meta["backend"], "runs": [_run_summary(run) for run in runs]}
@@ -169,11 +182,11 @@ def _two_class(name: str, X, y, steps: int, linear_stepsizes, net_stepsizes, wid
     import lgd
 
     compute = lgd.Compute(backend, progress=progress)
-    linear = lgd.sweep(X, y, lgd.Linear(), "logistic", stepsizes=linear_stepsizes, steps=steps, init="zeros",
-                       X_test=X_test, y_test=y_test, compute=compute)
+    linear = _finished(lgd.sweep(X, y, lgd.Linear(), "logistic", stepsizes=linear_stepsizes, steps=steps,
+                                 init="zeros", X_test=X_test, y_test=y_test, compute=compute))
     net = lgd.TwoLayerNet(width, activation="leaky_softplus(0.5)", scaling="mean_field")
-    network = lgd.sweep(X, y, net, "logistic", stepsizes=net_stepsizes, steps=steps, X_test=X_test, y_test=y_test,
-                        compute=compute)
+    network = _finished(lgd.sweep(X, y, net, "logistic", stepsizes=net_stepsizes, steps=steps, X_test=X_test,
+                                  y_test=y_test, compute=compute))
     summary = {"experiment": name, "n": X.shape[0], "d": X.shape[1], "steps": steps,
                "backend": linear.meta["backend"],
                "logistic_regression": [_run_summary(run) for run in linear],
@@ -226,15 +239,16 @@ def acceleration(quick: bool = False, backend: str = "auto", progress=None) -> R
     X, y = lgd.data.wu_toy()
     stepsizes = np.logspace(-1, 3, 9) if quick else np.logspace(-1, 4, 16)
     budgets = (100, 300, 1000) if quick else (100, 1000, 10000)
-    grid = lgd.sweep(X, y, lgd.Linear(), "logistic", stepsizes=stepsizes, steps=budgets[-1], init="zeros",
-                     compute=lgd.Compute(backend, progress=progress))
+    grid = _finished(lgd.sweep(X, y, lgd.Linear(), "logistic", stepsizes=stepsizes, steps=budgets[-1],
+                               init="zeros", compute=lgd.Compute(backend, progress=progress)))
     curves = [acceleration_curve(grid, T) for T in budgets]
     log_budgets = np.log(budgets)
-    monotone_slope = float(np.polyfit(log_budgets, np.log([c.best_monotone_risk for c in curves]), 1)[0])
+    monotone_slope = float(np.polyfit(log_budgets, [c.best_monotone_log_risk for c in curves], 1)[0])
     summary = {"experiment": "acceleration", "data": "wu_toy", "backend": grid.meta["backend"],
                "stepsizes": stepsizes.tolist(),
-               "budgets": [{"steps": c.steps, "risk": c.risk.tolist(), "monotone": c.monotone.tolist(),
-                            "best_stepsize": c.best_stepsize, "best_risk": c.best_risk,
+               "budgets": [{"steps": c.steps, "risk": c.risk.tolist(), "log_risk": c.log_risk.tolist(),
+                            "monotone": c.monotone.tolist(), "best_stepsize": c.best_stepsize,
+                            "best_risk": c.best_risk, "best_log_risk": c.best_log_risk,
                             "best_monotone_stepsize": c.best_monotone_stepsize,
                             "best_monotone_risk": c.best_monotone_risk,
                             "smallest_stepsize_risk": c.smallest_stepsize_risk} for c in curves],
@@ -271,8 +285,9 @@ def eos(quick: bool = False, backend: str = "auto", progress=None) -> Reproducti
     X, y = lgd.data.xor(n=200, noise=0.2)
     net = lgd.TwoLayerNet(32, activation="tanh", scaling="ntk", outer="random", train_outer=True)
     steps, every = (2000, 100) if quick else (8000, 200)
-    grid = lgd.sweep(X, y, net, "squared", stepsizes=(2.0, 5.0, 6.5), steps=steps, init_scale=0.5,
-                     record=lgd.Record(sharpness_every=every), compute=lgd.Compute(backend, progress=progress))
+    grid = _finished(lgd.sweep(X, y, net, "squared", stepsizes=(2.0, 5.0, 6.5), steps=steps, init_scale=0.5,
+                               record=lgd.Record(sharpness_every=every),
+                               compute=lgd.Compute(backend, progress=progress)))
     runs = list(grid)
     summary = {"experiment": "eos", "backend": grid.meta["backend"], "steps": steps, "sharpness_every": every,
                "sharpness_seconds": grid.meta["sharpness_seconds"], "runs": [_run_summary(run) for run in runs]}
@@ -310,8 +325,9 @@ def balancing(quick: bool = False, backend: str = "auto", progress=None) -> Repr
     reference = 4.0 / (x0 * x0 + y0 * y0 + 8.0)
     stepsizes = np.round(np.linspace(0.02, 1.15 * reference, 6 if quick else 13), 5)
     net = lgd.TwoLayerNet(1, activation="identity", scaling=1.0, outer=[y0], train_outer=True)
-    grid = lgd.sweep(np.array([[1.0]]), np.array([1.0]), net, "squared", stepsizes=stepsizes,
-                     steps=1000 if quick else 3000, init=[[x0]], compute=lgd.Compute(backend, progress=progress))
+    grid = _finished(lgd.sweep(np.array([[1.0]]), np.array([1.0]), net, "squared", stepsizes=stepsizes,
+                               steps=1000 if quick else 3000, init=[[x0]],
+                               compute=lgd.Compute(backend, progress=progress)))
     x, y = grid.weights.reshape(-1), grid.outer_weights.reshape(-1)
     converged = np.array([s == "completed" for s in grid.status]) & (np.abs(x * y - 1) < 1e-6)
     gap = np.where(converged, np.abs(x - y), np.nan)
@@ -370,31 +386,28 @@ def reproduce(name: str, quick: bool = False, backend: str = "auto", data_path=N
     return _EXPERIMENTS[name](**kwargs)
 
 
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
 def main(args) -> int:
-    """``lgd reproduce NAME``: run, write NAME.json (and NAME.png) into ``--out``, print what was written."""
+    """``lgd reproduce NAME``: run, write NAME.json (and NAME.png) into ``--out``, print what was written.
+
+    The output folder is checked before the experiment runs; Ctrl-C is left to :func:`lgd.cli.main`
+    (``lgd: interrupted``, exit code 130).
+    """
     import lgd
+    from ._json import to_json
+    from .cli import output_folder
 
     tic = time.perf_counter()
     try:
+        out = output_folder(args.out)
         result = reproduce(args.name, quick=args.quick, backend=args.backend, data_path=args.data_path,
                            progress=args.progress)
     except (ValueError, TypeError, ImportError, FileNotFoundError, lgd.BackendUnavailable) as exc:
         print(f"lgd reproduce: error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     result.summary["quick"] = bool(args.quick)
     result.summary["seconds"] = time.perf_counter() - tic
     written = [out / f"{result.name}.json"]
-    written[0].write_text(json.dumps(result.summary, indent=2, default=_json_default) + "\n")
+    written[0].write_text(to_json(result.summary) + "\n")
     if not args.no_plot:
         try:
             figure = result.draw()

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+import os
+from dataclasses import KW_ONLY, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 
 from . import losses as _losses
 
-__all__ = ["Run", "Sweep", "Phase", "phase_of", "load"]
+__all__ = ["Run", "Sweep", "Phase", "phase_of", "load", "log_risk_trace"]
 
 _SCALARS = ("risk", "accuracy", "grad_norm", "weight_norm", "margin", "normalized_margin",
             "test_risk", "test_accuracy")
@@ -86,6 +88,16 @@ class _Traces:
     neuron_margins: np.ndarray | None
     weights: np.ndarray
     outer_weights: np.ndarray
+    # What later versions record (None in files saved before them, or when not asked for); keyword-only,
+    # so that Run and Sweep can add their own fields after them.
+    _: KW_ONLY
+    log_risk: np.ndarray | None = None
+    initial_weights: np.ndarray | None = None
+    initial_outer_weights: np.ndarray | None = None
+    trajectory: np.ndarray | None = None
+    outer_trajectory: np.ndarray | None = None
+    projections: np.ndarray | None = None
+    trajectory_step: np.ndarray | None = None
 
     @property
     def model(self):
@@ -113,6 +125,21 @@ class Run(_Traces):
     ``'interrupted'``. With ``lgd.Record(sharpness_every=s)``: ``sharpness`` (R_s, k), the top-k Hessian
     eigenvalues at ``sharpness_step`` (R_s,), to compare with :attr:`sharpness_limit` = 2/eta;
     both None otherwise.
+
+    ``log_risk`` (R,): log L(W_t) computed stably, finite where ``risk`` underflows to 0.0 (below
+    about 1e-308 in float64, which large stepsizes on separable data reach); None in results saved
+    before lgd recorded it. ``steps_taken``: the GD updates the run actually took, i.e. t of the last
+    iterate W_t it reached (``weights``): ``steps`` when completed, k when it diverged at step k, fewer
+    than ``steps`` when interrupted. ``seconds`` is the wall time of the GD steps of the call that
+    computed the run; when that call was a sweep of C configurations run side by side, it is the
+    batch's time, which the run shared. ``steps_per_second`` = ``steps_taken`` / ``seconds``: the
+    run's own steps per second of that time (so a run that stopped early shows the few steps it took,
+    and the configurations of a batch add up to the batch's rate :attr:`Sweep.steps_per_second`).
+
+    ``initial_weights`` and ``initial_outer_weights``: W_0 and a_0. With ``lgd.Record(weights=k)``:
+    ``trajectory`` (R_w, m, d) and ``outer_trajectory`` (R_w, m, when the outer weights are trained), or
+    ``projections`` (R_w, P) onto ``Record.project_onto``, at ``trajectory_step`` (R_w,). ``init_index``:
+    which of the sweep's ``inits`` the run started from. Each is None when not recorded.
     """
 
     stepsize: float
@@ -125,6 +152,14 @@ class Run(_Traces):
     meta: dict
     sharpness: np.ndarray | None = None
     sharpness_step: np.ndarray | None = None
+    steps_taken: int | None = None
+    init_index: int | None = None
+
+    def __post_init__(self):
+        if self.steps_taken is None:  # results saved before lgd recorded it
+            diverged = -1 if self.diverged_step is None else self.diverged_step
+            self.steps_taken = _steps_taken(self.status, diverged, self.step, self.steps)
+        self.steps_taken = int(self.steps_taken)
 
     @property
     def phase(self) -> Phase:
@@ -135,6 +170,12 @@ class Run(_Traces):
     @property
     def final_risk(self) -> float:
         return float(self.risk[-1]) if self.risk.size else math.nan
+
+    @property
+    def final_log_risk(self) -> float:
+        """log L at the last recorded step: finite also where :attr:`final_risk` underflowed to 0.0."""
+        trace = log_risk_trace(self)
+        return float(trace[-1]) if trace.size else math.nan
 
     def __repr__(self) -> str:
         return (f"Run(stepsize={self.stepsize:g}, steps={self.steps}, status={self.status!r}, "
@@ -147,9 +188,10 @@ class Run(_Traces):
         columns = {name: getattr(self, name) for name in _SCALARS if getattr(self, name) is not None}
         return pd.DataFrame(columns, index=pd.Index(self.step, name="step"))
 
-    def save(self, path) -> None:
-        """Write the run to ``path`` (.npz); read it back with :func:`lgd.load`."""
-        _save(path, "run", self)
+    def save(self, path) -> Path:
+        """Write the run to ``path`` (``.npz`` appended unless it ends so) and return the path written;
+        :func:`lgd.load` reads it back under either name."""
+        return _save(path, "run", self)
 
 
 @dataclass
@@ -158,8 +200,13 @@ class Sweep(_Traces):
 
     ``stepsize`` and ``seed`` (C,) name the configs (stepsize-major order); ``status`` and
     ``diverged_step`` say how each ended; traces after a config's divergence are NaN.
-    ``sharpness`` (C, R_s, k) at ``sharpness_step`` when recorded. ``sweep[i]`` is config i as a
-    :class:`Run`.
+    ``sharpness`` (C, R_s, k) at ``sharpness_step`` when recorded. ``log_risk`` (C, R) or None and
+    ``steps_taken`` (C,) int64 per config, as in :class:`Run`. ``seconds``: the wall time of the
+    batch's GD steps; ``steps_per_second`` = sum of ``steps_taken`` / ``seconds``, the batch's rate.
+    ``sweep[i]`` is config i as a :class:`Run`, whose ``steps_per_second`` is its own ``steps_taken``
+    over the batch's ``seconds``. ``initial_weights`` (C, ...), ``initial_outer_weights`` (C, m),
+    ``trajectory`` (C, R_w, m, d), ``outer_trajectory`` (C, R_w, m), ``projections`` (C, R_w, P) at
+    ``trajectory_step`` (R_w,), ``init_index`` (C,): as in :class:`Run`, None when not recorded.
     """
 
     stepsize: np.ndarray
@@ -172,6 +219,14 @@ class Sweep(_Traces):
     meta: dict
     sharpness: np.ndarray | None = None
     sharpness_step: np.ndarray | None = None
+    steps_taken: np.ndarray | None = None
+    init_index: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.steps_taken is None:  # results saved before lgd recorded it
+            self.steps_taken = [_steps_taken(status, diverged, self.step, self.steps)
+                                for status, diverged in zip(self.status, self.diverged_step)]
+        self.steps_taken = np.asarray(self.steps_taken, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.stepsize)
@@ -179,22 +234,45 @@ class Sweep(_Traces):
     def __getitem__(self, i: int) -> Run:
         i = range(len(self))[i]
         diverged = int(self.diverged_step[i])
-        keep = self.step < diverged if diverged >= 0 else slice(None)
+
+        def until_divergence(steps, values):
+            """The records up to the divergence: before it, and at it when recorded (a run stopped by the
+            divergence bound has a finite record there; one whose numbers overflowed has none)."""
+            if diverged < 0:
+                return slice(None)
+            at = (steps == diverged) & np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1)
+            return (steps < diverged) | at
+
+        keep = until_divergence(self.step, self.risk[i])
 
         def take(array):
             return None if array is None else array[i][keep]
 
-        sharpness, sharpness_step = self.sharpness, self.sharpness_step
-        if sharpness is not None:
-            measured = sharpness_step < diverged if diverged >= 0 else slice(None)
-            sharpness, sharpness_step = sharpness[i][measured], sharpness_step[measured]
+        def per_config(array):
+            return None if array is None else array[i]
+
+        def before_divergence(steps, *arrays):
+            """The records of config i at ``steps`` before its divergence, and those steps."""
+            if steps is None:
+                return (None,) * (len(arrays) + 1)
+            taken = until_divergence(steps, next(array[i] for array in arrays if array is not None))
+            return (*(None if array is None else array[i][taken] for array in arrays), steps[taken])
+
+        sharpness, sharpness_step = before_divergence(self.sharpness_step, self.sharpness)
+        trajectory, outer_trajectory, projections, trajectory_step = before_divergence(
+            self.trajectory_step, self.trajectory, self.outer_trajectory, self.projections)
+        steps_taken = int(self.steps_taken[i])
         return Run(step=self.step[keep], **{name: take(getattr(self, name)) for name in _SCALARS},
                    neuron_margins=take(self.neuron_margins), weights=self.weights[i],
                    outer_weights=self.outer_weights[i], stepsize=float(self.stepsize[i]),
                    seed=int(self.seed[i]), steps=self.steps, status=self.status[i],
                    diverged_step=diverged if diverged >= 0 else None, seconds=self.seconds,
-                   steps_per_second=self.steps / self.seconds if self.seconds > 0 else math.inf,
-                   meta=self.meta, sharpness=sharpness, sharpness_step=sharpness_step)
+                   steps_per_second=_rate(steps_taken, self.seconds), meta=self.meta, sharpness=sharpness,
+                   sharpness_step=sharpness_step, log_risk=take(self.log_risk), steps_taken=steps_taken,
+                   initial_weights=per_config(self.initial_weights), trajectory=trajectory,
+                   initial_outer_weights=per_config(self.initial_outer_weights), outer_trajectory=outer_trajectory,
+                   projections=projections, trajectory_step=trajectory_step,
+                   init_index=None if self.init_index is None else int(self.init_index[i]))
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -220,15 +298,54 @@ class Sweep(_Traces):
         return pd.concat([run.to_pandas().reset_index().assign(config=i, stepsize=run.stepsize, seed=run.seed)
                           for i, run in enumerate(self)], ignore_index=True)
 
-    def save(self, path) -> None:
-        """Write the sweep to ``path`` (.npz); read it back with :func:`lgd.load`."""
-        _save(path, "sweep", self)
+    def save(self, path) -> Path:
+        """Write the sweep to ``path`` (``.npz`` appended unless it ends so) and return the path written;
+        :func:`lgd.load` reads it back under either name."""
+        return _save(path, "sweep", self)
 
 
-_NON_ARRAYS = ("steps", "status", "seconds", "steps_per_second", "meta", "stepsize", "seed", "diverged_step")
+def _steps_taken(status: str, diverged_step: int, step, steps: int) -> int:
+    """The GD updates a run took, read off how it ended, for results saved without ``steps_taken``.
+
+    Exact for a completed or diverged run; for an interrupted one it is the last recorded step, which
+    lgd records at the step where it stopped (in files from versions before that, a lower bound).
+    """
+    if diverged_step >= 0:
+        return int(diverged_step)
+    if status == "completed":
+        return int(steps)
+    return int(step[-1]) if len(step) else 0
 
 
-def _save(path, kind: str, result) -> None:
+def _rate(steps_taken: int, seconds: float) -> float:
+    if seconds > 0:
+        return steps_taken / seconds
+    return 0.0 if steps_taken == 0 else math.inf
+
+
+def log_risk_trace(result) -> np.ndarray:
+    """log L(W_t) of a :class:`Run` or :class:`Sweep`: its ``log_risk`` when recorded, else log of its
+    ``risk`` (-inf where the risk underflowed to 0.0, as in results saved before lgd recorded it)."""
+    if result.log_risk is not None:
+        return np.asarray(result.log_risk, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(np.asarray(result.risk, dtype=np.float64))
+
+
+_NON_ARRAYS = ("steps", "status", "seconds", "steps_per_second", "meta", "stepsize", "seed", "diverged_step",
+               "steps_taken", "init_index")
+
+
+def _npz_name(path):
+    """The file ``np.savez`` writes for ``path``: the name as given when it ends in .npz, else with .npz
+    appended (an open file is written as it is)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return path
+    name = os.fspath(path)
+    return Path(name if name.endswith(".npz") else name + ".npz")
+
+
+def _save(path, kind: str, result):
     arrays = {}
     header = {"kind": kind, "lgd_format": 1}
     for f in fields(result):
@@ -239,11 +356,18 @@ def _save(path, kind: str, result) -> None:
             header.setdefault("none", []).append(f.name)
         else:
             arrays[f.name] = value.get() if type(value).__module__.startswith("cupy") else np.asarray(value)
+    path = _npz_name(path)
     np.savez_compressed(path, header=np.array(json.dumps(header)), **arrays)
+    return path
 
 
 def load(path):
-    """Read a :class:`Run` or :class:`Sweep` written by its ``save`` method."""
+    """Read a :class:`Run` or :class:`Sweep` written by its ``save`` method.
+
+    ``path`` is tried as given, then with ``.npz`` appended: the names ``save`` accepts load back.
+    """
+    if isinstance(path, (str, os.PathLike)) and not os.path.exists(path) and os.path.exists(_npz_name(path)):
+        path = _npz_name(path)
     with np.load(path, allow_pickle=False) as archive:
         header = json.loads(str(archive["header"]))
         values = {name: archive[name] for name in archive.files if name != "header"}

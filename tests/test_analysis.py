@@ -20,9 +20,9 @@ def template():
 def _synthetic(template, risk, stepsize=10.0, margin=None, sharpness=None, sharpness_step=None):
     step = np.arange(len(risk))
     margin = np.linspace(0.1, 0.2, len(risk)) if margin is None else np.asarray(margin, dtype=float)
-    return dataclasses.replace(template, step=step, risk=np.asarray(risk, dtype=float), stepsize=stepsize,
-                               normalized_margin=margin, steps=len(risk) - 1, sharpness=sharpness,
-                               sharpness_step=sharpness_step)
+    return dataclasses.replace(template, step=step, risk=np.asarray(risk, dtype=float), log_risk=None,
+                               stepsize=stepsize, normalized_margin=margin, steps=len(risk) - 1,
+                               steps_taken=len(risk) - 1, sharpness=sharpness, sharpness_step=sharpness_step)
 
 
 def _eos_then_power_law(power, eta=10.0, steps=1000):
@@ -97,11 +97,11 @@ def test_acceleration_curve_of_a_synthetic_sweep():
     risk = np.array([[4, 3, 2, 1.0], [4, 3, 2, 4.0],          # eta = 1: monotone / not: geometric mean 2
                      [4, 3, 2, 0.5], [4, 3, 2, 0.5],          # eta = 10: monotone, 0.5
                      [4, 5, 2, 0.1], [4, 5, 2, 0.001]])       # eta = 100: non-monotone, 0.01
-    curve = analysis.acceleration_curve(dataclasses.replace(grid, risk=risk))
+    curve = analysis.acceleration_curve(dataclasses.replace(grid, risk=risk, log_risk=None))
     np.testing.assert_allclose(curve.risk, [2.0, 0.5, 0.01])
     assert curve.monotone.tolist() == [False, True, False]
     assert (curve.best_stepsize, curve.best_monotone_stepsize, curve.smallest_stepsize_risk) == (100.0, 10.0, 2.0)
-    at_two = analysis.acceleration_curve(dataclasses.replace(grid, risk=risk), steps=2)
+    at_two = analysis.acceleration_curve(dataclasses.replace(grid, risk=risk, log_risk=None), steps=2)
     np.testing.assert_allclose(at_two.risk, [2.0, 2.0, 2.0])
     assert at_two.monotone.tolist() == [True, True, False]
     with pytest.raises(ValueError, match="not recorded"):
@@ -129,3 +129,38 @@ def test_analyze_a_sweep_and_the_xor_margin_in_the_stable_phase():
     assert result.phase.transition_step is not None
     assert result.margin.final > result.margin.initial > 0
     assert result.margin.largest_relative_decrease < 0.05
+
+
+def test_acceleration_curve_ranks_risks_that_underflowed_by_their_log():
+    """Risks below about 1e-308 are 0.0 in float64: the curve reads log_risk and names the right best stepsize."""
+    X, y = lgd.data.wu_toy()
+    grid = lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0, 10.0, 100.0], seeds=(0, 1), steps=3, init="zeros",
+                     compute="numpy")
+    log_risk = np.array([[0, -1, -2, -3.0]] * 2 + [[0, -100, -400, -700.0]] * 2 + [[0, -200, -600, -1000.0]] * 2)
+    curve = analysis.acceleration_curve(dataclasses.replace(grid, risk=np.exp(log_risk), log_risk=log_risk))
+    assert curve.risk[2] == 0.0 and curve.log_risk.tolist() == [-3.0, -700.0, -1000.0]
+    assert curve.best_stepsize == 100.0 and curve.best_log_risk == -1000.0 and curve.monotone.all()
+    # results without log_risk: log(0) = -inf, still ranked first and never dropped as missing
+    fallback = analysis.acceleration_curve(dataclasses.replace(grid, risk=np.exp(log_risk), log_risk=None))
+    assert fallback.best_stepsize == 100.0 and fallback.log_risk[2] == -np.inf and fallback.monotone.all()
+
+
+def test_a_real_sweep_whose_largest_stepsize_underflows_is_ranked_best():
+    X, y = lgd.data.wu_toy()
+    grid = lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0, 1e4, 1e6], steps=200, init="zeros", compute="numpy")
+    assert grid.risk[-1, -1] == 0.0 and np.isfinite(grid.log_risk[-1, -1])
+    curve = analysis.acceleration_curve(grid)
+    assert curve.best_stepsize == 1e6 and curve.best_log_risk == pytest.approx(grid.log_risk[-1, -1])
+    assert grid[-1].final_log_risk == curve.best_log_risk
+
+
+def test_stable_rate_of_a_run_whose_risk_underflowed(template):
+    t = np.arange(1001, dtype=float)
+    with np.errstate(divide="ignore"):
+        log_risk = -800.0 - np.log(np.maximum(t, 1.0))          # L = e^-800 / t: 0.0 in float64 at every step
+    run = dataclasses.replace(_synthetic(template, np.exp(log_risk)), log_risk=log_risk)
+    assert not run.risk.any()
+    stable = analysis.stable_rate(run)
+    assert stable.monotone and stable.slope == pytest.approx(-1.0, abs=1e-12)
+    assert stable.rate_change_last_decade == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(analysis.stable_rate(dataclasses.replace(run, log_risk=None)).slope)  # log(0): nothing to fit

@@ -102,6 +102,6 @@ def test_a_code_the_kernels_do_not_have_is_refused(compiled_backend_dtype):
         case.backend.runner(problem, 3, 1, (1, 4, 5))
     state = initial_state(model, 5, case.dtype, [0.1])
     runner = ORACLE.runner(problem, 3, 1, state.W.shape)
-    runner.start(state, Trace.empty(1, record_steps(3, 1).size, 4, True))
+    runner.start(state, Trace.empty(1, record_steps(3, 1).size, 4, True, dim=5, dtype=case.dtype))
     runner.advance(0, 4)
     assert np.all(state.diverged < 0) and np.isfinite(state.W).all()

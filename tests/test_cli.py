@@ -42,7 +42,8 @@ def test_lgd_run_options(tmp_path, capsys):
     assert [r["stepsize"] for r in summary["runs"]] == [0.5, 200.0]
     assert "Linear()" in summary["header"] and "float32" in summary["header"]
     assert not (tmp_path / "figure.png").exists()
-    run = lgd.load(tmp_path / "run_eta200.npz")
+    assert [r["traces"] for r in summary["runs"]] == ["run0_eta0.5.npz", "run1_eta200.npz"]
+    run = lgd.load(tmp_path / "run1_eta200.npz")
     assert run.step[-1] == 300 and run.step[1] == 10 and run.weights.dtype == np.float32
 
 

@@ -313,7 +313,7 @@ def test_runner_compiles_the_product_mode_it_runs(blas, monkeypatch):
     compiled = set(numba_cpu.run_team.signatures)
     grads_blas = [sig[-1].types[-1] for sig in compiled]  # the BLAS buffers' type: an array or None
     assert any(isinstance(kind, types.Array) == blas and (kind == types.none) != blas for kind in grads_blas)
-    runner.start(state, Trace.empty(1, 4, model.width, True))
+    runner.start(state, Trace.empty(1, 4, model.width, True, dim=problem.X.shape[1]))
     runner.advance(0, 4)
     assert set(numba_cpu.run_team.signatures) == compiled
     assert np.isfinite(state.W).all()

@@ -42,12 +42,13 @@ FOLDER = Path(__file__).resolve().parent
 
 def _sources() -> list:
     """The files a kernel's machine code depends on: this folder's modules and the lgd modules they import
-    (the catalogs' codes, the record rule)."""
+    (the catalogs' codes, the record rule, the log-risk rule)."""
     import lgd.activations
     import lgd.backends
     import lgd.losses
+    import lgd.models
 
-    upstream = [Path(module.__file__) for module in (lgd.activations, lgd.losses, lgd.backends)]
+    upstream = [Path(module.__file__) for module in (lgd.activations, lgd.losses, lgd.backends, lgd.models)]
     return sorted(FOLDER.glob("*.py")) + upstream
 
 

@@ -26,6 +26,9 @@ the entry's parameter):
 - flattened_polynomial(a):    (1 + u)^-a (u >= 0), 1 - a u (u < 0),   -a (1 + u)^{-a-1}, -a
 - squared:                    r^2 / 2,                                r
 
+and the log of each loss where the loss itself underflows (:func:`log_loss_row`, for the log-risk):
+-u (logistic beyond u = 36, exponential), -a u and -a log1p(u) (the flattened tails), 2 log|r| - log 2.
+
 Every sigmoid and softplus is built from e^-|z|, so nothing overflows for |z| up to 1e6; only e^-u of
 the exponential loss overflows (to inf: the run diverges, as the oracle's does). What the formulas feed
 (the forward and backward pass, G_ij = loss'_i y_i s a_j phi'(Z_ij) / n) lives in step.
@@ -39,7 +42,7 @@ from lgd.activations import GELU, IDENTITY, LEAKY_RELU, LEAKY_SOFTPLUS, RELU, SI
 from lgd.losses import EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL, LOGISTIC, SQUARED
 
 from .compiler import subroutine
-from .exp_log1p import exp, exp_of, log1p_parts_of, softplus_sigmoid_from_exp_of
+from .exp_log1p import exp, exp_of, log1p_parts_of, softplus_sigmoid_from_exp, softplus_sigmoid_from_exp_of
 from .intrinsics import fma, like
 
 # The codes this file has a formula for: a catalog entry missing here is refused (and the tests, which
@@ -150,3 +153,26 @@ def loss_row(code, a, u):
     if code == SQUARED:  # u = f - y
         return 0.5 * u * u, u
     return math.nan, math.nan
+
+
+_LOG2 = 0.6931471805599453
+
+
+@subroutine(types.float64)
+def log_loss_row(code, a, u):
+    """log loss(u) of one sample in float64, finite where loss(u) underflows to 0 (the formulas of the
+    catalogs' ``log_value``)."""
+    if code == LOGISTIC:
+        if u > 36.0:  # log log1p(e^-u) = -u + log1p(-e^-u / 2 + ...) = -u to rounding
+            return -u
+        sp, sg = softplus_sigmoid_from_exp(-u, exp(-abs(u)))
+        return math.log(sp)
+    if code == EXPONENTIAL:
+        return -u
+    if code == FLATTENED_EXPONENTIAL:
+        return -a * u if u >= 0.0 else math.log(1.0 - a * u)
+    if code == FLATTENED_POLYNOMIAL:
+        return -a * math.log1p(u) if u >= 0.0 else math.log(1.0 - a * u)
+    if code == SQUARED:
+        return 2.0 * math.log(abs(u)) - _LOG2
+    return math.nan

@@ -23,9 +23,10 @@ import numpy as np
 from numba import types
 
 from lgd.backends import record_slot as _record_slot
+from lgd.models import LOG_RISK_EXACT_BELOW, LOG_RISK_EXACT_BELOW_F32
 
 from .compiler import subroutine
-from .formulas import activate_row, loss_row
+from .formulas import activate_row, log_loss_row, loss_row
 from .intrinsics import dot_lanes, flat, fma, like
 from .tiles import (BACKWARD_GROUP, TILE_ROWS, WAITING_MAX_M, WAITING_SAMPLES, WIDE_MIN_D, WIDE_ROWS, backward_rows,
                     forward_rows)
@@ -95,20 +96,21 @@ def sum_squares_rounded(flat, f32):
     return sum_squares(flat)
 
 
-@subroutine(types.UniTuple(types.float64, 3))
+@subroutine(types.UniTuple(types.float64, 4))
 def sample_out(code_loss, loss_param, margin_loss, yi, f, f32):
-    """(loss value, coefficient loss' * y (or loss' for the squared loss), y f) of one sample."""
+    """(loss value, coefficient loss' * y (or loss' for the squared loss), y f, the loss's argument u) of
+    one sample."""
     u = yi * f if margin_loss else f - yi
     value, slope = loss_row(code_loss, loss_param, u)
     value = narrow(value, f32)
     slope = narrow(slope, f32)
-    return value, (slope * yi if margin_loss else slope), yi * f
+    return value, (slope * yi if margin_loss else slope), yi * f, u
 
 
 
 @subroutine(types.void)
 def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, member, p, q, qs, rows, grad, grad_a,
-                 neuron, stats, train):
+                 neuron, stats, train, us):
     """One pass over samples [i0, i1) of one configuration (the only place that evaluates the net), for
     the activation, loss and model of `spec` (a Spec).
 
@@ -116,7 +118,8 @@ def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, membe
     (WIDE_ROWS from d >= WIDE_MIN_D) into zt = zs[member] (WIDE_ROWS, m) (a block's last few rows
     without tiles), or are read from Z (BLAS mode). Exactly one of Z and zs is None: that prunes the
     other mode's code at compile time.
-    stats receives (sum of loss values, number with y f > 0, min y f). With train, also the
+    stats receives (sum of loss values, number with y f > 0, min y f); at record steps of the training
+    block, us[i] receives each sample's loss argument u (for the log-risk). With train, also the
     gradient: added to grad (d, m) and grad_a (m,), or, with Z, G written over the rows of Z (the
     caller then forms G^T X); at record steps also the per-neuron margins min y a_j phi(z_ij). qs
     (WAITING_SAMPLES, m) and rows (WAITING_SAMPLES,) hold the samples waiting for the gradient
@@ -172,8 +175,10 @@ def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, membe
                     tile_start, tile_end = i, i + count
                 activate_row(act, act_param, zt, i - tile_start, p, q, m)
             f = scale * np.float64(dot_row(a, p, m))
-        value, coef, yf = sample_out(spec.loss, spec.loss_param, spec.margin_loss, yi, f, spec.f32)
+        value, coef, yf, u = sample_out(spec.loss, spec.loss_param, spec.margin_loss, yi, f, spec.f32)
         risk += value
+        if record and train:
+            us[i] = u
         if yf > 0.0:
             correct += 1.0
         if train:
@@ -229,13 +234,29 @@ def close_step(grad, grad_a, risk_sum, n, train_outer, f32):
     return risk, grad_sq
 
 
+@subroutine(types.float64)
+def log_risk_of(risk, code_loss, loss_param, us, f32):
+    """log L by the oracle's rule (lgd.models.log_risk_of): log(risk) while the risk is well within range,
+    else from the per-sample log-losses of the arguments us (max + log sum e^(l - max) - log n)."""
+    if risk >= (LOG_RISK_EXACT_BELOW_F32 if f32 else LOG_RISK_EXACT_BELOW):
+        return math.log(risk)
+    n = us.size
+    top = -np.inf
+    for i in range(n):
+        top = max(top, log_loss_row(code_loss, loss_param, us[i]))
+    if not math.isfinite(top):
+        return top
+    total = 0.0
+    for i in range(n):
+        total += math.exp(log_loss_row(code_loss, loss_param, us[i]) - top)
+    return top + math.log(total) - math.log(n)
+
+
 @subroutine(types.void)
-def record_step(trace, c, slot, n, risk, grad_sq, stats, Wt, a, train_outer, neuron, n_test, test_stats, f32):
-    """Write slot `slot` of configuration c of every field of `trace` (an lgd.backends.Trace)."""
-    weight_sq = sum_squares(flat(Wt))
-    if train_outer:
-        weight_sq += sum_squares(a)
+def record_step(trace, c, slot, n, risk, log_risk, grad_sq, weight_sq, stats, neuron, n_test, test_stats, f32):
+    """Write slot `slot` of configuration c of every scalar field of `trace` (an lgd.backends.Trace)."""
     trace.risk[c, slot] = risk
+    trace.log_risk[c, slot] = log_risk
     trace.accuracy[c, slot] = stats[1] / n
     trace.grad_norm[c, slot] = math.sqrt(grad_sq)
     trace.weight_norm[c, slot] = math.sqrt(weight_sq)
@@ -271,19 +292,54 @@ def update(Wt, a, grad, grad_a, eta, train_outer, f32):
             a[j] = a[j] - narrow(eta * grad_a[j], f32)
 
 
+@subroutine(types.void)
+def record_weights(trace, c, slot, Wt, a, directions):
+    """W (and a) of configuration c at trajectory slot `slot`, or (with projections) sum_jk V_pjk W_jk for
+    every direction V_p, in float64."""
+    d, m = Wt.shape
+    if trace.projections.shape[2] > 0:
+        for p in range(directions.shape[0]):
+            s = 0.0
+            for j in range(m):
+                for k in range(d):
+                    s += np.float64(directions[p, j, k]) * np.float64(Wt[k, j])
+            trace.projections[c, slot, p] = s
+        return
+    for j in range(m):
+        for k in range(d):
+            trace.weights[c, slot, j, k] = Wt[k, j]
+    if trace.outer.shape[1] > 0:
+        for j in range(m):
+            trace.outer[c, slot, j] = a[j]
+
+
 @subroutine(types.boolean)
 def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, eta, trace, neuron, n_test, test_stats,
-             diverged):
-    """After the pass over the samples at step t: divergence test, records, update. False if diverged."""
+             diverged, us, directions):
+    """After the pass over the samples at step t: divergence test, records, update. False if the run stops
+    here: a risk or gradient that is not finite (nothing recorded), or a risk or weight norm above the
+    spec's bounds (recorded, then stopped)."""
     train_outer, f32 = spec.train_outer, spec.f32
     risk, grad_sq = close_step(grad, grad_a, stats[0], n, train_outer, f32)
     if not (math.isfinite(risk) and math.isfinite(grad_sq)):
         diverged[c] = t
         return False
     slot = record_slot(t, schedule.steps, schedule.record_every)
+    weight_sq = 0.0
+    if slot >= 0 or spec.weight_bound < math.inf:
+        weight_sq = sum_squares(flat(Wt))
+        if train_outer:
+            weight_sq += sum_squares(a_step)
     if slot >= 0:
-        record_step(trace, c, slot, n, risk, grad_sq, stats, Wt, a_step, train_outer, neuron, n_test, test_stats,
-                    f32)
+        log_risk = log_risk_of(risk, spec.loss, spec.loss_param, us, f32)
+        record_step(trace, c, slot, n, risk, log_risk, grad_sq, weight_sq, stats, neuron, n_test, test_stats, f32)
+    if trace.weights.shape[1] > 0 or trace.projections.shape[1] > 0:
+        weight_slot = record_slot(t, schedule.steps, schedule.weights_every)
+        if weight_slot >= 0:
+            record_weights(trace, c, weight_slot, Wt, a_step, directions)
+    if risk > spec.risk_bound or math.sqrt(weight_sq) > spec.weight_bound:
+        diverged[c] = t
+        return False
     if t < schedule.steps:
         update(Wt, a, grad, grad_a, eta, train_outer, f32)
     return True

@@ -29,12 +29,14 @@ from .tiles import blas_backward, blas_forward
 
 
 class Data(NamedTuple):
-    """The training and held-out data, C-contiguous in the run's dtype (X_test (0, d) when there is none)."""
+    """The training and held-out data, C-contiguous in the run's dtype (X_test (0, d) when there is none), and
+    the directions (P, m, d) the trajectories are projected onto ((0, m, d) when they are not)."""
 
     X: np.ndarray
     y: np.ndarray
     X_test: np.ndarray
     y_test: np.ndarray
+    directions: np.ndarray
 
 
 class Batch(NamedTuple):
@@ -50,7 +52,8 @@ class Batch(NamedTuple):
 class Spec(NamedTuple):
     """What is computed: codes and parameters of the catalogs' activation and loss, the margin rule
     (u = y f, else r = f - y), the output scale s, whether a is trained, the linear model's fast path,
-    and whether the run is float32 (rounded as the oracle rounds)."""
+    whether the run is float32 (rounded as the oracle rounds), and the bounds on the risk and on the weight
+    norm above which a run stops as diverged (inf: none)."""
 
     activation: int
     activation_param: float
@@ -61,15 +64,19 @@ class Spec(NamedTuple):
     train_outer: bool
     linear: bool
     f32: bool
+    risk_bound: float
+    weight_bound: float
 
 
 class Schedule(NamedTuple):
-    """Evaluations t in [t_start, t_stop) of a run of `steps` steps recording every `record_every`."""
+    """Evaluations t in [t_start, t_stop) of a run of `steps` steps recording every `record_every`, and the
+    trajectories (when the trace has room for them) every `weights_every`."""
 
     t_start: int
     t_stop: int
     steps: int
     record_every: int
+    weights_every: int
 
 
 class Team(NamedTuple):
@@ -93,7 +100,7 @@ class Buffers(NamedTuple):
     phi and phi', pending_q (WAITING_SAMPLES, m) and pending_rows (WAITING_SAMPLES,) int64 the samples
     waiting for the gradient, grads (d, m) and grads_a (m,) partial gradients; float64: neurons_part (m,)
     per member, stats (2 team, 3) per member's training and held-out blocks; grad, grad_a, neuron and
-    total (2, 3) the sums. BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m). The fused loops' zs is
+    total (2, 3) the sums; us (n,) float64 the samples' loss arguments at record steps. BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m). The fused loops' zs is
     None with BLAS, and Z, Z_test and grads_blas None without: a branch on None is pruned at compile time,
     so each product mode is a kernel of its own without the other's code.
     """
@@ -114,6 +121,7 @@ class Buffers(NamedTuple):
     grad_a: np.ndarray
     neuron: np.ndarray
     total: np.ndarray
+    us: np.ndarray
     Z: object
     Z_test: object
     grads_blas: object
@@ -148,9 +156,10 @@ def run_team(team, data, batch, trace, spec, schedule, buffers):
     other, by this member of a team (see the module's docstring).
 
     At each evaluation t of a configuration it computes the risk, the gradient and, at record steps
-    (:func:`lgd.backends.record_slot`), the recorded metrics of W_t into `trace`; then, when t < steps,
-    W_{t+1} = W_t - eta grad. A configuration whose risk or squared gradient norm is not finite stops:
-    batch.diverged[c] = t, and its weights stay W_t. Returns formulas.KNOWN, or the code of
+    (:func:`lgd.backends.record_slot`), the recorded metrics of W_t into `trace` (and at the trajectory's
+    steps W_t or its projections); then, when t < steps, W_{t+1} = W_t - eta grad. A configuration whose
+    risk or squared gradient norm is not finite, or whose risk or weight norm passes the spec's bounds,
+    stops: batch.diverged[c] = t, and its weights stay W_t. Returns formulas.KNOWN, or the code of
     formulas.unknown_code when the spec names an activation or loss the formulas do not have (then
     nothing runs).
 
@@ -163,7 +172,7 @@ def run_team(team, data, batch, trace, spec, schedule, buffers):
     if verdict != KNOWN or schedule.t_start >= schedule.t_stop:
         return verdict
     member, size, sync, go, queue, configs = team
-    X, y, X_test, y_test = data
+    X, y, X_test, y_test, directions = data
     b = buffers
     m, d = batch.W.shape[1], batch.W.shape[2]
     n = X.shape[0]
@@ -201,14 +210,14 @@ def run_team(team, data, batch, trace, spec, schedule, buffers):
                              b.a_step, spec, inv_n, record, neurons, i0 if train else k0, i1 if train else k1, b.zs,
                              member, b.ps[member], b.qs[member], b.pending_q[member], b.pending_rows[member],
                              b.grads[member], b.grads_a[member], b.neurons_part[member],
-                             b.stats[member if train else size + member], train)
+                             b.stats[member if train else size + member], train, b.us)
             blas_backward(X, i0, i1, b.Z, b.grads_blas, member)
             barrier(sync, size)
             if member == 0:
                 reduce_blocks(size, test, b.grads, b.grads_a, b.neurons_part, b.stats, b.grad, b.grad_a, b.neuron,
                               b.total, b.grads_blas)
                 go[0] = step_end(c, t, schedule, spec, n, b.total[0], b.grad, b.grad_a, b.Wt, b.a, b.a_step, eta,
-                                 trace, b.neuron, n_test, b.total[1], batch.diverged)
+                                 trace, b.neuron, n_test, b.total[1], batch.diverged, b.us, directions)
                 for j in range(m):
                     b.a_step[j] = b.a[j]
             barrier(sync, size)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -56,6 +57,14 @@ class Problem:
     linear: bool
     X_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    # A run is stopped as diverged once its risk exceeds risk_bound, or the norm of its weights (W and a)
+    # exceeds weight_bound (inf: no bound), besides a risk or gradient that is not finite.
+    risk_bound: float = math.inf
+    weight_bound: float = math.inf
+    # Trajectories: the weights (or their projections onto `directions`, (P, m, d)) are recorded at the
+    # steps record_steps(steps, weights_every) when weights_every > 0.
+    weights_every: int = 0
+    directions: np.ndarray | None = None
 
     @property
     def dtype(self):
@@ -78,12 +87,15 @@ class State:
 
 
 class Trace(NamedTuple):
-    """The records of a batch, host float64 arrays: scalars (C, R) and neuron margins (C, R, m) or (C, 0, m).
+    """The records of a batch, host arrays: float64 scalars (C, R) and neuron margins (C, R, m) or (C, 0, m);
+    trajectories in the run's dtype, weights (C, Rw, m, d) and outer weights (C, Rw, m), or float64
+    projections (C, Rw, P), with Rw = 0 when they are not recorded.
 
     A named tuple so that the numba kernels take it as it is and write each field by name.
     """
 
     risk: np.ndarray
+    log_risk: np.ndarray
     accuracy: np.ndarray
     grad_norm: np.ndarray
     weight_norm: np.ndarray
@@ -91,17 +103,27 @@ class Trace(NamedTuple):
     test_risk: np.ndarray
     test_accuracy: np.ndarray
     neuron_margins: np.ndarray
+    weights: np.ndarray
+    outer: np.ndarray
+    projections: np.ndarray
 
     @classmethod
-    def empty(cls, configs: int, records: int, width: int, neurons: bool) -> "Trace":
-        """NaN-filled records of `configs` configurations, `records` slots, per-neuron margins if `neurons`."""
+    def empty(cls, configs: int, records: int, width: int, neurons: bool, *, weight_records: int = 0,
+              dim: int = 0, dtype=np.float64, outer: bool = False, directions: int = 0) -> "Trace":
+        """NaN-filled records of `configs` configurations: `records` slots of the scalars, per-neuron
+        margins if `neurons`; `weight_records` slots of the weights W (width, dim) in `dtype` (and of the
+        outer weights if `outer`), or of their projections onto `directions` directions when that is > 0."""
         scalars = {name: np.full((configs, records), np.nan) for name in TRACE_FIELDS}
         neuron = np.full((configs, records if neurons else 0, width), np.nan)
-        return cls(neuron_margins=neuron, **scalars)
+        stored = 0 if directions else weight_records
+        return cls(neuron_margins=neuron, **scalars,
+                   weights=np.full((configs, stored, width, dim), np.nan, dtype=dtype),
+                   outer=np.full((configs, stored if outer else 0, width), np.nan, dtype=dtype),
+                   projections=np.full((configs, weight_records if directions else 0, directions), np.nan))
 
 
 # The scalar fields of a Trace, one float64 value per (configuration, record).
-TRACE_FIELDS = tuple(name for name in Trace._fields if name != "neuron_margins")
+TRACE_FIELDS = ("risk", "log_risk", "accuracy", "grad_norm", "weight_norm", "margin", "test_risk", "test_accuracy")
 
 
 def record_steps(steps: int, record_every: int) -> np.ndarray:
@@ -137,6 +159,9 @@ class Backend:
     module_name: str
     install: str = ""
     device: bool = False  # runs on a GPU: takes device arrays as they are and returns device arrays
+    # The library the install hint installs: the hint is given only while it is missing (a GPU backend may be
+    # installed and still not run, for want of a driver or a device). Empty: the hint is always given.
+    library: str = ""
 
     def availability(self) -> tuple[bool, str]:
         """(usable, reason); the reason says what is missing when it is not."""
@@ -172,7 +197,7 @@ _BACKENDS = {
     "numpy": Backend("numpy", "lgd.backends._numpy"),
     "numba": Backend("numba", "lgd.backends._numba", install='pip install "lgd[numba]"'),
     "cupy": Backend("cupy", "lgd.backends._cupy", install='pip install "lgd[cuda13]" (or "lgd[cuda12]")',
-                    device=True),
+                    device=True, library="cupy"),
 }
 
 
@@ -196,7 +221,8 @@ def _usable(backend: Backend) -> Backend:
     usable, reason = backend.availability()
     if not usable:
         shipped = importlib.util.find_spec(backend.module_name) is not None
-        hint = f"; install it with {backend.install}" if shipped and backend.install else ""
+        missing = not backend.library or importlib.util.find_spec(backend.library) is None
+        hint = f"; install it with {backend.install}" if shipped and backend.install and missing else ""
         raise BackendUnavailable(f"backend {backend.name!r} is not available: {reason}{hint}")
     return backend
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -40,6 +42,8 @@ BLAS_BOUND_D = 512
 # threads, so that each thread's share of a step outweighs the two barriers (about a microsecond
 # each) that a team needs per step.
 TEAM_WORK = 1 << 11
+# Seconds a runner waits for its kernel before it says that it is compiling (a cache load is faster).
+COMPILE_NOTICE_S = 1.0
 
 
 def available() -> tuple[bool, str]:
@@ -70,18 +74,22 @@ class Runner:
             test = (np.ascontiguousarray(p.X_test), np.ascontiguousarray(p.y_test))
         else:
             test = (np.empty((0, d), dtype=p.dtype), np.empty(0, dtype=p.dtype))
-        self._data = numba_cpu.Data(np.ascontiguousarray(p.X), np.ascontiguousarray(p.y), *test)
+        m = 1 if shape is None else int(shape[1])
+        directions = (np.empty((0, m, d), dtype=p.dtype) if p.directions is None
+                      else np.ascontiguousarray(p.directions, dtype=p.dtype))
+        self._data = numba_cpu.Data(np.ascontiguousarray(p.X), np.ascontiguousarray(p.y), *test, directions)
         self._spec = numba_cpu.Spec(activation=int(p.activation.code), activation_param=float(p.activation.param),
                                     loss=int(p.loss.code), loss_param=float(p.loss.param),
                                     margin_loss=bool(p.loss.margin), scale=float(p.scale),
                                     train_outer=bool(p.train_outer), linear=bool(p.linear),
-                                    f32=p.dtype == np.float32)
+                                    f32=p.dtype == np.float32, risk_bound=float(p.risk_bound),
+                                    weight_bound=float(p.weight_bound))
         self._pool = None
         # Without threadpoolctl no BLAS runs inside a team: the fused loops do every product.
         self._threadpoolctl = importlib.util.find_spec("threadpoolctl") is not None
         self._blas_limits = None  # threadpoolctl's controller of the BLAS libraries, made on first use (ms)
         self.state, self.trace, self._batch = None, None, None
-        self._compile(1 if shape is None else int(shape[1]))
+        self._compile(m)
 
     def start(self, state: State, trace: Trace):
         arrays = tuple(trace) + (state.W, state.a, state.diverged)
@@ -122,15 +130,25 @@ class Runner:
         # during a cold compile; off, the compile's garbage waits for the first collection after it.
         collecting = gc.isenabled()
         gc.disable()
+        # Loading from the cache takes well under COMPILE_NOTICE_S: a call still busy then is compiling,
+        # which takes seconds, and says so once rather than sit silent.
+        mode = "BLAS" if self._use_blas(m) else "fused"
+        notice = threading.Timer(COMPILE_NOTICE_S, print, (
+            f"lgd: compiling the numba kernel for {np.dtype(dtype).name} ({mode} products): about 10 s, once; "
+            f"later runs load it from the cache",), {"file": sys.stderr, "flush": True})
+        notice.daemon = True
+        notice.start()
         try:
-            self._chunk(batch, Trace.empty(1, 1, m, True), np.zeros(1, dtype=np.intp), 0, 0)
+            self._chunk(batch, Trace.empty(1, 1, m, True, dim=d, dtype=dtype), np.zeros(1, dtype=np.intp), 0, 0)
         finally:
+            notice.cancel()
             if collecting:
                 gc.enable()
 
     def _chunk(self, batch, trace: Trace, live, t_start: int, t_stop: int):
         """Evaluations [t_start, t_stop) of the configurations `live` (t_start == t_stop: compile only)."""
-        schedule = self._kernels.Schedule(t_start, t_stop, self.steps, self.record_every)
+        schedule = self._kernels.Schedule(t_start, t_stop, self.steps, self.record_every,
+                                          max(1, self.problem.weights_every))
         m = batch.W.shape[1]
         blas = self._use_blas(m)
         team = self.team_size(len(live), m)
@@ -231,7 +249,7 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
         pending_rows=_own_rows((team, waiting), np.int64), grads=empty((team, d, m), dtype),
         grads_a=_own_rows((team, m), dtype), neurons_part=_own_rows((team, m), np.float64),
         stats=_own_rows((2 * team, 3), np.float64), grad=empty((d, m)), grad_a=empty(m), neuron=empty(m),
-        total=empty((2, 3)), **products)
+        total=empty((2, 3)), us=empty(n), **products)
 
 
 CACHE_LINE = 64

@@ -47,18 +47,24 @@ class Runner:
                 if not (math.isfinite(float(ev.risk)) and math.isfinite(grad_sq)):
                     state.diverged[c] = t
                     break
+                weight_sq = float(np.sum(W * W)) + (float(np.sum(a * a)) if p.train_outer else 0.0)
                 slot = record_slot(t, steps, self.record_every)
                 if slot >= 0:
-                    self._record(trace, c, slot, ev, grad_sq, W, a)
+                    self._record(trace, c, slot, ev, grad_sq, weight_sq, W, a)
+                if p.weights_every > 0:
+                    self._record_weights(trace, c, record_slot(t, steps, p.weights_every), W, a)
+                if ev.risk > p.risk_bound or math.sqrt(weight_sq) > p.weight_bound:
+                    state.diverged[c] = t
+                    break
                 if t < steps:
                     W -= eta * ev.grad_W
                     if p.train_outer:
                         a -= eta * ev.grad_a
 
-    def _record(self, trace: Trace, c: int, slot: int, ev, grad_sq: float, W, a):
+    def _record(self, trace: Trace, c: int, slot: int, ev, grad_sq: float, weight_sq: float, W, a):
         p = self.problem
-        weight_sq = float(np.sum(W * W)) + (float(np.sum(a * a)) if p.train_outer else 0.0)
         trace.risk[c, slot] = ev.risk
+        trace.log_risk[c, slot] = ev.log_risk
         trace.accuracy[c, slot] = ev.accuracy
         trace.grad_norm[c, slot] = math.sqrt(grad_sq)
         trace.weight_norm[c, slot] = math.sqrt(weight_sq)
@@ -71,6 +77,18 @@ class Runner:
             with np.errstate(over="ignore"):
                 trace.test_risk[c, slot] = p.loss.value(u).mean()
             trace.test_accuracy[c, slot] = np.mean(p.y_test * f > 0)
+
+    def _record_weights(self, trace: Trace, c: int, slot: int, W, a):
+        """W (and a) at a trajectory slot, or their projections onto the problem's directions."""
+        if slot < 0:
+            return
+        if trace.projections.shape[2]:
+            trace.projections[c, slot] = np.tensordot(self.problem.directions.astype(np.float64),
+                                                      W.astype(np.float64), axes=2)
+            return
+        trace.weights[c, slot] = W
+        if trace.outer.shape[1]:
+            trace.outer[c, slot] = a
 
     def finish(self):
         """Nothing to copy: the trace was written in place."""
