@@ -24,21 +24,21 @@ def problem():
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("case", list(CASES))
-def test_sweep_with_trajectories(benchmark, problem, case, dtype):
+@pytest.mark.parametrize("recording", list(CASES))
+def test_sweep_with_trajectories(benchmark, problem, recording, dtype):
     X, y, net, stepsizes = problem
     steps = 3 if benchmark.disabled else STEPS
     compute = lgd.Compute("numba", dtype=dtype, progress=False)
 
     def run():
-        return lgd.sweep(X, y, net, "logistic", stepsizes=stepsizes, steps=steps, record=CASES[case],
+        return lgd.sweep(X, y, net, "logistic", stepsizes=stepsizes, steps=steps, record=CASES[recording],
                          compute=compute)
 
     run()  # compile or load before timing
     benchmark.group = f"trajectories {dtype}"
     result = benchmark.pedantic(run, rounds=1 if benchmark.disabled else 5, iterations=1)
     benchmark.extra_info.update(configs=len(stepsizes), steps=steps)
-    if case == "weights_every_step":
+    if recording == "weights_every_step":
         assert result.trajectory.shape == (64, steps + 1, 64, 16)
     else:
         assert result.trajectory is None

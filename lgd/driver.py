@@ -208,12 +208,12 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
             last.finish()
 
     def kept(field: str, every: int):
-        """A trace field over the steps the run took (and, when interrupted, the step it stopped at)."""
-        values = getattr(trace, field)
-        taken = record_steps(steps, every) < reached
+        """A trace field over the steps the run took (and, when interrupted, the step it stopped at): a view
+        of the records, not a copy (trajectories can take gigabytes), unless the stop step is appended."""
+        values = getattr(trace, field)[:, :np.count_nonzero(record_steps(steps, every) < reached)]
         if final is None:
-            return values[:, taken]
-        return np.concatenate([values[:, taken], getattr(final, field)[:, -1:]], axis=1)
+            return values
+        return np.concatenate([values, getattr(final, field)[:, -1:]], axis=1)
 
     def kept_steps(every: int) -> np.ndarray:
         taken = record_steps(steps, every)
@@ -239,6 +239,14 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
     trajectory = outer_trajectory = projections = trajectory_step = None
     if record.weights:
         trajectory_step = kept_steps(record.weights)
+        for field in ("weights", "outer"):  # slots a diverged run never reached were left empty
+            values = getattr(trace, field)
+            if values.shape[1] == 0:
+                continue
+            for c in np.flatnonzero(state.diverged >= 0):
+                values[c, record_steps(steps, record.weights) > state.diverged[c]] = np.nan
+            if final is not None and getattr(final, field).shape[1]:
+                getattr(final, field)[(state.diverged >= 0) & (state.diverged < reached), -1] = np.nan
         if directions is not None:
             projections = kept("projections", record.weights)
         else:

@@ -157,3 +157,17 @@ def test_ctrl_c_stops_a_run_with_its_weights_at_its_last_record(backend_dtype):
     a = np.where(np.arange(16) % 2 == 0, 1.0, -1.0).astype(case.dtype)
     ev = evaluate(run.weights, a, X, y, lgd.activations.get("leaky_softplus"), lgd.losses.get("logistic"), 1 / 16)
     np.testing.assert_allclose(run.risk[-1], ev.risk, rtol=case.rtol)
+
+
+def test_a_diverged_runs_trajectory_ends_where_it_diverged(backend_dtype):
+    """The trajectory holds W_t up to the divergence and NaN after it (overflowing numbers: NaN at it)."""
+    case = backend_dtype
+    X, y, _, _ = problem_data("exponential", dtype=case.dtype, test=False)
+    result = lgd.sweep(X, y, lgd.TwoLayerNet(6), "exponential", stepsizes=[0.1, 1e4], steps=40,
+                       record=lgd.Record(weights=3), compute=_compute(case), divergence=math.inf)
+    calm, wild = result[0], result[1]
+    assert calm.status == "completed" and np.isfinite(calm.trajectory).all()
+    assert wild.status == "diverged"
+    before = result.trajectory_step < wild.diverged_step
+    assert np.isfinite(result.trajectory[1][before]).all() and np.isnan(result.trajectory[1][~before]).all()
+    np.testing.assert_array_equal(wild.trajectory_step, result.trajectory_step[before])

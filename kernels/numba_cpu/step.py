@@ -313,6 +313,18 @@ def record_weights(trace, c, slot, Wt, a, directions):
             trace.outer[c, slot, j] = a[j]
 
 
+@subroutine(types.void)
+def blank_weights(trace, c, slot):
+    """NaN in trajectory slot `slot` (if >= 0) of configuration c: a step whose numbers are not finite."""
+    if slot < 0:
+        return
+    for j in range(trace.weights.shape[2]):
+        for k in range(trace.weights.shape[3]):
+            trace.weights[c, slot, j, k] = np.nan
+    for j in range(trace.outer.shape[2] if trace.outer.shape[1] > 0 else 0):
+        trace.outer[c, slot, j] = np.nan
+
+
 @subroutine(types.boolean)
 def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, eta, trace, neuron, n_test, test_stats,
              diverged, us, directions):
@@ -321,8 +333,11 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, eta, t
     spec's bounds (recorded, then stopped)."""
     train_outer, f32 = spec.train_outer, spec.f32
     risk, grad_sq = close_step(grad, grad_a, stats[0], n, train_outer, f32)
+    trajectory = trace.weights.shape[1] > 0 or trace.projections.shape[1] > 0
     if not (math.isfinite(risk) and math.isfinite(grad_sq)):
         diverged[c] = t
+        if trajectory:
+            blank_weights(trace, c, record_slot(t, schedule.steps, schedule.weights_every))
         return False
     slot = record_slot(t, schedule.steps, schedule.record_every)
     weight_sq = 0.0
@@ -333,7 +348,7 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, eta, t
     if slot >= 0:
         log_risk = log_risk_of(risk, spec.loss, spec.loss_param, us, f32)
         record_step(trace, c, slot, n, risk, log_risk, grad_sq, weight_sq, stats, neuron, n_test, test_stats, f32)
-    if trace.weights.shape[1] > 0 or trace.projections.shape[1] > 0:
+    if trajectory:
         weight_slot = record_slot(t, schedule.steps, schedule.weights_every)
         if weight_slot >= 0:
             record_weights(trace, c, weight_slot, Wt, a_step, directions)

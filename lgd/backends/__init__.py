@@ -110,15 +110,19 @@ class Trace(NamedTuple):
     @classmethod
     def empty(cls, configs: int, records: int, width: int, neurons: bool, *, weight_records: int = 0,
               dim: int = 0, dtype=np.float64, outer: bool = False, directions: int = 0) -> "Trace":
-        """NaN-filled records of `configs` configurations: `records` slots of the scalars, per-neuron
-        margins if `neurons`; `weight_records` slots of the weights W (width, dim) in `dtype` (and of the
-        outer weights if `outer`), or of their projections onto `directions` directions when that is > 0."""
+        """Records of `configs` configurations: NaN-filled `records` slots of the scalars, per-neuron margins
+        if `neurons`; `weight_records` slots of the weights W (width, dim) in `dtype` (and of the outer
+        weights if `outer`), or NaN-filled slots of their projections onto `directions` directions when
+        that is > 0."""
         scalars = {name: np.full((configs, records), np.nan) for name in TRACE_FIELDS}
         neuron = np.full((configs, records if neurons else 0, width), np.nan)
         stored = 0 if directions else weight_records
+        # The weights are the one field that can take gigabytes: left empty (a NaN fill would write them
+        # twice); a runner writes every slot a run reaches, NaN at a step where it diverged, and the driver
+        # blanks the slots after a divergence.
         return cls(neuron_margins=neuron, **scalars,
-                   weights=np.full((configs, stored, width, dim), np.nan, dtype=dtype),
-                   outer=np.full((configs, stored if outer else 0, width), np.nan, dtype=dtype),
+                   weights=np.empty((configs, stored, width, dim), dtype=dtype),
+                   outer=np.empty((configs, stored if outer else 0, width), dtype=dtype),
                    projections=np.full((configs, weight_records if directions else 0, directions), np.nan))
 
 

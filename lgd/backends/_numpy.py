@@ -46,6 +46,8 @@ class Runner:
                         grad_sq += float(np.sum(ev.grad_a * ev.grad_a))
                 if not (math.isfinite(float(ev.risk)) and math.isfinite(grad_sq)):
                     state.diverged[c] = t
+                    if p.weights_every > 0:
+                        self._record_weights(trace, c, record_slot(t, steps, p.weights_every), W * np.nan, a * np.nan)
                     break
                 weight_sq = float(np.sum(W * W)) + (float(np.sum(a * a)) if p.train_outer else 0.0)
                 slot = record_slot(t, steps, self.record_every)
