@@ -164,6 +164,9 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
                   a=np.ascontiguousarray([a0[s, k] for _, s, k in configs]),
                   stepsizes=np.array([stepsizes[e] for e, _, _ in configs]))
     initial_W, initial_a = state.W.copy(), state.a.copy()
+    if record.lyapunov:
+        state.tangents, state.tangents_a = _initial_tangents(model, d, record.lyapunov, seeds, configs)
+        state.log_growth = np.zeros((len(configs), record.lyapunov))
     recorded = record_steps(steps, record_every)
     if neuron_margins is None:
         neuron_margins = len(configs) * recorded.size * model.width <= NEURON_BUDGET
@@ -178,7 +181,8 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
         weight_records = record_steps(until, record.weights).size if record.weights else 0
         return Trace.empty(len(configs), record_steps(until, record_every).size, model.width, bool(neuron_margins),
                            weight_records=weight_records, dim=d, dtype=dtype, outer=model.train_outer,
-                           directions=0 if directions is None else directions.shape[0])
+                           directions=0 if directions is None else directions.shape[0],
+                           tangents=record.lyapunov or 0)
 
     trace = empty_trace(steps)
     runner = backend.runner(problem, steps, record_every, state.W.shape)  # compiles here, not in the timed loop
@@ -252,6 +256,11 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
         else:
             trajectory = model.to_user(kept("weights", record.weights))
             outer_trajectory = kept("outer", record.weights) if model.train_outer else None
+    lyapunov_sum = lyapunov = None
+    if record.lyapunov:
+        lyapunov_sum = kept("lyapunov_sum", record_every)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lyapunov = state.log_growth / steps_taken[:, None]
     scalar = {name: kept(name, record_every) for name in ("risk", "log_risk", "accuracy", "grad_norm", "margin")}
     return Sweep(step=kept_steps(record_every), **scalar, weight_norm=weight_norm, normalized_margin=normalized,
                  test_risk=kept("test_risk", record_every) if X_test is not None else None,
@@ -261,7 +270,7 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
                  outer_weights=backend.outputs(state.a, device_input),
                  initial_weights=model.to_user(initial_W), initial_outer_weights=initial_a,
                  trajectory=trajectory, outer_trajectory=outer_trajectory, projections=projections,
-                 trajectory_step=trajectory_step,
+                 trajectory_step=trajectory_step, lyapunov=lyapunov, lyapunov_sum=lyapunov_sum,
                  stepsize=state.stepsizes.copy(), seed=np.array([seeds[s] for _, s, _ in configs], dtype=np.int64),
                  init_index=None if inits is None else np.array([k for _, _, k in configs], dtype=np.int64),
                  steps=steps, status=status, diverged_step=state.diverged.copy(), steps_taken=steps_taken,
@@ -477,6 +486,23 @@ def _zero_predictor_risk(y, loss) -> float:
     y = np.asarray(y.get() if _backends.on_device(y) else y, dtype=np.float64)
     u = np.zeros_like(y) if loss.margin else -y
     return float(np.mean(loss.value(u)))
+
+
+def _initial_tangents(model: TwoLayerNet, d: int, k: int, seeds: list, configs: list):
+    """k orthonormal tangent vectors per configuration, (C, k, m, d) and (C, k, m) float64: the Q of a QR of
+    a standard normal (N, k) matrix from default_rng([2, seed]), N the number of trained parameters
+    (W, then a when trained), so that every backend and stepsize starts from the same vectors."""
+    m = model.width
+    size = m * d + (m if model.train_outer else 0)
+    if k > size:
+        raise ValueError(f"Record.lyapunov asks for {k} exponents but the model has {size} trained parameters")
+    tangents, tangents_a = np.zeros((len(configs), k, m, d)), np.zeros((len(configs), k, m))
+    for c, (_, s, _) in enumerate(configs):
+        q, _ = np.linalg.qr(np.random.default_rng([2, seeds[s]]).standard_normal((size, k)))
+        tangents[c] = q[:m * d].T.reshape(k, m, d)
+        if model.train_outer:
+            tangents_a[c] = q[m * d:].T
+    return tangents, tangents_a
 
 
 def _initial_weights(model: TwoLayerNet, d: int, init, init_scale: float, seeds: list, starts: _Starts, dtype):

@@ -72,6 +72,14 @@ class Record:
         Record the trajectory: the weights W_t (and the outer weights a_t when they are trained) at steps
         0, k, 2k, ... and T for k = ``weights``, into ``run.trajectory`` at ``run.trajectory_step``
         (records x width x d numbers per configuration, in the run's dtype). None records none.
+    lyapunov : None | int >= 1
+        Lyapunov exponents of the GD map W -> W - eta grad L(W): propagate that many tangent vectors through
+        its tangent map I - eta H(W_t) at every step (one exact Hessian-vector product each, then QR by
+        modified Gram-Schmidt), inside the kernels; ``run.lyapunov`` (k,) holds the top k exponents (the
+        log growth per step over the steps taken, largest first) and ``run.lyapunov_sum`` (R, k) the
+        cumulative log growth at each recorded step, whose difference quotients give the exponents over
+        any window (:func:`lgd.dynamics.lyapunov_window`). The tangent vectors start orthonormal, drawn
+        from ``numpy.random.default_rng([2, seed])``. None computes none.
     project_onto : None | array (P, width, d)
         With ``weights``, record instead the projections <W_t, V_p> = sum_jk V_pjk (W_t)_jk onto these P
         directions (e.g. random or top-Hessian directions), into ``run.projections`` (float64): for
@@ -101,6 +109,7 @@ class Record:
     sharpness_points: int | None = None
     weights: int | None = None
     project_onto: np.ndarray | None = dataclasses.field(default=None, compare=False)
+    lyapunov: int | None = None
 
     def __post_init__(self):
         if self.project_onto is not None:
@@ -115,7 +124,7 @@ class Record:
         checked = {"every": check_count(self.every, "Record.every"),
                    "neuron_margins": _check_flag(self.neuron_margins, "Record.neuron_margins"),
                    "sharpness_k": check_count(self.sharpness_k, "Record.sharpness_k")}
-        for name in ("sharpness_every", "sharpness_points", "weights"):
+        for name in ("sharpness_every", "sharpness_points", "weights", "lyapunov"):
             value = getattr(self, name)
             checked[name] = None if value is None else check_count(value, f"Record.{name}")
         for name, value in checked.items():  # plain Python values, whatever numpy scalars came in

@@ -98,6 +98,8 @@ class _Traces:
     outer_trajectory: np.ndarray | None = None
     projections: np.ndarray | None = None
     trajectory_step: np.ndarray | None = None
+    lyapunov: np.ndarray | None = None
+    lyapunov_sum: np.ndarray | None = None
 
     @property
     def model(self):
@@ -135,6 +137,13 @@ class Run(_Traces):
     batch's time, which the run shared. ``steps_per_second`` = ``steps_taken`` / ``seconds``: the
     run's own steps per second of that time (so a run that stopped early shows the few steps it took,
     and the configurations of a batch add up to the batch's rate :attr:`Sweep.steps_per_second`).
+
+    ``initial_weights`` and ``initial_outer_weights``: W_0 and a_0. With ``lgd.Record(weights=k)``:
+    ``trajectory`` (R_w, m, d) (W_t in the run's dtype; (R_w, d) for lgd.Linear), ``outer_trajectory``
+    (R_w, m) when the outer layer is trained, or ``projections`` (R_w, P) with ``project_onto``, at
+    ``trajectory_step`` (R_w,). With ``lgd.Record(lyapunov=k)``: ``lyapunov`` (k,), the top k Lyapunov
+    exponents of the GD map over the steps taken, and ``lyapunov_sum`` (R, k), the cumulative log growth
+    of the tangent vectors at each recorded step. ``init_index``: the starting point of a sweep's ``inits``.
 
     ``initial_weights`` and ``initial_outer_weights``: W_0 and a_0. With ``lgd.Record(weights=k)``:
     ``trajectory`` (R_w, m, d) and ``outer_trajectory`` (R_w, m, when the outer weights are trained), or
@@ -269,6 +278,7 @@ class Sweep(_Traces):
                    diverged_step=diverged if diverged >= 0 else None, seconds=self.seconds,
                    steps_per_second=_rate(steps_taken, self.seconds), meta=self.meta, sharpness=sharpness,
                    sharpness_step=sharpness_step, log_risk=take(self.log_risk), steps_taken=steps_taken,
+                   lyapunov=per_config(self.lyapunov), lyapunov_sum=take(self.lyapunov_sum),
                    initial_weights=per_config(self.initial_weights), trajectory=trajectory,
                    initial_outer_weights=per_config(self.initial_outer_weights), outer_trajectory=outer_trajectory,
                    projections=projections, trajectory_step=trajectory_step,

@@ -105,3 +105,21 @@ def test_a_code_the_kernels_do_not_have_is_refused(compiled_backend_dtype):
     runner.start(state, Trace.empty(1, record_steps(3, 1).size, 4, True, dim=5, dtype=case.dtype))
     runner.advance(0, 4)
     assert np.all(state.diverged < 0) and np.isfinite(state.W).all()
+
+
+TANGENT_CASES = [(model, act, loss) for model in MODELS for act in ACTIVATIONS for loss in LOSSES]
+
+
+@pytest.mark.parametrize("model_name, act, loss", TANGENT_CASES, ids=["-".join(c) for c in TANGENT_CASES])
+def test_lyapunov_sums_match_the_oracle(compiled_backend_dtype, model_name, act, loss):
+    """The tangent map's exact Hessian-vector products (phi'' and loss'' of every catalog entry): the log
+    growth of two tangent vectors over a few steps, against lgd.hessian's products on the oracle."""
+    case = compiled_backend_dtype
+    X, y, _, _ = problem_data(loss, dtype=case.dtype, test=False)
+    model = MODELS[model_name](act)
+    options = dict(stepsize=0.7, steps=6, record=lgd.Record(lyapunov=2), divergence=float("inf"))
+    expected = lgd.gd(X, y, model, loss, compute=lgd.Compute("numpy", dtype=case.dtype_name), **options)
+    actual = lgd.gd(X, y, model, loss, compute=lgd.Compute(case.backend.name, dtype=case.dtype_name, progress=False),
+                    **options)
+    rtol = 1e-9 if case.dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(actual.lyapunov_sum, expected.lyapunov_sum, rtol=rtol, atol=rtol)

@@ -171,3 +171,41 @@ def test_a_diverged_runs_trajectory_ends_where_it_diverged(backend_dtype):
     before = result.trajectory_step < wild.diverged_step
     assert np.isfinite(result.trajectory[1][before]).all() and np.isnan(result.trajectory[1][~before]).all()
     np.testing.assert_array_equal(wild.trajectory_step, result.trajectory_step[before])
+
+
+def test_lyapunov_exponents_of_a_quadratic_are_log_one_minus_eta_lambda(backend_dtype):
+    """L = (1/2n) |X w - y|^2 with X = diag(2, 1) sqrt(2): H = diag(4, 1). The tangent map is the same at
+    every step, so the exponents are log|1 - eta lambda| for lambda = 4 and 1, sorted: their sum (the log
+    volume growth) exactly from the first step, each one once the random start has aligned (the window
+    from step 20 on)."""
+    case = backend_dtype
+    X, y = np.diag([2.0, 1.0]) * math.sqrt(2.0), np.array([0.5, -0.5])
+    tol = 1e-5 if case.dtype == np.float32 else 1e-9
+    for eta in (0.1, 0.45, 0.6):
+        run = lgd.gd(X, y, lgd.Linear(), "squared", stepsize=eta, steps=40, init=np.zeros(2),
+                     record=lgd.Record(lyapunov=2), compute=_compute(case), divergence=math.inf)
+        expected = sorted((math.log(abs(1 - eta * 4.0)), math.log(abs(1 - eta * 1.0))), reverse=True)
+        assert run.lyapunov.sum() == pytest.approx(sum(expected), rel=tol)
+        window = (run.lyapunov_sum[40] - run.lyapunov_sum[20]) / 20
+        np.testing.assert_allclose(window, expected, rtol=1e-4 if case.dtype == np.float32 else 1e-6)
+        np.testing.assert_allclose(run.lyapunov_sum[-1], run.lyapunov * run.steps_taken, rtol=1e-12)
+
+
+def test_lyapunov_exponents_on_the_diagonal_of_the_matrix_factorisation(backend_dtype):
+    """GD on (1 - x y)^2 / 2 from x = y stays on the diagonal, where it is the scalar map
+    x -> x + h (1 - x^2) x, and the Hessian splits along (1, 1) and (1, -1) at every iterate: the
+    exponents' sum is the mean of log|1 + h (1 - 3 x_t^2)| (the scalar map's exponent) plus that of
+    log|1 - h (1 - x_t^2)|, and the largest is one of the two."""
+    case = backend_dtype
+    for h, x0 in ((0.4, 0.3), (1.9, 0.8)):
+        net = lgd.TwoLayerNet(1, activation="identity", scaling=1.0, outer=[x0], train_outer=True)
+        run = lgd.gd(np.array([[1.0]]), np.array([1.0]), net, "squared", stepsize=h, steps=400,
+                     init=np.array([[x0]]), record=lgd.Record(lyapunov=2, weights=1), compute=_compute(case))
+        assert run.status == "completed"
+        np.testing.assert_array_equal(run.trajectory[:, 0, 0], run.outer_trajectory[:, 0])
+        x = run.trajectory[:-1, 0, 0].astype(np.float64)
+        along = np.mean(np.log(np.abs(1 + h * (1 - 3 * x * x))))
+        across = np.mean(np.log(np.abs(1 - h * (1 - x * x))))
+        tol = 1e-4 if case.dtype == np.float32 else 1e-9
+        assert run.lyapunov.sum() == pytest.approx(along + across, rel=tol, abs=tol)
+        assert run.lyapunov[0] == pytest.approx(max(along, across), abs=0.05)

@@ -26,6 +26,11 @@ the entry's parameter):
 - flattened_polynomial(a):    (1 + u)^-a (u >= 0), 1 - a u (u < 0),   -a (1 + u)^{-a-1}, -a
 - squared:                    r^2 / 2,                                r
 
+the second derivatives phi'' (:func:`curvature_row`) and loss'' (:func:`loss_curvature`), for exact
+Hessian-vector products (the catalogs' ``ddphi`` and ``d2``): 0 for identity and the ReLUs; s (1 - s)
+for softplus, times (1 - c) for leaky_softplus; s t (2 + z (t - s)) for silu (t = 1 - s);
+-2 tanh z (1 - tanh^2 z); N(z) (2 - z^2) for gelu; and sigmoid(u) sigmoid(-u), e^-u, a^2 e^{-a u} (u >= 0,
+else 0), a (a + 1) (1 + u)^{-a-2} (u >= 0, else 0), 1 for the losses;
 and the log of each loss where the loss itself underflows (:func:`log_loss_row`, for the log-risk):
 -u (logistic beyond u = 36, exponential), -a u and -a log1p(u) (the flattened tails), 2 log|r| - log 2.
 
@@ -175,4 +180,50 @@ def log_loss_row(code, a, u):
         return -a * math.log1p(u) if u >= 0.0 else math.log(1.0 - a * u)
     if code == SQUARED:
         return 2.0 * math.log(abs(u)) - _LOG2
+    return math.nan
+
+
+@subroutine(types.void)
+def curvature_row(code, c, Z, row, r, m):
+    """r[j] = phi''(Z[row, j]) for j < m, in the dtype of Z (for Hessian-vector products: off the hot path)."""
+    zero, one, half = like(Z, 0.0), like(Z, 1.0), like(Z, 0.5)
+    if code == LEAKY_SOFTPLUS or code == SOFTPLUS or code == SILU:
+        cbar = like(Z, 1.0 - c) if code == LEAKY_SOFTPLUS else one
+        for j in range(m):
+            x = Z[row, j]
+            e = exp_of(-abs(x))
+            s = one / (one + e) if x >= zero else e / (one + e)
+            t = e / (one + e) if x >= zero else one / (one + e)
+            r[j] = s * t * (like(Z, 2.0) + x * (t - s)) if code == SILU else cbar * s * t
+    elif code == TANH:
+        for j in range(m):
+            th = math.tanh(Z[row, j])
+            r[j] = like(Z, -2.0) * th * (one - th * th)
+    elif code == GELU:
+        inv_sqrt2pi, cap = like(Z, _INV_SQRT2PI), like(Z, 3200.0)
+        for j in range(m):
+            x = Z[row, j]
+            near = abs(x) < like(Z, 40.0)
+            pdf = exp_of(-half * min(x * x, cap)) * inv_sqrt2pi if near else zero
+            xc = x if near else zero
+            r[j] = pdf * (like(Z, 2.0) - xc * xc)
+    else:  # identity and the ReLUs: piecewise linear
+        for j in range(m):
+            r[j] = zero
+
+
+@subroutine(types.float64)
+def loss_curvature(code, a, u):
+    """loss''(u) of one sample, in float64."""
+    if code == LOGISTIC:
+        e = exp(-abs(u))
+        return e / ((1.0 + e) * (1.0 + e))
+    if code == EXPONENTIAL:
+        return exp(-u)
+    if code == FLATTENED_EXPONENTIAL:
+        return a * a * exp(-a * u) if u >= 0.0 else 0.0
+    if code == FLATTENED_POLYNOMIAL:
+        return a * (a + 1.0) * (1.0 + u) ** (-a - 2.0) if u >= 0.0 else 0.0
+    if code == SQUARED:
+        return 1.0
     return math.nan

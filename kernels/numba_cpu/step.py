@@ -28,6 +28,7 @@ from lgd.models import LOG_RISK_EXACT_BELOW, LOG_RISK_EXACT_BELOW_F32
 from .compiler import subroutine
 from .formulas import activate_row, log_loss_row, loss_row
 from .intrinsics import dot_lanes, flat, fma, like
+from .tangent import propagate
 from .tiles import (BACKWARD_GROUP, TILE_ROWS, WAITING_MAX_M, WAITING_SAMPLES, WIDE_MIN_D, WIDE_ROWS, backward_rows,
                     forward_rows)
 
@@ -327,11 +328,13 @@ def blank_weights(trace, c, slot):
 
 @subroutine(types.boolean)
 def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, eta, trace, neuron, n_test, test_stats,
-             diverged, us, directions):
-    """After the pass over the samples at step t: divergence test, records, update. False if the run stops
-    here: a risk or gradient that is not finite (nothing recorded), or a risk or weight norm above the
-    spec's bounds (recorded, then stopped)."""
+             batch, us, directions, X, y, tangent_scratch):
+    """After the pass over the samples at step t: divergence test, records, the tangent vectors (Lyapunov
+    exponents, when the batch has any), update. False if the run stops here: a risk or gradient that is
+    not finite (nothing recorded), or a risk or weight norm above the spec's bounds (recorded, then
+    stopped)."""
     train_outer, f32 = spec.train_outer, spec.f32
+    diverged = batch.diverged
     risk, grad_sq = close_step(grad, grad_a, stats[0], n, train_outer, f32)
     trajectory = trace.weights.shape[1] > 0 or trace.projections.shape[1] > 0
     if not (math.isfinite(risk) and math.isfinite(grad_sq)):
@@ -348,6 +351,8 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, eta, t
     if slot >= 0:
         log_risk = log_risk_of(risk, spec.loss, spec.loss_param, us, f32)
         record_step(trace, c, slot, n, risk, log_risk, grad_sq, weight_sq, stats, neuron, n_test, test_stats, f32)
+        for l in range(trace.lyapunov_sum.shape[2]):
+            trace.lyapunov_sum[c, slot, l] = batch.log_growth[c, l]
     if trajectory:
         weight_slot = record_slot(t, schedule.steps, schedule.weights_every)
         if weight_slot >= 0:
@@ -356,6 +361,10 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, eta, t
         diverged[c] = t
         return False
     if t < schedule.steps:
+        if batch.tangents.shape[1] > 0:
+            HV, HB, Vt, HVt, tz, tp, tq, tr, tdz, tg = tangent_scratch
+            propagate(c, X, y, Wt, a_step, spec, eta, batch.tangents, batch.tangents_a, batch.log_growth, HV, HB,
+                      Vt, HVt, tz, tp, tq, tr, tdz, tg)
         update(Wt, a, grad, grad_a, eta, train_outer, f32)
     return True
 

@@ -41,12 +41,17 @@ class Data(NamedTuple):
 
 class Batch(NamedTuple):
     """The configurations' iterates: W (C, m, d) and A (C, m) in the run's dtype, stepsizes (C,) in the run's
-    dtype, diverged (C,) int64 (-1 while running, else the step where the run stopped)."""
+    dtype, diverged (C,) int64 (-1 while running, else the step where the run stopped); the k tangent
+    vectors of each (C, k, m, d) and (C, k, m) and their log growth so far (C, k), float64 (k = 0 without
+    Lyapunov exponents)."""
 
     W: np.ndarray
     A: np.ndarray
     stepsizes: np.ndarray
     diverged: np.ndarray
+    tangents: np.ndarray
+    tangents_a: np.ndarray
+    log_growth: np.ndarray
 
 
 class Spec(NamedTuple):
@@ -100,7 +105,9 @@ class Buffers(NamedTuple):
     phi and phi', pending_q (WAITING_SAMPLES, m) and pending_rows (WAITING_SAMPLES,) int64 the samples
     waiting for the gradient, grads (d, m) and grads_a (m,) partial gradients; float64: neurons_part (m,)
     per member, stats (2 team, 3) per member's training and held-out blocks; grad, grad_a, neuron and
-    total (2, 3) the sums; us (n,) float64 the samples' loss arguments at record steps. BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m). The fused loops' zs is
+    total (2, 3) the sums; us (n,) float64 the samples' loss arguments at record steps; tangent, the scratch
+    of the tangent map (HV (k, m, d), HB (k, m), Vt and HVt (k, d, m) float64, z (1, m), p, q, r (m,) in the
+    run's dtype, dz and g (m,) float64). BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m). The fused loops' zs is
     None with BLAS, and Z, Z_test and grads_blas None without: a branch on None is pruned at compile time,
     so each product mode is a kernel of its own without the other's code.
     """
@@ -122,6 +129,7 @@ class Buffers(NamedTuple):
     neuron: np.ndarray
     total: np.ndarray
     us: np.ndarray
+    tangent: tuple
     Z: object
     Z_test: object
     grads_blas: object
@@ -217,7 +225,7 @@ def run_team(team, data, batch, trace, spec, schedule, buffers):
                 reduce_blocks(size, test, b.grads, b.grads_a, b.neurons_part, b.stats, b.grad, b.grad_a, b.neuron,
                               b.total, b.grads_blas)
                 go[0] = step_end(c, t, schedule, spec, n, b.total[0], b.grad, b.grad_a, b.Wt, b.a, b.a_step, eta,
-                                 trace, b.neuron, n_test, b.total[1], batch.diverged, b.us, directions)
+                                 trace, b.neuron, n_test, b.total[1], batch, b.us, directions, X, y, b.tangent)
                 for j in range(m):
                     b.a_step[j] = b.a[j]
             barrier(sync, size)

@@ -74,16 +74,28 @@ class Problem:
 @dataclass
 class State:
     """The batch of iterates: W (C, m, d), a (C, m), stepsizes (C,) float64, diverged (C,) int64 (-1 while
-    running, else the step where the run stopped)."""
+    running, else the step where the run stopped); for Lyapunov exponents, k orthonormal tangent vectors per
+    configuration, tangents (C, k, m, d) and tangents_a (C, k, m), and their log growth so far (C, k), all
+    float64 (None without)."""
 
     W: np.ndarray
     a: np.ndarray
     stepsizes: np.ndarray
     diverged: np.ndarray = field(default=None)
+    tangents: np.ndarray | None = None
+    tangents_a: np.ndarray | None = None
+    log_growth: np.ndarray | None = None
 
     def __post_init__(self):
         if self.diverged is None:
             self.diverged = np.full(self.W.shape[0], -1, dtype=np.int64)
+
+    def tangent_arrays(self) -> tuple:
+        """(tangents, tangents_a, log_growth), with k = 0 tangent vectors when there are none."""
+        if self.tangents is not None:
+            return self.tangents, self.tangents_a, self.log_growth
+        C, m, d = self.W.shape
+        return np.zeros((C, 0, m, d)), np.zeros((C, 0, m)), np.zeros((C, 0))
 
 
 class Trace(NamedTuple):
@@ -106,14 +118,15 @@ class Trace(NamedTuple):
     weights: np.ndarray
     outer: np.ndarray
     projections: np.ndarray
+    lyapunov_sum: np.ndarray
 
     @classmethod
     def empty(cls, configs: int, records: int, width: int, neurons: bool, *, weight_records: int = 0,
-              dim: int = 0, dtype=np.float64, outer: bool = False, directions: int = 0) -> "Trace":
+              dim: int = 0, dtype=np.float64, outer: bool = False, directions: int = 0, tangents: int = 0) -> "Trace":
         """Records of `configs` configurations: NaN-filled `records` slots of the scalars, per-neuron margins
         if `neurons`; `weight_records` slots of the weights W (width, dim) in `dtype` (and of the outer
         weights if `outer`), or NaN-filled slots of their projections onto `directions` directions when
-        that is > 0."""
+        that is > 0; and at the scalars' slots the log growth of `tangents` tangent vectors (C, R, k)."""
         scalars = {name: np.full((configs, records), np.nan) for name in TRACE_FIELDS}
         neuron = np.full((configs, records if neurons else 0, width), np.nan)
         stored = 0 if directions else weight_records
@@ -123,7 +136,8 @@ class Trace(NamedTuple):
         return cls(neuron_margins=neuron, **scalars,
                    weights=np.empty((configs, stored, width, dim), dtype=dtype),
                    outer=np.empty((configs, stored if outer else 0, width), dtype=dtype),
-                   projections=np.full((configs, weight_records if directions else 0, directions), np.nan))
+                   projections=np.full((configs, weight_records if directions else 0, directions), np.nan),
+                   lyapunov_sum=np.full((configs, records if tangents else 0, tangents), np.nan))
 
 
 # The scalar fields of a Trace, one float64 value per (configuration, record).

@@ -97,7 +97,7 @@ class Runner:
             raise ValueError("the numba backend needs C-contiguous state and trace arrays")
         self.state, self.trace = state, trace
         self._batch = self._kernels.Batch(state.W, state.a, cast_stepsizes(state.stepsizes, self.problem.dtype),
-                                          state.diverged)
+                                          state.diverged, *state.tangent_arrays())
 
     def advance(self, t_start: int, t_stop: int):
         live = np.flatnonzero(self.state.diverged < 0)
@@ -124,8 +124,9 @@ class Runner:
         mode), running zero steps."""
         d = self._data.X.shape[1]
         dtype = self.problem.dtype
-        batch = self._kernels.Batch(np.zeros((1, m, d), dtype=dtype), np.ones((1, m), dtype=dtype),
-                                    np.ones(1, dtype=dtype), np.full(1, -1, dtype=np.int64))
+        compiling = State(W=np.zeros((1, m, d), dtype=dtype), a=np.ones((1, m), dtype=dtype), stepsizes=np.ones(1))
+        batch = self._kernels.Batch(compiling.W, compiling.a, np.ones(1, dtype=dtype), compiling.diverged,
+                                    *compiling.tangent_arrays())
         # Python's cyclic garbage collector, left on, walks numba's many compiler objects again and again
         # during a cold compile; off, the compile's garbage waits for the first collection after it.
         collecting = gc.isenabled()
@@ -195,7 +196,8 @@ class Runner:
         share; a fresh one if None): member 0 in this thread, the others in the pool."""
         kernels = self._kernels
         _, m, d = batch.W.shape
-        scratch = buffers(kernels, team, m, d, len(self._data.X), len(self._data.X_test), self.problem.dtype, blas)
+        scratch = buffers(kernels, team, m, d, len(self._data.X), len(self._data.X_test), self.problem.dtype, blas,
+                          batch.tangents.shape[1])
         sync = np.zeros(2, dtype=np.int64)
         go = np.zeros(2, dtype=np.int64)  # the step's verdict (not diverged), the configuration's index
         if queue is None:
@@ -230,7 +232,7 @@ def _check_codes(problem: Problem, kernels):
                              f"(docs/extending.md)")
 
 
-def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas: bool):
+def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas: bool, tangents: int = 0):
     """The scratch of one run_team call by a team of `team` (kernels.Buffers documents each buffer).
 
     What a member writes at every sample is in _own_rows, apart from the other members' rows. With BLAS
@@ -249,7 +251,10 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
         pending_rows=_own_rows((team, waiting), np.int64), grads=empty((team, d, m), dtype),
         grads_a=_own_rows((team, m), dtype), neurons_part=_own_rows((team, m), np.float64),
         stats=_own_rows((2 * team, 3), np.float64), grad=empty((d, m)), grad_a=empty(m), neuron=empty(m),
-        total=empty((2, 3)), us=empty(n), **products)
+        total=empty((2, 3)), us=empty(n),
+        tangent=(empty((tangents, m, d)), empty((tangents, m)), empty((tangents, d, m)), empty((tangents, d, m)),
+                 empty((1, m), dtype), empty(m, dtype), empty(m, dtype), empty(m, dtype), empty(m), empty(m)),
+        **products)
 
 
 CACHE_LINE = 64

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from ..hessian import hvp
 from ..models import evaluate, predict
 from . import Problem, State, Trace, cast_stepsizes, record_slot
 
@@ -53,12 +54,16 @@ class Runner:
                 slot = record_slot(t, steps, self.record_every)
                 if slot >= 0:
                     self._record(trace, c, slot, ev, grad_sq, weight_sq, W, a)
+                    if state.tangents is not None:
+                        trace.lyapunov_sum[c, slot] = state.log_growth[c]
                 if p.weights_every > 0:
                     self._record_weights(trace, c, record_slot(t, steps, p.weights_every), W, a)
                 if ev.risk > p.risk_bound or math.sqrt(weight_sq) > p.weight_bound:
                     state.diverged[c] = t
                     break
                 if t < steps:
+                    if state.tangents is not None:
+                        self._propagate(state, c, W, a, float(eta))
                     W -= eta * ev.grad_W
                     if p.train_outer:
                         a -= eta * ev.grad_a
@@ -79,6 +84,27 @@ class Runner:
             with np.errstate(over="ignore"):
                 trace.test_risk[c, slot] = p.loss.value(u).mean()
             trace.test_accuracy[c, slot] = np.mean(p.y_test * f > 0)
+
+    def _propagate(self, state: State, c: int, W, a, eta: float):
+        """The tangent vectors of configuration c through I - eta H(W, a) (lgd.hessian.hvp), then modified
+        Gram-Schmidt, adding the log of each one's growth to state.log_growth[c]."""
+        p = self.problem
+        vectors = []
+        for l in range(state.tangents.shape[1]):
+            v = state.tangents[c, l].ravel()
+            if p.train_outer:
+                v = np.concatenate([v, state.tangents_a[c, l]])
+            with np.errstate(over="ignore", invalid="ignore"):
+                w = v - eta * hvp(W, a, p.X, p.y, p.activation, p.loss, p.scale, v, train_outer=p.train_outer)
+            for o in vectors:
+                w = w - np.dot(w, o) * o
+            norm = float(np.linalg.norm(w))
+            state.log_growth[c, l] += math.log(norm)
+            w = w / norm
+            vectors.append(w)
+            state.tangents[c, l] = w[:W.size].reshape(W.shape)
+            if p.train_outer:
+                state.tangents_a[c, l] = w[W.size:]
 
     def _record_weights(self, trace: Trace, c: int, slot: int, W, a):
         """W (and a) at a trajectory slot, or their projections onto the problem's directions."""
