@@ -11,7 +11,7 @@
 Importing lgd loads numpy only: numba and cupy are imported when a backend first needs them.
 """
 
-from . import activations, analysis, data, hessian, losses
+from . import activations, analysis, data, hessian, losses, stepsize
 from .backends import BackendUnavailable
 from .driver import gd, sweep
 from .models import Linear, TwoLayerNet, init_grid
@@ -21,4 +21,5 @@ from .results import Phase, Run, Sweep, load
 __version__ = "0.1.0"
 
 __all__ = ["gd", "sweep", "Record", "Compute", "Divergence", "init_grid", "TwoLayerNet", "Linear", "Run", "Sweep",
-           "Phase", "load", "BackendUnavailable", "activations", "losses", "data", "analysis", "hessian", "__version__"]
+           "Phase", "load", "BackendUnavailable", "activations", "losses", "data", "analysis", "hessian", "stepsize",
+           "__version__"]

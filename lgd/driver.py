@@ -22,6 +22,7 @@ import numpy as np
 from . import backends as _backends
 from . import losses as _losses
 from . import options as _options
+from . import stepsize as _stepsize
 from .backends import Problem, State, Trace, record_steps
 from .models import TwoLayerNet
 from .options import check_count as _check_count
@@ -47,8 +48,10 @@ def gd(X, y, model, loss="logistic", stepsize=1.0, steps=1000, *, init="normal",
     loss : str or lgd.losses.Loss
         ``'logistic'``, ``'exponential'``, ``'flattened_exponential(a)'``, ``'flattened_polynomial(a)'``
         or ``'squared'``.
-    stepsize : float > 0
-        The constant stepsize eta (runtime data: any value, no recompilation).
+    stepsize : float > 0 or an lgd.stepsize rule
+        The constant stepsize eta, or a rule giving eta_t at every step: ``lgd.stepsize.warmup``,
+        ``step_decay``, ``cosine``, ``adaptive`` (eta / L(W_t)), ``polyak``, ``normalized``. Runtime data:
+        any value or rule, no recompilation; eta_t is recorded as ``run.eta``.
     steps : int >= 1
         Number of GD steps T; metrics are recorded at steps 0, k, 2k, ... and T (k = ``record.every``).
     init : 'normal' | 'zeros' | array
@@ -90,7 +93,7 @@ def gd(X, y, model, loss="logistic", stepsize=1.0, steps=1000, *, init="normal",
     ('completed', True)
     """
     record, compute = _options.resolve(record, compute, deprecated, "gd")
-    stepsize = _check_stepsize(stepsize, "stepsize")
+    stepsize = _stepsize.as_rule(stepsize, "stepsize")
     result = sweep(X, y, model, loss, stepsizes=[stepsize], steps=steps, seeds=(seed,), init=init,
                    init_scale=init_scale, X_test=X_test, y_test=y_test, record=record, compute=compute,
                    divergence=divergence)
@@ -138,17 +141,13 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
         X_test, y_test = _check_data(X_test, y_test, loss, dtype, "X_test", "y_test")
         if X_test.shape[1] != X.shape[1]:
             raise ValueError(f"X_test has {X_test.shape[1]} features but X has {X.shape[1]}")
-    stepsizes = np.atleast_1d(np.asarray(stepsizes, dtype=np.float64))
-    if stepsizes.ndim != 1 or stepsizes.size == 0:
-        raise ValueError("stepsizes must be a non-empty 1-D sequence of numbers")
-    for eta in stepsizes:
-        _check_stepsize(eta, "stepsizes")
+    rules = _stepsize_rules(stepsizes)
     seeds = _check_seeds(seeds)
     steps = _check_count(steps, "steps")
     init_scale = float(init_scale)
     if not (math.isfinite(init_scale) and init_scale >= 0):
         raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale}")
-    _check_stepsize_range(stepsizes, dtype)
+    _check_stepsize_range(np.array([rule.eta for rule in rules]), dtype)
     n, d = X.shape
     starts = _starting_points(model, d, inits, outer_inits)
     directions = _directions(record, model, d)
@@ -158,11 +157,13 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
     X, y, X_test, y_test = backend.inputs(X, y, X_test, y_test)
 
     # Configurations stepsize-major, then seed, then starting point.
-    configs = list(itertools.product(range(stepsizes.size), range(len(seeds)), range(starts.count)))
+    configs = list(itertools.product(range(len(rules)), range(len(seeds)), range(starts.count)))
     W0, a0 = _initial_weights(model, d, init, init_scale, seeds, starts, dtype)
     state = State(W=np.ascontiguousarray([W0[s, k] for _, s, k in configs]),
                   a=np.ascontiguousarray([a0[s, k] for _, s, k in configs]),
-                  stepsizes=np.array([stepsizes[e] for e, _, _ in configs]))
+                  stepsizes=np.array([rules[e].eta for e, _, _ in configs]),
+                  rules=np.array([rules[e].code for e, _, _ in configs], dtype=np.int64),
+                  rule_params=np.array([rules[e].params for e, _, _ in configs], dtype=np.float64).reshape(-1, 3))
     initial_W, initial_a = state.W.copy(), state.a.copy()
     if record.lyapunov:
         state.tangents, state.tangents_a = _initial_tangents(model, d, record.lyapunov, seeds, configs)
@@ -174,6 +175,7 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
                       train_outer=model.train_outer, linear=model.__class__.__name__ == "Linear",
                       X_test=X_test, y_test=y_test, risk_bound=risk_bound, weight_bound=divergence.weight_norm,
                       weights_every=record.weights or 0,
+                      log_risk_every_step=any(rule.code == _stepsize.ADAPTIVE for rule in rules),
                       directions=None if directions is None else directions.astype(dtype))
 
     def empty_trace(until: int) -> Trace:
@@ -261,7 +263,8 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
         lyapunov_sum = kept("lyapunov_sum", record_every)
         with np.errstate(divide="ignore", invalid="ignore"):
             lyapunov = state.log_growth / steps_taken[:, None]
-    scalar = {name: kept(name, record_every) for name in ("risk", "log_risk", "accuracy", "grad_norm", "margin")}
+    scalar = {name: kept(name, record_every) for name in ("risk", "log_risk", "accuracy", "grad_norm", "margin",
+                                                          "eta")}
     return Sweep(step=kept_steps(record_every), **scalar, weight_norm=weight_norm, normalized_margin=normalized,
                  test_risk=kept("test_risk", record_every) if X_test is not None else None,
                  test_accuracy=kept("test_accuracy", record_every) if X_test is not None else None,
@@ -271,7 +274,7 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
                  initial_weights=model.to_user(initial_W), initial_outer_weights=initial_a,
                  trajectory=trajectory, outer_trajectory=outer_trajectory, projections=projections,
                  trajectory_step=trajectory_step, lyapunov=lyapunov, lyapunov_sum=lyapunov_sum,
-                 stepsize=state.stepsizes.copy(), seed=np.array([seeds[s] for _, s, _ in configs], dtype=np.int64),
+                 stepsize=state.stepsizes.copy(), stepsize_rule=[rules[e].spec for e, _, _ in configs], seed=np.array([seeds[s] for _, s, _ in configs], dtype=np.int64),
                  init_index=None if inits is None else np.array([k for _, _, k in configs], dtype=np.int64),
                  steps=steps, status=status, diverged_step=state.diverged.copy(), steps_taken=steps_taken,
                  seconds=seconds,
@@ -412,13 +415,16 @@ def _check_stepsize_range(stepsizes: np.ndarray, dtype):
                          f"{largest:g}); use dtype float64")
 
 
-def _check_stepsize(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be positive and finite, got {value}")
-    return value
+def _stepsize_rules(stepsizes) -> list:
+    """The rules of a sweep's ``stepsizes``: numbers (constant rules) and lgd.stepsize rules, 1-D, non-empty."""
+    if isinstance(stepsizes, (_stepsize.Rule, Real, np.floating, np.integer)):
+        stepsizes = [stepsizes]
+    if isinstance(stepsizes, np.ndarray) and stepsizes.ndim != 1:
+        raise ValueError("stepsizes must be a non-empty 1-D sequence of numbers or lgd.stepsize rules")
+    stepsizes = list(stepsizes)
+    if not stepsizes:
+        raise ValueError("stepsizes must be a non-empty 1-D sequence of numbers or lgd.stepsize rules")
+    return [_stepsize.as_rule(value, "stepsizes") for value in stepsizes]
 
 
 def _check_seeds(seeds) -> list:

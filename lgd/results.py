@@ -100,6 +100,7 @@ class _Traces:
     trajectory_step: np.ndarray | None = None
     lyapunov: np.ndarray | None = None
     lyapunov_sum: np.ndarray | None = None
+    eta: np.ndarray | None = None
 
     @property
     def model(self):
@@ -144,6 +145,8 @@ class Run(_Traces):
     ``trajectory_step`` (R_w,). With ``lgd.Record(lyapunov=k)``: ``lyapunov`` (k,), the top k Lyapunov
     exponents of the GD map over the steps taken, and ``lyapunov_sum`` (R, k), the cumulative log growth
     of the tangent vectors at each recorded step. ``init_index``: the starting point of a sweep's ``inits``.
+    ``stepsize_rule``: the rule's spec (``'constant(10)'``, ``'adaptive(1)'``, ...; lgd.stepsize) and ``eta``
+    (R,) the stepsize eta_t it gave at each recorded step (for a diverged run, where it was computed).
 
     ``initial_weights`` and ``initial_outer_weights``: W_0 and a_0. With ``lgd.Record(weights=k)``:
     ``trajectory`` (R_w, m, d) and ``outer_trajectory`` (R_w, m, when the outer weights are trained), or
@@ -163,6 +166,7 @@ class Run(_Traces):
     sharpness_step: np.ndarray | None = None
     steps_taken: int | None = None
     init_index: int | None = None
+    stepsize_rule: str | None = None
 
     def __post_init__(self):
         if self.steps_taken is None:  # results saved before lgd recorded it
@@ -230,6 +234,7 @@ class Sweep(_Traces):
     sharpness_step: np.ndarray | None = None
     steps_taken: np.ndarray | None = None
     init_index: np.ndarray | None = None
+    stepsize_rule: list | None = None
 
     def __post_init__(self):
         if self.steps_taken is None:  # results saved before lgd recorded it
@@ -278,7 +283,8 @@ class Sweep(_Traces):
                    diverged_step=diverged if diverged >= 0 else None, seconds=self.seconds,
                    steps_per_second=_rate(steps_taken, self.seconds), meta=self.meta, sharpness=sharpness,
                    sharpness_step=sharpness_step, log_risk=take(self.log_risk), steps_taken=steps_taken,
-                   lyapunov=per_config(self.lyapunov), lyapunov_sum=take(self.lyapunov_sum),
+                   lyapunov=per_config(self.lyapunov), lyapunov_sum=take(self.lyapunov_sum), eta=take(self.eta),
+                   stepsize_rule=None if self.stepsize_rule is None else self.stepsize_rule[i],
                    initial_weights=per_config(self.initial_weights), trajectory=trajectory,
                    initial_outer_weights=per_config(self.initial_outer_weights), outer_trajectory=outer_trajectory,
                    projections=projections, trajectory_step=trajectory_step,
@@ -343,7 +349,7 @@ def log_risk_trace(result) -> np.ndarray:
 
 
 _NON_ARRAYS = ("steps", "status", "seconds", "steps_per_second", "meta", "stepsize", "seed", "diverged_step",
-               "steps_taken", "init_index")
+               "steps_taken", "init_index", "stepsize_rule")
 
 
 def _npz_name(path):

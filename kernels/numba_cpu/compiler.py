@@ -42,13 +42,15 @@ FOLDER = Path(__file__).resolve().parent
 
 def _sources() -> list:
     """The files a kernel's machine code depends on: this folder's modules and the lgd modules they import
-    (the catalogs' codes, the record rule, the log-risk rule)."""
+    (the catalogs' codes, the record rule, the log-risk rule, the stepsize rules)."""
     import lgd.activations
     import lgd.backends
     import lgd.losses
     import lgd.models
+    import lgd.stepsize
 
-    upstream = [Path(module.__file__) for module in (lgd.activations, lgd.losses, lgd.backends, lgd.models)]
+    upstream = [Path(module.__file__) for module in (lgd.activations, lgd.losses, lgd.backends, lgd.models,
+                                                     lgd.stepsize)]
     return sorted(FOLDER.glob("*.py")) + upstream
 
 

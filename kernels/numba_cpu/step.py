@@ -24,6 +24,7 @@ from numba import types
 
 from lgd.backends import record_slot as _record_slot
 from lgd.models import LOG_RISK_EXACT_BELOW, LOG_RISK_EXACT_BELOW_F32
+from lgd.stepsize import stepsize_at as _stepsize_at
 
 from .compiler import subroutine
 from .formulas import activate_row, log_loss_row, loss_row
@@ -32,8 +33,10 @@ from .tangent import propagate
 from .tiles import (BACKWARD_GROUP, TILE_ROWS, WAITING_MAX_M, WAITING_SAMPLES, WIDE_MIN_D, WIDE_ROWS, backward_rows,
                     forward_rows)
 
-# The record rule of lgd.backends (which evaluations are recorded, into which trace slot), compiled.
+# The record rule of lgd.backends (which evaluations are recorded, into which trace slot) and the stepsize
+# rules of lgd.stepsize (eta_t), compiled: one formula each, here and in the numpy oracle.
 record_slot = subroutine(types.int64)(_record_slot)
+stepsize_at = subroutine(types.float64)(_stepsize_at)
 
 
 @subroutine(types.float64)
@@ -178,7 +181,7 @@ def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, membe
             f = scale * np.float64(dot_row(a, p, m))
         value, coef, yf, u = sample_out(spec.loss, spec.loss_param, spec.margin_loss, yi, f, spec.f32)
         risk += value
-        if record and train:
+        if train and (record or spec.log_risk_every_step):
             us[i] = u
         if yf > 0.0:
             correct += 1.0
@@ -327,7 +330,7 @@ def blank_weights(trace, c, slot):
 
 
 @subroutine(types.boolean)
-def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, eta, trace, neuron, n_test, test_stats,
+def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace, neuron, n_test, test_stats,
              batch, us, directions, X, y, tangent_scratch):
     """After the pass over the samples at step t: divergence test, records, the tangent vectors (Lyapunov
     exponents, when the batch has any), update. False if the run stops here: a risk or gradient that is
@@ -348,9 +351,15 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, eta, t
         weight_sq = sum_squares(flat(Wt))
         if train_outer:
             weight_sq += sum_squares(a_step)
-    if slot >= 0:
+    log_risk = 0.0
+    if slot >= 0 or spec.log_risk_every_step:
         log_risk = log_risk_of(risk, spec.loss, spec.loss_param, us, f32)
+    params = batch.rule_params
+    eta = narrow(stepsize_at(batch.rules[c], params[c, 0], params[c, 1], params[c, 2], t, schedule.steps, risk,
+                             log_risk, grad_sq), f32)
+    if slot >= 0:
         record_step(trace, c, slot, n, risk, log_risk, grad_sq, weight_sq, stats, neuron, n_test, test_stats, f32)
+        trace.eta[c, slot] = eta
         for l in range(trace.lyapunov_sum.shape[2]):
             trace.lyapunov_sum[c, slot, l] = batch.log_growth[c, l]
     if trajectory:

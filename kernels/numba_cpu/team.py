@@ -40,25 +40,27 @@ class Data(NamedTuple):
 
 
 class Batch(NamedTuple):
-    """The configurations' iterates: W (C, m, d) and A (C, m) in the run's dtype, stepsizes (C,) in the run's
-    dtype, diverged (C,) int64 (-1 while running, else the step where the run stopped); the k tangent
+    """The configurations' iterates: W (C, m, d) and A (C, m) in the run's dtype, diverged (C,) int64 (-1 while running, else the step where the run stopped); the k tangent
     vectors of each (C, k, m, d) and (C, k, m) and their log growth so far (C, k), float64 (k = 0 without
-    Lyapunov exponents)."""
+    Lyapunov exponents); each one's stepsize rule, codes (C,) int64 and parameters (C, 3) float64
+    (lgd.stepsize)."""
 
     W: np.ndarray
     A: np.ndarray
-    stepsizes: np.ndarray
     diverged: np.ndarray
     tangents: np.ndarray
     tangents_a: np.ndarray
     log_growth: np.ndarray
+    rules: np.ndarray
+    rule_params: np.ndarray
 
 
 class Spec(NamedTuple):
     """What is computed: codes and parameters of the catalogs' activation and loss, the margin rule
     (u = y f, else r = f - y), the output scale s, whether a is trained, the linear model's fast path,
     whether the run is float32 (rounded as the oracle rounds), and the bounds on the risk and on the weight
-    norm above which a run stops as diverged (inf: none)."""
+    norm above which a run stops as diverged (inf: none), and whether a stepsize rule needs the log-risk at
+    every step."""
 
     activation: int
     activation_param: float
@@ -71,6 +73,7 @@ class Spec(NamedTuple):
     f32: bool
     risk_bound: float
     weight_bound: float
+    log_risk_every_step: bool
 
 
 class Schedule(NamedTuple):
@@ -203,7 +206,6 @@ def run_team(team, data, batch, trace, spec, schedule, buffers):
         if go[1] >= len(configs):
             return verdict
         c = configs[go[1]]
-        eta = np.float64(batch.stepsizes[c])
         for t in range(schedule.t_start, schedule.t_stop):
             record = record_slot(t, schedule.steps, schedule.record_every) >= 0
             test = record and n_test > 0
@@ -224,8 +226,8 @@ def run_team(team, data, batch, trace, spec, schedule, buffers):
             if member == 0:
                 reduce_blocks(size, test, b.grads, b.grads_a, b.neurons_part, b.stats, b.grad, b.grad_a, b.neuron,
                               b.total, b.grads_blas)
-                go[0] = step_end(c, t, schedule, spec, n, b.total[0], b.grad, b.grad_a, b.Wt, b.a, b.a_step, eta,
-                                 trace, b.neuron, n_test, b.total[1], batch, b.us, directions, X, y, b.tangent)
+                go[0] = step_end(c, t, schedule, spec, n, b.total[0], b.grad, b.grad_a, b.Wt, b.a, b.a_step, trace,
+                                 b.neuron, n_test, b.total[1], batch, b.us, directions, X, y, b.tangent)
                 for j in range(m):
                     b.a_step[j] = b.a[j]
             barrier(sync, size)

@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = ["NAMES", "Backend", "resolve", "availability", "BackendUnavailable", "Problem", "State", "Trace",
-           "record_slot", "record_steps", "cast_stepsizes", "on_device", "TRACE_FIELDS"]
+           "record_slot", "record_steps", "cast_stepsizes", "stepsize_of", "on_device", "TRACE_FIELDS"]
 
 NAMES = ("numpy", "numba", "cupy")
 
@@ -61,6 +61,8 @@ class Problem:
     # exceeds weight_bound (inf: no bound), besides a risk or gradient that is not finite.
     risk_bound: float = math.inf
     weight_bound: float = math.inf
+    # Some configuration's stepsize needs the log-risk at every step (eta / L(W_t)), not only at records.
+    log_risk_every_step: bool = False
     # Trajectories: the weights (or their projections onto `directions`, (P, m, d)) are recorded at the
     # steps record_steps(steps, weights_every) when weights_every > 0.
     weights_every: int = 0
@@ -85,10 +87,18 @@ class State:
     tangents: np.ndarray | None = None
     tangents_a: np.ndarray | None = None
     log_growth: np.ndarray | None = None
+    # The stepsize rule of each configuration (lgd.stepsize): codes (C,) int64 and parameters (C, 3)
+    # float64; None: constant rules at `stepsizes`.
+    rules: np.ndarray | None = None
+    rule_params: np.ndarray | None = None
 
     def __post_init__(self):
         if self.diverged is None:
             self.diverged = np.full(self.W.shape[0], -1, dtype=np.int64)
+        if self.rules is None:
+            self.rules = np.zeros(self.W.shape[0], dtype=np.int64)
+            self.rule_params = np.zeros((self.W.shape[0], 3))
+            self.rule_params[:, 0] = self.stepsizes
 
     def tangent_arrays(self) -> tuple:
         """(tangents, tangents_a, log_growth), with k = 0 tangent vectors when there are none."""
@@ -114,6 +124,7 @@ class Trace(NamedTuple):
     margin: np.ndarray
     test_risk: np.ndarray
     test_accuracy: np.ndarray
+    eta: np.ndarray
     neuron_margins: np.ndarray
     weights: np.ndarray
     outer: np.ndarray
@@ -141,7 +152,8 @@ class Trace(NamedTuple):
 
 
 # The scalar fields of a Trace, one float64 value per (configuration, record).
-TRACE_FIELDS = ("risk", "log_risk", "accuracy", "grad_norm", "weight_norm", "margin", "test_risk", "test_accuracy")
+TRACE_FIELDS = ("risk", "log_risk", "accuracy", "grad_norm", "weight_norm", "margin", "test_risk", "test_accuracy",
+                "eta")
 
 
 def record_steps(steps: int, record_every: int) -> np.ndarray:
@@ -167,6 +179,16 @@ def cast_stepsizes(stepsizes, dtype) -> np.ndarray:
     """The stepsizes as a run of `dtype` applies them: rounded once to that dtype (the driver has checked
     they fit in it)."""
     return np.asarray(stepsizes, dtype=np.float64).astype(dtype)
+
+
+def stepsize_of(state: State, c: int, t: int, steps: int, risk: float, log_risk: float, grad_sq: float, dtype):
+    """eta_t of configuration c (lgd.stepsize.stepsize_at of its rule) as a run of `dtype` applies it."""
+    from ..stepsize import stepsize_at
+
+    code, (p0, p1, p2) = int(state.rules[c]), state.rule_params[c]
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        return cast_stepsizes(stepsize_at(code, float(p0), float(p1), float(p2), t, steps, float(risk),
+                                          float(log_risk), float(grad_sq)), dtype)[()]
 
 
 @dataclass(frozen=True)

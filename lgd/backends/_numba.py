@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import Problem, State, Trace, cast_stepsizes
+from . import Problem, State, Trace
 
 # A step's products go through BLAS (on each thread's block of samples) rather than the fused loops'
 # register tiles from d >= BLAS_MIN_D and n * d * m >= BLAS_WORK: below that the fused loops, which never
@@ -83,7 +83,8 @@ class Runner:
                                     margin_loss=bool(p.loss.margin), scale=float(p.scale),
                                     train_outer=bool(p.train_outer), linear=bool(p.linear),
                                     f32=p.dtype == np.float32, risk_bound=float(p.risk_bound),
-                                    weight_bound=float(p.weight_bound))
+                                    weight_bound=float(p.weight_bound),
+                                    log_risk_every_step=bool(p.log_risk_every_step))
         self._pool = None
         # Without threadpoolctl no BLAS runs inside a team: the fused loops do every product.
         self._threadpoolctl = importlib.util.find_spec("threadpoolctl") is not None
@@ -96,8 +97,8 @@ class Runner:
         if not all(x.flags.c_contiguous for x in arrays):
             raise ValueError("the numba backend needs C-contiguous state and trace arrays")
         self.state, self.trace = state, trace
-        self._batch = self._kernels.Batch(state.W, state.a, cast_stepsizes(state.stepsizes, self.problem.dtype),
-                                          state.diverged, *state.tangent_arrays())
+        self._batch = self._kernels.Batch(state.W, state.a, state.diverged, *state.tangent_arrays(), state.rules,
+                                          state.rule_params)
 
     def advance(self, t_start: int, t_stop: int):
         live = np.flatnonzero(self.state.diverged < 0)
@@ -125,8 +126,8 @@ class Runner:
         d = self._data.X.shape[1]
         dtype = self.problem.dtype
         compiling = State(W=np.zeros((1, m, d), dtype=dtype), a=np.ones((1, m), dtype=dtype), stepsizes=np.ones(1))
-        batch = self._kernels.Batch(compiling.W, compiling.a, np.ones(1, dtype=dtype), compiling.diverged,
-                                    *compiling.tangent_arrays())
+        batch = self._kernels.Batch(compiling.W, compiling.a, compiling.diverged, *compiling.tangent_arrays(),
+                                    compiling.rules, compiling.rule_params)
         # Python's cyclic garbage collector, left on, walks numba's many compiler objects again and again
         # during a cold compile; off, the compile's garbage waits for the first collection after it.
         collecting = gc.isenabled()

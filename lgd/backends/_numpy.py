@@ -12,7 +12,7 @@ import numpy as np
 
 from ..hessian import hvp
 from ..models import evaluate, predict
-from . import Problem, State, Trace, cast_stepsizes, record_slot
+from . import Problem, State, Trace, record_slot, stepsize_of
 
 
 def available() -> tuple[bool, str]:
@@ -33,12 +33,10 @@ class Runner:
 
     def advance(self, t_start: int, t_stop: int):
         p, state, trace, steps = self.problem, self.state, self.trace, self.steps
-        etas = cast_stepsizes(state.stepsizes, p.dtype)
         for c in range(state.W.shape[0]):
             if state.diverged[c] >= 0:
                 continue
             W, a = state.W[c], state.a[c]
-            eta = etas[c]
             for t in range(t_start, t_stop):
                 with np.errstate(over="ignore", invalid="ignore"):
                     ev = evaluate(W, a, p.X, p.y, p.activation, p.loss, p.scale, p.train_outer)
@@ -51,9 +49,11 @@ class Runner:
                         self._record_weights(trace, c, record_slot(t, steps, p.weights_every), W * np.nan, a * np.nan)
                     break
                 weight_sq = float(np.sum(W * W)) + (float(np.sum(a * a)) if p.train_outer else 0.0)
+                eta = stepsize_of(state, c, t, steps, ev.risk, ev.log_risk, grad_sq, p.dtype)
                 slot = record_slot(t, steps, self.record_every)
                 if slot >= 0:
                     self._record(trace, c, slot, ev, grad_sq, weight_sq, W, a)
+                    trace.eta[c, slot] = eta
                     if state.tangents is not None:
                         trace.lyapunov_sum[c, slot] = state.log_growth[c]
                 if p.weights_every > 0:

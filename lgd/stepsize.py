@@ -1,0 +1,131 @@
+"""Stepsize rules: the stepsize eta_t of every step as runtime data, mixed freely in one sweep.
+
+What lives here: the rules (:class:`Rule` and its kinds: constant, warm-up, step and cosine decay,
+risk-adaptive eta / L(W_t), Polyak, normalised), each a code and three parameters, and
+:func:`stepsize_at`, the one formula of eta_t that every backend evaluates (the numba kernels compile
+this very function; the numpy oracle calls it). A sweep's ``stepsizes`` may hold numbers (constant
+rules) and rules side by side: they are data in the kernels, so no value or kind recompiles anything.
+
+>>> import lgd
+>>> X, y = lgd.data.wu_toy()
+>>> sweep = lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0, lgd.stepsize.adaptive(1.0)], steps=50,
+...                   init="zeros", compute="numpy")
+>>> sweep.stepsize_rule
+['constant(1)', 'adaptive(1)']
+>>> bool(sweep.eta[1, -1] > sweep.eta[1, 0])      # eta / L(W_t) grows as the risk falls
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Real
+
+import numpy as np
+
+__all__ = ["Rule", "constant", "warmup", "step_decay", "cosine", "adaptive", "polyak", "normalized", "as_rule",
+           "stepsize_at"]
+
+_LARGEST = 1.7976931348623157e308
+# The rules' codes, data in the kernels.
+CONSTANT, WARMUP, STEP_DECAY, COSINE, ADAPTIVE, POLYAK, NORMALIZED = range(7)
+
+
+def stepsize_at(code, p0, p1, p2, t, steps, risk, log_risk, grad_sq):
+    """eta_t of rule `code` with parameters (p0, p1, p2) at step t of `steps`, given the step's risk L(W_t),
+    its log (computed stably: a risk of 1e-300 or 0.0 still gives a finite eta / L) and |grad L(W_t)|^2.
+    Plain arithmetic: the numba kernels compile this very function."""
+    if code == WARMUP:  # p0 over p1 steps, linearly from p0 / p1
+        return p0 * min(1.0, (t + 1.0) / p1)
+    if code == STEP_DECAY:  # p0 p2^floor(t / p1)
+        return p0 * p2 ** math.floor(t / p1)
+    if code == COSINE:  # p0 (1 + cos(pi min(t, T) / T)) / 2, T = steps
+        return p0 * 0.5 * (1.0 + math.cos(math.pi * min(t, steps) / steps))
+    if code == ADAPTIVE:  # p0 / L(W_t) from the log-risk, held at the largest float64 where it would overflow
+        return min(p0 * math.exp(min(-log_risk, 709.0)), _LARGEST)
+    if code == POLYAK:  # p1 (L(W_t) - L_min) / |grad|^2, L_min = p0 (inf at a zero gradient)
+        return p1 * (risk - p0) / grad_sq if grad_sq > 0.0 else math.inf
+    if code == NORMALIZED:  # p0 / |grad| (inf at a zero gradient)
+        return p0 / math.sqrt(grad_sq) if grad_sq > 0.0 else math.inf
+    return p0  # CONSTANT
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A stepsize rule: its kind, its parameters and how it prints."""
+
+    code: int
+    params: tuple
+    spec: str
+    eta: float  # the base stepsize (p0), or the scale of a Polyak step
+
+    def __repr__(self) -> str:
+        return f"lgd.stepsize.{self.spec}"
+
+
+def _positive(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)) \
+            or not (math.isfinite(float(value)) and float(value) > 0):
+        raise ValueError(f"stepsize rule: {name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def constant(eta) -> Rule:
+    """eta_t = eta."""
+    eta = _positive(eta, "eta")
+    return Rule(CONSTANT, (eta, 0.0, 0.0), f"constant({eta:g})", eta)
+
+
+def warmup(eta, steps) -> Rule:
+    """eta_t = eta min(1, (t + 1) / steps): a linear warm-up over `steps` steps, then constant."""
+    eta, steps = _positive(eta, "eta"), _positive(steps, "steps")
+    return Rule(WARMUP, (eta, steps, 0.0), f"warmup({eta:g}, {steps:g})", eta)
+
+
+def step_decay(eta, every, factor) -> Rule:
+    """eta_t = eta factor^floor(t / every), 0 < factor <= 1."""
+    eta, every, factor = _positive(eta, "eta"), _positive(every, "every"), _positive(factor, "factor")
+    if factor > 1.0:
+        raise ValueError(f"stepsize rule: step_decay's factor must be at most 1, got {factor}")
+    return Rule(STEP_DECAY, (eta, every, factor), f"step_decay({eta:g}, {every:g}, {factor:g})", eta)
+
+
+def cosine(eta) -> Rule:
+    """eta_t = eta (1 + cos(pi t / T)) / 2 over the run's T steps."""
+    eta = _positive(eta, "eta")
+    return Rule(COSINE, (eta, 0.0, 0.0), f"cosine({eta:g})", eta)
+
+
+def adaptive(eta) -> Rule:
+    """eta_t = eta / L(W_t), the risk-adaptive stepsize (Zhang, Wu, Lin and Bartlett, 2025), from the log-risk:
+    finite where the risk underflows."""
+    eta = _positive(eta, "eta")
+    return Rule(ADAPTIVE, (eta, 0.0, 0.0), f"adaptive({eta:g})", eta)
+
+
+def polyak(risk_min=0.0, scale=1.0) -> Rule:
+    """eta_t = scale (L(W_t) - risk_min) / |grad L(W_t)|^2, Polyak's step for a known (or assumed) least risk."""
+    if isinstance(risk_min, bool) or not isinstance(risk_min, (Real, np.floating, np.integer)) \
+            or not math.isfinite(float(risk_min)):
+        raise ValueError(f"stepsize rule: risk_min must be a finite number, got {risk_min!r}")
+    scale = _positive(scale, "scale")
+    return Rule(POLYAK, (float(risk_min), scale, 0.0), f"polyak({float(risk_min):g}, {scale:g})", scale)
+
+
+def normalized(eta) -> Rule:
+    """eta_t = eta / |grad L(W_t)|: normalised GD, every step of length eta."""
+    eta = _positive(eta, "eta")
+    return Rule(NORMALIZED, (eta, 0.0, 0.0), f"normalized({eta:g})", eta)
+
+
+def as_rule(value, name: str = "stepsize") -> Rule:
+    """A :class:`Rule` from a rule or a positive number (a constant rule)."""
+    if isinstance(value, Rule):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
+        raise ValueError(f"{name} must be a positive number or an lgd.stepsize rule, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be positive and finite, got {value}")
+    return constant(value)

@@ -1,0 +1,99 @@
+"""Stepsize rules (lgd.stepsize): runtime data mixed in one sweep, the same eta_t on every backend, and the
+closed forms each rule promises."""
+
+import math
+
+import numpy as np
+import pytest
+from conftest import problem_data
+
+import lgd
+from lgd import stepsize
+
+RULES = {"constant": stepsize.constant(0.8), "warmup": stepsize.warmup(2.0, 10), "step_decay": stepsize.step_decay(
+    2.0, 7, 0.5), "cosine": stepsize.cosine(1.5), "adaptive": stepsize.adaptive(0.5), "polyak": stepsize.polyak(0.0),
+    "normalized": stepsize.normalized(0.3)}
+
+
+def _compute(case):
+    return lgd.Compute(backend=case.backend.name, dtype=case.dtype_name, progress=False)
+
+
+def test_every_rule_in_one_sweep_matches_the_oracle(compiled_backend_dtype):
+    """All the rules side by side in one batched call: traces, eta_t and weights as the numpy oracle's."""
+    case = compiled_backend_dtype
+    X, y, X_test, y_test = problem_data("logistic", dtype=case.dtype)
+    net = lgd.TwoLayerNet(6, train_outer=True)
+    options = dict(stepsizes=list(RULES.values()), steps=12, record=3, X_test=X_test, y_test=y_test)
+    actual = lgd.sweep(X, y, net, **options, compute=_compute(case))
+    expected = lgd.sweep(X, y, net, **options, compute=lgd.Compute("numpy", dtype=case.dtype_name))
+    assert actual.stepsize_rule == expected.stepsize_rule == [rule.spec for rule in RULES.values()]
+    assert actual.status == expected.status
+    # Polyak's and the normalised steps are large: rounding differences grow from step to step.
+    rtol = 1e-9 if case.dtype == np.float64 else 2e-4
+    for name in ("risk", "eta", "grad_norm", "weight_norm"):
+        np.testing.assert_allclose(getattr(actual, name), getattr(expected, name), rtol=rtol, err_msg=name)
+    np.testing.assert_allclose(actual.weights, expected.weights, rtol=rtol, atol=rtol)
+
+
+def test_schedules_follow_their_formulas():
+    X, y, _, _ = problem_data("logistic")
+    result = lgd.sweep(X, y, lgd.TwoLayerNet(4), stepsizes=[RULES["warmup"], RULES["step_decay"], RULES["cosine"]],
+                       steps=40, compute="numpy")
+    t = result.step.astype(float)
+    np.testing.assert_allclose(result.eta[0], 2.0 * np.minimum(1.0, (t + 1) / 10))
+    np.testing.assert_allclose(result.eta[1], 2.0 * 0.5 ** np.floor(t / 7))
+    np.testing.assert_allclose(result.eta[2], 1.5 * 0.5 * (1 + np.cos(np.pi * t / 40)))
+
+
+def test_the_adaptive_step_is_eta_over_the_risk_and_finite_where_the_risk_underflows(backend_dtype):
+    """eta_t L(W_t) = eta while the risk is in range; on separable data the risk falls below 1e-308 and the
+    step, computed from the log-risk, stays finite (held at e^709 eta beyond)."""
+    case = backend_dtype
+    if case.dtype == np.float32:
+        pytest.skip("the float32 risk leaves its range at 1e-45: the float64 case says it")
+    X, y = lgd.data.separable(n=30, d=3, margin=0.3, seed=2)
+    run = lgd.gd(X, y, lgd.Linear(), "logistic", stepsize=stepsize.adaptive(100.0), steps=80, init=np.zeros(3),
+                 compute=_compute(case), divergence=math.inf)
+    assert run.status == "completed"
+    normal = run.risk > 1e-300
+    np.testing.assert_allclose(run.eta[normal] * run.risk[normal], 100.0, rtol=1e-12)
+    with np.errstate(over="ignore"):
+        expected = np.minimum(100.0 * np.exp(np.minimum(-run.log_risk, 709.0)), np.finfo(np.float64).max)
+    np.testing.assert_allclose(run.eta, expected, rtol=1e-12)
+    assert run.risk[-1] < 1e-300 and run.log_risk[-1] < -700 and np.isfinite(run.eta).all()
+
+
+def test_polyak_halves_a_quadratic_error_and_normalized_steps_have_length_eta(backend_dtype):
+    """On L = (1/2)(2w - 1)^2 (L_min = 0) Polyak's step is 1/(2 lambda): the error halves every step.
+    Normalised GD moves the weights by exactly eta per step."""
+    case = backend_dtype
+    X, y = np.array([[2.0]]), np.array([1.0])
+    run = lgd.gd(X, y, lgd.Linear(), "squared", stepsize=stepsize.polyak(0.0), steps=12, init=np.zeros(1),
+                 record=lgd.Record(weights=1), compute=_compute(case))
+    error = run.trajectory[:, 0].astype(np.float64) - 0.5
+    np.testing.assert_allclose(error[1:] / error[:-1], 0.5, rtol=1e-5 if case.dtype == np.float32 else 1e-12)
+    run = lgd.gd(X, y, lgd.Linear(), "squared", stepsize=stepsize.normalized(0.01), steps=10, init=np.zeros(1),
+                 record=lgd.Record(weights=1), compute=_compute(case))
+    np.testing.assert_allclose(np.diff(run.trajectory[:, 0].astype(np.float64)), 0.01,
+                               rtol=1e-5 if case.dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: stepsize.warmup(1.0, 0), "steps must be a positive"),
+    (lambda: stepsize.step_decay(1.0, 5, 2.0), "factor must be at most 1"),
+    (lambda: stepsize.adaptive(-1.0), "eta must be a positive"),
+    (lambda: stepsize.polyak(math.nan), "risk_min must be a finite"),
+], ids=["warmup", "step_decay", "adaptive", "polyak"])
+def test_bad_rule_parameters_name_the_problem(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_rules_are_saved_with_the_run(tmp_path):
+    X, y, _, _ = problem_data("logistic")
+    run = lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=RULES["cosine"], steps=5, compute="numpy")
+    again = lgd.load(run.save(tmp_path / "run"))
+    assert again.stepsize_rule == "cosine(1.5)" and (again.eta == run.eta).all()
+    with pytest.raises(ValueError, match="stepsizes must be a positive number or an lgd.stepsize rule"):
+        lgd.sweep(X, y, lgd.TwoLayerNet(3), stepsizes=[1.0, "fast"], steps=5, compute="numpy")
