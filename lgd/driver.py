@@ -142,6 +142,9 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
         if X_test.shape[1] != X.shape[1]:
             raise ValueError(f"X_test has {X_test.shape[1]} features but X has {X.shape[1]}")
     rules = _stepsize_rules(stepsizes)
+    if sharpness_every is None and any(rule.code == _stepsize.INVERSE_SHARPNESS for rule in rules):
+        raise ValueError("lgd.stepsize.inverse_sharpness needs the sharpness measured: "
+                         "record=lgd.Record(sharpness_every=s)")
     seeds = _check_seeds(seeds)
     steps = _check_count(steps, "steps")
     init_scale = float(init_scale)
@@ -176,7 +179,9 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
                       X_test=X_test, y_test=y_test, risk_bound=risk_bound, weight_bound=divergence.weight_norm,
                       weights_every=record.weights or 0,
                       log_risk_every_step=any(rule.code == _stepsize.ADAPTIVE for rule in rules),
-                      directions=None if directions is None else directions.astype(dtype))
+                      directions=None if directions is None else directions.astype(dtype),
+                      sharpness_every=sharpness_every or 0, sharpness_k=sharpness_k, sharpness_points=sharpness_points,
+                      lyapunov=record.lyapunov or 0)
 
     def empty_trace(until: int) -> Trace:
         """The records of a run of `until` steps (trajectories included when asked for)."""
@@ -184,15 +189,19 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
         return Trace.empty(len(configs), record_steps(until, record_every).size, model.width, bool(neuron_margins),
                            weight_records=weight_records, dim=d, dtype=dtype, outer=model.train_outer,
                            directions=0 if directions is None else directions.shape[0],
-                           tangents=record.lyapunov or 0)
+                           tangents=record.lyapunov or 0,
+                           sharpness_records=record_steps(until, sharpness_every).size if in_runner else 0,
+                           sharpness_k=sharpness_k if in_runner else 0)
 
-    trace = empty_trace(steps)
     runner = backend.runner(problem, steps, record_every, state.W.shape)  # compiles here, not in the timed loop
-    if sharpness_every is None:
-        sharpness_steps, sharpness, measure_sharpness = None, None, None
-    else:
+    # The sharpness is measured inside the runner's steps where it can (numpy, numba), else here between chunks.
+    in_runner = sharpness_every is not None and getattr(runner, "measures_sharpness", False)
+    trace = empty_trace(steps)
+    sharpness_steps = sharpness = None
+    if sharpness_every is not None:
         sharpness_steps = record_steps(steps, sharpness_every)
-        sharpness = np.full((len(configs), sharpness_steps.size, sharpness_k), np.nan)
+        sharpness = trace.sharpness if in_runner else np.full((len(configs), sharpness_steps.size, sharpness_k),
+                                                              np.nan)
 
         def measure_sharpness(t):
             slot = int(np.searchsorted(sharpness_steps, t))
@@ -201,7 +210,8 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
 
     reached, seconds, interrupted, paused_seconds = _advance(
         runner, state, trace, steps, progress,
-        pauses=() if sharpness_steps is None else sharpness_steps.tolist(), at_pause=measure_sharpness)
+        pauses=() if sharpness_steps is None or in_runner else sharpness_steps.tolist(),
+        at_pause=None if sharpness_steps is None or in_runner else measure_sharpness)
     final = None
     if interrupted:
         # The weights are W_reached: record that step too, so that the last record and the weights agree.
@@ -239,9 +249,12 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
             "risk_bound": risk_bound}
     if sharpness_every is not None:
         meta.update(sharpness_every=sharpness_every, sharpness_points=sharpness_points,
-                    sharpness_seconds=paused_seconds)
-        taken = sharpness_steps < reached
-        sharpness_steps, sharpness = sharpness_steps[taken], sharpness[:, taken]
+                    sharpness_seconds=None if in_runner else paused_seconds)
+        if in_runner:
+            sharpness, sharpness_steps = kept("sharpness", sharpness_every), kept_steps(sharpness_every)
+        else:
+            taken = sharpness_steps < reached
+            sharpness_steps, sharpness = sharpness_steps[taken], sharpness[:, taken]
     trajectory = outer_trajectory = projections = trajectory_step = None
     if record.weights:
         trajectory_step = kept_steps(record.weights)

@@ -1,7 +1,8 @@
 """Stepsize rules: the stepsize eta_t of every step as runtime data, mixed freely in one sweep.
 
 What lives here: the rules (:class:`Rule` and its kinds: constant, warm-up, step and cosine decay,
-risk-adaptive eta / L(W_t), Polyak, normalised), each a code and three parameters, and
+risk-adaptive eta / L(W_t), Polyak, normalised, and c / lambda_max tied to the measured sharpness), each a
+code and three parameters, and
 :func:`stepsize_at`, the one formula of eta_t that every backend evaluates (the numba kernels compile
 this very function; the numpy oracle calls it). A sweep's ``stepsizes`` may hold numbers (constant
 rules) and rules side by side: they are data in the kernels, so no value or kind recompiles anything.
@@ -24,18 +25,19 @@ from numbers import Real
 
 import numpy as np
 
-__all__ = ["Rule", "constant", "warmup", "step_decay", "cosine", "adaptive", "polyak", "normalized", "as_rule",
-           "stepsize_at"]
+__all__ = ["Rule", "constant", "warmup", "step_decay", "cosine", "adaptive", "polyak", "normalized",
+           "inverse_sharpness", "as_rule", "stepsize_at"]
 
 _LARGEST = 1.7976931348623157e308
 # The rules' codes, data in the kernels.
-CONSTANT, WARMUP, STEP_DECAY, COSINE, ADAPTIVE, POLYAK, NORMALIZED = range(7)
+CONSTANT, WARMUP, STEP_DECAY, COSINE, ADAPTIVE, POLYAK, NORMALIZED, INVERSE_SHARPNESS = range(8)
 
 
-def stepsize_at(code, p0, p1, p2, t, steps, risk, log_risk, grad_sq):
+def stepsize_at(code, p0, p1, p2, t, steps, risk, log_risk, grad_sq, sharpness):
     """eta_t of rule `code` with parameters (p0, p1, p2) at step t of `steps`, given the step's risk L(W_t),
-    its log (computed stably: a risk of 1e-300 or 0.0 still gives a finite eta / L) and |grad L(W_t)|^2.
-    Plain arithmetic: the numba kernels compile this very function."""
+    its log (computed stably: a risk of 1e-300 or 0.0 still gives a finite eta / L), |grad L(W_t)|^2 and
+    the latest measured sharpness (top Hessian eigenvalue). Plain arithmetic: the numba kernels compile
+    this very function."""
     if code == WARMUP:  # p0 over p1 steps, linearly from p0 / p1
         return p0 * min(1.0, (t + 1.0) / p1)
     if code == STEP_DECAY:  # p0 p2^floor(t / p1)
@@ -48,6 +50,8 @@ def stepsize_at(code, p0, p1, p2, t, steps, risk, log_risk, grad_sq):
         return p1 * (risk - p0) / grad_sq if grad_sq > 0.0 else math.inf
     if code == NORMALIZED:  # p0 / |grad| (inf at a zero gradient)
         return p0 / math.sqrt(grad_sq) if grad_sq > 0.0 else math.inf
+    if code == INVERSE_SHARPNESS:  # p0 / lambda_max, the latest measured (inf where it is not positive)
+        return p0 / sharpness if sharpness > 0.0 else math.inf
     return p0  # CONSTANT
 
 
@@ -117,6 +121,13 @@ def normalized(eta) -> Rule:
     """eta_t = eta / |grad L(W_t)|: normalised GD, every step of length eta."""
     eta = _positive(eta, "eta")
     return Rule(NORMALIZED, (eta, 0.0, 0.0), f"normalized({eta:g})", eta)
+
+
+def inverse_sharpness(c) -> Rule:
+    """eta_t = c / lambda_max(W_s), the top Hessian eigenvalue at the latest sharpness step s <= t: needs
+    ``lgd.Record(sharpness_every=s)`` (c = 2 sits at the classical stability limit 2 / lambda_max)."""
+    c = _positive(c, "c")
+    return Rule(INVERSE_SHARPNESS, (c, 0.0, 0.0), f"inverse_sharpness({c:g})", c)
 
 
 def as_rule(value, name: str = "stepsize") -> Rule:

@@ -29,6 +29,7 @@ from lgd.stepsize import stepsize_at as _stepsize_at
 from .compiler import subroutine
 from .formulas import activate_row, log_loss_row, loss_row
 from .intrinsics import dot_lanes, flat, fma, like
+from .sharpness import top_eigenvalues
 from .tangent import propagate
 from .tiles import (BACKWARD_GROUP, TILE_ROWS, WAITING_MAX_M, WAITING_SAMPLES, WIDE_MIN_D, WIDE_ROWS, backward_rows,
                     forward_rows)
@@ -331,7 +332,7 @@ def blank_weights(trace, c, slot):
 
 @subroutine(types.boolean)
 def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace, neuron, n_test, test_stats,
-             batch, us, directions, X, y, tangent_scratch):
+             batch, us, directions, X, y, tangent_scratch, X_curvature, y_curvature, curvature_scratch, rows):
     """After the pass over the samples at step t: divergence test, records, the tangent vectors (Lyapunov
     exponents, when the batch has any), update. False if the run stops here: a risk or gradient that is
     not finite (nothing recorded), or a risk or weight norm above the spec's bounds (recorded, then
@@ -354,9 +355,20 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
     log_risk = 0.0
     if slot >= 0 or spec.log_risk_every_step:
         log_risk = log_risk_of(risk, spec.loss, spec.loss_param, us, f32)
+    # Two ifs on arguments that are None without the sharpness or the Lyapunov exponents: numba prunes them,
+    # so a kernel without either compiles none of their code.
+    if curvature_scratch is not None:
+        sharpness_slot = record_slot(t, schedule.steps, schedule.sharpness_every)
+        if sharpness_slot >= 0:
+            Q, QA, HV, HB, Vt, HVt, alpha, beta, ritz, work = curvature_scratch
+            z, p, q, r, dz, g = rows
+            top_eigenvalues(X_curvature, y_curvature, Wt, a_step, spec, batch.sharpness_start[c],
+                            batch.sharpness_start_a[c], trace.sharpness[c, sharpness_slot], Q, QA, HV, HB, Vt, HVt,
+                            z, p, q, r, dz, g, alpha, beta, ritz, work)
+            batch.sharpness_last[c] = trace.sharpness[c, sharpness_slot, 0]
     params = batch.rule_params
     eta = narrow(stepsize_at(batch.rules[c], params[c, 0], params[c, 1], params[c, 2], t, schedule.steps, risk,
-                             log_risk, grad_sq), f32)
+                             log_risk, grad_sq, batch.sharpness_last[c]), f32)
     if slot >= 0:
         record_step(trace, c, slot, n, risk, log_risk, grad_sq, weight_sq, stats, neuron, n_test, test_stats, f32)
         trace.eta[c, slot] = eta
@@ -370,10 +382,11 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
         diverged[c] = t
         return False
     if t < schedule.steps:
-        if batch.tangents.shape[1] > 0:
-            HV, HB, Vt, HVt, tz, tp, tq, tr, tdz, tg = tangent_scratch
+        if tangent_scratch is not None:
+            HV, HB, Vt, HVt = tangent_scratch
+            z, p, q, r, dz, g = rows
             propagate(c, X, y, Wt, a_step, spec, eta, batch.tangents, batch.tangents_a, batch.log_growth, HV, HB,
-                      Vt, HVt, tz, tp, tq, tr, tdz, tg)
+                      Vt, HVt, z, p, q, r, dz, g)
         update(Wt, a, grad, grad_a, eta, train_outer, f32)
     return True
 

@@ -30,20 +30,24 @@ from .tiles import blas_backward, blas_forward
 
 class Data(NamedTuple):
     """The training and held-out data, C-contiguous in the run's dtype (X_test (0, d) when there is none), and
-    the directions (P, m, d) the trajectories are projected onto ((0, m, d) when they are not)."""
+    the directions (P, m, d) the trajectories are projected onto ((0, m, d) when they are not), and the
+    training points the sharpness is measured on (the first sharpness_points rows of X and y)."""
 
     X: np.ndarray
     y: np.ndarray
     X_test: np.ndarray
     y_test: np.ndarray
     directions: np.ndarray
+    X_curvature: np.ndarray
+    y_curvature: np.ndarray
 
 
 class Batch(NamedTuple):
     """The configurations' iterates: W (C, m, d) and A (C, m) in the run's dtype, diverged (C,) int64 (-1 while running, else the step where the run stopped); the k tangent
     vectors of each (C, k, m, d) and (C, k, m) and their log growth so far (C, k), float64 (k = 0 without
     Lyapunov exponents); each one's stepsize rule, codes (C,) int64 and parameters (C, 3) float64
-    (lgd.stepsize)."""
+    (lgd.stepsize); its latest sharpness (C,) and that measurement's top eigenvector, the next one's warm
+    start, (C, m, d) and (C, m), float64."""
 
     W: np.ndarray
     A: np.ndarray
@@ -53,6 +57,9 @@ class Batch(NamedTuple):
     log_growth: np.ndarray
     rules: np.ndarray
     rule_params: np.ndarray
+    sharpness_last: np.ndarray
+    sharpness_start: np.ndarray
+    sharpness_start_a: np.ndarray
 
 
 class Spec(NamedTuple):
@@ -78,13 +85,15 @@ class Spec(NamedTuple):
 
 class Schedule(NamedTuple):
     """Evaluations t in [t_start, t_stop) of a run of `steps` steps recording every `record_every`, and the
-    trajectories (when the trace has room for them) every `weights_every`."""
+    trajectories and the sharpness (when the trace has room for them) every `weights_every` and
+    `sharpness_every`."""
 
     t_start: int
     t_stop: int
     steps: int
     record_every: int
     weights_every: int
+    sharpness_every: int
 
 
 class Team(NamedTuple):
@@ -109,8 +118,10 @@ class Buffers(NamedTuple):
     waiting for the gradient, grads (d, m) and grads_a (m,) partial gradients; float64: neurons_part (m,)
     per member, stats (2 team, 3) per member's training and held-out blocks; grad, grad_a, neuron and
     total (2, 3) the sums; us (n,) float64 the samples' loss arguments at record steps; tangent, the scratch
-    of the tangent map (HV (k, m, d), HB (k, m), Vt and HVt (k, d, m) float64, z (1, m), p, q, r (m,) in the
-    run's dtype, dz and g (m,) float64). BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m). The fused loops' zs is
+    of the tangent map (HV (k, m, d), HB (k, m), Vt and HVt (k, d, m) float64); curvature, that of the
+    sharpness's Lanczos (sharpness.top_eigenvalues: Q (J + 1, m, d), QA (J + 1, m), one-row HV, HB, Vt, HVt,
+    alpha, beta (J + 1,), ritz (k,), work (2, J + 1)); rows, the rows both share (z (1, m), p, q, r (m,) in
+    the run's dtype, dz and g (m,) float64). BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m). The fused loops' zs is
     None with BLAS, and Z, Z_test and grads_blas None without: a branch on None is pruned at compile time,
     so each product mode is a kernel of its own without the other's code.
     """
@@ -133,6 +144,8 @@ class Buffers(NamedTuple):
     total: np.ndarray
     us: np.ndarray
     tangent: tuple
+    curvature: tuple
+    rows: tuple
     Z: object
     Z_test: object
     grads_blas: object
@@ -183,7 +196,7 @@ def run_team(team, data, batch, trace, spec, schedule, buffers):
     if verdict != KNOWN or schedule.t_start >= schedule.t_stop:
         return verdict
     member, size, sync, go, queue, configs = team
-    X, y, X_test, y_test, directions = data
+    X, y, X_test, y_test, directions, X_curvature, y_curvature = data
     b = buffers
     m, d = batch.W.shape[1], batch.W.shape[2]
     n = X.shape[0]
@@ -227,7 +240,8 @@ def run_team(team, data, batch, trace, spec, schedule, buffers):
                 reduce_blocks(size, test, b.grads, b.grads_a, b.neurons_part, b.stats, b.grad, b.grad_a, b.neuron,
                               b.total, b.grads_blas)
                 go[0] = step_end(c, t, schedule, spec, n, b.total[0], b.grad, b.grad_a, b.Wt, b.a, b.a_step, trace,
-                                 b.neuron, n_test, b.total[1], batch, b.us, directions, X, y, b.tangent)
+                                 b.neuron, n_test, b.total[1], batch, b.us, directions, X, y, b.tangent,
+                                 X_curvature, y_curvature, b.curvature, b.rows)
                 for j in range(m):
                     b.a_step[j] = b.a[j]
             barrier(sync, size)

@@ -67,6 +67,13 @@ class Problem:
     # steps record_steps(steps, weights_every) when weights_every > 0.
     weights_every: int = 0
     directions: np.ndarray | None = None
+    # The sharpness: the top sharpness_k Hessian eigenvalues at the steps record_steps(steps, sharpness_every)
+    # (0: none) on the first sharpness_points training points (None: all).
+    sharpness_every: int = 0
+    sharpness_k: int = 1
+    sharpness_points: int | None = None
+    # The Lyapunov exponents: how many tangent vectors the batch's states carry (0: none).
+    lyapunov: int = 0
 
     @property
     def dtype(self):
@@ -91,6 +98,12 @@ class State:
     # float64; None: constant rules at `stepsizes`.
     rules: np.ndarray | None = None
     rule_params: np.ndarray | None = None
+    # The sharpness measured inside the runner: each configuration's latest (C,) float64 (NaN before the
+    # first), and its top Hessian eigenvector then, (C, m, d) and (C, m) float64, the next measurement's
+    # warm start (None when the runner measures no sharpness).
+    sharpness_last: np.ndarray | None = None
+    sharpness_start: np.ndarray | None = None
+    sharpness_start_a: np.ndarray | None = None
 
     def __post_init__(self):
         if self.diverged is None:
@@ -99,6 +112,14 @@ class State:
             self.rules = np.zeros(self.W.shape[0], dtype=np.int64)
             self.rule_params = np.zeros((self.W.shape[0], 3))
             self.rule_params[:, 0] = self.stepsizes
+
+    def curvature_arrays(self) -> tuple:
+        """(sharpness_last, sharpness_start, sharpness_start_a): made on first use (no measurement has been made)."""
+        if self.sharpness_last is None:
+            C, m, d = self.W.shape
+            self.sharpness_last = np.full(C, np.nan)
+            self.sharpness_start, self.sharpness_start_a = np.zeros((C, m, d)), np.zeros((C, m))
+        return self.sharpness_last, self.sharpness_start, self.sharpness_start_a
 
     def tangent_arrays(self) -> tuple:
         """(tangents, tangents_a, log_growth), with k = 0 tangent vectors when there are none."""
@@ -130,14 +151,17 @@ class Trace(NamedTuple):
     outer: np.ndarray
     projections: np.ndarray
     lyapunov_sum: np.ndarray
+    sharpness: np.ndarray
 
     @classmethod
     def empty(cls, configs: int, records: int, width: int, neurons: bool, *, weight_records: int = 0,
-              dim: int = 0, dtype=np.float64, outer: bool = False, directions: int = 0, tangents: int = 0) -> "Trace":
+              dim: int = 0, dtype=np.float64, outer: bool = False, directions: int = 0, tangents: int = 0,
+              sharpness_records: int = 0, sharpness_k: int = 0) -> "Trace":
         """Records of `configs` configurations: NaN-filled `records` slots of the scalars, per-neuron margins
         if `neurons`; `weight_records` slots of the weights W (width, dim) in `dtype` (and of the outer
         weights if `outer`), or NaN-filled slots of their projections onto `directions` directions when
-        that is > 0; and at the scalars' slots the log growth of `tangents` tangent vectors (C, R, k)."""
+        that is > 0; at the scalars' slots the log growth of `tangents` tangent vectors (C, R, k); and
+        `sharpness_records` slots of the top `sharpness_k` Hessian eigenvalues (C, R_s, k)."""
         scalars = {name: np.full((configs, records), np.nan) for name in TRACE_FIELDS}
         neuron = np.full((configs, records if neurons else 0, width), np.nan)
         stored = 0 if directions else weight_records
@@ -148,7 +172,8 @@ class Trace(NamedTuple):
                    weights=np.empty((configs, stored, width, dim), dtype=dtype),
                    outer=np.empty((configs, stored if outer else 0, width), dtype=dtype),
                    projections=np.full((configs, weight_records if directions else 0, directions), np.nan),
-                   lyapunov_sum=np.full((configs, records if tangents else 0, tangents), np.nan))
+                   lyapunov_sum=np.full((configs, records if tangents else 0, tangents), np.nan),
+                   sharpness=np.full((configs, sharpness_records, sharpness_k), np.nan))
 
 
 # The scalar fields of a Trace, one float64 value per (configuration, record).
@@ -181,14 +206,15 @@ def cast_stepsizes(stepsizes, dtype) -> np.ndarray:
     return np.asarray(stepsizes, dtype=np.float64).astype(dtype)
 
 
-def stepsize_of(state: State, c: int, t: int, steps: int, risk: float, log_risk: float, grad_sq: float, dtype):
+def stepsize_of(state: State, c: int, t: int, steps: int, risk: float, log_risk: float, grad_sq: float, dtype,
+                sharpness: float = math.nan):
     """eta_t of configuration c (lgd.stepsize.stepsize_at of its rule) as a run of `dtype` applies it."""
     from ..stepsize import stepsize_at
 
     code, (p0, p1, p2) = int(state.rules[c]), state.rule_params[c]
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         return cast_stepsizes(stepsize_at(code, float(p0), float(p1), float(p2), t, steps, float(risk),
-                                          float(log_risk), float(grad_sq)), dtype)[()]
+                                          float(log_risk), float(grad_sq), float(sharpness)), dtype)[()]
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,9 @@ BLAS_BOUND_D = 512
 # threads, so that each thread's share of a step outweighs the two barriers (about a microsecond
 # each) that a team needs per step.
 TEAM_WORK = 1 << 11
+# Lanczos iterations at most per sharpness measurement (fewer when the top eigenvalues converge, warm-started
+# from the last measurement's top eigenvector; at most the number of trained parameters).
+LANCZOS_ITERATIONS = 60
 # Seconds a runner waits for its kernel before it says that it is compiling (a cache load is faster).
 COMPILE_NOTICE_S = 1.0
 
@@ -58,6 +61,7 @@ class Runner:
     """Runs configurations of one problem in compiled code; see :mod:`lgd.backends` for the protocol."""
 
     name = "numba"
+    measures_sharpness = True  # inside the kernel (kernels/numba_cpu/sharpness.py)
 
     def __init__(self, problem: Problem, steps: int, record_every: int, shape=None):
         import numba
@@ -77,7 +81,8 @@ class Runner:
         m = 1 if shape is None else int(shape[1])
         directions = (np.empty((0, m, d), dtype=p.dtype) if p.directions is None
                       else np.ascontiguousarray(p.directions, dtype=p.dtype))
-        self._data = numba_cpu.Data(np.ascontiguousarray(p.X), np.ascontiguousarray(p.y), *test, directions)
+        X, y = np.ascontiguousarray(p.X), np.ascontiguousarray(p.y)
+        self._data = numba_cpu.Data(X, y, *test, directions, X[:p.sharpness_points], y[:p.sharpness_points])
         self._spec = numba_cpu.Spec(activation=int(p.activation.code), activation_param=float(p.activation.param),
                                     loss=int(p.loss.code), loss_param=float(p.loss.param),
                                     margin_loss=bool(p.loss.margin), scale=float(p.scale),
@@ -98,7 +103,7 @@ class Runner:
             raise ValueError("the numba backend needs C-contiguous state and trace arrays")
         self.state, self.trace = state, trace
         self._batch = self._kernels.Batch(state.W, state.a, state.diverged, *state.tangent_arrays(), state.rules,
-                                          state.rule_params)
+                                          state.rule_params, *state.curvature_arrays())
 
     def advance(self, t_start: int, t_stop: int):
         live = np.flatnonzero(self.state.diverged < 0)
@@ -126,8 +131,11 @@ class Runner:
         d = self._data.X.shape[1]
         dtype = self.problem.dtype
         compiling = State(W=np.zeros((1, m, d), dtype=dtype), a=np.ones((1, m), dtype=dtype), stepsizes=np.ones(1))
+        if self.problem.lyapunov:  # the variant with the tangent map
+            compiling.tangents, compiling.tangents_a = np.zeros((1, 1, m, d)), np.zeros((1, 1, m))
+            compiling.log_growth = np.zeros((1, 1))
         batch = self._kernels.Batch(compiling.W, compiling.a, compiling.diverged, *compiling.tangent_arrays(),
-                                    compiling.rules, compiling.rule_params)
+                                    compiling.rules, compiling.rule_params, *compiling.curvature_arrays())
         # Python's cyclic garbage collector, left on, walks numba's many compiler objects again and again
         # during a cold compile; off, the compile's garbage waits for the first collection after it.
         collecting = gc.isenabled()
@@ -141,7 +149,10 @@ class Runner:
         notice.daemon = True
         notice.start()
         try:
-            self._chunk(batch, Trace.empty(1, 1, m, True, dim=d, dtype=dtype), np.zeros(1, dtype=np.intp), 0, 0)
+            measuring = self.problem.sharpness_every > 0  # the variant with the sharpness's Lanczos
+            trace = Trace.empty(1, 1, m, True, dim=d, dtype=dtype, sharpness_records=int(measuring),
+                                sharpness_k=int(measuring))
+            self._chunk(batch, trace, np.zeros(1, dtype=np.intp), 0, 0)
         finally:
             notice.cancel()
             if collecting:
@@ -150,7 +161,7 @@ class Runner:
     def _chunk(self, batch, trace: Trace, live, t_start: int, t_stop: int):
         """Evaluations [t_start, t_stop) of the configurations `live` (t_start == t_stop: compile only)."""
         schedule = self._kernels.Schedule(t_start, t_stop, self.steps, self.record_every,
-                                          max(1, self.problem.weights_every))
+                                          max(1, self.problem.weights_every), max(1, self.problem.sharpness_every))
         m = batch.W.shape[1]
         blas = self._use_blas(m)
         team = self.team_size(len(live), m)
@@ -197,8 +208,10 @@ class Runner:
         share; a fresh one if None): member 0 in this thread, the others in the pool."""
         kernels = self._kernels
         _, m, d = batch.W.shape
+        measuring = trace.sharpness.shape[1] > 0
         scratch = buffers(kernels, team, m, d, len(self._data.X), len(self._data.X_test), self.problem.dtype, blas,
-                          batch.tangents.shape[1])
+                          batch.tangents.shape[1], LANCZOS_ITERATIONS if measuring else 0,
+                          trace.sharpness.shape[2] if measuring else 0)
         sync = np.zeros(2, dtype=np.int64)
         go = np.zeros(2, dtype=np.int64)  # the step's verdict (not diverged), the configuration's index
         if queue is None:
@@ -233,12 +246,15 @@ def _check_codes(problem: Problem, kernels):
                              f"(docs/extending.md)")
 
 
-def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas: bool, tangents: int = 0):
+def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas: bool, tangents: int = 0,
+            lanczos: int = 0, eigenvalues: int = 0):
     """The scratch of one run_team call by a team of `team` (kernels.Buffers documents each buffer).
 
     What a member writes at every sample is in _own_rows, apart from the other members' rows. With BLAS
     the fused loops' tile rows are None, without it the BLAS buffers: each mode's kernel is compiled
-    without the other's code."""
+    without the other's code. `tangents`: the Lyapunov tangent vectors; `lanczos`, `eigenvalues`: the
+    Lanczos iterations and eigenvalues of a sharpness measurement; without them (0) their scratch is None
+    too, and the kernel is compiled without their code (a variant of its own, compiled on first use)."""
     empty = np.empty
     if blas:
         products = dict(Z=empty((n, m), dtype), Z_test=empty((n_test, m), dtype), grads_blas=empty((team, d, m), dtype))
@@ -253,8 +269,13 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
         grads_a=_own_rows((team, m), dtype), neurons_part=_own_rows((team, m), np.float64),
         stats=_own_rows((2 * team, 3), np.float64), grad=empty((d, m)), grad_a=empty(m), neuron=empty(m),
         total=empty((2, 3)), us=empty(n),
-        tangent=(empty((tangents, m, d)), empty((tangents, m)), empty((tangents, d, m)), empty((tangents, d, m)),
-                 empty((1, m), dtype), empty(m, dtype), empty(m, dtype), empty(m, dtype), empty(m), empty(m)),
+        tangent=(empty((tangents, m, d)), empty((tangents, m)), empty((tangents, d, m)), empty((tangents, d, m)))
+        if tangents else None,
+        curvature=(empty((lanczos + 1, m, d)), empty((lanczos + 1, m)), empty((1, m, d)), empty((1, m)),
+                   empty((1, d, m)), empty((1, d, m)), empty(lanczos + 1), empty(lanczos + 1), empty(eigenvalues),
+                   empty((2, lanczos + 1))) if lanczos else None,
+        rows=(empty((1, m), dtype), empty(m, dtype), empty(m, dtype), empty(m, dtype), empty(m), empty(m))
+        if tangents or lanczos else None,
         **products)
 
 

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from ..hessian import hvp
+from ..hessian import hvp, sharpness
 from ..models import evaluate, predict
 from . import Problem, State, Trace, record_slot, stepsize_of
 
@@ -23,6 +23,7 @@ class Runner:
     """Runs configurations of one problem; see :mod:`lgd.backends` for the contract."""
 
     name = "numpy"
+    measures_sharpness = True  # at the problem's sharpness steps, inside advance
 
     def __init__(self, problem: Problem, steps: int, record_every: int, shape=None):
         self.problem, self.steps, self.record_every = problem, steps, record_every
@@ -49,7 +50,10 @@ class Runner:
                         self._record_weights(trace, c, record_slot(t, steps, p.weights_every), W * np.nan, a * np.nan)
                     break
                 weight_sq = float(np.sum(W * W)) + (float(np.sum(a * a)) if p.train_outer else 0.0)
-                eta = stepsize_of(state, c, t, steps, ev.risk, ev.log_risk, grad_sq, p.dtype)
+                if p.sharpness_every > 0:
+                    self._measure_sharpness(state, trace, c, record_slot(t, steps, p.sharpness_every), W, a)
+                eta = stepsize_of(state, c, t, steps, ev.risk, ev.log_risk, grad_sq, p.dtype,
+                                  state.sharpness_last[c] if state.sharpness_last is not None else math.nan)
                 slot = record_slot(t, steps, self.record_every)
                 if slot >= 0:
                     self._record(trace, c, slot, ev, grad_sq, weight_sq, W, a)
@@ -84,6 +88,17 @@ class Runner:
             with np.errstate(over="ignore"):
                 trace.test_risk[c, slot] = p.loss.value(u).mean()
             trace.test_accuracy[c, slot] = np.mean(p.y_test * f > 0)
+
+    def _measure_sharpness(self, state: State, trace: Trace, c: int, slot: int, W, a):
+        """The top Hessian eigenvalues at a sharpness slot (>= 0), by lgd.hessian.sharpness (scipy's eigsh)."""
+        if slot < 0:
+            return
+        p = self.problem
+        last, _, _ = state.curvature_arrays()
+        with np.errstate(over="ignore", invalid="ignore"):
+            trace.sharpness[c, slot] = sharpness(W, a, p.X, p.y, p.activation, p.loss, p.scale,
+                                                 train_outer=p.train_outer, k=p.sharpness_k, points=p.sharpness_points)
+        last[c] = trace.sharpness[c, slot, 0]
 
     def _propagate(self, state: State, c: int, W, a, eta: float):
         """The tangent vectors of configuration c through I - eta H(W, a) (lgd.hessian.hvp), then modified

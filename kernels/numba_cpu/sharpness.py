@@ -1,0 +1,168 @@
+"""The sharpness (top Hessian eigenvalues) of a configuration inside the kernels: Lanczos on exact HVPs.
+
+What lives here: :func:`top_eigenvalues`, k largest eigenvalues of the Hessian of the risk at the current
+weights by Lanczos with full re-orthogonalisation on the exact Hessian-vector products of tangent
+(``hessian_products``), warm-started from the previous measurement's top Ritz vector, and the small
+tridiagonal algebra it needs (Sturm bisection for the Ritz values, inverse iteration for the top Ritz
+vector). lgd.hessian.sharpness (scipy's eigsh on the same products) is the oracle.
+"""
+
+import math
+
+from numba import types
+
+from .compiler import subroutine
+from .tangent import hessian_products
+
+# Lanczos stops when the top-k Ritz values move by less than this (relative) from one iteration to the next.
+RITZ_TOL = 1e-13
+
+
+@subroutine(types.int64)
+def sturm_count(alpha, beta, j, x):
+    """The number of eigenvalues of the j x j tridiagonal (alpha, beta[1:]) below x."""
+    count = 0
+    d = 1.0
+    for i in range(j):
+        off = beta[i] * beta[i] if i > 0 else 0.0
+        d = alpha[i] - x - (off / d if i > 0 else 0.0)
+        if d == 0.0:
+            d = -1e-300
+        if d < 0.0:
+            count += 1
+    return count
+
+
+@subroutine(types.float64)
+def ritz_value(alpha, beta, j, rank):
+    """The rank-th largest eigenvalue (rank 0 = largest) of the j x j tridiagonal, by bisection."""
+    radius = 0.0
+    for i in range(j):
+        row = abs(alpha[i]) + (abs(beta[i]) if i > 0 else 0.0) + (abs(beta[i + 1]) if i + 1 < j else 0.0)
+        radius = max(radius, row)
+    low, high = -radius - 1.0, radius + 1.0
+    target = j - 1 - rank  # eigenvalues below the answer
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        if mid == low or mid == high:
+            break
+        if sturm_count(alpha, beta, j, mid) <= target:
+            low = mid
+        else:
+            high = mid
+    return 0.5 * (low + high)
+
+
+@subroutine(types.void)
+def top_ritz_vector(alpha, beta, j, theta, y, work):
+    """y (j,): the eigenvector of the tridiagonal for its top eigenvalue theta, by two steps of inverse
+    iteration with the shift just above theta (T - shift is then negative definite: no pivoting needed)."""
+    shift = theta + 1e-10 * max(abs(theta), 1e-300)
+    for i in range(j):
+        y[i] = 1.0
+    for _ in range(2):
+        # Thomas algorithm on (T - shift) x = y, the diagonal in work[:j], the right side in y.
+        work[0] = alpha[0] - shift
+        for i in range(1, j):
+            factor = beta[i] / work[i - 1]
+            work[i] = alpha[i] - shift - factor * beta[i]
+            y[i] -= factor * y[i - 1]
+        y[j - 1] /= work[j - 1]
+        for i in range(j - 2, -1, -1):
+            y[i] = (y[i] - beta[i + 1] * y[i + 1]) / work[i]
+        norm = 0.0
+        for i in range(j):
+            norm += y[i] * y[i]
+        norm = math.sqrt(norm)
+        for i in range(j):
+            y[i] /= norm
+
+
+@subroutine(types.void)
+def top_eigenvalues(X, y, Wt, a, spec, start, start_a, out, Q, QA, HV, HB, Vt, HVt, z, p, q, r, dz, g, alpha, beta,
+                    ritz, work):
+    """out[:k] = the k largest Hessian eigenvalues at (W, a) by Lanczos from the direction (start, start_a)
+    (replaced by the new top Ritz vector, the next call's start). Q (J + 1, m, d), QA (J + 1, m): the
+    Lanczos basis; alpha, beta (J + 1,), ritz (k,), work (2, J + 1) float64; HV, HB, Vt, HVt with one row,
+    z, p, q, r, dz, g: the scratch of hessian_products."""
+    J = Q.shape[0] - 1
+    m, d = Q.shape[1], Q.shape[2]
+    k = out.size
+    train_outer = spec.train_outer
+    size = m * d + (m if train_outer else 0)
+    J = min(J, size)
+    norm = 0.0
+    for jj in range(m):
+        for kk in range(d):
+            norm += start[jj, kk] * start[jj, kk]
+        if train_outer:
+            norm += start_a[jj] * start_a[jj]
+    if not norm > 0.0:  # no previous direction: a fixed spread-out one
+        norm = 0.0
+        for jj in range(m):
+            for kk in range(d):
+                start[jj, kk] = 1.0 + 0.5 * math.sin(1.0 + jj * 7.0 + kk * 3.0)
+                norm += start[jj, kk] * start[jj, kk]
+            start_a[jj] = (1.0 + 0.5 * math.cos(2.0 + jj * 5.0)) if train_outer else 0.0
+            norm += start_a[jj] * start_a[jj]
+    norm = math.sqrt(norm)
+    for jj in range(m):
+        for kk in range(d):
+            Q[0, jj, kk] = start[jj, kk] / norm
+        QA[0, jj] = start_a[jj] / norm if train_outer else 0.0
+    beta[0] = 0.0
+    steps = 0
+    for i in range(k):
+        ritz[i] = math.nan
+    for j in range(J):
+        hessian_products(X, y, Wt, a, spec, Q[j:j + 1], QA[j:j + 1], HV, HB, Vt, HVt, z, p, q, r, dz, g)
+        dot = 0.0
+        for jj in range(m):
+            for kk in range(d):
+                dot += HV[0, jj, kk] * Q[j, jj, kk]
+            dot += HB[0, jj] * QA[j, jj]
+        alpha[j] = dot
+        for sweep in range(2):  # full re-orthogonalisation, twice
+            for i in range(j + 1):
+                dot = 0.0
+                for jj in range(m):
+                    for kk in range(d):
+                        dot += HV[0, jj, kk] * Q[i, jj, kk]
+                    dot += HB[0, jj] * QA[i, jj]
+                for jj in range(m):
+                    for kk in range(d):
+                        HV[0, jj, kk] -= dot * Q[i, jj, kk]
+                    HB[0, jj] -= dot * QA[i, jj]
+        norm = 0.0
+        for jj in range(m):
+            for kk in range(d):
+                norm += HV[0, jj, kk] * HV[0, jj, kk]
+            norm += HB[0, jj] * HB[0, jj]
+        norm = math.sqrt(norm)
+        steps = j + 1
+        converged = steps >= k
+        for i in range(min(k, steps)):
+            value = ritz_value(alpha, beta, steps, i)
+            converged = converged and abs(value - ritz[i]) <= RITZ_TOL * abs(value)
+            ritz[i] = value
+        if converged or not norm > 1e-12 * max(abs(alpha[0]), 1e-300) or j + 1 == J:
+            break
+        beta[j + 1] = norm
+        for jj in range(m):
+            for kk in range(d):
+                Q[j + 1, jj, kk] = HV[0, jj, kk] / norm
+            QA[j + 1, jj] = HB[0, jj] / norm
+    for i in range(k):
+        out[i] = ritz[i] if i < steps else math.nan
+    coefficients = work[0]
+    top_ritz_vector(alpha, beta, steps, ritz[0], coefficients, work[1])
+    for jj in range(m):
+        for kk in range(d):
+            s = 0.0
+            for i in range(steps):
+                s += coefficients[i] * Q[i, jj, kk]
+            start[jj, kk] = s
+        s = 0.0
+        for i in range(steps):
+            s += coefficients[i] * QA[i, jj]
+        start_a[jj] = s
