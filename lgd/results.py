@@ -46,16 +46,19 @@ class Phase:
         return self.transition_step is not None and self.increases_after == 0
 
 
-def phase_of(step, risk, stepsize: float, threshold: float) -> Phase:
-    """The :class:`Phase` of one recorded risk trace (finite entries only)."""
+def phase_of(step, risk, stepsize: float, threshold: float, log_risk=None) -> Phase:
+    """The :class:`Phase` of one recorded risk trace (finite entries only). With ``log_risk`` the phase is read
+    off the log-risk, so that rises and the final rate are seen where the risk underflows to 0.0."""
     step = np.asarray(step)
     risk = np.asarray(risk, dtype=np.float64)
-    keep = np.isfinite(risk)
-    step, risk = step[keep], risk[keep]
-    if risk.size == 0:
+    with np.errstate(divide="ignore"):
+        level = np.log(risk) if log_risk is None else np.asarray(log_risk, np.float64)
+    keep = np.isfinite(level) if log_risk is not None else np.isfinite(risk)
+    step, risk, level = step[keep], risk[keep], level[keep]
+    if level.size == 0:
         return Phase(None, threshold, 0, 0, math.nan, math.nan)
-    below = np.flatnonzero(risk <= threshold)
-    rises = risk[1:] > risk[:-1]
+    below = np.flatnonzero(level <= math.log(threshold))
+    rises = level[1:] > level[:-1]
     if below.size:
         s = int(below[0])
         before, after = int(rises[:max(s, 0)].sum()), int(rises[s:].sum())
@@ -63,7 +66,9 @@ def phase_of(step, risk, stepsize: float, threshold: float) -> Phase:
         peak = float(risk[:s + 1].max())
     else:
         before, after, transition, peak = int(rises.sum()), 0, None, float(risk.max())
-    return Phase(transition, threshold, before, after, peak, float(stepsize * step[-1] * risk[-1]))
+    with np.errstate(over="ignore", under="ignore"):
+        rate = float(np.exp(math.log(stepsize * step[-1]) + level[-1])) if step[-1] > 0 else 0.0
+    return Phase(transition, threshold, before, after, peak, rate)
 
 
 def _threshold(stepsize: float, loss, n: int) -> float:
@@ -178,7 +183,8 @@ class Run(_Traces):
     def phase(self) -> Phase:
         """Phase transition, risk increases before/after it and eta * t * risk at the end."""
         loss = _losses.get(self.meta["loss"])
-        return phase_of(self.step, self.risk, self.stepsize, _threshold(self.stepsize, loss, self.meta["n"]))
+        return phase_of(self.step, self.risk, self.stepsize, _threshold(self.stepsize, loss, self.meta["n"]),
+                        log_risk=self.log_risk)
 
     @property
     def final_risk(self) -> float:

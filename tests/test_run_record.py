@@ -209,3 +209,4 @@ def test_lyapunov_exponents_on_the_diagonal_of_the_matrix_factorisation(backend_
         tol = 1e-4 if case.dtype == np.float32 else 1e-9
         assert run.lyapunov.sum() == pytest.approx(along + across, rel=tol, abs=tol)
         assert run.lyapunov[0] == pytest.approx(max(along, across), abs=0.05)
+

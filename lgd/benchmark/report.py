@@ -10,6 +10,8 @@ import math
 import time
 from pathlib import Path
 
+from .._json import to_json
+
 FORMAT = "lgd-bench/1"
 
 
@@ -56,7 +58,7 @@ def _key(record: dict) -> tuple:
 def write(report: dict, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    path.write_text(to_json(report, indent=1) + "\n")
     path.with_suffix(".md").write_text(format_markdown(report))
 
 
