@@ -31,7 +31,7 @@ setup(
     python_requires=">=3.10",
     packages=["lgd", "lgd.backends", "lgd.benchmark", "lgd.kernels", "lgd.kernels.numba_cpu"],
     package_dir={"lgd.kernels": "kernels"},
-    package_data={"lgd.kernels": ["cuda/*.cu", "cuda/*.cuh"]},
+    package_data={"lgd.kernels": ["cuda/*.cu", "cuda/*.cuh", "cuda/*.h", "cuda/*.cpp"]},
     install_requires=["numpy>=1.24"],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["lgd = lgd.cli:main"]},

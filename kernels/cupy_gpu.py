@@ -1,35 +1,35 @@
-"""CuPy glue of the CUDA kernels in cuda/lgd.cu: module building and one batched GD step.
+"""The GPU engine of the CUDA kernels: cuda/lgd.cu as a CuPy RawModule, and its NVRTC compile check.
 
-The module is built once per process (a RawModule, lazily, on first use) and its entries are
-fetched by dtype suffix. :func:`gd_steps` runs evaluations t_start..t_stop-1 of every config
-without synchronising the host: the stepsizes, divergence flags and traces stay on the device.
-:func:`check_codes` rejects, before any launch, an activation or loss the kernels have no formula
-for (the table of cuda/codes.cuh, see :mod:`lgd.kernels.cuda_codes`); :func:`check_fault` reads the
-kernels' fault flag once the host has synchronised. :func:`nvrtc_compile` compiles the source for
-an explicit architecture without a GPU (for CI).
+What lives here: :func:`module` (the RawModule, built once per process on first use; one ``lgd_run`` entry
+per dtype, fetched by suffix), :class:`GpuEngine` (the engine of :mod:`lgd.kernels.cuda_run`: cupy arrays,
+one launch per chunk with the dynamic shared memory the layout asks for, opted in above 48 KB) and
+:func:`nvrtc_compile` (compiles the source for an explicit architecture without a GPU, for CI). The glue
+that is the same on the host and the GPU (buffers, layout, code checks) is :mod:`lgd.kernels.cuda_run`.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from pathlib import Path
 
 import cupy
+import numpy as np
 
-from . import cuda_codes
+from .cuda_run import ENTRY, PARAMS
 
 SOURCE = Path(__file__).with_name("cuda") / "lgd.cu"
-ENTRIES = ("lgd_forward", "lgd_finish", "lgd_test_metrics")
-SUFFIX = {"float64": "f64", "float32": "f32"}
-THREADS = 256  # LGD_THREADS in lgd.cu (the kernels' launch bounds)
+ENTRIES = (ENTRY,)
+THREADS = 256  # LGD_THREADS in lgd.cu (the kernel's launch bounds)
 OPTIONS = ("--std=c++17",)
+# Dynamic shared memory a block gets without opting in.
+DEFAULT_SHARED = 48 * 1024
 
 _module = None
+_SCALARS = {"i32": np.int32, "i64": np.int64, "f64": np.float64}
 
 
 def options() -> tuple[str, ...]:
-    """OPTIONS, the include path of SOURCE's headers (codes.cuh) and a digest of those headers."""
+    """OPTIONS, the include path of SOURCE's headers and a digest of those headers."""
     # CuPy keys its kernel cache on the source text and the options, not on the headers the source
     # includes: the digest among the options rebuilds the module when a header changes.
     digest = hashlib.sha256(b"".join(path.read_bytes() for path in sorted(SOURCE.parent.glob("*.cuh"))))
@@ -42,10 +42,6 @@ def module():
     if _module is None:
         _module = cupy.RawModule(code=SOURCE.read_text(), options=options())
     return _module
-
-
-def kernel(entry: str, dtype) -> "cupy.RawKernel":
-    return module().get_function(f"{entry}_{SUFFIX[cupy.dtype(dtype).name]}")
 
 
 def nvrtc_compile(arch: str) -> str:
@@ -69,106 +65,22 @@ def nvrtc_compile(arch: str) -> str:
     return log.rstrip("\x00")
 
 
-@functools.cache
-def _known() -> dict[str, dict[str, int]]:
-    return cuda_codes.codes()
+class GpuEngine:
+    """The engine of :mod:`lgd.kernels.cuda_run` on the current CUDA device (cupy arrays, the RawModule)."""
 
+    xp = cupy
+    threads = THREADS
 
-def check_codes(activation, loss) -> None:
-    """Raise ValueError unless the kernels have a formula for ``activation`` and ``loss``.
+    def __init__(self):
+        module()  # built here, outside any timed chunk
+        runtime = cupy.cuda.runtime
+        self.shared_budget = int(runtime.deviceGetAttribute(runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                                            cupy.cuda.Device().id))
 
-    A formula is known by the entry's code and name in cuda/codes.cuh: an entry the header does not
-    list, or a code the header gives to another entry, would otherwise run a formula that is not its own.
-    """
-    for kind, entry in (("activation", activation), ("loss", loss)):
-        known = _known()[kind]
-        if known.get(entry.name) != entry.code:
-            listed = ", ".join(f"{name} ({code})" for name, code in known.items())
-            raise _no_formula(kind, entry, f"; they know {listed}")
-
-
-def check_fault(run: "DeviceRun", activation, loss) -> None:
-    """Raise ValueError when a kernel of ``run`` met a code it has no formula for (and wrote NaN).
-
-    Copies the fault flag to the host: call it after the host has waited for the device anyway (the
-    copies at the end of a chunk), never per step.
-    """
-    fault = int(run.fault.get()[0])
-    for kind, entry in (("activation", activation), ("loss", loss)):
-        if fault & cuda_codes.FAULTS[kind]:
-            raise _no_formula(kind, entry, ": lgd.cu has no case for it and wrote NaN")
-
-
-def _no_formula(kind: str, entry, detail: str) -> ValueError:
-    return ValueError(f"the CUDA kernels have no formula for {kind} {entry.spec!r} (code {entry.code}){detail}. "
-                      "Run it on the numpy backend: compute='numpy'.")
-
-
-class DeviceRun:
-    """Device buffers of one batch of configs: data, iterates, scratch and traces (all cupy)."""
-
-    def __init__(self, X, y, X_test, y_test, W, a, stepsizes, diverged, records: int, neuron_records: int):
-        dtype = X.dtype
-        self.X, self.y, self.X_test, self.y_test = X, y, X_test, y_test
-        self.W, self.a = W, a
-        self.stepsizes, self.diverged = stepsizes, diverged
-        self.fault = cupy.zeros(1, dtype=cupy.int32)  # bits of cuda_codes.FAULTS, see check_fault
-        C, m, d = W.shape
-        n = X.shape[0]
-        self.ZG = cupy.empty((C, n, m), dtype=dtype)
-        self.P = cupy.empty((C, n, m), dtype=dtype)
-        self.grad_W = cupy.empty((C, m, d), dtype=dtype)
-        self.grad_a = cupy.zeros((C, m), dtype=dtype)
-        self.row_loss = cupy.empty((C, n), dtype=dtype)
-        self.row_yf = cupy.empty((C, n), dtype=dtype)
-        self.row_coef = cupy.empty((C, n), dtype=dtype)
-        self.Z_test = None if X_test is None else cupy.empty((C, X_test.shape[0], m), dtype=dtype)
-        self.trace = {name: cupy.full((C, records), cupy.nan) for name in
-                      ("risk", "accuracy", "grad_norm", "weight_norm", "margin", "test_risk", "test_accuracy")}
-        self.trace["neuron_margins"] = cupy.full((C, neuron_records, m), cupy.nan)
-
-
-def gd_steps(run: DeviceRun, t_start: int, t_stop: int, steps: int, record_every: int, activation, loss,
-             scale: float, train_outer: bool):
-    """Launch evaluations t_start..t_stop-1 (metrics of W_t, then W_{t+1} = W_t - eta grad when t < steps)."""
-    check_codes(activation, loss)
-    dtype = run.X.dtype
-    real = dtype.type
-    forward, finish, test_metrics = (kernel(entry, dtype) for entry in ENTRIES)
-    C, m, d = run.W.shape
-    n = run.X.shape[0]
-    records = run.trace["risk"].shape[1]
-    neuron_records = run.trace["neuron_margins"].shape[1]
-    Wt = run.W.transpose(0, 2, 1)
-    for t in range(t_start, t_stop):
-        slot = t // record_every if t % record_every == 0 else (records - 1 if t == steps else -1)
-        cupy.matmul(run.X, Wt, out=run.ZG)
-        store_p = train_outer or (slot >= 0 and neuron_records > 0)
-        if slot >= 0 and run.X_test is not None:
-            cupy.matmul(run.X_test, Wt, out=run.Z_test)
-            test_metrics((C,), (THREADS,), (
-                run.Z_test, run.a, run.y_test, run.diverged, run.fault, run.trace["test_risk"],
-                run.trace["test_accuracy"], _i32(run.X_test.shape[0]), _i32(m), _i32(activation.code),
-                real(activation.param), _i32(loss.code), real(loss.param), real(scale), _i32(slot), _i32(records)))
-        forward((n, C), (min(THREADS, _round_up(m, 32)),), (
-            run.ZG, run.P, run.a, run.y, run.row_loss, run.row_yf, run.row_coef, run.diverged, run.fault,
-            _i32(n), _i32(m), _i32(activation.code), real(activation.param), _i32(loss.code),
-            real(loss.param), real(scale), _i32(store_p)))
-        cupy.matmul(run.ZG.transpose(0, 2, 1), run.X, out=run.grad_W)
-        if train_outer:
-            cupy.matmul(run.row_coef[:, None, :], run.P, out=run.grad_a[:, None, :])
-            run.grad_a *= real(scale)
-        finish((C,), (THREADS,), (
-            run.W, run.a, run.grad_W, run.grad_a, run.row_loss, run.row_yf, run.y, run.P, run.stepsizes,
-            run.diverged, run.trace["risk"], run.trace["accuracy"], run.trace["grad_norm"],
-            run.trace["weight_norm"], run.trace["margin"], run.trace["neuron_margins"], _i32(n), _i32(m),
-            _i32(d), _i32(train_outer), cupy.int64(t), cupy.int64(steps), _i32(slot),
-            _i32(records), _i32(neuron_records)))
-
-
-def _i32(value):
-    return cupy.int32(value)
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
+    def launch(self, suffix: str, grid: int, block: int, shared_bytes: int, args) -> None:
+        """Launch the entry of `suffix` asynchronously on the current stream."""
+        kernel = module().get_function(f"{ENTRY}_{suffix}")
+        if shared_bytes > DEFAULT_SHARED and kernel.max_dynamic_shared_size_bytes < shared_bytes:
+            kernel.max_dynamic_shared_size_bytes = shared_bytes
+        converted = [value if kind.endswith("*") else _SCALARS[kind](value) for (_, kind), value in zip(PARAMS, args)]
+        kernel((grid,), (block,), tuple(converted), shared_mem=shared_bytes)

@@ -59,10 +59,11 @@ class Record:
     sharpness_every : None | int >= 1
         Every that many steps (t = 0, s, 2s, ... and T) record the ``sharpness_k`` largest Hessian
         eigenvalues of the risk at W_t (of (W_t, a_t) with a trained outer layer) into ``run.sharpness``
-        at ``run.sharpness_step``; compare with ``run.sharpness_limit`` = 2/eta. Computed by
-        :func:`lgd.hessian.sharpness` (numpy Lanczos, needs scipy) in the run's dtype whatever the
-        backend, and not counted in ``run.seconds`` (see ``run.meta['sharpness_seconds']``).
-        None records no sharpness.
+        at ``run.sharpness_step``; compare with ``run.sharpness_limit`` = 2/eta. Measured by the backend
+        inside its steps for every configuration (numba: Lanczos on exact Hessian-vector products in the
+        kernel; numpy: :func:`lgd.hessian.sharpness`, scipy's eigsh), so counted in ``run.seconds``; a
+        backend that cannot (cupy) has it measured between chunks by :func:`lgd.hessian.sharpness`,
+        timed apart in ``run.meta['sharpness_seconds']``. None records no sharpness.
     sharpness_k : int >= 1
         How many of the largest eigenvalues.
     sharpness_points : None | int >= 1

@@ -51,8 +51,21 @@ class Case:
         return np.dtype(self.dtype).name
 
 
+# The GPU kernels' host build (lgd.backends._cuda_host): not a user's backend, so not in backends.NAMES; its
+# cases register it for the test's duration, under the name the driver then accepts from lgd.Compute.
+HOST_CUDA = backends.Backend("cuda-host", "lgd.backends._cuda_host")
+
+
+def register_host_cuda(monkeypatch) -> None:
+    """Make 'cuda-host' a backend name lgd.gd and lgd.sweep accept, for the test's duration."""
+    monkeypatch.setitem(backends._BACKENDS, HOST_CUDA.name, HOST_CUDA)
+    monkeypatch.setattr(lgd.options, "BACKEND_NAMES", (*backends.NAMES, HOST_CUDA.name))
+
+
 def _case(request) -> Case:
     name, dtype = request.param
+    if name == HOST_CUDA.name:
+        register_host_cuda(request.getfixturevalue("monkeypatch"))
     usable, reason = backends.availability(name)
     if not usable:
         pytest.skip(f"backend {name} cannot run here: {reason}")
@@ -60,7 +73,7 @@ def _case(request) -> Case:
 
 
 _ALL = [(name, dtype) for name in backends.NAMES for dtype in DTYPES]
-_COMPILED = [(name, dtype) for name, dtype in _ALL if name != "numpy"]
+_COMPILED = [(name, dtype) for name, dtype in _ALL if name != "numpy"] + [(HOST_CUDA.name, dtype) for dtype in DTYPES]
 
 
 @pytest.fixture(params=_ALL, ids=[f"{name}-{dtype}" for name, dtype in _ALL])

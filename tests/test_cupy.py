@@ -1,10 +1,14 @@
-"""The cupy backend: CUDA sources compile (no GPU needed); on a GPU, results match the numpy oracle.
+"""The cupy backend: CUDA sources compile (no GPU needed), the glue's checks, why CUDA cannot run; on a GPU,
+results match the numpy oracle.
 
-The compile checks run everywhere NVRTC is installed (CI installs it with the test extra); the
-table of codes (cuda/codes.cuh) and the checks of the glue run wherever cupy imports. The
-comparison tests need a usable CUDA device; the fixture probes for one and skips with the reason.
+The compile checks run everywhere NVRTC is installed (CI installs it with the test extra); the table of
+codes (cuda/codes.cuh), the glue's checks (lgd.kernels.cuda_run, no cupy needed) and the reasons
+``available()`` gives (its probes faked) run everywhere. The kernel's numbers are checked against the
+oracle on the CPU by its host build (backend 'cuda-host' in test_backends.py, test_cuda_host.py); the
+comparison tests here need a usable CUDA device, which the fixture probes for, skipping with the reason.
 """
 
+import importlib.util
 import re
 import types
 
@@ -13,7 +17,10 @@ import pytest
 
 import lgd
 from lgd import backends
-from lgd.kernels import cuda_codes
+from lgd.backends import _cupy
+from lgd.kernels import cuda_codes, cuda_run
+
+FORMULAS = cuda_codes.HEADER.with_name("formulas.cuh")
 
 CATALOG_ENTRIES = [pytest.param(kind, entry, id=f"{kind}-{entry.name}")
                    for kind, catalog in (("activation", lgd.activations), ("loss", lgd.losses))
@@ -43,23 +50,35 @@ def _cupy_gpu():
 
 def test_cuda_header_is_generated_from_the_catalogs():
     assert cuda_codes.HEADER.read_text() == cuda_codes.header(), (
-        "kernels/cuda/codes.cuh is out of date with lgd/activations.py and lgd/losses.py: "
+        "kernels/cuda/codes.cuh is out of date with lgd/activations.py, lgd/losses.py and lgd/stepsize.py: "
         "regenerate it with `python -m lgd.kernels.cuda_codes` and commit it")
-    assert cuda_codes.codes() == {"activation": lgd.activations.CODES, "loss": lgd.losses.CODES}
+    assert cuda_codes.codes() == {"activation": lgd.activations.CODES, "loss": lgd.losses.CODES,
+                                  "rule": cuda_codes.RULES}
+    assert sorted(cuda_codes.RULES.values()) == list(range(len(cuda_codes.RULES)))
+
+
+def test_the_kernels_stepsize_rules_have_cases_and_the_others_are_refused():
+    source = FORMULAS.with_name("lgd.cu").read_text()
+    for name in cuda_run.KERNEL_RULES:
+        constant = cuda_codes.constant("rule", name)
+        assert name == "constant" or re.search(rf"\bcase {constant}:", source), f"lgd.cu has no case {constant}"
+    cuda_run.check_rules([cuda_codes.RULES[name] for name in cuda_run.KERNEL_RULES])
+    for name in set(cuda_codes.RULES) - set(cuda_run.KERNEL_RULES):
+        with pytest.raises(ValueError, match=rf"no stepsize rule '{name}'.*compute='numba'"):
+            cuda_run.check_rules([0, cuda_codes.RULES[name]])
 
 
 @pytest.mark.parametrize("kind, entry", CATALOG_ENTRIES)
 def test_every_catalog_entry_has_a_cuda_formula(kind, entry):
-    cupy_gpu = _cupy_gpu()
     constant = cuda_codes.constant(kind, entry.name)
-    assert re.search(rf"\bcase {constant}:", cupy_gpu.SOURCE.read_text()), \
-        f"kernels/cuda/lgd.cu has no `case {constant}:` for the {kind} {entry.name!r}"
+    assert re.search(rf"\bcase {constant}:", FORMULAS.read_text()), \
+        f"kernels/cuda/formulas.cuh has no `case {constant}:` for the {kind} {entry.name!r}"
     activation, loss = lgd.activations.identity(), lgd.losses.squared()
     if kind == "activation":
         activation = entry()
     else:
         loss = entry()
-    cupy_gpu.check_codes(activation, loss)
+    cuda_run.check_codes(activation, loss)
 
 
 @pytest.mark.parametrize("activation, loss, message", [
@@ -68,12 +87,11 @@ def test_every_catalog_entry_has_a_cuda_formula(kind, entry):
     (lgd.activations.relu(), UnknownLoss(), r"loss 'unknown' \(code 99\)"),
 ], ids=["unknown_activation", "impostor_activation", "unknown_loss"])
 def test_unknown_codes_are_rejected_before_any_launch(activation, loss, message):
-    cupy_gpu = _cupy_gpu()
-    pattern = rf"the CUDA kernels have no formula for {message}; they know .*compute='numpy'"
+    pattern = rf"the CUDA kernels have no formula for the {message}; they know .*compute='numpy'"
     with pytest.raises(ValueError, match=pattern):
-        cupy_gpu.check_codes(activation, loss)
-    with pytest.raises(ValueError, match=pattern):  # before gd_steps touches the (here absent) device
-        cupy_gpu.gd_steps(None, 0, 1, 1, 1, activation, loss, 1.0, False)
+        cuda_run.check_codes(activation, loss)
+    with pytest.raises(ValueError, match=pattern):  # before advance touches the (here absent) device
+        cuda_run.advance(None, 0, 1, 1, 1, activation, loss, 1.0, False)
 
 
 class HostFlag:
@@ -92,13 +110,34 @@ class HostFlag:
     (cuda_codes.FAULTS["loss"], "loss 'logistic' (code 0)"),
 ], ids=["clear", "activation", "loss"])
 def test_the_fault_flag_raises_naming_the_code(bits, message):
-    cupy_gpu = _cupy_gpu()
     run = types.SimpleNamespace(fault=HostFlag(bits))
     if message is None:
-        cupy_gpu.check_fault(run, lgd.activations.relu(), lgd.losses.logistic())
+        cuda_run.check_fault(run, lgd.activations.relu(), lgd.losses.logistic())
     else:
         with pytest.raises(ValueError, match=re.escape(message) + ".*wrote NaN.*compute='numpy'"):
-            cupy_gpu.check_fault(run, lgd.activations.relu(), lgd.losses.logistic())
+            cuda_run.check_fault(run, lgd.activations.relu(), lgd.losses.logistic())
+
+
+def test_the_kernel_records_every_scalar_field_of_the_trace():
+    """The kernel's trace rows (TRACE_* in lgd.cu, in order) are cuda_run.KERNEL_FIELDS, every scalar field of
+    lgd.backends.Trace; with the trajectories, the neuron margins, the Lyapunov sums and what the driver
+    fills (the sharpness), that is every field: a new one fails here until the kernel writes it."""
+    source = (FORMULAS.with_name("lgd.cu")).read_text()
+    constants = re.search(r"constexpr int (TRACE_RISK = 0.*?);", source, re.S).group(1)
+    order = [name.lower() for name, _ in sorted(re.findall(r"TRACE_(\w+) = (\d+)", constants), key=lambda p: int(p[1]))]
+    assert tuple(order) == cuda_run.KERNEL_FIELDS
+    assert set(cuda_run.KERNEL_FIELDS) == set(backends.TRACE_FIELDS)
+    covered = {*cuda_run.KERNEL_FIELDS, *cuda_run.TRAJECTORY_FIELDS, "neuron_margins", cuda_run.LYAPUNOV_FIELD,
+               *cuda_run.DRIVER_FIELDS}
+    assert covered == set(backends.Trace._fields)
+
+
+def test_the_parameter_list_is_the_kernels():
+    """cuda_run.PARAMS names LGD_RUN_PARAMS of lgd.cu in order (ctypes and cupy pass them by position)."""
+    source = (FORMULAS.with_name("lgd.cu")).read_text()
+    macro = re.search(r"#define LGD_RUN_PARAMS\(T\)(.*?)\n#define", source, re.S).group(1)
+    names = re.findall(r"(\w+)\s*(?:,|$)", macro.replace("\\", " ").strip())
+    assert tuple(names) == tuple(name for name, _ in cuda_run.PARAMS)
 
 
 @pytest.mark.parametrize("arch", ["sm_90", "sm_80"])
@@ -157,16 +196,17 @@ def _problem(loss_name, seed=0, n=48, d=5):
 def test_kernels_flag_a_code_without_a_case_and_write_nan(gpu, kind, monkeypatch):
     from lgd.kernels import cupy_gpu
 
-    monkeypatch.setattr(cupy_gpu, "check_codes", lambda activation, loss: None)  # as if lgd.cu lacked the case
+    monkeypatch.setattr(cuda_run, "check_codes", lambda activation, loss: None)  # as if lgd.cu lacked the case
     activation = UnknownActivation() if kind == "activation" else lgd.activations.relu()
     loss = UnknownLoss() if kind == "loss" else lgd.losses.logistic()
     X, y = (gpu.asarray(values) for values in _problem("logistic", n=8, d=3))
     configs, width = 2, 4
-    run = cupy_gpu.DeviceRun(X, y, None, None, gpu.ones((configs, width, 3)), gpu.ones((configs, width)),
-                             gpu.full(configs, 0.1), gpu.full(configs, -1, dtype=gpu.int64), 2, 0)
-    cupy_gpu.gd_steps(run, 0, 1, 1, 1, activation, loss, 1.0, False)
-    with pytest.raises(ValueError, match=rf"no formula for {kind} 'unknown' \(code 99\)"):
-        cupy_gpu.check_fault(run, activation, loss)
+    run = cuda_run.ChunkRun(cupy_gpu.GpuEngine(), X, y, None, None, gpu.ones((configs, width, 3)),
+                            gpu.ones((configs, width)), gpu.zeros(configs, dtype=gpu.int64),
+                            gpu.full((configs, 3), 0.1), gpu.full(configs, -1, dtype=gpu.int64), 2, 0)
+    cuda_run.advance(run, 0, 1, 1, 1, activation, loss, 1.0, False)
+    with pytest.raises(ValueError, match=rf"no formula for the {kind} 'unknown' \(code 99\)"):
+        cuda_run.check_fault(run, activation, loss)
     np.testing.assert_array_equal(run.diverged.get(), 0)  # the NaN risk stops every config at step 0
 
 
@@ -175,3 +215,79 @@ def test_cupy_inputs_stay_on_the_device(gpu):
     run = lgd.gd(gpu.asarray(X), gpu.asarray(y), lgd.TwoLayerNet(4), stepsize=1.0, steps=5, compute="auto")
     assert run.meta["backend"] == "cupy"
     assert isinstance(run.weights, gpu.ndarray) and isinstance(run.risk, np.ndarray)
+
+
+def test_numpy_inputs_on_the_gpu_come_back_as_numpy(gpu):
+    X, y = _problem("logistic")
+    run = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=1.0, steps=5, compute="cupy")
+    assert run.meta["backend"] == "cupy" and isinstance(run.weights, np.ndarray)
+
+
+class _Runtime:
+    """Stands for cupy.cuda.runtime: the versions and device count a machine would report."""
+
+    CUDARuntimeError = RuntimeError
+
+    def __init__(self, driver=13000, runtime=13000, devices=1, count_error=None):
+        self.driver, self.runtime, self.devices, self.count_error = driver, runtime, devices, count_error
+
+    def driverGetVersion(self):  # noqa: N802 (cupy's name)
+        return self.driver
+
+    def runtimeGetVersion(self):  # noqa: N802
+        return self.runtime
+
+    def getDeviceCount(self):  # noqa: N802
+        if self.count_error:
+            raise RuntimeError(self.count_error)
+        return self.devices
+
+    def getDeviceProperties(self, index):  # noqa: N802
+        return {"name": b"NVIDIA H200", "major": 9, "minor": 0}
+
+
+@pytest.mark.parametrize("driver, runtime, expected", [
+    (False, _Runtime(), r"^no NVIDIA driver \(libcuda.so.1 cannot be loaded\)"),
+    (True, _Runtime(driver=12080, runtime=13000),
+     r"NVIDIA driver supports CUDA 12.8 but this cupy needs CUDA 13.x: update the driver, or install the cupy "
+     r"package for CUDA 12 \(cupy-cuda12x\)"),
+    (True, _Runtime(driver=0), r"^no NVIDIA driver \(libcuda loads but reports no driver version\)"),
+    (True, _Runtime(devices=0), r"^no CUDA device found \(the NVIDIA driver is installed\)"),
+    (True, _Runtime(count_error="cudaErrorNoDevice: no CUDA-capable device is detected"),
+     r"^no usable CUDA device \(cudaErrorNoDevice"),
+    (True, _Runtime(), r"^NVIDIA H200 \(compute capability 9.0\), CUDA runtime 13.0, driver 13.0$"),
+    (True, _Runtime(driver=13000, runtime=13020),
+     r"^NVIDIA H200 \(compute capability 9.0\), CUDA runtime 13.2, driver 13.0$"),
+], ids=["no_driver", "old_driver", "driver_zero", "no_device", "device_error", "usable", "newer_minor_runtime"])
+def test_available_says_why_cuda_cannot_run(driver, runtime, expected, monkeypatch):
+    """Each reason, with the probes faked: the driver library, the driver's and cupy's CUDA versions, the
+    devices."""
+    cupy = pytest.importorskip("cupy", reason="cupy is not installed")
+    monkeypatch.setattr(_cupy, "_driver_library", lambda: driver)
+    monkeypatch.setattr(cupy.cuda, "runtime", runtime)
+    usable, reason = _cupy.available()
+    assert usable == expected.endswith("$")
+    assert re.search(expected, reason), reason
+
+
+def test_an_install_is_suggested_only_when_cupy_is_missing(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(_cupy, "_driver_library", lambda: False)
+    if real_find_spec("cupy") is not None:
+        with pytest.raises(lgd.BackendUnavailable) as installed:
+            backends.resolve("cupy")
+        assert "no NVIDIA driver" in str(installed.value) and "pip install" not in str(installed.value)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "cupy" else
+                        real_find_spec(name, *args))
+    with pytest.raises(lgd.BackendUnavailable, match=r"cupy is not installed; install it with pip install"):
+        backends.resolve("cupy")
+
+
+def test_the_log_risk_rule_is_the_oracles():
+    """The kernel computes the log-risk from the samples below the same risks as lgd.models."""
+    from lgd import models
+
+    source = FORMULAS.with_name("lgd.cu").read_text()
+    found = dict(re.findall(r"(LOG_RISK_EXACT_BELOW(?:_F32)?) = ([0-9.e+-]+)", source))
+    assert float(found["LOG_RISK_EXACT_BELOW"]) == models.LOG_RISK_EXACT_BELOW
+    assert float(found["LOG_RISK_EXACT_BELOW_F32"]) == models.LOG_RISK_EXACT_BELOW_F32

@@ -22,6 +22,16 @@ constexpr int LOSS_FLATTENED_EXPONENTIAL = 2;
 constexpr int LOSS_FLATTENED_POLYNOMIAL = 3;
 constexpr int LOSS_SQUARED = 4;
 
+// lgd.stepsize's rules (the codes of lgd.stepsize.stepsize_at)
+constexpr int RULE_CONSTANT = 0;
+constexpr int RULE_WARMUP = 1;
+constexpr int RULE_STEP_DECAY = 2;
+constexpr int RULE_COSINE = 3;
+constexpr int RULE_ADAPTIVE = 4;
+constexpr int RULE_POLYAK = 5;
+constexpr int RULE_NORMALIZED = 6;
+constexpr int RULE_INVERSE_SHARPNESS = 7;
+
 // A kernel that meets a code it has no formula for sets its bit in the fault flag and writes NaN.
 constexpr int FAULT_UNKNOWN_ACTIVATION = 1;
 constexpr int FAULT_UNKNOWN_LOSS = 2;

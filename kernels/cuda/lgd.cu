@@ -1,312 +1,730 @@
-// Fused CUDA kernels of one GD step for two-layer networks f(x) = s * sum_j a_j phi(w_j . x).
+// Whole GD runs of two-layer networks f(x) = s * sum_j a_j phi(w_j . x) in one launch per chunk.
 //
-// A step over C configurations (stepsizes, seeds) of one problem is
-//   Z = X W^T                      (cuBLAS, batched over configs, in cupy)
-//   lgd_forward:  phi, outputs, loss, loss', G_ij = loss'_i y_i s a_j phi'(Z_ij) / n (written over Z)
-//   grad_W = G^T X                 (cuBLAS)
-//   lgd_finish:   risk, accuracy, margins, norms, divergence check, trace record, W -= eta * grad_W
-// The activation and loss are runtime codes (codes.cuh, generated from lgd.activations / lgd.losses):
-// the branch is uniform across a launch, and one entry per dtype keeps the module small and built once.
-// A code with no case below sets its bit in `fault` (checked by the glue) and writes NaN: never a
-// plausible number from another formula.
+// lgd_run_<dtype>: one block per configuration c (blockIdx.x; a sweep's stepsizes and seeds) runs every
+// evaluation t in [t_start, t_stop) of a chunk inside the kernel. At each t, with Z = X W^T:
+//   phi, phi' of Z; f_i = s sum_j a_j phi(Z_ij); loss_i, loss'_i; G_ij = loss'_i y_i s a_j phi'(Z_ij) / n;
+//   grad_W = G^T X, grad_a = s phi(Z)^T (loss' y) / n; risk, accuracy, margin, gradient and weight norms;
+//   the divergence check (risk or squared gradient norm not finite: diverged[c] = t, W stays W_t, nothing
+//   recorded); at record steps (record_slot of lgd.backends) the records: risk, log-risk, accuracy, norms,
+//   margin, neuron margins, held-out risk and accuracy; at trajectory steps W and a (or their projections);
+//   the bounds (risk above risk_bound or weight norm above weight_bound: recorded, then stopped); when
+//   t < steps, the tangent vectors of Lyapunov exponents through I - eta_t H (propagate), then
+//   W -= eta_t grad_W (and a), eta_t from the configuration's stepsize rule (stepsize_at).
+// The samples go through in tiles of `tile_rows` rows (the tile's phi and phi' in shared memory), so
+// nothing of size n x m is ever stored.
 //
-// Formulas mirror the numpy oracle in lgd/activations.py and lgd/losses.py: overflow-safe
-// softplus max(z, 0) + log1p(exp(-|z|)) and a sigmoid that never exponentiates a positive number.
-// No CUDA headers, only our own: NVRTC compiles this file with the include path of this folder
-// (INFINITY and NAN are not defined there).
+// Memory: the glue (cuda_run.layout) decides from the sizes what lives in dynamic shared memory:
+// W^T (d x m) and grad_W^T of the block's configuration, then X and y (the same for every block: when
+// they do not fit they are read from global memory, where L2 holds them for every configuration), then
+// the largest tile that fits. What does not fit lives in `workspace` (2 d m entries per configuration).
+// The weights are transposed to (d, m) for the chunk: consecutive threads own consecutive neurons j.
+//
+// Work of a thread (T = blockDim.x, any multiple of 32): entries e = tid, tid + T, ... of the tile's
+// rows x neurons (forward), of W^T (backward and update: a thread owns the same entries of W^T and
+// grad_W^T for the whole chunk), rows r = tid, tid + T, ... of a tile (loss), neurons j = tid, ... (grad_a,
+// neuron margins). Reductions are in a fixed order that depends only on (n, d, m, T, tile_rows), never
+// on the number of configurations: a sweep gives each configuration's single run exactly.
+//
+// float32 runs compute phi, the products and the gradient in float32; per-sample losses, the risk and the
+// margins in float64, rounded to float32 where the numpy oracle rounds (narrow), as the numba kernels do.
+//
+// The same source builds for the host with g++ through host_compat.h (LGD_HOST_BUILD): CI runs it against
+// the numpy oracle and under AddressSanitizer and ThreadSanitizer. No CUDA headers: NVRTC compiles this
+// file with the include path of this folder.
 
-#include "codes.cuh"
+#include "formulas.cuh"
+
+#ifndef LGD_HOST_BUILD
+extern __shared__ __align__(16) unsigned char lgd_dynamic_shared[];
+#define LGD_DYNAMIC_SHARED() (lgd_dynamic_shared)
+#endif
 
 #define LGD_THREADS 256
 
 namespace lgd {
 
-__device__ __forceinline__ double infinity(double) { return __longlong_as_double(0x7ff0000000000000LL); }
-__device__ __forceinline__ float infinity(float) { return __int_as_float(0x7f800000); }
-__device__ __forceinline__ double quiet_nan(double) { return __longlong_as_double(0x7ff8000000000000LL); }
-__device__ __forceinline__ float quiet_nan(float) { return __int_as_float(0x7fc00000); }
+// The scalar fields the kernel records, in the order of the `trace` array (fields, configs, records);
+// the glue names them (cuda_run.KERNEL_FIELDS).
+constexpr int TRACE_RISK = 0, TRACE_LOG_RISK = 1, TRACE_ACCURACY = 2, TRACE_GRAD_NORM = 3, TRACE_WEIGHT_NORM = 4,
+              TRACE_MARGIN = 5, TRACE_TEST_RISK = 6, TRACE_TEST_ACCURACY = 7, TRACE_ETA = 8;
+// Below these risks (float64, float32) the log-risk comes from the samples' log-losses (lgd.models'
+// LOG_RISK_EXACT_BELOW and LOG_RISK_EXACT_BELOW_F32; a test checks they are the same).
+constexpr double LOG_RISK_EXACT_BELOW = 1e-280, LOG_RISK_EXACT_BELOW_F32 = 1e-30;
 
-template <typename T> __device__ __forceinline__ T sigmoid(T z) {
-    T e = exp(-fabs(z));
-    return z >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+// Quantities of the block reductions at the end of a step (STATS values per reduction).
+constexpr int STAT_RISK = 0, STAT_CORRECT = 1, STAT_MARGIN = 2, STAT_GRAD_SQ = 3, STAT_WEIGHT_SQ = 4, STATS = 5;
+
+__host__ __device__ __forceinline__ double narrow(double x, bool f32) { return f32 ? (double)(float)x : x; }
+
+__host__ __device__ __forceinline__ long long record_slot(long long t, long long steps, long long every) {
+    if (t % every == 0) return t / every;
+    if (t == steps) return steps / every + 1;
+    return -1;
 }
 
-template <typename T> __device__ __forceinline__ T softplus(T z) {
-    return fmax(z, T(0)) + log1p(exp(-fabs(z)));
-}
-
-template <typename T> __device__ __forceinline__ T normal_cdf(T z) {
-    return T(0.5) * erfc(-z * T(0.70710678118654752440));
-}
-
-template <typename T> __device__ __forceinline__ T normal_pdf(T z) {
-    return fabs(z) < T(40) ? T(0.39894228040143267794) * exp(T(-0.5) * z * z) : T(0);
-}
-
-// phi(z) and phi'(z) of the activation `code` with parameter c.
-template <typename T> __device__ __forceinline__ void activation(int code, T c, T z, T& phi, T& dphi, int* fault) {
+// eta_t of stepsize rule `code` with parameters (p0, p1, p2): lgd.stepsize.stepsize_at, the one formula
+// every backend evaluates (the codes are generated from lgd.stepsize into codes.cuh).
+__host__ __device__ inline double stepsize_at(int code, double p0, double p1, double p2, long long t, long long steps,
+                                              double risk, double log_risk, double grad_sq) {
     switch (code) {
-    case ACT_IDENTITY:
-        phi = z;
-        dphi = T(1);
-        break;
-    case ACT_RELU:
-    case ACT_LEAKY_RELU:
-        phi = z > T(0) ? z : c * z;
-        dphi = z > T(0) ? T(1) : c;
-        break;
-    case ACT_SOFTPLUS:
-        phi = softplus(z);
-        dphi = sigmoid(z);
-        break;
-    case ACT_LEAKY_SOFTPLUS:
-        phi = c * z + (T(1) - c) * softplus(z);
-        dphi = c + (T(1) - c) * sigmoid(z);
-        break;
-    case ACT_GELU: {
-        T cdf = normal_cdf(z);
-        phi = z * cdf;
-        dphi = cdf + (fabs(z) < T(40) ? z : T(0)) * normal_pdf(z);
-        break;
-    }
-    case ACT_SILU: {
-        T s = sigmoid(z);
-        phi = z * s;
-        dphi = s + z * s * sigmoid(-z);
-        break;
-    }
-    case ACT_TANH: {
-        T t = tanh(z);
-        phi = t;
-        dphi = T(1) - t * t;
-        break;
-    }
-    default:
-        atomicOr(fault, FAULT_UNKNOWN_ACTIVATION);
-        phi = dphi = quiet_nan(T(0));
+    case RULE_WARMUP:
+        return p0 * fmin(1.0, (t + 1.0) / p1);
+    case RULE_STEP_DECAY:
+        return p0 * pow(p2, floor(t / p1));
+    case RULE_COSINE:
+        return p0 * 0.5 * (1.0 + cos(3.14159265358979323846 * (double)(t < steps ? t : steps) / (double)steps));
+    case RULE_ADAPTIVE:
+        return p0 * exp(fmin(-log_risk, 709.0));
+    case RULE_POLYAK:
+        return grad_sq > 0.0 ? p1 * (risk - p0) / grad_sq : infinity(0.0);
+    case RULE_NORMALIZED:
+        return grad_sq > 0.0 ? p0 / sqrt(grad_sq) : infinity(0.0);
+    default:  // RULE_CONSTANT
+        return p0;
     }
 }
 
-// loss(u) and loss'(u) of the loss `code` with parameter p (u = y f for a margin loss, else r = f - y).
-template <typename T>
-__device__ __forceinline__ void loss_and_slope(int code, T p, T u, T& value, T& slope, int* fault) {
-    switch (code) {
-    case LOSS_LOGISTIC:
-        value = softplus(-u);
-        slope = -sigmoid(-u);
-        break;
-    case LOSS_EXPONENTIAL:
-        value = exp(-u);  // inf for very negative u: the run is reported as diverged
-        slope = -value;
-        break;
-    case LOSS_FLATTENED_EXPONENTIAL: {
-        T tail = exp(-p * fmax(u, T(0)));
-        value = u >= T(0) ? tail : T(1) - p * u;
-        slope = u >= T(0) ? -p * tail : -p;
-        break;
-    }
-    case LOSS_FLATTENED_POLYNOMIAL: {
-        T base = T(1) + fmax(u, T(0));
-        T tail = pow(base, -p);
-        value = u >= T(0) ? tail : T(1) - p * u;
-        slope = u >= T(0) ? -p * tail / base : -p;
-        break;
-    }
-    case LOSS_SQUARED:
-        value = T(0.5) * u * u;
-        slope = u;
-        break;
-    default:
-        atomicOr(fault, FAULT_UNKNOWN_LOSS);
-        value = slope = quiet_nan(T(0));
-    }
-}
+__host__ __device__ __forceinline__ size_t align16(size_t bytes) { return (bytes + 15) & ~size_t(15); }
 
-template <typename T> __device__ __forceinline__ T warp_sum(T v) {
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-    return v;
-}
-
-template <typename T> __device__ __forceinline__ T warp_min(T v) {
-    for (int offset = 16; offset > 0; offset >>= 1) v = fmin(v, __shfl_down_sync(0xffffffffu, v, offset));
-    return v;
-}
-
-// Sum (is_min = false) or minimum over the block; every thread gets the result.
-template <typename T> __device__ T block_reduce(T v, bool is_min, T* scratch) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-    v = is_min ? warp_min(v) : warp_sum(v);
-    __syncthreads();  // scratch may still be read by the previous reduction
-    if (lane == 0) scratch[warp] = v;
+// Sums (or, where is_min[q], minima) of STATS values over the block, in a fixed order: each warp's lane 0
+// adds its 32 lanes in lane order, then every thread adds the warps in warp order. `scratch` holds
+// STATS * (blockDim.x + 32) doubles. Every thread gets the results; the scratch is free again on return.
+__device__ void block_reduce(double (&value)[STATS], const bool (&is_min)[STATS], double* scratch) {
+    const int tid = threadIdx.x, threads = blockDim.x, warps = threads / 32;
+    double* per_thread = scratch;
+    double* per_warp = scratch + STATS * threads;
+    for (int q = 0; q < STATS; ++q) per_thread[q * threads + tid] = value[q];
     __syncthreads();
-    if (warp == 0) {
-        T identity = is_min ? infinity(T(0)) : T(0);
-        T w = lane < warps ? scratch[lane] : identity;
-        w = is_min ? warp_min(w) : warp_sum(w);
-        if (lane == 0) scratch[0] = w;
-    }
-    __syncthreads();
-    return scratch[0];
-}
-
-// One block per (sample i, config c): outputs, loss, and the backward coefficients over Z.
-template <typename T>
-__device__ void forward(T* ZG, T* P, const T* a, const T* y, T* row_loss, T* row_yf, T* row_coef,
-                        const long long* diverged, int* fault, int n, int m, int act, T act_param, int loss,
-                        T loss_param, T scale, int store_p) {
-    __shared__ T scratch[32];
-    const int i = blockIdx.x, c = blockIdx.y;
-    if (diverged[c] >= 0) return;
-    T* z = ZG + ((long long)c * n + i) * m;
-    const T* ac = a + (long long)c * m;
-    T partial = T(0), phi, dphi;
-    for (int j = threadIdx.x; j < m; j += blockDim.x) {
-        activation(act, act_param, z[j], phi, dphi, fault);
-        partial += ac[j] * phi;
-        if (store_p) P[((long long)c * n + i) * m + j] = phi;
-    }
-    const T f = scale * block_reduce(partial, false, scratch);
-    const T yi = y[i];
-    const bool margin_loss = is_margin_loss(loss);
-    T value, slope;
-    loss_and_slope(loss, loss_param, margin_loss ? yi * f : f - yi, value, slope, fault);
-    const T coef = (margin_loss ? slope * yi : slope) / T(n);
-    for (int j = threadIdx.x; j < m; j += blockDim.x) {
-        activation(act, act_param, z[j], phi, dphi, fault);
-        z[j] = coef * scale * ac[j] * dphi;  // the same thread read z[j] above: safe in place
-    }
-    if (threadIdx.x == 0) {
-        row_loss[(long long)c * n + i] = value;
-        row_yf[(long long)c * n + i] = yi * f;
-        row_coef[(long long)c * n + i] = coef;
-    }
-}
-
-// One block per config: reductions, divergence check, trace record at `slot` (or -1), update.
-template <typename T>
-__device__ void finish(T* W, T* a, const T* grad_W, const T* grad_a, const T* row_loss, const T* row_yf,
-                       const T* y, const T* P, const double* stepsizes, long long* diverged, double* trace_risk,
-                       double* trace_accuracy, double* trace_grad_norm, double* trace_weight_norm,
-                       double* trace_margin, double* trace_neuron, int n, int m, int d, int train_outer,
-                       long long t, long long steps, int slot, int records, int neuron_records) {
-    __shared__ T scratch[32];
-    const int c = blockIdx.x;
-    if (diverged[c] >= 0) return;
-    const long long md = (long long)m * d;
-    T* Wc = W + c * md;
-    T* ac = a + (long long)c * m;
-    const T* gW = grad_W + c * md;
-    const T* ga = grad_a + (long long)c * m;
-
-    T loss_sum = T(0), correct = T(0), margin = infinity(T(0));
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        loss_sum += row_loss[(long long)c * n + i];
-        T yf = row_yf[(long long)c * n + i];
-        correct += yf > T(0) ? T(1) : T(0);
-        margin = fmin(margin, yf);
-    }
-    T grad_sq = T(0), weight_sq = T(0);
-    for (long long k = threadIdx.x; k < md; k += blockDim.x) {
-        grad_sq += gW[k] * gW[k];
-        weight_sq += Wc[k] * Wc[k];
-    }
-    if (train_outer) {
-        for (int j = threadIdx.x; j < m; j += blockDim.x) {
-            grad_sq += ga[j] * ga[j];
-            weight_sq += ac[j] * ac[j];
+    if (tid % 32 == 0) {
+        for (int q = 0; q < STATS; ++q) {
+            double total = per_thread[q * threads + tid];
+            for (int lane = 1; lane < 32; ++lane) {
+                const double v = per_thread[q * threads + tid + lane];
+                total = is_min[q] ? fmin(total, v) : total + v;
+            }
+            per_warp[q * 32 + tid / 32] = total;
         }
     }
-    const T risk = block_reduce(loss_sum, false, scratch) / T(n);
-    grad_sq = block_reduce(grad_sq, false, scratch);
-    if (!isfinite(risk) || !isfinite(grad_sq)) {
-        if (threadIdx.x == 0) diverged[c] = t;
-        return;
-    }
-    correct = block_reduce(correct, false, scratch);
-    margin = block_reduce(margin, true, scratch);
-    weight_sq = block_reduce(weight_sq, false, scratch);
-    if (slot >= 0) {
-        const long long at = (long long)c * records + slot;
-        if (threadIdx.x == 0) {
-            trace_risk[at] = (double)risk;
-            trace_accuracy[at] = (double)correct / (double)n;
-            trace_grad_norm[at] = sqrt((double)grad_sq);
-            trace_weight_norm[at] = sqrt((double)weight_sq);
-            trace_margin[at] = (double)margin;
+    __syncthreads();
+    for (int q = 0; q < STATS; ++q) {
+        double total = per_warp[q * 32];
+        for (int w = 1; w < warps; ++w) {
+            const double v = per_warp[q * 32 + w];
+            total = is_min[q] ? fmin(total, v) : total + v;
         }
-        if (neuron_records > 0) {
-            for (int j = threadIdx.x; j < m; j += blockDim.x) {
-                T low = infinity(T(0));
-                for (int i = 0; i < n; ++i) low = fmin(low, y[i] * ac[j] * P[((long long)c * n + i) * m + j]);
-                trace_neuron[((long long)c * neuron_records + slot) * m + j] = (double)low;
+        value[q] = total;
+    }
+    __syncthreads();
+}
+
+// The tile of samples a block works on: phi and phi' of its rows, padded to m + 1 columns (no bank conflicts
+// between rows), and the backward coefficient cs_r = s loss'_r y_r / n of each row, in the run's dtype.
+template <typename T> struct Tile {
+    T* phi;
+    T* dphi;
+    T* coef;
+};
+
+// Register tiles of the two products. A warp's 32 lanes own the columns (neurons) j = j0 + lane + 32 c,
+// c < COLS, so that the loads of W^T and of G are conflict-free and those of X are broadcasts; its
+// registers hold ROWS rows (forward) or K_ROWS entries k (backward) of them. Each entry is still one sum
+// in a fixed order (k, or the tile's rows, in turn): the tiling changes which thread adds, not the sum.
+constexpr int ROWS = 4, K_ROWS = 2;
+
+// phi and phi' of rows [i0, i0 + rows) of Z = X W^T into the tile, 32 COLS columns at a time.
+template <typename T, int COLS>
+__device__ void forward_cols(const T* X, int i0, int rows, int d, int m, const T* Wt, int act, T act_param,
+                             Tile<T> tile, bool need_dphi, int* fault) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32, stride = m + 1;
+    for (int j0 = 0; j0 < m; j0 += 32 * COLS) {
+        for (int r0 = warp * ROWS; r0 < rows; r0 += warps * ROWS) {
+            const T* x[ROWS];
+#pragma unroll
+            for (int q = 0; q < ROWS; ++q) x[q] = X + (long long)(i0 + (r0 + q < rows ? r0 + q : r0)) * d;
+            T z[ROWS][COLS];
+#pragma unroll
+            for (int q = 0; q < ROWS; ++q)
+#pragma unroll
+                for (int c = 0; c < COLS; ++c) z[q][c] = T(0);
+            for (int k = 0; k < d; ++k) {
+                T w[COLS];
+#pragma unroll
+                for (int c = 0; c < COLS; ++c) {
+                    const int j = j0 + lane + 32 * c;
+                    w[c] = j < m ? Wt[k * m + j] : T(0);
+                }
+#pragma unroll
+                for (int q = 0; q < ROWS; ++q) {
+                    const T xk = x[q][k];
+#pragma unroll
+                    for (int c = 0; c < COLS; ++c) z[q][c] += xk * w[c];
+                }
+            }
+#pragma unroll
+            for (int q = 0; q < ROWS; ++q) {
+#pragma unroll
+                for (int c = 0; c < COLS; ++c) {
+                    const int j = j0 + lane + 32 * c;
+                    if (r0 + q < rows && j < m) {
+                        T phi, dphi;
+                        activation(act, act_param, z[q][c], phi, dphi, fault);
+                        tile.phi[(r0 + q) * stride + j] = phi;
+                        if (need_dphi) tile.dphi[(r0 + q) * stride + j] = dphi;
+                    }
+                }
             }
         }
     }
-    if (t < steps) {
-        const T eta = (T)stepsizes[c];
-        __syncthreads();  // every thread has read W_t for the norms and neuron margins
-        for (long long k = threadIdx.x; k < md; k += blockDim.x) Wc[k] -= eta * gW[k];
-        if (train_outer)
-            for (int j = threadIdx.x; j < m; j += blockDim.x) ac[j] -= eta * ga[j];
+}
+
+// The number of column registers per lane for a width m: m in one pass up to 128, in passes of 128 beyond.
+__host__ __device__ inline int column_registers(int m) { return m <= 32 ? 1 : m <= 64 ? 2 : 4; }
+
+// Not inlined: the three passes over samples (training, held-out, log-risk) share one copy (a third of
+// the compile time and of the registers of the inlined copies).
+template <typename T>
+__device__ __noinline__ void forward_tile(const T* X, int i0, int rows, int d, int m, const T* Wt, int act,
+                                          T act_param, Tile<T> tile, bool need_dphi, int* fault) {
+    switch (column_registers(m)) {
+    case 1: forward_cols<T, 1>(X, i0, rows, d, m, Wt, act, act_param, tile, need_dphi, fault); break;
+    case 2: forward_cols<T, 2>(X, i0, rows, d, m, Wt, act, act_param, tile, need_dphi, fault); break;
+    default: forward_cols<T, 4>(X, i0, rows, d, m, Wt, act, act_param, tile, need_dphi, fault);
     }
 }
 
-// Held-out risk and accuracy of W_t at a record step; one block per config over Z_test = X_test W^T.
-template <typename T>
-__device__ void test_metrics(const T* Zt, const T* a, const T* yt, const long long* diverged, int* fault,
-                             double* trace_risk, double* trace_accuracy, int nt, int m, int act, T act_param,
-                             int loss, T loss_param, T scale, int slot, int records) {
-    __shared__ T scratch[32];
-    const int c = blockIdx.x;
-    if (diverged[c] >= 0) return;
-    const T* ac = a + (long long)c * m;
-    T loss_sum = T(0), correct = T(0), phi, dphi, value, slope;
-    for (int i = threadIdx.x; i < nt; i += blockDim.x) {
-        const T* z = Zt + ((long long)c * nt + i) * m;
-        T f = T(0);
-        for (int j = 0; j < m; ++j) {
-            activation(act, act_param, z[j], phi, dphi, fault);
-            f += ac[j] * phi;
+// grad^T[k, j] += sum_r G[r, j] X[i0 + r, k] over the tile's rows in order (G in the tile's dphi rows):
+// K_ROWS entries k (a warp's) by 32 COLS columns at a time, the sums in registers over the tile.
+template <typename T, int COLS>
+__device__ void backward_cols(const T* X, int i0, int rows, int d, int m, const T* G, T* grad) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32, stride = m + 1;
+    for (int j0 = 0; j0 < m; j0 += 32 * COLS) {
+        for (int k0 = warp * K_ROWS; k0 < d; k0 += warps * K_ROWS) {
+            T sum[K_ROWS][COLS];
+#pragma unroll
+            for (int q = 0; q < K_ROWS; ++q)
+#pragma unroll
+                for (int c = 0; c < COLS; ++c) {
+                    const int j = j0 + lane + 32 * c;
+                    sum[q][c] = k0 + q < d && j < m ? grad[(k0 + q) * m + j] : T(0);
+                }
+            for (int r = 0; r < rows; ++r) {
+                T g[COLS];
+#pragma unroll
+                for (int c = 0; c < COLS; ++c) {
+                    const int j = j0 + lane + 32 * c;
+                    g[c] = j < m ? G[r * stride + j] : T(0);
+                }
+                const T* x = X + (long long)(i0 + r) * d + k0;
+#pragma unroll
+                for (int q = 0; q < K_ROWS; ++q) {
+                    const T xk = k0 + q < d ? x[q] : T(0);
+#pragma unroll
+                    for (int c = 0; c < COLS; ++c) sum[q][c] += g[c] * xk;
+                }
+            }
+#pragma unroll
+            for (int q = 0; q < K_ROWS; ++q)
+#pragma unroll
+                for (int c = 0; c < COLS; ++c) {
+                    const int j = j0 + lane + 32 * c;
+                    if (k0 + q < d && j < m) grad[(k0 + q) * m + j] = sum[q][c];
+                }
         }
-        f *= scale;
-        loss_and_slope(loss, loss_param, is_margin_loss(loss) ? yt[i] * f : f - yt[i], value, slope, fault);
-        loss_sum += value;
-        correct += yt[i] * f > T(0) ? T(1) : T(0);
     }
-    loss_sum = block_reduce(loss_sum, false, scratch);
-    correct = block_reduce(correct, false, scratch);
-    if (threadIdx.x == 0) {
-        trace_risk[(long long)c * records + slot] = (double)loss_sum / (double)nt;
-        trace_accuracy[(long long)c * records + slot] = (double)correct / (double)nt;
+}
+
+// The backward product of a tile, K_ROWS = 2 entries k per warp.
+template <typename T>
+__device__ void backward_tile(const T* X, int i0, int rows, int d, int m, const T* G, T* grad) {
+    switch (column_registers(m)) {
+    case 1: backward_cols<T, 1>(X, i0, rows, d, m, G, grad); break;
+    case 2: backward_cols<T, 2>(X, i0, rows, d, m, G, grad); break;
+    default: backward_cols<T, 4>(X, i0, rows, d, m, G, grad);
     }
+}
+
+// What one sample's row of the tile gives: the loss argument u (y f, or f - y for the squared loss), y f, the
+// loss value and the coefficient loss' y / n, float64, value and slope narrowed as the oracle rounds.
+struct Sample {
+    double u, yf, value, coef;
+};
+
+template <typename T>
+__device__ Sample sample(const Tile<T>& tile, int r, int m, const T* a, T yi_t, int loss, double loss_param,
+                         double scale, double inv_n, bool f32, int* fault) {
+    const T* p = tile.phi + r * (m + 1);
+    T sum = T(0);
+    for (int j = 0; j < m; ++j) sum += a[j] * p[j];
+    const double f = scale * (double)sum, yi = (double)yi_t;
+    const bool margin_loss = is_margin_loss(loss);
+    Sample out;
+    out.u = margin_loss ? yi * f : f - yi;
+    out.yf = yi * f;
+    double slope;
+    loss_and_slope(loss, loss_param, out.u, out.value, slope, fault);
+    out.value = narrow(out.value, f32);
+    slope = narrow(slope, f32);
+    out.coef = (margin_loss ? slope * yi : slope) * inv_n;
+    return out;
+}
+
+// What every sample pass of a block needs (the training pass, the held-out pass and the log-risk passes).
+template <typename T> struct Block {
+    const T* X;
+    const T* y;
+    const T* Wt;
+    const T* a;
+    Tile<T> tile;
+    int d, m, tile_rows, act, loss;
+    T act_param;
+    double loss_param, scale;
+    bool f32;
+    int* fault;
+    double* scratch;
+};
+
+// log L of W_t where the risk has underflowed: max_i l_i + log sum_i e^(l_i - max) - log n of the samples'
+// log-losses l_i (two passes over the samples, the order of the reductions fixed), as lgd.models.log_mean.
+template <typename T> __device__ double log_risk_from_samples(const Block<T>& b, int n) {
+    const bool is_min[STATS] = {true, false, false, false, false}, is_sum[STATS] = {false, false, false, false, false};
+    double top[STATS] = {infinity(0.0), 0.0, 0.0, 0.0, 0.0};  // min of -l
+    double total[STATS] = {0.0, 0.0, 0.0, 0.0, 0.0};
+    for (int pass = 0; pass < 2; ++pass) {
+        for (int i0 = 0; i0 < n; i0 += b.tile_rows) {
+            const int rows = n - i0 < b.tile_rows ? n - i0 : b.tile_rows;
+            forward_tile(b.X, i0, rows, b.d, b.m, b.Wt, b.act, b.act_param, b.tile, false, b.fault);
+            __syncthreads();
+            for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+                const Sample s = sample(b.tile, r, b.m, b.a, b.y[i0 + r], b.loss, b.loss_param, b.scale, 1.0, b.f32,
+                                        b.fault);
+                const double l = log_loss(b.loss, b.loss_param, s.u, b.fault);
+                if (pass == 0)
+                    top[0] = fmin(top[0], -l);
+                else
+                    total[0] += exp(l + top[0]);
+            }
+            __syncthreads();
+        }
+        if (pass == 0) {
+            block_reduce(top, is_min, b.scratch);
+            if (!isfinite(top[0])) return -top[0];
+        } else {
+            block_reduce(total, is_sum, b.scratch);
+        }
+    }
+    return -top[0] + log(total[0]) - log((double)n);
+}
+
+// The k tangent vectors of a configuration (Lyapunov exponents) through the GD map's tangent I - eta H at
+// (W_t, a_t), then modified Gram-Schmidt: log_growth[l] += log of the norm of v_l's part orthogonal to
+// v_0 .. v_{l-1}, as the numpy oracle (lgd.backends._numpy, lgd.hessian's exact Hessian-vector products):
+//   dZ = X V^T, df_i = s sum_j (a_j phi'(Z_ij) dZ_ij + b_j phi(Z_ij)),
+//   (H v)_W = sum_i [second_i df_i s a_j phi' + first_i s (b_j phi' + a_j phi'' dZ_ij)] x_i,
+//   (H v)_a = s sum_i [phi second_i df_i + first_i phi' dZ_ij],  first = loss' c / n, second = loss'' / n.
+// V (k, m, d) and Va (k, m) are float64 and updated in place; Vt, HVt (d x m), vb, Hb (m) are the run's
+// dtype (the product is in it, as the oracle's); `rows` holds 3 float64 per row of a tile.
+template <typename T>
+__device__ void propagate(const Block<T>& b, int n, bool train_outer, double eta, int tangents, double* V,
+                          double* Va, double* growth, T* Vt, T* HVt, T* vb, T* Hb, double* rows) {
+    const int tid = threadIdx.x, threads = blockDim.x, d = b.d, m = b.m, dm = d * m, stride = m + 1;
+    const T s = (T)b.scale;
+    const bool sums[STATS] = {false, false, false, false, false};
+    const bool margin_loss = is_margin_loss(b.loss);
+    for (int l = 0; l < tangents; ++l) {
+        double* v = V + (long long)l * dm;
+        double* va = Va + (long long)l * m;
+        for (int e = tid; e < dm; e += threads) {
+            const int k = e / m, j = e - k * m;
+            Vt[e] = (T)v[(long long)j * d + k];
+            HVt[e] = T(0);
+        }
+        for (int j = tid; j < m; j += threads) {
+            vb[j] = train_outer ? (T)va[j] : T(0);
+            Hb[j] = T(0);
+        }
+        __syncthreads();
+        for (int i0 = 0; i0 < n; i0 += b.tile_rows) {
+            const int count = n - i0 < b.tile_rows ? n - i0 : b.tile_rows;
+            forward_tile(b.X, i0, count, d, m, b.Wt, b.act, b.act_param, b.tile, true, b.fault);
+            __syncthreads();
+            for (int r = tid; r < count; r += threads) {
+                const T* x = b.X + (long long)(i0 + r) * d;
+                T f = T(0), df_a = T(0), df_b = T(0);
+                for (int j = 0; j < m; ++j) {
+                    T dz = T(0);
+                    for (int k = 0; k < d; ++k) dz += x[k] * Vt[k * m + j];
+                    f += b.a[j] * b.tile.phi[r * stride + j];
+                    df_a += b.tile.dphi[r * stride + j] * dz * b.a[j];
+                    df_b += b.tile.phi[r * stride + j] * vb[j];
+                }
+                const double yi = (double)b.y[i0 + r], fi = b.scale * (double)f;
+                const double u = margin_loss ? yi * fi : fi - yi;
+                double value, slope;
+                loss_and_slope(b.loss, b.loss_param, u, value, slope, b.fault);
+                rows[3 * r] = slope * (margin_loss ? yi : 1.0) / n;
+                rows[3 * r + 1] = loss_second(b.loss, b.loss_param, u, b.fault) / n;
+                rows[3 * r + 2] = b.scale * ((double)df_a + (double)df_b);
+            }
+            __syncthreads();
+            if (train_outer) {
+                for (int j = tid; j < m; j += threads) {
+                    T outer = T(0);
+                    for (int r = 0; r < count; ++r) {
+                        const T* x = b.X + (long long)(i0 + r) * d;
+                        T dz = T(0);
+                        for (int k = 0; k < d; ++k) dz += x[k] * Vt[k * m + j];
+                        outer += b.tile.phi[r * stride + j] * (T)(rows[3 * r + 1] * rows[3 * r + 2]) +
+                                 (T)rows[3 * r] * b.tile.dphi[r * stride + j] * dz;
+                    }
+                    Hb[j] += s * outer;
+                }
+            }
+            __syncthreads();  // phi' is read above and overwritten below
+            for (int e = tid; e < count * m; e += threads) {
+                const int r = e / m, j = e - r * m;
+                const T* x = b.X + (long long)(i0 + r) * d;
+                T z = T(0), dz = T(0);
+                for (int k = 0; k < d; ++k) {
+                    z += x[k] * b.Wt[k * m + j];
+                    dz += x[k] * Vt[k * m + j];
+                }
+                const T first = (T)rows[3 * r], second = (T)rows[3 * r + 1], df = (T)rows[3 * r + 2];
+                const T dphi = b.tile.dphi[r * stride + j], sa = s * b.a[j];
+                const T dd = activation_second(b.act, b.act_param, z, b.fault);
+                T inner = second * df * dphi * sa + first * dd * dz * sa;
+                if (train_outer) inner += first * dphi * (s * vb[j]);
+                b.tile.dphi[r * stride + j] = inner;
+            }
+            __syncthreads();
+            backward_tile(b.X, i0, count, d, m, b.tile.dphi, HVt);
+            __syncthreads();
+        }
+        for (int e = tid; e < dm; e += threads) {
+            const int k = e / m, j = e - k * m;
+            v[(long long)j * d + k] -= eta * (double)HVt[e];
+        }
+        if (train_outer)
+            for (int j = tid; j < m; j += threads) va[j] -= eta * (double)Hb[j];
+        for (int o = 0; o <= l; ++o) {  // o < l: remove v_o's part; o = l: the norm
+            const double* w = V + (long long)o * dm;
+            const double* wa = Va + (long long)o * m;
+            double part[STATS] = {0.0, 0.0, 0.0, 0.0, 0.0};
+            for (int e = tid; e < dm; e += threads) {
+                const long long at = (long long)(e - e / m * m) * d + e / m;
+                part[0] += v[at] * w[at];
+            }
+            if (train_outer)
+                for (int j = tid; j < m; j += threads) part[0] += va[j] * wa[j];
+            block_reduce(part, sums, b.scratch);
+            const double scale = o < l ? -part[0] : 1.0 / sqrt(part[0]);
+            for (int e = tid; e < dm; e += threads) {
+                const long long at = (long long)(e - e / m * m) * d + e / m;
+                v[at] = o < l ? v[at] + scale * w[at] : v[at] * scale;
+            }
+            if (train_outer)
+                for (int j = tid; j < m; j += threads) va[j] = o < l ? va[j] + scale * wa[j] : va[j] * scale;
+            if (o == l && tid == 0) growth[l] += log(sqrt(part[0]));
+        }
+        __syncthreads();
+    }
+}
+
+// Bytes of dynamic shared memory run_chunk takes (its `take` calls, in order) for a block of `threads`
+// threads: the layout of cuda_run.layout, which a host test checks against this function.
+__host__ __device__ inline size_t shared_bytes(int n, int d, int m, int itemsize, int threads, int tile_rows,
+                                               int x_shared, int w_shared, int g_shared) {
+    size_t total = align16(sizeof(double) * STATS * (threads + 32)) + align16(sizeof(double) * m) +
+                   2 * align16((size_t)itemsize * m) + 2 * align16((size_t)itemsize * tile_rows * (m + 1)) +
+                   align16((size_t)itemsize * tile_rows);
+    if (w_shared) total += align16((size_t)itemsize * d * m);
+    if (g_shared) total += align16((size_t)itemsize * d * m);
+    if (x_shared) total += align16((size_t)itemsize * n * d) + align16((size_t)itemsize * n);
+    return total;
+}
+
+template <typename T>
+__device__ void run_chunk(const T* X, const T* y, const T* X_test, const T* y_test, T* W, T* a,
+                          const long long* rules, const double* rule_params, long long* diverged, int* fault,
+                          T* workspace, double* trace, double* trace_neuron, const T* directions, T* trace_weights,
+                          T* trace_outer, double* trace_projections, int n, int d, int m, int n_test, int act,
+                          double act_param_d, int loss, double loss_param, double scale, int train_outer,
+                          double risk_bound, double weight_bound, int log_risk_every_step, long long t_start,
+                          long long t_stop, long long steps, long long record_every, long long weights_every,
+                          int configs, int records, int neuron_records, int weight_records, int outer_records,
+                          int n_directions, double* tangents, double* tangents_a, double* log_growth,
+                          double* trace_lyapunov, double* row_space, int n_tangents, int lyapunov_records,
+                          int tile_rows, int x_shared, int w_shared, int g_shared) {
+    const int c = blockIdx.x, tid = threadIdx.x, threads = blockDim.x;
+    if (diverged[c] >= 0) return;
+    const bool f32 = sizeof(T) == 4;
+    const int dm = d * m, stride = m + 1;
+    const double inv_n = 1.0 / n;
+    const double log_risk_exact_below = f32 ? LOG_RISK_EXACT_BELOW_F32 : LOG_RISK_EXACT_BELOW;
+
+    // Dynamic shared memory, in the order and sizes of shared_bytes.
+    unsigned char* shared = LGD_DYNAMIC_SHARED();
+    size_t offset = 0;
+    auto take = [&](size_t bytes) {
+        unsigned char* at = shared + offset;
+        offset += align16(bytes);
+        return at;
+    };
+    double* scratch = (double*)take(sizeof(double) * STATS * (threads + 32));
+    double* neuron = (double*)take(sizeof(double) * m);
+    T* as = (T*)take(sizeof(T) * m);
+    T* grad_a = (T*)take(sizeof(T) * m);
+    Tile<T> tile;
+    tile.phi = (T*)take(sizeof(T) * tile_rows * stride);
+    tile.dphi = (T*)take(sizeof(T) * tile_rows * stride);
+    tile.coef = (T*)take(sizeof(T) * tile_rows);
+    // The configuration's part of the workspace: W^T and grad^T when not in shared memory, then (with
+    // tangent vectors) V^T, (H V)^T, b and H b.
+    T* config_space = workspace + (long long)c * (n_tangents > 0 ? 4 * dm + 2 * m : 2 * dm);
+    T* Wt = w_shared ? (T*)take(sizeof(T) * dm) : config_space;
+    T* grad = g_shared ? (T*)take(sizeof(T) * dm) : config_space + dm;
+    const T* Xs = X;
+    const T* ys = y;
+    if (x_shared) {
+        T* Xcopy = (T*)take(sizeof(T) * (long long)n * d);
+        T* ycopy = (T*)take(sizeof(T) * n);
+        for (long long k = tid; k < (long long)n * d; k += threads) Xcopy[k] = X[k];
+        for (int i = tid; i < n; i += threads) ycopy[i] = y[i];
+        Xs = Xcopy;
+        ys = ycopy;
+    }
+
+    T* Wc = W + (long long)c * dm;
+    T* ac = a + (long long)c * m;
+    for (int e = tid; e < dm; e += threads) {
+        const int k = e / m, j = e - k * m;
+        Wt[e] = Wc[(long long)j * d + k];
+    }
+    for (int j = tid; j < m; j += threads) as[j] = ac[j];
+    const int rule = (int)rules[c];
+    const double p0 = rule_params[3 * c], p1 = rule_params[3 * c + 1], p2 = rule_params[3 * c + 2];
+    const bool is_min[STATS] = {false, false, true, false, false};
+    Block<T> train = {Xs, ys, Wt, as, tile, d, m, tile_rows, act, loss, (T)act_param_d, loss_param, scale, f32, fault,
+                      scratch};
+    __syncthreads();
+
+    for (long long t = t_start; t < t_stop; ++t) {
+        const long long slot = record_slot(t, steps, record_every);
+        const bool neurons = slot >= 0 && neuron_records > 0;
+        for (int e = tid; e < dm; e += threads) grad[e] = T(0);
+        for (int j = tid; j < m; j += threads) {
+            grad_a[j] = T(0);
+            neuron[j] = infinity(0.0);
+        }
+        double stat[STATS] = {0.0, 0.0, infinity(0.0), 0.0, 0.0};
+
+        for (int i0 = 0; i0 < n; i0 += tile_rows) {
+            const int rows = n - i0 < tile_rows ? n - i0 : tile_rows;
+            forward_tile(Xs, i0, rows, d, m, Wt, act, train.act_param, tile, true, fault);
+            __syncthreads();
+            for (int r = tid; r < rows; r += threads) {
+                const Sample s = sample(tile, r, m, as, ys[i0 + r], loss, loss_param, scale, inv_n, f32, fault);
+                tile.coef[r] = (T)(s.coef * scale);
+                stat[STAT_RISK] += s.value;
+                stat[STAT_CORRECT] += s.yf > 0.0 ? 1.0 : 0.0;
+                stat[STAT_MARGIN] = fmin(stat[STAT_MARGIN], s.yf);
+            }
+            __syncthreads();
+            // G_rj = phi'_rj (cs_r a_j) over phi' (the same thread reads and writes an entry), then
+            // grad_W^T += G^T X_tile.
+            for (int e = tid; e < rows * m; e += threads) {
+                const int r = e / m, j = e - r * m;
+                tile.dphi[r * stride + j] = tile.dphi[r * stride + j] * (tile.coef[r] * as[j]);
+            }
+            __syncthreads();
+            backward_tile(Xs, i0, rows, d, m, tile.dphi, grad);
+            for (int j = tid; j < m; j += threads) {
+                if (train_outer) {
+                    T sum = grad_a[j];
+                    for (int r = 0; r < rows; ++r) sum += tile.coef[r] * tile.phi[r * stride + j];
+                    grad_a[j] = sum;
+                }
+                if (neurons) {
+                    double low = neuron[j];
+                    for (int r = 0; r < rows; ++r)
+                        low = fmin(low, (double)ys[i0 + r] * (double)as[j] * (double)tile.phi[r * stride + j]);
+                    neuron[j] = low;
+                }
+            }
+            __syncthreads();  // the next tile overwrites phi, phi' and coef
+        }
+
+        for (int e = tid; e < dm; e += threads) {
+            const double g = (double)grad[e], w = (double)Wt[e];
+            stat[STAT_GRAD_SQ] += narrow(g * g, f32);
+            stat[STAT_WEIGHT_SQ] += w * w;
+        }
+        if (train_outer) {
+            for (int j = tid; j < m; j += threads) {
+                const double g = (double)grad_a[j], w = (double)as[j];
+                stat[STAT_GRAD_SQ] += narrow(g * g, f32);
+                stat[STAT_WEIGHT_SQ] += w * w;
+            }
+        }
+        block_reduce(stat, is_min, scratch);
+        const double risk = narrow(narrow(stat[STAT_RISK], f32) / n, f32);
+        const double grad_sq = narrow(stat[STAT_GRAD_SQ], f32);
+        if (!isfinite(risk) || !isfinite(grad_sq)) {
+            if (tid == 0) diverged[c] = t;
+            break;
+        }
+        double log_risk = 0.0;
+        if (slot >= 0 || log_risk_every_step)
+            log_risk = risk >= log_risk_exact_below ? log(risk) : log_risk_from_samples(train, n);
+        const double eta_t = narrow(stepsize_at(rule, p0, p1, p2, t, steps, risk, log_risk, grad_sq), f32);
+        if (slot >= 0) {
+            const long long at = (long long)c * records + slot, field = (long long)configs * records;
+            if (tid == 0) {
+                trace[TRACE_ETA * field + at] = eta_t;
+                trace[TRACE_RISK * field + at] = risk;
+                trace[TRACE_LOG_RISK * field + at] = log_risk;
+                trace[TRACE_ACCURACY * field + at] = stat[STAT_CORRECT] / n;
+                trace[TRACE_GRAD_NORM * field + at] = sqrt(grad_sq);
+                trace[TRACE_WEIGHT_NORM * field + at] = sqrt(stat[STAT_WEIGHT_SQ]);
+                trace[TRACE_MARGIN * field + at] = stat[STAT_MARGIN];
+            }
+            if (tid == 0)
+                for (int l = 0; l < n_tangents && slot < lyapunov_records; ++l)
+                    trace_lyapunov[((long long)c * lyapunov_records + slot) * n_tangents + l] =
+                        log_growth[(long long)c * n_tangents + l];
+            if (neurons) {
+                double* row = trace_neuron + ((long long)c * neuron_records + slot) * m;
+                for (int j = tid; j < m; j += threads) row[j] = neuron[j];
+            }
+            if (n_test > 0) {
+                double test[STATS] = {0.0, 0.0, 0.0, 0.0, 0.0};
+                for (int i0 = 0; i0 < n_test; i0 += tile_rows) {
+                    const int rows = n_test - i0 < tile_rows ? n_test - i0 : tile_rows;
+                    forward_tile(X_test, i0, rows, d, m, Wt, act, train.act_param, tile, false, fault);
+                    __syncthreads();
+                    for (int r = tid; r < rows; r += threads) {
+                        const Sample s = sample(tile, r, m, as, y_test[i0 + r], loss, loss_param, scale, 1.0, f32,
+                                                fault);
+                        test[STAT_RISK] += s.value;
+                        test[STAT_CORRECT] += s.yf > 0.0 ? 1.0 : 0.0;
+                    }
+                    __syncthreads();
+                }
+                block_reduce(test, is_min, scratch);
+                if (tid == 0) {
+                    trace[TRACE_TEST_RISK * field + at] = narrow(narrow(test[STAT_RISK], f32) / n_test, f32);
+                    trace[TRACE_TEST_ACCURACY * field + at] = test[STAT_CORRECT] / n_test;
+                }
+            }
+        }
+        const long long weight_slot = weight_records > 0 ? record_slot(t, steps, weights_every) : -1;
+        if (weight_slot >= 0) {
+            if (n_directions > 0) {
+                // sum_jk V_pjk W_jk in float64, STATS directions per block reduction.
+                const bool sums[STATS] = {false, false, false, false, false};
+                for (int p0 = 0; p0 < n_directions; p0 += STATS) {
+                    double part[STATS] = {0.0, 0.0, 0.0, 0.0, 0.0};
+                    for (int e = tid; e < dm; e += threads) {
+                        const int k = e / m, j = e - k * m;
+                        for (int q = 0; q < STATS && p0 + q < n_directions; ++q)
+                            part[q] += (double)directions[((long long)(p0 + q) * m + j) * d + k] * (double)Wt[e];
+                    }
+                    block_reduce(part, sums, scratch);
+                    if (tid == 0)
+                        for (int q = 0; q < STATS && p0 + q < n_directions; ++q)
+                            trace_projections[((long long)c * weight_records + weight_slot) * n_directions + p0 + q] =
+                                part[q];
+                }
+            } else {
+                T* stored = trace_weights + ((long long)c * weight_records + weight_slot) * dm;
+                for (int e = tid; e < dm; e += threads) {
+                    const int k = e / m, j = e - k * m;
+                    stored[(long long)j * d + k] = Wt[e];
+                }
+                if (outer_records > 0)
+                    for (int j = tid; j < m; j += threads)
+                        trace_outer[((long long)c * outer_records + weight_slot) * m + j] = as[j];
+            }
+        }
+        if (risk > risk_bound || sqrt(stat[STAT_WEIGHT_SQ]) > weight_bound) {
+            if (tid == 0) diverged[c] = t;
+            break;
+        }
+        if (t < steps) {
+            if (n_tangents > 0)
+                propagate(train, n, train_outer, (double)(T)eta_t, n_tangents,
+                          tangents + (long long)c * n_tangents * dm, tangents_a + (long long)c * n_tangents * m,
+                          log_growth + (long long)c * n_tangents, config_space + 2 * dm, config_space + 3 * dm,
+                          config_space + 4 * dm, config_space + 4 * dm + m,
+                          row_space + (long long)c * 3 * tile_rows);
+            // Every thread has read W_t (the tiles, the norms, the other passes: a barrier since).
+            const T eta = (T)eta_t;
+            for (int e = tid; e < dm; e += threads) Wt[e] -= eta * grad[e];
+            if (train_outer)
+                for (int j = tid; j < m; j += threads) as[j] -= eta * grad_a[j];
+        }
+        __syncthreads();  // W_{t+1} and a are complete before the next step reads them
+    }
+
+    for (int e = tid; e < dm; e += threads) {
+        const int k = e / m, j = e - k * m;
+        Wc[(long long)j * d + k] = Wt[e];
+    }
+    for (int j = tid; j < m; j += threads) ac[j] = as[j];
 }
 
 }  // namespace lgd
 
-#define LGD_ENTRIES(T, SUFFIX)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(LGD_THREADS) lgd_forward_##SUFFIX(                             \
-        T* ZG, T* P, const T* a, const T* y, T* row_loss, T* row_yf, T* row_coef, const long long* diverged,    \
-        int* fault, int n, int m, int act, T act_param, int loss, T loss_param, T scale, int store_p) {         \
-        lgd::forward<T>(ZG, P, a, y, row_loss, row_yf, row_coef, diverged, fault, n, m, act, act_param, loss,   \
-                        loss_param, scale, store_p);                                                            \
-    }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(LGD_THREADS) lgd_finish_##SUFFIX(                              \
-        T* W, T* a, const T* grad_W, const T* grad_a, const T* row_loss, const T* row_yf, const T* y,           \
-        const T* P, const double* stepsizes, long long* diverged, double* trace_risk, double* trace_accuracy,   \
-        double* trace_grad_norm, double* trace_weight_norm, double* trace_margin, double* trace_neuron, int n,  \
-        int m, int d, int train_outer, long long t, long long steps, int slot, int records,                     \
-        int neuron_records) {                                                                                   \
-        lgd::finish<T>(W, a, grad_W, grad_a, row_loss, row_yf, y, P, stepsizes, diverged, trace_risk,           \
-                       trace_accuracy, trace_grad_norm, trace_weight_norm, trace_margin, trace_neuron, n, m, d, \
-                       train_outer, t, steps, slot, records, neuron_records);                                   \
-    }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(LGD_THREADS) lgd_test_metrics_##SUFFIX(                        \
-        const T* Zt, const T* a, const T* yt, const long long* diverged, int* fault, double* trace_risk,        \
-        double* trace_accuracy, int nt, int m, int act, T act_param, int loss, T loss_param, T scale, int slot, \
-        int records) {                                                                                          \
-        lgd::test_metrics<T>(Zt, a, yt, diverged, fault, trace_risk, trace_accuracy, nt, m, act, act_param,     \
-                             loss, loss_param, scale, slot, records);                                           \
+// The parameter list of an lgd_run entry, once: the kernel and its host launcher both expand it (and
+// cuda_run.PARAMS lists it for the glue).
+#define LGD_RUN_PARAMS(T)                                                                                            \
+    const T *X, const T *y, const T *X_test, const T *y_test, T *W, T *a, const long long *rules,                    \
+        const double *rule_params, long long *diverged, int *fault, T *workspace, double *trace,                     \
+        double *trace_neuron, const T *directions, T *trace_weights, T *trace_outer, double *trace_projections,      \
+        int n, int d, int m, int n_test, int act, double act_param, int loss, double loss_param, double scale,       \
+        int train_outer, double risk_bound, double weight_bound, int log_risk_every_step, long long t_start,         \
+        long long t_stop, long long steps, long long record_every, long long weights_every, int configs,             \
+        int records, int neuron_records, int weight_records, int outer_records, int n_directions,                    \
+        double *tangents, double *tangents_a, double *log_growth, double *trace_lyapunov, double *row_space,         \
+        int n_tangents, int lyapunov_records, int tile_rows, int x_shared, int w_shared, int g_shared
+#define LGD_RUN_ARGS                                                                                                 \
+    X, y, X_test, y_test, W, a, rules, rule_params, diverged, fault, workspace, trace, trace_neuron,                 \
+        directions, trace_weights, trace_outer, trace_projections, n, d, m, n_test, act, act_param, loss,            \
+        loss_param, scale, train_outer, risk_bound, weight_bound, log_risk_every_step, t_start, t_stop, steps,       \
+        record_every, weights_every, configs, records, neuron_records, weight_records, outer_records, n_directions,  \
+        tangents, tangents_a, log_growth, trace_lyapunov, row_space, n_tangents, lyapunov_records, tile_rows,        \
+        x_shared, w_shared, g_shared
+
+#ifdef LGD_HOST_BUILD
+// The host launcher of an entry: the grid of blocks on host threads (host_compat.h).
+#define LGD_HOST_LAUNCHER(T, SUFFIX)                                                                             \
+    extern "C" void lgd_run_##SUFFIX##_host(unsigned grid, unsigned block, size_t shared, LGD_RUN_PARAMS(T)) {  \
+        lgd::host::launch(grid, block, shared, [&] { lgd_run_##SUFFIX(LGD_RUN_ARGS); });                        \
     }
+#else
+#define LGD_HOST_LAUNCHER(T, SUFFIX)
+#endif
+
+#ifdef LGD_HOST_BUILD
+// The kernel's copies of lgd.backends.record_slot and lgd.stepsize.stepsize_at, for the host tests that
+// compare them with the Python rules.
+extern "C" long long lgd_record_slot(long long t, long long steps, long long every) {
+    return lgd::record_slot(t, steps, every);
+}
+extern "C" double lgd_stepsize_at(int code, double p0, double p1, double p2, long long t, long long steps,
+                                  double risk, double log_risk, double grad_sq) {
+    return lgd::stepsize_at(code, p0, p1, p2, t, steps, risk, log_risk, grad_sq);
+}
+extern "C" size_t lgd_shared_bytes(int n, int d, int m, int itemsize, int threads, int tile_rows, int x_shared,
+                                   int w_shared, int g_shared) {
+    return lgd::shared_bytes(n, d, m, itemsize, threads, tile_rows, x_shared, w_shared, g_shared);
+}
+#endif
+
+#define LGD_ENTRIES(T, SUFFIX)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(LGD_THREADS, 1) lgd_run_##SUFFIX(LGD_RUN_PARAMS(T)) {          \
+        lgd::run_chunk<T>(LGD_RUN_ARGS);                                                                         \
+    }                                                                                                            \
+    LGD_HOST_LAUNCHER(T, SUFFIX)
 
 LGD_ENTRIES(double, f64)
 LGD_ENTRIES(float, f32)

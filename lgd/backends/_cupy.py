@@ -1,77 +1,157 @@
-"""The cupy backend: GD on an NVIDIA GPU through the CUDA kernels of ``lgd.kernels.cupy_gpu``.
+"""The cupy backend: whole GD runs on an NVIDIA GPU, one launch of ``lgd_run`` (kernels/cuda/lgd.cu) per chunk.
 
-Data are moved to the device once per run (cupy inputs are used where they are); the iterates and
-traces stay there between chunks and only the chunk's trace slots, the weights and the divergence
-flags come back to the host at the end of each chunk.
+Data and the batch are copied to the device once, in :meth:`Runner.start` (cupy inputs are used where they
+are); the traces stay there until :meth:`Runner.finish`. After each chunk the host reads back the divergence
+flags and the fault flag, and the weights (the protocol of :mod:`lgd.backends`: the driver may pause
+between chunks and measure W_t). :class:`Runner` is written against an engine (``lgd.kernels.cuda_run``):
+the same class runs the host build of the kernel in CI (``lgd.backends._cuda_host``).
+
+:func:`available` says exactly why CUDA cannot run: cupy missing, no NVIDIA driver, a driver of an older
+major CUDA version than cupy's runtime, or no device.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.util
 
-from . import Problem, State, Trace, cast_stepsizes
+import numpy as np
+
+from . import Problem, State, Trace
+
+
+def _driver_library() -> bool:
+    """True when the NVIDIA driver's libcuda can be loaded."""
+    for name in ("libcuda.so.1", ctypes.util.find_library("cuda"), "nvcuda.dll"):
+        if not name:
+            continue
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _version(code: int) -> str:
+    """A CUDA version code (13000) as '13.0'."""
+    return f"{code // 1000}.{code % 1000 // 10}"
 
 
 def available() -> tuple[bool, str]:
+    """(usable, reason): cupy installed, an NVIDIA driver of at least the major CUDA version of cupy's runtime,
+    a device."""
     if importlib.util.find_spec("cupy") is None:
         return False, "cupy is not installed"
     try:
         import cupy
     except Exception as exc:  # a broken CUDA install surfaces here
         return False, f"cupy fails to import: {exc}"
+    runtime = cupy.cuda.runtime
+    if not _driver_library():
+        return False, "no NVIDIA driver (libcuda.so.1 cannot be loaded): this machine cannot run CUDA"
     try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except cupy.cuda.runtime.CUDARuntimeError as exc:
+        driver, built_for = runtime.driverGetVersion(), runtime.runtimeGetVersion()
+    except runtime.CUDARuntimeError as exc:
+        return False, f"the NVIDIA driver does not answer ({exc})"
+    if driver == 0:
+        return False, "no NVIDIA driver (libcuda loads but reports no driver version): this machine cannot run CUDA"
+    # CUDA's minor version compatibility: a runtime of major version N runs on any driver of major version N
+    # (cupy's 13.2 runtime on a 13.0 driver), so only an older major version is too old.
+    if driver // 1000 < built_for // 1000:
+        return False, (f"the NVIDIA driver supports CUDA {_version(driver)} but this cupy needs CUDA "
+                       f"{built_for // 1000}.x: update the driver, or install the cupy package for "
+                       f"CUDA {driver // 1000} (cupy-cuda{driver // 1000}x)")
+    try:
+        count = runtime.getDeviceCount()
+    except runtime.CUDARuntimeError as exc:
         return False, f"no usable CUDA device ({exc})"
     if count < 1:
-        return False, "no CUDA device found"
-    props = cupy.cuda.runtime.getDeviceProperties(0)
+        return False, "no CUDA device found (the NVIDIA driver is installed)"
+    props = runtime.getDeviceProperties(0)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
     return True, (f"{name} (compute capability {props['major']}.{props['minor']}), CUDA runtime "
-                  f"{cupy.cuda.runtime.runtimeGetVersion()}, driver {cupy.cuda.runtime.driverGetVersion()}")
+                  f"{_version(built_for)}, driver {_version(driver)}")
 
 
 class Runner:
-    """Runs configurations of one problem on the GPU; see :mod:`lgd.backends` for the protocol."""
+    """Runs configurations of one problem through the lgd_run kernel; see :mod:`lgd.backends` for the protocol."""
 
     name = "cupy"
 
     def __init__(self, problem: Problem, steps: int, record_every: int, shape=None):
-        import cupy
+        from ..kernels import cuda_run
 
+        cuda_run.check_codes(problem.activation, problem.loss)  # before anything is built or copied
+        self.glue, self.problem = cuda_run, problem
+        self.steps, self.record_every = steps, record_every
+        self.engine = self._engine()
+        xp = self.engine.xp
+        dtype = problem.dtype
+
+        def device(array):  # one copy per run, where the kernel runs
+            return None if array is None else xp.array(array, dtype=dtype, order="C")
+
+        if shape is not None:  # refuse here, before any copy, a width whose one sample does not fit a block
+            _, m, d = shape
+            cuda_run.layout(problem.X.shape[0], d, m, np.dtype(dtype).itemsize, self.engine.threads,
+                            self.engine.shared_budget)
+        self.X, self.y = device(problem.X), device(problem.y)
+        self.X_test, self.y_test = device(problem.X_test), device(problem.y_test)
+        self.directions = device(problem.directions)
+        self.state, self.trace, self.run = None, None, None
+
+    def _engine(self):
         from ..kernels import cupy_gpu
 
-        self.cupy, self.kernels, self.problem = cupy, cupy_gpu, problem
-        self.steps, self.record_every = steps, record_every
-        cupy_gpu.module()  # build the module here, outside the timed loop
-        self.X, self.y = cupy.asarray(problem.X), cupy.asarray(problem.y)
-        self.X_test = None if problem.X_test is None else cupy.asarray(problem.X_test)
-        self.y_test = None if problem.y_test is None else cupy.asarray(problem.y_test)
-        self.state, self.trace, self.device = None, None, None
+        return cupy_gpu.GpuEngine()
 
     def start(self, state: State, trace: Trace):
         """Copy the batch to the device, where it stays until :meth:`finish`."""
-        cp = self.cupy
+        xp, dtype = self.engine.xp, self.problem.dtype
+        self.glue.check_rules(state.rules)
         self.state, self.trace = state, trace
-        self.device = self.kernels.DeviceRun(
-            self.X, self.y, self.X_test, self.y_test, cp.asarray(state.W), cp.asarray(state.a),
-            cp.asarray(cast_stepsizes(state.stepsizes, self.problem.dtype), dtype=cp.float64),
-            cp.asarray(state.diverged), trace.risk.shape[1], trace.neuron_margins.shape[1])
+        self.run = self.glue.ChunkRun(
+            self.engine, self.X, self.y, self.X_test, self.y_test,
+            xp.array(state.W, dtype=dtype, order="C"), xp.array(state.a, dtype=dtype, order="C"),
+            xp.array(state.rules, dtype=np.int64), xp.array(state.rule_params, dtype=np.float64, order="C"),
+            xp.array(state.diverged, dtype=np.int64), trace.risk.shape[1], trace.neuron_margins.shape[1],
+            shapes={name: getattr(trace, name).shape for name in (*self.glue.TRAJECTORY_FIELDS,
+                                                                    self.glue.LYAPUNOV_FIELD)},
+            directions=self.directions,
+            tangents=tuple(xp.array(array, dtype=np.float64, order="C") for array in state.tangent_arrays()))
 
     def advance(self, t_start: int, t_stop: int):
-        p, device = self.problem, self.device
-        self.kernels.gd_steps(device, t_start, t_stop, self.steps, self.record_every, p.activation, p.loss,
-                              p.scale, p.train_outer)
-        # One synchronising copy per chunk: the divergence flags (the driver stops when all are set) and
-        # the iterates (the driver may pause to measure them).
-        self.state.diverged[...] = device.diverged.get()
-        self.kernels.check_fault(device, p.activation, p.loss)
-        self.state.W[...] = device.W.get()
-        self.state.a[...] = device.a.get()
+        p, run, to_host = self.problem, self.run, self.glue.to_host
+        self.glue.advance(run, t_start, t_stop, self.steps, self.record_every, p.activation, p.loss, p.scale,
+                          p.train_outer, bounds=(p.risk_bound, p.weight_bound), weights_every=p.weights_every,
+                          log_risk_every_step=p.log_risk_every_step)
+        self.state.diverged[...] = to_host(run.diverged)  # waits for the chunk
+        self.glue.check_fault(run, p.activation, p.loss)
+        self._iterates_to_host()
+
+    def _iterates_to_host(self):
+        run, state, to_host = self.run, self.state, self.glue.to_host
+        state.W[...] = to_host(run.W)
+        state.a[...] = to_host(run.a)
+        if state.tangents is not None and run.tangents.shape[1]:
+            state.tangents[...] = to_host(run.tangents)
+            state.tangents_a[...] = to_host(run.tangents_a)
+            state.log_growth[...] = to_host(run.log_growth)
 
     def finish(self):
-        """Copy the traces back to the host."""
-        for name, values in self.device.trace.items():
-            host = getattr(self.trace, name)
-            if host.shape[1]:
-                host[...] = values.get()
+        """Copy the traces (the fields the kernel writes, by name) and the iterates back to the host."""
+        run, to_host = self.run, self.glue.to_host
+        if run is None:
+            return
+        trace = to_host(run.trace)
+        for index, name in enumerate(self.glue.KERNEL_FIELDS):
+            getattr(self.trace, name)[...] = trace[index]
+        if self.trace.neuron_margins.shape[1]:
+            self.trace.neuron_margins[...] = to_host(run.trace_neuron)
+        for name, values in (*run.trajectories.items(), (self.glue.LYAPUNOV_FIELD, run.lyapunov)):
+            if values.size:
+                getattr(self.trace, name)[...] = to_host(values)
+        self._iterates_to_host()
+        self.state.diverged[...] = to_host(run.diverged)

@@ -50,7 +50,7 @@ class Runner:
                         self._record_weights(trace, c, record_slot(t, steps, p.weights_every), W * np.nan, a * np.nan)
                     break
                 weight_sq = float(np.sum(W * W)) + (float(np.sum(a * a)) if p.train_outer else 0.0)
-                if p.sharpness_every > 0:
+                if p.sharpness_every > 0 and trace.sharpness.shape[1]:
                     self._measure_sharpness(state, trace, c, record_slot(t, steps, p.sharpness_every), W, a)
                 eta = stepsize_of(state, c, t, steps, ev.risk, ev.log_risk, grad_sq, p.dtype,
                                   state.sharpness_last[c] if state.sharpness_last is not None else math.nan)

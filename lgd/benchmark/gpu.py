@@ -1,0 +1,322 @@
+"""The GPU benchmark of bench/gpu_check.sh: lgd's cupy backend against PyTorch and JAX on one lent GPU, within a
+deadline, with the device's measured peaks and the two-product cuBLAS roofline.
+
+``python -m lgd.benchmark.gpu --out DIR --seconds 150`` runs the cases of :func:`plan` in order (the comparisons
+the targets name first, torch.compile last: its compiles are the slowest), each checked against lgd's numpy
+oracle before it is timed, and stops starting new cases once the deadline is near; what it did not reach is
+listed as skipped. It writes ``gpu.json`` and ``gpu.md`` to DIR and prints the table last. Implementations
+are those of :mod:`lgd.benchmark.peers` on the device: ``lgd-cupy``; ``torch-analytic`` (eager) and
+``torch-compile``; ``jax-scan`` (jit of a scanned loop, vmap over the stepsizes) and ``jax-jit``.
+
+``python -m lgd.benchmark.gpu --sanitize`` runs a small sweep through the kernel on the device in every
+layout (for compute-sanitizer's memcheck and racecheck; exit status 0 when every check holds).
+
+Workloads (lgd.benchmark.workloads): S (n=256 d=16 m=64), M (n=360 d=64 m=256), L (n=2000 d=3072 m=256),
+SWEEP-64 and SWEEP-1024 (S at 64 or 1,024 stepsizes log-spaced over 1e-1..1e3). cupy, torch and jax are
+imported inside the functions that use them: this module imports on a machine without them (its CPU test
+checks the plan, the arguments and the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import traceback
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from .workloads import CHECK_RTOL, CHECK_STEPS, WORKLOADS, Workload, oracle_final_risk
+
+FORMAT = "lgd-gpu-bench/1"
+IMPLS = ("lgd-cupy", "jax-scan", "torch-analytic", "jax-jit", "torch-compile")
+DTYPES = ("float64", "float32")
+WORKLOAD_NAMES = ("S", "SWEEP-1024", "L", "M", "SWEEP-64")
+# Seconds a timed call aims at (its steps are chosen from the checked run's speed).
+TIMED_SECONDS = 0.6
+# Configurations of a sweep the oracle check compares (first, middle, last): the numpy oracle is slow.
+CHECKED_CONFIGS = 3
+
+
+def workload(name: str) -> Workload:
+    """A workload by name: SWEEP-64 is lgd.benchmark's SWEEP (64 stepsizes)."""
+    return WORKLOADS["SWEEP" if name == "SWEEP-64" else name]
+
+
+def plan(workloads=WORKLOAD_NAMES, impls=IMPLS, dtypes=DTYPES) -> list[tuple[str, str, str]]:
+    """(workload, impl, dtype) in the order they run: implementation by implementation in the order of
+    `impls` (lgd and the JAX loop first), each over the workloads and dtypes, so that a deadline cuts the
+    least informative cases."""
+    return [(name, impl, dtype) for impl in impls for name in workloads for dtype in dtypes]
+
+
+def parse(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m lgd.benchmark.gpu", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="gpu-bench-out", help="folder for gpu.json and gpu.md")
+    parser.add_argument("--seconds", type=float, default=150.0, help="deadline of the whole benchmark")
+    parser.add_argument("--workloads", default=",".join(WORKLOAD_NAMES))
+    parser.add_argument("--impls", default=",".join(IMPLS))
+    parser.add_argument("--dtypes", default=",".join(DTYPES))
+    parser.add_argument("--sanitize", action="store_true", help="run the small sweep for compute-sanitizer")
+    args = parser.parse_args(argv)
+    for option, valid in (("workloads", WORKLOAD_NAMES), ("impls", IMPLS), ("dtypes", DTYPES)):
+        chosen = [item for item in getattr(args, option).split(",") if item]
+        unknown = sorted(set(chosen) - set(valid))
+        if unknown:
+            parser.error(f"unknown {option}: {', '.join(unknown)}; valid: {', '.join(valid)}")
+        setattr(args, option, chosen)
+    return args
+
+
+def device_peaks(seconds: float = 0.3) -> dict:
+    """Measured on the current device: FP64 and FP32 FMA peaks of the vector units (a RawKernel of independent
+    FMA chains), and the cuBLAS GEMM rates of 8192-square products (FP64 there runs on the tensor cores)."""
+    import cupy
+
+    source = r"""
+    template <typename T> __device__ void chains(T* out, T seed, int rounds) {
+        T a0 = seed, a1 = seed + T(1), a2 = seed + T(2), a3 = seed + T(3), a4 = seed + T(4), a5 = seed + T(5),
+          a6 = seed + T(6), a7 = seed + T(7);
+        const T b = T(0.999999), c = T(1e-7);
+        for (int r = 0; r < rounds; ++r) {
+            a0 = a0 * b + c; a1 = a1 * b + c; a2 = a2 * b + c; a3 = a3 * b + c;
+            a4 = a4 * b + c; a5 = a5 * b + c; a6 = a6 * b + c; a7 = a7 * b + c;
+        }
+        out[blockIdx.x * blockDim.x + threadIdx.x] = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7;
+    }
+    extern "C" __global__ void fma_f64(double* out, double seed, int rounds) { chains(out, seed, rounds); }
+    extern "C" __global__ void fma_f32(float* out, float seed, int rounds) { chains(out, seed, rounds); }
+    """
+    module = cupy.RawModule(code=source, options=("--std=c++17",))
+    runtime = cupy.cuda.runtime
+    sms = runtime.deviceGetAttribute(runtime.cudaDevAttrMultiProcessorCount, cupy.cuda.Device().id)
+    blocks, threads, rounds = sms * 16, 256, 4096
+    peaks = {"sms": sms}
+    for dtype, suffix in (("float64", "f64"), ("float32", "f32")):
+        kernel = module.get_function(f"fma_{suffix}")
+        out = cupy.empty(blocks * threads, dtype=dtype)
+        args = (out, np.dtype(dtype).type(1.0), np.int32(rounds))
+        best = _best_device_time(lambda: kernel((blocks,), (threads,), args), seconds)
+        peaks[f"fma_{dtype}_tflops"] = 2.0 * 8 * rounds * blocks * threads / best / 1e12
+        size = 8192 if dtype == "float32" else 4096
+        a = cupy.random.standard_normal((size, size)).astype(dtype)
+        product = cupy.empty_like(a)
+        best = _best_device_time(lambda: cupy.matmul(a, a, out=product), seconds)
+        peaks[f"gemm_{dtype}_tflops"] = 2.0 * size ** 3 / best / 1e12
+    return peaks
+
+
+def _best_device_time(call, seconds: float) -> float:
+    """Best time of `call` on the device (events around it), repeated for about `seconds`."""
+    import cupy
+
+    call()
+    cupy.cuda.Device().synchronize()
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    best, begun = math.inf, time.perf_counter()
+    while time.perf_counter() - begun < seconds or best == math.inf:
+        start.record()
+        call()
+        stop.record()
+        stop.synchronize()
+        best = min(best, cupy.cuda.get_elapsed_time(start, stop) / 1e3)
+    return best
+
+
+def product_roofline(work: Workload, dtype: str, seconds: float = 0.2) -> dict:
+    """Config-steps per second of the two products of a step alone, cuBLAS on the device (all configurations
+    stacked into one product each, the best shape): the bound the L target is measured against."""
+    import cupy
+
+    rng = cupy.random.default_rng(0)
+    n, d, m, configs = work.n, work.d, work.m, work.configs
+    X = rng.standard_normal((n, d)).astype(dtype)
+    W = rng.standard_normal((configs * m, d)).astype(dtype)
+    G = rng.standard_normal((configs * m, n)).astype(dtype)
+    Z, grad = cupy.empty((n, configs * m), dtype), cupy.empty((configs * m, d), dtype)
+
+    def products():
+        cupy.matmul(X, W.T, out=Z)
+        cupy.matmul(G, X, out=grad)
+
+    best = _best_device_time(products, seconds)
+    return {"products_s": best, "steps_per_s": configs / best, "gflops": work.flops_per_step * configs / best / 1e9}
+
+
+def run_case(name: str, impl: str, dtype: str, deadline: float) -> dict:
+    """Check `impl` on workload `name` against the oracle, then time it: one record (or raises)."""
+    from . import peers
+
+    work = workload(name)
+    record = {"workload": name, "impl": impl, "dtype": dtype, "n": work.n, "d": work.d, "m": work.m,
+              "configs": work.configs}
+    tic = time.perf_counter()
+    run = peers.prepare(impl, work, dtype, device=True)
+    risk = run(CHECK_STEPS)  # the first call compiles
+    record["first_call_s"] = time.perf_counter() - tic
+    picks = sorted({0, work.configs // 2, work.configs - 1})[:CHECKED_CONFIGS]
+    expected = oracle_final_risk(replace(work, stepsizes=tuple(work.stepsizes[i] for i in picks)), dtype)
+    got = np.asarray(risk)[picks, -1]
+    error = float(np.max(np.abs(got - expected) / np.abs(expected)))
+    record["check_rel_error"] = error
+    if not error <= CHECK_RTOL[dtype]:
+        raise AssertionError(f"{impl} disagrees with the oracle on {name} {dtype}: relative error {error:.2e}")
+    tic = time.perf_counter()
+    run(CHECK_STEPS)
+    per_step = max((time.perf_counter() - tic) / CHECK_STEPS, 1e-7)
+    left = max(0.05, min(TIMED_SECONDS, (deadline - time.perf_counter()) / 4))
+    steps = int(min(work.steps, max(CHECK_STEPS, left / per_step)))
+    if impl == "jax-scan":
+        run(steps)  # jax-scan compiles once per number of steps: not in the timed call
+    best = math.inf
+    for _ in range(2):
+        tic = time.perf_counter()
+        run(steps)
+        best = min(best, time.perf_counter() - tic)
+    record.update(steps=steps, seconds=best, steps_per_s=work.configs * steps / best,
+                  gflops=work.flops_per_step * work.configs * steps / best / 1e9)
+    return record
+
+
+def ratios(records: list, peaks: dict, rooflines: dict) -> None:
+    """Add to each record its ratios to jax-scan on the same case, to the FP peak of its dtype and to the
+    two-product roofline (in place)."""
+    by_case = {(r["workload"], r["impl"], r["dtype"]): r for r in records}
+    for record in records:
+        jax = by_case.get((record["workload"], "jax-scan", record["dtype"]))
+        record["vs_jax_scan"] = record["steps_per_s"] / jax["steps_per_s"] if jax else None
+        peak = peaks.get(f"fma_{record['dtype']}_tflops")
+        record["fraction_of_fma_peak"] = record["gflops"] / (peak * 1e3) if peak else None
+        roof = rooflines.get((record["workload"], record["dtype"]))
+        record["vs_product_roofline"] = record["steps_per_s"] / roof["steps_per_s"] if roof else None
+
+
+COLUMNS = ("workload", "dtype", "impl", "steps_per_s", "gflops", "vs_jax_scan", "fraction_of_fma_peak",
+           "vs_product_roofline", "first_call_s", "check_rel_error")
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def markdown(report: dict) -> str:
+    """The report as markdown: the device, its peaks, one row per case, the skipped and failed cases."""
+    peaks = report.get("peaks") or {}
+    lines = [f"# lgd GPU benchmark ({report.get('created', '')})", "",
+             f"Device: {report.get('device') or 'unknown'}", ""]
+    if peaks:
+        lines += ["Measured peaks (TFLOP/s): " + ", ".join(f"{key} {value:.3g}" for key, value in peaks.items()
+                                                           if key.endswith("tflops")), ""]
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for record in report.get("records", []):
+        lines.append("| " + " | ".join(_cell(record.get(column)) for column in COLUMNS) + " |")
+    for title, key in (("Failed", "failed"), ("Skipped", "skipped")):
+        if report.get(key):
+            lines += ["", f"{title}:", *(f"- {entry}" for entry in report[key])]
+    return "\n".join(lines) + "\n"
+
+
+def _device() -> str:
+    import cupy
+
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    return f"{name}, driver {cupy.cuda.runtime.driverGetVersion()}, runtime {cupy.cuda.runtime.runtimeGetVersion()}"
+
+
+def benchmark(args) -> dict:
+    """Every case of the plan until the deadline; the report (also written to args.out after each case)."""
+    deadline = time.perf_counter() + args.seconds
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"format": FORMAT, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "device": None, "peaks": None,
+              "rooflines": [], "records": [], "failed": [], "skipped": []}
+
+    def save():
+        (out / "gpu.json").write_text(json.dumps(report, indent=1) + "\n")
+        (out / "gpu.md").write_text(markdown(report))
+
+    for step, action in (("device", _device), ("peaks", device_peaks)):
+        try:
+            report[step] = action()
+        except Exception as exc:  # one failure must not lose the rest
+            report["failed"].append(f"{step}: {type(exc).__name__}: {exc}")
+    rooflines = {}
+    for name in args.workloads:
+        for dtype in args.dtypes:
+            try:
+                rooflines[(name, dtype)] = product_roofline(workload(name), dtype)
+                report["rooflines"].append({"workload": name, "dtype": dtype, **rooflines[(name, dtype)]})
+            except Exception as exc:
+                report["failed"].append(f"roofline {name} {dtype}: {type(exc).__name__}: {exc}")
+    save()
+    for name, impl, dtype in plan(args.workloads, args.impls, args.dtypes):
+        case = f"{name} {impl} {dtype}"
+        if time.perf_counter() > deadline - (40 if impl == "torch-compile" else 8):
+            report["skipped"].append(f"{case}: out of time")
+            continue
+        print(f"-- {case}", flush=True)
+        try:
+            report["records"].append(run_case(name, impl, dtype, deadline))
+        except Exception as exc:
+            message = f"{case}: {type(exc).__name__}: {exc}"
+            print(message + "\n" + traceback.format_exc(limit=3), flush=True)
+            (report["skipped"] if type(exc).__name__ == "Unavailable" else report["failed"]).append(message)
+        ratios(report["records"], report["peaks"] or {}, rooflines)
+        save()
+    return report
+
+
+def sanitize_sweep() -> int:
+    """A small sweep through lgd_run on the device in every layout (shared memory, global memory with small
+    tiles), both dtypes, with a diverging configuration and held-out data: 0 when the records are sane."""
+    import cupy
+
+    import lgd
+
+    from ..kernels import cuda_run, cupy_gpu
+
+    cupy.cuda.set_allocator(None)  # one cudaMalloc per array: memcheck sees each array's own bounds
+    failures = 0
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((37, 5)) / 3, np.where(rng.standard_normal(37) > 0, 1.0, -1.0)
+    activation, loss = lgd.activations.get("leaky_softplus"), lgd.losses.get("exponential")
+    for dtype in ("float64", "float32"):
+        for budget in (None, 12 * 1024):
+            engine = cupy_gpu.GpuEngine()
+            if budget:
+                engine.shared_budget = budget
+            C, m = 3, 21
+            run = cuda_run.ChunkRun(engine, cupy.asarray(X, dtype=dtype), cupy.asarray(y, dtype=dtype),
+                                    cupy.asarray(X[:11], dtype=dtype), cupy.asarray(y[:11], dtype=dtype),
+                                    cupy.asarray(rng.standard_normal((C, m, 5)), dtype=dtype),
+                                    cupy.ones((C, m), dtype=dtype), cupy.zeros(C, dtype=cupy.int64),
+                                    cupy.asarray([[0.3, 0, 0], [2.0, 0, 0], [1e6, 0, 0]]),
+                                    cupy.full(C, -1, dtype=cupy.int64), 9, 9)
+            cuda_run.advance(run, 0, 31, 30, 4, activation, loss, 1.0 / m, True, bounds=(1e10, 1e4))
+            diverged = run.diverged.get()
+            ok = diverged[0] < 0 and 0 <= diverged[2] < 30 and np.isfinite(run.trace.get()[0, 0, :]).all()
+            print(f"sanitize sweep {dtype} budget {budget}: diverged {diverged.tolist()} {'ok' if ok else 'BAD'}")
+            failures += not ok
+    return 1 if failures else 0
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.sanitize:
+        return sanitize_sweep()
+    report = benchmark(args)
+    print(markdown(report))
+    return 1 if report["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The CUDA kernel's host build (kernels/cuda/host_compat.h, lgd.kernels.cuda_host): what the oracle cases of
+test_backends.py (backend 'cuda-host') do not cover.
+
+The layouts the GPU takes for larger problems (X, W and the gradient in global memory, several tiles, blocks
+of several warps) against the oracle; the glue's layout against the kernel's own byte count; a code without
+a formula raising the fault flag; and a small sweep under AddressSanitizer + UBSan and under ThreadSanitizer,
+where any report fails (an index past an end, a missing __syncthreads).
+"""
+
+import ctypes
+import os
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import HOST_CUDA, TOLERANCE, assert_traces_close, make_problem, register_host_cuda, run_backend
+
+import lgd
+from lgd import backends
+
+pytestmark = pytest.mark.skipif(not HOST_CUDA.availability()[0], reason="no C++ compiler for the host build")
+
+ORACLE = backends.resolve("numpy")
+
+
+def _host():
+    from lgd.kernels import cuda_host
+
+    return cuda_host
+
+
+@pytest.mark.parametrize("n, d, m, itemsize, threads", [
+    (23, 5, 21, 8, 32), (256, 16, 64, 8, 256), (256, 16, 64, 4, 256), (360, 64, 256, 8, 256),
+    (2000, 3072, 256, 4, 256), (5, 3, 2, 8, 64)])
+def test_the_layout_is_what_the_kernel_takes(n, d, m, itemsize, threads):
+    """cuda_run.layout's byte count is the kernel's own (lgd::shared_bytes) for the placement it chooses, and
+    fits the budget: the Hopper opt-in limit."""
+    from lgd.kernels import cuda_run
+
+    budget = 227 * 1024
+    lay = cuda_run.layout(n, d, m, itemsize, threads, budget)
+    kernel_bytes = _host().library().lgd_shared_bytes
+    kernel_bytes.restype = ctypes.c_size_t
+    assert lay.shared_bytes == kernel_bytes(n, d, m, itemsize, threads, lay.tile_rows, lay.x_shared, lay.w_shared,
+                                            lay.g_shared)
+    assert lay.shared_bytes <= budget and 1 <= lay.tile_rows <= n
+
+
+def test_the_research_sizes_keep_what_matters_in_shared_memory():
+    """S keeps X, W and the gradient in shared memory; M keeps W (X from L2); L keeps nothing but a tile."""
+    from lgd.kernels import cuda_run
+
+    budget = 227 * 1024
+    small = cuda_run.layout(256, 16, 64, 8, 256, budget)
+    assert small.x_shared and small.w_shared and small.g_shared and small.tile_rows >= 64
+    medium = cuda_run.layout(360, 64, 256, 8, 256, budget)
+    assert medium.w_shared and not medium.x_shared
+    large = cuda_run.layout(2000, 3072, 256, 4, 256, budget)
+    assert not (large.x_shared or large.w_shared or large.g_shared)
+
+
+class _Engine:
+    """The host engine with another block size or shared-memory budget (the layouts larger problems get)."""
+
+    def __init__(self, threads, budget):
+        self.threads, self.budget = threads, budget
+
+    def __call__(self, runner):
+        runner.engine.threads = self.threads
+        runner.engine.shared_budget = self.budget
+
+
+@pytest.mark.parametrize("threads, budget", [(64, 227 * 1024), (32, 6 * 1024), (64, 12 * 1024)],
+                         ids=["two_warps", "global_memory_small_tiles", "two_warps_global_memory"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_every_layout_matches_the_oracle(threads, budget, dtype):
+    """Whole traces of a sweep with held-out data, a trained outer layer and a diverging configuration, in
+    the layouts the GPU uses for problems beyond shared memory."""
+    dtype = np.dtype(dtype).type
+    model = lgd.TwoLayerNet(21, activation="leaky_softplus", scaling="ntk", outer="random", train_outer=True)
+    problem = make_problem(model, "exponential", dtype, n=45)
+    expected = run_backend(ORACLE, model, problem, [0.3, 1.0, 3e3], steps=40, every=3)
+    actual = run_backend(HOST_CUDA, model, problem, [0.3, 1.0, 3e3], steps=40, every=3, chunk=17,
+                         prepare=_Engine(threads, budget))
+    assert actual[0].diverged[2] >= 0
+    upto = [None, None, int(actual[0].diverged[2]) // 3 + 1]
+    rtol = TOLERANCE[np.dtype(dtype).name] * (1 if dtype == np.float64 else 20)
+    assert_traces_close(expected, actual, rtol=rtol, atol=rtol * 1e-3, upto=upto)
+
+
+@pytest.mark.parametrize("kind", ["activation", "loss"])
+def test_the_kernel_flags_a_code_without_a_case_and_writes_nan(kind, monkeypatch):
+    """As if lgd.cu lacked a case: the fault flag names the code, and the NaN risk stops every config."""
+    from lgd.kernels import cuda_run
+
+    from test_cupy import UnknownActivation, UnknownLoss
+
+    monkeypatch.setattr(cuda_run, "check_codes", lambda activation, loss: None)
+    activation = UnknownActivation() if kind == "activation" else lgd.activations.relu()
+    loss = UnknownLoss() if kind == "loss" else lgd.losses.logistic()
+    engine = _host().HostEngine()
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((8, 3)), np.where(rng.standard_normal(8) > 0, 1.0, -1.0)
+    configs, width = 2, 4
+    run = cuda_run.ChunkRun(engine, X, y, None, None, np.ones((configs, width, 3)), np.ones((configs, width)),
+                            np.zeros(configs, dtype=np.int64), np.full((configs, 3), 0.1),
+                            np.full(configs, -1, dtype=np.int64), 2, 0)
+    cuda_run.advance(run, 0, 1, 1, 1, activation, loss, 1.0, False)
+    with pytest.raises(ValueError, match=rf"no formula for the {kind} 'unknown' \(code 99\)"):
+        cuda_run.check_fault(run, activation, loss)
+    np.testing.assert_array_equal(run.diverged, 0)
+
+
+def test_the_host_build_has_no_warnings():
+    host = _host()
+    host.build(host.SOURCE, "lgd_werror.o", host.FLAGS + ("-Wextra", "-Werror", "-c"))
+
+
+SANITIZERS = {
+    "address": (("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"),
+                {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0", "UBSAN_OPTIONS": "print_stacktrace=1"},
+                ("ERROR: AddressSanitizer", "runtime error", "ERROR: LeakSanitizer")),
+    "thread": (("-fsanitize=thread",), {"TSAN_OPTIONS": "halt_on_error=1:exitcode=66"},
+               ("WARNING: ThreadSanitizer",)),
+}
+
+
+@pytest.mark.parametrize("sanitizer", list(SANITIZERS))
+def test_a_small_sweep_is_clean_under_the_sanitizers(sanitizer):
+    """kernels/cuda/host_check.cpp (a sweep with a diverging configuration, held-out data, records and
+    trajectories, in two layouts and both dtypes, blocks of two warps) under AddressSanitizer + UBSan or
+    ThreadSanitizer: any report fails."""
+    host = _host()
+    flags, environment, reports = SANITIZERS[sanitizer]
+    program = host.build(host.SOURCE_DIR / "host_check.cpp", f"host_check_{sanitizer}",
+                         ("-std=c++20", "-O1", "-g", "-pthread", "-DLGD_HOST_BUILD", *flags))
+    done = subprocess.run([str(program)], capture_output=True, text=True, timeout=240,
+                          env={**os.environ, **environment})
+    found = [report for report in reports if report in done.stderr]
+    assert done.returncode == 0 and not found, f"{sanitizer} sanitizer: exit {done.returncode}\n{done.stderr[-6000:]}"
+    assert "host check: ok" in done.stdout
+
+
+@pytest.fixture
+def host_cuda(monkeypatch):
+    register_host_cuda(monkeypatch)
+    return HOST_CUDA.name
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_log_risk_where_the_risk_underflows_is_the_oracles(host_cuda, dtype):
+    """Separable data at a huge stepsize: the risk reaches 0.0 and the kernel's log-risk (from the samples'
+    log-losses) keeps falling with the oracle's."""
+    X, y = lgd.data.separable(n=40, d=3, margin=0.2, seed=1)
+    runs = [lgd.gd(X, y, lgd.Linear(), "logistic", stepsize=1e5, steps=30, init=np.zeros(3),
+                   compute=lgd.Compute(backend=name, dtype=dtype, progress=False)) for name in ("numpy", host_cuda)]
+    assert np.any(runs[1].risk == 0.0) and np.all(np.isfinite(runs[1].log_risk))
+    np.testing.assert_allclose(runs[1].log_risk, runs[0].log_risk, rtol=TOLERANCE[dtype] * 10, atol=TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_trajectories_and_projections_are_the_oracles(host_cuda, dtype):
+    X, y = lgd.data.separable(n=23, d=5, margin=0.1, seed=2)
+    net = lgd.TwoLayerNet(6, train_outer=True)
+    directions = np.random.default_rng(3).standard_normal((2, 6, 5))
+    for record in (lgd.Record(every=2, weights=5), lgd.Record(every=2, weights=5, project_onto=directions)):
+        runs = [lgd.gd(X, y, net, stepsize=0.5, steps=20, record=record,
+                       compute=lgd.Compute(backend=name, dtype=dtype, progress=False)) for name in ("numpy", host_cuda)]
+        rtol = TOLERANCE[dtype]
+        if record.project_onto is None:
+            np.testing.assert_allclose(runs[1].trajectory, runs[0].trajectory, rtol=rtol, atol=rtol * 1e-3)
+            np.testing.assert_allclose(runs[1].outer_trajectory, runs[0].outer_trajectory, rtol=rtol)
+        else:
+            np.testing.assert_allclose(runs[1].projections, runs[0].projections, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_every_stepsize_rule_is_the_oracles(host_cuda, dtype):
+    """One sweep mixing every rule of lgd.stepsize (eta_t from the risk, its log, the gradient norm and t):
+    the stepsizes applied (trace eta) and the whole traces agree with the oracle."""
+    from lgd import stepsize
+
+    X, y = lgd.data.separable(n=30, d=4, margin=0.1, seed=4)
+    rules = [0.5, stepsize.warmup(2.0, 10), stepsize.step_decay(2.0, 7, 0.5), stepsize.cosine(2.0),
+             stepsize.adaptive(0.5), stepsize.polyak(0.0, 0.5), stepsize.normalized(0.3)]
+    runs = [lgd.sweep(X, y, lgd.TwoLayerNet(8), stepsizes=rules, steps=25, record=3,
+                      compute=lgd.Compute(backend=name, dtype=dtype, progress=False)) for name in ("numpy", host_cuda)]
+    rtol = TOLERANCE[dtype] * (1 if dtype == "float64" else 20)
+    # Polyak steps grow to 1e6 here as the gradient vanishes: in float32 that amplifies rounding to 4e-3
+    # between numba and the oracle as well, so float32 compares the other rules.
+    keep = list(range(len(rules))) if dtype == "float64" else [i for i in range(len(rules)) if i != 5]
+    for field in ("eta", "risk", "log_risk", "grad_norm"):
+        np.testing.assert_allclose(getattr(runs[1], field)[keep], getattr(runs[0], field)[keep], rtol=rtol,
+                                   atol=rtol * 1e-3, err_msg=field)
+    np.testing.assert_allclose(runs[1].weights[keep], runs[0].weights[keep], rtol=rtol, atol=rtol * 1e-3)
+
+
+def test_the_kernels_record_rule_is_lgd_backends():
+    lib = _host().library()
+    lib.lgd_record_slot.restype = ctypes.c_longlong
+    lib.lgd_record_slot.argtypes = [ctypes.c_longlong] * 3
+    for steps, every in ((10, 1), (10, 3), (12, 4), (7, 10)):
+        for t in range(steps + 1):
+            assert lib.lgd_record_slot(t, steps, every) == backends.record_slot(t, steps, every)
+
+
+def test_the_kernels_stepsize_rules_are_lgd_stepsize():
+    """stepsize_at of lgd.cu against lgd.stepsize.stepsize_at, for every rule the kernel has, on a grid of
+    steps, risks (down to 0 with a finite log-risk) and gradient norms (0 included)."""
+    from lgd import stepsize
+    from lgd.kernels import cuda_codes, cuda_run
+
+    lib = _host().library()
+    lib.lgd_stepsize_at.restype = ctypes.c_double
+    lib.lgd_stepsize_at.argtypes = [ctypes.c_int, *[ctypes.c_double] * 3, ctypes.c_longlong, ctypes.c_longlong,
+                                    *[ctypes.c_double] * 3]
+    for name in cuda_run.KERNEL_RULES:
+        code = cuda_codes.RULES[name]
+        for params in ((0.5, 7.0, 0.5), (2.0, 1.0, 0.9)):
+            for t in (0, 3, 20, 50):
+                for risk, log_risk in ((0.7, np.log(0.7)), (1e-300, np.log(1e-300)), (0.0, -800.0)):
+                    for grad_sq in (0.0, 1e-8, 2.5):
+                        want = stepsize.stepsize_at(code, *params, t, 50, risk, log_risk, grad_sq, 1.0)
+                        got = lib.lgd_stepsize_at(code, *params, t, 50, risk, log_risk, grad_sq)
+                        assert got == pytest.approx(want, rel=1e-15), (name, params, t, risk, grad_sq)

@@ -1,0 +1,60 @@
+"""The GPU benchmark of bench/gpu_check.sh (lgd.benchmark.gpu), as far as it can be checked without a GPU: the
+arguments, the order of the cases, the ratios and the table, and that the module imports without cupy,
+torch or jax."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lgd.benchmark import gpu
+
+
+def test_the_module_imports_without_the_gpu_libraries():
+    code = ("import sys, lgd.benchmark.gpu; "
+            "print(sorted(m for m in ('cupy', 'torch', 'jax') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_arguments_are_checked_against_the_valid_names():
+    args = gpu.parse(["--workloads", "S,L", "--dtypes", "float32", "--seconds", "30"])
+    assert args.workloads == ["S", "L"] and args.dtypes == ["float32"] and args.seconds == 30.0
+    assert args.impls == list(gpu.IMPLS)
+    with pytest.raises(SystemExit):
+        gpu.parse(["--impls", "lgd-cupy,torch-eager"])
+
+
+def test_the_plan_runs_lgd_and_the_jax_loop_first_and_torch_compile_last():
+    cases = gpu.plan()
+    assert cases[0] == ("S", "lgd-cupy", "float64")
+    assert {impl for _, impl, _ in cases[:10]} == {"lgd-cupy"}
+    assert {impl for _, impl, _ in cases[10:20]} == {"jax-scan"}
+    assert cases[-1][1] == "torch-compile"
+    assert len(cases) == len(gpu.WORKLOAD_NAMES) * len(gpu.IMPLS) * len(gpu.DTYPES)
+    assert gpu.workload("SWEEP-64").configs == 64 and gpu.workload("SWEEP-1024").configs == 1024
+
+
+def test_ratios_and_the_table_from_a_fake_report():
+    records = [
+        {"workload": "S", "impl": "lgd-cupy", "dtype": "float64", "steps_per_s": 5e5, "gflops": 2100.0,
+         "first_call_s": 3.1, "check_rel_error": 2e-15},
+        {"workload": "S", "impl": "jax-scan", "dtype": "float64", "steps_per_s": 5e4, "gflops": 210.0,
+         "first_call_s": 4.0, "check_rel_error": 1e-14},
+    ]
+    peaks = {"fma_float64_tflops": 33.5, "fma_float32_tflops": 60.0}
+    gpu.ratios(records, peaks, {("S", "float64"): {"steps_per_s": 1e6}})
+    assert records[0]["vs_jax_scan"] == pytest.approx(10.0)
+    assert records[0]["fraction_of_fma_peak"] == pytest.approx(2100.0 / 33500.0)
+    assert records[0]["vs_product_roofline"] == pytest.approx(0.5)
+    table = gpu.markdown({"created": "now", "device": "NVIDIA H200", "peaks": peaks, "records": records,
+                          "failed": ["L torch-compile float64: RuntimeError: x"],
+                          "skipped": ["M jax-jit: out of time"]})
+    assert "| S | float64 | lgd-cupy | 5e+05 | 2.1e+03 | 10 |" in table
+    assert "fma_float64_tflops 33.5" in table and "Failed:" in table and "- M jax-jit: out of time" in table
+
+
+def test_the_gpu_check_script_parses():
+    script = Path(__file__).parent.parent / "bench" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
