@@ -20,6 +20,16 @@ from .results import Phase, Run, Sweep, load
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # lgd.dynamics is imported on first use: it is light, but nothing of it is needed to run GD.
+    if name == "dynamics":
+        import importlib
+
+        return importlib.import_module(".dynamics", __name__)
+    raise AttributeError(f"module 'lgd' has no attribute {name!r}")
+
+
 __all__ = ["gd", "sweep", "Record", "Compute", "Divergence", "init_grid", "TwoLayerNet", "Linear", "Run", "Sweep",
            "Phase", "load", "BackendUnavailable", "activations", "losses", "data", "analysis", "hessian", "stepsize",
-           "__version__"]
+           "dynamics", "__version__"]

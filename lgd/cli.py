@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 PLUGGED_COMMANDS: dict = {
     "bench": ("lgd.benchmark", "throughput benchmarks against NumPy, PyTorch and JAX"),
     "reproduce": ("lgd.reproduce",
-                  "reproduce a figure of the literature: fig4, xor, digits, acceleration, eos, balancing"),
+                  "reproduce a figure of the literature: fig4, xor, digits, acceleration, eos, balancing, regimes, "
+                  "orbits, chaos, adaptive"),
 }
 
 

@@ -1,4 +1,5 @@
-"""The reduced (--quick) reproductions on the numpy backend: the claims of each figure, read off its summary."""
+"""The reduced (--quick) reproductions on the numpy backend (numba for orbits and chaos, thousands of runs): the
+claims of each figure, read off its summary."""
 
 import json
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from lgd import reproduce
+from lgd._json import to_json
 from lgd.cli import PLUGGED_COMMANDS, main
 
 
@@ -80,3 +82,54 @@ def test_data_experiments_need_a_path(tmp_path, capsys):
     assert "--data-path" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown experiment"):
         reproduce.reproduce("fig5")
+
+
+def test_regimes_smooth_oscillating_divergent_and_the_flows():
+    summary = reproduce.regimes(quick=True, backend="numpy").summary
+    assert summary["every_regime_as_theory"]
+    for run in summary["runs"]:
+        assert abs(run["lyapunov"] - run["log_abs_1_minus_h"]) < 1e-9
+        assert run["risk_decreasing"] == (run["stepsize"] < 2)
+    assert 0.9 < summary["gradient_flow_order"] < 1.1 and 1.8 < summary["modified_flow_order"] < 2.2
+    small = [d for d in summary["flow_distances"] if d["stepsize"] < 0.5]
+    assert all(d["modified_flow"] < d["gradient_flow"] for d in small)
+
+
+def test_orbits_at_h_1_9_are_measured_not_assumed():
+    pytest.importorskip("numba")   # thousands of runs: too slow on the numpy backend for a test
+    summary = reproduce.orbits(quick=True, backend="numba").summary
+    bifurcation = summary["bifurcation"]
+    assert bifurcation["period"][0] == 1 and 0.95 < bifurcation["first_stepsize_without_fixed_point"] < 1.1
+    periods = {window["period"] for window in bifurcation["periodic_windows"]}
+    assert {2, 4} <= periods
+    by_stepsize = {entry["stepsize"]: entry for entry in summary["basins"]["per_stepsize"]}
+    assert "period 2" in by_stepsize[1.1]["counts"] and "period 4" in by_stepsize[1.25]["counts"]
+    # what lgd measures at h = 1.9 (see docs/science.md): no periodic orbit on the grid, only a chaotic
+    # (positive Lyapunov exponent) attractor on the balanced diagonal x = y, and divergence
+    at_19 = by_stepsize[1.9]
+    assert summary["periods_found_at_1.9"] == [] and not summary["claim_periods_2_3_4_at_1.9"]
+    assert at_19["counts"]["bounded"] == at_19["bounded_without_period_balanced"] > 0
+    assert at_19["median_lyapunov_bounded_without_period"] > 0.5
+
+
+def test_chaos_on_xor_the_stable_phase_is_not_chaotic():
+    pytest.importorskip("numba")
+    summary = reproduce.chaos(quick=True, backend="numba").summary
+    assert summary["chaotic_in_last_1000_steps"] == 0 and summary["largest_lyapunov_last_1000_steps"] < 1e-3
+    assert summary["chaotic_oscillating_phase"] > 0
+    assert 1e3 < summary["first_stepsize_chaotic_oscillating_phase"] < 1e4
+
+
+def test_adaptive_steps_beat_constant_ones_where_the_claim_applies():
+    """Quick version: on every problem some stepsize's risk-adaptive run eta / L(w_t) ends far (e^5) below the
+    constant run at that stepsize; the summary is strict JSON with each problem's fit over the runs that left
+    their starting risk."""
+    pytest.importorskip("numba")
+    summary = reproduce.adaptive(quick=True, backend="numba").summary
+    text = to_json(summary)
+    assert "NaN" not in text and "Infinity" not in text
+    json.loads(text)
+    for name, problem in summary["problems"].items():
+        gain = np.array(problem["constant_log_risk"]) - np.array(problem["adaptive_log_risk"])
+        assert np.nanmax(gain) > 5.0, name
+        assert sum(problem["adaptive_in_claims_regime"]) >= 2, name
