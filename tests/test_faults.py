@@ -275,7 +275,9 @@ def test_sigint_to_lgd_run_ends_it_cleanly(tmp_path):
     """A real Ctrl-C (SIGINT) to `python -m lgd.cli run`, a moment after it started: exit code 130, no traceback."""
     command = [sys.executable, "-m", "lgd.cli", "run", "--backend", "numpy", "--steps", "10000000",
                "--record-every", "1000", "--no-plot", "--out", str(tmp_path / "out")]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    # A shell running the suite in the background ignores SIGINT, and a child inherits that: give it the default.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         select.select([process.stdout], [], [], 5.0)  # the header line, printed before the run starts
         header = process.stdout.readline() if process.poll() is None else ""
