@@ -2,8 +2,9 @@
 
 What lives here: :func:`hvp` (numpy, exact, using phi'' and loss''), :func:`dense_hessian` (the
 whole Hessian column by column from :func:`hvp`, for tests and tiny models) and :func:`sharpness`
-(top-k eigenvalues by Lanczos, scipy's ``eigsh``). What does not: any compiled kernel (the HVP of
-the compiled backends is a follow-up; the GD driver calls this numpy code whatever the backend).
+(top-k eigenvalues by Lanczos, scipy's ``eigsh``): the oracle of the compiled kernels' own
+Hessian-vector products (kernels/numba_cpu/tangent.py and sharpness.py, kernels/cuda/lgd.cu), which
+the numpy backend calls itself and the driver calls between chunks for a backend that cannot.
 
 The formulas. With Z = X W^T (n x m), f_i = s sum_j a_j phi(Z_ij), u_i = y_i f_i for a margin loss
 (c_i = y_i) or u_i = f_i - y_i for the squared loss (c_i = 1), and L = (1/n) sum_i loss(u_i):

@@ -105,24 +105,24 @@ def test_the_sharpness_measured_inside_the_kernels_agrees_with_eigsh(backend_dty
     scipy's eigsh on lgd.hessian's products; and the stepsize tied to it, c / lambda_max."""
     pytest.importorskip("scipy")
     case = backend_dtype
-    if case.dtype == np.float32:
-        pytest.skip("float64 is the comparison with eigsh's 1e-6")
+    rtol = 1e-6 if case.dtype == np.float64 else 1e-3  # float32: the iterates themselves differ at 1e-5 or so
     X, y = lgd.data.xor(n=40)
+    X, y = X.astype(case.dtype), y.astype(case.dtype)
     net = lgd.TwoLayerNet(8, activation="tanh", train_outer=True)
     record = lgd.Record(every=5, sharpness_every=10, sharpness_k=2)
     result = lgd.sweep(X, y, net, "squared", stepsizes=[0.5, 2.0], steps=40, record=record, compute=_compute(case))
     oracle = lgd.sweep(X, y, net, "squared", stepsizes=[0.5, 2.0], steps=40, record=record,
-                       compute=lgd.Compute("numpy"))
+                       compute=lgd.Compute("numpy", dtype=case.dtype_name))
     assert result.sharpness.shape == (2, 5, 2) and result.sharpness_step.tolist() == [0, 10, 20, 30, 40]
-    np.testing.assert_allclose(result.sharpness, oracle.sharpness, rtol=1e-6)
+    np.testing.assert_allclose(result.sharpness, oracle.sharpness, rtol=rtol)
     for i in range(2):
         run = result[i]
         top = lgd.hessian.sharpness(result.initial_weights[i], result.initial_outer_weights[i], X, y, net.activation,
                                     lgd.losses.get("squared"), net.scale, train_outer=True, k=2)
-        np.testing.assert_allclose(run.sharpness[0], top, rtol=1e-6)
+        np.testing.assert_allclose(run.sharpness[0], top, rtol=rtol)
     tied = lgd.gd(X, y, net, "squared", stepsize=stepsize.inverse_sharpness(1.0), steps=20, record=record,
                   compute=_compute(case))
     at = np.searchsorted(tied.step, tied.sharpness_step)
-    np.testing.assert_allclose(tied.eta[at] * tied.sharpness[:, 0], 1.0, rtol=1e-12)
+    np.testing.assert_allclose(tied.eta[at] * tied.sharpness[:, 0], 1.0, rtol=1e-12 if case.dtype == np.float64 else 1e-6)
     with pytest.raises(ValueError, match="inverse_sharpness needs the sharpness measured"):
         lgd.gd(X, y, net, "squared", stepsize=stepsize.inverse_sharpness(1.0), steps=2, compute="numpy")
