@@ -3,23 +3,30 @@
 # six minutes, with only what that machine has installed (cupy-cuda13x, numba, torch, jax, pytest,
 # pytest-benchmark; no network):
 #
-#   run(command="bash bench/gpu_check.sh", timeout_s=400)
+#   run(command="bash bench/gpu_check.sh", timeout_s=480)
 #
-# 1. the GPU test suite: every cupy case of the tests against the numpy oracle, the NVRTC compile check;
-# 2. compute-sanitizer memcheck, then racecheck, on a small sweep through the kernel in every layout;
-# 3. the GPU benchmark (python -m lgd.benchmark.gpu): lgd-cupy against PyTorch (eager, torch.compile) and
-#    JAX (jit of a scanned loop with vmap over the stepsizes; jit per step) on S, M, L, SWEEP-64 and
-#    SWEEP-1024 in float64 and float32, each checked against the oracle before it is timed, with the
-#    device's FP64/FP32 peaks and the two-product cuBLAS roofline measured in the same run.
-# Each step has its own time limit and runs whatever the previous ones did. Everything printed also goes to
-# $OUT/gpu_check.log; the results are $OUT/gpu.json and $OUT/gpu.md (commit them as
-# bench/results/gpu-h200.{json,md}); the table is printed last.
+# 1. the kernel modules of the default launch shape and of three others, compiled (their resources printed);
+# 2. the GPU test suite: every cupy case of the tests against the numpy oracle, at the default launch shape
+#    and at two others; the README's main job with --backend cupy;
+# 3. compute-sanitizer memcheck, then racecheck (at two launch shapes), on a small sweep through the kernel
+#    in every layout, with held-out data and tangent vectors;
+# 4. the GPU benchmark (python -m lgd.benchmark.gpu): lgd-cupy (at each launch shape) against PyTorch (eager,
+#    torch.compile) and JAX (jit of a scanned loop with vmap over the stepsizes; jit per step) on S, M, L,
+#    SWEEP-64 and SWEEP-1024 in float64 and float32, each checked against the oracle before it is timed,
+#    with the device's FP64/FP32 peaks and the two-product cuBLAS roofline measured in the same run.
+# Each step has its own time limit and runs whatever the previous ones did; about 6 minutes in all. Everything
+# printed also goes to $OUT/gpu_check.log; the results are $OUT/gpu.json and $OUT/gpu.md (commit them as
+# bench/results/gpu-h200.{json,md}); the table is printed last. Other files go to a scratch folder: the
+# device tool brings back at most 8 files.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu-check-out}"
+scratch=$(mktemp -d)
 mkdir -p "$out"
 exec > >(tee -a "$out/gpu_check.log") 2>&1
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# JAX would take 75% of the device memory at start; cupy and torch share the device with it here.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
 begin=$SECONDS
 declare -A status
 
@@ -36,8 +43,9 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, record the exit
   python3 -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__)"; } 2>&1 | tee "$out/machine.txt"
 
 # lgd itself, from this copy, without the network (its dependencies are on the machine already).
-if ! python3 -m pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1; then
-    echo "pip install failed (see install.log): using the source tree on PYTHONPATH with lgd/kernels linked"
+if ! python3 -m pip install -q --no-deps --no-build-isolation -e . >"$scratch/install.log" 2>&1; then
+    tail -n 3 "$scratch/install.log"
+    echo "pip install failed: using the source tree on PYTHONPATH with lgd/kernels linked"
     if [ ! -e lgd/kernels ]; then
         ln -s ../kernels lgd/kernels
         trap 'rm -f lgd/kernels' EXIT
@@ -45,10 +53,31 @@ if ! python3 -m pip install -q --no-deps --no-build-isolation -e . >"$out/instal
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 step info 20 python3 -m lgd.cli info
+# The RawModule of each launch shape compiles once (NVRTC, about 15 s; the shapes in parallel) into CuPy's
+# kernel cache, which the later steps reuse; each prints its resources and the layout of each workload.
+shapes=(512x1 256x2 128x4)
+compiles=()
+for shape in "${shapes[@]}"; do
+    LGD_CUDA_THREADS=${shape%x*} LGD_CUDA_BLOCKS_PER_SM=${shape#*x} timeout 120 \
+        python3 -m lgd.benchmark.gpu --describe >"$scratch/describe-$shape.txt" 2>&1 &
+    compiles+=($!)
+done
+step compile 90 python3 -m lgd.benchmark.gpu --describe
+# Those compiles by their process ids: a bare `wait` also waits for the tee above, which never ends.
+wait "${compiles[@]}"
+for shape in "${shapes[@]}"; do echo "--- $shape"; grep -E "lgd_run|module|Error" "$scratch/describe-$shape.txt"; done
 
 # The NVRTC compile checks need no GPU (CI runs them): left out here, for time.
-step tests 110 python3 -m pytest tests/test_cupy.py tests/test_backends.py tests/test_run_record.py \
-    -k "cupy and not compiles" -q -p no:cacheprovider -o addopts="" --junitxml="$out/gpu_tests.xml"
+step tests 120 python3 -m pytest tests/test_cupy.py tests/test_backends.py tests/test_run_record.py \
+    -k "cupy and not compiles" -q -p no:cacheprovider -o addopts="" --durations=10
+# The same tests at two other launch shapes (the benchmark times them too).
+for shape in 512x1 256x2; do
+    LGD_CUDA_THREADS=${shape%x*} LGD_CUDA_BLOCKS_PER_SM=${shape#*x} step "tests-$shape" 60 python3 -m pytest \
+        tests/test_cupy.py tests/test_backends.py tests/test_run_record.py -k "cupy and not compiles" -q -x \
+        -p no:cacheprovider -o addopts=""
+done
+# The README's main job on the GPU backend.
+step run 60 python3 -m lgd.cli run --backend cupy --out "$scratch/run" --no-plot --no-progress
 
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
 if [ -n "$sanitizer" ]; then
@@ -56,16 +85,19 @@ if [ -n "$sanitizer" ]; then
         python3 -m lgd.benchmark.gpu --sanitize
     step racecheck 35 "$sanitizer" --tool racecheck --racecheck-report all --error-exitcode 7 \
         python3 -m lgd.benchmark.gpu --sanitize
+    LGD_CUDA_THREADS=512 step racecheck-512x1 35 "$sanitizer" --tool racecheck --racecheck-report all \
+        --error-exitcode 7 python3 -m lgd.benchmark.gpu --sanitize
 else
     echo "compute-sanitizer not found: memcheck and racecheck skipped"
     status[memcheck]=skipped
     status[racecheck]=skipped
+    status[racecheck-512x1]=skipped
 fi
 
-step bench 140 python3 -m lgd.benchmark.gpu --out "$out" --seconds 115
+step bench 270 python3 -m lgd.benchmark.gpu --out "$out" --seconds 245
 
 echo "=== summary after $((SECONDS - begin))s"
-for name in info tests memcheck racecheck bench; do
+for name in info compile tests tests-512x1 tests-256x2 run memcheck racecheck racecheck-512x1 bench; do
     echo "$name: ${status[$name]:-not run}"
 done | tee "$out/summary.txt"
 failed=0

@@ -75,6 +75,22 @@ def _aligned(nbytes: int) -> int:
     return -(-nbytes // 16) * 16
 
 
+def _fixed_shared(m: int, itemsize: int, threads: int) -> int:
+    """Shared bytes of a block whatever the layout: the reduction scratch, the neuron margins, a, grad_a."""
+    return _aligned(8 * STATS * (threads + 32)) + _aligned(8 * m) + 2 * _aligned(itemsize * m)
+
+
+def _tile_shared(rows: int, m: int, itemsize: int) -> int:
+    """Shared bytes of a tile of `rows` samples: phi and phi' (m + 1 columns) and the coefficients."""
+    return 2 * _aligned(itemsize * rows * (m + 1)) + _aligned(itemsize * rows)
+
+
+def minimum_shared(m: int, itemsize: int, threads: int, rows: int = 1) -> int:
+    """The fewest bytes of shared memory a block needs for tiles of `rows` samples: X, W and grad_W in
+    global memory."""
+    return _fixed_shared(m, itemsize, threads) + _tile_shared(rows, m, itemsize)
+
+
 def layout(n: int, d: int, m: int, itemsize: int, threads: int, budget: int) -> Layout:
     """What fits in `budget` bytes of shared memory for a block of `threads` threads, in order of benefit:
     the block's W^T and grad_W^T (d x m each, touched by every product), then X and y (n x d + n), then the
@@ -83,10 +99,10 @@ def layout(n: int, d: int, m: int, itemsize: int, threads: int, budget: int) -> 
     It depends on the problem's sizes only, never on the number of configurations, so that a sweep and its
     single runs add in the same order. Raises ValueError when not even one row of a tile fits.
     """
-    fixed = (_aligned(8 * STATS * (threads + 32)) + _aligned(8 * m) + 2 * _aligned(itemsize * m))
+    fixed = _fixed_shared(m, itemsize, threads)
 
     def tile(rows: int) -> int:
-        return 2 * _aligned(itemsize * rows * (m + 1)) + _aligned(itemsize * rows)
+        return _tile_shared(rows, m, itemsize)
 
     if fixed + tile(1) > budget:
         raise ValueError(f"a network of width {m} needs {fixed + tile(1)} bytes of shared memory per block for "

@@ -2,7 +2,8 @@
 
 What lives here: :func:`module` (the RawModule, built once per process on first use; one ``lgd_run`` entry
 per dtype, fetched by suffix), :class:`GpuEngine` (the engine of :mod:`lgd.kernels.cuda_run`: cupy arrays,
-one launch per chunk with the dynamic shared memory the layout asks for, opted in above 48 KB) and
+one launch per chunk with the dynamic shared memory the layout asks for, opted in above 48 KB),
+:func:`launch_shape` (threads per block and blocks per multiprocessor, from the environment) and
 :func:`nvrtc_compile` (compiles the source for an explicit architecture without a GPU, for CI). The glue
 that is the same on the host and the GPU (buffers, layout, code checks) is :mod:`lgd.kernels.cuda_run`.
 """
@@ -10,6 +11,7 @@ that is the same on the host and the GPU (buffers, layout, code checks) is :mod:
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import cupy
@@ -19,32 +21,60 @@ from .cuda_run import ENTRY, PARAMS
 
 SOURCE = Path(__file__).with_name("cuda") / "lgd.cu"
 ENTRIES = (ENTRY,)
-THREADS = 256  # LGD_THREADS in lgd.cu (the kernel's launch bounds)
+# The launch shape: threads per block, and blocks a multiprocessor holds at once (LGD_THREADS and
+# LGD_MIN_BLOCKS in lgd.cu, its launch bounds). The environment variables LGD_CUDA_THREADS and
+# LGD_CUDA_BLOCKS_PER_SM choose another (docs/backends.md); each shape is a module of its own.
+THREADS = 256
+BLOCKS_PER_SM = 1
 OPTIONS = ("--std=c++17",)
 # Dynamic shared memory a block gets without opting in.
 DEFAULT_SHARED = 48 * 1024
 
-_module = None
+_modules = {}
 _SCALARS = {"i32": np.int32, "i64": np.int64, "f64": np.float64}
 
 
-def options() -> tuple[str, ...]:
-    """OPTIONS, the include path of SOURCE's headers and a digest of those headers."""
+def launch_shape(threads: int | None = None, blocks_per_sm: int | None = None) -> tuple[int, int]:
+    """(threads per block, blocks per multiprocessor): the arguments, else the environment's
+    LGD_CUDA_THREADS and LGD_CUDA_BLOCKS_PER_SM, else THREADS and BLOCKS_PER_SM; checked."""
+    chosen = []
+    for value, variable, default in ((threads, "LGD_CUDA_THREADS", THREADS),
+                                     (blocks_per_sm, "LGD_CUDA_BLOCKS_PER_SM", BLOCKS_PER_SM)):
+        if value is None:
+            text = os.environ.get(variable, "").strip()
+            try:
+                value = int(text) if text else default
+            except ValueError:
+                raise ValueError(f"{variable} must be a whole number, got {text!r}") from None
+        chosen.append(int(value))
+    threads, blocks_per_sm = chosen
+    if threads % 32 or not 32 <= threads <= 1024:
+        raise ValueError(f"threads per block (LGD_CUDA_THREADS) must be a multiple of 32 from 32 to 1024, "
+                         f"got {threads}")
+    if not 1 <= blocks_per_sm <= 32 or threads * blocks_per_sm > 2048:
+        raise ValueError(f"blocks per multiprocessor (LGD_CUDA_BLOCKS_PER_SM) must be 1 to 32 with at most 2048 "
+                         f"threads in all, got {blocks_per_sm} blocks of {threads}")
+    return threads, blocks_per_sm
+
+
+def options(threads: int = THREADS, blocks_per_sm: int = BLOCKS_PER_SM) -> tuple[str, ...]:
+    """OPTIONS, the launch shape, the include path of SOURCE's headers and a digest of those headers."""
     # CuPy keys its kernel cache on the source text and the options, not on the headers the source
     # includes: the digest among the options rebuilds the module when a header changes.
     digest = hashlib.sha256(b"".join(path.read_bytes() for path in sorted(SOURCE.parent.glob("*.cuh"))))
-    return OPTIONS + (f"--include-path={SOURCE.parent}", f"-DLGD_HEADERS_SHA256={digest.hexdigest()}")
+    return OPTIONS + (f"-DLGD_THREADS={threads}", f"-DLGD_MIN_BLOCKS={blocks_per_sm}",
+                      f"--include-path={SOURCE.parent}", f"-DLGD_HEADERS_SHA256={digest.hexdigest()}")
 
 
-def module():
-    """The compiled RawModule (built on the first call, then reused)."""
-    global _module
-    if _module is None:
-        _module = cupy.RawModule(code=SOURCE.read_text(), options=options())
-    return _module
+def module(threads: int = THREADS, blocks_per_sm: int = BLOCKS_PER_SM):
+    """The compiled RawModule of a launch shape (built on the first call, then reused)."""
+    key = (threads, blocks_per_sm)
+    if key not in _modules:
+        _modules[key] = cupy.RawModule(code=SOURCE.read_text(), options=options(*key))
+    return _modules[key]
 
 
-def nvrtc_compile(arch: str) -> str:
+def nvrtc_compile(arch: str, threads: int = THREADS, blocks_per_sm: int = BLOCKS_PER_SM) -> str:
     """Compile lgd.cu to a cubin for ``arch`` (e.g. 'sm_90') with NVRTC and CuPy's flags; return the log.
 
     Needs no GPU. The flags are those CuPy's RawModule compiles with (-ftz=true,
@@ -53,7 +83,7 @@ def nvrtc_compile(arch: str) -> str:
     """
     from cupy_backends.cuda.libs import nvrtc
 
-    flags = options() + ("-ftz=true", "--device-as-default-execution-space", f"-arch={arch}", "--ptxas-options=-v")
+    flags = options(threads, blocks_per_sm) + ("-ftz=true", "--device-as-default-execution-space", f"-arch={arch}", "--ptxas-options=-v")
     program = nvrtc.createProgram(SOURCE.read_text(), SOURCE.name, (), ())
     try:
         nvrtc.compileProgram(program, flags)
@@ -66,20 +96,27 @@ def nvrtc_compile(arch: str) -> str:
 
 
 class GpuEngine:
-    """The engine of :mod:`lgd.kernels.cuda_run` on the current CUDA device (cupy arrays, the RawModule)."""
+    """The engine of :mod:`lgd.kernels.cuda_run` on the current CUDA device (cupy arrays, the RawModule of
+    the launch shape, see :func:`launch_shape`).
+
+    The shared-memory budget of a block is what lets `blocks_per_sm` blocks share a multiprocessor (the
+    layout then takes smaller tiles), within the most one block may opt in to.
+    """
 
     xp = cupy
-    threads = THREADS
 
-    def __init__(self):
-        module()  # built here, outside any timed chunk
-        runtime = cupy.cuda.runtime
-        self.shared_budget = int(runtime.deviceGetAttribute(runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin,
-                                                            cupy.cuda.Device().id))
+    def __init__(self, threads: int | None = None, blocks_per_sm: int | None = None):
+        self.threads, self.blocks_per_sm = launch_shape(threads, blocks_per_sm)
+        module(self.threads, self.blocks_per_sm)  # built here, outside any timed chunk
+        runtime, device = cupy.cuda.runtime, cupy.cuda.Device().id
+        per_block = runtime.deviceGetAttribute(runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin, device)
+        per_sm = runtime.deviceGetAttribute(runtime.cudaDevAttrMaxSharedMemoryPerMultiprocessor, device)
+        reserved = runtime.deviceGetAttribute(runtime.cudaDevAttrReservedSharedMemoryPerBlock, device)
+        self.shared_budget = int(min(per_block, per_sm // self.blocks_per_sm - reserved))
 
     def launch(self, suffix: str, grid: int, block: int, shared_bytes: int, args) -> None:
         """Launch the entry of `suffix` asynchronously on the current stream."""
-        kernel = module().get_function(f"{ENTRY}_{suffix}")
+        kernel = module(self.threads, self.blocks_per_sm).get_function(f"{ENTRY}_{suffix}")
         if shared_bytes > DEFAULT_SHARED and kernel.max_dynamic_shared_size_bytes < shared_bytes:
             kernel.max_dynamic_shared_size_bytes = shared_bytes
         converted = [value if kind.endswith("*") else _SCALARS[kind](value) for (_, kind), value in zip(PARAMS, args)]

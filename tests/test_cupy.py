@@ -156,6 +156,25 @@ def test_cuda_source_compiles_without_warnings_or_spills(arch, capsys):
         print(f"\n{arch} registers: " + ", ".join(f"{name} {count}" for name, count in registers))
 
 
+def test_the_launch_shape_comes_from_the_environment_and_is_checked(monkeypatch):
+    cupy_gpu = _cupy_gpu()
+    monkeypatch.delenv("LGD_CUDA_THREADS", raising=False)
+    monkeypatch.delenv("LGD_CUDA_BLOCKS_PER_SM", raising=False)
+    assert cupy_gpu.launch_shape() == (cupy_gpu.THREADS, cupy_gpu.BLOCKS_PER_SM)
+    monkeypatch.setenv("LGD_CUDA_THREADS", "512")
+    monkeypatch.setenv("LGD_CUDA_BLOCKS_PER_SM", "2")
+    assert cupy_gpu.launch_shape() == (512, 2)
+    assert cupy_gpu.launch_shape(128) == (128, 2)
+    assert "-DLGD_THREADS=512" in cupy_gpu.options(512, 2) and "-DLGD_MIN_BLOCKS=2" in cupy_gpu.options(512, 2)
+    for threads, blocks, problem in (("500", "1", "multiple of 32"), ("2048", "1", "multiple of 32"),
+                                     ("1024", "4", "at most 2048"), ("256", "0", "1 to 32"),
+                                     ("many", "1", "LGD_CUDA_THREADS must be a whole number")):
+        monkeypatch.setenv("LGD_CUDA_THREADS", threads)
+        monkeypatch.setenv("LGD_CUDA_BLOCKS_PER_SM", blocks)
+        with pytest.raises(ValueError, match=problem):
+            cupy_gpu.launch_shape()
+
+
 def test_nvrtc_errors_carry_the_log(tmp_path, monkeypatch):
     pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="NVRTC from PyPI is not installed")
     from lgd.kernels import cupy_gpu

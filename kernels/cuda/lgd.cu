@@ -39,7 +39,14 @@ extern __shared__ __align__(16) unsigned char lgd_dynamic_shared[];
 #define LGD_DYNAMIC_SHARED() (lgd_dynamic_shared)
 #endif
 
+// The launch shape the entries are compiled for (cupy_gpu passes both): threads per block, and blocks
+// each multiprocessor must hold at once (the register budget __launch_bounds__ gives the compiler).
+#ifndef LGD_THREADS
 #define LGD_THREADS 256
+#endif
+#ifndef LGD_MIN_BLOCKS
+#define LGD_MIN_BLOCKS 1
+#endif
 
 namespace lgd {
 
@@ -721,7 +728,8 @@ extern "C" size_t lgd_shared_bytes(int n, int d, int m, int itemsize, int thread
 #endif
 
 #define LGD_ENTRIES(T, SUFFIX)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(LGD_THREADS, 1) lgd_run_##SUFFIX(LGD_RUN_PARAMS(T)) {          \
+    extern "C" __global__ void __launch_bounds__(LGD_THREADS, LGD_MIN_BLOCKS)                                     \
+        lgd_run_##SUFFIX(LGD_RUN_PARAMS(T)) {                                                                    \
         lgd::run_chunk<T>(LGD_RUN_ARGS);                                                                         \
     }                                                                                                            \
     LGD_HOST_LAUNCHER(T, SUFFIX)

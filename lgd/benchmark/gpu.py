@@ -8,7 +8,8 @@ listed as skipped. It writes ``gpu.json`` and ``gpu.md`` to DIR and prints the t
 are those of :mod:`lgd.benchmark.peers` on the device: ``lgd-cupy``; ``torch-analytic`` (eager) and
 ``torch-compile``; ``jax-scan`` (jit of a scanned loop, vmap over the stepsizes) and ``jax-jit``.
 
-``python -m lgd.benchmark.gpu --sanitize`` runs a small sweep through the kernel on the device in every
+``python -m lgd.benchmark.gpu --describe`` builds the kernel module and prints its resources and the layout of
+each workload; ``python -m lgd.benchmark.gpu --sanitize`` runs a small sweep through the kernel on the device in every
 layout (for compute-sanitizer's memcheck and racecheck; exit status 0 when every check holds).
 
 Workloads (lgd.benchmark.workloads): S (n=256 d=16 m=64), M (n=360 d=64 m=256), L (n=2000 d=3072 m=256),
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import traceback
@@ -36,6 +38,9 @@ FORMAT = "lgd-gpu-bench/1"
 IMPLS = ("lgd-cupy", "jax-scan", "torch-analytic", "jax-jit", "torch-compile")
 DTYPES = ("float64", "float32")
 WORKLOAD_NAMES = ("S", "SWEEP-1024", "L", "M", "SWEEP-64")
+# Launch shapes of lgd-cupy timed besides the default (threads per block x blocks per multiprocessor, see
+# lgd.kernels.cupy_gpu.launch_shape), on every workload but L, after the lgd and JAX loop cases.
+LAUNCHES = ("512x1", "256x2", "128x4")
 # Seconds a timed call aims at (its steps are chosen from the checked run's speed).
 TIMED_SECONDS = 0.6
 # Configurations of a sweep the oracle check compares (first, middle, last): the numpy oracle is slow.
@@ -47,11 +52,22 @@ def workload(name: str) -> Workload:
     return WORKLOADS["SWEEP" if name == "SWEEP-64" else name]
 
 
-def plan(workloads=WORKLOAD_NAMES, impls=IMPLS, dtypes=DTYPES) -> list[tuple[str, str, str]]:
-    """(workload, impl, dtype) in the order they run: implementation by implementation in the order of
-    `impls` (lgd and the JAX loop first), each over the workloads and dtypes, so that a deadline cuts the
-    least informative cases."""
-    return [(name, impl, dtype) for impl in impls for name in workloads for dtype in dtypes]
+def plan(workloads=WORKLOAD_NAMES, impls=IMPLS, dtypes=DTYPES, launches=LAUNCHES) -> list[tuple]:
+    """(workload, impl, dtype, launch) in the order they run: implementation by implementation in the order
+    of `impls` (lgd and the JAX loop first), each over the workloads and dtypes, so that a deadline cuts the
+    least informative cases; lgd-cupy's other `launches` (launch None: the default shape) come after the
+    first two implementations."""
+    cases = [(name, impl, dtype, None) for impl in impls for name in workloads for dtype in dtypes]
+    others = [(name, "lgd-cupy", dtype, launch) for launch in launches for name in workloads if name != "L"
+              for dtype in dtypes] if "lgd-cupy" in impls else []
+    first = sum(1 for case in cases if case[1] in impls[:2])
+    return cases[:first] + others + cases[first:]
+
+
+def launch_shape(text: str) -> tuple[int, int]:
+    """'512x1' as (512, 1)."""
+    threads, _, blocks = text.partition("x")
+    return int(threads), int(blocks)
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -61,7 +77,11 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--workloads", default=",".join(WORKLOAD_NAMES))
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument("--dtypes", default=",".join(DTYPES))
+    parser.add_argument("--launches", default=",".join(LAUNCHES),
+                        help="lgd-cupy's launch shapes besides the default, THREADSxBLOCKS_PER_SM ('' for none)")
     parser.add_argument("--sanitize", action="store_true", help="run the small sweep for compute-sanitizer")
+    parser.add_argument("--describe", action="store_true",
+                        help="build the kernel module; print its resources and each workload's layout")
     args = parser.parse_args(argv)
     for option, valid in (("workloads", WORKLOAD_NAMES), ("impls", IMPLS), ("dtypes", DTYPES)):
         chosen = [item for item in getattr(args, option).split(",") if item]
@@ -69,6 +89,12 @@ def parse(argv=None) -> argparse.Namespace:
         if unknown:
             parser.error(f"unknown {option}: {', '.join(unknown)}; valid: {', '.join(valid)}")
         setattr(args, option, chosen)
+    args.launches = [item for item in args.launches.split(",") if item]
+    for item in args.launches:
+        try:
+            launch_shape(item)
+        except ValueError:
+            parser.error(f"a launch shape is THREADSxBLOCKS_PER_SM, e.g. 512x1; got {item!r}")
     return args
 
 
@@ -147,13 +173,34 @@ def product_roofline(work: Workload, dtype: str, seconds: float = 0.2) -> dict:
     return {"products_s": best, "steps_per_s": configs / best, "gflops": work.flops_per_step * configs / best / 1e9}
 
 
-def run_case(name: str, impl: str, dtype: str, deadline: float) -> dict:
-    """Check `impl` on workload `name` against the oracle, then time it: one record (or raises)."""
+def run_case(name: str, impl: str, dtype: str, deadline: float, launch: str | None = None) -> dict:
+    """Check `impl` on workload `name` against the oracle, then time it: one record (or raises). `launch`
+    (lgd-cupy only) is the launch shape, through the environment that lgd.kernels.cupy_gpu reads."""
+    if launch is None:
+        return _run_case(name, impl, dtype, deadline)
+    threads, blocks = launch_shape(launch)
+    saved = {key: os.environ.get(key) for key in ("LGD_CUDA_THREADS", "LGD_CUDA_BLOCKS_PER_SM")}
+    os.environ.update(LGD_CUDA_THREADS=str(threads), LGD_CUDA_BLOCKS_PER_SM=str(blocks))
+    try:
+        return {**_run_case(name, impl, dtype, deadline), "launch": launch}
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run_case(name: str, impl: str, dtype: str, deadline: float) -> dict:
     from . import peers
 
     work = workload(name)
     record = {"workload": name, "impl": impl, "dtype": dtype, "n": work.n, "d": work.d, "m": work.m,
               "configs": work.configs}
+    if impl == "lgd-cupy":
+        from ..kernels import cupy_gpu
+
+        record["launch"] = "{}x{}".format(*cupy_gpu.launch_shape())
     tic = time.perf_counter()
     run = peers.prepare(impl, work, dtype, device=True)
     risk = run(CHECK_STEPS)  # the first call compiles
@@ -195,7 +242,7 @@ def ratios(records: list, peaks: dict, rooflines: dict) -> None:
         record["vs_product_roofline"] = record["steps_per_s"] / roof["steps_per_s"] if roof else None
 
 
-COLUMNS = ("workload", "dtype", "impl", "steps_per_s", "gflops", "vs_jax_scan", "fraction_of_fma_peak",
+COLUMNS = ("workload", "dtype", "impl", "launch", "steps_per_s", "gflops", "vs_jax_scan", "fraction_of_fma_peak",
            "vs_product_roofline", "first_call_s", "check_rel_error")
 
 
@@ -258,14 +305,14 @@ def benchmark(args) -> dict:
             except Exception as exc:
                 report["failed"].append(f"roofline {name} {dtype}: {type(exc).__name__}: {exc}")
     save()
-    for name, impl, dtype in plan(args.workloads, args.impls, args.dtypes):
-        case = f"{name} {impl} {dtype}"
+    for name, impl, dtype, launch in plan(args.workloads, args.impls, args.dtypes, args.launches):
+        case = f"{name} {impl} {dtype}" + (f" {launch}" if launch else "")
         if time.perf_counter() > deadline - (40 if impl == "torch-compile" else 8):
             report["skipped"].append(f"{case}: out of time")
             continue
         print(f"-- {case}", flush=True)
         try:
-            report["records"].append(run_case(name, impl, dtype, deadline))
+            report["records"].append(run_case(name, impl, dtype, deadline, launch))
         except Exception as exc:
             message = f"{case}: {type(exc).__name__}: {exc}"
             print(message + "\n" + traceback.format_exc(limit=3), flush=True)
@@ -277,7 +324,8 @@ def benchmark(args) -> dict:
 
 def sanitize_sweep() -> int:
     """A small sweep through lgd_run on the device in every layout (shared memory, global memory with small
-    tiles), both dtypes, with a diverging configuration and held-out data: 0 when the records are sane."""
+    tiles), both dtypes, with a diverging configuration, held-out data and two tangent vectors: 0 when the
+    records are sane."""
     import cupy
 
     import lgd
@@ -289,30 +337,58 @@ def sanitize_sweep() -> int:
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((37, 5)) / 3, np.where(rng.standard_normal(37) > 0, 1.0, -1.0)
     activation, loss = lgd.activations.get("leaky_softplus"), lgd.losses.get("exponential")
+    C, m, k = 3, 21, 2  # configurations, width, tangent vectors (Lyapunov exponents)
     for dtype in ("float64", "float32"):
-        for budget in (None, 12 * 1024):
+        # The device's layout (everything in shared memory), then the least shared memory that leaves room
+        # for tiles of two samples: X, W and grad_W in global memory.
+        for squeeze in (False, True):
             engine = cupy_gpu.GpuEngine()
-            if budget:
+            budget = None
+            if squeeze:
+                budget = cuda_run.minimum_shared(m, np.dtype(dtype).itemsize, engine.threads, rows=2)
                 engine.shared_budget = budget
-            C, m = 3, 21
             run = cuda_run.ChunkRun(engine, cupy.asarray(X, dtype=dtype), cupy.asarray(y, dtype=dtype),
                                     cupy.asarray(X[:11], dtype=dtype), cupy.asarray(y[:11], dtype=dtype),
                                     cupy.asarray(rng.standard_normal((C, m, 5)), dtype=dtype),
                                     cupy.ones((C, m), dtype=dtype), cupy.zeros(C, dtype=cupy.int64),
                                     cupy.asarray([[0.3, 0, 0], [2.0, 0, 0], [1e6, 0, 0]]),
-                                    cupy.full(C, -1, dtype=cupy.int64), 9, 9)
+                                    cupy.full(C, -1, dtype=cupy.int64), 9, 9, shapes={"lyapunov_sum": (C, 9, k)},
+                                    tangents=(cupy.asarray(rng.standard_normal((C, k, m, 5))),
+                                              cupy.asarray(rng.standard_normal((C, k, m))), cupy.zeros((C, k))))
             cuda_run.advance(run, 0, 31, 30, 4, activation, loss, 1.0 / m, True, bounds=(1e10, 1e4))
             diverged = run.diverged.get()
-            ok = diverged[0] < 0 and 0 <= diverged[2] < 30 and np.isfinite(run.trace.get()[0, 0, :]).all()
+            ok = (diverged[0] < 0 and 0 <= diverged[2] < 30 and np.isfinite(run.trace.get()[0, 0, :]).all()
+                  and np.isfinite(run.lyapunov.get()[0]).all())
             print(f"sanitize sweep {dtype} budget {budget}: diverged {diverged.tolist()} {'ok' if ok else 'BAD'}")
             failures += not ok
     return 1 if failures else 0
+
+
+def describe() -> int:
+    """Build the RawModule (into CuPy's kernel cache, for the later steps), print the kernel's registers,
+    shared and local memory, and the shared-memory layout of each workload in both dtypes."""
+    from ..kernels import cuda_run, cupy_gpu
+
+    tic = time.perf_counter()
+    engine = cupy_gpu.GpuEngine()
+    print(f"module built in {time.perf_counter() - tic:.1f} s; dynamic shared memory per block (opt-in) "
+          f"{engine.shared_budget} bytes; {engine.threads} threads per block")
+    for suffix in cuda_run.SUFFIX.values():
+        print(f"{cuda_run.ENTRY}_{suffix}:", cupy_gpu.module().get_function(f"{cuda_run.ENTRY}_{suffix}").attributes)
+    for name in WORKLOAD_NAMES:
+        work = workload(name)
+        for dtype in DTYPES:
+            print(name, dtype, cuda_run.layout(work.n, work.d, work.m, np.dtype(dtype).itemsize, engine.threads,
+                                               engine.shared_budget))
+    return 0
 
 
 def main(argv=None) -> int:
     args = parse(argv)
     if args.sanitize:
         return sanitize_sweep()
+    if args.describe:
+        return describe()
     report = benchmark(args)
     print(markdown(report))
     return 1 if report["failed"] else 0

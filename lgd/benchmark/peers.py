@@ -179,6 +179,8 @@ def _jax(variant: str, workload: Workload, dtype: str, device: bool):
     import jax.numpy as jnp
 
     jax.config.update("jax_enable_x64", True)  # float64 runs need it; float32 arrays stay float32
+    # float32 products in true float32 (on a GPU JAX would otherwise use TF32), as lgd and PyTorch compute them.
+    jax.config.update("jax_default_matmul_precision", "highest")
     try:
         where = jax.devices("gpu" if device else "cpu")[0]
     except RuntimeError:
