@@ -3,12 +3,16 @@ exp/log1p, the code table and the on-disk cache (its agreement with the oracle, 
 catalogs, is in test_backends.py).
 
 Compile cost is bounded: activation and loss are runtime codes, so the whole file compiles two kernels per
-dtype, one per product mode (about 10 s each with an empty cache, under a second from the cache).
+dtype, one per product mode (about 10 s each with an empty cache, under a second from the cache), and one
+subprocess the float64 fused kernel at the other vector width (LGD_VECTOR_BYTES) for its checks (about 5 s
+from the cache, 10 s more with an empty one).
 """
 
+import functools
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,7 +181,8 @@ def test_wide_inputs_and_nets_match_oracle(shape, team, dtype, monkeypatch):
     (a block's last few TILE_ROWS, then one at a time: every kind of tile); from m > WAITING_MAX_M the
     samples wait for the gradient BACKWARD_GROUP at a time, not WAITING_SAMPLES."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
-    d, width = (tiles.WIDE_MIN_D + 3, 21) if shape == "wide_inputs" else (5, tiles.WAITING_MAX_M + 3)
+    # Width 29: at 64-byte vectors a float64 tile, a half tile and 5 columns (float32: a half tile and 13).
+    d, width = (tiles.WIDE_MIN_D + 3, 29) if shape == "wide_inputs" else (5, tiles.WAITING_MAX_M + 3)
     model = lgd.TwoLayerNet(width, train_outer=True)
     problem = make_problem(model, "logistic", dtype, d=d)
     steps, every = 60, 3
@@ -319,12 +324,10 @@ def test_runner_compiles_the_product_mode_it_runs(blas, monkeypatch):
     assert np.isfinite(state.W).all()
 
 
-@pytest.mark.parametrize("d", [1, 4, 7, 16], ids=lambda d: f"d{d}")
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
-def test_register_tiles_sum_as_the_scalar_loops(dtype, d):
-    """forward_rows and backward_rows (register tiles of four or six samples forward, then the rows and
-    columns after them; other counts one by one) give the results of plain fma loops in the same order,
-    bit for bit, for sizes below, at and between multiples of a tile."""
+@functools.cache
+def _tiled_and_scalar_products():
+    """(tiled, scalar): both products of the fused mode by forward_rows and backward_rows, and by plain fma
+    loops in the same order; compiled once per dtype for every case of the test below."""
     from numba import njit
 
     @njit
@@ -348,9 +351,22 @@ def test_register_tiles_sum_as_the_scalar_loops(dtype, d):
                     g = intrinsics.fma(X[rows[r], k], qs[r, j], g)
                 grad[k, j] = g
 
+    return tiled, scalar
+
+
+# d = 13: whole backward tiles and rows after them at both widths (GRAD_ROWS 8 or 4).
+@pytest.mark.parametrize("d", [1, 4, 7, 13, 16], ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_register_tiles_sum_as_the_scalar_loops(dtype, d):
+    """forward_rows and backward_rows (register tiles of four or six samples forward, then the rows and
+    columns after them; other counts one by one) give the results of plain fma loops in the same order,
+    bit for bit, for sizes below, at and between multiples of a tile, and (with 64-byte vectors) with a
+    32-byte half tile after the full ones. At this process's vector width; the other width runs in
+    test_the_other_vector_width."""
+    tiled, scalar = _tiled_and_scalar_products()
     rng = np.random.default_rng(5)
-    columns = intrinsics.tile_columns(dtype)
-    for m in (3, columns, 2 * columns, 2 * columns + 5, 64):
+    columns, half = intrinsics.tile_columns(dtype), intrinsics.tile_columns(dtype, intrinsics.HALF_BYTES)
+    for m in sorted({3, half, half + 3, columns, columns + half + 3, 2 * columns + 5, 64}):
         X = rng.standard_normal((9, d)).astype(dtype)
         Wt, grad = (rng.standard_normal((d, m)).astype(dtype) for _ in range(2))
         qs = rng.standard_normal((tiles.WAITING_SAMPLES, m)).astype(dtype)
@@ -364,6 +380,63 @@ def test_register_tiles_sum_as_the_scalar_loops(dtype, d):
             where = f"m={m} count={count}"
             np.testing.assert_array_equal(outs[0][0], outs[1][0], err_msg=f"forward {where}")
             np.testing.assert_array_equal(outs[0][1], outs[1][1], err_msg=f"backward {where}")
+
+
+def test_vector_width_is_the_override_or_the_target():
+    """LGD_VECTOR_BYTES decides the tiles' width when set; else 64 bytes where numba's target has AVX-512."""
+    chosen = os.environ.get(compiler.VECTOR_BYTES_VARIABLE)
+    expected = int(chosen) if chosen else compiler.target_vector_bytes()
+    assert intrinsics.VECTOR_BYTES == compiler.VECTOR_BYTES == expected
+    assert intrinsics.tile_columns(np.float64) == expected // 4 and intrinsics.tile_columns(np.float32) == expected // 2
+
+
+@pytest.mark.parametrize("value", ["48", "avx512", "0"])
+def test_an_unknown_vector_width_is_refused(value):
+    with pytest.raises(ValueError, match=r"LGD_VECTOR_BYTES=.*one of 32, 64"):
+        compiler.vector_bytes({compiler.VECTOR_BYTES_VARIABLE: value})
+
+
+def test_the_cache_keys_on_the_vector_width():
+    """A kernel's cache index at 32 bytes and at 64 differs in its stamp (never loaded as the other's) and
+    in its file (neither overwrites the other's entries)."""
+    narrow, wide = (compiler.FolderCache(numba_cpu.run_team.py_func, width)._cache_file for width in (32, 64))
+    assert narrow._source_stamp != wide._source_stamp
+    assert narrow._index_path != wide._index_path
+    assert narrow._data_name_pattern != wide._data_name_pattern
+
+
+# The checks whose code depends on the vector width: the tiles and dot_row bit for bit, the whole kernel
+# against the oracle (float64: the tiles are the only width-dependent code, and each float32 tile is
+# checked bit for bit above).
+WIDTH_CHECKS = ("vector_width_is_the_override or register_tiles or dot_row"
+                " or (wide_inputs_and_nets and float64)")
+
+
+def _index_stamp(path):
+    import pickle
+
+    with open(path, "rb") as index:
+        pickle.load(index)  # numba's version
+        return pickle.loads(index.read())[0]
+
+
+def test_the_other_vector_width():
+    """The width this process did not compile, by LGD_VECTOR_BYTES in one subprocess running WIDTH_CHECKS
+    (LLVM splits 64-byte vectors on a host without AVX-512, so both widths run anywhere). It shares this
+    process's numba cache folder: the other width's kernel goes to its own index, stamped with its width,
+    and this width's index is left byte for byte as it was."""
+    other = {32: 64, 64: 32}[intrinsics.VECTOR_BYTES]
+    _numba.Runner(make_problem(lgd.TwoLayerNet(6), "logistic", np.float64), 1, 1)  # this width's kernel cached
+    own_index = numba_cpu.run_team._cache._cache_file._index_path
+    other_index = compiler.FolderCache(numba_cpu.run_team.py_func, other)._cache_file._index_path
+    before = Path(own_index).read_bytes()
+    env = dict(os.environ, **{compiler.VECTOR_BYTES_VARIABLE: str(other)})
+    done = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-k", WIDTH_CHECKS],
+                          capture_output=True, text=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-1000:]
+    assert Path(own_index).read_bytes() == before
+    assert _index_stamp(other_index)[-1] == f"vector_bytes={other}"
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])

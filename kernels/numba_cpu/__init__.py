@@ -8,11 +8,14 @@ stepsizes never recompiles. The modules, from the bottom up:
 
 - compiler:   the kernel decorator, its cache (which notices an edit in any module here) and
               `subroutine`, which compiles a helper into the kernel that calls it;
-- intrinsics: LLVM instructions numba cannot say in Python (fma, bit casts, vector code, atomics);
+- intrinsics: LLVM instructions numba cannot say in Python (fma, bit casts, vector code at the host's
+              width, 64 bytes with AVX-512 else 32: LGD_VECTOR_BYTES overrides it; atomics);
 - exp_log1p:  exp and log1p as arithmetic that vectorises;
 - formulas:   the activations and losses (the one file to edit when adding either);
 - tiles:      the two products, as register tiles or BLAS calls;
 - step:       one step: the pass over a block of samples, records, divergence, update;
+- tangent:    exact Hessian-vector products and the tangent map (Lyapunov exponents);
+- sharpness:  the top Hessian eigenvalues by Lanczos on those products;
 - team:       run_team and the named tuples of its arguments.
 
 Nothing here checks arguments or knows about lgd's classes: :mod:`lgd.backends._numba` does.
@@ -20,8 +23,9 @@ Nothing here checks arguments or knows about lgd's classes: :mod:`lgd.backends._
 
 from .formulas import ACTIVATIONS, KNOWN, LOSSES, UNKNOWN_ACTIVATION, UNKNOWN_LOSS
 from .intrinsics import tile_columns
+from .tangent import BLOCK as HVP_BLOCK
 from .team import Batch, Buffers, Data, Schedule, Spec, Team, run_team
 from .tiles import WAITING_SAMPLES, WIDE_ROWS
 
 __all__ = ["run_team", "Data", "Batch", "Spec", "Schedule", "Team", "Buffers", "ACTIVATIONS", "LOSSES", "KNOWN",
-           "UNKNOWN_ACTIVATION", "UNKNOWN_LOSS", "WIDE_ROWS", "WAITING_SAMPLES", "tile_columns"]
+           "UNKNOWN_ACTIVATION", "UNKNOWN_LOSS", "WIDE_ROWS", "WAITING_SAMPLES", "HVP_BLOCK", "tile_columns"]

@@ -1,13 +1,16 @@
 """The compile machinery of the numba kernels: the kernel decorator, its on-disk cache and `subroutine`.
 
 What lives here: :data:`kernel` (numba's njit as every entry point of this folder uses it, with a cache
-that notices edits anywhere in the folder), :func:`subroutine` (a helper compiled into the code library
-of the kernel that calls it) and the numba internals both need, imported in one place so that a numba
+that notices edits anywhere in the folder and keeps one index per vector width), :func:`subroutine` (a
+helper compiled into the code library of the kernel that calls it), :data:`VECTOR_BYTES` (the width of
+the register tiles' vectors, decided once per process from the CPU numba compiles for or from
+``LGD_VECTOR_BYTES``) and the numba internals all of it needs, imported in one place so that a numba
 without them fails with a message naming what is missing. Nothing here computes anything.
 """
 
 import hashlib
 import inspect
+import os
 import weakref
 from pathlib import Path
 
@@ -39,6 +42,36 @@ impl_ret_borrowed = _internal("numba.core.imputils", "impl_ret_borrowed")
 CACHE = True
 FOLDER = Path(__file__).resolve().parent
 
+# The register tiles' vector width in bytes: AVX2's 32, or AVX-512's 64 where numba's target has avx512f
+# (LLVM splits 64-byte vectors into two on AVX2, so either width runs anywhere, correctly). The variable
+# overrides the choice, for tests and measurements; it is read when this module is imported, that is
+# before anything compiles, and holds for the whole process (compiled code cannot change width).
+VECTOR_BYTES_VARIABLE = "LGD_VECTOR_BYTES"
+VECTOR_WIDTHS = (32, 64)
+
+
+def target_vector_bytes() -> int:
+    """64 where the CPU numba compiles for has AVX-512 (avx512f), else 32. numba targets the host unless
+    NUMBA_CPU_NAME / NUMBA_CPU_FEATURES say otherwise (portable caches): the same features decide here."""
+    from numba.core import codegen, config
+
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else codegen.get_host_cpu_features()
+    return 64 if "+avx512f" in features.split(",") else 32
+
+
+def vector_bytes(environ=os.environ) -> int:
+    """The vector width of this process: LGD_VECTOR_BYTES (32 or 64) if set, else :func:`target_vector_bytes`."""
+    chosen = environ.get(VECTOR_BYTES_VARIABLE, "").strip()
+    if not chosen:
+        return target_vector_bytes()
+    if chosen not in {str(width) for width in VECTOR_WIDTHS}:
+        raise ValueError(f"{VECTOR_BYTES_VARIABLE}={chosen!r}: the vector width in bytes must be one of "
+                         f"{', '.join(map(str, VECTOR_WIDTHS))} (or unset: from the CPU)")
+    return int(chosen)
+
+
+VECTOR_BYTES = vector_bytes()
+
 
 def _sources() -> list:
     """The files a kernel's machine code depends on: this folder's modules and the lgd modules they import
@@ -64,17 +97,24 @@ def sources_hash() -> str:
 
 
 class FolderCache(FunctionCache):
-    """numba's on-disk cache of one kernel, its index stamped with :func:`sources_hash`.
+    """numba's on-disk cache of one kernel, its index stamped with :func:`sources_hash` and the vector width,
+    one index (and data files) per vector width.
 
     numba stamps a cached kernel with its own module's source only: an edit in another module (a formula,
     a tile) would load the stale machine code. With the hash of every source in the stamp, any edit
-    invalidates the index, and the next call compiles afresh.
+    invalidates the index, and the next call compiles afresh. numba keys the entries of an index on the
+    CPU's name and features, not on LGD_VECTOR_BYTES: the width in the stamp keeps a kernel of one width
+    from ever loading as the other's, and in the file name it keeps the two widths from overwriting each
+    other's index (a stamp that differs empties the index on the next save), so processes of either width
+    share one cache folder and both load.
     """
 
-    def __init__(self, py_func):
+    def __init__(self, py_func, width=None):
         super().__init__(py_func)
-        stamp = (self._impl.locator.get_source_stamp(), sources_hash())
-        self._cache_file = IndexDataCacheFile(cache_path=self._cache_path, filename_base=self._impl.filename_base,
+        width = VECTOR_BYTES if width is None else width
+        stamp = (self._impl.locator.get_source_stamp(), sources_hash(), f"vector_bytes={width}")
+        self._cache_file = IndexDataCacheFile(cache_path=self._cache_path,
+                                              filename_base=f"{self._impl.filename_base}-v{width}",
                                               source_stamp=stamp)
 
 

@@ -3,9 +3,10 @@
 What lives here: what numba cannot say in Python, written as LLVM instructions through
 ``numba.extending.intrinsic``: reinterpreting bits (exp's exponent arithmetic), ``fma`` with one
 rounding, the dtype of an array as a cast target (``like``), a flat view without ravel's code, the
-vector operations of the register tiles and of :func:`dot_lanes`, and the atomics, pause and
-sched_yield of a team's barrier. Everything resolved by name at load time, so the on-disk cache keeps
-working. No formulas and no loops over the data: those live in exp_log1p, formulas, tiles and step.
+vector operations of the register tiles (at the process's VECTOR_BYTES, and at AVX2's HALF_BYTES) and
+of :func:`dot_lanes`, and the atomics, pause and sched_yield of a team's barrier. Everything resolved by
+name at load time, so the on-disk cache keeps working. No formulas and no loops over the data: those
+live in exp_log1p, formulas, tiles and step.
 """
 
 import platform
@@ -17,6 +18,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.numpy_support import as_dtype
 
+from .compiler import VECTOR_BYTES as _VECTOR_BYTES
 from .compiler import impl_ret_borrowed
 
 
@@ -75,14 +77,17 @@ def flat(typingctx, array):
     return result(array), codegen
 
 
-# Vector code is written for AVX2's 32-byte registers (4 float64 or 8 float32 lanes); on wider or
-# narrower machines LLVM splits or joins them.
-VECTOR_BYTES = 32
+# The register tiles' vectors: 64 bytes (8 float64 / 16 float32 lanes) where the target has AVX-512,
+# else AVX2's 32 (compiler.VECTOR_BYTES). HALF_BYTES is AVX2's width at both: the tiles of the columns a
+# 64-byte tile leaves, and dot_lanes's vectors (its eight partial sums do not depend on the width).
+VECTOR_BYTES = _VECTOR_BYTES
+HALF_BYTES = 32
+HALF_TILES = VECTOR_BYTES > HALF_BYTES  # a narrower tile after the full ones: only with 64-byte vectors
 
 
-def tile_columns(dtype):
+def tile_columns(dtype, vector_bytes=VECTOR_BYTES):
     """Columns of one tile: two vectors of `dtype` (a numpy dtype)."""
-    return 2 * VECTOR_BYTES // np.dtype(dtype).itemsize
+    return 2 * vector_bytes // np.dtype(dtype).itemsize
 
 
 def tile_parts(context, builder, array_type, value):
@@ -91,10 +96,11 @@ def tile_parts(context, builder, array_type, value):
     return array.data, cgutils.unpack_tuple(builder, array.shape, 2)[1]
 
 
-def vector_ops(context, builder, dtype):
-    """(vector type, load(pointer), store(value, pointer), broadcast(scalar), fma(a, b, c)) for `dtype`."""
+def vector_ops(context, builder, dtype, vector_bytes=VECTOR_BYTES):
+    """(vector type, lanes, load(pointer), store(value, pointer), broadcast(scalar), fma(a, b, c)) for
+    vectors of `vector_bytes` of `dtype`."""
     element = context.get_value_type(dtype)
-    lanes = VECTOR_BYTES // (dtype.bitwidth // 8)
+    lanes = vector_bytes // (dtype.bitwidth // 8)
     vector = ir.VectorType(element, lanes)
     align = dtype.bitwidth // 8
     fma_fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
@@ -114,15 +120,21 @@ def vector_ops(context, builder, dtype):
     return vector, lanes, load, store, broadcast, lambda a, b, c: builder.call(fma_fn, [a, b, c])
 
 
-@intrinsic
-def tile_columns_of(typingctx, array):
-    """tile_columns of the array's dtype, as a compile-time constant."""
-    if not isinstance(array, types.Array):
-        return None
+def _columns_of(vector_bytes):
+    def columns_of(typingctx, array):
+        """tile_columns of the array's dtype at this width, as a compile-time constant."""
+        if not isinstance(array, types.Array):
+            return None
 
-    def codegen(context, builder, signature, args):
-        return ir.Constant(ir.IntType(64), tile_columns(as_dtype(array.dtype)))
-    return types.int64(array), codegen
+        def codegen(context, builder, signature, args):
+            return ir.Constant(ir.IntType(64), tile_columns(as_dtype(array.dtype), vector_bytes))
+        return types.int64(array), codegen
+    columns_of.__name__ = columns_of.__qualname__ = f"tile_columns_of_{vector_bytes}"
+    return intrinsic(columns_of)
+
+
+tile_columns_of = _columns_of(VECTOR_BYTES)
+half_tile_columns_of = _columns_of(HALF_BYTES)
 
 
 def tiled_arrays(arrays):
@@ -136,14 +148,16 @@ def tiled_arrays(arrays):
 def dot_lanes(typingctx, a, p, count):
     """The eight partial sums of dot_row: s_r = sum of a[j] p[j] over j < count with j = r (mod 8), fma
     after fma in j order, as (s_0, ..., s_7); count a multiple of 8. In vector code (two AVX2 vectors
-    of float64 accumulators, one of float32): LLVM does not vectorise the eight scalar chains."""
+    of float64 accumulators, one of float32, whatever the tiles' width: the eight chains are what the
+    result is, and eight float32 sums fill only 32 bytes): LLVM does not vectorise the eight scalar
+    chains."""
     if not (isinstance(a, types.Array) and isinstance(p, types.Array) and a.ndim == p.ndim == 1
             and a.dtype == p.dtype and a.dtype in (types.float32, types.float64)):
         return None
     dtype = a.dtype
 
     def codegen(context, builder, signature, args):
-        vector, lanes, load, store, broadcast, fma_ = vector_ops(context, builder, dtype)
+        vector, lanes, load, store, broadcast, fma_ = vector_ops(context, builder, dtype, HALF_BYTES)
         a_data = context.make_array(signature.args[0])(context, builder, args[0]).data
         p_data = context.make_array(signature.args[1])(context, builder, args[1]).data
         count = args[2]

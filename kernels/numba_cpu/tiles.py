@@ -9,11 +9,15 @@ Forward (X W^T): TILE_ROWS samples by two vectors of columns, eight accumulators
 over the whole sum on k: per k, two vector loads and four broadcasts feed eight independent fmas. From
 d >= WIDE_MIN_D, WIDE_ROWS samples: twelve accumulators, each load of W feeding six fmas (for short
 sums on k the narrower tile is faster). Backward (the waiting samples' X^T G into the gradient):
-TILE_ROWS rows of the gradient by two vectors, loaded once and held while the samples add in,
-BACKWARD_GROUP unrolled at a time; up to m = WAITING_MAX_M, WAITING_SAMPLES wait for one pass over the
-gradient (wider nets keep BACKWARD_GROUP: a larger waiting block leaves L1). Every sum runs in the
-scalar loops' order, fma after fma (in k, or in sample order): the same results, bit for bit.
-docs/performance.md has the measurements behind each size.
+GRAD_ROWS rows of the gradient (8 with 64-byte vectors, else 4) by two vectors, loaded once and held
+while the samples add in, BACKWARD_GROUP unrolled at a time; up to m = WAITING_MAX_M, WAITING_SAMPLES
+wait for one pass over the gradient (wider nets keep BACKWARD_GROUP: a larger waiting block leaves L1).
+A tile's two vectors are VECTOR_BYTES wide (intrinsics: 64 bytes on AVX-512 targets, else 32); with
+64-byte vectors, the columns the full tiles leave get one tile of two 32-byte vectors ("half" tiles)
+when they are that many, so a net narrower than a 64-byte tile, or a remainder of 8-15 float64
+columns, still runs in tiles. Every sum runs in the scalar loops' order, fma after fma (in k, or in
+sample order): the same results, bit for bit, at either width. docs/performance.md has the
+measurements behind each size.
 """
 
 from llvmlite import ir
@@ -22,9 +26,14 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .compiler import subroutine
-from .intrinsics import fma, tile_columns_of, tile_parts, tiled_arrays, vector_ops
+from .intrinsics import (HALF_BYTES, HALF_TILES, VECTOR_BYTES, fma, half_tile_columns_of, tile_columns_of, tile_parts,
+                         tiled_arrays, vector_ops)
 
 TILE_ROWS = 4
+# Rows of the gradient in a backward tile, two vectors each, all held in registers: AVX2's 16 vector
+# registers hold 4 rows' 8 accumulators; AVX-512's 32 hold 8 rows' 16, which load each waiting sample's
+# q vectors once for twice the fmas (faster on M in float64, level to faster elsewhere: docs/performance.md).
+GRAD_ROWS = 8 if VECTOR_BYTES == 64 else TILE_ROWS
 WIDE_ROWS = 6
 WIDE_MIN_D = 32
 WAITING_SAMPLES = 32
@@ -32,17 +41,18 @@ WAITING_MAX_M = 256
 BACKWARD_GROUP = 8
 
 
-def _forward_tile(samples):
-    """The forward register tile over `samples` rows of X."""
+def _forward_tile(samples, vector_bytes=VECTOR_BYTES):
+    """The forward register tile over `samples` rows of X, its vectors `vector_bytes` wide."""
     def forward_tile(typingctx, X, i, Wt, j, Z):
-        """Z[r, j:j+c] = sum_k X[i+r, k] Wt[k, j:j+c] for r < samples, c = tile_columns (fma in k order).
+        """Z[r, j:j+c] = sum_k X[i+r, k] Wt[k, j:j+c] for r < samples, c = tile_columns at this width (fma
+        in k order).
         The caller keeps i + samples <= len(X) and j + c <= Wt.shape[1]."""
         if not tiled_arrays((X, Wt, Z)):
             return None
 
         def codegen(context, builder, signature, args):
             x_type, _, w_type, _, z_type = signature.args
-            vector, lanes, load, store, broadcast, fma_ = vector_ops(context, builder, x_type.dtype)
+            vector, lanes, load, store, broadcast, fma_ = vector_ops(context, builder, x_type.dtype, vector_bytes)
             x_data, d = tile_parts(context, builder, x_type, args[0])
             w_data, m = tile_parts(context, builder, w_type, args[2])
             z_data, z_width = tile_parts(context, builder, z_type, args[4])
@@ -64,28 +74,31 @@ def _forward_tile(samples):
                 store(builder.load(acc[2 * r + 1]), builder.gep(out, [ir.Constant(j_.type, lanes)]))
             return context.get_dummy_value()
         return types.void(X, types.intp, Wt, types.intp, Z), codegen
-    forward_tile.__name__ = forward_tile.__qualname__ = f"forward_tile_{samples}"
+    forward_tile.__name__ = forward_tile.__qualname__ = f"forward_tile_{samples}_{vector_bytes}"
     return intrinsic(forward_tile)
 
 
 forward_tile = _forward_tile(TILE_ROWS)
 forward_tile_wide = _forward_tile(WIDE_ROWS)  # from d >= WIDE_MIN_D: twelve accumulators, W loaded half as often
+forward_tile_half = _forward_tile(TILE_ROWS, HALF_BYTES)
+forward_tile_wide_half = _forward_tile(WIDE_ROWS, HALF_BYTES)
 
 
-def _backward_tile(samples, grouped=False):
+def _backward_tile(samples, grouped=False, vector_bytes=VECTOR_BYTES):
     """The backward register tile adding `samples` waiting samples (unrolled: a loop over a runtime count
     of single samples is much slower); grouped, a runtime number of such groups, the gradient's tile
-    held in registers throughout."""
+    held in registers throughout; its vectors `vector_bytes` wide."""
     def backward_tile(typingctx, X, rows, first, Q, k, j, G):
         """G[k+kk, j:j+c] += X[rows[s], k+kk] Q[s, j:j+c] for s = first .. first + samples - 1 (grouped: for
-        s = 0 .. first * samples - 1), fma after fma in sample order, and kk < TILE_ROWS, c = tile_columns.
-        The caller keeps k + TILE_ROWS <= G.shape[0] and j + c <= G.shape[1]."""
+        s = 0 .. first * samples - 1), fma after fma in sample order, and kk < GRAD_ROWS, c = tile_columns
+        at this width.
+        The caller keeps k + GRAD_ROWS <= G.shape[0] and j + c <= G.shape[1]."""
         if not (tiled_arrays((X, Q, G)) and isinstance(rows, types.Array) and rows.dtype == types.int64):
             return None
 
         def codegen(context, builder, signature, args):
             x_type, rows_type, _, q_type, _, _, g_type = signature.args
-            vector, lanes, load, store, broadcast, fma_ = vector_ops(context, builder, x_type.dtype)
+            vector, lanes, load, store, broadcast, fma_ = vector_ops(context, builder, x_type.dtype, vector_bytes)
             x_data, d = tile_parts(context, builder, x_type, args[0])
             q_data, q_width = tile_parts(context, builder, q_type, args[3])
             g_data, m = tile_parts(context, builder, g_type, args[6])
@@ -93,9 +106,9 @@ def _backward_tile(samples, grouped=False):
             first, k_, j_ = args[2], args[4], args[5]
             step = ir.Constant(j_.type, lanes)
             out = [builder.gep(g_data, [builder.add(builder.mul(builder.add(k_, ir.Constant(k_.type, kk)), m), j_)])
-                   for kk in range(TILE_ROWS)]
+                   for kk in range(GRAD_ROWS)]
             acc = []
-            for kk in range(TILE_ROWS):
+            for kk in range(GRAD_ROWS):
                 acc += [load(out[kk]), load(builder.gep(out[kk], [step]))]
 
             def add_samples(start, acc):
@@ -105,7 +118,7 @@ def _backward_tile(samples, grouped=False):
                     q0, q1 = load(q_row), load(builder.gep(q_row, [step]))
                     sample = builder.load(builder.gep(rows_data, [sample_index]))
                     x_row = builder.gep(x_data, [builder.add(builder.mul(sample, d), k_)])
-                    for kk in range(TILE_ROWS):
+                    for kk in range(GRAD_ROWS):
                         x = broadcast(builder.load(builder.gep(x_row, [ir.Constant(k_.type, kk)])))
                         acc[2 * kk], acc[2 * kk + 1] = fma_(x, q0, acc[2 * kk]), fma_(x, q1, acc[2 * kk + 1])
                 return acc
@@ -119,17 +132,20 @@ def _backward_tile(samples, grouped=False):
                 acc = [builder.load(slot) for slot in slots]
             else:
                 acc = add_samples(first, acc)
-            for kk in range(TILE_ROWS):
+            for kk in range(GRAD_ROWS):
                 store(acc[2 * kk], out[kk])
                 store(acc[2 * kk + 1], builder.gep(out[kk], [step]))
             return context.get_dummy_value()
         return types.void(X, rows, types.intp, Q, types.intp, types.intp, G), codegen
-    backward_tile.__name__ = backward_tile.__qualname__ = f"backward_tile_{samples}{'_groups' if grouped else ''}"
+    backward_tile.__name__ = backward_tile.__qualname__ = (
+        f"backward_tile_{samples}{'_groups' if grouped else ''}_{vector_bytes}")
     return intrinsic(backward_tile)
 
 
 backward_tile_groups = _backward_tile(BACKWARD_GROUP, grouped=True)  # whole groups of BACKWARD_GROUP samples
 backward_tile_short = _backward_tile(TILE_ROWS)  # the last samples of a block, TILE_ROWS at a time
+backward_tile_groups_half = _backward_tile(BACKWARD_GROUP, grouped=True, vector_bytes=HALF_BYTES)
+backward_tile_short_half = _backward_tile(TILE_ROWS, vector_bytes=HALF_BYTES)
 
 
 # The BLAS mode's products, as direct calls of numba's own gemm wrapper (numba_xxgemm: scipy's BLAS,
@@ -190,19 +206,27 @@ blas_rows_transposed_times = _blas_rows(True)
 @subroutine(types.void)
 def forward_rows(X, i, count, Wt, zt):
     """zt[r] = X[i + r] Wt for r < count <= WIDE_ROWS: register tiles when count is WIDE_ROWS or
-    TILE_ROWS, then the columns after them (all of them for other counts) a row at a time, fma after
-    fma in k order as the tiles sum."""
+    TILE_ROWS (with 64-byte vectors, then a half tile if the columns left fill one), then the columns
+    after them (all of them for other counts) a row at a time, fma after fma in k order as the tiles
+    sum."""
     d, m = Wt.shape
     width = tile_columns_of(Wt)
+    half = half_tile_columns_of(Wt)
     j0 = 0
     if count == WIDE_ROWS:
         while j0 + width <= m:
             forward_tile_wide(X, i, Wt, j0, zt)
             j0 += width
+        if HALF_TILES and j0 + half <= m:  # fewer than `width` columns are left: at most one half tile
+            forward_tile_wide_half(X, i, Wt, j0, zt)
+            j0 += half
     elif count == TILE_ROWS:
         while j0 + width <= m:
             forward_tile(X, i, Wt, j0, zt)
             j0 += width
+        if HALF_TILES and j0 + half <= m:
+            forward_tile_half(X, i, Wt, j0, zt)
+            j0 += half
     if j0 == m:
         return
     for r in range(count):
@@ -217,22 +241,29 @@ def forward_rows(X, i, count, Wt, zt):
 @subroutine(types.void)
 def backward_rows(X, rows, count, qs, grad):
     """grad[k] += X[rows[0], k] qs[0] + ... + X[rows[count-1], k] qs[count-1] for every k (fma after fma
-    in sample order), count <= WAITING_SAMPLES: register tiles of TILE_ROWS rows of grad (adding the
-    whole groups of BACKWARD_GROUP samples, then TILE_ROWS more if as many are left), then the rest a
-    sample at a time."""
+    in sample order), count <= WAITING_SAMPLES: register tiles of GRAD_ROWS rows of grad (adding the
+    whole groups of BACKWARD_GROUP samples, then TILE_ROWS more if as many are left; with 64-byte
+    vectors, a half tile on the columns after the full ones if they fill one), then the rest a sample
+    at a time."""
     d, m = grad.shape
     width = tile_columns_of(grad)
-    k_tiled, j_tiled = d - d % TILE_ROWS, m - m % width
+    half = half_tile_columns_of(grad)
+    k_tiled, j_full = d - d % GRAD_ROWS, m - m % width
+    j_tiled = j_full + half if HALF_TILES and m - j_full >= half else j_full  # [j_full, j_tiled): a half tile
     groups = count // BACKWARD_GROUP
     tiled = groups * BACKWARD_GROUP  # samples [0, tiled) are added on the tiled part of grad
     if groups > 0:
-        for k in range(0, k_tiled, TILE_ROWS):
-            for j in range(0, j_tiled, width):
+        for k in range(0, k_tiled, GRAD_ROWS):
+            for j in range(0, j_full, width):
                 backward_tile_groups(X, rows, groups, qs, k, j, grad)
+            if j_tiled > j_full:
+                backward_tile_groups_half(X, rows, groups, qs, k, j_full, grad)
     while tiled + TILE_ROWS <= count:
-        for k in range(0, k_tiled, TILE_ROWS):
-            for j in range(0, j_tiled, width):
+        for k in range(0, k_tiled, GRAD_ROWS):
+            for j in range(0, j_full, width):
                 backward_tile_short(X, rows, tiled, qs, k, j, grad)
+            if j_tiled > j_full:
+                backward_tile_short_half(X, rows, tiled, qs, k, j_full, grad)
         tiled += TILE_ROWS
     # What the tiles left: for the tiled samples, the columns after the tiles and the rows of grad
     # after them (nothing when d and m are whole tiles: no pass over k for nothing); for the rest, all
