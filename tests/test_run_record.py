@@ -197,6 +197,28 @@ def test_lyapunov_exponents_of_a_quadratic_are_log_one_minus_eta_lambda(backend_
         np.testing.assert_allclose(run.lyapunov_sum[-1], run.lyapunov * run.steps_taken, rtol=1e-12)
 
 
+@pytest.mark.parametrize("team", [2, 3])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_team_of_threads_splits_the_tangent_map_and_matches_the_oracle(team, dtype, monkeypatch):
+    """numba runs a single configuration on a team of threads, each adding its samples' part of the
+    Hessian-vector products of the tangent map (37 samples: members of 12 or 13, blocks cut short): the
+    Lyapunov sums, risks and final weights agree with the oracle, the outer layer trained too."""
+    pytest.importorskip("numba")
+    from lgd.backends import _numba
+
+    monkeypatch.setattr(_numba.Runner, "team_size", lambda self, configs, width: team)
+    X, y = lgd.data.separable(n=37, d=5, margin=0.1, seed=1)
+    options = dict(stepsize=0.7, steps=30, record=lgd.Record(lyapunov=2), divergence=math.inf)
+    model = lgd.TwoLayerNet(21, train_outer=True)
+    expected = lgd.gd(X, y, model, "logistic", compute=lgd.Compute("numpy", dtype=dtype, progress=False), **options)
+    actual = lgd.gd(X, y, model, "logistic", compute=lgd.Compute("numba", dtype=dtype, progress=False), **options)
+    tol = 1e-10 if dtype == "float64" else 2e-4
+    np.testing.assert_allclose(actual.lyapunov_sum, expected.lyapunov_sum, rtol=tol, atol=tol)
+    np.testing.assert_allclose(actual.risk, expected.risk, rtol=tol)
+    np.testing.assert_allclose(actual.weights, expected.weights, rtol=tol, atol=tol)
+    assert np.all(np.diff(actual.lyapunov_sum[:, 0]) != 0)  # the tangent map ran at every step
+
+
 def test_lyapunov_exponents_on_the_diagonal_of_the_matrix_factorisation(backend_dtype):
     """GD on (1 - x y)^2 / 2 from x = y stays on the diagonal, where it is the scalar map
     x -> x + h (1 - x^2) x, and the Hessian splits along (1, 1) and (1, -1) at every iterate: the

@@ -2,7 +2,8 @@
 
 What lives here: :func:`top_eigenvalues`, k largest eigenvalues of the Hessian of the risk at the current
 weights by Lanczos with full re-orthogonalisation on the exact Hessian-vector products of tangent
-(``hessian_products``), warm-started from the previous measurement's top Ritz vector, and the small
+(``cached_hessian_products``: every sample's curvature formed once per measurement), warm-started
+from the previous measurement's top Ritz vector, and the small
 tridiagonal algebra it needs (Sturm bisection for the Ritz values, inverse iteration for the top Ritz
 vector). lgd.hessian.sharpness (scipy's eigsh on the same products) is the oracle.
 """
@@ -12,10 +13,12 @@ import math
 from numba import types
 
 from .compiler import subroutine
-from .tangent import hessian_products
+from .tangent import cached_hessian_products, curvature_cache
 
 # Lanczos stops when the top-k Ritz values move by less than this (relative) from one iteration to the next.
 RITZ_TOL = 1e-13
+# Passes of full re-orthogonalisation of each new Lanczos vector against the basis (modified Gram-Schmidt).
+REORTHOGONALISE = 1
 
 
 @subroutine(types.int64)
@@ -79,12 +82,14 @@ def top_ritz_vector(alpha, beta, j, theta, y, work):
 
 
 @subroutine(types.void)
-def top_eigenvalues(X, y, Wt, a, spec, start, start_a, out, Q, QA, HV, HB, Vt, HVt, z, p, q, r, dz, g, alpha, beta,
-                    ritz, work):
+def top_eigenvalues(X, y, Wt, a, spec, start, start_a, out, Q, QA, HV, HB, Vt, HVt, block, alpha, beta, ritz,
+                    work, cache):
     """out[:k] = the k largest Hessian eigenvalues at (W, a) by Lanczos from the direction (start, start_a)
     (replaced by the new top Ritz vector, the next call's start). Q (J + 1, m, d), QA (J + 1, m): the
     Lanczos basis; alpha, beta (J + 1,), ritz (k,), work (2, J + 1) float64; HV, HB, Vt, HVt with one row,
-    z, p, q, r, dz, g: the scratch of hessian_products."""
+    block: the scratch of the Hessian-vector products (tangent.hessian_products); cache = (P, Q, AQ, AR,
+    coef) with at least X's rows: tangent.curvature_cache's, filled here once for every product of the
+    measurement."""
     J = Q.shape[0] - 1
     m, d = Q.shape[1], Q.shape[2]
     k = out.size
@@ -114,15 +119,18 @@ def top_eigenvalues(X, y, Wt, a, spec, start, start_a, out, Q, QA, HV, HB, Vt, H
     steps = 0
     for i in range(k):
         ritz[i] = math.nan
+    n = X.shape[0]
+    P, Qc, AQ, AR, coef = cache[0][:n], cache[1][:n], cache[2][:n], cache[3][:n], cache[4][:n]
+    curvature_cache(X, y, Wt, a, spec, block, P, Qc, AQ, AR, coef)
     for j in range(J):
-        hessian_products(X, y, Wt, a, spec, Q[j:j + 1], QA[j:j + 1], HV, HB, Vt, HVt, z, p, q, r, dz, g)
+        cached_hessian_products(X, spec, P, Qc, AQ, AR, coef, Q[j:j + 1], QA[j:j + 1], HV, HB, Vt, HVt, block)
         dot = 0.0
         for jj in range(m):
             for kk in range(d):
                 dot += HV[0, jj, kk] * Q[j, jj, kk]
             dot += HB[0, jj] * QA[j, jj]
         alpha[j] = dot
-        for sweep in range(2):  # full re-orthogonalisation, twice
+        for sweep in range(REORTHOGONALISE):  # full re-orthogonalisation
             for i in range(j + 1):
                 dot = 0.0
                 for jj in range(m):

@@ -30,7 +30,7 @@ from .compiler import subroutine
 from .formulas import activate_row, log_loss_row, loss_row
 from .intrinsics import dot_lanes, flat, fma, like
 from .sharpness import top_eigenvalues
-from .tangent import propagate
+from .tangent import member_block
 from .tiles import (BACKWARD_GROUP, TILE_ROWS, WAITING_MAX_M, WAITING_SAMPLES, WIDE_MIN_D, WIDE_ROWS, backward_rows,
                     forward_rows)
 
@@ -332,10 +332,11 @@ def blank_weights(trace, c, slot):
 
 @subroutine(types.boolean)
 def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace, neuron, n_test, test_stats,
-             batch, us, directions, X, y, tangent_scratch, X_curvature, y_curvature, curvature_scratch, rows):
-    """After the pass over the samples at step t: divergence test, records, the tangent vectors (Lyapunov
-    exponents, when the batch has any), update. False if the run stops here: a risk or gradient that is
-    not finite (nothing recorded), or a risk or weight norm above the spec's bounds (recorded, then
+             batch, us, directions, tangent_scratch, X_curvature, y_curvature, curvature_scratch, rows):
+    """After the pass over the samples at step t: divergence test, records, the sharpness, the stepsize, update
+    (with tangent vectors, the Lyapunov exponents', the stepsize goes to tangent_scratch's eta instead and
+    the team updates after the tangent map). False if the run stops here: a risk or gradient that is not
+    finite (nothing recorded), or a risk or weight norm above the spec's bounds (recorded, then
     stopped)."""
     train_outer, f32 = spec.train_outer, spec.f32
     diverged = batch.diverged
@@ -360,11 +361,10 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
     if curvature_scratch is not None:
         sharpness_slot = record_slot(t, schedule.steps, schedule.sharpness_every)
         if sharpness_slot >= 0:
-            Q, QA, HV, HB, Vt, HVt, alpha, beta, ritz, work = curvature_scratch
-            z, p, q, r, dz, g = rows
+            Q, QA, HV, HB, Vt, HVt, alpha, beta, ritz, work, cache = curvature_scratch
             top_eigenvalues(X_curvature, y_curvature, Wt, a_step, spec, batch.sharpness_start[c],
                             batch.sharpness_start_a[c], trace.sharpness[c, sharpness_slot], Q, QA, HV, HB, Vt, HVt,
-                            z, p, q, r, dz, g, alpha, beta, ritz, work)
+                            member_block(rows, 0), alpha, beta, ritz, work, cache)
             batch.sharpness_last[c] = trace.sharpness[c, sharpness_slot, 0]
     params = batch.rule_params
     eta = narrow(stepsize_at(batch.rules[c], params[c, 0], params[c, 1], params[c, 2], t, schedule.steps, risk,
@@ -383,11 +383,9 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
         return False
     if t < schedule.steps:
         if tangent_scratch is not None:
-            HV, HB, Vt, HVt = tangent_scratch
-            z, p, q, r, dz, g = rows
-            propagate(c, X, y, Wt, a_step, spec, eta, batch.tangents, batch.tangents_a, batch.log_growth, HV, HB,
-                      Vt, HVt, z, p, q, r, dz, g)
-        update(Wt, a, grad, grad_a, eta, train_outer, f32)
+            tangent_scratch[5][0] = eta
+        else:
+            update(Wt, a, grad, grad_a, eta, train_outer, f32)
     return True
 
 

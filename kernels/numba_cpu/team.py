@@ -24,7 +24,8 @@ from numba import types
 from .compiler import kernel, subroutine
 from .formulas import KNOWN, unknown_code
 from .intrinsics import atomic_add, atomic_load, atomic_store, sched_yield, spin_pause
-from .step import record_slot, reduce_blocks, sample_block, step_end, store_weights
+from .step import record_slot, reduce_blocks, sample_block, step_end, store_weights, update
+from .tangent import hessian_part, member_block, propagate
 from .tiles import blas_backward, blas_forward
 
 
@@ -118,10 +119,13 @@ class Buffers(NamedTuple):
     waiting for the gradient, grads (d, m) and grads_a (m,) partial gradients; float64: neurons_part (m,)
     per member, stats (2 team, 3) per member's training and held-out blocks; grad, grad_a, neuron and
     total (2, 3) the sums; us (n,) float64 the samples' loss arguments at record steps; tangent, the scratch
-    of the tangent map (HV (k, m, d), HB (k, m), Vt and HVt (k, d, m) float64); curvature, that of the
-    sharpness's Lanczos (sharpness.top_eigenvalues: Q (J + 1, m, d), QA (J + 1, m), one-row HV, HB, Vt, HVt,
-    alpha, beta (J + 1,), ritz (k,), work (2, J + 1)); rows, the rows both share (z (1, m), p, q, r (m,) in
-    the run's dtype, dz and g (m,) float64). BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m). The fused loops' zs is
+    of the tangent map (HV (k, m, d), HB (k, m), per member Vt, HVt (team, k, d, m) and HB (team, k, m), and
+    eta (1,): the step's stepsize, float64); curvature, that of the sharpness's Lanczos
+    (sharpness.top_eigenvalues: Q (J + 1, m, d), QA (J + 1, m), one-row HV, HB, Vt, HVt, alpha, beta
+    (J + 1,), ritz (k,), work (2, J + 1), and the curvature of the samples it is measured on: P, Q (rows, m)
+    in the run's dtype, AQ, AR (rows, m) and coef (rows, 2) float64); rows, per member the scratch of a
+    block of samples of the Hessian-vector products (tangent.hessian_part's `block`, each array with a
+    leading axis of members). BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m). The fused loops' zs is
     None with BLAS, and Z, Z_test and grads_blas None without: a branch on None is pruned at compile time,
     so each product mode is a kernel of its own without the other's code.
     """
@@ -172,6 +176,26 @@ def barrier(sync, team):
             spins += 1
         else:
             sched_yield()
+
+
+@subroutine(types.void)
+def tangent_map(team, c, X, y, spec, batch, Wt, a, a_step, grad, grad_a, i0, i1, tangent_scratch, rows):
+    """The tangent map of configuration c (Lyapunov exponents) at W_t, the step's update held back for it
+    (step_end left eta in tangent_scratch): each member adds its samples' part (i0 .. i1 - 1) of the
+    Hessian-vector products, member 0 sums the parts, moves the tangent vectors and steps. Nothing when
+    tangent_scratch is None (pruned at compile time: a run without tangents has none of this code)."""
+    if tangent_scratch is not None:
+        member, size, sync = team[0], team[1], team[2]
+        HV, HB, Vts, HVts, HBs, eta = tangent_scratch
+        hessian_part(X, y, Wt, a_step, spec, batch.tangents[c], batch.tangents_a[c], i0, i1, Vts[member],
+                     HVts[member], HBs[member], member_block(rows, member))
+        barrier(sync, size)
+        if member == 0:
+            propagate(c, spec, eta[0], batch.tangents, batch.tangents_a, batch.log_growth, HV, HB, HVts, HBs, size)
+            update(Wt, a, grad, grad_a, eta[0], spec.train_outer, spec.f32)
+            for j in range(a.size):
+                a_step[j] = a[j]
+        barrier(sync, size)
 
 
 @kernel
@@ -240,12 +264,16 @@ def run_team(team, data, batch, trace, spec, schedule, buffers):
                 reduce_blocks(size, test, b.grads, b.grads_a, b.neurons_part, b.stats, b.grad, b.grad_a, b.neuron,
                               b.total, b.grads_blas)
                 go[0] = step_end(c, t, schedule, spec, n, b.total[0], b.grad, b.grad_a, b.Wt, b.a, b.a_step, trace,
-                                 b.neuron, n_test, b.total[1], batch, b.us, directions, X, y, b.tangent,
-                                 X_curvature, y_curvature, b.curvature, b.rows)
-                for j in range(m):
-                    b.a_step[j] = b.a[j]
+                                 b.neuron, n_test, b.total[1], batch, b.us, directions, b.tangent, X_curvature,
+                                 y_curvature, b.curvature, b.rows)
+                if b.tangent is None:  # else a_step is still the step's: the tangent map below reads it
+                    for j in range(m):
+                        b.a_step[j] = b.a[j]
             barrier(sync, size)
             if not go[0]:
                 break
+            if t < schedule.steps:
+                tangent_map(team, c, X, y, spec, batch, b.Wt, b.a, b.a_step, b.grad, b.grad_a, i0, i1, b.tangent,
+                            b.rows)
         if member == 0:
             store_weights(batch.W, batch.A, c, b.Wt, b.a)
