@@ -13,6 +13,7 @@ Importing lgd loads numpy only: numba and cupy are imported when a backend first
 
 from . import activations, analysis, data, hessian, losses, stepsize
 from .backends import BackendUnavailable
+from .checkpoint import resume
 from .driver import gd, sweep
 from .models import Linear, TwoLayerNet, init_grid
 from .options import Compute, Divergence, Record
@@ -30,6 +31,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'lgd' has no attribute {name!r}")
 
 
-__all__ = ["gd", "sweep", "Record", "Compute", "Divergence", "init_grid", "TwoLayerNet", "Linear", "Run", "Sweep",
-           "Phase", "load", "BackendUnavailable", "activations", "losses", "data", "analysis", "hessian", "stepsize",
-           "dynamics", "__version__"]
+__all__ = ["gd", "sweep", "resume", "Record", "Compute", "Divergence", "init_grid", "TwoLayerNet", "Linear", "Run",
+           "Sweep", "Phase", "load", "BackendUnavailable", "activations", "losses", "data", "analysis", "hessian",
+           "stepsize", "dynamics", "__version__"]

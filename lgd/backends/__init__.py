@@ -15,8 +15,12 @@ Every runner keeps one protocol:
   stops there: ``state.diverged[c] = t`` and its weights stay W_t. When it returns, ``state`` holds
   the weights and divergence flags after t_stop - 1 (the driver may pause there, e.g. for the
   sharpness);
+- ``sync()`` makes the records written so far complete on the host, between chunks (a device runner
+  copies them back; a host runner has nothing to do): the driver calls it before a checkpoint;
 - ``finish()`` makes ``trace`` complete on the host (a device runner copies it back; also after an
   interruption).
+
+``start`` keeps what ``trace`` already holds: a resumed run's records of its earlier steps.
 
 Record steps are t = 0, k, 2k, ... and T (:func:`record_steps`), written to slot :func:`record_slot`
 of every field of :class:`Trace`. That rule, the trace's fields and the stepsize cast

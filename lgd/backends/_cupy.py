@@ -1,7 +1,8 @@
 """The cupy backend: whole GD runs on an NVIDIA GPU, one launch of ``lgd_run`` (kernels/cuda/lgd.cu) per chunk.
 
 Data and the batch are copied to the device once, in :meth:`Runner.start` (cupy inputs are used where they
-are); the traces stay there until :meth:`Runner.finish`. After each chunk the host reads back the divergence
+are); the traces stay there until :meth:`Runner.finish` (or :meth:`Runner.sync`, which copies them for a
+checkpoint). After each chunk the host reads back the divergence
 flags and the fault flag, and the weights (the protocol of :mod:`lgd.backends`: the driver may pause
 between chunks and measure W_t). :class:`Runner` is written against an engine (``lgd.kernels.cuda_run``):
 the same class runs the host build of the kernel in CI (``lgd.backends._cuda_host``).
@@ -121,6 +122,7 @@ class Runner:
                                                                     self.glue.LYAPUNOV_FIELD)},
             directions=self.directions,
             tangents=tuple(xp.array(array, dtype=np.float64, order="C") for array in state.tangent_arrays()))
+        self._trace_to_device()
 
     def advance(self, t_start: int, t_stop: int):
         p, run, to_host = self.problem, self.run, self.glue.to_host
@@ -140,18 +142,32 @@ class Runner:
             state.tangents_a[...] = to_host(run.tangents_a)
             state.log_growth[...] = to_host(run.log_growth)
 
+    def _device_traces(self):
+        """(host field, device array) of every record the kernel writes, by name."""
+        run = self.run
+        pairs = [(getattr(self.trace, name), run.trace[index]) for index, name in enumerate(self.glue.KERNEL_FIELDS)]
+        pairs.append((self.trace.neuron_margins, run.trace_neuron))
+        pairs += [(getattr(self.trace, name), values)
+                  for name, values in (*run.trajectories.items(), (self.glue.LYAPUNOV_FIELD, run.lyapunov))]
+        return [(host, device) for host, device in pairs if device.size]
+
+    def _trace_to_device(self):
+        """The device records start as the host trace's, so that those of a resumed run's earlier steps
+        come back from :meth:`finish` as they were (the kernel writes only the steps it runs)."""
+        for host, device in self._device_traces():
+            device[...] = self.engine.xp.asarray(host)
+
+    def sync(self):
+        """Copy the records written so far to the host trace (a checkpoint saves them between chunks)."""
+        if self.run is None:
+            return
+        for host, device in self._device_traces():
+            host[...] = self.glue.to_host(device)
+
     def finish(self):
         """Copy the traces (the fields the kernel writes, by name) and the iterates back to the host."""
-        run, to_host = self.run, self.glue.to_host
-        if run is None:
+        if self.run is None:
             return
-        trace = to_host(run.trace)
-        for index, name in enumerate(self.glue.KERNEL_FIELDS):
-            getattr(self.trace, name)[...] = trace[index]
-        if self.trace.neuron_margins.shape[1]:
-            self.trace.neuron_margins[...] = to_host(run.trace_neuron)
-        for name, values in (*run.trajectories.items(), (self.glue.LYAPUNOV_FIELD, run.lyapunov)):
-            if values.size:
-                getattr(self.trace, name)[...] = to_host(values)
+        self.sync()
         self._iterates_to_host()
-        self.state.diverged[...] = to_host(run.diverged)
+        self.state.diverged[...] = self.glue.to_host(self.run.diverged)

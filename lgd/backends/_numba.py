@@ -9,7 +9,9 @@ nogil, called from Python threads):
   each on its block of samples, meeting at a spinning barrier twice a step and never leaving
   compiled code during a chunk (:meth:`Runner.team_size`, :data:`TEAM_WORK`);
 - otherwise (sweeps) each thread runs a team of one, taking the configurations one at a time from a
-  queue the threads share.
+  queue the threads share;
+- the team size is decided every :data:`TEAM_PERIOD` steps from the configurations live then, so the
+  bits of a run do not depend on where the driver's chunks end (nor on where a resumed run stopped).
 
 The two products of a step run in the fused loops, or, for problems with d >= :data:`BLAS_MIN_D` and
 at least :data:`BLAS_WORK`, as BLAS calls on each thread's block of samples, BLAS held to one thread
@@ -47,6 +49,12 @@ TEAM_WORK = 1 << 11
 LANCZOS_ITERATIONS = 60
 # Seconds a runner waits for its kernel before it says that it is compiling (a cache load is faster).
 COMPILE_NOTICE_S = 1.0
+# Steps of a team period: the team size of the steps [k P, (k + 1) P) follows from the configurations live
+# at step k P, read off the divergence flags, never from where a chunk starts. A team of another size sums
+# the samples' gradients in other blocks (other roundings), so a decision at each chunk would make the
+# bits of a run depend on the chunks, which follow the clock (and a resumed run on where it stopped). A
+# sweep whose runs diverge takes the larger team of its few survivors within P steps.
+TEAM_PERIOD = 1024
 
 
 def available() -> tuple[bool, str]:
@@ -106,8 +114,18 @@ class Runner:
                                           state.rule_params, *state.curvature_arrays())
 
     def advance(self, t_start: int, t_stop: int):
-        live = np.flatnonzero(self.state.diverged < 0)
-        self._chunk(self._batch, self.trace, live, t_start, t_stop)
+        diverged, m = self.state.diverged, self.state.W.shape[1]
+        t = t_start
+        while t < t_stop:
+            period = t - t % TEAM_PERIOD
+            team = self.team_size(int(np.count_nonzero((diverged < 0) | (diverged >= period))), m)
+            # A team of one can become a larger one at the next period; a larger one stays as it is.
+            stop = t_stop if team > 1 or self.team_size(1, m) == 1 else min(t_stop, period + TEAM_PERIOD)
+            self._chunk(self._batch, self.trace, np.flatnonzero(diverged < 0), t, stop, team)
+            t = stop
+
+    def sync(self):
+        """Nothing to copy: the kernels write the trace in place."""
 
     def finish(self):
         """Nothing to copy: the kernels wrote the trace in place."""
@@ -152,19 +170,19 @@ class Runner:
             measuring = self.problem.sharpness_every > 0  # the variant with the sharpness's Lanczos
             trace = Trace.empty(1, 1, m, True, dim=d, dtype=dtype, sharpness_records=int(measuring),
                                 sharpness_k=int(measuring))
-            self._chunk(batch, trace, np.zeros(1, dtype=np.intp), 0, 0)
+            self._chunk(batch, trace, np.zeros(1, dtype=np.intp), 0, 0, self.team_size(1, m))
         finally:
             notice.cancel()
             if collecting:
                 gc.enable()
 
-    def _chunk(self, batch, trace: Trace, live, t_start: int, t_stop: int):
-        """Evaluations [t_start, t_stop) of the configurations `live` (t_start == t_stop: compile only)."""
+    def _chunk(self, batch, trace: Trace, live, t_start: int, t_stop: int, team: int):
+        """Evaluations [t_start, t_stop) of the configurations `live`, `team` threads per configuration
+        (t_start == t_stop: compile only)."""
         schedule = self._kernels.Schedule(t_start, t_stop, self.steps, self.record_every,
                                           max(1, self.problem.weights_every), max(1, self.problem.sharpness_every))
         m = batch.W.shape[1]
         blas = self._use_blas(m)
-        team = self.team_size(len(live), m)
         if blas and team > 1 and self._data.X.shape[1] >= BLAS_BOUND_D:
             # A single run whose products are nearly all of the work: rather than a team with one BLAS
             # thread each, one thread runs the step and BLAS spreads each product over all the cores.
@@ -211,7 +229,7 @@ class Runner:
         measuring = trace.sharpness.shape[1] > 0
         scratch = buffers(kernels, team, m, d, len(self._data.X), len(self._data.X_test), self.problem.dtype, blas,
                           batch.tangents.shape[1], LANCZOS_ITERATIONS if measuring else 0,
-                          trace.sharpness.shape[2] if measuring else 0)
+                          trace.sharpness.shape[2] if measuring else 0, len(self._data.X_curvature))
         sync = np.zeros(2, dtype=np.int64)
         go = np.zeros(2, dtype=np.int64)  # the step's verdict (not diverged), the configuration's index
         if queue is None:
@@ -247,14 +265,16 @@ def _check_codes(problem: Problem, kernels):
 
 
 def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas: bool, tangents: int = 0,
-            lanczos: int = 0, eigenvalues: int = 0):
+            lanczos: int = 0, eigenvalues: int = 0, curvature_rows: int = 0):
     """The scratch of one run_team call by a team of `team` (kernels.Buffers documents each buffer).
 
     What a member writes at every sample is in _own_rows, apart from the other members' rows. With BLAS
     the fused loops' tile rows are None, without it the BLAS buffers: each mode's kernel is compiled
     without the other's code. `tangents`: the Lyapunov tangent vectors; `lanczos`, `eigenvalues`: the
-    Lanczos iterations and eigenvalues of a sharpness measurement; without them (0) their scratch is None
-    too, and the kernel is compiled without their code (a variant of its own, compiled on first use)."""
+    Lanczos iterations and eigenvalues of a sharpness measurement, `curvature_rows` the samples it is
+    measured on (each sample's curvature is kept for the measurement: 4 m values); without them (0) their
+    scratch is None too, and the kernel is compiled without their code (a variant of its own, compiled on
+    first use)."""
     empty = np.empty
     if blas:
         products = dict(Z=empty((n, m), dtype), Z_test=empty((n_test, m), dtype), grads_blas=empty((team, d, m), dtype))
@@ -269,14 +289,31 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
         grads_a=_own_rows((team, m), dtype), neurons_part=_own_rows((team, m), np.float64),
         stats=_own_rows((2 * team, 3), np.float64), grad=empty((d, m)), grad_a=empty(m), neuron=empty(m),
         total=empty((2, 3)), us=empty(n),
-        tangent=(empty((tangents, m, d)), empty((tangents, m)), empty((tangents, d, m)), empty((tangents, d, m)))
-        if tangents else None,
+        tangent=(empty((tangents, m, d)), empty((tangents, m)), empty((team, tangents, d, m)),
+                 empty((team, tangents, d, m)), empty((team, tangents, m)), empty(1)) if tangents else None,
         curvature=(empty((lanczos + 1, m, d)), empty((lanczos + 1, m)), empty((1, m, d)), empty((1, m)),
                    empty((1, d, m)), empty((1, d, m)), empty(lanczos + 1), empty(lanczos + 1), empty(eigenvalues),
-                   empty((2, lanczos + 1))) if lanczos else None,
-        rows=(empty((1, m), dtype), empty(m, dtype), empty(m, dtype), empty(m, dtype), empty(m), empty(m))
-        if tangents or lanczos else None,
+                   empty((2, lanczos + 1)),
+                   (empty((curvature_rows, m), dtype), empty((curvature_rows, m), dtype),
+                    empty((curvature_rows, m)), empty((curvature_rows, m)), empty((curvature_rows, 2))))
+        if lanczos else None,
+        rows=_hvp_block(team, kernels.HVP_BLOCK, m, d, dtype) if tangents or lanczos else None,
         **products)
+
+
+def _hvp_block(team: int, block: int, m: int, d: int, dtype) -> tuple:
+    """Each member's scratch of a block of samples in the Hessian-vector products (numba_cpu.tangent.hessian_part's
+    `block`, every array with a leading axis of members). The tiles read each array's row length, so the
+    members are kept a cache line apart by spare rows after each member's block, not by longer rows."""
+
+    def rows(width: int, kind=dtype) -> np.ndarray:
+        spare = -(-CACHE_LINE // (width * np.dtype(kind).itemsize))
+        return np.empty((team, block + spare, width), dtype=kind)
+
+    order = np.empty((team, block + CACHE_LINE // 8), dtype=np.int64)
+    order[...] = np.arange(order.shape[1])
+    return (rows(m), rows(m), rows(m), rows(m), rows(m, np.float64), rows(m, np.float64), rows(2, np.float64),
+            rows(d, np.float64), rows(m, np.float64), rows(m, np.float64), order)
 
 
 CACHE_LINE = 64
