@@ -12,6 +12,8 @@ EXTRAS = {
     "data": ["scikit-learn>=1.3"],
     "progress": ["tqdm>=4.60"],
     "analysis": ["scipy>=1.10"],
+    # Sweeps over a Dask cluster, results as xarray datasets streamed into zarr stores (lgd.distributed).
+    "distributed": ["dask[distributed]>=2024.1", "xarray>=2024.1", "zarr>=2.18"],
     "bench": ["pytest-benchmark>=4", "torch==2.13.0", "jax>=0.4.30", "threadpoolctl>=3"],
     # NVRTC and the CUDA headers from PyPI compile the CUDA sources without a GPU. Pinned to the 13.0
     # line: newer NVRTC emits PTX that the lent GPU machines' driver (CUDA 13.0) rejects.
@@ -19,7 +21,8 @@ EXTRAS = {
               "nvidia-cuda-cccl==13.0.*"],
 }
 EXTRAS["test"] = ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "pandas>=1.5", *EXTRAS["nvrtc"]]
-EXTRAS["all"] = sorted({req for name in ("numba", "plot", "data", "progress", "analysis") for req in EXTRAS[name]})
+EXTRAS["all"] = sorted({req for name in ("numba", "plot", "data", "progress", "analysis", "distributed")
+                       for req in EXTRAS[name]})
 
 setup(
     name="lgd",

@@ -1,4 +1,5 @@
-"""The ``lgd`` command line: ``lgd run`` (the main job) and ``lgd info``.
+"""The ``lgd`` command line: ``lgd run`` (the main job), ``lgd sweep`` (a grid, here or on a Dask cluster)
+and ``lgd info``.
 
 ``lgd run`` with no arguments runs GD on the embedded XOR data (leaky softplus c = 0.5, mean-field
 two-layer net, logistic loss) at one small and two large stepsizes, prints a table of the phases,
@@ -10,6 +11,7 @@ interrupted while GD runs first writes what it has.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import math
@@ -35,6 +37,47 @@ def _stepsizes(text: str) -> list:
     if bad:
         raise argparse.ArgumentTypeError(f"stepsizes must be positive and finite, got {bad}")
     return values
+
+
+def _grid_stepsizes(text: str) -> list:
+    """``A:B:N`` (N stepsizes log-spaced from A to B) or a comma-separated list."""
+    if text.count(":") == 2:
+        low, high, count = text.split(":")
+        try:
+            low, high, count = float(low), float(high), int(count)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"stepsizes A:B:N needs two numbers and a count, got {text!r}") from None
+        if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high) or count < 1:
+            raise argparse.ArgumentTypeError(f"stepsizes A:B:N needs 0 < A <= B (finite) and N >= 1, got {text!r}")
+        return np.logspace(math.log10(low), math.log10(high), count).tolist()
+    return _stepsizes(text)
+
+
+def _integers(text: str, name: str, low: int) -> list:
+    """A comma-separated list of integers >= low, or a range A:B (A, A + 1, ..., B - 1)."""
+    try:
+        if ":" in text:
+            first, stop = (int(v) for v in text.split(":"))
+            values = list(range(first, stop))
+        else:
+            values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name} must be comma-separated integers or a range A:B, got {text!r}") \
+            from None
+    if not values or min(values) < low or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{name} must be distinct integers >= {low}, at least one, got {text!r}")
+    return values
+
+
+def _names(text: str) -> list:
+    from .data import NAMES
+
+    names = [v for v in text.replace(" ", "").split(",") if v]
+    embedded = [name for name in NAMES if name not in ("mnist", "cifar10")]
+    bad = [name for name in names if name not in embedded]
+    if not names or bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"--dataset takes distinct names among {', '.join(embedded)}, got {text!r}")
+    return names
 
 
 def _scaling(text: str):
@@ -82,10 +125,148 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: when stderr is a terminal)")
 
+    _configure_sweep(commands.add_parser(
+        "sweep", help="a grid of stepsizes, seeds, widths and datasets, here or on a Dask cluster",
+        description="Run GD over a grid (stepsizes x seeds for every dataset and width), in this process, on a "
+                    "local Dask cluster (--workers) or an existing one (--scheduler); write the dataset, a JSON "
+                    "summary and a figure of the final risk against the stepsize."))
     commands.add_parser("info", help="versions and which backends can run here")
     for name, (module, help_text) in PLUGGED_COMMANDS.items():
         importlib.import_module(module).configure(commands.add_parser(name, help=help_text, description=help_text))
     return parser
+
+
+def _configure_sweep(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("grid")
+    data.add_argument("--dataset", type=_names, default=["xor"],
+                      help="comma-separated embedded datasets: xor, fig4, wu_toy, separable, digits (default: xor)")
+    data.add_argument("--n", type=int, default=None, help="training points per dataset (its default if omitted)")
+    data.add_argument("--widths", type=lambda text: _integers(text, "widths", 1), default=[20],
+                      help="comma-separated widths (default: 20)")
+    data.add_argument("--stepsizes", type=_grid_stepsizes, default=np.logspace(-1, 3, 16).tolist(),
+                      help="A:B:N for N log-spaced stepsizes from A to B, or a comma-separated list (default: 1e-1:1e3:16)")
+    data.add_argument("--seeds", type=lambda text: _integers(text, "seeds", 0), default=[0],
+                      help="comma-separated seeds or a range A:B (default: 0)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--activation", default="leaky_softplus(0.5)",
+                       help="leaky_softplus(c), softplus, relu, leaky_relu(c), gelu, silu, tanh, identity")
+    model.add_argument("--scaling", type=_scaling, default="mean_field", help="mean_field, ntk or a number")
+    model.add_argument("--outer", choices=("alternating", "random"), default="alternating")
+    model.add_argument("--train-outer", action="store_true", help="train the outer weights too")
+    gd = parser.add_argument_group("gradient descent")
+    gd.add_argument("--loss", default="logistic",
+                    help="logistic, exponential, flattened_exponential(a), flattened_polynomial(a), squared")
+    gd.add_argument("--steps", type=int, default=2000)
+    gd.add_argument("--init", choices=("normal", "zeros"), default="normal")
+    gd.add_argument("--init-scale", type=float, default=1.0)
+    gd.add_argument("--record-every", type=int, default=10)
+    gd.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "cupy"))
+    gd.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    where = parser.add_argument_group("where it runs (default: in this process)")
+    cluster = where.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", type=int, default=None,
+                         help="start a local Dask cluster of N worker processes (one thread each)")
+    cluster.add_argument("--scheduler", default=None, help="the address of a running Dask scheduler (tcp://host:8786)")
+    where.add_argument("--batch-size", type=int, default=None, help="configurations per batch (default: about 4 "
+                                                                      "batches per worker thread)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", default="lgd-sweep", help="output folder (default: %(default)s)")
+    out.add_argument("--zarr", "--checkpoint", dest="store", default=None,
+                     help="a zarr store each batch is written into as it finishes; run the command again with it to "
+                          "skip the batches that finished")
+    out.add_argument("--format", choices=("zarr", "netcdf"), default="zarr",
+                     help="the dataset in the output folder: grid.zarr or grid.nc (default: zarr)")
+    out.add_argument("--no-plot", action="store_true", help="skip the figure")
+    out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar (default: when stderr is a terminal)")
+
+
+def _sweep(args) -> int:
+    import lgd
+    from ._json import to_json
+    from . import distributed
+
+    try:
+        for name in ("steps", "record_every", "workers", "batch_size", "n"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        out = output_folder(args.out)
+        datasets = {}
+        for name in args.dataset:
+            kwargs = {} if args.n is None else {"n": args.n}
+            if name == "xor" and args.n is None:
+                kwargs["n"] = 100  # as lgd run
+            datasets[name] = lgd.data.load(name, **kwargs)
+        compute = lgd.Compute(backend=args.backend, dtype=args.dtype, progress=args.progress)
+        header = (f"{', '.join(args.dataset)}; widths {args.widths}; {len(args.stepsizes)} stepsizes "
+                  f"{min(args.stepsizes):g}..{max(args.stepsizes):g}; seeds {args.seeds}; "
+                  f"{lgd.losses.get(args.loss).spec} loss; {args.steps} steps")
+        with _cluster(args) as client:
+            where = "this process" if client is None else f"Dask scheduler {client.scheduler.address}"
+            print(f"{header}; on {where}", flush=True)
+            result = distributed.grid(datasets, args.widths, args.stepsizes, args.steps, args.seeds, loss=args.loss,
+                                      activation=args.activation, scaling=args.scaling, outer=args.outer,
+                                      train_outer=args.train_outer, init=args.init, init_scale=args.init_scale,
+                                      record=lgd.Record(every=args.record_every), compute=compute, client=client,
+                                      batch_size=args.batch_size, store=args.store)
+    except (ValueError, TypeError, ImportError, FileNotFoundError, OSError, lgd.BackendUnavailable) as exc:
+        print(f"lgd sweep: error: {exc}", file=sys.stderr)
+        return 2
+    dataset = result.to_xarray()
+    if args.format == "zarr":
+        path = out / "grid.zarr"
+        dataset.to_zarr(path, mode="w", zarr_format=2, consolidated=True)
+    else:
+        path = out / "grid.nc"
+        dataset.to_netcdf(path)
+    summary = {"header": header, "datasets": list(result.datasets), "widths": list(result.widths),
+               "stepsizes": args.stepsizes, "seeds": args.seeds, "steps": args.steps, "store": args.store,
+               "dataset": str(path), "cells": []}
+    print(f"{'dataset':>10} {'width':>6} {'configs':>8} {'diverged':>9} {'best log10 risk':>16} {'at stepsize':>12}")
+    for (name, width), cell in result:
+        log10_risk = distributed.final_log10_risk(cell)
+        best = int(np.nanargmin(log10_risk)) if np.isfinite(log10_risk).any() else None
+        diverged = int(np.sum(cell.diverged_step >= 0))
+        summary["cells"].append({
+            "dataset": name, "width": width, "configs": len(cell), "diverged": diverged, "seconds": cell.seconds,
+            "steps_per_second": cell.steps_per_second, "backend": cell.meta["backend"],
+            "configurations": [{"stepsize": float(eta), "seed": int(seed), "status": status,
+                                "steps_taken": int(taken), "final_log10_risk": float(risk)}
+                               for eta, seed, status, taken, risk in zip(cell.stepsize, cell.seed, cell.status,
+                                                                         cell.steps_taken, log10_risk)]})
+        print(f"{name:>10} {width:>6} {len(cell):>8} {diverged:>9} "
+              f"{'-' if best is None else f'{log10_risk[best]:.3f}':>16} "
+              f"{'-' if best is None else f'{cell.stepsize[best]:g}':>12}")
+    (out / "summary.json").write_text(to_json(summary) + "\n")
+    written = [str(path), str(out / "summary.json")]
+    if not args.no_plot:
+        try:
+            distributed.save_grid_figure(result, out / "figure.png", title=header)
+            written.append(str(out / "figure.png"))
+        except ImportError as exc:
+            print(f"lgd sweep: no figure: {exc}", file=sys.stderr)
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+@contextlib.contextmanager
+def _cluster(args):
+    """The Dask client of --workers (a LocalCluster of processes, closed afterwards) or --scheduler; None."""
+    if args.workers is None and args.scheduler is None:
+        yield None
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ImportError('--workers and --scheduler need dask.distributed: pip install "lgd[distributed]"') from None
+    if args.scheduler is not None:
+        with Client(args.scheduler, timeout="30s") as client:
+            yield client
+        return
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None) \
+            as cluster, Client(cluster) as client:
+        yield client
 
 
 # Subcommands that live in their own modules: each has configure(parser) and main(args) -> int and
@@ -112,6 +293,8 @@ def _main(argv) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command == "sweep":
+        return _sweep(args)
     if args.command == "info":
         print(info())
         return 0

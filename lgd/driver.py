@@ -1,9 +1,11 @@
 """The GD driver: :func:`gd` (one run) and :func:`sweep` (a grid of stepsizes and seeds).
 
 This is where inputs are checked, initial weights drawn, the backend chosen and the run advanced
-in chunks (for the progress bar, for Ctrl-C and so that a diverging run stops early). The
+in chunks (for the progress bar, for Ctrl-C and so that a diverging run stops early), and where a
+run's checkpoints are written (between chunks and at its end) and read back to resume it. The
 per-step work is entirely the backend's; see :mod:`lgd.backends` for that contract. The option
-objects (what to record, where to compute) and their checks live in :mod:`lgd.options`.
+objects (what to record, where to compute) and their checks live in :mod:`lgd.options`; the
+checkpoint files, their fingerprint and :func:`lgd.resume` in :mod:`lgd.checkpoint`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from numbers import Integral, Real
 import numpy as np
 
 from . import backends as _backends
+from . import checkpoint as _checkpoint
 from . import losses as _losses
 from . import options as _options
 from . import stepsize as _stepsize
@@ -37,7 +40,8 @@ CHUNK_SECONDS = 0.25
 
 
 def gd(X, y, model, loss="logistic", stepsize=1.0, steps=1000, *, init="normal", init_scale=1.0, seed=0,
-       X_test=None, y_test=None, record=1, compute="auto", divergence=1e10, **deprecated) -> Run:
+       X_test=None, y_test=None, record=1, compute="auto", divergence=1e10, checkpoint=None,
+       checkpoint_every=_checkpoint.CHECKPOINT_EVERY, **deprecated) -> Run:
     """Full-batch gradient descent W_{t+1} = W_t - stepsize * grad L(W_t) for ``steps`` steps.
 
     Parameters
@@ -72,6 +76,15 @@ def gd(X, y, model, loss="logistic", stepsize=1.0, steps=1000, *, init="normal",
         When the run counts as diverged and stops (besides a risk or gradient that is not finite): a
         risk above this factor times max(1, risk of the zero predictor), or a weight norm above a bound.
         See :class:`lgd.Divergence`.
+    checkpoint : None | path
+        A file the run's state and records are saved to, atomically, every ``checkpoint_every`` seconds
+        (between chunks) and at its end (also after a Ctrl-C). When the file exists, the call continues
+        from it instead of starting over: the same call (a ValueError names the arguments that differ)
+        gives traces bit-identical to a run never stopped, and ``seconds`` counts every sitting; a
+        finished checkpoint gives its result without running. :func:`lgd.resume` continues it from the
+        file alone. See :mod:`lgd.checkpoint`.
+    checkpoint_every : float > 0
+        Seconds between two checkpoints (60 by default).
     **deprecated
         The keywords these objects replace still work, with a DeprecationWarning: ``record_every``,
         ``neuron_margins``, ``sharpness_every``, ``sharpness_k``, ``sharpness_points`` (fields of
@@ -94,15 +107,16 @@ def gd(X, y, model, loss="logistic", stepsize=1.0, steps=1000, *, init="normal",
     """
     record, compute = _options.resolve(record, compute, deprecated, "gd")
     stepsize = _stepsize.as_rule(stepsize, "stepsize")
-    result = sweep(X, y, model, loss, stepsizes=[stepsize], steps=steps, seeds=(seed,), init=init,
-                   init_scale=init_scale, X_test=X_test, y_test=y_test, record=record, compute=compute,
-                   divergence=divergence)
+    result = _sweep(X, y, model, loss, [stepsize], steps, (seed,), init=init, init_scale=init_scale, inits=None,
+                    outer_inits=None, X_test=X_test, y_test=y_test, record=record, compute=compute,
+                    divergence=divergence, checkpoint=checkpoint, checkpoint_every=checkpoint_every, caller="gd")
     return result[0]
 
 
 def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,), *, init="normal",
           init_scale=1.0, inits=None, outer_inits=None, X_test=None, y_test=None, record=1, compute="auto",
-          divergence=1e10, **deprecated) -> Sweep:
+          divergence=1e10, checkpoint=None, checkpoint_every=_checkpoint.CHECKPOINT_EVERY, client=None,
+          **deprecated) -> Sweep:
     """GD for every (stepsize, seed, starting point) on the same data, in one batched backend call.
 
     Configurations are ordered stepsize-major, then seed, then starting point: with K starting points,
@@ -116,7 +130,8 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
     outer_inits : None | array (K, width)
         The outer weights of each starting point (instead of the model's ``outer``).
 
-    Every trace of the result has a leading configuration axis.
+    Every trace of the result has a leading configuration axis. ``checkpoint`` and ``checkpoint_every``: as
+    in :func:`gd`, for the whole sweep.
 
     >>> import lgd
     >>> X, y = lgd.data.xor(n=40)
@@ -125,7 +140,25 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
     >>> result.risk.shape
     (4, 51)
     """
+    if client is not None:  # batches on a cluster (a dask.distributed.Client): docs/scale-out.md
+        if checkpoint is not None:
+            raise ValueError("checkpoint= is for a sweep in one process; a distributed sweep resumes from its "
+                             "store: lgd.distributed.sweep(..., client=client, store=path)")
+        from . import distributed
+
+        return distributed.sweep(X, y, model, loss, stepsizes, steps, seeds, init=init, init_scale=init_scale,
+                                 inits=inits, outer_inits=outer_inits, X_test=X_test, y_test=y_test, record=record,
+                                 compute=compute, divergence=divergence, client=client, **deprecated)
     record, compute = _options.resolve(record, compute, deprecated, "sweep")
+    return _sweep(X, y, model, loss, stepsizes, steps, seeds, init=init, init_scale=init_scale, inits=inits,
+                  outer_inits=outer_inits, X_test=X_test, y_test=y_test, record=record, compute=compute,
+                  divergence=divergence, checkpoint=checkpoint, checkpoint_every=checkpoint_every, caller="sweep")
+
+
+def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, inits, outer_inits, X_test, y_test,
+           record, compute, divergence, checkpoint, checkpoint_every, caller: str) -> Sweep:
+    """The body of :func:`sweep` (and :func:`gd`, its `caller`, which a checkpoint records for
+    :func:`lgd.resume`), with ``record`` and ``compute`` resolved."""
     divergence = _options.as_divergence(divergence)
     record_every, neuron_margins = record.every, record.neuron_margins
     sharpness_every, sharpness_k, sharpness_points = record.sharpness_every, record.sharpness_k, record.sharpness_points
@@ -133,6 +166,7 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
     if not isinstance(model, TwoLayerNet):
         raise TypeError(f"model must be an lgd.TwoLayerNet or lgd.Linear, got {type(model).__name__}")
     loss = _losses.get(loss)
+    checkpoint, checkpoint_every = _checkpoint.check_target(checkpoint, checkpoint_every)
     dtype = _run_dtype(dtype, X)
     X, y = _check_data(X, y, loss, dtype, "X", "y")
     if (X_test is None) != (y_test is None):
@@ -193,9 +227,22 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
                            sharpness_records=record_steps(until, sharpness_every).size if in_runner else 0,
                            sharpness_k=sharpness_k if in_runner else 0)
 
-    runner = backend.runner(problem, steps, record_every, state.W.shape)  # compiles here, not in the timed loop
+    call = saved = None
+    if checkpoint is not None:  # a checkpoint of another call is refused here, before any work
+        call = _checkpoint.Call.of(X=X, y=y, X_test=X_test, y_test=y_test, model=model, loss=loss, rules=rules,
+                                   steps=steps, seeds=seeds, init=init, init_scale=init_scale, inits=inits,
+                                   outer_inits=outer_inits, record=record, neuron_margins=neuron_margins,
+                                   dtype=dtype, backend=backend.name, divergence=divergence, progress=progress,
+                                   caller=caller)
+        if checkpoint.exists():
+            saved = _checkpoint.read(checkpoint)
+            saved.check(call)
+    finished = saved is not None and saved.finished
+    # Compiles here, not in the timed loop (nothing to run for a finished checkpoint).
+    runner = None if finished else backend.runner(problem, steps, record_every, state.W.shape)
     # The sharpness is measured inside the runner's steps where it can (numpy, numba), else here between chunks.
-    in_runner = sharpness_every is not None and getattr(runner, "measures_sharpness", False)
+    in_runner = sharpness_every is not None and (saved.header["in_runner"] if finished
+                                                 else getattr(runner, "measures_sharpness", False))
     trace = empty_trace(steps)
     sharpness_steps = sharpness = None
     if sharpness_every is not None:
@@ -208,10 +255,28 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
             for c in np.flatnonzero(state.diverged < 0):
                 sharpness[c, slot] = _sharpness(problem, state, c, sharpness_k, sharpness_points)
 
-    reached, seconds, interrupted, paused_seconds = _advance(
-        runner, state, trace, steps, progress,
-        pauses=() if sharpness_steps is None or in_runner else sharpness_steps.tolist(),
-        at_pause=None if sharpness_steps is None or in_runner else measure_sharpness)
+    between_chunks = sharpness if sharpness_every is not None and not in_runner else None
+    start, seconds_before, paused_before, sittings = 0, 0.0, 0.0, 0
+    if saved is not None:
+        saved.restore(state, trace, between_chunks)
+        start, sittings = saved.header["reached"], saved.header["sittings"]
+        seconds_before, paused_before = saved.header["seconds"], saved.header["paused_seconds"]
+    if finished:
+        reached, seconds, interrupted, paused_seconds = start, 0.0, False, 0.0
+    else:
+        writer = None if checkpoint is None else _checkpoint.Writer(
+            checkpoint, checkpoint_every, call, state, trace, between_chunks, in_runner=in_runner,
+            seconds=seconds_before, paused_seconds=paused_before, sittings=sittings)
+        reached, seconds, interrupted, paused_seconds = _advance(
+            runner, state, trace, steps, progress,
+            pauses=() if between_chunks is None else [t for t in sharpness_steps.tolist() if t >= start],
+            at_pause=None if between_chunks is None else measure_sharpness, start=start, checkpoint=writer)
+        if writer is not None:  # before the stop step's record below, which changes no state a resume needs
+            status = (_checkpoint.INTERRUPTED if interrupted else _checkpoint.COMPLETED
+                      if np.any(state.diverged < 0) else _checkpoint.DIVERGED)
+            writer.write(status, reached, seconds, paused_seconds)
+            sittings = writer.sittings
+    seconds, paused_seconds = seconds_before + seconds, paused_before + paused_seconds
     final = None
     if interrupted:
         # The weights are W_reached: record that step too, so that the last record and the weights agree.
@@ -247,6 +312,8 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
             "init": "inits" if inits is not None else init if isinstance(init, str) else "array",
             "init_scale": init_scale, "divergence": {"risk": divergence.risk, "weight_norm": divergence.weight_norm},
             "risk_bound": risk_bound}
+    if checkpoint is not None:
+        meta.update(checkpoint=str(checkpoint), sittings=sittings)
     if sharpness_every is not None:
         meta.update(sharpness_every=sharpness_every, sharpness_points=sharpness_points,
                     sharpness_seconds=None if in_runner else paused_seconds)
@@ -316,18 +383,25 @@ class _HeldInterrupt:
         return False
 
 
-def _advance(runner, state: State, trace: Trace, steps: int, progress, pauses=(), at_pause=None):
-    """Run evaluations 0..steps in chunks (the runner protocol of :mod:`lgd.backends`).
+def _advance(runner, state: State, trace: Trace, steps: int, progress, pauses=(), at_pause=None, start: int = 0,
+             checkpoint=None):
+    """Run evaluations start..steps in chunks (the runner protocol of :mod:`lgd.backends`); the state
+    holds W_start (0, or where a resumed run stopped) and the trace the records before it.
 
     Chunks end at every step t of the sorted ``pauses``, where ``at_pause(t)`` is called before
     evaluation t, so the state then holds W_t; that call is timed apart from the GD steps. A Ctrl-C
     ends the run at the end of the chunk it arrives in (:class:`_HeldInterrupt`), or where it arrives
-    outside a chunk: either way the state then holds W_t for the first evaluation t not run.
-    Returns (that t, GD seconds, interrupted, seconds spent in ``at_pause``).
+    outside a chunk: either way the state then holds W_t for the first evaluation t not run. Between
+    chunks, when ``checkpoint`` (an lgd.checkpoint.Writer) is due, the records are synced to the host
+    and it is written (its time counted in neither figure). Where chunks end changes no bit of the
+    results (the backends' arithmetic does not depend on them). Returns (that t, GD seconds of this
+    call, interrupted, seconds spent in ``at_pause``).
     """
     total = steps + 1
     bar = _progress_bar(progress, total)
-    t, chunk, seconds, paused_seconds = 0, min(total, 16), 0.0, 0.0
+    if bar is not None and start:
+        bar.update(start)
+    t, chunk, seconds, paused_seconds = start, min(total, 16), 0.0, 0.0
     pauses = list(pauses)
     runner.start(state, trace)
     try:
@@ -349,6 +423,9 @@ def _advance(runner, state: State, trace: Trace, steps: int, progress, pauses=()
             t = stop
             if held.pending:
                 raise KeyboardInterrupt
+            if checkpoint is not None and t < total and checkpoint.due():  # the last one is the caller's
+                runner.sync()
+                checkpoint.write(_checkpoint.RUNNING, t, seconds, paused_seconds)
     except KeyboardInterrupt:
         return t, seconds, True, paused_seconds
     finally:

@@ -1,7 +1,11 @@
 """Result objects: :class:`Run` (one GD run), :class:`Sweep` (a batch of them) and :class:`Phase`.
 
 Everything here is host numpy data; saving writes one ``.npz`` file with the traces and a JSON
-header, and :func:`load` reads it back into the same object.
+header, and :func:`load` reads it back into the same object. For results that outgrow one file:
+:meth:`Sweep.to_xarray` (an ``xarray.Dataset`` whose axes are the sweep's stepsize, seed and starting
+point), :meth:`Sweep.to_zarr` and :func:`open_zarr`, and :class:`SweepStore`, the zarr store that
+:func:`lgd.distributed.sweep` writes one batch at a time and resumes from. xarray, zarr and dask are
+imported only inside these (``pip install "lgd[distributed]"``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 
 from . import losses as _losses
 
-__all__ = ["Run", "Sweep", "Phase", "phase_of", "load", "log_risk_trace"]
+__all__ = ["Run", "Sweep", "Phase", "phase_of", "load", "log_risk_trace", "open_zarr", "SweepStore"]
 
 _SCALARS = ("risk", "accuracy", "grad_norm", "weight_norm", "margin", "normalized_margin",
             "test_risk", "test_accuracy")
@@ -325,6 +329,40 @@ class Sweep(_Traces):
         :func:`lgd.load` reads it back under either name."""
         return _save(path, "sweep", self)
 
+    def to_xarray(self, grid: bool = True):
+        """The sweep as an ``xarray.Dataset`` (xarray is imported here: ``pip install "lgd[distributed]"``).
+
+        With ``grid`` (and the configurations a full product, as :func:`lgd.sweep` makes them) the
+        configuration axis is reshaped to the dimensions ``stepsize``, ``seed`` and ``start`` (the starting
+        point, ``init_index``; length 1 without ``inits``), with those coordinates and ``stepsize_rule``
+        along ``stepsize``; otherwise (or for configurations that are not a product) one ``config``
+        dimension carries them as coordinates. The traces have the ``step`` dimension (``trajectory_step``,
+        ``sharpness_step`` for theirs), the weights ``neuron`` and ``feature``; ``status`` (strings),
+        ``diverged_step`` and ``steps_taken`` are per-configuration data variables. ``Sweep.from_xarray``
+        reads it back, bit for bit; the header (``steps``, ``seconds``, ``meta``) is the JSON attribute ``lgd``.
+
+        >>> import lgd
+        >>> X, y = lgd.data.xor(n=20)
+        >>> result = lgd.sweep(X, y, lgd.TwoLayerNet(4), stepsizes=[1.0, 2.0, 4.0], steps=10, seeds=(0, 1),
+        ...                    compute="numpy")
+        >>> ds = result.to_xarray()                                    # doctest: +SKIP
+        >>> ds.risk.dims, ds.risk.shape                                # doctest: +SKIP
+        (('stepsize', 'seed', 'start', 'step'), (3, 2, 1, 11))
+        """
+        return _to_xarray(self, grid)
+
+    @classmethod
+    def from_xarray(cls, dataset) -> "Sweep":
+        """The sweep of a dataset written by :meth:`to_xarray` (either layout; also a store's region)."""
+        return _from_xarray(dataset)
+
+    def to_zarr(self, path, group: str | None = None, mode: str = "w-"):
+        """Write :meth:`to_xarray` to the zarr store ``path`` (in ``group``; ``mode='w'`` overwrites);
+        ``xarray.open_zarr(path)`` and :func:`open_zarr` read it back."""
+        self.to_xarray().to_zarr(os.fspath(path), group=group, mode=mode, zarr_format=ZARR_FORMAT,
+                                 consolidated=True)
+        return path
+
 
 def _steps_taken(status: str, diverged_step: int, step, steps: int) -> int:
     """The GD updates a run took, read off how it ended, for results saved without ``steps_taken``.
@@ -367,6 +405,11 @@ def _npz_name(path):
     return Path(name if name.endswith(".npz") else name + ".npz")
 
 
+def _host(value) -> np.ndarray:
+    """A numpy array of ``value`` (a cupy array is copied from the device)."""
+    return value.get() if type(value).__module__.startswith("cupy") else np.asarray(value)
+
+
 def _save(path, kind: str, result):
     arrays = {}
     header = {"kind": kind, "lgd_format": 1}
@@ -377,7 +420,7 @@ def _save(path, kind: str, result):
         elif value is None:
             header.setdefault("none", []).append(f.name)
         else:
-            arrays[f.name] = value.get() if type(value).__module__.startswith("cupy") else np.asarray(value)
+            arrays[f.name] = _host(value)
     path = _npz_name(path)
     np.savez_compressed(path, header=np.array(json.dumps(header)), **arrays)
     return path
@@ -401,3 +444,242 @@ def load(path):
     cls = Run if kind == "run" else Sweep
     return cls(**values)
 
+
+
+# --- xarray and zarr -------------------------------------------------------------------------------------------
+
+# The dimensions after the configuration axis of each per-configuration field of a Sweep in its xarray form
+# (a Linear model's weights have no neuron axis). Also the order of the data variables.
+_DIMS = {**{name: ("step",) for name in ("risk", "log_risk", "accuracy", "grad_norm", "weight_norm", "margin",
+                                           "normalized_margin", "eta", "test_risk", "test_accuracy")},
+         "neuron_margins": ("step", "neuron"), "lyapunov_sum": ("step", "exponent"),
+         "weights": ("neuron", "feature"), "outer_weights": ("neuron",), "initial_weights": ("neuron", "feature"),
+         "initial_outer_weights": ("neuron",), "trajectory": ("trajectory_step", "neuron", "feature"),
+         "outer_trajectory": ("trajectory_step", "neuron"), "projections": ("trajectory_step", "direction"),
+         "lyapunov": ("exponent",), "sharpness": ("sharpness_step", "eigenvalue"),
+         "status": (), "diverged_step": (), "steps_taken": ()}
+_LINEAR_WEIGHTS = ("weights", "initial_weights", "trajectory")
+# The fields of a Sweep with one entry per configuration (arrays, or lists for status and stepsize_rule):
+# what joining the batches of a sweep concatenates, in configuration order.
+CONFIG_FIELDS = (*_DIMS, "stepsize", "seed", "init_index", "stepsize_rule")
+# The axes a sweep's configurations span, in their order (stepsize-major): lgd.sweep's product.
+GRID_DIMS = ("stepsize", "seed", "start")
+# 'completed', 'diverged', 'interrupted' as fixed-width strings, so that every batch writes into one array.
+STATUS_DTYPE = "<U11"
+# zarr format 2: its fixed-width strings are in the specification (format 3 warns that they are not yet).
+ZARR_FORMAT = 2
+# Elements at most in one zarr chunk (64 MB of float64): the step axis is split where a batch's block is longer.
+CHUNK_ELEMENTS = 1 << 23
+
+
+def _xarray():
+    try:
+        import xarray
+    except ImportError:
+        raise ImportError('xarray results need xarray and zarr: pip install "lgd[distributed]"') from None
+    return xarray
+
+
+def _field_dims(name: str, meta: dict) -> tuple:
+    dims = _DIMS[name]
+    if name in _LINEAR_WEIGHTS and meta.get("model", {}).get("kind") == "Linear":
+        return tuple(dim for dim in dims if dim != "neuron")
+    return dims
+
+
+def grid_shape(sweep) -> tuple | None:
+    """(stepsizes, seeds, starts) when the configurations of ``sweep`` are that product in lgd.sweep's order
+    (stepsize-major, then seed, then starting point), else None."""
+    count = len(sweep)
+    seeds = np.asarray(sweep.seed)
+    order = np.array(list(dict.fromkeys(seeds.tolist())), dtype=seeds.dtype)
+    starts = 1 if sweep.init_index is None else len(set(np.asarray(sweep.init_index).tolist()))
+    if count == 0 or count % (order.size * starts):
+        return None
+    shape = (count // (order.size * starts), order.size, starts)
+    if not np.array_equal(seeds.reshape(shape), np.broadcast_to(order[None, :, None], shape)):
+        return None
+    if sweep.init_index is not None:
+        index = np.asarray(sweep.init_index).reshape(shape)
+        if not np.array_equal(index, np.broadcast_to(index[:1, :1, :], shape)):
+            return None
+    for per_config in (np.asarray(sweep.stepsize),
+                       None if sweep.stepsize_rule is None else np.asarray(sweep.stepsize_rule)):
+        if per_config is not None:
+            blocks = per_config.reshape(shape[0], -1)
+            if not np.array_equal(blocks, np.broadcast_to(blocks[:, :1], blocks.shape)):
+                return None
+    return shape
+
+
+def _to_xarray(sweep, grid: bool):
+    xr = _xarray()
+    shape = grid_shape(sweep) if grid else None
+    count = len(sweep)
+    start = np.zeros(count, np.int64) if sweep.init_index is None else np.asarray(sweep.init_index, np.int64)
+    stepsize, seed = np.asarray(sweep.stepsize, np.float64), np.asarray(sweep.seed, np.int64)
+    rules = None if sweep.stepsize_rule is None else np.array(sweep.stepsize_rule, dtype=str)
+    if shape is not None:
+        lead, per_block = GRID_DIMS, shape[1] * shape[2]
+        coords = {"stepsize": stepsize[::per_block], "seed": seed[:per_block:shape[2]], "start": start[:shape[2]]}
+        if rules is not None:
+            coords["stepsize_rule"] = ("stepsize", rules[::per_block])
+    else:
+        lead, shape = ("config",), (count,)
+        coords = {"config": np.arange(count), "stepsize": ("config", stepsize), "seed": ("config", seed),
+                  "start": ("config", start)}
+        if rules is not None:
+            coords["stepsize_rule"] = ("config", rules)
+    for name in ("step", "trajectory_step", "sharpness_step"):
+        if getattr(sweep, name) is not None:
+            coords[name] = np.asarray(getattr(sweep, name), np.int64)
+    data = {}
+    for name in _DIMS:
+        value = getattr(sweep, name)
+        if value is None:
+            continue
+        value = np.array(value, dtype=STATUS_DTYPE) if name == "status" else _host(value)
+        data[name] = (lead + _field_dims(name, sweep.meta), value.reshape(shape + value.shape[1:]))
+    # Plain json (NaN and Infinity kept) as in the .npz header: only from_xarray reads it, and reads it exactly.
+    header = {"lgd_xarray": 1, "steps": sweep.steps, "seconds": sweep.seconds,
+              "steps_per_second": sweep.steps_per_second, "meta": sweep.meta,
+              "init_index": sweep.init_index is not None, "stepsize_rule": rules is not None}
+    return xr.Dataset(data, coords=coords, attrs={"lgd": json.dumps(header)})
+
+
+def _from_xarray(dataset):
+    header = json.loads(dataset.attrs["lgd"])
+    lead = ("config",) if "config" in dataset.dims else GRID_DIMS
+
+    def per_config(name):
+        variable = dataset[name]
+        values = variable.transpose(*lead, *(d for d in variable.dims if d not in lead)).values
+        return values.reshape((-1,) + values.shape[len(lead):])
+
+    if lead == GRID_DIMS:
+        stepsizes, seeds, starts = (dataset.sizes[dim] for dim in GRID_DIMS)
+        per_block = seeds * starts
+        stepsize = np.repeat(dataset["stepsize"].values, per_block)
+        seed = np.tile(np.repeat(dataset["seed"].values, starts), stepsizes)
+        start = np.tile(dataset["start"].values, stepsizes * seeds)
+        rules = np.repeat(dataset["stepsize_rule"].values, per_block) if header["stepsize_rule"] else None
+    else:
+        stepsize, seed, start = (dataset[name].values for name in ("stepsize", "seed", "start"))
+        rules = dataset["stepsize_rule"].values if header["stepsize_rule"] else None
+    fields = {name: per_config(name) if name in dataset.data_vars else None for name in _DIMS}
+    steps_taken = fields.pop("steps_taken").astype(np.int64)
+    seconds = header["seconds"]
+    if seconds is None:  # a store: the batches' seconds, each recorded as it finished
+        seconds = float(np.sum(dataset["batch_seconds"].values))
+    return Sweep(**fields | {"status": [str(s) for s in fields["status"]]},
+                 step=dataset["step"].values, stepsize=stepsize.astype(np.float64), seed=seed.astype(np.int64),
+                 steps=header["steps"], seconds=seconds, steps_per_second=_rate(int(steps_taken.sum()), seconds),
+                 meta=header["meta"], steps_taken=steps_taken,
+                 init_index=start.astype(np.int64) if header["init_index"] else None,
+                 stepsize_rule=None if rules is None else [str(rule) for rule in rules],
+                 trajectory_step=dataset["trajectory_step"].values if "trajectory_step" in dataset.coords else None,
+                 sharpness_step=dataset["sharpness_step"].values if "sharpness_step" in dataset.coords else None)
+
+
+def open_zarr(path, group: str | None = None) -> Sweep:
+    """The :class:`Sweep` in the zarr store ``path`` (``group``): one written by :meth:`Sweep.to_zarr`, or a
+    :class:`SweepStore` whose batches have all finished (``xarray.open_zarr`` reads either as a Dataset)."""
+    dataset = _xarray().open_zarr(os.fspath(path), group=group)
+    if "batch_finished" in dataset:
+        missing = int(np.count_nonzero(~dataset["batch_finished"].values))
+        if missing:
+            raise ValueError(f"the sweep in {path} is not complete: {missing} of {dataset.sizes['batch']} batches "
+                             "have not finished (run the sweep again with this store to finish them)")
+    return _from_xarray(dataset.load())
+
+
+class SweepStore:
+    """A sweep's zarr store, written one batch at a time as the batches finish (by :func:`lgd.distributed.sweep`).
+
+    The layout is that of :meth:`Sweep.to_xarray` on the whole sweep (dimensions ``stepsize``, ``seed``,
+    ``start``, ``step``, ...), chunked by batch: a batch is a block of the (stepsize, seed, start) grid, and
+    its results go to that region. Besides, per batch: ``batch_finished`` (set after the batch's data are
+    written, so that a store interrupted anywhere says only what is whole) and ``batch_seconds``. The
+    attribute ``lgd_store`` holds the sweep's fingerprint and its batches: a restarted sweep with the same
+    fingerprint reruns only the batches not finished; one with another is refused (it would mix two sweeps).
+    ``xarray.open_zarr(path, group=group)`` reads the store as it is; :func:`open_zarr` reads a finished one.
+    """
+
+    def __init__(self, path, group: str | None = None):
+        self.path, self.group = os.fspath(path), group
+
+    def _open(self):
+        return _xarray().open_zarr(self.path, group=self.group)
+
+    def layout(self) -> dict | None:
+        """The store's fingerprint and batches (``{'fingerprint': ..., 'batches': [...]}``), None when it holds
+        no sweep yet."""
+        try:
+            dataset = self._open()
+        except (FileNotFoundError, KeyError):
+            return None
+        if "lgd_store" not in dataset.attrs:
+            where = self.path + ("" if self.group is None else f" (group {self.group})")
+            raise ValueError(f"{where} is a zarr store but not an lgd sweep's; choose another path")
+        return json.loads(dataset.attrs["lgd_store"])
+
+    def finished(self) -> np.ndarray:
+        """Which batches have finished (bool, one per batch)."""
+        return self._open()["batch_finished"].values.astype(bool)
+
+    def create(self, first, layout: dict, coords: dict) -> None:
+        """Write the store's layout: the data variables of batch ``first`` (a Sweep) over the whole grid,
+        unwritten (no chunk exists until a batch writes it), with the grid's ``coords`` (stepsize, seed,
+        start, stepsize_rule) and ``layout`` (fingerprint, batches as [e0, e1, s0, s1, k0, k1])."""
+        import dask.array
+
+        xr = _xarray()
+        part = first.to_xarray()
+        e0, e1, s0, s1, k0, k1 = layout["batches"][0]
+        block = (e1 - e0, s1 - s0, k1 - k0)
+        full = tuple(len(coords[dim]) for dim in GRID_DIMS)
+        variables = {}
+        for name, variable in part.data_vars.items():
+            trailing = variable.shape[3:]
+            chunks = block + trailing
+            if trailing and math.prod(chunks) > CHUNK_ELEMENTS:
+                rows = max(1, CHUNK_ELEMENTS // (math.prod(block) * math.prod(trailing[1:])))
+                chunks = block + (min(rows, trailing[0]),) + trailing[1:]
+            fill = "" if variable.dtype.kind == "U" else np.nan if variable.dtype.kind == "f" else 0
+            variables[name] = (variable.dims, dask.array.full(full + trailing, fill, dtype=variable.dtype,
+                                                              chunks=chunks))
+        count = len(layout["batches"])
+        variables["batch_finished"] = ("batch", dask.array.zeros(count, dtype=bool, chunks=1))
+        variables["batch_seconds"] = ("batch", dask.array.full(count, np.nan, chunks=1))
+        header = json.loads(part.attrs["lgd"]) | {"seconds": None, "steps_per_second": None}
+        grid = {"stepsize": coords["stepsize"], "seed": coords["seed"], "start": coords["start"]}
+        if "stepsize_rule" in coords:
+            grid["stepsize_rule"] = ("stepsize", np.asarray(coords["stepsize_rule"], dtype=str))
+        template = xr.Dataset(variables, coords=grid | {name: part[name].values for name in part.coords
+                                                        if name not in GRID_DIMS and name != "stepsize_rule"},
+                              attrs={"lgd": json.dumps(header), "lgd_store": json.dumps(layout)})
+        template.to_zarr(self.path, group=self.group, mode="w", compute=False, zarr_format=ZARR_FORMAT,
+                         consolidated=True)
+
+    def write(self, index: int, part) -> None:
+        """Write batch ``index`` (a Sweep) into its region, then mark it finished."""
+        xr = _xarray()
+        e0, e1, s0, s1, k0, k1 = self.layout()["batches"][index]
+        dataset = part.to_xarray()
+        if grid_shape(part) != (e1 - e0, s1 - s0, k1 - k0):
+            raise ValueError(f"batch {index} has {len(part)} configurations, not the block {e1 - e0} x {s1 - s0} x "
+                             f"{k1 - k0} of the store")
+        # The coordinates are the template's: a region write carries only the data.
+        dataset = dataset.drop_vars(list(dataset.coords)).drop_attrs()
+        dataset.to_zarr(self.path, group=self.group,
+                        region={"stepsize": slice(e0, e1), "seed": slice(s0, s1), "start": slice(k0, k1)})
+        done = xr.Dataset({"batch_finished": ("batch", np.array([True])),
+                           "batch_seconds": ("batch", np.array([part.seconds], dtype=np.float64))})
+        done.to_zarr(self.path, group=self.group, region={"batch": slice(index, index + 1)})
+
+    def read(self, index: int) -> Sweep:
+        """Batch ``index`` as a Sweep, read back from the store (bit for bit what was written)."""
+        e0, e1, s0, s1, k0, k1 = self.layout()["batches"][index]
+        region = self._open().isel(stepsize=slice(e0, e1), seed=slice(s0, s1), start=slice(k0, k1),
+                                   batch=slice(index, index + 1))
+        return _from_xarray(region.load())

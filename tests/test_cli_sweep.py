@@ -1,0 +1,83 @@
+"""``lgd sweep`` end to end: a tiny grid on a local Dask cluster of two workers, its dataset, strict JSON summary
+and figure; the resumable store; the flags' errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+import lgd
+from lgd.cli import main
+
+pytest.importorskip("numba")
+pytest.importorskip("distributed")
+xr = pytest.importorskip("xarray")
+pytest.importorskip("zarr")
+
+GRID = ["--dataset", "xor,wu_toy", "--widths", "4,8", "--stepsizes", "1e-1:1e3:5", "--seeds", "0:2", "--steps", "30",
+        "--record-every", "3", "--backend", "numba"]
+
+
+def _strict(text: str):
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_sweep_on_two_workers(tmp_path, capsys):
+    lgd.sweep(*lgd.data.wu_toy(), lgd.TwoLayerNet(4), steps=2, compute="numba")  # the workers load the cached kernel
+    out = tmp_path / "out"
+    assert main(["sweep", *GRID, "--workers", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Dask scheduler" in printed and "wrote" in printed
+    ds = xr.open_zarr(out / "grid.zarr")
+    assert ds["risk"].dims == ("dataset", "width", "stepsize", "seed", "start", "step")
+    np.testing.assert_allclose(ds["stepsize"].values, np.logspace(-1, 3, 5))
+    X, y = lgd.data.xor(n=100)
+    expected = lgd.sweep(X, y, lgd.TwoLayerNet(8, activation="leaky_softplus(0.5)"), stepsizes=np.logspace(-1, 3, 5),
+                         steps=30, seeds=(0, 1), record=3, compute="numba")
+    np.testing.assert_array_equal(ds["risk"].sel(dataset="xor", width=8).values.reshape(10, -1), expected.risk)
+    summary = _strict((out / "summary.json").read_text())
+    assert [(cell["dataset"], cell["width"], cell["configs"]) for cell in summary["cells"]] == [
+        ("xor", 4, 10), ("xor", 8, 10), ("wu_toy", 4, 10), ("wu_toy", 8, 10)]
+    if _has("matplotlib"):
+        assert (out / "figure.png").stat().st_size > 0
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def test_sweep_resumes_from_its_store(tmp_path, capsys):
+    store, out = tmp_path / "store.zarr", tmp_path / "out"
+    arguments = ["sweep", *GRID, "--zarr", str(store), "--batch-size", "2", "--out", str(out), "--no-plot",
+                 "--format", "netcdf"]
+    assert main(arguments) == 0
+    first = xr.open_dataset(out / "grid.nc").load()
+    assert xr.open_zarr(store, group="xor/w4")["batch_finished"].values.all()
+    assert main(arguments) == 0
+    again = xr.open_dataset(out / "grid.nc").load()
+    np.testing.assert_array_equal(again["risk"].values, first["risk"].values)
+    # a grid of other stepsizes into the same store is refused, before any GD
+    assert main(["sweep", *GRID[:4], "--stepsizes", "1,2", "--zarr", str(store), "--out", str(out)]) == 2
+    assert "holds another sweep" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--stepsizes", "10:1:4"], "0 < A <= B"),
+    (["--widths", "0,4"], "widths"),
+    (["--seeds", "1,1"], "seeds"),
+    (["--dataset", "mnist"], "--dataset"),
+])
+def test_sweep_flag_errors(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as stop:
+        main(["sweep", *flags, "--out", str(tmp_path)])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_sweep_value_errors(tmp_path, capsys):
+    assert main(["sweep", "--steps", "0", "--out", str(tmp_path)]) == 2
+    assert "--steps must be >= 1" in capsys.readouterr().err
