@@ -102,11 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = run.add_argument_group("model")
     model.add_argument("--model", choices=("two_layer", "linear"), default="two_layer")
     model.add_argument("--width", type=int, default=20, help="hidden neurons m")
-    model.add_argument("--activation", default="leaky_softplus(0.5)",
-                       help="leaky_softplus(c), softplus, relu, leaky_relu(c), gelu, silu, tanh, identity")
-    model.add_argument("--scaling", type=_scaling, default="mean_field", help="mean_field, ntk or a number")
-    model.add_argument("--outer", choices=("alternating", "random"), default="alternating")
-    model.add_argument("--train-outer", action="store_true", help="train the outer weights too")
+    _network_options(model)
     gd = run.add_argument_group("gradient descent")
     gd.add_argument("--loss", default="logistic",
                     help="logistic, exponential, flattened_exponential(a), flattened_polynomial(a), squared")
@@ -136,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _network_options(model) -> None:
+    """The options of the network that `lgd run` and `lgd sweep` share, into the argument group `model`."""
+    model.add_argument("--activation", default="leaky_softplus(0.5)",
+                       help="leaky_softplus(c), softplus, relu, leaky_relu(c), gelu, silu, tanh, identity")
+    model.add_argument("--scaling", type=_scaling, default="mean_field", help="mean_field, ntk or a number")
+    model.add_argument("--outer", choices=("alternating", "random"), default="alternating")
+    model.add_argument("--train-outer", action="store_true", help="train the outer weights too")
+
+
 def _configure_sweep(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("grid")
     data.add_argument("--dataset", type=_names, default=["xor"],
@@ -148,11 +153,7 @@ def _configure_sweep(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--seeds", type=lambda text: _integers(text, "seeds", 0), default=[0],
                       help="comma-separated seeds or a range A:B (default: 0)")
     model = parser.add_argument_group("model")
-    model.add_argument("--activation", default="leaky_softplus(0.5)",
-                       help="leaky_softplus(c), softplus, relu, leaky_relu(c), gelu, silu, tanh, identity")
-    model.add_argument("--scaling", type=_scaling, default="mean_field", help="mean_field, ntk or a number")
-    model.add_argument("--outer", choices=("alternating", "random"), default="alternating")
-    model.add_argument("--train-outer", action="store_true", help="train the outer weights too")
+    _network_options(model)
     gd = parser.add_argument_group("gradient descent")
     gd.add_argument("--loss", default="logistic",
                     help="logistic, exponential, flattened_exponential(a), flattened_polynomial(a), squared")
