@@ -368,7 +368,11 @@ def _finished(plans: list, pending: list, client, retries: int):
         except ImportError as exc:
             raise _missing_extra(exc) from None
         # The data go to every worker once (a lost worker's replica is one of several); the batches name them.
-        data = {i: client.scatter([plans[i].data], broadcast=True)[0] for i in sorted({i for i, _ in pending})}
+        # Under a key of this call's own (hash=False): with the content's hash as key, two calls on the same
+        # data share it, and the first call's release can drop it under the second's batches ("lost
+        # dependencies": dask/distributed#8576, seen here in CI).
+        data = {i: client.scatter([plans[i].data], broadcast=True, hash=False)[0]
+                for i in sorted({i for i, _ in pending})}
         # Keys of this call's own (a call that stopped early cancels its batches; it must not cancel another's),
         # naming the sweep and the block, so that the dashboard and the logs say what runs.
         call = uuid.uuid4().hex[:8]
