@@ -109,6 +109,20 @@ def test_machine_is_described():
         assert "1.00x and" in describe(machine) and "when the run began" in describe(machine)
 
 
+def test_the_machine_names_its_vector_features_and_the_tiles_width(monkeypatch):
+    machine = describe_machine()
+    features = machine["vector_features"]
+    assert features == sorted(features) and all(f.startswith(("avx", "fma", "amx", "sse4")) for f in features)
+    if Path("/proc/cpuinfo").exists() and "avx2" in Path("/proc/cpuinfo").read_text():
+        assert "avx2" in features
+    if machine.get("tile_bytes"):  # numba is installed
+        from lgd.kernels.numba_cpu import compiler
+
+        assert machine["tile_bytes"] == compiler.VECTOR_BYTES and machine["llvm_cpu"]
+        assert f"{machine['tile_bytes']}-byte tiles" in describe(machine)
+    assert " ".join(features) in describe(machine)
+
+
 def test_fp_sharing_needs_two_threads():
     assert fp_sharing(1) is None
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -35,8 +36,36 @@ def describe_machine() -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = None
     usable = usable_cores()
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "fp_sharing": fp_sharing(usable),
-            "blas": _blas(), "gpu": _gpu(), "os": platform.platform(), "versions": versions}
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "vector_features": vector_features(),
+            **numba_target(), "fp_sharing": fp_sharing(usable), "blas": _blas(), "gpu": _gpu(),
+            "os": platform.platform(), "versions": versions}
+
+
+# The CPU flags that say which vector code a host runs (hosts of one machine kind differ: AVX-512 or not).
+_VECTOR_FLAG = re.compile(r"(avx\w*|fma\w*|amx\w*|sse4_\d)")
+
+
+def vector_features() -> list:
+    """The CPU's vector flags (AVX, AVX-512, FMA, AMX, SSE4), sorted; [] where /proc/cpuinfo is not there."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(flag for flag in line.split(":", 1)[1].split() if _VECTOR_FLAG.fullmatch(flag))
+    except OSError:
+        pass
+    return []
+
+
+def numba_target() -> dict:
+    """What numba compiles lgd's kernels for here: LLVM's name of the CPU and the register tiles' width in
+    bytes (64 with AVX-512, else 32; LGD_VECTOR_BYTES overrides it). Empty without numba."""
+    if importlib.util.find_spec("numba") is None:
+        return {}
+    from llvmlite import binding
+
+    from ..kernels.numba_cpu import compiler
+
+    return {"llvm_cpu": binding.get_host_cpu_name(), "tile_bytes": compiler.VECTOR_BYTES}
 
 
 def usable_cores() -> int:

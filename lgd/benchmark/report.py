@@ -122,8 +122,13 @@ def describe(machine: dict) -> str:
               f"thread's fma throughput, {sharing['latency_speedup']:.2f}x on a latency-bound chain"
               + (f"; {before['throughput_speedup']:.2f}x and {before['latency_speedup']:.2f}x when the run began"
                  if before else "") + ")")
-    return (f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores{fp}, GPU: {machine.get('gpu') or 'none'}; "
-            f"BLAS: {blas or 'unknown'}; {versions}")
+    target = ""
+    if machine.get("vector_features"):
+        target += f" ({' '.join(machine['vector_features'])})"
+    if machine.get("tile_bytes"):
+        target += f", numba target {machine.get('llvm_cpu', '?')} with {machine['tile_bytes']}-byte tiles"
+    return (f"{machine.get('cpu', '?')}{target}, {machine.get('cores', '?')} cores{fp}, "
+            f"GPU: {machine.get('gpu') or 'none'}; BLAS: {blas or 'unknown'}; {versions}")
 
 
 def format_markdown(report: dict) -> str:
