@@ -83,7 +83,8 @@ def nvrtc_compile(arch: str, threads: int = THREADS, blocks_per_sm: int = BLOCKS
     """
     from cupy_backends.cuda.libs import nvrtc
 
-    flags = options(threads, blocks_per_sm) + ("-ftz=true", "--device-as-default-execution-space", f"-arch={arch}", "--ptxas-options=-v")
+    flags = options(threads, blocks_per_sm) + ("-ftz=true", "--device-as-default-execution-space", f"-arch={arch}",
+                                               "--ptxas-options=-v")
     program = nvrtc.createProgram(SOURCE.read_text(), SOURCE.name, (), ())
     try:
         nvrtc.compileProgram(program, flags)

@@ -149,7 +149,8 @@ def _configure_sweep(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--widths", type=lambda text: _integers(text, "widths", 1), default=[20],
                       help="comma-separated widths (default: 20)")
     data.add_argument("--stepsizes", type=_grid_stepsizes, default=np.logspace(-1, 3, 16).tolist(),
-                      help="A:B:N for N log-spaced stepsizes from A to B, or a comma-separated list (default: 1e-1:1e3:16)")
+                      help="A:B:N for N log-spaced stepsizes from A to B, or a comma-separated list "
+                           "(default: 1e-1:1e3:16)")
     data.add_argument("--seeds", type=lambda text: _integers(text, "seeds", 0), default=[0],
                       help="comma-separated seeds or a range A:B (default: 0)")
     model = parser.add_argument_group("model")
