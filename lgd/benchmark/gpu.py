@@ -39,8 +39,9 @@ IMPLS = ("lgd-cupy", "jax-scan", "torch-analytic", "jax-jit", "torch-compile")
 DTYPES = ("float64", "float32")
 WORKLOAD_NAMES = ("S", "SWEEP-1024", "L", "M", "SWEEP-64")
 # Launch shapes of lgd-cupy timed besides the default (threads per block x blocks per multiprocessor, see
-# lgd.kernels.cupy_gpu.launch_shape), on every workload but L, after the lgd and JAX loop cases.
-LAUNCHES = ("512x1", "256x2", "128x4")
+# lgd.kernels.cupy_gpu.launch_shape), on every workload but L, after the lgd and JAX loop cases. On the H200
+# (2026-12-04) 512x1 ran 1.1-1.4x faster than the default and 256x2 0.7x on S: the others are left out.
+LAUNCHES = ("512x1",)
 # Seconds a timed call aims at (its steps are chosen from the checked run's speed).
 TIMED_SECONDS = 0.6
 # Configurations of a sweep the oracle check compares (first, middle, last): the numpy oracle is slow.
