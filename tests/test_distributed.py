@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,12 +115,25 @@ def test_a_lost_worker_loses_nothing(client):
     assert_same(result, expected)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _alive(pid: int, wait: float = 10.0) -> bool:
+    """Whether process `pid` still runs after up to `wait` seconds. A killed process stays a zombie until
+    its parent (the worker's nanny) reaps it, which os.kill(pid, 0) cannot tell from a live one: read its
+    state where /proc has it."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        stat = Path(f"/proc/{pid}/stat")
+        try:
+            if stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+        except (OSError, IndexError):
+            return False  # it went away while we looked
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.05)
 
 
 def test_a_restarted_sweep_skips_the_finished_batches(tmp_path, monkeypatch, local):
