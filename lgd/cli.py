@@ -110,11 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated stepsizes (default: %(default)s)")
     gd.add_argument("--steps", type=int, default=20000)
     gd.add_argument("--seed", type=int, default=0)
-    gd.add_argument("--init", choices=("normal", "zeros"), default="normal")
-    gd.add_argument("--init-scale", type=float, default=1.0)
-    gd.add_argument("--record-every", type=int, default=1)
-    gd.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "cupy"))
-    gd.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    _start_and_compute_options(gd, record_every=1)
     out = run.add_argument_group("output")
     out.add_argument("--out", default="lgd-out", help="output folder (default: %(default)s)")
     out.add_argument("--no-plot", action="store_true", help="skip the figure")
@@ -141,6 +137,15 @@ def _network_options(model) -> None:
     model.add_argument("--train-outer", action="store_true", help="train the outer weights too")
 
 
+def _start_and_compute_options(gd, record_every: int) -> None:
+    """The starting point, recording and compute options that `lgd run` and `lgd sweep` share, into `gd`."""
+    gd.add_argument("--init", choices=("normal", "zeros"), default="normal")
+    gd.add_argument("--init-scale", type=float, default=1.0)
+    gd.add_argument("--record-every", type=int, default=record_every)
+    gd.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "cupy"))
+    gd.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+
+
 def _configure_sweep(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("grid")
     data.add_argument("--dataset", type=_names, default=["xor"],
@@ -159,11 +164,7 @@ def _configure_sweep(parser: argparse.ArgumentParser) -> None:
     gd.add_argument("--loss", default="logistic",
                     help="logistic, exponential, flattened_exponential(a), flattened_polynomial(a), squared")
     gd.add_argument("--steps", type=int, default=2000)
-    gd.add_argument("--init", choices=("normal", "zeros"), default="normal")
-    gd.add_argument("--init-scale", type=float, default=1.0)
-    gd.add_argument("--record-every", type=int, default=10)
-    gd.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "cupy"))
-    gd.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    _start_and_compute_options(gd, record_every=10)
     where = parser.add_argument_group("where it runs (default: in this process)")
     cluster = where.add_mutually_exclusive_group()
     cluster.add_argument("--workers", type=int, default=None,

@@ -543,14 +543,7 @@ def _datasets(datasets) -> dict:
 
 
 def _widths(widths) -> list:
-    if isinstance(widths, Integral):
-        widths = (widths,)
-    widths = list(widths)
-    if not widths or any(isinstance(w, bool) or not isinstance(w, Integral) or w < 1 for w in widths):
-        raise ValueError(f"widths must be a non-empty sequence of integers >= 1, got {widths!r}")
-    if len(set(widths)) != len(widths):
-        raise ValueError(f"widths must be distinct, got {widths!r}")
-    return [int(w) for w in widths]
+    return _driver.distinct_integers(widths, "widths", 1)
 
 
 # --- the grid's figure ------------------------------------------------------------------------------------------

@@ -403,7 +403,7 @@ def _advance(runner, state: State, trace: Trace, steps: int, progress, pauses=()
         bar.update(start)
     t, chunk, seconds, paused_seconds = start, min(total, 16), 0.0, 0.0
     pauses = list(pauses)
-    runner.start(state, trace)
+    runner.start(state, trace, start)
     try:
         while t < total and np.any(state.diverged < 0):
             if pauses and pauses[0] == t:
@@ -518,14 +518,20 @@ def _stepsize_rules(stepsizes) -> list:
 
 
 def _check_seeds(seeds) -> list:
-    if isinstance(seeds, Integral):
-        seeds = (seeds,)
-    seeds = list(seeds)
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, Integral) or s < 0 for s in seeds):
-        raise ValueError(f"seeds must be a non-empty sequence of integers >= 0, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct, got {seeds!r}")
-    return [int(s) for s in seeds]
+    return distinct_integers(seeds, "seeds", 0)
+
+
+def distinct_integers(values, name: str, low: int) -> list:
+    """`values` (one integer, or a sequence of them) as a list of distinct ints >= `low`, or ValueError naming
+    `name`: a sweep axis of seeds, widths, ..."""
+    if isinstance(values, Integral):
+        values = (values,)
+    values = list(values)
+    if not values or any(isinstance(v, bool) or not isinstance(v, Integral) or v < low for v in values):
+        raise ValueError(f"{name} must be a non-empty sequence of integers >= {low}, got {values!r}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} must be distinct, got {values!r}")
+    return [int(v) for v in values]
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ library (numba, cupy) is imported only inside them, so ``import lgd`` stays ligh
 
 Every runner keeps one protocol:
 
-- ``start(state, trace)`` binds a batch of C configurations (stepsize, initial weights) of one
-  :class:`Problem` and the :class:`Trace` their records go into;
+- ``start(state, trace, t_start=0)`` binds a batch of C configurations (stepsize, initial weights) of one
+  :class:`Problem` and the :class:`Trace` their records go into; a resumed run starts at ``t_start`` > 0,
+  its records of the steps before it already in ``trace`` (a device runner copies those to the device);
 - ``advance(t_start, t_stop)`` runs the evaluations t in [t_start, t_stop): at each it computes risk,
   gradient and, at record steps, the recorded metrics of W_t; it then updates
   W_{t+1} = W_t - eta * grad when t < steps. A configuration whose risk or gradient norm is not finite

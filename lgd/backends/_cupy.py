@@ -19,7 +19,7 @@ import importlib.util
 
 import numpy as np
 
-from . import Problem, State, Trace
+from . import Problem, State, Trace, record_steps
 
 
 def _driver_library() -> bool:
@@ -108,8 +108,9 @@ class Runner:
 
         return cupy_gpu.GpuEngine()
 
-    def start(self, state: State, trace: Trace):
-        """Copy the batch to the device, where it stays until :meth:`finish`."""
+    def start(self, state: State, trace: Trace, t_start: int = 0):
+        """Copy the batch to the device, where it stays until :meth:`finish`; a resumed run (t_start > 0) also
+        its records of the steps before t_start."""
         xp, dtype = self.engine.xp, self.problem.dtype
         self.glue.check_rules(state.rules)
         self.state, self.trace = state, trace
@@ -122,7 +123,8 @@ class Runner:
                                                                     self.glue.LYAPUNOV_FIELD)},
             directions=self.directions,
             tangents=tuple(xp.array(array, dtype=np.float64, order="C") for array in state.tangent_arrays()))
-        self._trace_to_device()
+        if t_start > 0:
+            self._trace_to_device(t_start)
 
     def advance(self, t_start: int, t_stop: int):
         p, run, to_host = self.problem, self.run, self.glue.to_host
@@ -143,25 +145,28 @@ class Runner:
             state.log_growth[...] = to_host(run.log_growth)
 
     def _device_traces(self):
-        """(host field, device array) of every record the kernel writes, by name."""
-        run = self.run
-        pairs = [(getattr(self.trace, name), run.trace[index]) for index, name in enumerate(self.glue.KERNEL_FIELDS)]
-        pairs.append((self.trace.neuron_margins, run.trace_neuron))
-        pairs += [(getattr(self.trace, name), values)
-                  for name, values in (*run.trajectories.items(), (self.glue.LYAPUNOV_FIELD, run.lyapunov))]
-        return [(host, device) for host, device in pairs if device.size]
+        """(host field, device array, recording period) of every record the kernel writes, by name: its
+        second axis holds the records at record_steps(steps, period)."""
+        run, every, weights_every = self.run, self.record_every, max(1, self.problem.weights_every)
+        triples = [(getattr(self.trace, name), run.trace[index], every)
+                   for index, name in enumerate(self.glue.KERNEL_FIELDS)]
+        triples.append((self.trace.neuron_margins, run.trace_neuron, every))
+        triples += [(getattr(self.trace, name), values, weights_every) for name, values in run.trajectories.items()]
+        triples.append((getattr(self.trace, self.glue.LYAPUNOV_FIELD), run.lyapunov, every))
+        return [triple for triple in triples if triple[1].size]
 
-    def _trace_to_device(self):
-        """The device records start as the host trace's, so that those of a resumed run's earlier steps
-        come back from :meth:`finish` as they were (the kernel writes only the steps it runs)."""
-        for host, device in self._device_traces():
-            device[...] = self.engine.xp.asarray(host)
+    def _trace_to_device(self, t_start: int):
+        """The host's records of the steps before t_start onto the device, so that a resumed run's earlier
+        records come back from :meth:`finish` as they were (the kernel writes only the steps it runs)."""
+        for host, device, every in self._device_traces():
+            done = int(np.count_nonzero(record_steps(self.steps, every) < t_start))
+            device[:, :done] = self.engine.xp.asarray(host[:, :done])
 
     def sync(self):
         """Copy the records written so far to the host trace (a checkpoint saves them between chunks)."""
         if self.run is None:
             return
-        for host, device in self._device_traces():
+        for host, device, _ in self._device_traces():
             host[...] = self.glue.to_host(device)
 
     def finish(self):

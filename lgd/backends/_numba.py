@@ -105,7 +105,7 @@ class Runner:
         self.state, self.trace, self._batch = None, None, None
         self._compile(m)
 
-    def start(self, state: State, trace: Trace):
+    def start(self, state: State, trace: Trace, t_start: int = 0):
         arrays = tuple(trace) + (state.W, state.a, state.diverged)
         if not all(x.flags.c_contiguous for x in arrays):
             raise ValueError("the numba backend needs C-contiguous state and trace arrays")

@@ -29,7 +29,7 @@ class Runner:
         self.problem, self.steps, self.record_every = problem, steps, record_every
         self.state, self.trace = None, None
 
-    def start(self, state: State, trace: Trace):
+    def start(self, state: State, trace: Trace, t_start: int = 0):
         self.state, self.trace = state, trace
 
     def advance(self, t_start: int, t_stop: int):

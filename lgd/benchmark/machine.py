@@ -21,14 +21,7 @@ def describe_machine() -> dict:
     """CPU model, cores, BLAS libraries and threads, GPU, OS and library versions."""
     from importlib import metadata
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = _cpuinfo("model name") or platform.processor() or platform.machine()
     versions = {"python": platform.python_version()}
     for name in VERSIONS:
         try:
@@ -45,15 +38,20 @@ def describe_machine() -> dict:
 _VECTOR_FLAG = re.compile(r"(avx\w*|fma\w*|amx\w*|sse4_\d)")
 
 
-def vector_features() -> list:
-    """The CPU's vector flags (AVX, AVX-512, FMA, AMX, SSE4), sorted; [] where /proc/cpuinfo is not there."""
+def _cpuinfo(field: str) -> str:
+    """The first value of `field` in /proc/cpuinfo ('' where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(flag for flag in line.split(":", 1)[1].split() if _VECTOR_FLAG.fullmatch(flag))
+            if line.split(":", 1)[0].strip() == field:
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return []
+    return ""
+
+
+def vector_features() -> list:
+    """The CPU's vector flags (AVX, AVX-512, FMA, AMX, SSE4), sorted; [] where /proc/cpuinfo is not there."""
+    return sorted(flag for flag in _cpuinfo("flags").split() if _VECTOR_FLAG.fullmatch(flag))
 
 
 def numba_target() -> dict:
@@ -62,10 +60,12 @@ def numba_target() -> dict:
     if importlib.util.find_spec("numba") is None:
         return {}
     from llvmlite import binding
+    from numba.core import config
 
     from ..kernels.numba_cpu import compiler
 
-    return {"llvm_cpu": binding.get_host_cpu_name(), "tile_bytes": compiler.VECTOR_BYTES}
+    # NUMBA_CPU_NAME, where set, is what numba compiles for (the same setting compiler.VECTOR_BYTES follows).
+    return {"llvm_cpu": config.CPU_NAME or binding.get_host_cpu_name(), "tile_bytes": compiler.VECTOR_BYTES}
 
 
 def usable_cores() -> int:
