@@ -7,11 +7,13 @@
 #
 # 1. the kernel modules of the default launch shape and of 512 threads per block (1.1-1.4x faster on the H200,
 #    2026-12-04), compiled (their resources printed);
-# 2. the GPU test suite: every cupy case of the tests against the numpy oracle, at both launch shapes; the
+# 2. the GPU test suite: every cupy case of the tests against the numpy oracle (the products path's cases of
+#    tests/test_cuda_products.py included: cuBLAS products and CUDA graphs), at both launch shapes; the
 #    README's main job with --backend cupy;
 # 3. compute-sanitizer memcheck, then racecheck (slow: a minute), on a small sweep through the kernel in every
-#    layout, with held-out data and tangent vectors;
-# 4. the GPU benchmark (python -m lgd.benchmark.gpu): lgd-cupy (at each launch shape) against PyTorch (eager,
+#    layout, with held-out data and tangent vectors, and through the products path;
+# 4. the GPU benchmark (python -m lgd.benchmark.gpu): lgd-cupy (on the path 'auto' chooses, on the other path,
+#    at each launch shape) against PyTorch (eager,
 #    torch.compile) and JAX (jit of a scanned loop with vmap over the stepsizes; jit per step) on S, M, L,
 #    SWEEP-64 and SWEEP-1024 in float64 and float32, each checked against the oracle before it is timed,
 #    with the device's FP64/FP32 peaks and the two-product cuBLAS roofline measured in the same run.
@@ -69,13 +71,13 @@ wait "${compiles[@]}"
 for shape in "${shapes[@]}"; do echo "--- $shape"; grep -E "lgd_run|module|Error" "$scratch/describe-$shape.txt"; done
 
 # The NVRTC compile checks need no GPU (CI runs them): left out here, for time.
-step tests 120 python3 -m pytest tests/test_cupy.py tests/test_backends.py tests/test_run_record.py \
-    -k "cupy and not compiles" -q -p no:cacheprovider -o addopts="" --durations=10
+gpu_tests=(tests/test_cupy.py tests/test_backends.py tests/test_run_record.py tests/test_cuda_products.py)
+gpu_cases="(cupy or gpu) and not compiles"
+step tests 120 python3 -m pytest "${gpu_tests[@]}" -k "$gpu_cases" -q -p no:cacheprovider -o addopts="" --durations=10
 # The same tests at the other launch shape (the benchmark times it too).
 for shape in "${shapes[@]}"; do
     LGD_CUDA_THREADS=${shape%x*} LGD_CUDA_BLOCKS_PER_SM=${shape#*x} step "tests-$shape" 60 python3 -m pytest \
-        tests/test_cupy.py tests/test_backends.py tests/test_run_record.py -k "cupy and not compiles" -q -x \
-        -p no:cacheprovider -o addopts=""
+        "${gpu_tests[@]}" -k "$gpu_cases" -q -x -p no:cacheprovider -o addopts=""
 done
 # The README's main job on the GPU backend.
 step run 60 python3 -m lgd.cli run --backend cupy --out "$scratch/run" --no-plot --no-progress

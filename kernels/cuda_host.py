@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cuda_run import PARAMS
+from .cuda_run import ENTRY, ENTRY_PARAMS
 
 SOURCE_DIR = Path(__file__).with_name("cuda")
 SOURCE = SOURCE_DIR / "lgd.cu"
@@ -91,11 +91,12 @@ def library() -> ctypes.CDLL:
     """lgd.cu as a shared library for the host (built on first use, then loaded from the cache)."""
     path = build(SOURCE, "liblgd_host.so", FLAGS + ("-shared", "-fPIC"))
     lib = ctypes.CDLL(str(path))
-    for suffix in ("f64", "f32"):
-        function = getattr(lib, f"lgd_run_{suffix}_host")
-        head = [ctypes.c_uint, ctypes.c_uint, ctypes.c_size_t]
-        function.argtypes = head + [_CTYPES[kind] for _, kind in PARAMS]
-        function.restype = None
+    for entry, params in ENTRY_PARAMS.items():
+        for suffix in ("f64", "f32"):
+            function = getattr(lib, f"{entry}_{suffix}_host")
+            head = [ctypes.c_uint, ctypes.c_uint, ctypes.c_size_t]
+            function.argtypes = head + [_CTYPES[kind] for _, kind in params]
+            function.restype = None
     return lib
 
 
@@ -106,14 +107,18 @@ class HostEngine:
 
     def __init__(self, threads: int = THREADS, shared_budget: int = SHARED_BUDGET):
         self.threads, self.shared_budget = threads, shared_budget
+        self.memory_budget = 1 << 30  # the products path's buffers on the host (cuda_products.choose)
         self.lib = library()
 
-    def launch(self, suffix: str, grid: int, block: int, shared_bytes: int, args) -> None:
+    def launch(self, suffix: str, grid: int, block: int, shared_bytes: int, args, entry: str = ENTRY) -> None:
         """Run the grid now (returns when every block is done), checking each array argument's dtype and
         layout: ctypes passes raw pointers."""
         dtype = {"f64": np.float64, "f32": np.float32}[suffix]
+        params = ENTRY_PARAMS[entry]
+        if len(args) != len(params):
+            raise TypeError(f"{entry} takes {len(params)} arguments, got {len(args)}")
         converted = []
-        for (name, kind), value in zip(PARAMS, args):
+        for (name, kind), value in zip(params, args):
             if kind.endswith("*"):
                 want = dtype if kind == "T*" else _DTYPES[kind]
                 if not (isinstance(value, np.ndarray) and value.dtype == want and value.flags.c_contiguous
@@ -123,4 +128,16 @@ class HostEngine:
                 converted.append(value.ctypes.data)
             else:
                 converted.append(value)
-        getattr(self.lib, f"lgd_run_{suffix}_host")(grid, block, shared_bytes, *converted)
+        getattr(self.lib, f"{entry}_{suffix}_host")(grid, block, shared_bytes, *converted)
+
+    def ordered(self):
+        """Launches run one after another on the host: nothing to order. numpy's products stay as quiet as
+        cuBLAS's where a diverging configuration's numbers are no longer finite."""
+        return np.errstate(all="ignore")
+
+    def capture(self, work):
+        """The host has no graphs: the recording is the work itself, run again at each replay."""
+        return work
+
+    def replay(self, recording) -> None:
+        recording()

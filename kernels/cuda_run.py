@@ -8,7 +8,10 @@ codes before a launch and of the kernel's fault flag after one (:func:`check_cod
 
 An *engine* is what differs between the two places the kernel runs: ``xp`` (cupy or numpy), ``threads``
 (the block size), ``shared_budget`` (bytes of dynamic shared memory a block may use) and
-``launch(suffix, grid, block, shared_bytes, args)``. :mod:`lgd.kernels.cupy_gpu` has the GPU engine (a
+``launch(suffix, grid, block, shared_bytes, args, entry=ENTRY)`` (the entry's parameters are
+``ENTRY_PARAMS[entry]``), and, for the products path (:mod:`lgd.kernels.cuda_products`), ``ordered()`` (a
+context in which launches and products run in order on one stream), ``capture(work)`` (a replayable
+recording of ``work()``: a CUDA graph on the GPU) and ``replay(recording)``. :mod:`lgd.kernels.cupy_gpu` has the GPU engine (a
 RawModule), :mod:`lgd.kernels.cuda_host` the host engine (g++ and ctypes). Nothing here imports cupy.
 """
 
@@ -39,6 +42,36 @@ PARAMS = (
     ("tile_rows", "i32"), ("x_shared", "i32"), ("w_shared", "i32"), ("g_shared", "i32"),
 )
 ENTRY = "lgd_run"
+# The entries of the products path (cuda/products.cuh, glue in lgd.kernels.cuda_products), their parameters
+# in the order of LGD_ROWS_PARAMS, LGD_NORMS_PARAMS, LGD_FINALIZE_PARAMS and LGD_UPDATE_PARAMS.
+ROWS_PARAMS = (
+    ("Z", "T*"), ("y", "T*"), ("a", "T*"), ("diverged", "i64*"), ("clock", "i64*"), ("fault", "i32*"),
+    ("parts", "f64*"), ("partial_a", "T*"), ("partial_neuron", "f64*"), ("n", "i32"), ("m", "i32"),
+    ("configs", "i32"), ("rows_per_block", "i32"), ("blocks_per_config", "i32"), ("act", "i32"),
+    ("act_param", "f64"), ("loss", "i32"), ("loss_param", "f64"), ("scale", "f64"), ("train_outer", "i32"),
+    ("held_out", "i32"), ("log_risk_every_step", "i32"), ("steps", "i64"), ("record_every", "i64"),
+    ("neuron_records", "i32"),
+)
+NORMS_PARAMS = (
+    ("W", "T*"), ("grad", "T*"), ("diverged", "i64*"), ("norms", "f64*"), ("dm", "i32"),
+    ("blocks_per_config", "i32"), ("per_block", "i32"),
+)
+FINALIZE_PARAMS = (
+    ("a", "T*"), ("grad_a", "T*"), ("rules", "i64*"), ("rule_params", "f64*"), ("diverged", "i64*"),
+    ("clock", "i64*"), ("parts", "f64*"), ("test_parts", "f64*"), ("partial_a", "T*"), ("partial_neuron", "f64*"),
+    ("norms", "f64*"), ("eta", "f64*"), ("moving", "i32*"), ("trace", "f64*"), ("trace_neuron", "f64*"),
+    ("n", "i32"), ("m", "i32"), ("n_test", "i32"), ("configs", "i32"), ("blocks_per_config", "i32"),
+    ("test_blocks", "i32"), ("norm_blocks", "i32"), ("train_outer", "i32"), ("risk_bound", "f64"),
+    ("weight_bound", "f64"), ("log_risk_every_step", "i32"), ("steps", "i64"), ("record_every", "i64"),
+    ("records", "i32"), ("neuron_records", "i32"),
+)
+UPDATE_PARAMS = (
+    ("W", "T*"), ("a", "T*"), ("grad", "T*"), ("grad_a", "T*"), ("eta", "f64*"), ("moving", "i32*"),
+    ("clock", "i64*"), ("dm", "i32"), ("m", "i32"), ("configs", "i32"), ("train_outer", "i32"),
+)
+# Every entry of lgd.cu (lgd_run_<suffix> and the products path's), by name: its parameters.
+ENTRY_PARAMS = {ENTRY: PARAMS, "lgd_rows": ROWS_PARAMS, "lgd_norms": NORMS_PARAMS, "lgd_finalize": FINALIZE_PARAMS,
+                "lgd_update": UPDATE_PARAMS}
 SUFFIX = {"float64": "f64", "float32": "f32"}
 # The trace fields the kernel writes, in the order of its `trace` array (TRACE_* in lgd.cu); the per-neuron
 # margins go to their own array. A Trace field not named here is left as the runner found it.

@@ -17,10 +17,9 @@ from pathlib import Path
 import cupy
 import numpy as np
 
-from .cuda_run import ENTRY, PARAMS
+from .cuda_run import ENTRY, ENTRY_PARAMS
 
 SOURCE = Path(__file__).with_name("cuda") / "lgd.cu"
-ENTRIES = (ENTRY,)
 # The launch shape: threads per block, and blocks a multiprocessor holds at once (LGD_THREADS and
 # LGD_MIN_BLOCKS in lgd.cu, its launch bounds). The environment variables LGD_CUDA_THREADS and
 # LGD_CUDA_BLOCKS_PER_SM choose another (docs/backends.md); each shape is a module of its own.
@@ -108,17 +107,52 @@ class GpuEngine:
 
     def __init__(self, threads: int | None = None, blocks_per_sm: int | None = None):
         self.threads, self.blocks_per_sm = launch_shape(threads, blocks_per_sm)
-        module(self.threads, self.blocks_per_sm)  # built here, outside any timed chunk
+        built = module(self.threads, self.blocks_per_sm)  # built here, outside any timed chunk
+        # Every entry fetched and cuBLAS's handle made here, before any stream capture (cuda_products) could
+        # be the first to ask for them.
+        for entry in ENTRY_PARAMS:
+            for suffix in ("f64", "f32"):
+                built.get_function(f"{entry}_{suffix}")
+        cupy.cuda.device.get_cublas_handle()
         runtime, device = cupy.cuda.runtime, cupy.cuda.Device().id
         per_block = runtime.deviceGetAttribute(runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin, device)
         per_sm = runtime.deviceGetAttribute(runtime.cudaDevAttrMaxSharedMemoryPerMultiprocessor, device)
         reserved = runtime.deviceGetAttribute(runtime.cudaDevAttrReservedSharedMemoryPerBlock, device)
         self.shared_budget = int(min(per_block, per_sm // self.blocks_per_sm - reserved))
+        self._stream = None
+        # The products path takes at most a quarter of the device's memory for its buffers (cuda_products.choose).
+        self.memory_budget = cupy.cuda.Device().mem_info[1] // 4
 
-    def launch(self, suffix: str, grid: int, block: int, shared_bytes: int, args) -> None:
-        """Launch the entry of `suffix` asynchronously on the current stream."""
-        kernel = module(self.threads, self.blocks_per_sm).get_function(f"{ENTRY}_{suffix}")
+    def launch(self, suffix: str, grid: int, block: int, shared_bytes: int, args, entry: str = ENTRY) -> None:
+        """Launch `entry` of `suffix` asynchronously on the current stream."""
+        kernel = module(self.threads, self.blocks_per_sm).get_function(f"{entry}_{suffix}")
         if shared_bytes > DEFAULT_SHARED and kernel.max_dynamic_shared_size_bytes < shared_bytes:
             kernel.max_dynamic_shared_size_bytes = shared_bytes
-        converted = [value if kind.endswith("*") else _SCALARS[kind](value) for (_, kind), value in zip(PARAMS, args)]
+        params = ENTRY_PARAMS[entry]
+        if len(args) != len(params):
+            raise TypeError(f"{entry} takes {len(params)} arguments, got {len(args)}")
+        converted = [value if kind.endswith("*") else _SCALARS[kind](value) for (_, kind), value in zip(params, args)]
         kernel((grid,), (block,), tuple(converted), shared_mem=shared_bytes)
+
+    def ordered(self):
+        """The engine's stream as the current one: the products path's launches and cuBLAS products in order
+        on a stream that may be captured (capture cannot start on the legacy default stream). It is a
+        blocking stream: the host's copies on the default stream wait for it."""
+        if self._stream is None:
+            self._stream = cupy.cuda.Stream()
+        return self._stream
+
+    def capture(self, work):
+        """A CUDA graph of what ``work()`` launches on the engine's stream (nothing runs while capturing)."""
+        stream = self.ordered()
+        with stream:
+            stream.begin_capture()
+            try:
+                work()
+            finally:
+                graph = stream.end_capture()
+        return graph
+
+    def replay(self, recording) -> None:
+        """Launch a captured graph on the engine's stream."""
+        recording.launch(stream=self.ordered())

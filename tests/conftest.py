@@ -54,17 +54,24 @@ class Case:
 # The GPU kernels' host build (lgd.backends._cuda_host): not a user's backend, so not in backends.NAMES; its
 # cases register it for the test's duration, under the name the driver then accepts from lgd.Compute.
 HOST_CUDA = backends.Backend("cuda-host", "lgd.backends._cuda_host")
+# The same on the products path (cuBLAS products and four kernels per step, the path of large problems), at
+# the suite's small sizes: four launches per step, each a set of host threads, so its cases are chosen
+# (tests/test_cuda_products.py) rather than the whole matrix of the compiled backends.
+HOST_PRODUCTS = backends.Backend("cuda-host-products", "lgd.backends._cuda_host_products")
+HOST_BACKENDS = (HOST_CUDA, HOST_PRODUCTS)
 
 
 def register_host_cuda(monkeypatch) -> None:
-    """Make 'cuda-host' a backend name lgd.gd and lgd.sweep accept, for the test's duration."""
-    monkeypatch.setitem(backends._BACKENDS, HOST_CUDA.name, HOST_CUDA)
-    monkeypatch.setattr(lgd.options, "BACKEND_NAMES", (*backends.NAMES, HOST_CUDA.name))
+    """Make 'cuda-host' and 'cuda-host-products' backend names lgd.gd and lgd.sweep accept, for the test's
+    duration."""
+    for backend in HOST_BACKENDS:
+        monkeypatch.setitem(backends._BACKENDS, backend.name, backend)
+    monkeypatch.setattr(lgd.options, "BACKEND_NAMES", (*backends.NAMES, *(b.name for b in HOST_BACKENDS)))
 
 
 def _case(request) -> Case:
     name, dtype = request.param
-    if name == HOST_CUDA.name:
+    if name in {backend.name for backend in HOST_BACKENDS}:
         register_host_cuda(request.getfixturevalue("monkeypatch"))
     usable, reason = backends.availability(name)
     if not usable:

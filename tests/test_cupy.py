@@ -148,7 +148,7 @@ def test_cuda_source_compiles_without_warnings_or_spills(arch, capsys):
     log = cupy_gpu.nvrtc_compile(arch)
     assert "warning" not in log.lower(), log
     entries = set(re.findall(r"Compiling entry function '(\w+)'", log))
-    assert entries == {f"{entry}_{suffix}" for entry in cupy_gpu.ENTRIES for suffix in ("f64", "f32")}
+    assert entries == {f"{entry}_{suffix}" for entry in cuda_run.ENTRY_PARAMS for suffix in ("f64", "f32")}
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     assert spills and all(store == "0" and load == "0" for store, load in spills), log
     with capsys.disabled():

@@ -26,18 +26,21 @@ def test_arguments_are_checked_against_the_valid_names():
         gpu.parse(["--impls", "lgd-cupy,torch-eager"])
 
 
-def test_the_plan_runs_lgd_and_the_jax_loop_first_then_lgds_launch_shapes_and_torch_compile_last():
+def test_the_plan_runs_lgd_and_the_jax_loop_first_then_lgds_other_paths_and_shapes_and_torch_compile_last():
     cases = gpu.plan()
     assert cases[0] == ("S", "lgd-cupy", "float64", None)
     assert {(impl, launch) for _, impl, _, launch in cases[:10]} == {("lgd-cupy", None)}
     assert {impl for _, impl, _, _ in cases[10:20]} == {"jax-scan"}
+    paths = len(gpu.OTHER_PATHS) * len(gpu.DTYPES)
+    assert {(name, impl, launch) for name, impl, _, launch in cases[20:20 + paths]} == {
+        (name, "lgd-cupy", f"path:{path}") for name, path in gpu.OTHER_PATHS.items()}
     shapes = len(gpu.LAUNCHES) * (len(gpu.WORKLOAD_NAMES) - 1) * len(gpu.DTYPES)
-    assert {(impl, launch) for _, impl, _, launch in cases[20:20 + shapes]} == {
+    assert {(impl, launch) for _, impl, _, launch in cases[20 + paths:20 + paths + shapes]} == {
         ("lgd-cupy", launch) for launch in gpu.LAUNCHES}
-    assert "L" not in {name for name, _, _, _ in cases[20:20 + shapes]}
+    assert "L" not in {name for name, _, _, _ in cases[20:20 + paths + shapes]}
     assert cases[-1][1] == "torch-compile"
-    assert len(cases) == len(gpu.WORKLOAD_NAMES) * len(gpu.IMPLS) * len(gpu.DTYPES) + shapes
-    assert gpu.plan(launches=()) == [case for case in cases if case[3] is None]
+    assert len(cases) == len(gpu.WORKLOAD_NAMES) * len(gpu.IMPLS) * len(gpu.DTYPES) + paths + shapes
+    assert gpu.plan(launches=(), paths=False) == [case for case in cases if case[3] is None]
     with pytest.raises(SystemExit):
         gpu.parse(["--launches", "512"])
     assert gpu.workload("SWEEP-64").configs == 64 and gpu.workload("SWEEP-1024").configs == 1024
@@ -58,7 +61,7 @@ def test_ratios_and_the_table_from_a_fake_report():
     table = gpu.markdown({"created": "now", "device": "NVIDIA H200", "peaks": peaks, "records": records,
                           "failed": ["L torch-compile float64: RuntimeError: x"],
                           "skipped": ["M jax-jit: out of time"]})
-    assert "| S | float64 | lgd-cupy | - | 5e+05 | 2.1e+03 | 10 |" in table
+    assert "| S | float64 | lgd-cupy | - | - | 5e+05 | 2.1e+03 | 10 |" in table
     assert "fma_float64_tflops 33.5" in table and "Failed:" in table and "- M jax-jit: out of time" in table
 
 

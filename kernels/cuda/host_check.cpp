@@ -4,7 +4,8 @@
 // A small sweep on synthetic data in both dtypes: held-out data, per-neuron margins, a trajectory and
 // projections, a trained outer layer, two tangent vectors (Lyapunov exponents), one configuration that
 // diverges (the exponential loss at a huge stepsize), in two layouts (everything in shared memory with one
-// tile; X, W and the gradient in global memory with several tiles), with blocks of two warps. Every array
+// tile; X, W and the gradient in global memory with several tiles), with blocks of two warps; then the same
+// kind of sweep through the products path's kernels (products.cuh), its products as plain loops. Every array
 // is allocated at its exact size, so that an index one past an end is a heap overflow for AddressSanitizer;
 // a missing __syncthreads is a race for ThreadSanitizer. It also checks the warp-shuffle emulation. Exit
 // status 0 when every check passes.
@@ -25,6 +26,21 @@ void check(bool ok, const char* what) {
         ++failures;
     }
 }
+
+// The host entries of the products path by dtype.
+template <typename T> struct Entries;
+template <> struct Entries<double> {
+    static constexpr auto rows = lgd_rows_f64_host;
+    static constexpr auto norms = lgd_norms_f64_host;
+    static constexpr auto finalize = lgd_finalize_f64_host;
+    static constexpr auto update = lgd_update_f64_host;
+};
+template <> struct Entries<float> {
+    static constexpr auto rows = lgd_rows_f32_host;
+    static constexpr auto norms = lgd_norms_f32_host;
+    static constexpr auto finalize = lgd_finalize_f32_host;
+    static constexpr auto update = lgd_update_f32_host;
+};
 
 unsigned long long state = 88172645463325252ULL;
 double uniform() {  // xorshift64: the same numbers on every machine
@@ -90,6 +106,81 @@ void sweep(int tile_rows, int x_shared, int w_shared, int g_shared,
     }
 }
 
+// The products path (products.cuh) on a small sweep: the glue's sequence of one step (Z = X W^T, lgd_rows,
+// grad = G^T X, the held-out pass at record steps, lgd_norms, lgd_finalize, lgd_update), the products as plain
+// loops, rows and norms in several blocks per configuration, one configuration diverging.
+template <typename T>
+void products_sweep() {
+    const int n = 29, d = 4, m = 19, n_test = 9, configs = 3, threads = 64, rows = 4, per_block = 2 * threads;
+    const long long steps = 10, every = 3;
+    const int records = (int)(steps / every) + 2, blocks = (n + rows - 1) / rows;
+    const int test_blocks = (n_test + rows - 1) / rows;
+    const int dm = d * m, norm_blocks = (dm + per_block - 1) / per_block, width = configs * m;
+    std::vector<T> X(n * d), y(n), X_test(n_test * d), y_test(n_test), W(configs * dm), a(configs * m);
+    for (T& v : X) v = (T)(0.5 * uniform());
+    for (int i = 0; i < n; ++i) y[i] = uniform() > 0 ? T(1) : T(-1);
+    for (T& v : X_test) v = (T)(0.5 * uniform());
+    for (int i = 0; i < n_test; ++i) y_test[i] = uniform() > 0 ? T(1) : T(-1);
+    for (T& v : W) v = (T)uniform();
+    for (int k = 0; k < configs * m; ++k) a[k] = k % 2 ? T(-1) : T(1);
+    std::vector<long long> rules(configs, lgd::RULE_CONSTANT), diverged(configs, -1), clock(1, 0);
+    std::vector<double> rule_params = {0.3, 0.0, 0.0, 2.0, 0.0, 0.0, 1e6, 0.0, 0.0};
+    std::vector<int> fault(1, 0), moving(configs, 0);
+    std::vector<T> Z(n * width), Z_test(n_test * width), grad(configs * dm), grad_a(configs * m);
+    std::vector<T> partial_a(configs * blocks * m);
+    std::vector<double> parts(configs * blocks * lgd::PARTS), test_parts(configs * test_blocks * lgd::PARTS);
+    std::vector<double> partial_neuron(configs * blocks * m), norms(configs * norm_blocks * 2), eta(configs);
+    std::vector<double> trace(9 * configs * records, -7.0), neuron(configs * records * m, -7.0);
+    auto forward = [&](const std::vector<T>& data, int rows_of, std::vector<T>& out) {
+        for (int i = 0; i < rows_of; ++i)
+            for (int col = 0; col < width; ++col) {
+                T sum = T(0);
+                for (int k = 0; k < d; ++k) sum += data[i * d + k] * W[col * d + k];
+                out[i * width + col] = sum;
+            }
+    };
+    const size_t rows_shared = lgd::rows_shared_bytes(m, sizeof(T), threads, rows);
+    const size_t scratch = lgd::align16(sizeof(double) * lgd::STATS * (threads + 32));
+    auto rows_pass = [&](std::vector<T>& z, const std::vector<T>& labels, std::vector<double>& out, int count,
+                         int count_blocks, int held_out) {
+        Entries<T>::rows(configs * count_blocks, threads, rows_shared, z.data(), labels.data(), a.data(),
+                         diverged.data(), clock.data(), fault.data(), out.data(), partial_a.data(),
+                         partial_neuron.data(), count, m, configs, rows, count_blocks, lgd::ACT_LEAKY_SOFTPLUS, 0.5,
+                         lgd::LOSS_EXPONENTIAL, 0.0, 1.0 / m, 1, held_out, 1, steps, every, records);
+    };
+    for (long long t = 0; t <= steps; ++t) {
+        const bool record = lgd::record_slot(t, steps, every) >= 0;
+        forward(X, n, Z);
+        rows_pass(Z, y, parts, n, blocks, 0);
+        for (int col = 0; col < width; ++col)
+            for (int k = 0; k < d; ++k) {
+                T sum = T(0);
+                for (int i = 0; i < n; ++i) sum += Z[i * width + col] * X[i * d + k];
+                grad[col * d + k] = sum;
+            }
+        if (record) {
+            forward(X_test, n_test, Z_test);
+            rows_pass(Z_test, y_test, test_parts, n_test, test_blocks, 1);
+        }
+        Entries<T>::norms(configs * norm_blocks, threads, scratch, W.data(), grad.data(), diverged.data(),
+                         norms.data(), dm, norm_blocks, per_block);
+        Entries<T>::finalize(configs, threads, scratch, a.data(), grad_a.data(), rules.data(), rule_params.data(),
+                            diverged.data(), clock.data(), parts.data(), test_parts.data(), partial_a.data(),
+                            partial_neuron.data(), norms.data(), eta.data(), moving.data(), trace.data(),
+                            neuron.data(), n, m, n_test, configs, blocks, test_blocks, norm_blocks, 1, 1e10, 1e4,
+                            1, steps, every, records, records);
+        Entries<T>::update(3, threads, 0, W.data(), a.data(), grad.data(), grad_a.data(), eta.data(), moving.data(),
+                          clock.data(), dm, m, configs, 1);
+    }
+    check(fault[0] == 0, "products: no fault");
+    check(clock[0] == steps + 1, "products: the step counter advanced once per step");
+    check(diverged[0] < 0 && diverged[1] < 0, "products: the small stepsizes run to the end");
+    check(diverged[2] >= 0 && diverged[2] < steps, "products: the huge stepsize diverges");
+    check(trace[0] > 0 && trace[0] < 10, "products: a finite first risk");
+    check(trace[6 * configs * records] > 0, "products: a held-out risk");
+    check(neuron[0] != -7.0, "products: neuron margins");
+}
+
 // The shuffles of host_compat.h against their definition, in one warp and across two.
 void shuffles() {
     std::vector<int> down(64), across(64);
@@ -112,6 +203,9 @@ int main() {
     sweep<double>(8, 0, 0, 0, lgd_run_f64_host);
     sweep<float>(64, 1, 1, 1, lgd_run_f32_host);
     sweep<float>(8, 0, 0, 0, lgd_run_f32_host);
+    products_sweep<double>();
+    products_sweep<float>();
+    lgd::host::pool().shutdown();
     std::printf("host check: %s\n", failures ? "FAILED" : "ok");
     return failures ? 1 : 0;
 }

@@ -3,7 +3,8 @@
 //
 // How a launch runs on the host (lgd::host::launch):
 // - the blocks of the grid run one after another; a block's threads are std::threads (one per CUDA thread,
-//   created once per launch and reused for every block), each with its own threadIdx/blockIdx;
+//   kept in a pool between launches: the products path launches four kernels per step), each with its own
+//   threadIdx/blockIdx; launches from several host threads take turns;
 // - __syncthreads is a barrier across the block's threads (acquire/release atomics: ThreadSanitizer
 //   understands it, so a missing barrier shows up as a data race);
 // - __shfl_down_sync / __shfl_xor_sync exchange through a per-warp buffer between two warp barriers (all 32
@@ -16,10 +17,15 @@
 
 #include <math.h>
 
+#include <unistd.h>
+
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -100,6 +106,80 @@ template <typename T> T shuffle(T value, int source_lane) {
     return result;
 }
 
+// The threads of the launches: `run(count, job)` runs job(tid) for tid < count on `count` threads and returns
+// when every one is done. The threads wait on a condition variable between launches (ThreadSanitizer sees
+// the mutex's order); a launch of another block size starts a new set. A forked child (whose copy has no
+// threads) gets a pool of its own.
+class Pool {
+  public:
+    void run(unsigned count, const std::function<void(unsigned)>& job) {
+        std::lock_guard<std::mutex> turn(launching_);  // one launch at a time
+        std::unique_lock<std::mutex> lock(mutex_);
+        if (workers_.size() != count) {
+            stop(lock);
+            const unsigned long long before = generation_;  // a new thread's first job is the next one
+            for (unsigned tid = 0; tid < count; ++tid)
+                workers_.emplace_back([this, tid, before] { work(tid, before); });
+        }
+        job_ = &job;
+        pending_ = count;
+        ++generation_;
+        start_.notify_all();
+        done_.wait(lock, [this] { return pending_ == 0; });
+        job_ = nullptr;
+    }
+
+    // Joins the threads (a program that checks for leaked threads calls it before it returns).
+    void shutdown() {
+        std::lock_guard<std::mutex> turn(launching_);
+        std::unique_lock<std::mutex> lock(mutex_);
+        stop(lock);
+    }
+
+  private:
+    void stop(std::unique_lock<std::mutex>& lock) {
+        stopping_ = true;
+        start_.notify_all();
+        lock.unlock();
+        for (std::thread& worker : workers_) worker.join();
+        lock.lock();
+        workers_.clear();
+        stopping_ = false;
+    }
+
+    void work(unsigned tid, unsigned long long seen) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        for (;;) {
+            start_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+            if (stopping_) return;
+            seen = generation_;
+            const std::function<void(unsigned)>* job = job_;
+            lock.unlock();
+            (*job)(tid);
+            lock.lock();
+            if (--pending_ == 0) done_.notify_one();
+        }
+    }
+
+    std::mutex launching_, mutex_;
+    std::condition_variable start_, done_;
+    std::vector<std::thread> workers_;
+    const std::function<void(unsigned)>* job_ = nullptr;
+    unsigned pending_ = 0;
+    unsigned long long generation_ = 0;
+    bool stopping_ = false;
+};
+
+inline Pool& pool() {
+    static Pool* shared = nullptr;
+    static pid_t owner = 0;
+    if (shared == nullptr || owner != getpid()) {  // a forked child leaves its parent's pool alone
+        shared = new Pool();
+        owner = getpid();
+    }
+    return *shared;
+}
+
 // Runs `body` (the kernel call, its arguments bound) on a grid of `grid` blocks of `block` threads with
 // `shared_bytes` of dynamic shared memory. `block` must be a multiple of 32 (the warps of the shuffles).
 template <typename Body> void launch(unsigned grid, unsigned block, size_t shared_bytes, Body body) {
@@ -110,25 +190,21 @@ template <typename Body> void launch(unsigned grid, unsigned block, size_t share
     state.block = &barrier;
     for (unsigned w = 0; w < (block + 31) / 32; ++w) state.warps.emplace_back(new Barrier(32));
     state.exchange.assign(32 * state.warps.size(), 0);
-    std::vector<std::thread> threads;
-    threads.reserve(block);
-    for (unsigned tid = 0; tid < block; ++tid) {
-        threads.emplace_back([&, tid] {
-            current = &state;
-            threadIdx.x = tid;
-            blockDim.x = block;
-            gridDim.x = grid;
-            for (unsigned b = 0; b < grid; ++b) {
-                blockIdx.x = b;
-                if (tid == 0) std::memset(state.shared, 0xff, shared.size());
-                barrier.wait();
-                body();
-                barrier.wait();
-            }
-            current = nullptr;
-        });
-    }
-    for (std::thread& thread : threads) thread.join();
+    const std::function<void(unsigned)> job = [&](unsigned tid) {
+        current = &state;
+        threadIdx.x = tid;
+        blockDim.x = block;
+        gridDim.x = grid;
+        for (unsigned b = 0; b < grid; ++b) {
+            blockIdx.x = b;
+            if (tid == 0) std::memset(state.shared, 0xff, shared.size());
+            barrier.wait();
+            body();
+            barrier.wait();
+        }
+        current = nullptr;
+    };
+    pool().run(block, job);
 }
 
 }  // namespace lgd::host

@@ -28,6 +28,9 @@
 // float32 runs compute phi, the products and the gradient in float32; per-sample losses, the risk and the
 // margins in float64, rounded to float32 where the numpy oracle rounds (narrow), as the numba kernels do.
 //
+// Large problems take the products path instead (products.cuh, included below: cuBLAS products and four
+// kernels per step, lgd.kernels.cuda_products chooses).
+//
 // The same source builds for the host with g++ through host_compat.h (LGD_HOST_BUILD): CI runs it against
 // the numpy oracle and under AddressSanitizer and ThreadSanitizer. No CUDA headers: NVRTC compiles this
 // file with the include path of this folder.
@@ -693,7 +696,7 @@ __device__ void run_chunk(const T* X, const T* y, const T* X_test, const T* y_te
         int records, int neuron_records, int weight_records, int outer_records, int n_directions,                    \
         double *tangents, double *tangents_a, double *log_growth, double *trace_lyapunov, double *row_space,         \
         int n_tangents, int lyapunov_records, int tile_rows, int x_shared, int w_shared, int g_shared
-#define LGD_RUN_ARGS                                                                                                 \
+#define LGD_RUN_ARGS()                                                                                               \
     X, y, X_test, y_test, W, a, rules, rule_params, diverged, fault, workspace, trace, trace_neuron,                 \
         directions, trace_weights, trace_outer, trace_projections, n, d, m, n_test, act, act_param, loss,            \
         loss_param, scale, train_outer, risk_bound, weight_bound, log_risk_every_step, t_start, t_stop, steps,       \
@@ -701,14 +704,16 @@ __device__ void run_chunk(const T* X, const T* y, const T* X_test, const T* y_te
         tangents, tangents_a, log_growth, trace_lyapunov, row_space, n_tangents, lyapunov_records, tile_rows,        \
         x_shared, w_shared, g_shared
 
+#include "products.cuh"
+
 #ifdef LGD_HOST_BUILD
-// The host launcher of an entry: the grid of blocks on host threads (host_compat.h).
-#define LGD_HOST_LAUNCHER(T, SUFFIX)                                                                             \
-    extern "C" void lgd_run_##SUFFIX##_host(unsigned grid, unsigned block, size_t shared, LGD_RUN_PARAMS(T)) {  \
-        lgd::host::launch(grid, block, shared, [&] { lgd_run_##SUFFIX(LGD_RUN_ARGS); });                        \
+// The host launcher of an entry NAME: NAME_host runs the grid of blocks on host threads (host_compat.h).
+#define LGD_HOST_ENTRY(NAME, LIST, T, ARGS)                                                                          \
+    extern "C" void NAME##_host(unsigned grid, unsigned block, size_t shared, LIST(T)) {                             \
+        lgd::host::launch(grid, block, shared, [&] { NAME(ARGS()); });                                               \
     }
 #else
-#define LGD_HOST_LAUNCHER(T, SUFFIX)
+#define LGD_HOST_ENTRY(NAME, LIST, T, ARGS)
 #endif
 
 #ifdef LGD_HOST_BUILD
@@ -725,14 +730,23 @@ extern "C" size_t lgd_shared_bytes(int n, int d, int m, int itemsize, int thread
                                    int w_shared, int g_shared) {
     return lgd::shared_bytes(n, d, m, itemsize, threads, tile_rows, x_shared, w_shared, g_shared);
 }
+extern "C" size_t lgd_rows_shared_bytes(int m, int itemsize, int threads, int rows_per_block) {
+    return lgd::rows_shared_bytes(m, itemsize, threads, rows_per_block);
+}
 #endif
 
-#define LGD_ENTRIES(T, SUFFIX)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(LGD_THREADS, LGD_MIN_BLOCKS)                                     \
-        lgd_run_##SUFFIX(LGD_RUN_PARAMS(T)) {                                                                    \
-        lgd::run_chunk<T>(LGD_RUN_ARGS);                                                                         \
-    }                                                                                                            \
-    LGD_HOST_LAUNCHER(T, SUFFIX)
+// An entry NAME_SUFFIX of dtype T: the kernel BODY<T>(ARGS) with parameter list LIST(T), and its host launcher.
+#define LGD_ENTRY(NAME, SUFFIX, T, LIST, ARGS, BODY)                                                                 \
+    extern "C" __global__ void __launch_bounds__(LGD_THREADS, LGD_MIN_BLOCKS) NAME##_##SUFFIX(LIST(T)) {             \
+        BODY<T>(ARGS());                                                                                             \
+    }                                                                                                                \
+    LGD_HOST_ENTRY(NAME##_##SUFFIX, LIST, T, ARGS)
+#define LGD_ENTRIES(T, SUFFIX)                                                                                       \
+    LGD_ENTRY(lgd_run, SUFFIX, T, LGD_RUN_PARAMS, LGD_RUN_ARGS, lgd::run_chunk)                                      \
+    LGD_ENTRY(lgd_rows, SUFFIX, T, LGD_ROWS_PARAMS, LGD_ROWS_ARGS, lgd::rows_block)                                  \
+    LGD_ENTRY(lgd_norms, SUFFIX, T, LGD_NORMS_PARAMS, LGD_NORMS_ARGS, lgd::norms_block)                              \
+    LGD_ENTRY(lgd_finalize, SUFFIX, T, LGD_FINALIZE_PARAMS, LGD_FINALIZE_ARGS, lgd::finalize_block)                  \
+    LGD_ENTRY(lgd_update, SUFFIX, T, LGD_UPDATE_PARAMS, LGD_UPDATE_ARGS, lgd::update_grid)
 
 LGD_ENTRIES(double, f64)
 LGD_ENTRIES(float, f32)

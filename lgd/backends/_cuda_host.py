@@ -27,3 +27,11 @@ class Runner(_GpuRunner):
         from ..kernels import cuda_host
 
         return cuda_host.HostEngine()
+
+
+class ProductsRunner(Runner):
+    """The host runner on the products path only (the path a GPU takes for large problems), so that the
+    oracle cases of the test suite run it at the test suites' small sizes."""
+
+    name = "cuda-host-products"
+    requested_path = "products"

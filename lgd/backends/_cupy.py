@@ -80,6 +80,8 @@ class Runner:
     """Runs configurations of one problem through the lgd_run kernel; see :mod:`lgd.backends` for the protocol."""
 
     name = "cupy"
+    # The path a batch runs on: one of lgd.kernels.cuda_products.PATHS, None for LGD_CUDA_PATH (else 'auto').
+    requested_path = None
 
     def __init__(self, problem: Problem, steps: int, record_every: int, shape=None):
         from ..kernels import cuda_run
@@ -101,7 +103,7 @@ class Runner:
         self.X, self.y = device(problem.X), device(problem.y)
         self.X_test, self.y_test = device(problem.X_test), device(problem.y_test)
         self.directions = device(problem.directions)
-        self.state, self.trace, self.run = None, None, None
+        self.state, self.trace, self.run, self.path = None, None, None, None
 
     def _engine(self):
         from ..kernels import cupy_gpu
@@ -110,27 +112,40 @@ class Runner:
 
     def start(self, state: State, trace: Trace, t_start: int = 0):
         """Copy the batch to the device, where it stays until :meth:`finish`; a resumed run (t_start > 0) also
-        its records of the steps before t_start."""
-        xp, dtype = self.engine.xp, self.problem.dtype
+        its records of the steps before t_start. The batch runs on the fused kernel or on the products path
+        (:func:`lgd.kernels.cuda_products.choose`)."""
+        from ..kernels import cuda_products
+
+        xp, dtype, p = self.engine.xp, self.problem.dtype, self.problem
         self.glue.check_rules(state.rules)
         self.state, self.trace = state, trace
-        self.run = self.glue.ChunkRun(
-            self.engine, self.X, self.y, self.X_test, self.y_test,
-            xp.array(state.W, dtype=dtype, order="C"), xp.array(state.a, dtype=dtype, order="C"),
-            xp.array(state.rules, dtype=np.int64), xp.array(state.rule_params, dtype=np.float64, order="C"),
-            xp.array(state.diverged, dtype=np.int64), trace.risk.shape[1], trace.neuron_margins.shape[1],
-            shapes={name: getattr(trace, name).shape for name in (*self.glue.TRAJECTORY_FIELDS,
-                                                                    self.glue.LYAPUNOV_FIELD)},
-            directions=self.directions,
-            tangents=tuple(xp.array(array, dtype=np.float64, order="C") for array in state.tangent_arrays()))
+        shapes = {name: getattr(trace, name).shape for name in (*self.glue.TRAJECTORY_FIELDS,
+                                                                self.glue.LYAPUNOV_FIELD)}
+        tangents = tuple(xp.array(array, dtype=np.float64, order="C") for array in state.tangent_arrays())
+        C, m, d = state.W.shape
+        self.path = cuda_products.choose(
+            self.requested_path, p.X.shape[0], d, m, np.dtype(dtype).itemsize, self.engine.threads,
+            self.engine.shared_budget, n_test=0 if p.X_test is None else p.X_test.shape[0], configs=C,
+            memory_budget=self.engine.memory_budget,
+            trajectories=any(shapes[name][1] for name in self.glue.TRAJECTORY_FIELDS),
+            tangents=bool(tangents and tangents[0].shape[1]))
+        arrays = (self.engine, self.X, self.y, self.X_test, self.y_test,
+                  xp.array(state.W, dtype=dtype, order="C"), xp.array(state.a, dtype=dtype, order="C"),
+                  xp.array(state.rules, dtype=np.int64), xp.array(state.rule_params, dtype=np.float64, order="C"),
+                  xp.array(state.diverged, dtype=np.int64), trace.risk.shape[1], trace.neuron_margins.shape[1])
+        if self.path == "products":
+            self.run, self._advance = cuda_products.ProductRun(*arrays), cuda_products.advance
+        else:
+            self.run = self.glue.ChunkRun(*arrays, shapes=shapes, directions=self.directions, tangents=tangents)
+            self._advance = self.glue.advance
         if t_start > 0:
             self._trace_to_device(t_start)
 
     def advance(self, t_start: int, t_stop: int):
         p, run, to_host = self.problem, self.run, self.glue.to_host
-        self.glue.advance(run, t_start, t_stop, self.steps, self.record_every, p.activation, p.loss, p.scale,
-                          p.train_outer, bounds=(p.risk_bound, p.weight_bound), weights_every=p.weights_every,
-                          log_risk_every_step=p.log_risk_every_step)
+        self._advance(run, t_start, t_stop, self.steps, self.record_every, p.activation, p.loss, p.scale,
+                      p.train_outer, bounds=(p.risk_bound, p.weight_bound), weights_every=p.weights_every,
+                      log_risk_every_step=p.log_risk_every_step)
         self.state.diverged[...] = to_host(run.diverged)  # waits for the chunk
         self.glue.check_fault(run, p.activation, p.loss)
         self._iterates_to_host()

@@ -42,6 +42,10 @@ WORKLOAD_NAMES = ("S", "SWEEP-1024", "L", "M", "SWEEP-64")
 # lgd.kernels.cupy_gpu.launch_shape), on every workload but L, after the lgd and JAX loop cases. On the H200
 # (2026-12-04) 512x1 ran 1.1-1.4x faster than the default and 256x2 0.7x on S: the others are left out.
 LAUNCHES = ("512x1",)
+# lgd-cupy on the path 'auto' does not take (lgd.kernels.cuda_products.choose: the products path for M and
+# L, the fused kernel for S and the sweeps), timed after the lgd and JAX loop cases so that a lent GPU can
+# settle the choice; L on the fused kernel ran at 3.75 steps/s on the H200 (2026-12-04) and is left out.
+OTHER_PATHS = {"S": "products", "SWEEP-64": "products", "SWEEP-1024": "products", "M": "fused"}
 # Seconds a timed call aims at (its steps are chosen from the checked run's speed).
 TIMED_SECONDS = 0.6
 # Configurations of a sweep the oracle check compares (first, middle, last): the numpy oracle is slow.
@@ -53,14 +57,18 @@ def workload(name: str) -> Workload:
     return WORKLOADS["SWEEP" if name == "SWEEP-64" else name]
 
 
-def plan(workloads=WORKLOAD_NAMES, impls=IMPLS, dtypes=DTYPES, launches=LAUNCHES) -> list[tuple]:
-    """(workload, impl, dtype, launch) in the order they run: implementation by implementation in the order
+def plan(workloads=WORKLOAD_NAMES, impls=IMPLS, dtypes=DTYPES, launches=LAUNCHES, paths=True) -> list[tuple]:
+    """(workload, impl, dtype, variant) in the order they run: implementation by implementation in the order
     of `impls` (lgd and the JAX loop first), each over the workloads and dtypes, so that a deadline cuts the
-    least informative cases; lgd-cupy's other `launches` (launch None: the default shape) come after the
-    first two implementations."""
+    least informative cases; lgd-cupy on its other path ('path:NAME', with `paths`) and at its other
+    `launches` (variant None: the default shape and path) come after the first two implementations."""
     cases = [(name, impl, dtype, None) for impl in impls for name in workloads for dtype in dtypes]
-    others = [(name, "lgd-cupy", dtype, launch) for launch in launches for name in workloads if name != "L"
-              for dtype in dtypes] if "lgd-cupy" in impls else []
+    others = []
+    if "lgd-cupy" in impls:
+        others = [(name, "lgd-cupy", dtype, f"path:{OTHER_PATHS[name]}") for name in workloads
+                  if paths and name in OTHER_PATHS for dtype in dtypes]
+        others += [(name, "lgd-cupy", dtype, launch) for launch in launches for name in workloads if name != "L"
+                   for dtype in dtypes]
     first = sum(1 for case in cases if case[1] in impls[:2])
     return cases[:first] + others + cases[first:]
 
@@ -176,14 +184,20 @@ def product_roofline(work: Workload, dtype: str, seconds: float = 0.2) -> dict:
 
 def run_case(name: str, impl: str, dtype: str, deadline: float, launch: str | None = None) -> dict:
     """Check `impl` on workload `name` against the oracle, then time it: one record (or raises). `launch`
-    (lgd-cupy only) is the launch shape, through the environment that lgd.kernels.cupy_gpu reads."""
+    (lgd-cupy only) is a launch shape, or 'path:NAME' a path (lgd.kernels.cuda_products.PATHS), through the
+    environment that lgd.kernels.cupy_gpu and cuda_products read."""
     if launch is None:
         return _run_case(name, impl, dtype, deadline)
-    threads, blocks = launch_shape(launch)
-    saved = {key: os.environ.get(key) for key in ("LGD_CUDA_THREADS", "LGD_CUDA_BLOCKS_PER_SM")}
-    os.environ.update(LGD_CUDA_THREADS=str(threads), LGD_CUDA_BLOCKS_PER_SM=str(blocks))
+    if launch.startswith("path:"):
+        settings = {"LGD_CUDA_PATH": launch.removeprefix("path:")}
+    else:
+        threads, blocks = launch_shape(launch)
+        settings = {"LGD_CUDA_THREADS": str(threads), "LGD_CUDA_BLOCKS_PER_SM": str(blocks)}
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
     try:
-        return {**_run_case(name, impl, dtype, deadline), "launch": launch}
+        record = _run_case(name, impl, dtype, deadline)
+        return record if launch.startswith("path:") else {**record, "launch": launch}
     finally:
         for key, value in saved.items():
             if value is None:
@@ -199,9 +213,13 @@ def _run_case(name: str, impl: str, dtype: str, deadline: float) -> dict:
     record = {"workload": name, "impl": impl, "dtype": dtype, "n": work.n, "d": work.d, "m": work.m,
               "configs": work.configs}
     if impl == "lgd-cupy":
-        from ..kernels import cupy_gpu
+        from ..kernels import cuda_products, cupy_gpu
 
         record["launch"] = "{}x{}".format(*cupy_gpu.launch_shape())
+        engine = cupy_gpu.GpuEngine()
+        record["path"] = cuda_products.choose(None, work.n, work.d, work.m, np.dtype(dtype).itemsize, engine.threads,
+                                              engine.shared_budget, configs=work.configs,
+                                              memory_budget=engine.memory_budget)
     tic = time.perf_counter()
     run = peers.prepare(impl, work, dtype, device=True)
     risk = run(CHECK_STEPS)  # the first call compiles
@@ -243,7 +261,7 @@ def ratios(records: list, peaks: dict, rooflines: dict) -> None:
         record["vs_product_roofline"] = record["steps_per_s"] / roof["steps_per_s"] if roof else None
 
 
-COLUMNS = ("workload", "dtype", "impl", "launch", "steps_per_s", "gflops", "vs_jax_scan", "fraction_of_fma_peak",
+COLUMNS = ("workload", "dtype", "impl", "launch", "path", "steps_per_s", "gflops", "vs_jax_scan", "fraction_of_fma_peak",
            "vs_product_roofline", "first_call_s", "check_rel_error")
 
 
@@ -331,7 +349,7 @@ def sanitize_sweep() -> int:
 
     import lgd
 
-    from ..kernels import cuda_run, cupy_gpu
+    from ..kernels import cuda_products, cuda_run, cupy_gpu
 
     cupy.cuda.set_allocator(None)  # one cudaMalloc per array: memcheck sees each array's own bounds
     failures = 0
@@ -362,25 +380,41 @@ def sanitize_sweep() -> int:
                   and np.isfinite(run.lyapunov.get()[0]).all())
             print(f"sanitize sweep {dtype} budget {budget}: diverged {diverged.tolist()} {'ok' if ok else 'BAD'}")
             failures += not ok
+        # The products path: cuBLAS products and its four kernels, steps between records from CUDA graphs.
+        run = cuda_products.ProductRun(cupy_gpu.GpuEngine(), cupy.asarray(X, dtype=dtype), cupy.asarray(y, dtype=dtype),
+                                       cupy.asarray(X[:11], dtype=dtype), cupy.asarray(y[:11], dtype=dtype),
+                                       cupy.asarray(rng.standard_normal((C, m, 5)), dtype=dtype),
+                                       cupy.ones((C, m), dtype=dtype), cupy.zeros(C, dtype=cupy.int64),
+                                       cupy.asarray([[0.3, 0, 0], [2.0, 0, 0], [1e6, 0, 0]]),
+                                       cupy.full(C, -1, dtype=cupy.int64), 9, 9)
+        cuda_products.advance(run, 0, 31, 30, 4, activation, loss, 1.0 / m, True, bounds=(1e10, 1e4))
+        diverged = run.diverged.get()
+        ok = diverged[0] < 0 and 0 <= diverged[2] < 30 and np.isfinite(run.trace.get()[0, 0, :]).all()
+        print(f"sanitize sweep {dtype} products path: diverged {diverged.tolist()} {'ok' if ok else 'BAD'}")
+        failures += not ok
     return 1 if failures else 0
 
 
 def describe() -> int:
     """Build the RawModule (into CuPy's kernel cache, for the later steps), print the kernel's registers,
     shared and local memory, and the shared-memory layout of each workload in both dtypes."""
-    from ..kernels import cuda_run, cupy_gpu
+    from ..kernels import cuda_products, cuda_run, cupy_gpu
 
     tic = time.perf_counter()
     engine = cupy_gpu.GpuEngine()
     print(f"module built in {time.perf_counter() - tic:.1f} s; dynamic shared memory per block (opt-in) "
           f"{engine.shared_budget} bytes; {engine.threads} threads per block")
-    for suffix in cuda_run.SUFFIX.values():
-        print(f"{cuda_run.ENTRY}_{suffix}:", cupy_gpu.module().get_function(f"{cuda_run.ENTRY}_{suffix}").attributes)
+    for entry in cuda_run.ENTRY_PARAMS:
+        for suffix in cuda_run.SUFFIX.values():
+            print(f"{entry}_{suffix}:", cupy_gpu.module().get_function(f"{entry}_{suffix}").attributes)
     for name in WORKLOAD_NAMES:
         work = workload(name)
         for dtype in DTYPES:
             print(name, dtype, cuda_run.layout(work.n, work.d, work.m, np.dtype(dtype).itemsize, engine.threads,
-                                               engine.shared_budget))
+                                               engine.shared_budget), "path (auto):",
+                  cuda_products.choose(None, work.n, work.d, work.m, np.dtype(dtype).itemsize, engine.threads,
+                                       engine.shared_budget, configs=work.configs,
+                                       memory_budget=engine.memory_budget))
     return 0
 
 
