@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (ACTIVATIONS, HOST_CUDA, LOSSES, MODELS, TOLERANCE, TOLERANCE_ONE_STEP, assert_traces_close,
-                      make_problem, problem_data, register_host_cuda, run_backend)
+from conftest import (ACTIVATIONS, HOST_CUDA, LOSSES, MODELS, TOLERANCE, TOLERANCE_ONE_STEP, assert_every_rule_matches,
+                      assert_traces_close, make_problem, problem_data, register_host_cuda, run_backend)
 
 import lgd
 from lgd import backends
@@ -96,21 +96,7 @@ def test_a_sweep_with_a_diverging_configuration_matches_the_oracle(products, dty
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_every_stepsize_rule_is_the_oracles(products, dtype):
-    """One sweep mixing every rule the kernels have: eta_t from the risk, its log (every step), the gradient
-    norm and t."""
-    from lgd import stepsize
-
-    X, y = lgd.data.separable(n=30, d=4, margin=0.1, seed=4)
-    rules = [0.5, stepsize.warmup(2.0, 10), stepsize.step_decay(2.0, 7, 0.5), stepsize.cosine(2.0),
-             stepsize.adaptive(0.5), stepsize.polyak(0.0, 0.5), stepsize.normalized(0.3)]
-    runs = [lgd.sweep(X, y, lgd.TwoLayerNet(8), stepsizes=rules, steps=25, record=3,
-                      compute=lgd.Compute(backend=name, dtype=dtype, progress=False)) for name in ("numpy", products)]
-    rtol = TOLERANCE[dtype] * (1 if dtype == "float64" else 20)
-    keep = list(range(len(rules))) if dtype == "float64" else [i for i in range(len(rules)) if i != 5]
-    for field in ("eta", "risk", "log_risk", "grad_norm", "accuracy", "margin"):
-        np.testing.assert_allclose(getattr(runs[1], field)[keep], getattr(runs[0], field)[keep], rtol=rtol,
-                                   atol=rtol * 1e-3, err_msg=field)
-    np.testing.assert_allclose(runs[1].weights[keep], runs[0].weights[keep], rtol=rtol, atol=rtol * 1e-3)
+    assert_every_rule_matches(products, dtype, fields=("eta", "risk", "log_risk", "grad_norm", "accuracy", "margin"))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

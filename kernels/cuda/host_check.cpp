@@ -50,6 +50,18 @@ double uniform() {  // xorshift64: the same numbers on every machine
     return (double)(state >> 11) / 9007199254740992.0 * 2.0 - 1.0;
 }
 
+// Synthetic data (inputs in [-0.5, 0.5], labels +-1), weights in [-1, 1] and outer weights +-1.
+template <typename T>
+void fill(std::vector<T>& X, std::vector<T>& y, std::vector<T>& X_test, std::vector<T>& y_test, std::vector<T>& W,
+          std::vector<T>& a) {
+    for (T& v : X) v = (T)(0.5 * uniform());
+    for (T& v : y) v = uniform() > 0 ? T(1) : T(-1);
+    for (T& v : X_test) v = (T)(0.5 * uniform());
+    for (T& v : y_test) v = uniform() > 0 ? T(1) : T(-1);
+    for (T& v : W) v = (T)uniform();
+    for (size_t k = 0; k < a.size(); ++k) a[k] = k % 2 ? T(-1) : T(1);
+}
+
 template <typename T>
 void sweep(int tile_rows, int x_shared, int w_shared, int g_shared,
            void (*entry)(unsigned, unsigned, size_t, LGD_RUN_PARAMS(T))) {
@@ -58,12 +70,7 @@ void sweep(int tile_rows, int x_shared, int w_shared, int g_shared,
     const int records = (int)(steps / every) + 2, weight_records = (int)(steps / weights_every) + 1;
     std::vector<T> X(n * d), y(n), X_test(n_test * d), y_test(n_test), W(configs * m * d), a(configs * m);
     std::vector<T> directions(directions_count * m * d), workspace(configs * 2 * d * m);
-    for (T& v : X) v = (T)(0.5 * uniform());
-    for (int i = 0; i < n; ++i) y[i] = uniform() > 0 ? T(1) : T(-1);
-    for (T& v : X_test) v = (T)(0.5 * uniform());
-    for (int i = 0; i < n_test; ++i) y_test[i] = uniform() > 0 ? T(1) : T(-1);
-    for (T& v : W) v = (T)uniform();
-    for (int k = 0; k < configs * m; ++k) a[k] = k % 2 ? T(-1) : T(1);
+    fill(X, y, X_test, y_test, W, a);
     for (T& v : directions) v = (T)uniform();
     // Constant stepsizes 0.3 and 2 and 1e6 (diverges); the log-risk at every step, as the adaptive rule needs.
     std::vector<long long> rules(configs, lgd::RULE_CONSTANT);
@@ -117,12 +124,7 @@ void products_sweep() {
     const int test_blocks = (n_test + rows - 1) / rows;
     const int dm = d * m, norm_blocks = (dm + per_block - 1) / per_block, width = configs * m;
     std::vector<T> X(n * d), y(n), X_test(n_test * d), y_test(n_test), W(configs * dm), a(configs * m);
-    for (T& v : X) v = (T)(0.5 * uniform());
-    for (int i = 0; i < n; ++i) y[i] = uniform() > 0 ? T(1) : T(-1);
-    for (T& v : X_test) v = (T)(0.5 * uniform());
-    for (int i = 0; i < n_test; ++i) y_test[i] = uniform() > 0 ? T(1) : T(-1);
-    for (T& v : W) v = (T)uniform();
-    for (int k = 0; k < configs * m; ++k) a[k] = k % 2 ? T(-1) : T(1);
+    fill(X, y, X_test, y_test, W, a);
     std::vector<long long> rules(configs, lgd::RULE_CONSTANT), diverged(configs, -1), clock(1, 0);
     std::vector<double> rule_params = {0.3, 0.0, 0.0, 2.0, 0.0, 0.0, 1e6, 0.0, 0.0};
     std::vector<int> fault(1, 0), moving(configs, 0);

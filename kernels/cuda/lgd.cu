@@ -94,6 +94,19 @@ __host__ __device__ inline double stepsize_at(int code, double p0, double p1, do
     }
 }
 
+// The scalar records of one evaluation: `at` is the configuration's slot in the first field of the trace
+// (fields, configs, records), `field` the stride between fields.
+__host__ __device__ inline void record_scalars(double* at, long long field, double eta, double risk, double log_risk,
+                                               double accuracy, double grad_sq, double weight_sq, double margin) {
+    at[TRACE_ETA * field] = eta;
+    at[TRACE_RISK * field] = risk;
+    at[TRACE_LOG_RISK * field] = log_risk;
+    at[TRACE_ACCURACY * field] = accuracy;
+    at[TRACE_GRAD_NORM * field] = sqrt(grad_sq);
+    at[TRACE_WEIGHT_NORM * field] = sqrt(weight_sq);
+    at[TRACE_MARGIN * field] = margin;
+}
+
 __host__ __device__ __forceinline__ size_t align16(size_t bytes) { return (bytes + 15) & ~size_t(15); }
 
 // Sums (or, where is_min[q], minima) of STATS values over the block, in a fixed order: each warp's lane 0
@@ -588,15 +601,9 @@ __device__ void run_chunk(const T* X, const T* y, const T* X_test, const T* y_te
         const double eta_t = narrow(stepsize_at(rule, p0, p1, p2, t, steps, risk, log_risk, grad_sq), f32);
         if (slot >= 0) {
             const long long at = (long long)c * records + slot, field = (long long)configs * records;
-            if (tid == 0) {
-                trace[TRACE_ETA * field + at] = eta_t;
-                trace[TRACE_RISK * field + at] = risk;
-                trace[TRACE_LOG_RISK * field + at] = log_risk;
-                trace[TRACE_ACCURACY * field + at] = stat[STAT_CORRECT] / n;
-                trace[TRACE_GRAD_NORM * field + at] = sqrt(grad_sq);
-                trace[TRACE_WEIGHT_NORM * field + at] = sqrt(stat[STAT_WEIGHT_SQ]);
-                trace[TRACE_MARGIN * field + at] = stat[STAT_MARGIN];
-            }
+            if (tid == 0)
+                record_scalars(trace + at, field, eta_t, risk, log_risk, stat[STAT_CORRECT] / n, grad_sq,
+                               stat[STAT_WEIGHT_SQ], stat[STAT_MARGIN]);
             if (tid == 0)
                 for (int l = 0; l < n_tangents && slot < lyapunov_records; ++l)
                     trace_lyapunov[((long long)c * lyapunov_records + slot) * n_tangents + l] =

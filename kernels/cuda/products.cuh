@@ -231,13 +231,7 @@ __device__ void finalize_block(const T* a, T* grad_a, const long long* rules, co
     if (slot >= 0) {
         const long long at = (long long)c * records + slot, field = (long long)configs * records;
         if (tid == 0) {
-            trace[TRACE_ETA * field + at] = eta_t;
-            trace[TRACE_RISK * field + at] = risk;
-            trace[TRACE_LOG_RISK * field + at] = log_risk;
-            trace[TRACE_ACCURACY * field + at] = correct / n;
-            trace[TRACE_GRAD_NORM * field + at] = sqrt(grad_sq);
-            trace[TRACE_WEIGHT_NORM * field + at] = sqrt(weight_sq);
-            trace[TRACE_MARGIN * field + at] = margin;
+            record_scalars(trace + at, field, eta_t, risk, log_risk, correct / n, grad_sq, weight_sq, margin);
             if (n_test > 0) {
                 double test_risk = 0.0, test_correct = 0.0;
                 for (int b = 0; b < test_blocks; ++b) {
