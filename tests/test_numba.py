@@ -197,6 +197,28 @@ def test_wide_inputs_and_nets_match_oracle(shape, team, dtype, monkeypatch):
     assert_traces_close(expected, actual, rtol=tol, atol=tol * 1e-3)
 
 
+@pytest.mark.parametrize("kept", ["kept", "formed"])
+@pytest.mark.parametrize("products", ["fused", "blas"])
+@pytest.mark.parametrize("train_outer", [False, True], ids=["fixed_outer", "train_outer"])
+def test_lyapunov_from_kept_or_formed_curvature_matches_oracle(kept, products, train_outer, monkeypatch):
+    """The tangent map's curvature of each sample, kept by the step's pass over the samples or, over the
+    budget _numba.KEPT_BYTES, formed again a block at a time, by a team of threads (blocks of 37 and 38
+    samples: a whole block of BLOCK and a part of one each), with the products fused or through BLAS: the
+    log growth of two tangent vectors against the oracle's."""
+    monkeypatch.setattr(_numba, "TEAM_WORK", 1)
+    monkeypatch.setattr(_numba, "BLAS_WORK", 0 if products == "blas" else 1 << 62)
+    monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
+    if kept == "formed":
+        monkeypatch.setattr(_numba, "KEPT_BYTES", 0)
+    X, y, _, _ = problem_data("logistic", n=75, test=False)
+    model = lgd.TwoLayerNet(21, train_outer=train_outer)
+    options = dict(stepsize=0.7, steps=20, record=lgd.Record(lyapunov=2), divergence=float("inf"))
+    expected = lgd.gd(X, y, model, "logistic", compute=fast(backend="numpy"), **options)
+    actual = lgd.gd(X, y, model, "logistic", compute=fast(backend="numba"), **options)
+    np.testing.assert_allclose(actual.lyapunov_sum, expected.lyapunov_sum, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(actual.weights, expected.weights, rtol=1e-10)
+
+
 def test_team_size_follows_the_work():
     """As many threads per configuration as the n x m block has TEAM_WORK entries for, up to the threads;
     one per configuration when there are as many configurations as threads."""

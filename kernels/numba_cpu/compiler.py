@@ -126,12 +126,12 @@ def kernel(func):
     return dispatcher
 
 
-# Code libraries (one per compiled kernel) -> {(function, signature): compile result} of the subroutines
-# lowered into them.
+# Code libraries (one per compiled kernel) -> {(function, (signature, counted)): compile result} of the
+# subroutines lowered into them.
 _SUBROUTINES = weakref.WeakKeyDictionary()
 
 
-def subroutine(returns, pick=None):
+def subroutine(returns, pick=None, counted=True):
     """Decorator: a helper compiled into the code library of the kernel that calls it.
 
     An njit helper is a library of its own: numba optimises it and generates its machine code, then
@@ -143,7 +143,13 @@ def subroutine(returns, pick=None):
     decorated one (one name for per-dtype implementations). Callable from compiled code only; the
     Python function stays reachable as `.implementation`. Error model numpy, as the kernels:
     divisions carry no zero checks. A branch on an argument that is None is pruned at compile time,
-    which is how one kernel leaves out the product mode it does not run.
+    which is how one kernel leaves out the product mode it does not run. `counted` False compiles it,
+    and every subroutine it calls, without NRT reference counts (numba increfs an array argument at
+    a helper's entry and decrefs it at its exits, and its pruning pass removes that pair only in simple
+    control flow: atomics at every call, on cache lines a team's threads share): only for a void helper
+    that allocates nothing (a compile error otherwise) and keeps no array beyond the call, whose
+    arrays its caller holds for the whole call. Each subroutine is compiled once per signature and
+    per counting mode.
     """
     def decorate(func):
         def signature(args):
@@ -155,11 +161,13 @@ def subroutine(returns, pick=None):
                 library = context.active_code_library
                 compiled = _SUBROUTINES.setdefault(library, {})
                 implementation = func if pick is None else pick(*signature.args)
-                key = (implementation, signature)
+                if not counted and context.enable_nrt:
+                    context = context.subtarget(enable_nrt=False)
+                key = (implementation, (signature, context.enable_nrt))
                 if key not in compiled:
                     flags = Flags()
                     flags.error_model = "numpy"
-                    flags.nrt = True
+                    flags.nrt = context.enable_nrt
                     flags.no_compile = True
                     flags.no_cpython_wrapper = True
                     flags.no_cfunc_wrapper = True

@@ -26,8 +26,8 @@ the entry's parameter):
 - flattened_polynomial(a):    (1 + u)^-a (u >= 0), 1 - a u (u < 0),   -a (1 + u)^{-a-1}, -a
 - squared:                    r^2 / 2,                                r
 
-the second derivatives phi'' (:func:`curvature_row`) and loss'' (:func:`loss_curvature`), for exact
-Hessian-vector products (the catalogs' ``ddphi`` and ``d2``): 0 for identity and the ReLUs; s (1 - s)
+the second derivatives phi'' (:func:`activate_row` with its third row) and loss'' (:func:`loss_curvature`), for
+exact Hessian-vector products (the catalogs' ``ddphi`` and ``d2``): 0 for identity and the ReLUs; s (1 - s)
 for softplus, times (1 - c) for leaky_softplus; s t (2 + z (t - s)) for silu (t = 1 - s);
 -2 tanh z (1 - tanh^2 z); N(z) (2 - z^2) for gelu; and sigmoid(u) sigmoid(-u), e^-u, a^2 e^{-a u} (u >= 0,
 else 0), a (a + 1) (1 + u)^{-a-2} (u >= 0, else 0), 1 for the losses;
@@ -79,11 +79,14 @@ def unknown_code(activation, loss):
 
 
 @subroutine(types.void)
-def activate_row(code, c, Z, row, p, q, m):
-    """p[j] = phi(Z[row, j]) and q[j] = phi'(Z[row, j]) for j < m, in the dtype of Z; the branch is taken
-    once per row, never inside the vectorised loops. The row is indexed here, not passed as a view: a
-    view costs two atomic reference counts per sample."""
-    zero, one, half = like(Z, 0.0), like(Z, 1.0), like(Z, 0.5)
+def activate_row(code, c, Z, row, p, q, r, m):
+    """p[j] = phi(Z[row, j]) and q[j] = phi'(Z[row, j]) for j < m, in the dtype of Z, and, unless r is None,
+    r[j] = phi''(Z[row, j]) (for exact Hessian-vector products) from the same intermediate values: the
+    sigmoid's e^-|z| and 1 / (1 + e^-|z|), tanh z, the normal density. The branch is taken once per row,
+    never inside the vectorised loops; r None prunes phi'' from the compiled code (the plain step's
+    variant). The row is indexed here, not passed as a view: a view costs two atomic reference counts
+    per sample."""
+    zero, one, half, two = like(Z, 0.0), like(Z, 1.0), like(Z, 0.5), like(Z, 2.0)
     cz, cbar = like(Z, c), like(Z, 1.0 - c)
     if code == LEAKY_SOFTPLUS or code == SOFTPLUS:  # softplus is c = 0
         # Two passes, exp(-|z|) into p first: each loop keeps fewer constants live than one loop doing
@@ -96,13 +99,15 @@ def activate_row(code, c, Z, row, p, q, m):
         for j in range(m):
             x = Z[row, j]
             e = p[j]
-            s, t, hfsq, r = log1p_parts_of(e)
+            s, t, hfsq, r1 = log1p_parts_of(e)  # r1 = 1 / (1 + e): sigmoid(|x|); e r1 = sigmoid(-|x|)
             early = max(x, zero) + (e - hfsq)
             if c != 0.0:
                 p[j] = fma(cbar * s, t, fma(cz, x, cbar * early))
             else:
                 p[j] = fma(s, t, early)
-            q[j] = fma(cbar, r if x >= zero else e * r, cz)
+            q[j] = fma(cbar, r1 if x >= zero else e * r1, cz)
+            if r is not None:  # phi'' = (1 - c) sigmoid(x) sigmoid(-x), either sign of x
+                r[j] = cbar * (e * r1) * r1
     elif code == RELU or code == LEAKY_RELU or code == IDENTITY:
         slope = one if code == IDENTITY else cz  # the identity is the leaky ReLU of slope 1
         for j in range(m):
@@ -110,20 +115,26 @@ def activate_row(code, c, Z, row, p, q, m):
             pos = x > zero
             p[j] = x if pos else slope * x
             q[j] = one if pos else slope
+            if r is not None:  # piecewise linear
+                r[j] = zero
     elif code == SILU:
         for j in range(m):
             x = Z[row, j]
             e = exp_of(-abs(x))
-            r = one / (one + e)
-            s = r if x >= zero else e * r
-            t = e * r if x >= zero else r
+            r1 = one / (one + e)
+            s = r1 if x >= zero else e * r1
+            t = e * r1 if x >= zero else r1
             p[j] = x * s
             q[j] = s + x * s * t
+            if r is not None:
+                r[j] = s * t * (two + x * (t - s))
     elif code == TANH:
         for j in range(m):
             th = math.tanh(Z[row, j])
             p[j] = th
             q[j] = one - th * th
+            if r is not None:
+                r[j] = like(Z, -2.0) * th * (one - th * th)
     elif code == GELU:
         inv_sqrt2, inv_sqrt2pi, cap = like(Z, _INV_SQRT2), like(Z, _INV_SQRT2PI), like(Z, 3200.0)
         for j in range(m):
@@ -131,8 +142,11 @@ def activate_row(code, c, Z, row, p, q, m):
             cdf = half * math.erfc(-x * inv_sqrt2)
             near = abs(x) < like(Z, 40.0)
             pdf = exp_of(-half * min(x * x, cap)) * inv_sqrt2pi if near else zero
+            xc = x if near else zero
             p[j] = x * cdf
-            q[j] = cdf + (x if near else zero) * pdf
+            q[j] = cdf + xc * pdf
+            if r is not None:
+                r[j] = pdf * (two - xc * xc)
 
 
 @subroutine(types.UniTuple(types.float64, 2))
@@ -181,35 +195,6 @@ def log_loss_row(code, a, u):
     if code == SQUARED:
         return 2.0 * math.log(abs(u)) - _LOG2
     return math.nan
-
-
-@subroutine(types.void)
-def curvature_row(code, c, Z, row, r, m):
-    """r[j] = phi''(Z[row, j]) for j < m, in the dtype of Z (for Hessian-vector products: off the hot path)."""
-    zero, one, half = like(Z, 0.0), like(Z, 1.0), like(Z, 0.5)
-    if code == LEAKY_SOFTPLUS or code == SOFTPLUS or code == SILU:
-        cbar = like(Z, 1.0 - c) if code == LEAKY_SOFTPLUS else one
-        for j in range(m):
-            x = Z[row, j]
-            e = exp_of(-abs(x))
-            s = one / (one + e) if x >= zero else e / (one + e)
-            t = e / (one + e) if x >= zero else one / (one + e)
-            r[j] = s * t * (like(Z, 2.0) + x * (t - s)) if code == SILU else cbar * s * t
-    elif code == TANH:
-        for j in range(m):
-            th = math.tanh(Z[row, j])
-            r[j] = like(Z, -2.0) * th * (one - th * th)
-    elif code == GELU:
-        inv_sqrt2pi, cap = like(Z, _INV_SQRT2PI), like(Z, 3200.0)
-        for j in range(m):
-            x = Z[row, j]
-            near = abs(x) < like(Z, 40.0)
-            pdf = exp_of(-half * min(x * x, cap)) * inv_sqrt2pi if near else zero
-            xc = x if near else zero
-            r[j] = pdf * (like(Z, 2.0) - xc * xc)
-    else:  # identity and the ReLUs: piecewise linear
-        for j in range(m):
-            r[j] = zero
 
 
 @subroutine(types.float64)

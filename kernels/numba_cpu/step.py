@@ -27,7 +27,7 @@ from lgd.models import LOG_RISK_EXACT_BELOW, LOG_RISK_EXACT_BELOW_F32
 from lgd.stepsize import stepsize_at as _stepsize_at
 
 from .compiler import subroutine
-from .formulas import activate_row, log_loss_row, loss_row
+from .formulas import activate_row, log_loss_row, loss_curvature, loss_row
 from .intrinsics import dot_lanes, flat, fma, like
 from .sharpness import top_eigenvalues
 from .tangent import member_block
@@ -115,7 +115,7 @@ def sample_out(code_loss, loss_param, margin_loss, yi, f, f32):
 
 @subroutine(types.void)
 def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, member, p, q, qs, rows, grad, grad_a,
-                 neuron, stats, train, us):
+                 neuron, stats, train, us, kept):
     """One pass over samples [i0, i1) of one configuration (the only place that evaluates the net), for
     the activation, loss and model of `spec` (a Spec).
 
@@ -133,6 +133,13 @@ def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, membe
     a team pads them, so that no two threads write the same cache line. Nothing here allocates, so
     nothing can fail while the other threads of a team wait at a barrier.
 
+    With `kept` (a run with Lyapunov exponents; None otherwise, pruned at compile time: lgd.backends._numba's
+    _kept_rows), the training block also keeps what the tangent map (tangent.hessian_part) needs of each
+    sample at these weights, as tangent.block_curvature would form it: coef = (loss''(u) s / n, loss'(u)
+    c s / n), a_j phi' and a_j phi'' (phi'' from the same pass as phi and phi'), phi and phi' when a is
+    trained; so the tangent map forms neither X W^T nor the activations again. Unless its rows are
+    empty (a run with more samples than their budget).
+
     Rows, products and gradients are in the dtype of X (z, p, q, a, grad and grad_a share it): a
     float32 run computes in float32. Per-sample losses, the risk and the margins are float64 sums
     of values rounded as the oracle rounds them.
@@ -148,11 +155,16 @@ def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, membe
             grad_a[j] = 0.0
             neuron[j] = np.inf
     risk, correct, margin = 0.0, 0.0, np.inf
+    n_train = X.shape[0]
     pending = 0
     waiting = WAITING_SAMPLES if m <= WAITING_MAX_M else BACKWARD_GROUP
     tile_start = tile_end = i0  # samples [tile_start, tile_end) have their z rows in zt
     if zs is not None:
         zt = zs[member]  # the member's rows (a view taken once: each costs two atomic reference counts)
+    if kept is not None:  # unpacked once: each array taken from the tuple costs atomic reference counts
+        kept_p, kept_q, kept_aq, kept_ar, kept_coef = kept[0], kept[1], kept[2], kept[3], kept[4]
+        keeping = train and kept_aq.shape[0] > 0  # rows for every sample (else the tangent map forms them)
+        r = kept[5][member]  # the member's row of phi''
     for i in range(i0, i1):
         yi = np.float64(y[i])
         if linear:
@@ -172,15 +184,36 @@ def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, membe
             # Two ifs, not if / else: numba prunes a branch on an argument that is None, not on one
             # that is an array, so an else would compile the other mode's code into each kernel.
             if Z is not None:
-                activate_row(act, act_param, Z, i, p, q, m)
+                if kept is None:
+                    activate_row(act, act_param, Z, i, p, q, None, m)
+                if kept is not None:
+                    activate_row(act, act_param, Z, i, p, q, r, m)
             if zs is not None:
                 if i >= tile_end:  # the rows of the next tile's samples (fewer at the block's end)
                     count = WIDE_ROWS if d >= WIDE_MIN_D and i1 - i >= WIDE_ROWS else min(TILE_ROWS, i1 - i)
                     forward_rows(X, i, count, Wt, zt)
                     tile_start, tile_end = i, i + count
-                activate_row(act, act_param, zt, i - tile_start, p, q, m)
+                if kept is None:
+                    activate_row(act, act_param, zt, i - tile_start, p, q, None, m)
+                if kept is not None:
+                    activate_row(act, act_param, zt, i - tile_start, p, q, r, m)
             f = scale * np.float64(dot_row(a, p, m))
         value, coef, yf, u = sample_out(spec.loss, spec.loss_param, spec.margin_loss, yi, f, spec.f32)
+        if kept is not None:
+            if keeping:
+                if linear:  # the linear model's identity: phi = z = f, phi' = 1, phi'' = 0
+                    p[0], q[0], r[0] = like(p, f), like(p, 1.0), like(p, 0.0)
+                # In this loop, not a subroutine's: a call taking these arrays would count references to
+                # them (atomics on cache lines the team's threads share) at every sample.
+                kept_coef[i, 0] = loss_curvature(spec.loss, spec.loss_param, u) * scale / n_train
+                kept_coef[i, 1] = coef * scale / n_train
+                for j in range(m):
+                    kept_aq[i, j] = np.float64(a[j]) * np.float64(q[j])
+                    kept_ar[i, j] = np.float64(a[j]) * np.float64(r[j])
+                if spec.train_outer:
+                    for j in range(m):
+                        kept_p[i, j] = p[j]
+                        kept_q[i, j] = q[j]
         risk += value
         if train and (record or spec.log_risk_every_step):
             us[i] = u

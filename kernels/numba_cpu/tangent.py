@@ -4,8 +4,9 @@ What lives here: :func:`propagate` (the k tangent vectors of one configuration t
 I - eta H(W_t) of the GD map W -> W - eta grad L(W), then modified Gram-Schmidt, adding the log of each
 vector's growth to its running sum, from the parts of H v that the members of a team computed) and
 :func:`hessian_part` (a range of samples' part of H v for those k vectors at W_t, exact: the formulas
-of :mod:`lgd.hessian`, which is the oracle), built of the curvature of a block of samples
-(:func:`block_curvature`) and its part of the products (:func:`block_products`, both products by the
+of :mod:`lgd.hessian`, which is the oracle), built of the curvature of each sample (as
+:func:`block_curvature` forms it for a block of samples, or as the step's pass over the samples kept it:
+step.sample_block) and a block's part of the products (:func:`block_products`, both products by the
 step's register tiles); for many products at one W (the sharpness's Lanczos), :func:`curvature_cache`
 keeps every sample's curvature and :func:`cached_hessian_products` uses it.
 
@@ -17,7 +18,9 @@ dZ = X V^T and f by df_i = s sum_j (b_j phi(Z_ij) + a_j phi'(Z_ij) dZ_ij), and
 
 (b = 0 and no a-block with fixed outer weights). The rows of phi, phi' and phi'' come from formulas in
 the run's dtype; the products and the tangent vectors are float64. The tangent map runs after the step's
-pass over the samples (it forms Z again), each member of a team on its own samples; the sharpness's
+pass over the samples, each member of a team on its own samples, from the curvature that pass kept
+(phi'' in the same loop as phi and phi'), so it forms neither Z nor the activations again (only in a
+run with more samples than the kept rows' budget, lgd.backends._numba.KEPT_BYTES); the sharpness's
 Lanczos by one thread. Off the fused hot path: a run without Lyapunov exponents or the sharpness never
 enters it.
 """
@@ -28,7 +31,8 @@ import numpy as np
 from numba import types
 
 from .compiler import subroutine
-from .formulas import activate_row, curvature_row, loss_curvature, loss_row
+from .formulas import activate_row, loss_curvature, loss_row
+from .intrinsics import fma
 from .tiles import TILE_ROWS, WAITING_SAMPLES, WIDE_MIN_D, WIDE_ROWS, backward_rows, forward_rows
 
 # Samples per block of the Hessian-vector products (backward_rows adds at most WAITING_SAMPLES at once).
@@ -58,8 +62,7 @@ def block_curvature(X, y, Wt, a, spec, i0, count, Z, P, Q, R, AQ, AR, coef):
     scale = spec.scale
     _rows_times(X, i0, count, Wt, Z)
     for r in range(count):
-        activate_row(spec.activation, spec.activation_param, Z, r, P[r], Q[r], m)
-        curvature_row(spec.activation, spec.activation_param, Z, r, R[r], m)
+        activate_row(spec.activation, spec.activation_param, Z, r, P[r], Q[r], R[r], m)
         f = 0.0
         for j in range(m):
             f += np.float64(a[j]) * np.float64(P[r, j])
@@ -91,9 +94,23 @@ def block_products(X, i0, count, spec, P, Q, AQ, AR, coef, B, HB, Vt, HVt, Xb, D
     for l in range(k):
         _rows_times(Xb, 0, count, Vt[l], DZ)
         for r in range(count):
-            df = 0.0
-            for j in range(m):
-                df += AQ[r, j] * DZ[r, j]
+            # df in eight independent fma chains (one chain of m additions is bound by its latency)
+            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+            j = 0
+            while j + 8 <= m:
+                s0 = fma(AQ[r, j], DZ[r, j], s0)
+                s1 = fma(AQ[r, j + 1], DZ[r, j + 1], s1)
+                s2 = fma(AQ[r, j + 2], DZ[r, j + 2], s2)
+                s3 = fma(AQ[r, j + 3], DZ[r, j + 3], s3)
+                s4 = fma(AQ[r, j + 4], DZ[r, j + 4], s4)
+                s5 = fma(AQ[r, j + 5], DZ[r, j + 5], s5)
+                s6 = fma(AQ[r, j + 6], DZ[r, j + 6], s6)
+                s7 = fma(AQ[r, j + 7], DZ[r, j + 7], s7)
+                j += 8
+            while j < m:
+                s0 = fma(AQ[r, j], DZ[r, j], s0)
+                j += 1
+            df = ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7))
             if train_outer:
                 for j in range(m):
                     df += B[l, j] * np.float64(P[r, j])
@@ -144,13 +161,31 @@ def member_block(rows, member):
 
 
 @subroutine(types.void)
-def hessian_part(X, y, Wt, a, spec, V, B, i0, i1, Vt, HVt, HB, block):
-    """The part of H (V[l], B[l]) at (W, a) of samples i0 .. i1 - 1, for every tangent l, exact: HVt (k, d, m)
-    (transposed, so that every inner loop runs over the m contiguous neurons) and HB (k, m), float64, in
-    blocks of BLOCK samples whose curvature is formed on the way. Vt (k, d, m) receives V transposed;
-    `block` is the scratch of a block: Z, P, Q, R (BLOCK, m) in the run's dtype, AQ, AR (BLOCK, m) and coef
-    (BLOCK, 2) float64 (block_curvature), Xb (BLOCK, d), DZ, G (BLOCK, m) float64 and order (BLOCK,) int64
-    (block_products). The members of a team each add their samples' part; propagate sums the parts."""
+def _sum_products(X, spec, P, Q, AQ, AR, coef, V, B, i0, i1, Vt, HVt, HB, block):
+    """The part of H (V[l], B[l]) of samples i0 .. i1 - 1 from their curvature rows (P, Q, AQ, AR, coef, indexed
+    by sample), for every tangent l: into HVt (k, d, m) (transposed, so that every inner loop runs over
+    the m contiguous neurons) and HB (k, m), float64, BLOCK samples at a time; Vt (k, d, m) receives V
+    transposed. Xb, DZ, G and order of `block` are the scratch."""
+    Xb, DZ, G, order = block[7], block[8], block[9], block[10]
+    _begin_products(V, HB, Vt, HVt)
+    for b0 in range(i0, i1, BLOCK):
+        b1 = min(b0 + BLOCK, i1)
+        block_products(X, b0, b1 - b0, spec, P[b0:b1], Q[b0:b1], AQ[b0:b1], AR[b0:b1], coef[b0:b1], B, HB, Vt, HVt,
+                       Xb, DZ, G, order)
+
+
+@subroutine(types.void)
+def hessian_part(X, y, Wt, a, spec, kept, V, B, i0, i1, Vt, HVt, HB, block):
+    """The part of H (V[l], B[l]) at (W_t, a) of samples i0 .. i1 - 1, for every tangent l, exact: HVt (k, d, m)
+    (transposed) and HB (k, m), float64. From the curvature rows that the step's pass over these samples
+    kept at the same weights (`kept`: step.sample_block), without X W^T and the activations again; when
+    the run keeps none (kept's rows are empty: more samples than the budget of lgd.backends._numba's
+    buffers), the curvature of each block is formed on the way (block_curvature, into `block`, a
+    member's scratch of a block of samples: member_block). The members of a team each add their
+    samples' part; propagate sums the parts."""
+    if kept[2].shape[0] > 0:
+        _sum_products(X, spec, kept[0], kept[1], kept[2], kept[3], kept[4], V, B, i0, i1, Vt, HVt, HB, block)
+        return
     Z, P, Q, R, AQ, AR, coef, Xb, DZ, G, order = block
     _begin_products(V, HB, Vt, HVt)
     for b0 in range(i0, i1, BLOCK):
@@ -177,14 +212,7 @@ def cached_hessian_products(X, spec, P, Q, AQ, AR, coef, V, B, HV, HB, Vt, HVt, 
     """H (V[l], B[l]) (HV (k, m, d), HB (k, m)) from a curvature_cache of the same weights: hessian_part's
     sums over every sample without forming Z and its activations again. Xb, DZ, G and order of `block`
     are the scratch."""
-    Xb, DZ, G, order = block[7], block[8], block[9], block[10]
-    n = X.shape[0]
-    _begin_products(V, HB, Vt, HVt)
-    for i0 in range(0, n, BLOCK):
-        count = min(BLOCK, n - i0)
-        i1 = i0 + count
-        block_products(X, i0, count, spec, P[i0:i1], Q[i0:i1], AQ[i0:i1], AR[i0:i1], coef[i0:i1], B, HB, Vt, HVt,
-                       Xb, DZ, G, order)
+    _sum_products(X, spec, P, Q, AQ, AR, coef, V, B, 0, X.shape[0], Vt, HVt, HB, block)
     _end_products(HVt, HV)
 
 

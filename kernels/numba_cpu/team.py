@@ -120,7 +120,11 @@ class Buffers(NamedTuple):
     per member, stats (2 team, 3) per member's training and held-out blocks; grad, grad_a, neuron and
     total (2, 3) the sums; us (n,) float64 the samples' loss arguments at record steps; tangent, the scratch
     of the tangent map (HV (k, m, d), HB (k, m), per member Vt, HVt (team, k, d, m) and HB (team, k, m), and
-    eta (1,): the step's stepsize, float64); curvature, that of the sharpness's Lanczos
+    eta (1,): the step's stepsize, float64); kept, what the step's pass keeps of each training sample
+    for the tangent map (step.sample_block: P, Q (n, m) in the run's dtype, AQ, AR (n, m) and coef
+    (n, 2) float64, with 0 rows where none are kept, and per member a row of phi'' (team, m) in the
+    run's dtype), None without tangents;
+    curvature, that of the sharpness's Lanczos
     (sharpness.top_eigenvalues: Q (J + 1, m, d), QA (J + 1, m), one-row HV, HB, Vt, HVt, alpha, beta
     (J + 1,), ritz (k,), work (2, J + 1), and the curvature of the samples it is measured on: P, Q (rows, m)
     in the run's dtype, AQ, AR (rows, m) and coef (rows, 2) float64); rows, per member the scratch of a
@@ -148,6 +152,7 @@ class Buffers(NamedTuple):
     total: np.ndarray
     us: np.ndarray
     tangent: tuple
+    kept: tuple
     curvature: tuple
     rows: tuple
     Z: object
@@ -178,16 +183,20 @@ def barrier(sync, team):
             sched_yield()
 
 
-@subroutine(types.void)
-def tangent_map(team, c, X, y, spec, batch, Wt, a, a_step, grad, grad_a, i0, i1, tangent_scratch, rows):
+@subroutine(types.void, counted=False)
+def tangent_map(team, c, X, y, spec, batch, Wt, a, a_step, grad, grad_a, i0, i1, tangent_scratch, kept, rows):
     """The tangent map of configuration c (Lyapunov exponents) at W_t, the step's update held back for it
     (step_end left eta in tangent_scratch): each member adds its samples' part (i0 .. i1 - 1) of the
-    Hessian-vector products, member 0 sums the parts, moves the tangent vectors and steps. Nothing when
-    tangent_scratch is None (pruned at compile time: a run without tangents has none of this code)."""
+    Hessian-vector products, from the curvature rows its pass over those samples kept (`kept`), member 0
+    sums the parts, moves the tangent vectors and steps. Nothing when tangent_scratch is None (pruned at
+    compile time: a run without tangents has none of this code). Compiled without reference counts
+    (counted=False), with everything it calls: numba would count references to each array passed at
+    every call of the helpers below, a few hundred atomics a step on cache lines the team's threads share,
+    which cost about as much as the products' arithmetic on S; nothing here allocates or keeps an array."""
     if tangent_scratch is not None:
         member, size, sync = team[0], team[1], team[2]
         HV, HB, Vts, HVts, HBs, eta = tangent_scratch
-        hessian_part(X, y, Wt, a_step, spec, batch.tangents[c], batch.tangents_a[c], i0, i1, Vts[member],
+        hessian_part(X, y, Wt, a_step, spec, kept, batch.tangents[c], batch.tangents_a[c], i0, i1, Vts[member],
                      HVts[member], HBs[member], member_block(rows, member))
         barrier(sync, size)
         if member == 0:
@@ -257,7 +266,7 @@ def run_team(team, data, batch, trace, spec, schedule, buffers):
                              b.a_step, spec, inv_n, record, neurons, i0 if train else k0, i1 if train else k1, b.zs,
                              member, b.ps[member], b.qs[member], b.pending_q[member], b.pending_rows[member],
                              b.grads[member], b.grads_a[member], b.neurons_part[member],
-                             b.stats[member if train else size + member], train, b.us)
+                             b.stats[member if train else size + member], train, b.us, b.kept)
             blas_backward(X, i0, i1, b.Z, b.grads_blas, member)
             barrier(sync, size)
             if member == 0:
@@ -274,6 +283,6 @@ def run_team(team, data, batch, trace, spec, schedule, buffers):
                 break
             if t < schedule.steps:
                 tangent_map(team, c, X, y, spec, batch, b.Wt, b.a, b.a_step, b.grad, b.grad_a, i0, i1, b.tangent,
-                            b.rows)
+                            b.kept, b.rows)
         if member == 0:
             store_weights(batch.W, batch.A, c, b.Wt, b.a)

@@ -229,7 +229,8 @@ class Runner:
         measuring = trace.sharpness.shape[1] > 0
         scratch = buffers(kernels, team, m, d, len(self._data.X), len(self._data.X_test), self.problem.dtype, blas,
                           batch.tangents.shape[1], LANCZOS_ITERATIONS if measuring else 0,
-                          trace.sharpness.shape[2] if measuring else 0, len(self._data.X_curvature))
+                          trace.sharpness.shape[2] if measuring else 0, len(self._data.X_curvature),
+                          self.problem.train_outer)
         sync = np.zeros(2, dtype=np.int64)
         go = np.zeros(2, dtype=np.int64)  # the step's verdict (not diverged), the configuration's index
         if queue is None:
@@ -265,7 +266,7 @@ def _check_codes(problem: Problem, kernels):
 
 
 def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas: bool, tangents: int = 0,
-            lanczos: int = 0, eigenvalues: int = 0, curvature_rows: int = 0):
+            lanczos: int = 0, eigenvalues: int = 0, curvature_rows: int = 0, train_outer: bool = True):
     """The scratch of one run_team call by a team of `team` (kernels.Buffers documents each buffer).
 
     What a member writes at every sample is in _own_rows, apart from the other members' rows. With BLAS
@@ -274,7 +275,7 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
     Lanczos iterations and eigenvalues of a sharpness measurement, `curvature_rows` the samples it is
     measured on (each sample's curvature is kept for the measurement: 4 m values); without them (0) their
     scratch is None too, and the kernel is compiled without their code (a variant of its own, compiled on
-    first use)."""
+    first use). `train_outer`: whether the tangent map needs phi and phi' of each sample too (_kept_rows)."""
     empty = np.empty
     if blas:
         products = dict(Z=empty((n, m), dtype), Z_test=empty((n_test, m), dtype), grads_blas=empty((team, d, m), dtype))
@@ -291,6 +292,7 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
         total=empty((2, 3)), us=empty(n),
         tangent=(empty((tangents, m, d)), empty((tangents, m)), empty((team, tangents, d, m)),
                  empty((team, tangents, d, m)), empty((team, tangents, m)), empty(1)) if tangents else None,
+        kept=_kept_rows(team, m, n, dtype, train_outer) if tangents else None,
         curvature=(empty((lanczos + 1, m, d)), empty((lanczos + 1, m)), empty((1, m, d)), empty((1, m)),
                    empty((1, d, m)), empty((1, d, m)), empty(lanczos + 1), empty(lanczos + 1), empty(eigenvalues),
                    empty((2, lanczos + 1)),
@@ -299,6 +301,24 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
         if lanczos else None,
         rows=_hvp_block(team, kernels.HVP_BLOCK, m, d, dtype) if tangents or lanczos else None,
         **products)
+
+
+# At most this many bytes of curvature rows kept by the step's pass for the tangent map (2 m float64 values a
+# sample, 4 m when the outer layer is trained): beyond it the tangent map forms them again, a block at a time.
+KEPT_BYTES = 64 << 20
+
+
+def _kept_rows(team: int, m: int, n: int, dtype, train_outer: bool) -> tuple:
+    """What the step's pass keeps of each training sample for the tangent map (numba_cpu.step.sample_block's
+    `kept`): P, Q (n, m) in the run's dtype (0 rows unless the outer layer is trained), AQ, AR (n, m) and
+    coef (n, 2) float64, and each member's row of phi'' (team, m) in the run's dtype. With more samples
+    than KEPT_BYTES allows, 0 rows: the tangent map forms each block's curvature itself."""
+    size = np.dtype(dtype).itemsize
+    per_sample = 16 * m + 16 + (2 * size * m if train_outer else 0)
+    rows = n if n * per_sample <= KEPT_BYTES else 0
+    outer = rows if train_outer else 0
+    return (np.empty((outer, m), dtype), np.empty((outer, m), dtype), np.empty((rows, m)), np.empty((rows, m)),
+            np.empty((rows, 2)), _own_rows((team, m), dtype))
 
 
 def _hvp_block(team: int, block: int, m: int, d: int, dtype) -> tuple:
