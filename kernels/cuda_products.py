@@ -127,7 +127,7 @@ class ProductRun:
         self.test_blocks = -(-self.n_test // self.rows)
         self.norm_per_block = threads * NORM_ENTRIES_PER_THREAD
         self.norm_blocks = -(-(d * m) // self.norm_per_block)
-        if C * m * max(n, self.n_test) >= 2**62 or d * m >= 2**31:
+        if C * max(self.blocks, self.norm_blocks) >= 2**31 or d * m >= 2**31:  # a grid's blocks, 32-bit indices
             raise ValueError(f"problem too large for the CUDA products path: n={n}, d={d}, m={m}, {C} configurations")
         self.W, self.a = W, a
         self.W_rows = W.reshape(C * m, d)  # a view: configuration c's neurons are rows c m .. c m + m - 1

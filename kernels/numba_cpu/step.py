@@ -23,6 +23,7 @@ import numpy as np
 from numba import types
 
 from lgd.backends import record_slot as _record_slot
+from lgd.losses import LOGISTIC
 from lgd.models import LOG_RISK_EXACT_BELOW, LOG_RISK_EXACT_BELOW_F32
 from lgd.stepsize import stepsize_at as _stepsize_at
 
@@ -112,10 +113,82 @@ def sample_out(code_loss, loss_param, margin_loss, yi, f, f32):
     return value, (slope * yi if margin_loss else slope), yi * f, u
 
 
+@subroutine(types.void)
+def sample_outs(code_loss, loss_param, margin_loss, y, i, count, out, f32):
+    """sample_out of samples i .. i + count - 1, their outputs f in out[0, :count]: out[0 .. 3, g] receives
+    (loss value, coefficient, y f, u) of sample i + g. For the logistic loss the code is a constant in the
+    loop, so that sample_out, inlined, keeps only that branch and LLVM vectorises the loop (a scalar exp and
+    log1p per sample is a chain of some hundred cycles of latency that nothing else overlaps)."""
+    if code_loss == LOGISTIC:
+        for g in range(count):
+            value, coef, yf, u = sample_out(LOGISTIC, loss_param, margin_loss, np.float64(y[i + g]), out[0, g], f32)
+            out[0, g], out[1, g], out[2, g], out[3, g] = value, coef, yf, u
+    else:
+        for g in range(count):
+            value, coef, yf, u = sample_out(code_loss, loss_param, margin_loss, np.float64(y[i + g]), out[0, g], f32)
+            out[0, g], out[1, g], out[2, g], out[3, g] = value, coef, yf, u
+
+
+@subroutine(types.void)
+def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, rows, outs, grad, grad_a, neuron,
+                stats, train, us):
+    """sample_block's pass in the fused mode without kept rows, for a net that is not linear: the same
+    results, bit for bit, with the samples taken a waiting group at a time (WAITING_SAMPLES, or
+    BACKWARD_GROUP for wide nets): the rows of phi and phi' of the whole group first (phi' straight
+    into qs, phi into ps (waiting, m)), then the group's losses in one vectorised loop (sample_outs,
+    into outs (4, waiting)), then, sample by sample in order, the sums, the gradient's rows
+    (qs scaled in place) and grad_a, and the group's backward pass. grad, grad_a and neuron come zeroed
+    (sample_block)."""
+    d, m = Wt.shape
+    act, act_param, scale = spec.activation, spec.activation_param, spec.scale
+    risk, correct, margin = 0.0, 0.0, np.inf
+    waiting = WAITING_SAMPLES if m <= WAITING_MAX_M else BACKWARD_GROUP
+    tile_start = tile_end = i0  # samples [tile_start, tile_end) have their z rows in zt
+    i = i0
+    while i < i1:
+        count = min(waiting, i1 - i)
+        for g in range(count):
+            s = i + g
+            if s >= tile_end:  # the rows of the next tile's samples (fewer at the block's end)
+                tile = WIDE_ROWS if d >= WIDE_MIN_D and i1 - s >= WIDE_ROWS else min(TILE_ROWS, i1 - s)
+                forward_rows(X, s, tile, Wt, zt)
+                tile_start, tile_end = s, s + tile
+            p = ps[g]
+            activate_row(act, act_param, zt, s - tile_start, p, qs[g], None, m)
+            outs[0, g] = scale * np.float64(dot_row(a, p, m))
+        sample_outs(spec.loss, spec.loss_param, spec.margin_loss, y, i, count, outs, spec.f32)
+        for g in range(count):
+            value, coef, yf, u = outs[0, g], outs[1, g], outs[2, g], outs[3, g]
+            risk += value
+            if train and (record or spec.log_risk_every_step):
+                us[i + g] = u
+            if yf > 0.0:
+                correct += 1.0
+            if train:
+                margin = min(margin, yf)
+                coef *= inv_n
+                cs = like(qs, coef * scale)
+                for j in range(m):
+                    qs[g, j] = qs[g, j] * (cs * a[j])
+                rows[g] = i + g
+                if spec.train_outer:
+                    for j in range(m):
+                        grad_a[j] = fma(cs, ps[g, j], grad_a[j])
+                if record and neurons:
+                    yi = np.float64(y[i + g])
+                    for j in range(m):
+                        neuron[j] = min(neuron[j], yi * a[j] * ps[g, j])
+        if train:
+            backward_rows(X, rows, count, qs, grad)
+        i += count
+    stats[0] = risk
+    stats[1] = correct
+    stats[2] = margin
+
 
 @subroutine(types.void)
 def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, member, p, q, qs, rows, grad, grad_a,
-                 neuron, stats, train, us, kept):
+                 neuron, stats, train, us, kept, ps, outs):
     """One pass over samples [i0, i1) of one configuration (the only place that evaluates the net), for
     the activation, loss and model of `spec` (a Spec).
 
@@ -140,6 +213,10 @@ def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, membe
     trained; so the tangent map forms neither X W^T nor the activations again. Unless its rows are
     empty (a run with more samples than their budget).
 
+    The plain fused step (zs given, kept None, a net that is not linear) runs fused_block instead: the
+    same results, bit for bit, a waiting group of samples at a time, its losses in one vectorised loop;
+    ps (WAITING_SAMPLES, m) and outs (4, WAITING_SAMPLES) are its scratch.
+
     Rows, products and gradients are in the dtype of X (z, p, q, a, grad and grad_a share it): a
     float32 run computes in float32. Per-sample losses, the risk and the margins are float64 sums
     of values rounded as the oracle rounds them.
@@ -154,6 +231,14 @@ def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, membe
         for j in range(m):
             grad_a[j] = 0.0
             neuron[j] = np.inf
+    # The plain fused step of a net (no kept rows, not linear): a waiting group at a time (fused_block).
+    # Nested ifs on arguments that are None: numba prunes them at compile time.
+    if zs is not None:
+        if kept is None:
+            if not linear:
+                fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs[member], ps, qs, rows, outs, grad,
+                            grad_a, neuron, stats, train, us)
+                return
     risk, correct, margin = 0.0, 0.0, np.inf
     n_train = X.shape[0]
     pending = 0

@@ -113,17 +113,17 @@ class Team(NamedTuple):
 class Buffers(NamedTuple):
     """Scratch of one call, shared by the team (built by :func:`lgd.backends._numba.buffers`).
 
-    In the run's dtype: Wt (d, m) and a (m,), the weights being stepped; a_step (m,), the outer weights the
-    step reads; per member (a leading axis of `team`): zs (WIDE_ROWS, m) tile rows, ps and qs (m,) rows of
-    phi and phi', pending_q (WAITING_SAMPLES, m) and pending_rows (WAITING_SAMPLES,) int64 the samples
-    waiting for the gradient, grads (d, m) and grads_a (m,) partial gradients; float64: neurons_part (m,)
-    per member, stats (2 team, 3) per member's training and held-out blocks; grad, grad_a, neuron and
-    total (2, 3) the sums; us (n,) float64 the samples' loss arguments at record steps; tangent, the scratch
-    of the tangent map (HV (k, m, d), HB (k, m), per member Vt, HVt (team, k, d, m) and HB (team, k, m), and
-    eta (1,): the step's stepsize, float64); kept, what the step's pass keeps of each training sample
-    for the tangent map (step.sample_block: P, Q (n, m) in the run's dtype, AQ, AR (n, m) and coef
-    (n, 2) float64, with 0 rows where none are kept, and per member a row of phi'' (team, m) in the
-    run's dtype), None without tangents;
+    In the run's dtype: Wt (d, m) and a (m,), the weights being stepped; a_step (m,), the outer weights the step reads;
+    per member (a leading axis of `team`): zs (WIDE_ROWS, m) tile rows, ps and qs (m,) rows of phi and phi', pending_q
+    (WAITING_SAMPLES, m) and pending_rows (WAITING_SAMPLES,) int64 the samples waiting for the gradient, group (per
+    member: phi of the waiting samples (WAITING_SAMPLES, m) in the run's dtype and their losses' outputs (4,
+    WAITING_SAMPLES) float64, step.fused_block), grads (d, m) and grads_a (m,) partial gradients; float64: neurons_part
+    (m,) per member, stats (2 team, 3) per member's training and held-out blocks; grad, grad_a, neuron and total (2, 3)
+    the sums; us (n,) float64 the samples' loss arguments at record steps; tangent, the scratch of the tangent map (HV
+    (k, m, d), HB (k, m), per member Vt, HVt (team, k, d, m) and HB (team, k, m), and eta (1,): the step's stepsize,
+    float64); kept, what the step's pass keeps of each training sample for the tangent map (step.sample_block: P, Q (n,
+    m) in the run's dtype, AQ, AR (n, m) and coef (n, 2) float64, with 0 rows where none are kept, and per member a row
+    of phi'' (team, m) in the run's dtype), None without tangents;
     curvature, that of the sharpness's Lanczos
     (sharpness.top_eigenvalues: Q (J + 1, m, d), QA (J + 1, m), one-row HV, HB, Vt, HVt, alpha, beta
     (J + 1,), ritz (k,), work (2, J + 1), and the curvature of the samples it is measured on: P, Q (rows, m)
@@ -142,6 +142,7 @@ class Buffers(NamedTuple):
     qs: np.ndarray
     pending_q: np.ndarray
     pending_rows: np.ndarray
+    group: tuple
     grads: np.ndarray
     grads_a: np.ndarray
     neurons_part: np.ndarray
@@ -207,6 +208,54 @@ def tangent_map(team, c, X, y, spec, batch, Wt, a, a_step, grad, grad_a, i0, i1,
         barrier(sync, size)
 
 
+@subroutine(types.void, counted=False)
+def run_steps(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, inv_n, neurons):
+    """Evaluations [t_start, t_stop) of `schedule` of configuration c by this member of the team (see
+    run_team), until the run stops. Compiled without reference counts (counted=False), with everything
+    it calls: numba would count references at every step to each array passed to sample_block, step_end
+    and the rest, and to each member's row of the buffers taken here (b.ps[member], ...), dozens of
+    atomics a step on cache lines the team's threads share, which cost a few microseconds of a small
+    step (S); nothing here allocates or keeps an array, and run_team holds every array for the call."""
+    member, size, sync, go = team[0], team[1], team[2], team[3]
+    X, y, X_test, y_test, directions, X_curvature, y_curvature = data
+    m = batch.W.shape[1]
+    n = X.shape[0]
+    n_test = X_test.shape[0]
+    for t in range(schedule.t_start, schedule.t_stop):
+        record = record_slot(t, schedule.steps, schedule.record_every) >= 0
+        test = record and n_test > 0
+        blas_forward(X, i0, i1, b.Wt, b.Z)
+        if test:
+            blas_forward(X_test, k0, k1, b.Wt, b.Z_test)
+        # The training block, then at record steps the test block: one call site, so one compiled
+        # sample_block (a literal True / False would type, and compile, twice).
+        for part in range(2 if test else 1):
+            train = part == 0
+            sample_block(X if train else X_test, b.Z if train else b.Z_test, y if train else y_test, b.Wt,
+                         b.a_step, spec, inv_n, record, neurons, i0 if train else k0, i1 if train else k1, b.zs,
+                         member, b.ps[member], b.qs[member], b.pending_q[member], b.pending_rows[member],
+                         b.grads[member], b.grads_a[member], b.neurons_part[member],
+                         b.stats[member if train else size + member], train, b.us, b.kept,
+                         b.group[0][member], b.group[1][member])
+        blas_backward(X, i0, i1, b.Z, b.grads_blas, member)
+        barrier(sync, size)
+        if member == 0:
+            reduce_blocks(size, test, b.grads, b.grads_a, b.neurons_part, b.stats, b.grad, b.grad_a, b.neuron,
+                          b.total, b.grads_blas)
+            go[0] = step_end(c, t, schedule, spec, n, b.total[0], b.grad, b.grad_a, b.Wt, b.a, b.a_step, trace,
+                             b.neuron, n_test, b.total[1], batch, b.us, directions, b.tangent, X_curvature,
+                             y_curvature, b.curvature, b.rows)
+            if b.tangent is None:  # else a_step is still the step's: the tangent map below reads it
+                for j in range(m):
+                    b.a_step[j] = b.a[j]
+        barrier(sync, size)
+        if not go[0]:
+            break
+        if t < schedule.steps:
+            tangent_map(team, c, X, y, spec, batch, b.Wt, b.a, b.a_step, b.grad, b.grad_a, i0, i1, b.tangent,
+                        b.kept, b.rows)
+
+
 @kernel
 def run_team(team, data, batch, trace, spec, schedule, buffers):
     """Evaluations [t_start, t_stop) of `schedule` for the configurations of `team.configs`, one after the
@@ -252,37 +301,6 @@ def run_team(team, data, batch, trace, spec, schedule, buffers):
         if go[1] >= len(configs):
             return verdict
         c = configs[go[1]]
-        for t in range(schedule.t_start, schedule.t_stop):
-            record = record_slot(t, schedule.steps, schedule.record_every) >= 0
-            test = record and n_test > 0
-            blas_forward(X, i0, i1, b.Wt, b.Z)
-            if test:
-                blas_forward(X_test, k0, k1, b.Wt, b.Z_test)
-            # The training block, then at record steps the test block: one call site, so one compiled
-            # sample_block (a literal True / False would type, and compile, twice).
-            for part in range(2 if test else 1):
-                train = part == 0
-                sample_block(X if train else X_test, b.Z if train else b.Z_test, y if train else y_test, b.Wt,
-                             b.a_step, spec, inv_n, record, neurons, i0 if train else k0, i1 if train else k1, b.zs,
-                             member, b.ps[member], b.qs[member], b.pending_q[member], b.pending_rows[member],
-                             b.grads[member], b.grads_a[member], b.neurons_part[member],
-                             b.stats[member if train else size + member], train, b.us, b.kept)
-            blas_backward(X, i0, i1, b.Z, b.grads_blas, member)
-            barrier(sync, size)
-            if member == 0:
-                reduce_blocks(size, test, b.grads, b.grads_a, b.neurons_part, b.stats, b.grad, b.grad_a, b.neuron,
-                              b.total, b.grads_blas)
-                go[0] = step_end(c, t, schedule, spec, n, b.total[0], b.grad, b.grad_a, b.Wt, b.a, b.a_step, trace,
-                                 b.neuron, n_test, b.total[1], batch, b.us, directions, b.tangent, X_curvature,
-                                 y_curvature, b.curvature, b.rows)
-                if b.tangent is None:  # else a_step is still the step's: the tangent map below reads it
-                    for j in range(m):
-                        b.a_step[j] = b.a[j]
-            barrier(sync, size)
-            if not go[0]:
-                break
-            if t < schedule.steps:
-                tangent_map(team, c, X, y, spec, batch, b.Wt, b.a, b.a_step, b.grad, b.grad_a, i0, i1, b.tangent,
-                            b.kept, b.rows)
+        run_steps(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, inv_n, neurons)
         if member == 0:
             store_weights(batch.W, batch.A, c, b.Wt, b.a)

@@ -300,6 +300,7 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
                     empty((curvature_rows, m)), empty((curvature_rows, m)), empty((curvature_rows, 2))))
         if lanczos else None,
         rows=_hvp_block(team, kernels.HVP_BLOCK, m, d, dtype) if tangents or lanczos else None,
+        group=(_own_rows((team, waiting, m), dtype), _own_rows((team, 4, waiting), np.float64)),
         **products)
 
 
