@@ -227,3 +227,28 @@ def test_the_entries_parameter_lists_are_the_kernels():
         body = re.search(rf"#define {macro}\(T\)(.*?)\n#define", text, re.S).group(1)
         names = re.findall(r"(\w+)\s*(?:,|$)", body.replace("\\", " ").strip())
         assert tuple(names) == tuple(name for name, _ in params), entry
+
+
+def test_a_resumed_run_has_the_bits_of_a_run_never_stopped(products, tmp_path, monkeypatch):
+    """A run on the products path that failed after a checkpoint, resumed with lgd.resume: the records of
+    the steps before the checkpoint go back to the device, the steps after it replay from new recordings,
+    and every field is the uninterrupted run's, bit for bit (adaptive stepsizes, held-out data, neuron
+    margins, the driver's sharpness)."""
+    from test_checkpoint import assert_same_bits, interrupt_once
+
+    from lgd import checkpoint
+
+    X, y = lgd.data.xor(n=30)
+    path = tmp_path / "gd.ckpt"
+    arguments = dict(stepsize=lgd.stepsize.adaptive(0.5), steps=120, seed=3, init_scale=0.7,
+                     record=lgd.Record(every=7, sharpness_every=50, neuron_margins=True), compute=products,
+                     X_test=X[:4], y_test=y[:4])
+    net = lgd.TwoLayerNet(6, activation="leaky_softplus", outer="random", train_outer=True)
+    expected = lgd.gd(X, y, net, "logistic", **arguments)
+    fired = interrupt_once(monkeypatch, products, 40, error=MemoryError)
+    with pytest.raises(MemoryError):
+        lgd.gd(X, y, net, "logistic", **arguments, checkpoint=path, checkpoint_every=1e-9)
+    assert checkpoint.read(path).header["reached"] == fired[0]
+    resumed = lgd.resume(path)
+    assert resumed.status == "completed"
+    assert_same_bits(expected, resumed)
