@@ -1,4 +1,6 @@
-"""The cupy backend: whole GD runs on an NVIDIA GPU, one launch of ``lgd_run`` (kernels/cuda/lgd.cu) per chunk.
+"""The cupy backend: whole GD runs on an NVIDIA GPU, one launch of ``lgd_run`` (kernels/cuda/lgd.cu) per chunk, or
+for large problems cuBLAS products and four kernels per step replayed from CUDA graphs (kernels/cuda/products.cuh,
+lgd.kernels.cuda_products).
 
 Data and the batch are copied to the device once, in :meth:`Runner.start` (cupy inputs are used where they
 are); the traces stay there until :meth:`Runner.finish` (or :meth:`Runner.sync`, which copies them for a
@@ -77,7 +79,8 @@ def available() -> tuple[bool, str]:
 
 
 class Runner:
-    """Runs configurations of one problem through the lgd_run kernel; see :mod:`lgd.backends` for the protocol."""
+    """Runs configurations of one problem through the fused lgd_run kernel or the products path (chosen per
+    batch in :meth:`start`, recorded in ``path``); see :mod:`lgd.backends` for the protocol."""
 
     name = "cupy"
     # The path a batch runs on: one of lgd.kernels.cuda_products.PATHS, None for LGD_CUDA_PATH (else 'auto').
