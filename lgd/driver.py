@@ -314,6 +314,8 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
             "risk_bound": risk_bound}
     if checkpoint is not None:
         meta.update(checkpoint=str(checkpoint), sittings=sittings)
+    if getattr(runner, "path", None):  # the cupy backend's: the fused kernel or the products path
+        meta.update(cuda_path=runner.path)
     if sharpness_every is not None:
         meta.update(sharpness_every=sharpness_every, sharpness_points=sharpness_points,
                     sharpness_seconds=None if in_runner else paused_seconds)

@@ -252,3 +252,12 @@ def test_a_resumed_run_has_the_bits_of_a_run_never_stopped(products, tmp_path, m
     resumed = lgd.resume(path)
     assert resumed.status == "completed"
     assert_same_bits(expected, resumed)
+
+
+def test_the_run_says_which_path_it_took(monkeypatch):
+    register_host_cuda(monkeypatch)
+    X, y = lgd.data.separable(n=20, d=3, margin=0.1, seed=0)
+    for name, path in (("cuda-host-products", "products"), ("cuda-host", "fused")):
+        run = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=0.1, steps=5, compute=lgd.Compute(backend=name, progress=False))
+        assert run.meta["cuda_path"] == path
+    assert "cuda_path" not in lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=0.1, steps=5, compute="numpy").meta
