@@ -84,7 +84,7 @@ step run 60 python3 -m lgd.cli run --backend cupy --out "$scratch/run" --no-plot
 
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
 if [ -n "$sanitizer" ]; then
-    step memcheck 30 "$sanitizer" --tool memcheck --leak-check no --error-exitcode 7 \
+    step memcheck 45 "$sanitizer" --tool memcheck --leak-check no --error-exitcode 7 \
         python3 -m lgd.benchmark.gpu --sanitize
     step racecheck 75 "$sanitizer" --tool racecheck --racecheck-report all --error-exitcode 7 \
         python3 -m lgd.benchmark.gpu --sanitize

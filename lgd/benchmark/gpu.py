@@ -261,8 +261,8 @@ def ratios(records: list, peaks: dict, rooflines: dict) -> None:
         record["vs_product_roofline"] = record["steps_per_s"] / roof["steps_per_s"] if roof else None
 
 
-COLUMNS = ("workload", "dtype", "impl", "launch", "path", "steps_per_s", "gflops", "vs_jax_scan", "fraction_of_fma_peak",
-           "vs_product_roofline", "first_call_s", "check_rel_error")
+COLUMNS = ("workload", "dtype", "impl", "launch", "path", "steps_per_s", "gflops", "vs_jax_scan",
+           "fraction_of_fma_peak", "vs_product_roofline", "first_call_s", "check_rel_error")
 
 
 def _cell(value) -> str:
@@ -342,9 +342,10 @@ def benchmark(args) -> dict:
 
 
 def sanitize_sweep() -> int:
-    """A small sweep through lgd_run on the device in every layout (shared memory, global memory with small
-    tiles), both dtypes, with a diverging configuration, held-out data and two tangent vectors: 0 when the
-    records are sane."""
+    """A small sweep on the device, both dtypes, with a diverging configuration and held-out data: through
+    the products path first (cuBLAS products, its four kernels, the steps between records from CUDA graphs;
+    it has not run on a GPU before), then through lgd_run in every layout (shared memory, global memory
+    with small tiles) with two tangent vectors: 0 when the records are sane."""
     import cupy
 
     import lgd
@@ -358,20 +359,27 @@ def sanitize_sweep() -> int:
     activation, loss = lgd.activations.get("leaky_softplus"), lgd.losses.get("exponential")
     C, m, k = 3, 21, 2  # configurations, width, tangent vectors (Lyapunov exponents)
     for dtype in ("float64", "float32"):
-        # The device's layout (everything in shared memory), then the least shared memory that leaves room
-        # for tiles of two samples: X, W and grad_W in global memory.
+        def batch():  # the arrays of a batch of C configurations, in this dtype, on the device
+            return (cupy.asarray(X, dtype=dtype), cupy.asarray(y, dtype=dtype), cupy.asarray(X[:11], dtype=dtype),
+                    cupy.asarray(y[:11], dtype=dtype), cupy.asarray(rng.standard_normal((C, m, 5)), dtype=dtype),
+                    cupy.ones((C, m), dtype=dtype), cupy.zeros(C, dtype=cupy.int64),
+                    cupy.asarray([[0.3, 0, 0], [2.0, 0, 0], [1e6, 0, 0]]), cupy.full(C, -1, dtype=cupy.int64))
+
+        run = cuda_products.ProductRun(cupy_gpu.GpuEngine(), *batch(), 9, 9)
+        cuda_products.advance(run, 0, 31, 30, 4, activation, loss, 1.0 / m, True, bounds=(1e10, 1e4))
+        diverged = run.diverged.get()
+        ok = diverged[0] < 0 and 0 <= diverged[2] < 30 and np.isfinite(run.trace.get()[0, 0, :]).all()
+        print(f"sanitize sweep {dtype} products path: diverged {diverged.tolist()} {'ok' if ok else 'BAD'}")
+        failures += not ok
+        # The fused kernel in the device's layout (everything in shared memory), then with the least shared
+        # memory that leaves room for tiles of two samples: X, W and grad_W in global memory.
         for squeeze in (False, True):
             engine = cupy_gpu.GpuEngine()
             budget = None
             if squeeze:
                 budget = cuda_run.minimum_shared(m, np.dtype(dtype).itemsize, engine.threads, rows=2)
                 engine.shared_budget = budget
-            run = cuda_run.ChunkRun(engine, cupy.asarray(X, dtype=dtype), cupy.asarray(y, dtype=dtype),
-                                    cupy.asarray(X[:11], dtype=dtype), cupy.asarray(y[:11], dtype=dtype),
-                                    cupy.asarray(rng.standard_normal((C, m, 5)), dtype=dtype),
-                                    cupy.ones((C, m), dtype=dtype), cupy.zeros(C, dtype=cupy.int64),
-                                    cupy.asarray([[0.3, 0, 0], [2.0, 0, 0], [1e6, 0, 0]]),
-                                    cupy.full(C, -1, dtype=cupy.int64), 9, 9, shapes={"lyapunov_sum": (C, 9, k)},
+            run = cuda_run.ChunkRun(engine, *batch(), 9, 9, shapes={"lyapunov_sum": (C, 9, k)},
                                     tangents=(cupy.asarray(rng.standard_normal((C, k, m, 5))),
                                               cupy.asarray(rng.standard_normal((C, k, m))), cupy.zeros((C, k))))
             cuda_run.advance(run, 0, 31, 30, 4, activation, loss, 1.0 / m, True, bounds=(1e10, 1e4))
@@ -380,18 +388,6 @@ def sanitize_sweep() -> int:
                   and np.isfinite(run.lyapunov.get()[0]).all())
             print(f"sanitize sweep {dtype} budget {budget}: diverged {diverged.tolist()} {'ok' if ok else 'BAD'}")
             failures += not ok
-        # The products path: cuBLAS products and its four kernels, steps between records from CUDA graphs.
-        run = cuda_products.ProductRun(cupy_gpu.GpuEngine(), cupy.asarray(X, dtype=dtype), cupy.asarray(y, dtype=dtype),
-                                       cupy.asarray(X[:11], dtype=dtype), cupy.asarray(y[:11], dtype=dtype),
-                                       cupy.asarray(rng.standard_normal((C, m, 5)), dtype=dtype),
-                                       cupy.ones((C, m), dtype=dtype), cupy.zeros(C, dtype=cupy.int64),
-                                       cupy.asarray([[0.3, 0, 0], [2.0, 0, 0], [1e6, 0, 0]]),
-                                       cupy.full(C, -1, dtype=cupy.int64), 9, 9)
-        cuda_products.advance(run, 0, 31, 30, 4, activation, loss, 1.0 / m, True, bounds=(1e10, 1e4))
-        diverged = run.diverged.get()
-        ok = diverged[0] < 0 and 0 <= diverged[2] < 30 and np.isfinite(run.trace.get()[0, 0, :]).all()
-        print(f"sanitize sweep {dtype} products path: diverged {diverged.tolist()} {'ok' if ok else 'BAD'}")
-        failures += not ok
     return 1 if failures else 0
 
 
