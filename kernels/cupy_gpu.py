@@ -1,8 +1,10 @@
 """The GPU engine of the CUDA kernels: cuda/lgd.cu as a CuPy RawModule, and its NVRTC compile check.
 
-What lives here: :func:`module` (the RawModule, built once per process on first use; one ``lgd_run`` entry
-per dtype, fetched by suffix), :class:`GpuEngine` (the engine of :mod:`lgd.kernels.cuda_run`: cupy arrays,
-one launch per chunk with the dynamic shared memory the layout asks for, opted in above 48 KB),
+What lives here: :func:`module` (the RawModule, built once per process on first use; each entry of
+``cuda_run.ENTRY_PARAMS`` once per dtype, fetched by suffix), :class:`GpuEngine` (the engine of
+:mod:`lgd.kernels.cuda_run` and :mod:`lgd.kernels.cuda_products`: cupy arrays, launches with the dynamic
+shared memory the layout asks for, opted in above 48 KB, a stream of its own for the products path and its
+CUDA graphs),
 :func:`launch_shape` (threads per block and blocks per multiprocessor, from the environment) and
 :func:`nvrtc_compile` (compiles the source for an explicit architecture without a GPU, for CI). The glue
 that is the same on the host and the GPU (buffers, layout, code checks) is :mod:`lgd.kernels.cuda_run`.
