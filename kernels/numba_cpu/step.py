@@ -273,13 +273,11 @@ def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, membe
                     activate_row(act, act_param, Z, i, p, q, None, m)
                 if kept is not None:
                     activate_row(act, act_param, Z, i, p, q, r, m)
-            if zs is not None:
+            if zs is not None:  # with kept rows only: the plain fused step went to fused_block above
                 if i >= tile_end:  # the rows of the next tile's samples (fewer at the block's end)
                     count = WIDE_ROWS if d >= WIDE_MIN_D and i1 - i >= WIDE_ROWS else min(TILE_ROWS, i1 - i)
                     forward_rows(X, i, count, Wt, zt)
                     tile_start, tile_end = i, i + count
-                if kept is None:
-                    activate_row(act, act_param, zt, i - tile_start, p, q, None, m)
                 if kept is not None:
                     activate_row(act, act_param, zt, i - tile_start, p, q, r, m)
             f = scale * np.float64(dot_row(a, p, m))
