@@ -110,7 +110,7 @@ def _record_steps_between(t: int, stop: int, steps: int, every: int) -> int:
 class ProductRun:
     """The buffers of one batch of C configurations on the products path (the attributes the cupy runner
     reads are those of :class:`lgd.kernels.cuda_run.ChunkRun`: W, a, diverged, fault, trace, trace_neuron,
-    trajectories, lyapunov, tangents)."""
+    trajectories, lyapunov, tangents, sharpness_last)."""
 
     def __init__(self, engine, X, y, X_test, y_test, W, a, rules, rule_params, diverged, records: int,
                  neuron_records: int):
@@ -132,6 +132,9 @@ class ProductRun:
         self.W, self.a = W, a
         self.W_rows = W.reshape(C * m, d)  # a view: configuration c's neurons are rows c m .. c m + m - 1
         self.rules, self.rule_params, self.diverged = rules, rule_params, diverged
+        # Each configuration's latest measured sharpness, as ChunkRun's: the runner copies it in place (a captured
+        # graph keeps the array's address, not its values).
+        self.sharpness_last = xp.full(C, np.nan)
         self.fault = xp.zeros(1, dtype=np.int32)
         self.clock = xp.zeros(1, dtype=np.int64)
         dummy = xp.zeros(1, dtype=self.dtype)
@@ -188,11 +191,11 @@ class ProductRun:
                           blocks_per_config=self.norm_blocks, per_block=self.norm_per_block))
         self._launch("lgd_finalize", C, scratch_bytes, dict(
             settings["finalize"], a=self.a, grad_a=self.grad_a, rules=self.rules, rule_params=self.rule_params,
-            diverged=self.diverged, clock=self.clock, parts=self.parts, test_parts=self.test_parts,
-            partial_a=self.partial_a, partial_neuron=self.partial_neuron, norms=self.norms, eta=self.eta,
-            moving=self.moving, trace=self.trace, trace_neuron=self.trace_neuron, n=n, m=m, n_test=self.n_test,
-            configs=C, blocks_per_config=self.blocks, test_blocks=self.test_blocks, norm_blocks=self.norm_blocks,
-            records=self.trace.shape[2], neuron_records=self.trace_neuron.shape[1]))
+            sharpness_last=self.sharpness_last, diverged=self.diverged, clock=self.clock, parts=self.parts,
+            test_parts=self.test_parts, partial_a=self.partial_a, partial_neuron=self.partial_neuron,
+            norms=self.norms, eta=self.eta, moving=self.moving, trace=self.trace, trace_neuron=self.trace_neuron,
+            n=n, m=m, n_test=self.n_test, configs=C, blocks_per_config=self.blocks, test_blocks=self.test_blocks,
+            norm_blocks=self.norm_blocks, records=self.trace.shape[2], neuron_records=self.trace_neuron.shape[1]))
         blocks = max(1, min(UPDATE_BLOCKS_MAX, -(-C * d * m // threads)))
         self._launch("lgd_update", blocks, 0, dict(
             W=self.W, a=self.a, grad=self.grad, grad_a=self.grad_a, eta=self.eta, moving=self.moving,

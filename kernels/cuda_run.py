@@ -29,17 +29,17 @@ from . import cuda_codes
 # 'i64*', 'i32*' arrays of those types, 'i32', 'i64', 'f64' scalars. Must match LGD_RUN_PARAMS in lgd.cu.
 PARAMS = (
     ("X", "T*"), ("y", "T*"), ("X_test", "T*"), ("y_test", "T*"), ("W", "T*"), ("a", "T*"), ("rules", "i64*"),
-    ("rule_params", "f64*"), ("diverged", "i64*"), ("fault", "i32*"), ("workspace", "T*"), ("trace", "f64*"),
-    ("trace_neuron", "f64*"), ("directions", "T*"), ("trace_weights", "T*"), ("trace_outer", "T*"),
-    ("trace_projections", "f64*"), ("n", "i32"), ("d", "i32"), ("m", "i32"), ("n_test", "i32"), ("act", "i32"),
-    ("act_param", "f64"), ("loss", "i32"), ("loss_param", "f64"), ("scale", "f64"), ("train_outer", "i32"),
-    ("risk_bound", "f64"), ("weight_bound", "f64"), ("log_risk_every_step", "i32"), ("t_start", "i64"),
-    ("t_stop", "i64"), ("steps", "i64"),
+    ("rule_params", "f64*"), ("sharpness_last", "f64*"), ("diverged", "i64*"), ("fault", "i32*"),
+    ("workspace", "T*"), ("trace", "f64*"), ("trace_neuron", "f64*"), ("directions", "T*"), ("trace_weights", "T*"),
+    ("trace_outer", "T*"), ("trace_projections", "f64*"), ("n", "i32"), ("d", "i32"), ("m", "i32"),
+    ("n_test", "i32"), ("act", "i32"), ("act_param", "f64"), ("loss", "i32"), ("loss_param", "f64"),
+    ("scale", "f64"), ("train_outer", "i32"), ("risk_bound", "f64"), ("weight_bound", "f64"),
+    ("log_risk_every_step", "i32"), ("t_start", "i64"), ("t_stop", "i64"), ("steps", "i64"),
     ("record_every", "i64"), ("weights_every", "i64"), ("configs", "i32"), ("records", "i32"),
     ("neuron_records", "i32"), ("weight_records", "i32"), ("outer_records", "i32"), ("n_directions", "i32"),
     ("tangents", "f64*"), ("tangents_a", "f64*"), ("log_growth", "f64*"), ("trace_lyapunov", "f64*"),
-    ("row_space", "f64*"), ("n_tangents", "i32"), ("lyapunov_records", "i32"),
-    ("tile_rows", "i32"), ("x_shared", "i32"), ("w_shared", "i32"), ("g_shared", "i32"),
+    ("row_space", "f64*"), ("n_tangents", "i32"), ("lyapunov_records", "i32"), ("tile_rows", "i32"),
+    ("x_shared", "i32"), ("w_shared", "i32"), ("g_shared", "i32"),
 )
 ENTRY = "lgd_run"
 # The entries of the products path (cuda/products.cuh, glue in lgd.kernels.cuda_products), their parameters
@@ -57,13 +57,13 @@ NORMS_PARAMS = (
     ("blocks_per_config", "i32"), ("per_block", "i32"),
 )
 FINALIZE_PARAMS = (
-    ("a", "T*"), ("grad_a", "T*"), ("rules", "i64*"), ("rule_params", "f64*"), ("diverged", "i64*"),
-    ("clock", "i64*"), ("parts", "f64*"), ("test_parts", "f64*"), ("partial_a", "T*"), ("partial_neuron", "f64*"),
-    ("norms", "f64*"), ("eta", "f64*"), ("moving", "i32*"), ("trace", "f64*"), ("trace_neuron", "f64*"),
-    ("n", "i32"), ("m", "i32"), ("n_test", "i32"), ("configs", "i32"), ("blocks_per_config", "i32"),
-    ("test_blocks", "i32"), ("norm_blocks", "i32"), ("train_outer", "i32"), ("risk_bound", "f64"),
-    ("weight_bound", "f64"), ("log_risk_every_step", "i32"), ("steps", "i64"), ("record_every", "i64"),
-    ("records", "i32"), ("neuron_records", "i32"),
+    ("a", "T*"), ("grad_a", "T*"), ("rules", "i64*"), ("rule_params", "f64*"), ("sharpness_last", "f64*"),
+    ("diverged", "i64*"), ("clock", "i64*"), ("parts", "f64*"), ("test_parts", "f64*"), ("partial_a", "T*"),
+    ("partial_neuron", "f64*"), ("norms", "f64*"), ("eta", "f64*"), ("moving", "i32*"), ("trace", "f64*"),
+    ("trace_neuron", "f64*"), ("n", "i32"), ("m", "i32"), ("n_test", "i32"), ("configs", "i32"),
+    ("blocks_per_config", "i32"), ("test_blocks", "i32"), ("norm_blocks", "i32"), ("train_outer", "i32"),
+    ("risk_bound", "f64"), ("weight_bound", "f64"), ("log_risk_every_step", "i32"), ("steps", "i64"),
+    ("record_every", "i64"), ("records", "i32"), ("neuron_records", "i32"),
 )
 UPDATE_PARAMS = (
     ("W", "T*"), ("a", "T*"), ("grad", "T*"), ("grad_a", "T*"), ("eta", "f64*"), ("moving", "i32*"),
@@ -85,8 +85,10 @@ LYAPUNOV_FIELD = "lyapunov_sum"
 # Trace fields the driver fills for this runner (it measures the sharpness between chunks).
 DRIVER_FIELDS = ("sharpness",)
 # The stepsize rules lgd.cu has a case for (lgd.stepsize; cuda_codes.RULES has every rule): a run with any
-# other is refused before it starts.
-KERNEL_RULES = ("constant", "warmup", "step_decay", "cosine", "adaptive", "polyak", "normalized")
+# other is refused before it starts. inverse_sharpness reads each configuration's latest sharpness from the
+# kernels' `sharpness_last` array, which the runner refreshes before every chunk.
+KERNEL_RULES = ("constant", "warmup", "step_decay", "cosine", "adaptive", "polyak", "normalized",
+                "inverse_sharpness")
 # Values each thread keeps for the block reductions (STATS in lgd.cu).
 STATS = 5
 # The largest tile of samples a block works on at once (rows of phi and phi' in shared memory).
@@ -209,7 +211,8 @@ class ChunkRun:
     the records: trace (len(KERNEL_FIELDS), C, records) and trace_neuron (C, neuron_records, m) float64,
     and the trajectories of ``shapes`` (TRAJECTORY_FIELDS: their shapes as the host trace has them), NaN until written.
     `directions` (P, m, d) are the projection directions, or None; `tangents` (V, b, log growth) the tangent
-    vectors of Lyapunov exponents (float64, updated in place), or None.
+    vectors of Lyapunov exponents (float64, updated in place), or None. ``sharpness_last`` (C,) float64 is each
+    configuration's latest measured sharpness (the inverse_sharpness rule's), NaN until the runner copies one in.
     """
 
     def __init__(self, engine, X, y, X_test, y_test, W, a, rules, rule_params, diverged, records: int,
@@ -226,6 +229,7 @@ class ChunkRun:
         self.rules, self.rule_params, self.diverged = rules, rule_params, diverged
         self.fault = xp.zeros(1, dtype=np.int32)  # bits of cuda_codes.FAULTS, see check_fault
         C, m, d = W.shape
+        self.sharpness_last = xp.full(C, np.nan)
         n = X.shape[0]
         if d * m >= 2**31 or n * d >= 2**31:  # the kernel's per-configuration indices are 32-bit
             raise ValueError(f"problem too large for the CUDA kernels: n={n}, d={d}, m={m}")
@@ -269,8 +273,8 @@ def advance(run: ChunkRun, t_start: int, t_stop: int, steps: int, record_every: 
     trajectories = run.trajectories
     values = dict(
         X=run.X, y=run.y, X_test=run.X_test, y_test=run.y_test, W=run.W, a=run.a, rules=run.rules,
-        rule_params=run.rule_params, diverged=run.diverged, fault=run.fault, workspace=run.workspace,
-        trace=run.trace, trace_neuron=run.trace_neuron, directions=run.directions,
+        rule_params=run.rule_params, sharpness_last=run.sharpness_last, diverged=run.diverged, fault=run.fault,
+        workspace=run.workspace, trace=run.trace, trace_neuron=run.trace_neuron, directions=run.directions,
         trace_weights=run.passed["weights"], trace_outer=run.passed["outer"],
         trace_projections=run.passed["projections"], n=run.X.shape[0], d=d, m=m, n_test=run.n_test,
         act=activation.code, act_param=activation.param, loss=loss.code, loss_param=loss.param, scale=scale,

@@ -254,8 +254,14 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
             slot = int(np.searchsorted(sharpness_steps, t))
             for c in np.flatnonzero(state.diverged < 0):
                 sharpness[c, slot] = _sharpness(problem, state, c, sharpness_k, sharpness_points)
+                state.sharpness_last[c] = sharpness[c, slot, 0]
 
     between_chunks = sharpness if sharpness_every is not None and not in_runner else None
+    if between_chunks is not None:
+        # Each configuration's top eigenvalue at the latest pause, which the runner's next steps take
+        # (lgd.stepsize.inverse_sharpness), as a runner measuring it itself keeps it. It is part of the state a
+        # checkpoint saves (lgd.checkpoint.STATE_FIELDS): a resumed run takes the one measured before it stopped.
+        state.sharpness_last = np.full(len(configs), np.nan)
     start, seconds_before, paused_before, sittings = 0, 0.0, 0.0, 0
     if saved is not None:
         saved.restore(state, trace, between_chunks)

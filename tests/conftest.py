@@ -173,3 +173,57 @@ def assert_every_rule_matches(backend_name, dtype, fields=("eta", "risk", "log_r
         np.testing.assert_allclose(getattr(runs[1], field)[keep], getattr(runs[0], field)[keep], rtol=rtol,
                                    atol=rtol * 1e-3, err_msg=field)
     np.testing.assert_allclose(runs[1].weights[keep], runs[0].weights[keep], rtol=rtol, atol=rtol * 1e-3)
+
+
+def assert_inverse_sharpness_matches(backend_name, dtype):
+    """A sweep of lgd.stepsize.inverse_sharpness (c / lambda_max) beside a constant rule on `backend_name` (a
+    runner the driver measures the sharpness for, between chunks) against the oracle (which measures it inside
+    its steps): the stepsizes applied, the risk, the sharpness and the weights; and at every sharpness step
+    eta_t = c / lambda_max(W_t), the sharpness of that very step."""
+    from lgd import stepsize
+
+    X, y = lgd.data.xor(n=40)
+    rules = [stepsize.inverse_sharpness(1.0), stepsize.inverse_sharpness(1.9), 0.5]
+    record = lgd.Record(every=2, sharpness_every=6)
+    runs = [lgd.sweep(X, y, lgd.TwoLayerNet(8, activation="tanh", train_outer=True), "squared", stepsizes=rules,
+                      steps=40, seeds=(0, 1), record=record,
+                      compute=lgd.Compute(backend=name, dtype=dtype, progress=False))
+            for name in ("numpy", backend_name)]
+    # Both measure with lgd.hessian.sharpness at the same steps; their iterates differ by the rounding of the
+    # kernels' sums (another order than the oracle's) and nothing else, so the oracle's tolerances hold
+    # (float64: 1e-13 or so here, well inside them).
+    rtol = TOLERANCE[dtype] * (1 if dtype == "float64" else 20)
+    assert np.all(runs[1].diverged_step < 0)
+    for field in ("eta", "risk", "sharpness"):
+        np.testing.assert_allclose(getattr(runs[1], field), getattr(runs[0], field), rtol=rtol, atol=rtol * 1e-3,
+                                   err_msg=field)
+    np.testing.assert_allclose(runs[1].weights, runs[0].weights, rtol=rtol, atol=rtol * 1e-3)
+    at = np.searchsorted(runs[1].step, runs[1].sharpness_step)
+    for c in range(4):  # stepsize-major: configurations 0 to 3 are the two seeds of the two inverse_sharpness rules
+        np.testing.assert_allclose(runs[1].eta[c, at] * runs[1].sharpness[c, :, 0], rules[c // 2].eta,
+                                   rtol=1e-12 if dtype == "float64" else 1e-6)
+
+
+def assert_inverse_sharpness_resumes(backend_name, monkeypatch, tmp_path):
+    """A sweep of lgd.stepsize.inverse_sharpness on `backend_name` that failed between two sharpness steps
+    after a checkpoint, resumed with lgd.resume: its first steps take the sharpness measured before the
+    failure, saved with the state, and every field is the uninterrupted run's, bit for bit."""
+    from test_checkpoint import assert_same_bits, interrupt_once
+
+    from lgd import checkpoint, driver
+
+    X, y = lgd.data.xor(n=30)
+    path = tmp_path / "sweep.ckpt"
+    arguments = dict(stepsizes=[lgd.stepsize.inverse_sharpness(1.5), 0.5], steps=60, seeds=(3,),
+                     record=lgd.Record(every=3, sharpness_every=10), compute=backend_name)
+    net = lgd.TwoLayerNet(6, activation="tanh", train_outer=True)
+    expected = lgd.sweep(X, y, net, "squared", **arguments)
+    # Chunks of one step, so that the failure comes at step 33, between the sharpness steps 30 and 40.
+    monkeypatch.setattr(driver, "CHUNK_SECONDS", 1e-9)
+    fired = interrupt_once(monkeypatch, backend_name, 33, error=MemoryError)
+    with pytest.raises(MemoryError):
+        lgd.sweep(X, y, net, "squared", **arguments, checkpoint=path, checkpoint_every=1e-9)
+    assert fired == [33] and checkpoint.read(path).header["reached"] == 33
+    resumed = lgd.resume(path)
+    assert resumed.status == ["completed", "completed"]
+    assert_same_bits(expected, resumed)

@@ -8,13 +8,15 @@ where any report fails (an index past an end, a missing __syncthreads).
 """
 
 import ctypes
+import itertools
 import os
 import subprocess
 
 import numpy as np
 import pytest
-from conftest import (HOST_CUDA, TOLERANCE, assert_every_rule_matches, assert_traces_close, make_problem,
-                      register_host_cuda, run_backend)
+from conftest import (HOST_CUDA, TOLERANCE, assert_every_rule_matches, assert_inverse_sharpness_matches,
+                      assert_inverse_sharpness_resumes, assert_traces_close, make_problem, register_host_cuda,
+                      run_backend)
 
 import lgd
 from lgd import backends
@@ -180,6 +182,16 @@ def test_every_stepsize_rule_is_the_oracles(host_cuda, dtype):
     assert_every_rule_matches(host_cuda, dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_stepsize_from_the_sharpness_is_the_oracles(host_cuda, dtype):
+    """inverse_sharpness: the driver measures the sharpness between chunks and the kernel takes the latest."""
+    assert_inverse_sharpness_matches(host_cuda, dtype)
+
+
+def test_a_resumed_run_takes_the_sharpness_measured_before_it_stopped(host_cuda, tmp_path, monkeypatch):
+    assert_inverse_sharpness_resumes(host_cuda, monkeypatch, tmp_path)
+
+
 def test_the_kernels_record_rule_is_lgd_backends():
     lib = _host().library()
     lib.lgd_record_slot.restype = ctypes.c_longlong
@@ -191,20 +203,21 @@ def test_the_kernels_record_rule_is_lgd_backends():
 
 def test_the_kernels_stepsize_rules_are_lgd_stepsize():
     """stepsize_at of lgd.cu against lgd.stepsize.stepsize_at, for every rule the kernel has, on a grid of
-    steps, risks (down to 0 with a finite log-risk) and gradient norms (0 included)."""
+    steps, risks (down to 0 with a finite log-risk), gradient norms (0 included) and sharpnesses (none measured
+    yet, not positive, positive)."""
     from lgd import stepsize
     from lgd.kernels import cuda_codes, cuda_run
 
     lib = _host().library()
     lib.lgd_stepsize_at.restype = ctypes.c_double
     lib.lgd_stepsize_at.argtypes = [ctypes.c_int, *[ctypes.c_double] * 3, ctypes.c_longlong, ctypes.c_longlong,
-                                    *[ctypes.c_double] * 3]
+                                    *[ctypes.c_double] * 4]
     for name in cuda_run.KERNEL_RULES:
         code = cuda_codes.RULES[name]
         for params in ((0.5, 7.0, 0.5), (2.0, 1.0, 0.9)):
             for t in (0, 3, 20, 50):
                 for risk, log_risk in ((0.7, np.log(0.7)), (1e-300, np.log(1e-300)), (0.0, -800.0)):
-                    for grad_sq in (0.0, 1e-8, 2.5):
-                        want = stepsize.stepsize_at(code, *params, t, 50, risk, log_risk, grad_sq, 1.0)
-                        got = lib.lgd_stepsize_at(code, *params, t, 50, risk, log_risk, grad_sq)
-                        assert got == pytest.approx(want, rel=1e-15), (name, params, t, risk, grad_sq)
+                    for grad_sq, sharpness in itertools.product((0.0, 1e-8, 2.5), (np.nan, -0.3, 0.0, 4.2)):
+                        want = stepsize.stepsize_at(code, *params, t, 50, risk, log_risk, grad_sq, sharpness)
+                        got = lib.lgd_stepsize_at(code, *params, t, 50, risk, log_risk, grad_sq, sharpness)
+                        assert got == pytest.approx(want, rel=1e-15), (name, params, t, risk, grad_sq, sharpness)

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import (ACTIVATIONS, HOST_CUDA, LOSSES, MODELS, TOLERANCE, TOLERANCE_ONE_STEP, assert_every_rule_matches,
-                      assert_traces_close, make_problem, problem_data, register_host_cuda, run_backend)
+                      assert_inverse_sharpness_matches, assert_inverse_sharpness_resumes, assert_traces_close,
+                      make_problem, problem_data, register_host_cuda, run_backend)
 
 import lgd
 from lgd import backends
@@ -97,6 +98,17 @@ def test_a_sweep_with_a_diverging_configuration_matches_the_oracle(products, dty
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_every_stepsize_rule_is_the_oracles(products, dtype):
     assert_every_rule_matches(products, dtype, fields=("eta", "risk", "log_risk", "grad_norm", "accuracy", "margin"))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_stepsize_from_the_sharpness_is_the_oracles(products, dtype):
+    """inverse_sharpness: the runner copies the sharpness the driver measured into the array lgd_finalize
+    reads, in place, so that the steps replayed from recordings take the latest too."""
+    assert_inverse_sharpness_matches(products, dtype)
+
+
+def test_a_resumed_run_takes_the_sharpness_measured_before_it_stopped(products, tmp_path, monkeypatch):
+    assert_inverse_sharpness_resumes(products, monkeypatch, tmp_path)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

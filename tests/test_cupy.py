@@ -57,12 +57,14 @@ def test_cuda_header_is_generated_from_the_catalogs():
     assert sorted(cuda_codes.RULES.values()) == list(range(len(cuda_codes.RULES)))
 
 
-def test_the_kernels_stepsize_rules_have_cases_and_the_others_are_refused():
+def test_the_kernels_stepsize_rules_have_cases_and_the_others_are_refused(monkeypatch):
     source = FORMULAS.with_name("lgd.cu").read_text()
     for name in cuda_run.KERNEL_RULES:
         constant = cuda_codes.constant("rule", name)
         assert name == "constant" or re.search(rf"\bcase {constant}:", source), f"lgd.cu has no case {constant}"
     cuda_run.check_rules([cuda_codes.RULES[name] for name in cuda_run.KERNEL_RULES])
+    # A rule without a case is refused by name (today every rule of lgd.stepsize has one: cosine stands in).
+    monkeypatch.setattr(cuda_run, "KERNEL_RULES", tuple(name for name in cuda_run.KERNEL_RULES if name != "cosine"))
     for name in set(cuda_codes.RULES) - set(cuda_run.KERNEL_RULES):
         with pytest.raises(ValueError, match=rf"no stepsize rule '{name}'.*compute='numba'"):
             cuda_run.check_rules([0, cuda_codes.RULES[name]])

@@ -2,8 +2,9 @@
 // -fsanitize=address,undefined and with -fsanitize=thread and fails on any report).
 //
 // A small sweep on synthetic data in both dtypes: held-out data, per-neuron margins, a trajectory and
-// projections, a trained outer layer, two tangent vectors (Lyapunov exponents), one configuration that
-// diverges (the exponential loss at a huge stepsize), in two layouts (everything in shared memory with one
+// projections, a trained outer layer, two tangent vectors (Lyapunov exponents), a stepsize from the
+// sharpness (inverse_sharpness), one configuration that diverges (the exponential loss at a huge
+// stepsize), in two layouts (everything in shared memory with one
 // tile; X, W and the gradient in global memory with several tiles), with blocks of two warps; then the same
 // kind of sweep through the products path's kernels (products.cuh), its products as plain loops. Every array
 // is allocated at its exact size, so that an index one past an end is a heap overflow for AddressSanitizer;
@@ -14,11 +15,13 @@
 #include "lgd.cu"
 
 #include <cstdio>
+#include <limits>
 #include <vector>
 
 namespace {
 
 int failures = 0;
+const double NaN = std::numeric_limits<double>::quiet_NaN();
 
 void check(bool ok, const char* what) {
     if (!ok) {
@@ -72,9 +75,11 @@ void sweep(int tile_rows, int x_shared, int w_shared, int g_shared,
     std::vector<T> directions(directions_count * m * d), workspace(configs * 2 * d * m);
     fill(X, y, X_test, y_test, W, a);
     for (T& v : directions) v = (T)uniform();
-    // Constant stepsizes 0.3 and 2 and 1e6 (diverges); the log-risk at every step, as the adaptive rule needs.
-    std::vector<long long> rules(configs, lgd::RULE_CONSTANT);
+    // Stepsizes 0.3, 2 (2 / lambda_max at a measured sharpness of 1) and 1e6 (diverges); the log-risk at
+    // every step, as the adaptive rule needs.
+    std::vector<long long> rules = {lgd::RULE_CONSTANT, lgd::RULE_INVERSE_SHARPNESS, lgd::RULE_CONSTANT};
     std::vector<double> rule_params = {0.3, 0.0, 0.0, 2.0, 0.0, 0.0, 1e6, 0.0, 0.0};
+    std::vector<double> sharpness_last = {NaN, 1.0, NaN};
     std::vector<long long> diverged(configs, -1);
     std::vector<int> fault(1, 0);
     std::vector<double> trace(9 * configs * records, -7.0), neuron(configs * records * m, -7.0);
@@ -93,19 +98,20 @@ void sweep(int tile_rows, int x_shared, int w_shared, int g_shared,
         for (int pass = 0; pass < 2; ++pass) {  // trajectory, then projections
             const long long start = 0, stop = steps + 1;
             entry(configs, threads, shared, X.data(), y.data(), X_test.data(), y_test.data(), W.data(), a.data(),
-                  rules.data(), rule_params.data(), diverged.data(), fault.data(), workspace.data(), trace.data(),
-                  neuron.data(), directions.data(), weights.data(), outer.data(), projections.data(), n, d, m, n_test,
-                  lgd::ACT_LEAKY_SOFTPLUS, 0.5, loss, 0.0, 1.0 / m, 1, 1e10, 1e4, 1, start, stop, steps, every,
-                  weights_every, configs, records, records, pass == 0 ? weight_records : 0,
-                  pass == 0 ? weight_records : 0, pass == 0 ? 0 : directions_count, tangents.data(),
-                  tangents_a.data(), log_growth.data(), lyapunov.data(), row_space.data(), tangent_count, records,
-                  tile_rows, x_shared, w_shared, g_shared);
+                  rules.data(), rule_params.data(), sharpness_last.data(), diverged.data(), fault.data(),
+                  workspace.data(), trace.data(), neuron.data(), directions.data(), weights.data(), outer.data(),
+                  projections.data(), n, d, m, n_test, lgd::ACT_LEAKY_SOFTPLUS, 0.5, loss, 0.0, 1.0 / m, 1, 1e10, 1e4,
+                  1, start, stop, steps, every, weights_every, configs, records, records,
+                  pass == 0 ? weight_records : 0, pass == 0 ? weight_records : 0, pass == 0 ? 0 : directions_count,
+                  tangents.data(), tangents_a.data(), log_growth.data(), lyapunov.data(), row_space.data(),
+                  tangent_count, records, tile_rows, x_shared, w_shared, g_shared);
         }
         check(fault[0] == 0, "no fault");
         check(diverged[0] < 0, "the small stepsize runs to the end");
         check(diverged[2] >= 0 && diverged[2] < steps, "the huge stepsize diverges (risk or weight bound)");
         check(trace[0] > 0 && trace[0] < 10, "a finite first risk");
         check(trace[6 * configs * records] > 0, "a held-out risk");
+        check(trace[lgd::TRACE_ETA * configs * records + records] == 2.0, "eta = 2 / lambda_max");
         const long long last_slot = steps % every == 0 ? steps / every : steps / every + 1;
         const double last_sum = lyapunov[last_slot * tangent_count + tangent_count - 1];
         check(last_sum != -7.0 && last_sum == last_sum, "a finite Lyapunov sum at the last record");
@@ -125,8 +131,10 @@ void products_sweep() {
     const int dm = d * m, norm_blocks = (dm + per_block - 1) / per_block, width = configs * m;
     std::vector<T> X(n * d), y(n), X_test(n_test * d), y_test(n_test), W(configs * dm), a(configs * m);
     fill(X, y, X_test, y_test, W, a);
-    std::vector<long long> rules(configs, lgd::RULE_CONSTANT), diverged(configs, -1), clock(1, 0);
+    std::vector<long long> rules = {lgd::RULE_CONSTANT, lgd::RULE_INVERSE_SHARPNESS, lgd::RULE_CONSTANT};
+    std::vector<long long> diverged(configs, -1), clock(1, 0);
     std::vector<double> rule_params = {0.3, 0.0, 0.0, 2.0, 0.0, 0.0, 1e6, 0.0, 0.0};
+    std::vector<double> sharpness_last = {NaN, 1.0, NaN};
     std::vector<int> fault(1, 0), moving(configs, 0);
     std::vector<T> Z(n * width), Z_test(n_test * width), grad(configs * dm), grad_a(configs * m);
     std::vector<T> partial_a(configs * blocks * m);
@@ -167,10 +175,10 @@ void products_sweep() {
         Entries<T>::norms(configs * norm_blocks, threads, scratch, W.data(), grad.data(), diverged.data(),
                          norms.data(), dm, norm_blocks, per_block);
         Entries<T>::finalize(configs, threads, scratch, a.data(), grad_a.data(), rules.data(), rule_params.data(),
-                            diverged.data(), clock.data(), parts.data(), test_parts.data(), partial_a.data(),
-                            partial_neuron.data(), norms.data(), eta.data(), moving.data(), trace.data(),
-                            neuron.data(), n, m, n_test, configs, blocks, test_blocks, norm_blocks, 1, 1e10, 1e4,
-                            1, steps, every, records, records);
+                            sharpness_last.data(), diverged.data(), clock.data(), parts.data(), test_parts.data(),
+                            partial_a.data(), partial_neuron.data(), norms.data(), eta.data(), moving.data(),
+                            trace.data(), neuron.data(), n, m, n_test, configs, blocks, test_blocks, norm_blocks,
+                            1, 1e10, 1e4, 1, steps, every, records, records);
         Entries<T>::update(3, threads, 0, W.data(), a.data(), grad.data(), grad_a.data(), eta.data(), moving.data(),
                           clock.data(), dm, m, configs, 1);
     }
@@ -180,6 +188,7 @@ void products_sweep() {
     check(diverged[2] >= 0 && diverged[2] < steps, "products: the huge stepsize diverges");
     check(trace[0] > 0 && trace[0] < 10, "products: a finite first risk");
     check(trace[6 * configs * records] > 0, "products: a held-out risk");
+    check(trace[lgd::TRACE_ETA * configs * records + records] == 2.0, "products: eta = 2 / lambda_max");
     check(neuron[0] != -7.0, "products: neuron margins");
 }
 

@@ -73,9 +73,10 @@ __host__ __device__ __forceinline__ long long record_slot(long long t, long long
 }
 
 // eta_t of stepsize rule `code` with parameters (p0, p1, p2): lgd.stepsize.stepsize_at, the one formula
-// every backend evaluates (the codes are generated from lgd.stepsize into codes.cuh).
+// every backend evaluates (the codes are generated from lgd.stepsize into codes.cuh). `sharpness` is the
+// configuration's latest measured top Hessian eigenvalue (the driver measures it between chunks).
 __host__ __device__ inline double stepsize_at(int code, double p0, double p1, double p2, long long t, long long steps,
-                                              double risk, double log_risk, double grad_sq) {
+                                              double risk, double log_risk, double grad_sq, double sharpness) {
     switch (code) {
     case RULE_WARMUP:
         return p0 * fmin(1.0, (t + 1.0) / p1);
@@ -89,6 +90,8 @@ __host__ __device__ inline double stepsize_at(int code, double p0, double p1, do
         return grad_sq > 0.0 ? p1 * (risk - p0) / grad_sq : infinity(0.0);
     case RULE_NORMALIZED:
         return grad_sq > 0.0 ? p0 / sqrt(grad_sq) : infinity(0.0);
+    case RULE_INVERSE_SHARPNESS:
+        return sharpness > 0.0 ? p0 / sharpness : infinity(0.0);
     default:  // RULE_CONSTANT
         return p0;
     }
@@ -467,16 +470,17 @@ __host__ __device__ inline size_t shared_bytes(int n, int d, int m, int itemsize
 
 template <typename T>
 __device__ void run_chunk(const T* X, const T* y, const T* X_test, const T* y_test, T* W, T* a,
-                          const long long* rules, const double* rule_params, long long* diverged, int* fault,
-                          T* workspace, double* trace, double* trace_neuron, const T* directions, T* trace_weights,
-                          T* trace_outer, double* trace_projections, int n, int d, int m, int n_test, int act,
-                          double act_param_d, int loss, double loss_param, double scale, int train_outer,
-                          double risk_bound, double weight_bound, int log_risk_every_step, long long t_start,
-                          long long t_stop, long long steps, long long record_every, long long weights_every,
-                          int configs, int records, int neuron_records, int weight_records, int outer_records,
-                          int n_directions, double* tangents, double* tangents_a, double* log_growth,
-                          double* trace_lyapunov, double* row_space, int n_tangents, int lyapunov_records,
-                          int tile_rows, int x_shared, int w_shared, int g_shared) {
+                          const long long* rules, const double* rule_params, const double* sharpness_last,
+                          long long* diverged, int* fault, T* workspace, double* trace, double* trace_neuron,
+                          const T* directions, T* trace_weights, T* trace_outer, double* trace_projections, int n,
+                          int d, int m, int n_test, int act, double act_param_d, int loss, double loss_param,
+                          double scale, int train_outer, double risk_bound, double weight_bound,
+                          int log_risk_every_step, long long t_start, long long t_stop, long long steps,
+                          long long record_every, long long weights_every, int configs, int records,
+                          int neuron_records, int weight_records, int outer_records, int n_directions,
+                          double* tangents, double* tangents_a, double* log_growth, double* trace_lyapunov,
+                          double* row_space, int n_tangents, int lyapunov_records, int tile_rows, int x_shared,
+                          int w_shared, int g_shared) {
     const int c = blockIdx.x, tid = threadIdx.x, threads = blockDim.x;
     if (diverged[c] >= 0) return;
     const bool f32 = sizeof(T) == 4;
@@ -598,7 +602,8 @@ __device__ void run_chunk(const T* X, const T* y, const T* X_test, const T* y_te
         double log_risk = 0.0;
         if (slot >= 0 || log_risk_every_step)
             log_risk = risk >= log_risk_exact_below ? log(risk) : log_risk_from_samples(train, n);
-        const double eta_t = narrow(stepsize_at(rule, p0, p1, p2, t, steps, risk, log_risk, grad_sq), f32);
+        const double eta_t =
+            narrow(stepsize_at(rule, p0, p1, p2, t, steps, risk, log_risk, grad_sq, sharpness_last[c]), f32);
         if (slot >= 0) {
             const long long at = (long long)c * records + slot, field = (long long)configs * records;
             if (tid == 0)
@@ -695,16 +700,17 @@ __device__ void run_chunk(const T* X, const T* y, const T* X_test, const T* y_te
 // cuda_run.PARAMS lists it for the glue).
 #define LGD_RUN_PARAMS(T)                                                                                            \
     const T *X, const T *y, const T *X_test, const T *y_test, T *W, T *a, const long long *rules,                    \
-        const double *rule_params, long long *diverged, int *fault, T *workspace, double *trace,                     \
-        double *trace_neuron, const T *directions, T *trace_weights, T *trace_outer, double *trace_projections,      \
-        int n, int d, int m, int n_test, int act, double act_param, int loss, double loss_param, double scale,       \
-        int train_outer, double risk_bound, double weight_bound, int log_risk_every_step, long long t_start,         \
-        long long t_stop, long long steps, long long record_every, long long weights_every, int configs,             \
-        int records, int neuron_records, int weight_records, int outer_records, int n_directions,                    \
-        double *tangents, double *tangents_a, double *log_growth, double *trace_lyapunov, double *row_space,         \
-        int n_tangents, int lyapunov_records, int tile_rows, int x_shared, int w_shared, int g_shared
+        const double *rule_params, const double *sharpness_last, long long *diverged, int *fault, T *workspace,      \
+        double *trace, double *trace_neuron, const T *directions, T *trace_weights, T *trace_outer,                  \
+        double *trace_projections, int n, int d, int m, int n_test, int act, double act_param, int loss,             \
+        double loss_param, double scale, int train_outer, double risk_bound, double weight_bound,                    \
+        int log_risk_every_step, long long t_start, long long t_stop, long long steps, long long record_every,       \
+        long long weights_every, int configs, int records, int neuron_records, int weight_records,                   \
+        int outer_records, int n_directions, double *tangents, double *tangents_a, double *log_growth,               \
+        double *trace_lyapunov, double *row_space, int n_tangents, int lyapunov_records, int tile_rows,              \
+        int x_shared, int w_shared, int g_shared
 #define LGD_RUN_ARGS()                                                                                               \
-    X, y, X_test, y_test, W, a, rules, rule_params, diverged, fault, workspace, trace, trace_neuron,                 \
+    X, y, X_test, y_test, W, a, rules, rule_params, sharpness_last, diverged, fault, workspace, trace, trace_neuron, \
         directions, trace_weights, trace_outer, trace_projections, n, d, m, n_test, act, act_param, loss,            \
         loss_param, scale, train_outer, risk_bound, weight_bound, log_risk_every_step, t_start, t_stop, steps,       \
         record_every, weights_every, configs, records, neuron_records, weight_records, outer_records, n_directions,  \
@@ -730,8 +736,8 @@ extern "C" long long lgd_record_slot(long long t, long long steps, long long eve
     return lgd::record_slot(t, steps, every);
 }
 extern "C" double lgd_stepsize_at(int code, double p0, double p1, double p2, long long t, long long steps,
-                                  double risk, double log_risk, double grad_sq) {
-    return lgd::stepsize_at(code, p0, p1, p2, t, steps, risk, log_risk, grad_sq);
+                                  double risk, double log_risk, double grad_sq, double sharpness) {
+    return lgd::stepsize_at(code, p0, p1, p2, t, steps, risk, log_risk, grad_sq, sharpness);
 }
 extern "C" size_t lgd_shared_bytes(int n, int d, int m, int itemsize, int threads, int tile_rows, int x_shared,
                                    int w_shared, int g_shared) {

@@ -163,13 +163,13 @@ __device__ void norms_block(const T* W, const T* grad, const long long* diverged
 // decisions (not finite: stopped, nothing recorded; records; bounds: recorded, then stopped; t < steps: move).
 template <typename T>
 __device__ void finalize_block(const T* a, T* grad_a, const long long* rules, const double* rule_params,
-                               long long* diverged, const long long* clock, const double* parts,
-                               const double* test_parts, const T* partial_a, const double* partial_neuron,
-                               const double* norms, double* eta, int* moving, double* trace, double* trace_neuron,
-                               int n, int m, int n_test, int configs, int blocks_per_config, int test_blocks,
-                               int norm_blocks, int train_outer, double risk_bound, double weight_bound,
-                               int log_risk_every_step, long long steps, long long record_every, int records,
-                               int neuron_records) {
+                               const double* sharpness_last, long long* diverged, const long long* clock,
+                               const double* parts, const double* test_parts, const T* partial_a,
+                               const double* partial_neuron, const double* norms, double* eta, int* moving,
+                               double* trace, double* trace_neuron, int n, int m, int n_test, int configs,
+                               int blocks_per_config, int test_blocks, int norm_blocks, int train_outer,
+                               double risk_bound, double weight_bound, int log_risk_every_step, long long steps,
+                               long long record_every, int records, int neuron_records) {
     const int c = blockIdx.x, tid = threadIdx.x, threads = blockDim.x;
     if (tid == 0) moving[c] = 0;
     if (diverged[c] >= 0) return;
@@ -227,7 +227,8 @@ __device__ void finalize_block(const T* a, T* grad_a, const long long* rules, co
     }
     const long long rule = rules[c];
     const double eta_t = narrow(stepsize_at((int)rule, rule_params[3 * c], rule_params[3 * c + 1],
-                                            rule_params[3 * c + 2], t, steps, risk, log_risk, grad_sq), f32);
+                                            rule_params[3 * c + 2], t, steps, risk, log_risk, grad_sq,
+                                            sharpness_last[c]), f32);
     if (slot >= 0) {
         const long long at = (long long)c * records + slot, field = (long long)configs * records;
         if (tid == 0) {
@@ -298,16 +299,17 @@ __device__ void update_grid(T* W, T* a, const T* grad, const T* grad_a, const do
         int per_block
 #define LGD_NORMS_ARGS() W, grad, diverged, norms, dm, blocks_per_config, per_block
 #define LGD_FINALIZE_PARAMS(T)                                                                                   \
-    const T *a, T *grad_a, const long long *rules, const double *rule_params, long long *diverged,               \
-        const long long *clock, const double *parts, const double *test_parts, const T *partial_a,               \
-        const double *partial_neuron, const double *norms, double *eta, int *moving, double *trace,              \
-        double *trace_neuron, int n, int m, int n_test, int configs, int blocks_per_config, int test_blocks,     \
-        int norm_blocks, int train_outer, double risk_bound, double weight_bound, int log_risk_every_step,       \
-        long long steps, long long record_every, int records, int neuron_records
+    const T *a, T *grad_a, const long long *rules, const double *rule_params, const double *sharpness_last,      \
+        long long *diverged, const long long *clock, const double *parts, const double *test_parts,              \
+        const T *partial_a, const double *partial_neuron, const double *norms, double *eta, int *moving,         \
+        double *trace, double *trace_neuron, int n, int m, int n_test, int configs, int blocks_per_config,       \
+        int test_blocks, int norm_blocks, int train_outer, double risk_bound, double weight_bound,               \
+        int log_risk_every_step, long long steps, long long record_every, int records, int neuron_records
 #define LGD_FINALIZE_ARGS()                                                                                      \
-    a, grad_a, rules, rule_params, diverged, clock, parts, test_parts, partial_a, partial_neuron, norms, eta,    \
-        moving, trace, trace_neuron, n, m, n_test, configs, blocks_per_config, test_blocks, norm_blocks,         \
-        train_outer, risk_bound, weight_bound, log_risk_every_step, steps, record_every, records, neuron_records
+    a, grad_a, rules, rule_params, sharpness_last, diverged, clock, parts, test_parts, partial_a,                \
+        partial_neuron, norms, eta, moving, trace, trace_neuron, n, m, n_test, configs, blocks_per_config,       \
+        test_blocks, norm_blocks, train_outer, risk_bound, weight_bound, log_risk_every_step, steps,             \
+        record_every, records, neuron_records
 #define LGD_UPDATE_PARAMS(T)                                                                                     \
     T *W, T *a, const T *grad, const T *grad_a, const double *eta, const int *moving, long long *clock, int dm,  \
         int m, int configs, int train_outer

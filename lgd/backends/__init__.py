@@ -15,7 +15,8 @@ Every runner keeps one protocol:
   W_{t+1} = W_t - eta * grad when t < steps. A configuration whose risk or gradient norm is not finite
   stops there: ``state.diverged[c] = t`` and its weights stay W_t. When it returns, ``state`` holds
   the weights and divergence flags after t_stop - 1 (the driver may pause there, e.g. for the
-  sharpness);
+  sharpness: a runner without ``measures_sharpness`` takes each configuration's latest from
+  ``state.sharpness_last``, which the driver sets at those pauses);
 - ``sync()`` makes the records written so far complete on the host, between chunks (a device runner
   copies them back; a host runner has nothing to do): the driver calls it before a checkpoint;
 - ``finish()`` makes ``trace`` complete on the host (a device runner copies it back; also after an
@@ -103,9 +104,10 @@ class State:
     # float64; None: constant rules at `stepsizes`.
     rules: np.ndarray | None = None
     rule_params: np.ndarray | None = None
-    # The sharpness measured inside the runner: each configuration's latest (C,) float64 (NaN before the
-    # first), and its top Hessian eigenvector then, (C, m, d) and (C, m) float64, the next measurement's
-    # warm start (None when the runner measures no sharpness).
+    # The sharpness: each configuration's latest top Hessian eigenvalue (C,) float64 (NaN before the first),
+    # measured inside the runner or by the driver between chunks, and, inside the runner, its top Hessian
+    # eigenvector then, (C, m, d) and (C, m) float64, the next measurement's warm start (None when nothing
+    # measures the sharpness).
     sharpness_last: np.ndarray | None = None
     sharpness_start: np.ndarray | None = None
     sharpness_start_a: np.ndarray | None = None

@@ -6,8 +6,10 @@ Data and the batch are copied to the device once, in :meth:`Runner.start` (cupy 
 are); the traces stay there until :meth:`Runner.finish` (or :meth:`Runner.sync`, which copies them for a
 checkpoint). After each chunk the host reads back the divergence
 flags and the fault flag, and the weights (the protocol of :mod:`lgd.backends`: the driver may pause
-between chunks and measure W_t). :class:`Runner` is written against an engine (``lgd.kernels.cuda_run``):
-the same class runs the host build of the kernel in CI (``lgd.backends._cuda_host``).
+between chunks and measure W_t); before each chunk it copies to the device each configuration's latest
+sharpness, which the driver measures at those pauses (``State.sharpness_last``), for the rule c / lambda_max.
+:class:`Runner` is written against an engine (``lgd.kernels.cuda_run``): the same class runs the host build
+of the kernel in CI (``lgd.backends._cuda_host``).
 
 :func:`available` says exactly why CUDA cannot run: cupy missing, no NVIDIA driver, a driver of an older
 major CUDA version than cupy's runtime, or no device.
@@ -146,6 +148,9 @@ class Runner:
 
     def advance(self, t_start: int, t_stop: int):
         p, run, to_host = self.problem, self.run, self.glue.to_host
+        if self.state.sharpness_last is not None:  # measured by the driver at its pauses between chunks
+            # In place: the products path's captured graphs hold the array's address, not its values.
+            run.sharpness_last[...] = self.engine.xp.asarray(self.state.sharpness_last)
         self._advance(run, t_start, t_stop, self.steps, self.record_every, p.activation, p.loss, p.scale,
                       p.train_outer, bounds=(p.risk_bound, p.weight_bound), weights_every=p.weights_every,
                       log_risk_every_step=p.log_risk_every_step)
