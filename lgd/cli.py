@@ -480,6 +480,15 @@ def info() -> str:
 
         lines.append(f"numba threads: {numba.get_num_threads()} (NUMBA_NUM_THREADS; a single run splits its steps "
                      "over them, a sweep its configurations)")
+    from .benchmark.machine import blas_libraries, blas_note, vector_features
+
+    blas = blas_libraries()
+    if blas:
+        lines.append("BLAS: " + ", ".join(f"{b['library']} {b['version']} ({b['architecture'] or '?'} kernels, "
+                                          f"{b['threads']} threads, {b['file']})" for b in blas))
+        note = blas_note(blas, vector_features())
+        if note:
+            lines.append(f"  note: {note}")
     return "\n".join(lines)
 
 

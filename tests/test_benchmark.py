@@ -123,6 +123,41 @@ def test_the_machine_names_its_vector_features_and_the_tiles_width(monkeypatch):
     assert " ".join(features) in describe(machine)
 
 
+AVX512 = ["avx2", "avx512bw", "avx512cd", "avx512dq", "avx512f", "avx512vl", "fma"]
+
+
+@pytest.mark.parametrize("core, features, forced, noted", [
+    ("Haswell", AVX512, "Haswell", "OPENBLAS_CORETYPE=Haswell in the environment"),
+    ("Haswell", AVX512, None, "OpenBLAS chose them"),
+    ("SkylakeX", AVX512, None, None),
+    ("Haswell", ["avx2", "fma"], None, None),
+    (None, AVX512, None, None),
+], ids=["forced", "chosen", "avx512_kernels", "avx2_cpu", "core_unknown"])
+def test_blas_note_names_avx2_kernels_on_an_avx512_cpu(core, features, forced, noted, monkeypatch):
+    """lgd info's note on an OpenBLAS that runs AVX2 kernels where the CPU has AVX-512, and why; nothing
+    where its kernels fit the CPU or are not known."""
+    from lgd.benchmark.machine import blas_note
+
+    if forced:
+        monkeypatch.setenv("OPENBLAS_CORETYPE", forced)
+    else:
+        monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    blas = [{"library": "openblas", "version": "0.3.30", "threads": 2, "architecture": core, "file": "x.so"},
+            {"library": "mkl", "version": "2024", "threads": 2, "architecture": None, "file": "y.so"}]
+    note = blas_note(blas, features)
+    if noted is None:
+        assert note is None
+    else:
+        assert note.startswith("openblas 0.3.30 run AVX2 kernels") and noted in note and "mkl" not in note
+
+
+def test_describe_names_the_blas_kernels():
+    machine = dict(MACHINE, blas=[{"library": "openblas", "version": "0.3.30", "threads": 2,
+                                   "architecture": "SkylakeX"}])
+    assert "openblas 0.3.30 (SkylakeX kernels, 2 threads)" in describe(machine)
+    assert "openblas 0.3 (2 threads)" in describe(MACHINE)  # a record from before the kernels were recorded
+
+
 def test_fp_sharing_needs_two_threads():
     assert fp_sharing(1) is None
 

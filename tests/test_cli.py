@@ -79,6 +79,10 @@ def test_lgd_info_lists_backends(capsys):
         import numba
 
         assert f"numba threads: {numba.get_num_threads()} " in printed
+    from lgd.benchmark.machine import blas_libraries
+
+    for blas in blas_libraries():  # each loaded BLAS with the kernels it chose
+        assert f"{blas['library']} {blas['version']} ({blas['architecture'] or '?'} kernels" in printed
 
 
 def test_console_script_is_installed():

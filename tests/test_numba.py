@@ -324,6 +324,42 @@ def test_blas_path_matches_fused(bound, monkeypatch):
         assert bool(limited) != bound
 
 
+def _numpy_blas_is_scipy_openblas64() -> bool:
+    config = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    return config.get("name") == "scipy-openblas" and "USE64BITINT" in (config.get("openblas configuration") or "")
+
+
+def test_numpy_gemm_found_where_numpy_bundles_its_openblas():
+    """The BLAS mode's gemm is numpy's own OpenBLAS where numpy has one (its PyPI wheels), one address per
+    dtype; elsewhere 0 (scipy's, through numba)."""
+    addresses = [_numba.numpy_gemm(dtype) for dtype in ("float64", "float32")]
+    if _numpy_blas_is_scipy_openblas64():
+        assert all(addresses) and addresses[0] != addresses[1]
+    else:
+        assert addresses == [0, 0]
+
+
+@pytest.mark.parametrize("gemm", ["numpy", "scipy"])
+@pytest.mark.parametrize("bound", [False, True], ids=["team_blas", "one_thread_blas"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_blas_products_through_either_gemm_match_oracle(gemm, bound, dtype, monkeypatch):
+    """The BLAS mode's products called through numpy's gemm (its address, a kernel argument) and through
+    scipy's (numba's wrapper, address 0), on each team member's block and on one thread: the oracle's
+    traces and weights."""
+    if gemm == "numpy" and not _numba.numpy_gemm("float64"):
+        pytest.skip("numpy has no bundled ILP64 OpenBLAS here")
+    if gemm == "scipy":
+        monkeypatch.setattr(_numba, "numpy_gemm", lambda dtype: 0)
+    monkeypatch.setattr(_numba, "BLAS_WORK", 0)
+    monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
+    monkeypatch.setattr(_numba, "TEAM_WORK", 1)
+    monkeypatch.setattr(_numba, "BLAS_BOUND_D", 0 if bound else 1 << 30)
+    model = lgd.TwoLayerNet(6, train_outer=True)
+    expected, blas = run_both(model, "logistic", dtype, [0.5], steps=30, every=3)
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    assert_traces_close(expected, blas, rtol=tol, atol=tol * 1e-3)
+
+
 @pytest.mark.parametrize("blas", [False, True])
 def test_runner_compiles_the_product_mode_it_runs(blas, monkeypatch):
     """Building a runner compiles (or loads) the kernel its runs take: with the fused products the BLAS

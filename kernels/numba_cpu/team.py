@@ -129,9 +129,10 @@ class Buffers(NamedTuple):
     (J + 1,), ritz (k,), work (2, J + 1), and the curvature of the samples it is measured on: P, Q (rows, m)
     in the run's dtype, AQ, AR (rows, m) and coef (rows, 2) float64); rows, per member the scratch of a
     block of samples of the Hessian-vector products (tangent.hessian_part's `block`, each array with a
-    leading axis of members). BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m). The fused loops' zs is
-    None with BLAS, and Z, Z_test and grads_blas None without: a branch on None is pruned at compile time,
-    so each product mode is a kernel of its own without the other's code.
+    leading axis of members). BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m), and gemm (1,) int64, the
+    address of the ILP64 ?gemm_ the products call (0: scipy's, tiles.blas_forward). The fused loops' zs is
+    None with BLAS, and Z, Z_test, grads_blas and gemm None without: a branch on None is pruned at compile
+    time, so each product mode is a kernel of its own without the other's code.
     """
 
     Wt: np.ndarray
@@ -159,6 +160,7 @@ class Buffers(NamedTuple):
     Z: object
     Z_test: object
     grads_blas: object
+    gemm: object
 
 
 # Spins of a waiting thread before it starts yielding its core: 0.1-1 ms (the length of a pause
@@ -224,9 +226,9 @@ def run_steps(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, in
     for t in range(schedule.t_start, schedule.t_stop):
         record = record_slot(t, schedule.steps, schedule.record_every) >= 0
         test = record and n_test > 0
-        blas_forward(X, i0, i1, b.Wt, b.Z)
+        blas_forward(X, i0, i1, b.Wt, b.Z, b.gemm)
         if test:
-            blas_forward(X_test, k0, k1, b.Wt, b.Z_test)
+            blas_forward(X_test, k0, k1, b.Wt, b.Z_test, b.gemm)
         # The training block, then at record steps the test block: one call site, so one compiled
         # sample_block (a literal True / False would type, and compile, twice).
         for part in range(2 if test else 1):
@@ -237,7 +239,7 @@ def run_steps(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, in
                          b.grads[member], b.grads_a[member], b.neurons_part[member],
                          b.stats[member if train else size + member], train, b.us, b.kept,
                          b.group[0][member], b.group[1][member])
-        blas_backward(X, i0, i1, b.Z, b.grads_blas, member)
+        blas_backward(X, i0, i1, b.Z, b.grads_blas, member, b.gemm)
         barrier(sync, size)
         if member == 0:
             reduce_blocks(size, test, b.grads, b.grads_a, b.neurons_part, b.stats, b.grad, b.grad_a, b.neuron,

@@ -148,53 +148,72 @@ backward_tile_groups_half = _backward_tile(BACKWARD_GROUP, grouped=True, vector_
 backward_tile_short_half = _backward_tile(TILE_ROWS, vector_bytes=HALF_BYTES)
 
 
-# The BLAS mode's products, as direct calls of numba's own gemm wrapper (numba_xxgemm: scipy's BLAS,
-# column-major, resolved by name at load time like np.dot's, so the cache keeps working). np.dot on
-# slices of the same arrays makes the same calls but compiles its slicing, shape checks and error
-# paths at every call site, seconds of every cold BLAS build. A row-major block is its
-# column-major transpose, so each product is computed as its transpose: Z_b^T = Wt^T X_b^T and
-# (X_b^T G_b)^T = G_b^T X_b.
-def _gemm_call(context, builder, dtype, transpose_b, m, n, k, a, lda, b, ldb, c, ldc):
-    """c = a b (column-major, m x n = (m x k)(k x n), b transposed if transpose_b) through numba_xxgemm."""
+# The BLAS mode's products, as direct gemm calls: through the address of an ILP64 Fortran ?gemm_ the caller
+# passes (numpy's own OpenBLAS: lgd.backends._numba.numpy_gemm), else through numba's own gemm wrapper
+# (numba_xxgemm: scipy's BLAS, resolved by name at load time like np.dot's). The address is an argument,
+# not a constant of the code, so the cache keeps working. np.dot on slices of the same arrays makes the same
+# calls but compiles its slicing, shape checks and error paths at every call site, seconds of every cold
+# BLAS build. A row-major block is its column-major transpose, so each product is computed as its
+# transpose: Z_b^T = Wt^T X_b^T and (X_b^T G_b)^T = G_b^T X_b.
+def _gemm_call(context, builder, dtype, transpose_b, m, n, k, a, lda, b, ldb, c, ldc, address):
+    """c = a b (column-major, m x n = (m x k)(k x n), b transposed if transpose_b): through the ?gemm_ at
+    `address` (an int64 value) when it is not 0, else through numba_xxgemm."""
     char, intp, void_p = ir.IntType(8), context.get_value_type(types.intp), ir.IntType(8).as_pointer()
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-        ir.IntType(32), [char, char, char, intp, intp, intp, void_p, void_p, intp, void_p, intp, void_p, void_p,
-                         intp]), "numba_xxgemm")
     alpha, beta = (cgutils.alloca_once_value(builder, context.get_constant(dtype, v)) for v in (1.0, 0.0))
     kind = "s" if dtype == types.float32 else "d"
-    flags = [ir.Constant(char, ord(v)) for v in (kind, "n", "t" if transpose_b else "n")]
+    transposes = [ir.Constant(char, ord(v)) for v in ("n", "t" if transpose_b else "n")]
     pointer = [builder.bitcast(p, void_p) for p in (alpha, a, b, beta, c)]
-    # Its status is nonzero only when scipy's BLAS cannot be found, which typing has already ruled out
-    # (ensure_blas); a team member could not raise anyway while the others wait at a barrier.
-    builder.call(fn, flags + [m, n, k, pointer[0], pointer[1], lda, pointer[2], ldb, pointer[3], pointer[4], ldc])
+    with builder.if_else(builder.icmp_unsigned("!=", address, ir.Constant(address.type, 0))) as (direct, wrapped):
+        with direct:
+            # Fortran's convention: every argument by reference, 64-bit integers (ILP64), and the lengths of
+            # the two character arguments after the others.
+            def ref(value):
+                return builder.bitcast(cgutils.alloca_once_value(builder, value), void_p)
+
+            fn_type = ir.FunctionType(ir.VoidType(), [void_p] * 13 + [intp, intp])
+            fn = builder.inttoptr(address, fn_type.as_pointer())
+            one = ir.Constant(intp, 1)
+            builder.call(fn, [ref(transposes[0]), ref(transposes[1]), ref(m), ref(n), ref(k), pointer[0],
+                              pointer[1], ref(lda), pointer[2], ref(ldb), pointer[3], pointer[4], ref(ldc), one, one])
+        with wrapped:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+                ir.IntType(32), [char, char, char, intp, intp, intp, void_p, void_p, intp, void_p, intp, void_p,
+                                 void_p, intp]), "numba_xxgemm")
+            # Its status is nonzero only when scipy's BLAS cannot be found, which typing has already ruled
+            # out (ensure_blas); a team member could not raise anyway while the others wait at a barrier.
+            builder.call(fn, [ir.Constant(char, ord(kind))] + transposes + [m, n, k, pointer[0], pointer[1], lda,
+                                                                             pointer[2], ldb, pointer[3], pointer[4],
+                                                                             ldc])
 
 
 def _blas_rows(transposed):
     """The intrinsic forming one block's product by BLAS: Z[i0:i1] = X[i0:i1] Wt (blas_rows_times), or
-    with `transposed` out = X[i0:i1]^T G[i0:i1] (blas_rows_transposed_times)."""
-    def blas_rows(typingctx, X, i0, i1, B, C):
+    with `transposed` out = X[i0:i1]^T G[i0:i1] (blas_rows_transposed_times), through the ?gemm_ whose
+    address is gemm[0] (0: scipy's, numba_xxgemm)."""
+    def blas_rows(typingctx, X, i0, i1, B, C, gemm):
         """The caller keeps 0 <= i0 <= i1 <= len(X), and len(X) = len(Z) (len(G)); all C-contiguous."""
-        if not tiled_arrays((X, B, C)):
+        if not (tiled_arrays((X, B, C)) and isinstance(gemm, types.Array) and gemm.dtype == types.int64):
             return None
         from numba.np.linalg import ensure_blas
 
         ensure_blas()
 
         def codegen(context, builder, signature, args):
-            x_type, _, _, b_type, c_type = signature.args
+            x_type, _, _, b_type, c_type, gemm_type = signature.args
             x_data, d = tile_parts(context, builder, x_type, args[0])
             b_data, m = tile_parts(context, builder, b_type, args[3])
             c_data, _ = tile_parts(context, builder, c_type, args[4])
+            address = builder.load(context.make_array(gemm_type)(context, builder, args[5]).data)
             i0, rows = args[1], builder.sub(args[2], args[1])
             x_block = builder.gep(x_data, [builder.mul(i0, d)])
             if transposed:  # out^T = G_b^T X_b: (m x rows)(rows x d)
                 _gemm_call(context, builder, x_type.dtype, True, m, d, rows,
-                           builder.gep(b_data, [builder.mul(i0, m)]), m, x_block, d, c_data, m)
+                           builder.gep(b_data, [builder.mul(i0, m)]), m, x_block, d, c_data, m, address)
             else:  # Z_b^T = Wt^T X_b^T: (m x d)(d x rows)
                 _gemm_call(context, builder, x_type.dtype, False, m, rows, d, b_data, m, x_block, d,
-                           builder.gep(c_data, [builder.mul(i0, m)]), m)
+                           builder.gep(c_data, [builder.mul(i0, m)]), m, address)
             return context.get_dummy_value()
-        return types.void(X, types.intp, types.intp, B, C), codegen
+        return types.void(X, types.intp, types.intp, B, C, gemm), codegen
     blas_rows.__name__ = blas_rows.__qualname__ = "blas_rows_transposed_times" if transposed else "blas_rows_times"
     return intrinsic(blas_rows)
 
@@ -286,14 +305,16 @@ def backward_rows(X, rows, count, qs, grad):
 
 
 @subroutine(types.void)
-def blas_forward(X, i0, i1, Wt, Z):
-    """Z[i0:i1] = X[i0:i1] Wt by BLAS; nothing when Z is None (the fused mode: pruned at compile time)."""
+def blas_forward(X, i0, i1, Wt, Z, gemm):
+    """Z[i0:i1] = X[i0:i1] Wt by BLAS (the ?gemm_ at gemm[0], or scipy's); nothing when Z is None (the fused
+    mode: pruned at compile time)."""
     if Z is not None:
-        blas_rows_times(X, i0, i1, Wt, Z)
+        blas_rows_times(X, i0, i1, Wt, Z, gemm)
 
 
 @subroutine(types.void)
-def blas_backward(X, i0, i1, G, grads, member):
-    """grads[member] = (X[i0:i1]^T G[i0:i1])^T by BLAS; nothing when grads is None (the fused mode)."""
+def blas_backward(X, i0, i1, G, grads, member, gemm):
+    """grads[member] = (X[i0:i1]^T G[i0:i1])^T by BLAS (as blas_forward); nothing when grads is None (the
+    fused mode)."""
     if grads is not None:
-        blas_rows_transposed_times(X, i0, i1, G, grads[member])
+        blas_rows_transposed_times(X, i0, i1, G, grads[member], gemm)

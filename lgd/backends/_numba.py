@@ -14,18 +14,22 @@ nogil, called from Python threads):
   bits of a run do not depend on where the driver's chunks end (nor on where a resumed run stopped).
 
 The two products of a step run in the fused loops, or, for problems with d >= :data:`BLAS_MIN_D` and
-at least :data:`BLAS_WORK`, as BLAS calls on each thread's block of samples, BLAS held to one thread
-meanwhile (threadpoolctl) since the team already occupies the cores; a single run from
-:data:`BLAS_BOUND_D` runs on one thread and BLAS uses all the cores.
+at least :data:`BLAS_WORK`, as BLAS calls on each thread's block of samples (numpy's OpenBLAS where
+:func:`numpy_gemm` finds it, else scipy's), BLAS held to one thread meanwhile (threadpoolctl) since the
+team already occupies the cores; a single run from :data:`BLAS_BOUND_D` runs on one thread and BLAS uses
+all the cores.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import gc
 import importlib.util
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -278,9 +282,10 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
     first use). `train_outer`: whether the tangent map needs phi and phi' of each sample too (_kept_rows)."""
     empty = np.empty
     if blas:
-        products = dict(Z=empty((n, m), dtype), Z_test=empty((n_test, m), dtype), grads_blas=empty((team, d, m), dtype))
+        products = dict(Z=empty((n, m), dtype), Z_test=empty((n_test, m), dtype), grads_blas=empty((team, d, m), dtype),
+                        gemm=np.array([numpy_gemm(np.dtype(dtype).name)], dtype=np.int64))
     else:
-        products = dict(Z=None, Z_test=None, grads_blas=None)
+        products = dict(Z=None, Z_test=None, grads_blas=None, gemm=None)
     waiting = kernels.WAITING_SAMPLES
     return kernels.Buffers(
         Wt=empty((d, m), dtype), a=empty(m, dtype), a_step=empty(m, dtype),
@@ -338,6 +343,32 @@ def _hvp_block(team: int, block: int, m: int, d: int, dtype) -> tuple:
 
 
 CACHE_LINE = 64
+
+
+# The BLAS mode's gemm: numpy's own OpenBLAS where numpy has one (its PyPI wheels bundle scipy-openblas64:
+# ILP64, its symbols prefixed scipy_ and suffixed 64_), else scipy's through numba. numpy's is the newer
+# build: on the AVX-512 host of docs/performance.md L's products ran 1.1x faster in it.
+_NUMPY_BLAS_FILE = "libscipy_openblas64_"
+_NUMPY_GEMM = {"float64": "scipy_dgemm_64_", "float32": "scipy_sgemm_64_"}
+
+
+@functools.cache
+def numpy_gemm(dtype: str) -> int:
+    """The address of the Fortran ?gemm_ (ILP64) of numpy's OpenBLAS for `dtype` ('float64' or 'float32'), or
+    0 where numpy has no such library loaded (the kernels then call scipy's). Found through threadpoolctl's
+    list of the loaded BLAS libraries; 0 without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return 0
+    for info in threadpool_info():
+        path = info.get("filepath") or ""
+        if Path(path).name.startswith(_NUMPY_BLAS_FILE):
+            try:
+                return ctypes.cast(getattr(ctypes.CDLL(path), _NUMPY_GEMM[dtype]), ctypes.c_void_p).value or 0
+            except (OSError, AttributeError):
+                return 0
+    return 0
 
 
 def _own_rows(shape: tuple, dtype) -> np.ndarray:

@@ -30,7 +30,7 @@ def describe_machine() -> dict:
             versions[name] = None
     usable = usable_cores()
     return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "vector_features": vector_features(),
-            **numba_target(), "fp_sharing": fp_sharing(usable), "blas": _blas(), "gpu": _gpu(),
+            **numba_target(), "fp_sharing": fp_sharing(usable), "blas": blas_libraries(), "gpu": _gpu(),
             "os": platform.platform(), "versions": versions}
 
 
@@ -142,15 +142,46 @@ def _fp_kernels() -> tuple:
     return tuple(_FP_KERNELS)
 
 
-def _blas() -> list:
+def blas_libraries() -> list:
+    """The BLAS libraries loaded in this process (numpy's, and scipy's once scipy.linalg is imported): name,
+    version, threads, the kernels OpenBLAS chose for this CPU, file; [] without threadpoolctl."""
     try:
         import numpy  # noqa: F401  (loads numpy's BLAS so that threadpoolctl sees it)
         from threadpoolctl import threadpool_info
     except ImportError:
         return []
     return [{"library": info.get("internal_api"), "version": info.get("version"), "threads": info.get("num_threads"),
-             "file": Path(info.get("filepath", "")).name}
+             "architecture": info.get("architecture"), "file": Path(info.get("filepath", "")).name}
             for info in threadpool_info() if info.get("user_api") == "blas"]
+
+
+# OpenBLAS's kernels with AVX-512 GEMM (its core names, as threadpoolctl reports them, lower case), and the
+# AVX-512 subsets they need. OpenBLAS picks its kernels when it loads, by the CPU's model or by
+# OPENBLAS_CORETYPE, which some hosts set to Haswell (AVX2) because older OpenBLAS builds crash or compute
+# wrong results on their CPUs: on the Zen 5 host of docs/performance.md, a 2000 x 2000 float64 product ran at
+# 107-117 GFLOP/s with Haswell's kernels and 173-196 with SkylakeX's.
+_AVX512_CORES = {"skylakex", "cooperlake", "sapphirerapids"}
+_AVX512_SUBSETS = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
+
+
+def blas_note(blas: list, features: list) -> str | None:
+    """A line on an OpenBLAS of `blas` (as :func:`blas_libraries` lists them) that runs AVX2 kernels on a CPU
+    whose vector `features` have AVX-512, and why (the environment's OPENBLAS_CORETYPE, or its own choice);
+    None otherwise."""
+    if not _AVX512_SUBSETS <= set(features):
+        return None
+    narrow = sorted({f"{b['library']} {b['version']}" for b in blas if b.get("library") == "openblas"
+                     and b.get("architecture") and b["architecture"].lower() not in _AVX512_CORES})
+    if not narrow:
+        return None
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    why = (f"OPENBLAS_CORETYPE={forced} in the environment holds them there (some hosts set it: older OpenBLAS "
+           "builds crash or compute wrong results on their CPUs; a current one runs SkylakeX's kernels, with "
+           "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset before Python starts)" if forced
+           else "OpenBLAS chose them for this CPU (OPENBLAS_CORETYPE=SkylakeX, set before Python starts, "
+                "selects the AVX-512 ones)")
+    return (f"{' and '.join(narrow)} run AVX2 kernels on this AVX-512 CPU, at about half its GEMM rate: {why}. "
+            "The numba backend runs the products of inputs of 128 dimensions or more there.")
 
 
 def _gpu():

@@ -111,9 +111,15 @@ def _text_table(columns, rows) -> str:
     return "\n".join([line(columns), "  ".join("-" * w for w in widths)] + [line(row) for row in rows])
 
 
+def _kernels(blas: dict) -> str:
+    """'<core> kernels, ' of an OpenBLAS entry that names its core (files of older runs do not)."""
+    return f"{blas['architecture']} kernels, " if blas.get("architecture") else ""
+
+
 def describe(machine: dict) -> str:
     """One paragraph on the machine of a report."""
-    blas = ", ".join(f"{b['library']} {b['version']} ({b['threads']} threads)" for b in machine.get("blas", []))
+    blas = ", ".join(f"{b['library']} {b['version']} ({_kernels(b)}{b['threads']} threads)"
+                     for b in machine.get("blas", []))
     versions = ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items() if v)
     sharing, before = machine.get("fp_sharing"), machine.get("fp_sharing_before")
     fp = ""

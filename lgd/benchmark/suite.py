@@ -2,7 +2,8 @@
 
 Each case: build the implementation (a missing peer or device skips with the reason), check it against
 lgd's numpy oracle on a short run, make one untimed warm-up call (compilation; its time is reported as
-``warmup_s``/``compile_s``, never counted), then time whole runs with pytest-benchmark. ``extra_info``
+``warmup_s``/``compile_s``, never counted), then time whole runs with pytest-benchmark, each round after
+the roofline's timing, a rest and an untimed run of the same steps (ROOFLINE_REST_S). ``extra_info``
 holds steps/s (configuration-steps/s for sweeps), GFLOP/s of the two products and the roofline fraction:
 the median over the rounds of the roofline's time for the round's steps, timed just before it, over the
 round's time (and, for reference, the best round against a roofline timed once, apart).
@@ -34,6 +35,10 @@ CASES = [(w, impl, dtype) for w in WORKLOADS for impl in IMPLEMENTATIONS for dty
 MIN_ROUNDS, MAX_ROUNDS = 3, 5
 # Pause between a roofline timing and the round after it: OpenBLAS's threads spin for about 0.1 s after a
 # call before they sleep, and numpy's would take a core from a run using another BLAS (scipy's, lgd's).
+# After the pause the implementation runs the round's steps once untimed: cores left idle for 0.2 s start
+# slow (on the AVX-512 VM of docs/performance.md, lgd-numba's S at 1,000 steps ran at a median 40,000
+# steps/s right after such a pause, 54,000 after one untimed run, 56,000 back to back; torch.compile's
+# single thread level), and a long run's steps follow each other without pauses.
 ROOFLINE_REST_S = 0.2
 
 
@@ -75,6 +80,7 @@ def test_throughput(benchmark, case, bench_options, oracle_risk, roofline):
         roofline_steps(steps)
         roofline_s.append(time.perf_counter() - tic)
         time.sleep(ROOFLINE_REST_S)
+        run(steps)
 
     benchmark.pedantic(run, args=(steps,), setup=time_roofline, rounds=rounds, iterations=1)
 
