@@ -231,6 +231,18 @@ def test_kernels_flag_a_code_without_a_case_and_write_nan(gpu, kind, monkeypatch
     np.testing.assert_array_equal(run.diverged.get(), 0)  # the NaN risk stops every config at step 0
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_every_stepsize_rule_is_the_oracles_on_the_fused_kernel(gpu, dtype, monkeypatch):
+    """Every stepsize rule, inverse_sharpness included (the sharpness the driver measures between chunks,
+    copied to the device before each chunk), on the GPU's fused kernel, against the oracle (the products
+    path's cases are in test_cuda_products.py; the host build's in test_cuda_host.py)."""
+    from conftest import assert_every_rule_matches, assert_inverse_sharpness_matches
+
+    monkeypatch.setattr(_cupy.Runner, "requested_path", "fused")
+    assert_every_rule_matches("cupy", dtype)
+    assert_inverse_sharpness_matches("cupy", dtype)
+
+
 def test_cupy_inputs_stay_on_the_device(gpu):
     X, y = _problem("logistic")
     run = lgd.gd(gpu.asarray(X), gpu.asarray(y), lgd.TwoLayerNet(4), stepsize=1.0, steps=5, compute="auto")
