@@ -11,8 +11,9 @@ An *engine* is what differs between the two places the kernel runs: ``xp`` (cupy
 ``launch(suffix, grid, block, shared_bytes, args, entry=ENTRY)`` (the entry's parameters are
 ``ENTRY_PARAMS[entry]``), and, for the products path (:mod:`lgd.kernels.cuda_products`), ``ordered()`` (a
 context in which launches and products run in order on one stream), ``capture(work)`` (a replayable
-recording of ``work()``: a CUDA graph on the GPU) and ``replay(recording)``. :mod:`lgd.kernels.cupy_gpu` has the GPU engine (a
-RawModule), :mod:`lgd.kernels.cuda_host` the host engine (g++ and ctypes). Nothing here imports cupy.
+recording of ``work()``: a CUDA graph on the GPU) and ``replay(recording)``. :mod:`lgd.kernels.cupy_gpu`
+has the GPU engine (a RawModule), :mod:`lgd.kernels.cuda_host` the host engine (g++ and ctypes). Nothing
+here imports cupy.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ import numpy as np
 from ._catalog import check_param, parse_spec
 from .activations import sigmoid, softplus
 
-__all__ = ["Loss", "get", "NAMES", "CODES", "ENTRIES", "MARGIN_CODES", "logistic", "exponential", "flattened_exponential",
-           "flattened_polynomial", "squared"]
+__all__ = ["Loss", "get", "NAMES", "CODES", "ENTRIES", "MARGIN_CODES", "logistic", "exponential",
+           "flattened_exponential", "flattened_polynomial", "squared"]
 
 # The one table of loss codes (see lgd.activations): the numba formulas import them, the CUDA
 # header is generated from :data:`CODES` and :data:`MARGIN_CODES`.

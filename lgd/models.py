@@ -230,8 +230,8 @@ def evaluate(W, a, X, y, activation: Activation, loss, scale: float, train_outer
         grad_W = G^T X,   grad_a = s * phi(Z)^T (loss' * y) / n
 
     ``log_risk`` is log L (:func:`log_risk_of`: from the per-sample log-losses where L underflows, so a
-    number even where L is 0); ``margin`` is min_i y_i f_i, ``accuracy`` the fraction with y_i f_i > 0, and ``neuron_margins``
-    the per-neuron min_i y_i a_j phi(w_j . x_i).
+    number even where L is 0); ``margin`` is min_i y_i f_i, ``accuracy`` the fraction with y_i f_i > 0, and
+    ``neuron_margins`` the per-neuron min_i y_i a_j phi(w_j . x_i).
     """
     n = X.shape[0]
     Z = X @ W.T

@@ -140,9 +140,10 @@ class Compute:
     ----------
     backend : 'auto' | 'numpy' | 'numba' | 'cupy'
         ``'auto'`` follows the input's array type: cupy for cupy inputs; for numpy inputs numba when
-        installed, else numpy (a GPU is used because it was asked for, not because one is present). A backend named explicitly that cannot run raises :class:`lgd.BackendUnavailable` when
-        the run starts (the name itself is checked here). ``compute="numba"`` in :func:`lgd.gd` is
-        short for ``Compute(backend="numba")``.
+        installed, else numpy (a GPU is used because it was asked for, not because one is present). A
+        backend named explicitly that cannot run raises :class:`lgd.BackendUnavailable` when the run starts
+        (the name itself is checked here). ``compute="numba"`` in :func:`lgd.gd` is short for
+        ``Compute(backend="numba")``.
     dtype : None | 'float64' | 'float32'
         Precision of the whole run; None keeps float32 input as float32 and uses float64 otherwise.
         Any spelling numpy understands (``np.float32``, ``'f4'``) is stored as the name.

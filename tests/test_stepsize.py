@@ -123,6 +123,7 @@ def test_the_sharpness_measured_inside_the_kernels_agrees_with_eigsh(backend_dty
     tied = lgd.gd(X, y, net, "squared", stepsize=stepsize.inverse_sharpness(1.0), steps=20, record=record,
                   compute=_compute(case))
     at = np.searchsorted(tied.step, tied.sharpness_step)
-    np.testing.assert_allclose(tied.eta[at] * tied.sharpness[:, 0], 1.0, rtol=1e-12 if case.dtype == np.float64 else 1e-6)
+    np.testing.assert_allclose(tied.eta[at] * tied.sharpness[:, 0], 1.0,
+                               rtol=1e-12 if case.dtype == np.float64 else 1e-6)
     with pytest.raises(ValueError, match="inverse_sharpness needs the sharpness measured"):
         lgd.gd(X, y, net, "squared", stepsize=stepsize.inverse_sharpness(1.0), steps=2, compute="numpy")

@@ -10,10 +10,12 @@ step.sample_block) and a block's part of the products (:func:`block_products`, b
 step's register tiles); for many products at one W (the sharpness's Lanczos), :func:`curvature_cache`
 keeps every sample's curvature and :func:`cached_hessian_products` uses it.
 
-With Z = X W^T, f_i = s sum_j a_j phi(Z_ij), u_i = c_i f_i (c_i = y_i for a margin loss) or f_i - y_i (c_i = 1), a direction (V, b) moves Z by
-dZ = X V^T and f by df_i = s sum_j (b_j phi(Z_ij) + a_j phi'(Z_ij) dZ_ij), and
+With Z = X W^T, f_i = s sum_j a_j phi(Z_ij), u_i = c_i f_i (c_i = y_i for a margin loss) or f_i - y_i
+(c_i = 1), a direction (V, b) moves Z by dZ = X V^T and f by df_i = s sum_j (b_j phi(Z_ij) + a_j phi'(Z_ij)
+dZ_ij), and
 
-    (H v)_W = (1/n) sum_i [ loss''(u_i) df_i s a_j phi'(Z_ij) + loss'(u_i) c_i s (b_j phi'(Z_ij) + a_j phi''(Z_ij) dZ_ij) ] x_i
+    (H v)_W = (1/n) sum_i [ loss''(u_i) df_i s a_j phi'(Z_ij)
+                            + loss'(u_i) c_i s (b_j phi'(Z_ij) + a_j phi''(Z_ij) dZ_ij) ] x_i
     (H v)_a = (1/n) sum_i [ loss''(u_i) df_i s phi(Z_ij) + loss'(u_i) c_i s phi'(Z_ij) dZ_ij ]
 
 (b = 0 and no a-block with fixed outer weights). The rows of phi, phi' and phi'' come from formulas in

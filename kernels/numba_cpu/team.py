@@ -44,11 +44,11 @@ class Data(NamedTuple):
 
 
 class Batch(NamedTuple):
-    """The configurations' iterates: W (C, m, d) and A (C, m) in the run's dtype, diverged (C,) int64 (-1 while running, else the step where the run stopped); the k tangent
-    vectors of each (C, k, m, d) and (C, k, m) and their log growth so far (C, k), float64 (k = 0 without
-    Lyapunov exponents); each one's stepsize rule, codes (C,) int64 and parameters (C, 3) float64
-    (lgd.stepsize); its latest sharpness (C,) and that measurement's top eigenvector, the next one's warm
-    start, (C, m, d) and (C, m), float64."""
+    """The configurations' iterates: W (C, m, d) and A (C, m) in the run's dtype, diverged (C,) int64 (-1
+    while running, else the step where the run stopped); the k tangent vectors of each (C, k, m, d) and
+    (C, k, m) and their log growth so far (C, k), float64 (k = 0 without Lyapunov exponents); each one's
+    stepsize rule, codes (C,) int64 and parameters (C, 3) float64 (lgd.stepsize); its latest sharpness (C,)
+    and that measurement's top eigenvector, the next one's warm start, (C, m, d) and (C, m), float64."""
 
     W: np.ndarray
     A: np.ndarray
