@@ -159,7 +159,7 @@ def blas_libraries() -> list:
 # AVX-512 subsets they need. OpenBLAS picks its kernels when it loads, by the CPU's model or by
 # OPENBLAS_CORETYPE, which some hosts set to Haswell (AVX2) because older OpenBLAS builds crash or compute
 # wrong results on their CPUs: on the Zen 5 host of docs/performance.md, a 2000 x 2000 float64 product ran at
-# 107-117 GFLOP/s with Haswell's kernels and 173-196 with SkylakeX's.
+# 106-119 GFLOP/s with Haswell's kernels and 167-198 with SkylakeX's.
 _AVX512_CORES = {"skylakex", "cooperlake", "sapphirerapids"}
 _AVX512_SUBSETS = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
 
@@ -168,6 +168,8 @@ def blas_note(blas: list, features: list) -> str | None:
     """A line on an OpenBLAS of `blas` (as :func:`blas_libraries` lists them) that runs AVX2 kernels on a CPU
     whose vector `features` have AVX-512, and why (the environment's OPENBLAS_CORETYPE, or its own choice);
     None otherwise."""
+    from ..backends._numba import BLAS_MIN_D
+
     if not _AVX512_SUBSETS <= set(features):
         return None
     narrow = sorted({f"{b['library']} {b['version']}" for b in blas if b.get("library") == "openblas"
@@ -176,12 +178,13 @@ def blas_note(blas: list, features: list) -> str | None:
         return None
     forced = os.environ.get("OPENBLAS_CORETYPE")
     why = (f"OPENBLAS_CORETYPE={forced} in the environment holds them there (some hosts set it: older OpenBLAS "
-           "builds crash or compute wrong results on their CPUs; a current one runs SkylakeX's kernels, with "
-           "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset before Python starts)" if forced
+           "builds crash or compute wrong results on their CPUs; with it and OPENBLAS_L2_SIZE unset before Python "
+           "starts, a current OpenBLAS picks its AVX-512 kernels for a CPU it knows)" if forced
            else "OpenBLAS chose them for this CPU (OPENBLAS_CORETYPE=SkylakeX, set before Python starts, "
                 "selects the AVX-512 ones)")
-    return (f"{' and '.join(narrow)} run AVX2 kernels on this AVX-512 CPU, at about half its GEMM rate: {why}. "
-            "The numba backend runs the products of inputs of 128 dimensions or more there.")
+    return (f"{' and '.join(narrow)} run AVX2 kernels on this AVX-512 CPU (on a Zen 5 host their GEMM ran at 0.6x "
+            f"the AVX-512 kernels'): {why}. The numba backend runs the products of inputs of {BLAS_MIN_D} "
+            "dimensions or more there.")
 
 
 def _gpu():
