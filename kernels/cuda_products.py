@@ -8,10 +8,11 @@ engine (:mod:`lgd.kernels.cuda_run`): on the GPU the products are cupy's (cuBLAS
 CUDA graph; on the host they are numpy's and the recording is replayed as calls, so CI runs this same code
 against the numpy oracle.
 
-Between record steps the steps are replayed from graphs of 1, 2, 4, ... :data:`GRAPH_STEPS` steps (a
-run of k steps is the binary decomposition of k, at most log2(GRAPH_STEPS) + 1 replays); a record step is
-launched directly, with the held-out pass when there are held-out data. The kernels read the step from a
-counter on the device that the last kernel of a step advances, so a graph replays unchanged at any step.
+Every step is replayed from graphs of 1, 2, 4, ... :data:`GRAPH_STEPS` steps (a run of k steps is the
+binary decomposition of k, at most log2(GRAPH_STEPS) + 1 replays). The kernels read the step from a counter
+on the device that the last kernel of a step advances, and decide from it whether the step records, so a
+graph replays unchanged at any step, record steps included; with held-out data the record steps add the
+held-out pass and replay from graphs of their own.
 """
 
 from __future__ import annotations
@@ -201,16 +202,19 @@ class ProductRun:
             W=self.W, a=self.a, grad=self.grad, grad_a=self.grad_a, eta=self.eta, moving=self.moving,
             clock=self.clock, dm=d * m, m=m, configs=C, train_outer=settings["finalize"]["train_outer"]))
 
-    def steps(self, count: int, settings: dict, key) -> None:
-        """`count` steps without records, replayed from recordings of 2^k steps (captured on first use)."""
+    def steps(self, count: int, settings: dict, key, held_out: bool = False) -> None:
+        """`count` steps, each with the held-out pass when `held_out`, replayed from recordings of 2^k such
+        steps (captured on first use). The kernels read the step from the device's counter and decide its
+        records themselves, so a recording serves record steps and the steps between them alike."""
         size = GRAPH_STEPS
         while count:
             while size > count:
                 size //= 2
-            recording = self._recordings.get((key, size))
+            recording = self._recordings.get((key, held_out, size))
             if recording is None:
-                recording = self.engine.capture(lambda size=size: [self.step(settings, False) for _ in range(size)])
-                self._recordings[(key, size)] = recording
+                recording = self.engine.capture(
+                    lambda size=size: [self.step(settings, held_out) for _ in range(size)])
+                self._recordings[(key, held_out, size)] = recording
             self.engine.replay(recording)
             count -= size
 
@@ -231,12 +235,17 @@ def advance(run: ProductRun, t_start: int, t_stop: int, steps: int, record_every
     key = tuple(sorted(rows.items())) + tuple(sorted(finalize.items()))
     with run.engine.ordered():
         run.clock[...] = t_start
+        if not run.n_test:  # a record step launches what every step launches: one run of recordings
+            run.steps(t_stop - t_start, settings, key)
+            return
         t = t_start
-        while t < t_stop:
+        while t < t_stop:  # the record steps add the held-out pass: runs of them replay from their own recordings
             record = _record_steps_between(t, t_stop, steps, record_every)
             if record > t:
                 run.steps(record - t, settings, key)
                 t = record
-            if t < t_stop:
-                run.step(settings, held_out=True)
-                t += 1
+            end = t
+            while end < t_stop and _record_steps_between(end, t_stop, steps, record_every) == end:
+                end += 1
+            run.steps(end - t, settings, key, held_out=True)
+            t = end

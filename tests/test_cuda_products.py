@@ -134,33 +134,85 @@ def test_a_sweep_is_its_single_runs(products):
         np.testing.assert_allclose(single.weights, swept.weights[i], rtol=TOLERANCE["float64"])
 
 
-def test_the_steps_between_records_are_replayed_from_recordings(monkeypatch):
-    """A run's steps between records come from recordings of 2^k steps, captured once each: a segment of 6
-    steps is 4 + 2, and a later segment reuses them."""
-    register_host_cuda(monkeypatch)
+def _counting_runner(captured: list, launched: list):
+    """A host products-path runner class whose engine lists each recording it captures (`captured`), and a
+    ProductRun.step that lists each step run outside a capture or a replay (`launched`: launched one by one)."""
     from lgd.backends import _cuda_host_products
+    from lgd.kernels import cuda_products
 
-    captured = []
-    runner_class = _cuda_host_products.Runner
+    inside = []  # non-empty while the engine captures or replays (the host's capture returns the work,
+    # its replay runs it)
 
-    class Counting(runner_class):
+    def within(method):
+        def wrapped(*args):
+            inside.append(True)
+            try:
+                return method(*args)
+            finally:
+                inside.pop()
+        return wrapped
+
+    class Counting(_cuda_host_products.Runner):
         def _engine(self):
             engine = super()._engine()
-            capture = engine.capture
+            capture = within(engine.capture)
 
             def counted(work):
-                captured.append(work)
-                return capture(work)
+                recording = capture(work)
+                captured.append(recording)
+                return recording
 
-            engine.capture = counted
+            engine.capture, engine.replay = counted, within(engine.replay)
             return engine
 
+    step = cuda_products.ProductRun.step
+
+    def counted_step(self, settings, held_out):
+        if not inside:
+            launched.append(held_out)
+        return step(self, settings, held_out)
+
+    return Counting, counted_step
+
+
+@pytest.mark.parametrize("held_out", [False, True], ids=["training_only", "held_out"])
+def test_every_step_replays_from_recordings(held_out, monkeypatch):
+    """Every step of a run, record steps included, comes from recordings of 2^k steps, captured once each:
+    the kernels decide the records from the step counter. With held-out data the record steps (here every
+    third) replay from recordings of their own, with the held-out pass. Nothing is launched step by step."""
+    from lgd.kernels import cuda_products
+
+    register_host_cuda(monkeypatch)
+    captured, launched = [], []
+    runner_class, counted_step = _counting_runner(captured, launched)
+    monkeypatch.setattr(cuda_products.ProductRun, "step", counted_step)
     model = lgd.TwoLayerNet(5)
-    problem = make_problem(model, "logistic", np.float64)
-    state_trace = run_backend(_backend_of(Counting), model, problem, [0.5], steps=21, every=7)
-    expected = run_backend(ORACLE, model, problem, [0.5], steps=21, every=7)
-    assert_traces_close(expected, state_trace, rtol=TOLERANCE["float64"], atol=1e-13)
-    assert len(captured) == 2  # the recordings of 4 and 2 steps, for the three segments of 6
+    problem = make_problem(model, "logistic", np.float64, test=held_out)
+    expected = run_backend(ORACLE, model, problem, [0.5], steps=21, every=3)
+    actual = run_backend(_backend_of(runner_class), model, problem, [0.5], steps=21, every=3)
+    assert_traces_close(expected, actual, rtol=TOLERANCE["float64"], atol=1e-13)
+    assert launched == []
+    if held_out:  # the steps between records (2 each) and the record steps (1 each): two recordings
+        assert len(captured) == 2
+    else:  # the chunks' runs of 16 and 6 evaluations: 16, 4 and 2
+        assert len(captured) == 3
+
+
+def test_every_step_of_a_run_recording_every_step_replays(monkeypatch):
+    """A run that records every step with held-out data (the benchmark's records, with a test set) is one run
+    of record steps: recordings of 16, 4 and 2 steps with the held-out pass, no step launched directly."""
+    from lgd.kernels import cuda_products
+
+    register_host_cuda(monkeypatch)
+    captured, launched = [], []
+    runner_class, counted_step = _counting_runner(captured, launched)
+    monkeypatch.setattr(cuda_products.ProductRun, "step", counted_step)
+    model = lgd.TwoLayerNet(5)
+    problem = make_problem(model, "logistic", np.float64, test=True)
+    expected = run_backend(ORACLE, model, problem, [0.5], steps=21, every=1)
+    actual = run_backend(_backend_of(runner_class), model, problem, [0.5], steps=21, every=1)
+    assert_traces_close(expected, actual, rtol=TOLERANCE["float64"], atol=1e-13)
+    assert launched == [] and len(captured) == 3
 
 
 def _backend_of(runner_class):

@@ -343,7 +343,7 @@ def benchmark(args) -> dict:
 
 def sanitize_sweep() -> int:
     """A small sweep on the device, both dtypes, with a diverging configuration and held-out data: through
-    the products path first (cuBLAS products, its four kernels, the steps between records from CUDA graphs;
+    the products path first (cuBLAS products, its four kernels, every step from CUDA graphs;
     it has not run on a GPU before), then through lgd_run in every layout (shared memory, global memory
     with small tiles) with two tangent vectors: 0 when the records are sane."""
     import cupy
