@@ -16,7 +16,10 @@
 #    at each launch shape) against PyTorch (eager,
 #    torch.compile) and JAX (jit of a scanned loop with vmap over the stepsizes; jit per step) on S, M, L,
 #    SWEEP-64 and SWEEP-1024 in float64 and float32, each checked against the oracle before it is timed,
-#    with the device's FP64/FP32 peaks and the two-product cuBLAS roofline measured in the same run.
+#    with the device's FP64/FP32 peaks and the two-product cuBLAS roofline measured in the same run;
+# 5. when time is left, Nsight Compute on a chunk of S, SWEEP-1024 and M: where lgd_run's and the products
+#    path's time goes, with the warps' stall reasons (the H200 run's timings suggest latency-bound blocks;
+#    the counters can say).
 # Each step has its own time limit and runs whatever the previous ones did; about 6 minutes in all. Everything
 # printed also goes to $OUT/gpu_check.log; the results are $OUT/gpu.json and $OUT/gpu.md (commit them as
 # bench/results/gpu-h200.{json,md}); the table is printed last. Other files go to a scratch folder: the
@@ -96,8 +99,25 @@ fi
 
 step bench 200 python3 -m lgd.benchmark.gpu --out "$out" --seconds 180
 
+# Where the kernels' time goes, from the hardware counters (Nsight Compute; clocks left alone, as the device
+# notes ask): the first lgd_run of S (float64, float32) and SWEEP-1024, and the first lgd_rows and
+# lgd_finalize of M, with their stall reasons. Only while the script is within its six minutes.
+ncu_bin=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+if [ -z "$ncu_bin" ]; then
+    echo "ncu not found: the profile skipped"
+    status[profile]=skipped
+elif [ $((SECONDS - begin)) -gt 390 ]; then
+    echo "no time left for the profile: skipped"
+    status[profile]=skipped
+else
+    step profile 50 "$ncu_bin" --clock-control none --target-processes all -k regex:'lgd_(run|rows|finalize)' \
+        --launch-count 5 --section SpeedOfLight --section Occupancy --section LaunchStats \
+        --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+        python3 -m lgd.benchmark.gpu --profile
+fi
+
 echo "=== summary after $((SECONDS - begin))s"
-for name in info compile tests tests-512x1 run memcheck racecheck bench; do
+for name in info compile tests tests-512x1 run memcheck racecheck bench profile; do
     echo "$name: ${status[$name]:-not run}"
 done | tee "$out/summary.txt"
 failed=0

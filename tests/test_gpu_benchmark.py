@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lgd.benchmark import gpu
@@ -68,3 +69,23 @@ def test_ratios_and_the_table_from_a_fake_report():
 def test_the_gpu_check_script_parses():
     script = Path(__file__).parent.parent / "bench" / "gpu_check.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_the_profile_runs_a_chunk_of_each_case(monkeypatch, capsys):
+    """--profile (Nsight Compute's runs in bench/gpu_check.sh): lgd-cupy on each case, on the device, one
+    chunk of PROFILE_EVALUATIONS evaluations (the fake stands for the device)."""
+    from lgd.benchmark import peers
+
+    calls = []
+
+    def fake_prepare(impl, workload, dtype, device=False):
+        def run(steps):
+            calls.append((impl, workload.name, dtype, device, steps))
+            return np.ones((workload.configs, steps + 1))
+        return run
+
+    monkeypatch.setattr(peers, "prepare", fake_prepare)
+    assert gpu.main(["--profile"]) == 0
+    assert calls == [("lgd-cupy", gpu.workload(name).name, dtype, True, gpu.PROFILE_EVALUATIONS - 1)
+                     for name, dtype in gpu.PROFILE_CASES]
+    assert capsys.readouterr().out.count("profile run ") == len(gpu.PROFILE_CASES)

@@ -10,7 +10,8 @@ are those of :mod:`lgd.benchmark.peers` on the device: ``lgd-cupy``; ``torch-ana
 
 ``python -m lgd.benchmark.gpu --describe`` builds the kernel module and prints its resources and the layout of
 each workload; ``python -m lgd.benchmark.gpu --sanitize`` runs a small sweep through the kernel on the device in every
-layout (for compute-sanitizer's memcheck and racecheck; exit status 0 when every check holds).
+layout (for compute-sanitizer's memcheck and racecheck; exit status 0 when every check holds);
+``python -m lgd.benchmark.gpu --profile`` runs a chunk of a few workloads for Nsight Compute.
 
 Workloads (lgd.benchmark.workloads): S (n=256 d=16 m=64), M (n=360 d=64 m=256), L (n=2000 d=3072 m=256),
 SWEEP-64 and SWEEP-1024 (S at 64 or 1,024 stepsizes log-spaced over 1e-1..1e3). cupy, torch and jax are
@@ -91,6 +92,8 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--sanitize", action="store_true", help="run the small sweep for compute-sanitizer")
     parser.add_argument("--describe", action="store_true",
                         help="build the kernel module; print its resources and each workload's layout")
+    parser.add_argument("--profile", action="store_true",
+                        help="the short runs bench/gpu_check.sh profiles with Nsight Compute")
     args = parser.parse_args(argv)
     for option, valid in (("workloads", WORKLOAD_NAMES), ("impls", IMPLS), ("dtypes", DTYPES)):
         chosen = [item for item in getattr(args, option).split(",") if item]
@@ -391,6 +394,28 @@ def sanitize_sweep() -> int:
     return 1 if failures else 0
 
 
+# The runs bench/gpu_check.sh profiles with Nsight Compute (--profile): lgd-cupy on the path 'auto' takes, each
+# one chunk of PROFILE_EVALUATIONS evaluations (the driver's first chunk: one lgd_run launch on the fused
+# kernel) recording at every step as the benchmark's runs do; the profiler takes the first launches of
+# lgd_run (S float64 and float32, SWEEP-1024) and of lgd_rows and lgd_finalize (M, the products path).
+PROFILE_CASES = (("S", "float64"), ("S", "float32"), ("SWEEP-1024", "float64"), ("M", "float64"))
+PROFILE_EVALUATIONS = 16
+
+
+def profile_runs() -> int:
+    """The short runs of PROFILE_CASES, one after another, for a profiler that watches the kernels they
+    launch: 0 when every run finished."""
+    from .peers import prepare
+
+    for name, dtype in PROFILE_CASES:
+        run = prepare("lgd-cupy", workload(name), dtype, device=True)
+        tic = time.perf_counter()
+        risk = run(PROFILE_EVALUATIONS - 1)
+        print(f"profile run {name} {dtype}: {PROFILE_EVALUATIONS} evaluations in {time.perf_counter() - tic:.2f} s, "
+              f"final risk {float(np.asarray(risk)[0, -1]):.6g}", flush=True)
+    return 0
+
+
 def describe() -> int:
     """Build the RawModule (into CuPy's kernel cache, for the later steps), print the kernel's registers,
     shared and local memory, and the shared-memory layout of each workload in both dtypes."""
@@ -420,6 +445,8 @@ def main(argv=None) -> int:
         return sanitize_sweep()
     if args.describe:
         return describe()
+    if args.profile:
+        return profile_runs()
     report = benchmark(args)
     print(markdown(report))
     return 1 if report["failed"] else 0
