@@ -175,44 +175,31 @@ def _counting_runner(captured: list, launched: list):
     return Counting, counted_step
 
 
-@pytest.mark.parametrize("held_out", [False, True], ids=["training_only", "held_out"])
-def test_every_step_replays_from_recordings(held_out, monkeypatch):
+# (held-out data, record interval, recordings captured): the evaluations 0..21 in the driver's chunks of 16 and 6.
+REPLAY_CASES = {"training_only": (False, 3, 3),  # 16, then 4 + 2: record steps replay as any other
+                "held_out": (True, 3, 2),  # 2 steps between records, 1 record step (with the held-out pass)
+                "records_every_step": (True, 1, 3)}  # one run of record steps: 16, then 4 + 2, held-out pass in each
+
+
+@pytest.mark.parametrize("case", REPLAY_CASES)
+def test_every_step_replays_from_recordings(case, monkeypatch):
     """Every step of a run, record steps included, comes from recordings of 2^k steps, captured once each:
-    the kernels decide the records from the step counter. With held-out data the record steps (here every
-    third) replay from recordings of their own, with the held-out pass. Nothing is launched step by step."""
+    the kernels decide the records from the step counter. With held-out data the record steps replay from
+    recordings of their own, with the held-out pass; a run recording every step (the benchmark's) is one run
+    of them. Nothing is launched step by step."""
     from lgd.kernels import cuda_products
 
+    held_out, every, recordings = REPLAY_CASES[case]
     register_host_cuda(monkeypatch)
     captured, launched = [], []
     runner_class, counted_step = _counting_runner(captured, launched)
     monkeypatch.setattr(cuda_products.ProductRun, "step", counted_step)
     model = lgd.TwoLayerNet(5)
     problem = make_problem(model, "logistic", np.float64, test=held_out)
-    expected = run_backend(ORACLE, model, problem, [0.5], steps=21, every=3)
-    actual = run_backend(_backend_of(runner_class), model, problem, [0.5], steps=21, every=3)
+    expected = run_backend(ORACLE, model, problem, [0.5], steps=21, every=every)
+    actual = run_backend(_backend_of(runner_class), model, problem, [0.5], steps=21, every=every)
     assert_traces_close(expected, actual, rtol=TOLERANCE["float64"], atol=1e-13)
-    assert launched == []
-    if held_out:  # the steps between records (2 each) and the record steps (1 each): two recordings
-        assert len(captured) == 2
-    else:  # the chunks' runs of 16 and 6 evaluations: 16, 4 and 2
-        assert len(captured) == 3
-
-
-def test_every_step_of_a_run_recording_every_step_replays(monkeypatch):
-    """A run that records every step with held-out data (the benchmark's records, with a test set) is one run
-    of record steps: recordings of 16, 4 and 2 steps with the held-out pass, no step launched directly."""
-    from lgd.kernels import cuda_products
-
-    register_host_cuda(monkeypatch)
-    captured, launched = [], []
-    runner_class, counted_step = _counting_runner(captured, launched)
-    monkeypatch.setattr(cuda_products.ProductRun, "step", counted_step)
-    model = lgd.TwoLayerNet(5)
-    problem = make_problem(model, "logistic", np.float64, test=True)
-    expected = run_backend(ORACLE, model, problem, [0.5], steps=21, every=1)
-    actual = run_backend(_backend_of(runner_class), model, problem, [0.5], steps=21, every=1)
-    assert_traces_close(expected, actual, rtol=TOLERANCE["float64"], atol=1e-13)
-    assert launched == [] and len(captured) == 3
+    assert launched == [] and len(captured) == recordings
 
 
 def _backend_of(runner_class):
