@@ -181,15 +181,15 @@ REPLAY_CASES = {"training_only": (False, 3, 3),  # 16, then 4 + 2: record steps 
                 "records_every_step": (True, 1, 3)}  # one run of record steps: 16, then 4 + 2, held-out pass in each
 
 
-@pytest.mark.parametrize("case", REPLAY_CASES)
-def test_every_step_replays_from_recordings(case, monkeypatch):
+@pytest.mark.parametrize("replay", REPLAY_CASES)  # not "case": lgd.benchmark.plugin selects benchmark cases by it
+def test_every_step_replays_from_recordings(replay, monkeypatch):
     """Every step of a run, record steps included, comes from recordings of 2^k steps, captured once each:
     the kernels decide the records from the step counter. With held-out data the record steps replay from
     recordings of their own, with the held-out pass; a run recording every step (the benchmark's) is one run
     of them. Nothing is launched step by step."""
     from lgd.kernels import cuda_products
 
-    held_out, every, recordings = REPLAY_CASES[case]
+    held_out, every, recordings = REPLAY_CASES[replay]
     register_host_cuda(monkeypatch)
     captured, launched = [], []
     runner_class, counted_step = _counting_runner(captured, launched)
