@@ -247,3 +247,26 @@ def test_first_call_times_are_reported():
     assert "first call in a new process" in format_table(report)
     plain = build_report([_entry("M", "numpy", "float32", 1.0)], [], MACHINE, "full", {})
     assert "First call" not in format_markdown(plain)
+
+
+def test_the_plugin_selects_only_the_suites_cases():
+    """--lgd-workloads and the rest select test_throughput's cases; another test's parameter named `case`
+    is left alone."""
+    from types import SimpleNamespace
+
+    from lgd.benchmark import plugin
+
+    options = {"--lgd-workloads": "S", "--lgd-impls": "numpy", "--lgd-dtypes": "float64"}
+    dropped = []
+    config = SimpleNamespace(getoption=options.get,
+                             hook=SimpleNamespace(pytest_deselected=lambda items: dropped.extend(items)))
+
+    def item(name, case):
+        return SimpleNamespace(originalname=name, callspec=SimpleNamespace(params={"case": case}))
+
+    kept_case, other_case, other_test = (item("test_throughput", ("S", "numpy", "float64")),
+                                         item("test_throughput", ("L", "numpy", "float64")),
+                                         item("test_replays", "held_out"))
+    items = [kept_case, other_case, other_test]
+    plugin.pytest_collection_modifyitems(config, items)
+    assert items == [kept_case, other_test] and dropped == [other_case]

@@ -181,7 +181,7 @@ REPLAY_CASES = {"training_only": (False, 3, 3),  # 16, then 4 + 2: record steps 
                 "records_every_step": (True, 1, 3)}  # one run of record steps: 16, then 4 + 2, held-out pass in each
 
 
-@pytest.mark.parametrize("replay", REPLAY_CASES)  # not "case": lgd.benchmark.plugin selects benchmark cases by it
+@pytest.mark.parametrize("replay", REPLAY_CASES)
 def test_every_step_replays_from_recordings(replay, monkeypatch):
     """Every step of a run, record steps included, comes from recordings of 2^k steps, captured once each:
     the kernels decide the records from the step counter. With held-out data the record steps replay from
