@@ -5,4 +5,4 @@ imported instead, and pytest finds them here by name.
 """
 
 from lgd.benchmark.plugin import (  # noqa: F401
-    bench_options, oracle_risk, pytest_addoption, pytest_collection_modifyitems, roofline)
+    bench_options, oracle_risk, prepared, pytest_addoption, pytest_collection_modifyitems, roofline)

@@ -6,8 +6,10 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import lgd
@@ -121,6 +123,56 @@ def test_the_machine_names_its_vector_features_and_the_tiles_width(monkeypatch):
         assert machine["tile_bytes"] == compiler.VECTOR_BYTES and machine["llvm_cpu"]
         assert f"{machine['tile_bytes']}-byte tiles" in describe(machine)
     assert " ".join(features) in describe(machine)
+
+
+def test_report_takes_the_smallest_paired_peer_ratio():
+    """lgd-numba's cases time the fastest peers back to back with lgd (suite.paired_peers): the report's
+    paired ratio is against the fastest of them, and the tables show it beside the ratio of cases timed apart."""
+    numba = _entry("S", "lgd-numba", "float64", 0.5, kind="lgd")
+    numba["extra_info"]["paired_peers"] = {"torch-compile": {"ratio": 4.26, "ratios": [4.2, 4.26, 4.3]},
+                                           "jax-scan": {"ratio": 6.5, "ratios": [6.4, 6.5, 6.6]}}
+    report = build_report([numba, _entry("S", "jax-scan", "float64", 0.8)], [], MACHINE, "full", {})
+    records = {r["impl"]: r for r in report["records"]}
+    assert records["lgd-numba"]["ratio_best_peer_paired"] == pytest.approx(4.26)
+    assert records["jax-scan"]["ratio_best_peer_paired"] is None
+    markdown = format_markdown(report)
+    assert "| S | lgd-numba | float64 | 2,000 | 2.00 | 1.60 | 4.26 | 0.50 |" in markdown
+    assert '"paired" is lgd-numba\'s speed' in markdown
+    assert "\"paired\" is" not in format_markdown(_report())  # no paired timings: no note
+
+
+def test_paired_peers_time_each_selected_peer_back_to_back(monkeypatch):
+    """suite.paired_peers: the selected, available peers that agree with the oracle, each timed in turns with
+    lgd's run of the same steps (each timed run after a rest and an untimed run); an unavailable or
+    disagreeing one is left out."""
+    from lgd.benchmark import suite
+    from lgd.benchmark.peers import Unavailable
+    from lgd.benchmark.workloads import WORKLOADS
+
+    workload = WORKLOADS["S"].shrunk()
+    monkeypatch.setattr(suite, "ROOFLINE_REST_S", 0.0)
+    calls = []
+
+    def fake(name, risk, seconds):
+        def run(steps):
+            calls.append((name, steps))
+            time.sleep(seconds if steps > suite.CHECK_STEPS else 0)
+            return np.full((1, steps + 1), risk)
+        return run
+
+    def prepared(impl, workload, dtype):
+        if impl == "jax-scan":
+            raise Unavailable("JAX is not installed")
+        return fake(impl, 1.0, 0.004)
+
+    ours = fake("lgd-numba", 1.0, 0.001)
+    result = suite.paired_peers(ours, 50, workload, "float64", {"lgd-numba", "torch-compile", "jax-scan"},
+                                prepared, np.ones(1))
+    assert set(result) == {"torch-compile"} and len(result["torch-compile"]["ratios"]) == suite.PAIRED_ROUNDS
+    assert result["torch-compile"]["ratio"] > 1.5  # the peer sleeps four times as long
+    timed = [name for name, steps in calls if steps == 50]  # each timed run after an untimed one
+    assert timed == ["lgd-numba", "lgd-numba", "torch-compile", "torch-compile"] * suite.PAIRED_ROUNDS
+    assert suite.paired_peers(ours, 50, workload, "float64", {"torch-compile"}, prepared, np.full(1, 2.0)) == {}
 
 
 AVX512 = ["avx2", "avx512bw", "avx512cd", "avx512dq", "avx512f", "avx512vl", "fma"]

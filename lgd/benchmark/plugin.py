@@ -2,8 +2,9 @@
 
 ``--lgd-workloads S,M --lgd-impls numpy,lgd-numba --lgd-dtypes float64`` select cases (``lgd bench`` passes
 them); ``--lgd-steps-scale`` scales every workload's steps (quick runs); ``--lgd-round-budget`` is the
-seconds of timed rounds aimed at per case. Fixtures: ``bench_options`` (the two numbers), ``oracle_risk``
-(the numpy oracle's final risks) and ``roofline`` (the machine's best steps/s), each per session.
+seconds of timed rounds aimed at per case. Fixtures: ``bench_options`` (the two numbers and the selected
+implementations), ``prepared`` (implementations prepared once), ``oracle_risk`` (the numpy oracle's final
+risks) and ``roofline`` (the machine's best steps/s), each per session.
 
 ``lgd bench`` loads it with ``-p lgd.benchmark.plugin``; the repository's bench/conftest.py imports its hooks
 and fixtures for ``python -m pytest bench``. Only pytest loads this module: it imports pytest.
@@ -11,7 +12,7 @@ and fixtures for ``python -m pytest bench``. Only pytest loads this module: it i
 
 import pytest
 
-from .peers import IMPLEMENTATIONS
+from .peers import IMPLEMENTATIONS, prepare
 from .workloads import DTYPES, WORKLOADS, measure_roofline, oracle_final_risk
 
 
@@ -53,7 +54,29 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def bench_options(request):
     return {"steps_scale": request.config.getoption("--lgd-steps-scale"),
-            "round_budget": request.config.getoption("--lgd-round-budget")}
+            "round_budget": request.config.getoption("--lgd-round-budget"),
+            "impls": _selection(request.config, "--lgd-impls", IMPLEMENTATIONS)}
+
+
+@pytest.fixture(scope="session")
+def prepared():
+    """Implementations prepared once per (implementation, workload, dtype) in this run
+    (lgd.benchmark.peers.prepare): a peer timed beside lgd's rounds is not compiled again in its own case
+    (torch.compile takes 10-50 s a shape). A failure to prepare is raised again at each request."""
+    cache = {}
+
+    def get(impl, workload, dtype):
+        key = (impl, workload, dtype)
+        if key not in cache:
+            try:
+                cache[key] = prepare(impl, workload, dtype, device=workload.device)
+            except Exception as exc:  # noqa: BLE001 (the case reports it: Unavailable skips, others fail)
+                cache[key] = exc
+        if isinstance(cache[key], Exception):
+            raise cache[key]
+        return cache[key]
+
+    return get
 
 
 @pytest.fixture(scope="session")

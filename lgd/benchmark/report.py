@@ -21,7 +21,9 @@ def build_report(benchmarks: list, skipped: list, machine: dict, mode: str, sett
     Throughput is the best round (pytest-benchmark's ``min``): on a shared machine the other rounds
     measure the neighbours as well. The roofline ratio is the median over the rounds of each round against
     the roofline timed just before it (``roofline_fraction_paired``; older files: the best round against
-    the roofline timed once).
+    the roofline timed once). ``ratio_best_peer`` compares best rounds of cases timed apart;
+    ``ratio_best_peer_paired`` (lgd-numba's cases) is the smallest of the peers' paired ratios, each peer run
+    back to back with lgd (suite.paired_peers), None where none was timed so.
     """
     records = []
     for bench in benchmarks:
@@ -37,12 +39,15 @@ def build_report(benchmarks: list, skipped: list, machine: dict, mode: str, sett
             "ratio_roofline_rounds": info.get("roofline_fraction_rounds"), "ratio_roofline_apart": steps_per_s / roof,
             "compile_s": info["compile_s"], "warmup_s": info["warmup_s"], "check_rel_error": info["check_rel_error"],
             "roofline": info["roofline"], "breakdown": info.get("breakdown"), "first_call": info.get("first_call"),
+            "paired_peers": info.get("paired_peers"),
             "stats": {key: stats[key] for key in ("min", "median", "mean", "stddev", "rounds")}})
     for record in records:
         peers = [r["steps_per_s"] for r in records if r["kind"] == "peer" and _same_problem(r, record)]
         best = max(peers) if peers else None  # None, not NaN: the file stays strict JSON
         record["best_peer_steps_per_s"] = best
         record["ratio_best_peer"] = record["steps_per_s"] / best if peers else None
+        paired = record.get("paired_peers") or {}
+        record["ratio_best_peer_paired"] = min((p["ratio"] for p in paired.values()), default=None)
     return {"format": FORMAT, "mode": mode, "settings": settings, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "machine": machine, "records": records, "skipped": skipped}
 
@@ -75,11 +80,13 @@ def _rows(report: dict) -> list:
     records = sorted(report["records"], key=lambda r: (workloads.index(r["workload"]), r["dtype"] != "float64",
                                                        order[r["kind"]], -r["steps_per_s"]))
     return [(r["workload"], r["impl"], r["dtype"], f"{r['steps_per_s']:,.0f}", f"{r['gflops']:.2f}",
-             _ratio(r["ratio_best_peer"]), _ratio(r["ratio_roofline"]), f"{r['compile_s']:.1f}")
+             _ratio(r["ratio_best_peer"]), _ratio(r.get("ratio_best_peer_paired")), _ratio(r["ratio_roofline"]),
+             f"{r['compile_s']:.1f}")
             for r in records]
 
 
-COLUMNS = ("workload", "backend/peer", "dtype", "steps/s", "GFLOP/s", "vs best peer", "vs roofline", "compile s")
+COLUMNS = ("workload", "backend/peer", "dtype", "steps/s", "GFLOP/s", "vs best peer", "paired", "vs roofline",
+           "compile s")
 
 
 def _ratio(value: float) -> str:
@@ -140,6 +147,10 @@ def describe(machine: dict) -> str:
 def format_markdown(report: dict) -> str:
     lines = [f"# lgd bench ({report['mode']}, {report['created']})", "",
              f"Machine: {describe(report['machine'])}.", ""] + _markdown_table(COLUMNS, _rows(report))
+    if any(r.get("ratio_best_peer_paired") is not None for r in report["records"]):
+        lines += ["", "\"vs best peer\" compares the best rounds of cases timed minutes apart; \"paired\" is "
+                  "lgd-numba's speed over the faster of torch.compile and jax-scan, each run back to back with "
+                  "lgd in turns (the median of its pairs), so that both see the same machine."]
     if report["skipped"]:
         lines += ["", "Skipped: " + "; ".join(sorted(skip_summary(report))) + "."]
     broken_down = [r for r in report["records"] if r.get("breakdown")]

@@ -6,7 +6,9 @@ lgd's numpy oracle on a short run, make one untimed warm-up call (compilation; i
 the roofline's timing, a rest and an untimed run of the same steps (ROOFLINE_REST_S). ``extra_info``
 holds steps/s (configuration-steps/s for sweeps), GFLOP/s of the two products and the roofline fraction:
 the median over the rounds of the roofline's time for the round's steps, timed just before it, over the
-round's time (and, for reference, the best round against a roofline timed once, apart).
+round's time (and, for reference, the best round against a roofline timed once, apart). lgd-numba's cases
+also time the fastest peers back to back with lgd, round after round (``paired_peers``: the peer's time over
+lgd's, median of PAIRED_ROUNDS).
 
 With benchmarking disabled (``--benchmark-disable``, as CI runs it) every workload is shrunk to a few
 steps on small shapes: the code paths and the agreement checks run, in seconds.
@@ -43,7 +45,7 @@ ROOFLINE_REST_S = 0.2
 
 
 @pytest.mark.parametrize("case", CASES, ids=["-".join(c) for c in CASES])
-def test_throughput(benchmark, case, bench_options, oracle_risk, roofline):
+def test_throughput(benchmark, case, bench_options, prepared, oracle_risk, roofline):
     name, impl, dtype = case
     workload = WORKLOADS[name]
     workload = workload.shrunk() if benchmark.disabled else workload.scaled(bench_options["steps_scale"])
@@ -51,7 +53,7 @@ def test_throughput(benchmark, case, bench_options, oracle_risk, roofline):
     if benchmark.disabled and impl == "torch-compile":
         pytest.skip("torch.compile takes 10-50 s per shape: timed runs only (lgd bench)")
     try:
-        run = prepare(impl, workload, dtype, device=workload.device)
+        run = prepared(impl, workload, dtype)
     except Unavailable as exc:
         pytest.skip(str(exc))
 
@@ -96,10 +98,58 @@ def test_throughput(benchmark, case, bench_options, oracle_risk, roofline):
         "steps_per_s": config_steps / best, "gflops": workload.flops_per_step * config_steps / best / 1e9,
         "roofline": limit, "roofline_fraction": config_steps / best / limit["steps_per_s"],
         "roofline_fraction_paired": float(np.median(paired)), "roofline_fraction_rounds": paired})
+    if impl in PAIRED:
+        benchmark.extra_info["paired_peers"] = paired_peers(run, steps, workload, dtype, bench_options["impls"],
+                                                            prepared, reference)
     if impl in BREAKDOWN:
         benchmark.extra_info["breakdown"] = breakdown(impl, workload, dtype, run, steps)
     if impl == "lgd-numba" and name in FIRST_CALL_WORKLOADS:
         benchmark.extra_info["first_call"] = first_call(name, dtype)
+
+
+# lgd backends timed against the fastest peers in one process, round after round (paired_peers), and those
+# peers. Each case is otherwise timed minutes apart from the others, and on a shared machine a peer's speed
+# moves by 10-40% between runs (docs/performance.md): a ratio of two cases is partly the machine's.
+PAIRED = ("lgd-numba",)
+PAIRED_PEERS = ("torch-compile", "jax-scan")
+PAIRED_ROUNDS = 3
+
+
+def paired_peers(run, steps, workload, dtype, impls, prepared, reference) -> dict:
+    """For each of PAIRED_PEERS selected and available here: the peer's time over lgd's for the same steps,
+    the two timed in turns PAIRED_ROUNDS times (seconds apart, so that both see the same machine; each after
+    a rest and an untimed run, _rested_run), after the peer's agreement check against the oracle:
+    {peer: {"ratio": median, "ratios": [...]}}. A peer that is unavailable or disagrees with the oracle is
+    left out (its own case reports why)."""
+    result = {}
+    for peer in PAIRED_PEERS:
+        if peer not in impls:
+            continue
+        try:
+            other = prepared(peer, workload, dtype)
+        except Unavailable:
+            continue
+        got = other(CHECK_STEPS)[:, -1]
+        if float(np.max(np.abs(got - reference) / np.abs(reference))) > CHECK_RTOL[dtype]:
+            continue
+        ratios = []
+        for _ in range(PAIRED_ROUNDS):
+            ours = _rested_run(run, steps)
+            ratios.append(_rested_run(other, steps) / ours)
+        result[peer] = {"ratio": float(np.median(ratios)), "ratios": ratios}
+    return result
+
+
+def _rested_run(fn, steps: int) -> float:
+    """Seconds of fn(steps) after a rest of ROOFLINE_REST_S and an untimed run of the same steps: the rest
+    lets the threads of whatever ran before stop spinning (OpenBLAS's, and the OpenMP threads of torch and
+    XLA, which took a core from lgd's team of two when timed right after them: S at 2.5x torch.compile back
+    to back, 4.5x in cases timed apart), the untimed run wakes the idle cores (ROOFLINE_REST_S)."""
+    time.sleep(ROOFLINE_REST_S)
+    fn(steps)
+    tic = time.perf_counter()
+    fn(steps)
+    return time.perf_counter() - tic
 
 
 # lgd backends whose steps are broken down (where the time goes): the same runs with CHEAP_ACTIVATION.
