@@ -160,7 +160,8 @@ def test_paired_peers_time_each_selected_peer_back_to_back(monkeypatch):
             return np.full((1, steps + 1), risk)
         return run
 
-    def prepared(impl, workload, dtype):
+    def prepared(impl, workload, dtype, keep=False):
+        assert keep  # the peer's own case reuses it
         if impl == "jax-scan":
             raise Unavailable("JAX is not installed")
         return fake(impl, 1.0, 0.004)
@@ -208,6 +209,35 @@ def test_describe_names_the_blas_kernels():
                                    "architecture": "SkylakeX"}])
     assert "openblas 0.3.30 (SkylakeX kernels, 2 threads)" in describe(machine)
     assert "openblas 0.3 (2 threads)" in describe(MACHINE)  # a record from before the kernels were recorded
+
+
+def test_prepared_keeps_only_what_is_asked_for_and_hands_it_over_once(monkeypatch):
+    """The plugin's `prepared`: an implementation kept for a later request is prepared once and handed over
+    to it; one not kept is prepared at each request; a failure is raised at each request."""
+    from lgd.benchmark import plugin
+    from lgd.benchmark.peers import Unavailable
+    from lgd.benchmark.workloads import WORKLOADS
+
+    made = []
+
+    def fake_prepare(impl, workload, dtype, device=False):
+        made.append(impl)
+        if impl == "jax-scan":
+            raise Unavailable("JAX is not installed")
+        return object()
+
+    monkeypatch.setattr(plugin, "prepare", fake_prepare)
+    get = plugin.prepared.__wrapped__()
+    workload = WORKLOADS["S"].shrunk()
+    first = get("torch-compile", workload, "float64", keep=True)
+    assert get("torch-compile", workload, "float64", keep=True) is first
+    assert get("torch-compile", workload, "float64") is first  # handed over, then forgotten
+    assert get("torch-compile", workload, "float64") is not first
+    get("lgd-numba", workload, "float64")
+    for keep in (True, True, False):
+        with pytest.raises(Unavailable):
+            get("jax-scan", workload, "float64", keep=keep)
+    assert made == ["torch-compile", "torch-compile", "lgd-numba", "jax-scan"]
 
 
 def test_fp_sharing_needs_two_threads():

@@ -60,21 +60,26 @@ def bench_options(request):
 
 @pytest.fixture(scope="session")
 def prepared():
-    """Implementations prepared once per (implementation, workload, dtype) in this run
-    (lgd.benchmark.peers.prepare): a peer timed beside lgd's rounds is not compiled again in its own case
-    (torch.compile takes 10-50 s a shape). A failure to prepare is raised again at each request."""
-    cache = {}
+    """``get(impl, workload, dtype, keep=False)``: the implementation prepared (lgd.benchmark.peers.prepare),
+    or raising what preparing it raised. With ``keep`` it stays prepared for a later request (a peer timed
+    beside lgd's rounds is not compiled again in its own case: torch.compile takes 10-50 s a shape);
+    without, a kept one is handed over and forgotten, so that no more than those peers hold their data."""
+    kept = {}
 
-    def get(impl, workload, dtype):
+    def get(impl, workload, dtype, keep=False):
         key = (impl, workload, dtype)
-        if key not in cache:
+        if key in kept:
+            found = kept[key] if keep else kept.pop(key)
+        else:
             try:
-                cache[key] = prepare(impl, workload, dtype, device=workload.device)
+                found = prepare(impl, workload, dtype, device=workload.device)
             except Exception as exc:  # noqa: BLE001 (the case reports it: Unavailable skips, others fail)
-                cache[key] = exc
-        if isinstance(cache[key], Exception):
-            raise cache[key]
-        return cache[key]
+                found = exc
+            if keep:
+                kept[key] = found
+        if isinstance(found, Exception):
+            raise found
+        return found
 
     return get
 

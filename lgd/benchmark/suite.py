@@ -126,7 +126,7 @@ def paired_peers(run, steps, workload, dtype, impls, prepared, reference) -> dic
         if peer not in impls:
             continue
         try:
-            other = prepared(peer, workload, dtype)
+            other = prepared(peer, workload, dtype, keep=True)
         except Unavailable:
             continue
         got = other(CHECK_STEPS)[:, -1]
