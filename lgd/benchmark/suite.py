@@ -7,8 +7,8 @@ the roofline's timing, a rest and an untimed run of the same steps (ROOFLINE_RES
 holds steps/s (configuration-steps/s for sweeps), GFLOP/s of the two products and the roofline fraction:
 the median over the rounds of the roofline's time for the round's steps, timed just before it, over the
 round's time (and, for reference, the best round against a roofline timed once, apart). lgd-numba's cases
-also time the fastest peers back to back with lgd, round after round (``paired_peers``: the peer's time over
-lgd's, median of PAIRED_ROUNDS).
+also time the fastest peers in turns with lgd (``paired_peers``: the peer's time over lgd's, median of
+PAIRED_ROUNDS pairs).
 
 With benchmarking disabled (``--benchmark-disable``, as CI runs it) every workload is shrunk to a few
 steps on small shapes: the code paths and the agreement checks run, in seconds.
@@ -141,10 +141,11 @@ def paired_peers(run, steps, workload, dtype, impls, prepared, reference) -> dic
 
 
 def _rested_run(fn, steps: int) -> float:
-    """Seconds of fn(steps) after a rest of ROOFLINE_REST_S and an untimed run of the same steps: the rest
-    lets the threads of whatever ran before stop spinning (OpenBLAS's, and the OpenMP threads of torch and
-    XLA, which took a core from lgd's team of two when timed right after them: S at 2.5x torch.compile back
-    to back, 4.5x in cases timed apart), the untimed run wakes the idle cores (ROOFLINE_REST_S)."""
+    """Seconds of fn(steps) after a rest of ROOFLINE_REST_S and an untimed run of the same steps. The rest
+    lets the threads of whatever ran before stop spinning: timed right after a peer, lgd's team of two lost
+    a core (S at 2.5x torch.compile back to back, 4.5x in cases timed apart, 4.3x with the rest; the peers'
+    spinning threads are the likely cause, not checked). The untimed run wakes the idle cores
+    (ROOFLINE_REST_S)."""
     time.sleep(ROOFLINE_REST_S)
     fn(steps)
     tic = time.perf_counter()
