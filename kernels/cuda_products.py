@@ -108,6 +108,15 @@ def _record_steps_between(t: int, stop: int, steps: int, every: int) -> int:
     return min(-(-t // every) * every, stop, steps if steps >= t else stop)
 
 
+def _record_run_end(t: int, stop: int, steps: int, every: int) -> int:
+    """The end of the run of consecutive record steps that starts at record step t, within [t, stop): every
+    step with `every` 1; otherwise t alone, or t and t + 1 when t + 1 is the last evaluation `steps` (two
+    multiples of an `every` of 2 or more are never neighbours)."""
+    if every == 1:
+        return stop
+    return t + 2 if t + 1 == steps and t + 1 < stop else t + 1
+
+
 class ProductRun:
     """The buffers of one batch of C configurations on the products path (the attributes the cupy runner
     reads are those of :class:`lgd.kernels.cuda_run.ChunkRun`: W, a, diverged, fault, trace, trace_neuron,
@@ -244,8 +253,7 @@ def advance(run: ProductRun, t_start: int, t_stop: int, steps: int, record_every
             if record > t:
                 run.steps(record - t, settings, key)
                 t = record
-            end = t
-            while end < t_stop and _record_steps_between(end, t_stop, steps, record_every) == end:
-                end += 1
-            run.steps(end - t, settings, key, held_out=True)
-            t = end
+            if t < t_stop:
+                end = _record_run_end(t, t_stop, steps, record_every)
+                run.steps(end - t, settings, key, held_out=True)
+                t = end

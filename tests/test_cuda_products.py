@@ -175,6 +175,24 @@ def _counting_runner(captured: list, launched: list):
     return Counting, counted_step
 
 
+def test_runs_of_record_steps_end_where_the_record_rule_says():
+    """_record_run_end against lgd.backends.record_slot step by step: from each record step, the run of
+    consecutive record steps within [t, stop)."""
+    from lgd.backends import record_slot
+    from lgd.kernels.cuda_products import _record_run_end
+
+    for steps in (1, 2, 5, 6, 7, 12):
+        for every in (1, 2, 3, 5):
+            for stop in range(1, steps + 2):
+                for t in range(stop):
+                    if record_slot(t, steps, every) < 0:
+                        continue
+                    end = t
+                    while end < stop and record_slot(end, steps, every) >= 0:
+                        end += 1
+                    assert _record_run_end(t, stop, steps, every) == end, (t, stop, steps, every)
+
+
 # (held-out data, record interval, recordings captured): the evaluations 0..21 in the driver's chunks of 16 and 6.
 REPLAY_CASES = {"training_only": (False, 3, 3),  # 16, then 4 + 2: record steps replay as any other
                 "held_out": (True, 3, 2),  # 2 steps between records, 1 record step (with the held-out pass)

@@ -58,8 +58,7 @@ def test_throughput(benchmark, case, bench_options, prepared, oracle_risk, roofl
         pytest.skip(str(exc))
 
     reference = oracle_risk(workload, dtype)
-    got = run(CHECK_STEPS)[:, -1]
-    rel_error = float(np.max(np.abs(got - reference) / np.abs(reference)))
+    rel_error = check_error(run, reference)
     assert rel_error <= CHECK_RTOL[dtype], f"{impl} final risk after {CHECK_STEPS} steps is off by {rel_error:.2e}"
 
     steps = steps_for(impl, workload)
@@ -81,8 +80,7 @@ def test_throughput(benchmark, case, bench_options, prepared, oracle_risk, roofl
         tic = time.perf_counter()
         roofline_steps(steps)
         roofline_s.append(time.perf_counter() - tic)
-        time.sleep(ROOFLINE_REST_S)
-        run(steps)
+        rest_then_warm(run, steps)
 
     benchmark.pedantic(run, args=(steps,), setup=time_roofline, rounds=rounds, iterations=1)
 
@@ -129,8 +127,7 @@ def paired_peers(run, steps, workload, dtype, impls, prepared, reference) -> dic
             other = prepared(peer, workload, dtype, keep=True)
         except Unavailable:
             continue
-        got = other(CHECK_STEPS)[:, -1]
-        if float(np.max(np.abs(got - reference) / np.abs(reference))) > CHECK_RTOL[dtype]:
+        if check_error(other, reference) > CHECK_RTOL[dtype]:
             continue
         ratios = []
         for _ in range(PAIRED_ROUNDS):
@@ -140,14 +137,24 @@ def paired_peers(run, steps, workload, dtype, impls, prepared, reference) -> dic
     return result
 
 
-def _rested_run(fn, steps: int) -> float:
-    """Seconds of fn(steps) after a rest of ROOFLINE_REST_S and an untimed run of the same steps. The rest
-    lets the threads of whatever ran before stop spinning: timed right after a peer, lgd's team of two lost
-    a core (S at 2.5x torch.compile back to back, 4.5x in cases timed apart, 4.3x with the rest; the peers'
-    spinning threads are the likely cause, not checked). The untimed run wakes the idle cores
-    (ROOFLINE_REST_S)."""
+def check_error(run, reference) -> float:
+    """The largest relative error of run's final risks after CHECK_STEPS steps against the oracle's."""
+    got = run(CHECK_STEPS)[:, -1]
+    return float(np.max(np.abs(got - reference) / np.abs(reference)))
+
+
+def rest_then_warm(fn, steps: int) -> None:
+    """What comes before a timed run: a rest of ROOFLINE_REST_S, then fn(steps) untimed (see ROOFLINE_REST_S)."""
     time.sleep(ROOFLINE_REST_S)
     fn(steps)
+
+
+def _rested_run(fn, steps: int) -> float:
+    """Seconds of fn(steps) after rest_then_warm. The rest lets the threads of whatever ran before stop
+    spinning: timed right after a peer, lgd's team of two lost a core (S at 2.5x torch.compile back to back,
+    4.5x in cases timed apart, 4.3x with the rest; the peers' spinning threads are the likely cause, not
+    checked). The untimed run wakes the idle cores."""
+    rest_then_warm(fn, steps)
     tic = time.perf_counter()
     fn(steps)
     return time.perf_counter() - tic
