@@ -260,6 +260,72 @@ def test_members_rows_never_share_a_cache_line(shape, dtype):
         assert rows[member + 1].ctypes.data - last_byte > _numba.CACHE_LINE - 1, member
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 6, 1), (3, 32, 29), (2, 32, 64), (2, 6, 128), (2, 32, 256), (3, 6, 259)])
+def test_members_blocks_never_share_a_cache_line(shape, dtype):
+    """_own_block: each member's rows follow one another while a row is at most SPAN_ROW_BYTES (the fused
+    step's activation spans them), else each keeps _own_rows's gap; either way a member's rows and the
+    next member's are at least a cache line apart."""
+    team, rows, width = shape
+    block = _numba._own_block(shape, dtype)
+    spanned = width * np.dtype(dtype).itemsize <= _numba.SPAN_ROW_BYTES
+    assert block.shape[0] == team and block.shape[1] >= rows
+    assert block.shape[2] == width if spanned else block.shape[2] > width
+    for member in range(team - 1):
+        last_byte = block[member, rows - 1, width - 1:].ctypes.data + block.itemsize - 1
+        assert block[member + 1].ctypes.data - last_byte > _numba.CACHE_LINE - 1, member
+
+
+def test_rows_flat_is_a_run_of_rows_without_references():
+    """rows_flat(A, row, count) is rows [row, row + count) of A as one 1-d array, written through to A, and
+    takes no reference: called many times from counting code, A's reference count is unchanged."""
+    from numba import njit
+
+    @njit
+    def scale_rows(A, row, count, factor, times):
+        total = 0.0
+        for _ in range(times):
+            run = intrinsics.rows_flat(A, row, count)
+            total += run.size
+        run = intrinsics.rows_flat(A, row, count)
+        for k in range(run.size):
+            run[k] *= factor
+        return total
+
+    A = np.arange(5 * 7, dtype=np.float64).reshape(5, 7)
+    expected = A.copy()
+    expected[1:4] *= 3.0
+    references = sys.getrefcount(A)
+    assert scale_rows(A, 1, 3, 3.0, 1000) == 1000 * 21
+    assert sys.getrefcount(A) == references
+    np.testing.assert_array_equal(A, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("d, activation", [(5, "leaky_softplus"), (tiles.WIDE_MIN_D + 1, "softplus"),
+                                           (tiles.WIDE_MIN_D + 1, "gelu")])
+def test_activation_spans_give_the_row_by_row_results(d, activation, dtype, monkeypatch):
+    """The fused step's activation over a tile's rows in one span (rows that follow one another) and row
+    by row (padded rows, SPAN_ROW_BYTES 0) give the same runs bit for bit: by a team of two (blocks of 38
+    and 37 samples, so that tiles of TILE_ROWS or WIDE_ROWS samples straddle the waiting groups and end
+    short), train and held-out data."""
+    monkeypatch.setattr(_numba, "TEAM_WORK", 1)
+    monkeypatch.setattr(_numba, "BLAS_WORK", 1 << 62)
+    X, y, X_test, y_test = problem_data("logistic", n=75, d=d, dtype=dtype)
+    model = lgd.TwoLayerNet(24, activation=activation, train_outer=True)
+
+    def run():
+        return lgd.gd(X, y, model, "logistic", stepsize=2.0, steps=30, X_test=X_test, y_test=y_test,
+                      compute=fast(backend="numba"))
+
+    spanned = run()
+    monkeypatch.setattr(_numba, "SPAN_ROW_BYTES", 0)
+    by_rows = run()
+    assert spanned.neuron_margins is not None
+    for name in ("risk", "test_risk", "margin", "grad_norm", "neuron_margins", "weights"):
+        np.testing.assert_array_equal(getattr(spanned, name), getattr(by_rows, name), err_msg=name)
+
+
 def test_blas_only_from_the_dimension_where_it_pays(monkeypatch):
     """The fused tiles run every problem with d < BLAS_MIN_D, however large; BLAS from there on (given
     BLAS_WORK and threadpoolctl), never for the linear model."""

@@ -57,14 +57,16 @@ def exp(x):
     return y if x == x else x
 
 
-# log(1 + e) for 0 <= e <= 1, as fdlibm's log1p takes log(1 + f) once it has reduced its argument to
-# f: log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2)) with s = f / (2 + f) and R(z) = 2z/3 + 2z^2/5 + ...
-# = (2 atanh(s) - 2s) / s written in z = s^2. fdlibm first reduces 1 + f to [sqrt 2 / 2, sqrt 2] (s <= 0.17),
-# which here costs a comparison, blends and a correction for the rounding of 1 + e; this takes f = e
-# as it is (s <= 1/3, z <= 1/9) and a longer polynomial instead: R(z) = z g(z), g of degree 9 fitted
-# on [0, 1/9] (Chebyshev, mpmath: |error| <= 1e-16, which reaches the result scaled by s z <= 1/27).
-# About 8 operations fewer and no blend on the chain. The price is accuracy: s's own rounding errors
-# weigh more at larger s, up to 1.4 ulp rather than fdlibm's 0.85 (docs/performance.md).
+# log(1 + e) for 0 <= e <= 1, from fdlibm's log1p once it has reduced its argument to f: log(1 + f) =
+# f - f^2/2 + s (f^2/2 + R(s^2)) with s = f / (2 + f) and R(z) = 2z/3 + 2z^2/5 + ... = (2 atanh(s) - 2s)
+# / s written in z = s^2. Since f^2/2 (1 - s) = f s, that is f - s (f - R): two fmas after R, where
+# fdlibm's form takes four operations more, and more accurate here (at most 0.98 ulp against 1.24 over
+# 10^5 points of [0, 1], mpmath; docs/performance.md). fdlibm first reduces 1 + f to [sqrt 2 / 2,
+# sqrt 2] (s <= 0.17), which here costs a comparison, blends and a correction for the rounding of
+# 1 + e; this takes f = e as it is (s <= 1/3, z <= 1/9) and a longer polynomial instead: R(z) = z g(z),
+# g of degree 9 fitted on [0, 1/9] (Chebyshev, mpmath: |error| <= 1e-16, which reaches the result
+# scaled by s z <= 1/27), summed as pairs g_2k + g_2k+1 z in Horner's scheme in z^2: one product fewer
+# than Estrin's, its longer chain overlapped by the loop's other entries.
 # s and 1 / (1 + e) (the sigmoid) are two divisions in float64 and one shared in float32 (below).
 _LOG1P_G = (0.6666666666666666, 0.40000000000014585, 0.2857142856710876, 0.22222222717427864,
             0.18181789436132859, 0.15385570064958623, 0.13314144209654935, 0.12001072809590713,
@@ -75,23 +77,21 @@ _G0, _G1, _G2, _G3, _G4, _G5, _G6, _G7, _G8, _G9 = _LOG1P_G
 @subroutine(lambda e: types.UniTuple(e, 2))
 def log1p_unit(e):
     """(log(1 + e), 1 / (1 + e)) for e in [0, 1], in the dtype of e."""
-    s, t, hfsq, r = log1p_parts_of(e)
-    return e + fma(s, t, -hfsq), r
+    s, u, r = log1p_parts_of(e)
+    return fma(-s, u, e), r
 
 
-@subroutine(types.UniTuple(types.float64, 4))
+@subroutine(types.UniTuple(types.float64, 3))
 def log1p_parts(e):
-    """(s, f^2/2 + R, f^2/2, 1 / (1 + e)) of log(1 + e) = e + s (f^2/2 + R) - f^2/2 (f = e), e in [0, 1]: the
-    activation adds the last terms in its own order, the slowest (s (f^2/2 + R)) last."""
+    """(s, u, 1 / (1 + e)) with log(1 + e) = e - s u (u = e - R), e in [0, 1]: the activation adds the
+    terms in its own order, s u (the end of the longest chain) last."""
     r = 1.0 / (1.0 + e)  # two divisions, in parallel: as fast as one shared (1 / ((1 + e)(2 + e))) and
     s = e / (2.0 + e)  # more accurate (sigmoid within 1 ulp, not 3)
     z = s * s
     z2 = z * z
-    z4 = z2 * z2
-    g = fma(fma(fma(_G9, z, _G8), z4, fma(fma(_G7, z, _G6), z2, fma(_G5, z, _G4))), z4,
-            fma(fma(_G3, z, _G2), z2, fma(_G1, z, _G0)))
-    hfsq = 0.5 * e * e
-    return s, fma(z, g, hfsq), hfsq, r
+    g = fma(fma(fma(fma(fma(_G9, z, _G8), z2, fma(_G7, z, _G6)), z2, fma(_G5, z, _G4)), z2, fma(_G3, z, _G2)), z2,
+            fma(_G1, z, _G0))
+    return s, fma(-z, g, e), r
 
 
 @subroutine(types.UniTuple(types.float64, 2))
@@ -133,7 +133,7 @@ _G0_F, _G1_F, _G2_F, _G3_F, _G4_F = (np.float32(c) for c in (
     0.6666666865348816, 0.3999970555305481, 0.285923570394516, 0.2170657515525818, 0.23224329948425293))
 
 
-@subroutine(types.UniTuple(types.float32, 4))
+@subroutine(types.UniTuple(types.float32, 3))
 def log1p_parts32(e):
     """log1p_parts for float32 e."""
     u = _F(1.0) + e
@@ -144,8 +144,7 @@ def log1p_parts32(e):
     z = s * s
     z2 = z * z
     g = fma(fma(_G4_F, z2, fma(_G3_F, z, _G2_F)), z2, fma(_G1_F, z, _G0_F))
-    hfsq = _F(0.5) * e * e
-    return s, fma(z, g, hfsq), hfsq, r
+    return s, fma(-z, g, e), r
 
 
 @subroutine(types.UniTuple(types.float32, 2))
@@ -166,7 +165,7 @@ def softplus_sigmoid_from_exp_of(x, e):
     """softplus_sigmoid_from_exp or its float32 version by the type of x."""
 
 
-@subroutine(lambda e: types.UniTuple(e, 4), pick=lambda e: (
+@subroutine(lambda e: types.UniTuple(e, 3), pick=lambda e: (
     log1p_parts32 if e == types.float32 else log1p_parts).implementation)
 def log1p_parts_of(e):
     """log1p_parts or its float32 version by the type of e."""

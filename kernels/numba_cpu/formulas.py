@@ -26,7 +26,7 @@ the entry's parameter):
 - flattened_polynomial(a):    (1 + u)^-a (u >= 0), 1 - a u (u < 0),   -a (1 + u)^{-a-1}, -a
 - squared:                    r^2 / 2,                                r
 
-the second derivatives phi'' (:func:`activate_row` with its third row) and loss'' (:func:`loss_curvature`), for
+the second derivatives phi'' (:func:`activate_span` with its array r) and loss'' (:func:`loss_curvature`), for
 exact Hessian-vector products (the catalogs' ``ddphi`` and ``d2``): 0 for identity and the ReLUs; s (1 - s)
 for softplus, times (1 - c) for leaky_softplus; s t (2 + z (t - s)) for silu (t = 1 - s);
 -2 tanh z (1 - tanh^2 z); N(z) (2 - z^2) for gelu; and sigmoid(u) sigmoid(-u), e^-u, a^2 e^{-a u} (u >= 0,
@@ -48,7 +48,7 @@ from lgd.losses import EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL,
 
 from .compiler import subroutine
 from .exp_log1p import exp, exp_of, log1p_parts_of, softplus_sigmoid_from_exp, softplus_sigmoid_from_exp_of
-from .intrinsics import fma, like
+from .intrinsics import fma, like, rows_flat
 
 # The codes this file has a formula for: a catalog entry missing here is refused (and the tests, which
 # enumerate the catalogs, fail until its formula is written).
@@ -79,39 +79,39 @@ def unknown_code(activation, loss):
 
 
 @subroutine(types.void)
-def activate_row(code, c, Z, row, p, q, r, m):
-    """p[j] = phi(Z[row, j]) and q[j] = phi'(Z[row, j]) for j < m, in the dtype of Z, and, unless r is None,
-    r[j] = phi''(Z[row, j]) (for exact Hessian-vector products) from the same intermediate values: the
-    sigmoid's e^-|z| and 1 / (1 + e^-|z|), tanh z, the normal density. The branch is taken once per row,
+def activate_span(code, c, z, p, q, r, m):
+    """p[j] = phi(z[j]) and q[j] = phi'(z[j]) for j < m (1-d arrays), in the dtype of z, and, unless r is
+    None, r[j] = phi''(z[j]) (for exact Hessian-vector products) from the same intermediate values: the
+    sigmoid's e^-|z| and 1 / (1 + e^-|z|), tanh z, the normal density. The branch is taken once per call,
     never inside the vectorised loops; r None prunes phi'' from the compiled code (the plain step's
-    variant). The row is indexed here, not passed as a view: a view costs two atomic reference counts
-    per sample."""
-    zero, one, half, two = like(Z, 0.0), like(Z, 1.0), like(Z, 0.5), like(Z, 2.0)
-    cz, cbar = like(Z, c), like(Z, 1.0 - c)
+    variant). A span of several rows in one call (step.fused_block) starts and drains the vectorised
+    loops once for all of them (docs/performance.md: S and SWEEP faster, most in float32)."""
+    zero, one, half, two = like(z, 0.0), like(z, 1.0), like(z, 0.5), like(z, 2.0)
+    cz, cbar = like(z, c), like(z, 1.0 - c)
     if code == LEAKY_SOFTPLUS or code == SOFTPLUS:  # softplus is c = 0
         # Two passes, exp(-|z|) into p first: each loop keeps fewer constants live than one loop doing
         # both, so fewer are reloaded every iteration.
         for j in range(m):
-            p[j] = exp_of(-abs(Z[row, j]))
-        # softplus(x) = max(x, 0) + e + s t - hfsq (log1p_parts): the terms known early first, s t (the
-        # end of the longest chain: the division, then the polynomial) last, in one fma: a shorter
-        # chain than adding the finished softplus, for a loop bound by its latency.
+            p[j] = exp_of(-abs(z[j]))
+        # softplus(x) = max(x, 0) + e - s u (log1p_parts): the terms known early first, s u (the end of
+        # the longest chain: the division, then the polynomial) last, in one fma; then phi = c x +
+        # (1 - c) softplus(x) in one more.
         for j in range(m):
-            x = Z[row, j]
+            x = z[j]
             e = p[j]
-            s, t, hfsq, r1 = log1p_parts_of(e)  # r1 = 1 / (1 + e): sigmoid(|x|); e r1 = sigmoid(-|x|)
-            early = max(x, zero) + (e - hfsq)
+            s, u, r1 = log1p_parts_of(e)  # r1 = 1 / (1 + e): sigmoid(|x|); e r1 = sigmoid(-|x|)
+            early = max(x, zero) + e
             if c != 0.0:
-                p[j] = fma(cbar * s, t, fma(cz, x, cbar * early))
+                p[j] = fma(cbar, fma(-s, u, early), cz * x)
             else:
-                p[j] = fma(s, t, early)
+                p[j] = fma(-s, u, early)
             q[j] = fma(cbar, r1 if x >= zero else e * r1, cz)
             if r is not None:  # phi'' = (1 - c) sigmoid(x) sigmoid(-x), either sign of x
                 r[j] = cbar * (e * r1) * r1
     elif code == RELU or code == LEAKY_RELU or code == IDENTITY:
         slope = one if code == IDENTITY else cz  # the identity is the leaky ReLU of slope 1
         for j in range(m):
-            x = Z[row, j]
+            x = z[j]
             pos = x > zero
             p[j] = x if pos else slope * x
             q[j] = one if pos else slope
@@ -119,7 +119,7 @@ def activate_row(code, c, Z, row, p, q, r, m):
                 r[j] = zero
     elif code == SILU:
         for j in range(m):
-            x = Z[row, j]
+            x = z[j]
             e = exp_of(-abs(x))
             r1 = one / (one + e)
             s = r1 if x >= zero else e * r1
@@ -130,23 +130,29 @@ def activate_row(code, c, Z, row, p, q, r, m):
                 r[j] = s * t * (two + x * (t - s))
     elif code == TANH:
         for j in range(m):
-            th = math.tanh(Z[row, j])
+            th = math.tanh(z[j])
             p[j] = th
             q[j] = one - th * th
             if r is not None:
-                r[j] = like(Z, -2.0) * th * (one - th * th)
+                r[j] = like(z, -2.0) * th * (one - th * th)
     elif code == GELU:
-        inv_sqrt2, inv_sqrt2pi, cap = like(Z, _INV_SQRT2), like(Z, _INV_SQRT2PI), like(Z, 3200.0)
+        inv_sqrt2, inv_sqrt2pi, cap = like(z, _INV_SQRT2), like(z, _INV_SQRT2PI), like(z, 3200.0)
         for j in range(m):
-            x = Z[row, j]
+            x = z[j]
             cdf = half * math.erfc(-x * inv_sqrt2)
-            near = abs(x) < like(Z, 40.0)
+            near = abs(x) < like(z, 40.0)
             pdf = exp_of(-half * min(x * x, cap)) * inv_sqrt2pi if near else zero
             xc = x if near else zero
             p[j] = x * cdf
             q[j] = cdf + xc * pdf
             if r is not None:
                 r[j] = pdf * (two - xc * xc)
+
+
+@subroutine(types.void)
+def activate_row(code, c, Z, row, p, q, r, m):
+    """activate_span of row `row` of the 2-d array Z (C-contiguous; its rows may be longer than m)."""
+    activate_span(code, c, rows_flat(Z, row, 1), p, q, r, m)
 
 
 @subroutine(types.UniTuple(types.float64, 2))

@@ -2,11 +2,12 @@
 
 What lives here: what numba cannot say in Python, written as LLVM instructions through
 ``numba.extending.intrinsic``: reinterpreting bits (exp's exponent arithmetic), ``fma`` with one
-rounding, the dtype of an array as a cast target (``like``), a flat view without ravel's code, the
-vector operations of the register tiles (at the process's VECTOR_BYTES, and at AVX2's HALF_BYTES) and
-of :func:`dot_lanes`, and the atomics, pause and sched_yield of a team's barrier. Everything resolved by
-name at load time, so the on-disk cache keeps working. No formulas and no loops over the data: those
-live in exp_log1p, formulas, tiles and step.
+rounding, the dtype of an array as a cast target (``like``), a flat view without ravel's code, a run
+of rows as one 1-d array (``rows_flat``), the vector operations of the register tiles (at the
+process's VECTOR_BYTES, and at AVX2's HALF_BYTES) and of :func:`dot_lanes`, and the atomics, pause
+and sched_yield of a team's barrier. Everything resolved by name at load time, so the on-disk cache
+keeps working. No formulas and no loops over the data: those live in exp_log1p, formulas, tiles and
+step.
 """
 
 import platform
@@ -75,6 +76,27 @@ def flat(typingctx, array):
                                itemsize=source.itemsize, meminfo=source.meminfo, parent=source.parent)
         return impl_ret_borrowed(context, builder, result, view._getvalue())
     return result(array), codegen
+
+
+@intrinsic
+def rows_flat(typingctx, array, row, count):
+    """Rows [row, row + count) of a C-contiguous 2-d array as one 1-d array (count times the row length
+    entries), with no bounds check and no reference of its own (its meminfo is null, so counting code
+    counts nothing): the array it views must outlive it, as every array of a kernel call does. What
+    lets the activation take a run of rows in one loop (step.fused_block)."""
+    if not (isinstance(array, types.Array) and array.ndim == 2 and array.layout == "C"):
+        return None
+    result = array.copy(ndim=1)
+
+    def codegen(context, builder, signature, args):
+        source = context.make_array(signature.args[0])(context, builder, args[0])
+        length = cgutils.unpack_tuple(builder, source.shape, 2)[1]
+        view = context.make_array(result)(context, builder)
+        context.populate_array(view, data=builder.gep(source.data, [builder.mul(args[1], length)]),
+                               shape=[builder.mul(args[2], length)], strides=[source.itemsize],
+                               itemsize=source.itemsize, meminfo=None)
+        return view._getvalue()
+    return result(array, types.intp, types.intp), codegen
 
 
 # The register tiles' vectors: 64 bytes (8 float64 / 16 float32 lanes) where the target has AVX-512,

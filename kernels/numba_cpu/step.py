@@ -28,8 +28,8 @@ from lgd.models import LOG_RISK_EXACT_BELOW, LOG_RISK_EXACT_BELOW_F32
 from lgd.stepsize import stepsize_at as _stepsize_at
 
 from .compiler import subroutine
-from .formulas import activate_row, log_loss_row, loss_curvature, loss_row
-from .intrinsics import dot_lanes, flat, fma, like
+from .formulas import activate_row, activate_span, log_loss_row, loss_curvature, loss_row
+from .intrinsics import dot_lanes, flat, fma, like, rows_flat
 from .sharpness import top_eigenvalues
 from .tangent import member_block
 from .tiles import (BACKWARD_GROUP, TILE_ROWS, WAITING_MAX_M, WAITING_SAMPLES, WIDE_MIN_D, WIDE_ROWS, backward_rows,
@@ -143,19 +143,26 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
     act, act_param, scale = spec.activation, spec.activation_param, spec.scale
     risk, correct, margin = 0.0, 0.0, np.inf
     waiting = WAITING_SAMPLES if m <= WAITING_MAX_M else BACKWARD_GROUP
+    # Rows of m entries, none padded (lgd.backends._numba's _own_block): the rows of a tile that fall in
+    # this group are one span of z, phi and phi', and the activation takes them in one call.
+    spans = zt.shape[1] == m and ps.shape[1] == m and qs.shape[1] == m
     tile_start = tile_end = i0  # samples [tile_start, tile_end) have their z rows in zt
     i = i0
     while i < i1:
         count = min(waiting, i1 - i)
-        for g in range(count):
+        g = 0
+        while g < count:
             s = i + g
             if s >= tile_end:  # the rows of the next tile's samples (fewer at the block's end)
                 tile = WIDE_ROWS if d >= WIDE_MIN_D and i1 - s >= WIDE_ROWS else min(TILE_ROWS, i1 - s)
                 forward_rows(X, s, tile, Wt, zt)
                 tile_start, tile_end = s, s + tile
-            p = ps[g]
-            activate_row(act, act_param, zt, s - tile_start, p, qs[g], None, m)
-            outs[0, g] = scale * np.float64(dot_row(a, p, m))
+            span = min(tile_end, i + count) - s if spans else 1
+            activate_span(act, act_param, rows_flat(zt, s - tile_start, span), rows_flat(ps, g, span),
+                          rows_flat(qs, g, span), None, span * m)
+            for h in range(g, g + span):
+                outs[0, h] = scale * np.float64(dot_row(a, rows_flat(ps, h, 1), m))
+            g += span
         sample_outs(spec.loss, spec.loss_param, spec.margin_loss, y, i, count, outs, spec.f32)
         for g in range(count):
             value, coef, yf, u = outs[0, g], outs[1, g], outs[2, g], outs[3, g]
