@@ -101,7 +101,7 @@ def rows_flat(typingctx, array, row, count):
 
 # The register tiles' vectors: 64 bytes (8 float64 / 16 float32 lanes) where the target has AVX-512,
 # else AVX2's 32 (compiler.VECTOR_BYTES). HALF_BYTES is AVX2's width at both: the tiles of the columns a
-# 64-byte tile leaves, and dot_lanes's vectors (its eight partial sums do not depend on the width).
+# 64-byte tile leaves.
 VECTOR_BYTES = _VECTOR_BYTES
 HALF_BYTES = 32
 HALF_TILES = VECTOR_BYTES > HALF_BYTES  # a narrower tile after the full ones: only with 64-byte vectors
@@ -169,17 +169,17 @@ def tiled_arrays(arrays):
 @intrinsic
 def dot_lanes(typingctx, a, p, count):
     """The eight partial sums of dot_row: s_r = sum of a[j] p[j] over j < count with j = r (mod 8), fma
-    after fma in j order, as (s_0, ..., s_7); count a multiple of 8. In vector code (two AVX2 vectors
-    of float64 accumulators, one of float32, whatever the tiles' width: the eight chains are what the
-    result is, and eight float32 sums fill only 32 bytes): LLVM does not vectorise the eight scalar
-    chains."""
+    after fma in j order, as (s_0, ..., s_7); count a multiple of 8. In vector code, one vector of eight
+    lanes whatever the tiles' width (the eight chains are what the result is): 64 bytes of float64,
+    which LLVM splits into two AVX2 vectors where the CPU has no AVX-512, and 32 of float32. LLVM does
+    not vectorise the eight scalar chains."""
     if not (isinstance(a, types.Array) and isinstance(p, types.Array) and a.ndim == p.ndim == 1
             and a.dtype == p.dtype and a.dtype in (types.float32, types.float64)):
         return None
     dtype = a.dtype
 
     def codegen(context, builder, signature, args):
-        vector, lanes, load, store, broadcast, fma_ = vector_ops(context, builder, dtype, HALF_BYTES)
+        vector, lanes, load, store, broadcast, fma_ = vector_ops(context, builder, dtype, 8 * dtype.bitwidth // 8)  # 8 lanes
         a_data = context.make_array(signature.args[0])(context, builder, args[0]).data
         p_data = context.make_array(signature.args[1])(context, builder, args[1]).data
         count = args[2]
