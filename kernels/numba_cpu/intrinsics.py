@@ -179,7 +179,8 @@ def dot_lanes(typingctx, a, p, count):
     dtype = a.dtype
 
     def codegen(context, builder, signature, args):
-        vector, lanes, load, store, broadcast, fma_ = vector_ops(context, builder, dtype, 8 * dtype.bitwidth // 8)  # 8 lanes
+        eight_lanes = dtype.bitwidth  # bytes: 8 lanes of bitwidth / 8 bytes
+        vector, lanes, load, store, broadcast, fma_ = vector_ops(context, builder, dtype, eight_lanes)
         a_data = context.make_array(signature.args[0])(context, builder, args[0]).data
         p_data = context.make_array(signature.args[1])(context, builder, args[1]).data
         count = args[2]

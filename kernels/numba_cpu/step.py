@@ -143,8 +143,9 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
     act, act_param, scale = spec.activation, spec.activation_param, spec.scale
     risk, correct, margin = 0.0, 0.0, np.inf
     waiting = WAITING_SAMPLES if m <= WAITING_MAX_M else BACKWARD_GROUP
-    # Rows of m entries, none padded (lgd.backends._numba's _own_block): the rows of a tile that fall in
-    # this group are one span of z, phi and phi', and the activation takes them in one call.
+    # Where the rows of zt, ps and qs are m entries long, with no gap between them (lgd.backends._numba's
+    # _own_block, up to SPAN_ROW_BYTES a row), the rows of a tile that fall in this group are one span of
+    # z, phi and phi', and the activation takes them in one call; else it takes them row by row.
     spans = zt.shape[1] == m and ps.shape[1] == m and qs.shape[1] == m
     tile_start = tile_end = i0  # samples [tile_start, tile_end) have their z rows in zt
     i = i0

@@ -113,26 +113,26 @@ class Team(NamedTuple):
 class Buffers(NamedTuple):
     """Scratch of one call, shared by the team (built by :func:`lgd.backends._numba.buffers`).
 
-    In the run's dtype: Wt (d, m) and a (m,), the weights being stepped; a_step (m,), the outer weights the step reads;
-    per member (a leading axis of `team`): zs (WIDE_ROWS, m) tile rows, ps and qs (m,) rows of phi and phi', pending_q
-    (WAITING_SAMPLES, m) and pending_rows (WAITING_SAMPLES,) int64 the samples waiting for the gradient, group (per
-    member: phi of the waiting samples (WAITING_SAMPLES, m) in the run's dtype and their losses' outputs (4,
-    WAITING_SAMPLES) float64, step.fused_block), grads (d, m) and grads_a (m,) partial gradients; float64: neurons_part
-    (m,) per member, stats (2 team, 3) per member's training and held-out blocks; grad, grad_a, neuron and total (2, 3)
-    the sums; us (n,) float64 the samples' loss arguments at record steps; tangent, the scratch of the tangent map (HV
-    (k, m, d), HB (k, m), per member Vt, HVt (team, k, d, m) and HB (team, k, m), and eta (1,): the step's stepsize,
-    float64); kept, what the step's pass keeps of each training sample for the tangent map (step.sample_block: P, Q (n,
-    m) in the run's dtype, AQ, AR (n, m) and coef (n, 2) float64, with 0 rows where none are kept, and per member a row
-    of phi'' (team, m) in the run's dtype), None without tangents;
-    curvature, that of the sharpness's Lanczos
-    (sharpness.top_eigenvalues: Q (J + 1, m, d), QA (J + 1, m), one-row HV, HB, Vt, HVt, alpha, beta
-    (J + 1,), ritz (k,), work (2, J + 1), and the curvature of the samples it is measured on: P, Q (rows, m)
-    in the run's dtype, AQ, AR (rows, m) and coef (rows, 2) float64); rows, per member the scratch of a
-    block of samples of the Hessian-vector products (tangent.hessian_part's `block`, each array with a
-    leading axis of members). BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m), and gemm (1,) int64, the
-    address of the ILP64 ?gemm_ the products call (0: scipy's, tiles.blas_forward). The fused loops' zs is
-    None with BLAS, and Z, Z_test, grads_blas and gemm None without: a branch on None is pruned at compile
-    time, so each product mode is a kernel of its own without the other's code.
+    In the run's dtype: Wt (d, m) and a (m,), the weights being stepped; a_step (m,), the outer weights the step
+    reads; per member (a leading axis of `team`): zs (WIDE_ROWS, m) tile rows, ps and qs (m,) rows of phi and phi',
+    pending_q (WAITING_SAMPLES, m) and pending_rows (WAITING_SAMPLES,) int64 the samples waiting for the gradient,
+    group (per member: phi of the waiting samples (WAITING_SAMPLES, m) in the run's dtype and their losses' outputs
+    (4, WAITING_SAMPLES) float64, step.fused_block; the rows of zs, pending_q and group[0] at least these many, and
+    without gaps between them up to lgd.backends._numba.SPAN_ROW_BYTES a row), grads (d, m) and grads_a (m,) partial
+    gradients; float64: neurons_part (m,) per member, stats (2 team, 3) per member's training and held-out blocks;
+    grad, grad_a, neuron and total (2, 3) the sums; us (n,) float64 the samples' loss arguments at record steps;
+    tangent, the scratch of the tangent map (HV (k, m, d), HB (k, m), per member Vt, HVt (team, k, d, m) and HB (team,
+    k, m), and eta (1,): the step's stepsize, float64); kept, what the step's pass keeps of each training sample for
+    the tangent map (step.sample_block: P, Q (n, m) in the run's dtype, AQ, AR (n, m) and coef (n, 2) float64, with 0
+    rows where none are kept, and per member a row of phi'' (team, m) in the run's dtype), None without tangents;
+    curvature, that of the sharpness's Lanczos (sharpness.top_eigenvalues: Q (J + 1, m, d), QA (J + 1, m), one-row HV,
+    HB, Vt, HVt, alpha, beta (J + 1,), ritz (k,), work (2, J + 1), and the curvature of the samples it is measured on:
+    P, Q (rows, m) in the run's dtype, AQ, AR (rows, m) and coef (rows, 2) float64); rows, per member the scratch of a
+    block of samples of the Hessian-vector products (tangent.hessian_part's `block`, each array with a leading axis of
+    members). BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m), and gemm (1,) int64, the address of the ILP64
+    ?gemm_ the products call (0: scipy's, tiles.blas_forward). The fused loops' zs is None with BLAS, and Z, Z_test,
+    grads_blas and gemm None without: a branch on None is pruned at compile time, so each product mode is a kernel of
+    its own without the other's code.
     """
 
     Wt: np.ndarray
