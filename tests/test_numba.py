@@ -482,7 +482,7 @@ def _tiled_and_scalar_products():
 @pytest.mark.parametrize("d", [1, 4, 7, 13, 16], ids=lambda d: f"d{d}")
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 def test_register_tiles_sum_as_the_scalar_loops(dtype, d):
-    """forward_rows and backward_rows (register tiles of four or six samples forward, then the rows and
+    """forward_rows and backward_rows (register tiles of four and WIDE_ROWS samples forward, then the rows and
     columns after them; other counts one by one) give the results of plain fma loops in the same order,
     bit for bit, for sizes below, at and between multiples of a tile, and (with 64-byte vectors) with a
     32-byte half tile after the full ones. At this process's vector width; the other width runs in

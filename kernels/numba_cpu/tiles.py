@@ -34,8 +34,11 @@ TILE_ROWS = 4
 # registers hold 4 rows' 8 accumulators; AVX-512's 32 hold 8 rows' 16, which load each waiting sample's
 # q vectors once for twice the fmas (faster on M in float64, level to faster elsewhere: docs/performance.md).
 GRAD_ROWS = 8 if VECTOR_BYTES == 64 else TILE_ROWS
-WIDE_ROWS = 6
-WIDE_MIN_D = 32
+# Samples of the wider forward tile, and the input dimension from which it is used: six by two vectors
+# from d >= 32 with AVX2 (12 of its 16 registers accumulate); eight from any d with AVX-512 (16 of 32),
+# where it was faster from S's d = 16 on (docs/performance.md).
+WIDE_ROWS = 8 if VECTOR_BYTES == 64 else 6
+WIDE_MIN_D = 1 if VECTOR_BYTES == 64 else 32
 WAITING_SAMPLES = 32
 WAITING_MAX_M = 256
 BACKWARD_GROUP = 8
