@@ -306,21 +306,35 @@ def test_rows_flat_is_a_run_of_rows_without_references():
                                            (tiles.WIDE_MIN_D + 1, "gelu")])
 def test_activation_spans_give_the_row_by_row_results(d, activation, dtype, monkeypatch):
     """The fused step's activation over a tile's rows in one span (rows that follow one another) and row
-    by row (padded rows, SPAN_ROW_BYTES 0) give the same runs bit for bit: by a team of two (blocks of 38
-    and 37 samples, so that tiles of TILE_ROWS or WIDE_ROWS samples straddle the waiting groups and end
-    short), train and held-out data."""
+    by row (padded rows, SPAN_ROW_BYTES 0) give the same runs bit for bit: by a team of the process's threads
+    (two on this project's machines: blocks of 38 and 37 samples, so that tiles of TILE_ROWS or WIDE_ROWS
+    samples straddle the waiting groups and end short), train and held-out data. The buffers are recorded,
+    so that the test fails if both runs took the same path."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_WORK", 1 << 62)
     X, y, X_test, y_test = problem_data("logistic", n=75, d=d, dtype=dtype)
     model = lgd.TwoLayerNet(24, activation=activation, train_outer=True)
 
-    def run():
-        return lgd.gd(X, y, model, "logistic", stepsize=2.0, steps=30, X_test=X_test, y_test=y_test,
-                      compute=fast(backend="numba"))
+    layouts = []  # (team, zt rows of exactly m entries) of every buffers() call: which path each run took
+    buffers = _numba.buffers
 
-    spanned = run()
+    def recording_buffers(kernels, team, m, *args, **kwargs):
+        made = buffers(kernels, team, m, *args, **kwargs)
+        layouts.append((team, made.zs.shape[-1] == m and made.pending_q.shape[-1] == m))
+        return made
+
+    monkeypatch.setattr(_numba, "buffers", recording_buffers)
+
+    def run():
+        layouts.clear()
+        result = lgd.gd(X, y, model, "logistic", stepsize=2.0, steps=30, X_test=X_test, y_test=y_test,
+                        compute=fast(backend="numba"))
+        return result, set(layouts)
+
+    spanned, spanned_layouts = run()
     monkeypatch.setattr(_numba, "SPAN_ROW_BYTES", 0)
-    by_rows = run()
+    by_rows, row_layouts = run()
+    assert {flat for _, flat in spanned_layouts} == {True} and {flat for _, flat in row_layouts} == {False}
     assert spanned.neuron_margins is not None
     for name in ("risk", "test_risk", "margin", "grad_norm", "neuron_margins", "weights"):
         np.testing.assert_array_equal(getattr(spanned, name), getattr(by_rows, name), err_msg=name)
