@@ -90,8 +90,10 @@ DRIVER_FIELDS = ("sharpness",)
 # kernels' `sharpness_last` array, which the runner refreshes before every chunk.
 KERNEL_RULES = ("constant", "warmup", "step_decay", "cosine", "adaptive", "polyak", "normalized",
                 "inverse_sharpness")
-# Values each thread keeps for the block reductions (STATS in lgd.cu).
+# Values each thread keeps for the block reductions (STATS in lgd.cu), and the bytes of shared scratch a
+# block reduction takes (REDUCE_SCRATCH doubles: STATS values of each of at most 32 warps).
 STATS = 5
+REDUCE_SCRATCH_BYTES = 8 * STATS * 32
 # The largest tile of samples a block works on at once (rows of phi and phi' in shared memory).
 TILE_ROWS_MAX = 256
 
@@ -111,9 +113,17 @@ def _aligned(nbytes: int) -> int:
     return -(-nbytes // 16) * 16
 
 
+def neuron_groups(threads: int, m: int) -> int:
+    """Groups of threads that share a neuron's sums over samples (lgd::neuron_groups)."""
+    return threads // m if threads >= m else 1
+
+
 def _fixed_shared(m: int, itemsize: int, threads: int) -> int:
-    """Shared bytes of a block whatever the layout: the reduction scratch, the neuron margins, a, grad_a."""
-    return _aligned(8 * STATS * (threads + 32)) + _aligned(8 * m) + 2 * _aligned(itemsize * m)
+    """Shared bytes of a block whatever the layout: the reduction scratch, the neuron margins, a, grad_a and
+    the thread groups' parts of grad_a and of the margins."""
+    parts = neuron_groups(threads, m) * m
+    return (_aligned(REDUCE_SCRATCH_BYTES) + _aligned(8 * m) + _aligned(8 * parts) + 2 * _aligned(itemsize * m)
+            + _aligned(itemsize * parts))
 
 
 def _tile_shared(rows: int, m: int, itemsize: int) -> int:
