@@ -89,3 +89,40 @@ def test_the_profile_runs_a_chunk_of_each_case(monkeypatch, capsys):
     assert calls == [("lgd-cupy", gpu.workload(name).name, dtype, True, gpu.PROFILE_EVALUATIONS - 1)
                      for name, dtype in gpu.PROFILE_CASES]
     assert capsys.readouterr().out.count("profile run ") == len(gpu.PROFILE_CASES)
+
+
+def test_lgd_cupys_fused_cases_are_compared_with_the_recorded_run(tmp_path):
+    """vs_recorded: lgd-cupy on the fused kernel against an earlier report's same case and launch shape (the
+    'benchmark' section at the default shape, 'launch_shapes' for the others); nothing for the peers or
+    for the products path."""
+    import json
+
+    saved = {"date": "2026-12-04", "benchmark": {"records": [
+                 {"workload": "S", "impl": "lgd-cupy", "dtype": "float64", "steps_per_s": 1e4},
+                 {"workload": "S", "impl": "jax-scan", "dtype": "float64", "steps_per_s": 8e4}]},
+             "launch_shapes": {"records": [
+                 {"workload": "S", "impl": "lgd-cupy", "dtype": "float64", "launch": "256x1", "steps_per_s": 9e3},
+                 {"workload": "M", "impl": "lgd-cupy", "dtype": "float64", "launch": "256x1", "steps_per_s": 600.0},
+                 {"workload": "S", "impl": "lgd-cupy", "dtype": "float64", "launch": "512x1", "steps_per_s": 1.2e4}]}}
+    (tmp_path / "gpu.json").write_text(json.dumps(saved))
+    date, rates = gpu.recorded_rates(tmp_path / "gpu.json")
+    assert date == "2026-12-04"
+    assert rates == {("S", "float64", "default"): 1e4, ("M", "float64", "default"): 600.0,
+                     ("S", "float64", "512x1"): 1.2e4}
+    records = [{"workload": "S", "impl": "lgd-cupy", "dtype": "float64", "path": "fused", "steps_per_s": 3e4,
+                "gflops": 1.0},
+               {"workload": "S", "impl": "lgd-cupy", "dtype": "float64", "launch": "512x1", "path": "fused",
+                "steps_per_s": 3e4, "gflops": 1.0},
+               {"workload": "M", "impl": "lgd-cupy", "dtype": "float64", "path": "products", "steps_per_s": 9e3,
+                "gflops": 1.0},
+               {"workload": "S", "impl": "jax-scan", "dtype": "float64", "steps_per_s": 9e4, "gflops": 1.0}]
+    gpu.ratios(records, {}, {}, rates)
+    assert [r["vs_recorded"] for r in records] == [pytest.approx(3.0), pytest.approx(2.5), None, None]
+    assert gpu.recorded_rates(tmp_path / "missing.json") == (None, {})
+    table = gpu.markdown({"created": "now", "recorded_date": date, "records": records})
+    assert "against the run of 2026-12-04" in table and "| 3 |" in table
+
+
+def test_the_committed_gpu_report_gives_recorded_rates():
+    date, rates = gpu.recorded_rates(Path(__file__).parent.parent / gpu.RECORDED)
+    assert date and {("S", "float64", "default"), ("SWEEP-1024", "float64", "default")} <= set(rates)

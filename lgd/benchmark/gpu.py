@@ -251,11 +251,49 @@ def _run_case(name: str, impl: str, dtype: str, deadline: float) -> dict:
     return record
 
 
-def ratios(records: list, peaks: dict, rooflines: dict) -> None:
-    """Add to each record its ratios to jax-scan on the same case, to the FP peak of its dtype and to the
-    two-product roofline (in place)."""
+# An earlier run of this benchmark on the same kind of device (committed from bench/gpu_check.sh's output):
+# lgd-cupy's fused-kernel cases are also given as ratios to it, so that a run after a change of the kernel
+# shows what the change did (across runs: the default's figures moved up to 15% between two runs there).
+RECORDED = Path("bench/results/gpu-h200.json")
+
+
+def _recorded_key(record: dict) -> tuple | None:
+    """The key of an lgd-cupy record on the fused kernel: (workload, dtype, launch shape or 'default')."""
+    if record.get("impl") != "lgd-cupy" or record.get("path", "fused") != "fused":
+        return None
+    return record["workload"], record["dtype"], record.get("launch") or "default"
+
+
+def recorded_rates(path: Path = RECORDED) -> tuple[str | None, dict]:
+    """(the date of the earlier run, its lgd-cupy fused-kernel steps/s by _recorded_key) from a committed
+    report: its 'benchmark' section (the default launch shape) and 'launch_shapes' (the others; their
+    default-shape rows count as the default's too when the first section lacks the case). (None, {})
+    where there is no such file."""
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None, {}
+    rates = {}
+    for section in ("launch_shapes", "benchmark"):  # the first section's figures win
+        part = saved.get(section) or {}
+        default = (part.get("records") or [{}])[0].get("launch") if section == "launch_shapes" else None
+        for record in part.get("records") or []:
+            key = _recorded_key(record)
+            if key is not None:
+                launch = "default" if key[2] == default else key[2]
+                rates[(key[0], key[1], launch)] = record["steps_per_s"]
+    return saved.get("date") or (saved.get("benchmark") or {}).get("created"), rates
+
+
+def ratios(records: list, peaks: dict, rooflines: dict, recorded: dict | None = None) -> None:
+    """Add to each record its ratios to jax-scan on the same case, to the FP peak of its dtype, to the
+    two-product roofline and (lgd-cupy's fused kernel) to the `recorded` steps/s of the same case, by
+    _recorded_key (in place)."""
     by_case = {(r["workload"], r["impl"], r["dtype"]): r for r in records}
     for record in records:
+        key = _recorded_key(record)
+        before = (recorded or {}).get(key) if key else None
+        record["vs_recorded"] = record["steps_per_s"] / before if before else None
         jax = by_case.get((record["workload"], "jax-scan", record["dtype"]))
         record["vs_jax_scan"] = record["steps_per_s"] / jax["steps_per_s"] if jax else None
         peak = peaks.get(f"fma_{record['dtype']}_tflops")
@@ -265,7 +303,7 @@ def ratios(records: list, peaks: dict, rooflines: dict) -> None:
 
 
 COLUMNS = ("workload", "dtype", "impl", "launch", "path", "steps_per_s", "gflops", "vs_jax_scan",
-           "fraction_of_fma_peak", "vs_product_roofline", "first_call_s", "check_rel_error")
+           "fraction_of_fma_peak", "vs_product_roofline", "vs_recorded", "first_call_s", "check_rel_error")
 
 
 def _cell(value) -> str:
@@ -284,6 +322,9 @@ def markdown(report: dict) -> str:
     if peaks:
         lines += ["Measured peaks (TFLOP/s): " + ", ".join(f"{key} {value:.3g}" for key, value in peaks.items()
                                                            if key.endswith("tflops")), ""]
+    if report.get("recorded_date"):
+        lines += [f"vs_recorded: lgd-cupy's fused kernel against the run of {report['recorded_date']} "
+                  f"({RECORDED}), same case and launch shape.", ""]
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for record in report.get("records", []):
         lines.append("| " + " | ".join(_cell(record.get(column)) for column in COLUMNS) + " |")
@@ -306,8 +347,9 @@ def benchmark(args) -> dict:
     deadline = time.perf_counter() + args.seconds
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    recorded_date, recorded = recorded_rates()
     report = {"format": FORMAT, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "device": None, "peaks": None,
-              "rooflines": [], "records": [], "failed": [], "skipped": []}
+              "recorded_date": recorded_date, "rooflines": [], "records": [], "failed": [], "skipped": []}
 
     def save():
         (out / "gpu.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -339,7 +381,7 @@ def benchmark(args) -> dict:
             message = f"{case}: {type(exc).__name__}: {exc}"
             print(message + "\n" + traceback.format_exc(limit=3), flush=True)
             (report["skipped"] if type(exc).__name__ == "Unavailable" else report["failed"]).append(message)
-        ratios(report["records"], report["peaks"] or {}, rooflines)
+        ratios(report["records"], report["peaks"] or {}, rooflines, recorded)
         save()
     return report
 
