@@ -42,27 +42,27 @@ def _aligned(nbytes: int) -> int:
     return -(-nbytes // 16) * 16
 
 
-def rows_shared(m: int, itemsize: int, rows: int) -> int:
+def rows_shared(m: int, itemsize: int, threads: int, rows: int) -> int:
     """Bytes of dynamic shared memory lgd_rows takes (lgd::rows_shared_bytes): the reduction scratch, the
     rows' coefficients and their phi."""
-    return _aligned(cuda_run.REDUCE_SCRATCH_BYTES) + _aligned(itemsize * rows) + _aligned(itemsize * rows * m)
+    return _aligned(cuda_run.reduce_scratch_bytes(threads)) + _aligned(itemsize * rows) + _aligned(itemsize * rows * m)
 
 
-def rows_per_block(n: int, m: int, itemsize: int) -> int:
+def rows_per_block(n: int, m: int, itemsize: int, threads: int) -> int:
     """The sample rows of a block of lgd_rows: as many as fit ROWS_SHARED, at most ROWS_MAX and n. Raises
     ValueError when not one row of width m fits."""
     rows = max(1, min(n, ROWS_MAX))
-    while rows > 1 and rows_shared(m, itemsize, rows) > ROWS_SHARED:
+    while rows > 1 and rows_shared(m, itemsize, threads, rows) > ROWS_SHARED:
         rows -= 1
-    if rows_shared(m, itemsize, rows) > ROWS_SHARED:
-        raise ValueError(f"a network of width {m} needs {rows_shared(m, itemsize, 1)} bytes of shared "
+    if rows_shared(m, itemsize, threads, rows) > ROWS_SHARED:
+        raise ValueError(f"a network of width {m} needs {rows_shared(m, itemsize, threads, 1)} bytes of shared "
                          f"memory per sample in the products path; a block has {ROWS_SHARED}")
     return rows
 
 
-def memory_bytes(n: int, n_test: int, configs: int, m: int, d: int, itemsize: int) -> int:
+def memory_bytes(n: int, n_test: int, configs: int, m: int, d: int, itemsize: int, threads: int) -> int:
     """Device bytes of the products path's buffers for a batch (Z, Z_test, grad_W and the partial sums)."""
-    rows = rows_per_block(n, m, itemsize)
+    rows = rows_per_block(n, m, itemsize, threads)
     blocks = -(-n // rows)
     per_config = ((n + n_test) * m + m * d + 2 * m) * itemsize + blocks * (m * (itemsize + 8) + 40)
     return configs * per_config
@@ -90,12 +90,12 @@ def choose(requested: str, n: int, d: int, m: int, itemsize: int, threads: int, 
         if unsupported:
             raise ValueError(f"the CUDA products path records no {' or '.join(unsupported)}: run them on the "
                              f"fused kernel (LGD_CUDA_PATH=fused or auto)")
-        rows_per_block(n, m, itemsize)
+        rows_per_block(n, m, itemsize, threads)
         return "products"
     if requested == "fused" or unsupported:
         return "fused"
     try:
-        needed = memory_bytes(n, n_test, configs, m, d, itemsize)
+        needed = memory_bytes(n, n_test, configs, m, d, itemsize, threads)
     except ValueError:
         return "fused"
     x_shared = cuda_run.layout(n, d, m, itemsize, threads, shared_budget).x_shared
@@ -132,7 +132,7 @@ class ProductRun:
         n = X.shape[0]
         self.n_test = 0 if X_test is None else int(X_test.shape[0])
         itemsize, threads = self.dtype.itemsize, engine.threads
-        self.rows = rows_per_block(max(n, self.n_test), m, itemsize)
+        self.rows = rows_per_block(max(n, self.n_test), m, itemsize, threads)
         self.blocks = -(-n // self.rows)
         self.test_blocks = -(-self.n_test // self.rows)
         self.norm_per_block = threads * NORM_ENTRIES_PER_THREAD
@@ -182,8 +182,8 @@ class ProductRun:
         products, the held-out pass when `held_out`, the norms, the end of the step and the update."""
         xp, C, m, d = self.engine.xp, self.W.shape[0], self.W.shape[1], self.W.shape[2]
         n, threads, itemsize = self.X.shape[0], self.engine.threads, self.dtype.itemsize
-        rows_bytes = rows_shared(m, itemsize, self.rows)
-        scratch_bytes = _aligned(cuda_run.REDUCE_SCRATCH_BYTES)
+        rows_bytes = rows_shared(m, itemsize, threads, self.rows)
+        scratch_bytes = _aligned(cuda_run.reduce_scratch_bytes(threads))
         rows = dict(settings["rows"], y=self.y, a=self.a, diverged=self.diverged, clock=self.clock, fault=self.fault,
                     partial_a=self.partial_a, partial_neuron=self.partial_neuron, m=m, configs=C,
                     rows_per_block=self.rows)

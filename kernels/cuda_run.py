@@ -90,10 +90,14 @@ DRIVER_FIELDS = ("sharpness",)
 # kernels' `sharpness_last` array, which the runner refreshes before every chunk.
 KERNEL_RULES = ("constant", "warmup", "step_decay", "cosine", "adaptive", "polyak", "normalized",
                 "inverse_sharpness")
-# Values each thread keeps for the block reductions (STATS in lgd.cu), and the bytes of shared scratch a
-# block reduction takes (REDUCE_SCRATCH doubles: STATS values of each of at most 32 warps).
+# Values each thread keeps for the block reductions (STATS in lgd.cu).
 STATS = 5
-REDUCE_SCRATCH_BYTES = 8 * STATS * 32
+
+
+def reduce_scratch_bytes(threads: int) -> int:
+    """Bytes of shared scratch a block reduction takes for a block of `threads` threads
+    (lgd::reduce_scratch doubles)."""
+    return 8 * STATS * (threads + 32)
 # The largest tile of samples a block works on at once (rows of phi and phi' in shared memory).
 TILE_ROWS_MAX = 256
 
@@ -122,7 +126,7 @@ def _fixed_shared(m: int, itemsize: int, threads: int) -> int:
     """Shared bytes of a block whatever the layout: the reduction scratch, the neuron margins, a, grad_a and
     the thread groups' parts of grad_a and of the margins."""
     parts = neuron_groups(threads, m) * m
-    return (_aligned(REDUCE_SCRATCH_BYTES) + _aligned(8 * m) + _aligned(8 * parts) + 2 * _aligned(itemsize * m)
+    return (_aligned(reduce_scratch_bytes(threads)) + _aligned(8 * m) + _aligned(8 * parts) + 2 * _aligned(itemsize * m)
             + _aligned(itemsize * parts))
 
 

@@ -238,21 +238,22 @@ def test_the_first_record_step_is_lgd_backends_rule():
                 assert cuda_products._record_steps_between(t, stop, steps, every) == want, (t, stop, steps, every)
 
 
-@pytest.mark.parametrize("m, itemsize", [(21, 8), (64, 8), (256, 8), (256, 4), (3000, 8)])
-def test_the_rows_shared_memory_is_the_kernels(m, itemsize):
+@pytest.mark.parametrize("m, itemsize, threads", [(21, 8, 32), (64, 8, 256), (256, 8, 256), (256, 4, 256),
+                                                  (3000, 8, 256)])
+def test_the_rows_shared_memory_is_the_kernels(m, itemsize, threads):
     from lgd.kernels import cuda_host
 
     kernel = cuda_host.library().lgd_rows_shared_bytes
     kernel.restype = ctypes.c_size_t
-    rows = cuda_products.rows_per_block(2000, m, itemsize)
+    rows = cuda_products.rows_per_block(2000, m, itemsize, threads)
     assert 1 <= rows <= cuda_products.ROWS_MAX
-    assert cuda_products.rows_shared(m, itemsize, rows) == kernel(m, itemsize, rows)
-    assert kernel(m, itemsize, rows) <= cuda_products.ROWS_SHARED
+    assert cuda_products.rows_shared(m, itemsize, threads, rows) == kernel(m, itemsize, threads, rows)
+    assert kernel(m, itemsize, threads, rows) <= cuda_products.ROWS_SHARED
 
 
 def test_a_width_beyond_a_block_is_refused_with_its_numbers():
     with pytest.raises(ValueError, match=r"width 8000 needs \d+ bytes of shared memory per sample"):
-        cuda_products.rows_per_block(10, 8000, 8)
+        cuda_products.rows_per_block(10, 8000, 8, 256)
 
 
 def test_auto_takes_the_products_path_where_x_leaves_shared_memory(monkeypatch):

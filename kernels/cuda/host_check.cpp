@@ -149,8 +149,8 @@ void products_sweep() {
                 out[i * width + col] = sum;
             }
     };
-    const size_t rows_shared = lgd::rows_shared_bytes(m, sizeof(T), rows);
-    const size_t scratch = lgd::align16(sizeof(double) * lgd::REDUCE_SCRATCH);
+    const size_t rows_shared = lgd::rows_shared_bytes(m, sizeof(T), threads, rows);
+    const size_t scratch = lgd::align16(sizeof(double) * lgd::reduce_scratch(threads));
     auto rows_pass = [&](std::vector<T>& z, const std::vector<T>& labels, std::vector<double>& out, int count,
                          int count_blocks, int held_out) {
         Entries<T>::rows(configs * count_blocks, threads, rows_shared, z.data(), labels.data(), a.data(),

@@ -19,14 +19,11 @@
 // the largest tile that fits. What does not fit lives in `workspace` (2 d m entries per configuration).
 // The weights are transposed to (d, m) for the chunk: consecutive threads own consecutive neurons j.
 //
-// Work of a thread (T = blockDim.x, any multiple of 32), per tile: register tiles of the two products (a
-// warp's lanes own neurons, see ROWS and K_ROWS; a thread owns the same entries of grad_W^T for the whole
-// step); rows r = tid, tid + T, ... (each sample's output and loss); a neuron j and every
-// neuron_groups-th row (G = phi' times the rows' coefficients, and the parts of grad_a and of the neuron
-// margins, added in group order once a step); entries e = tid, tid + T, ... of W^T (norms, update). Block
-// reductions are butterflies of shuffles within warps, then the warps in order. Every sum is in a fixed
-// order that depends only on (n, d, m, T, tile_rows), never on the number of configurations: a sweep gives
-// each configuration's single run exactly.
+// Work of a thread (T = blockDim.x, any multiple of 32): entries e = tid, tid + T, ... of the tile's
+// rows x neurons (forward), of W^T (backward and update: a thread owns the same entries of W^T and
+// grad_W^T for the whole chunk), rows r = tid, tid + T, ... of a tile (loss), neurons j = tid, ... (grad_a,
+// neuron margins). Reductions are in a fixed order that depends only on (n, d, m, T, tile_rows), never
+// on the number of configurations: a sweep gives each configuration's single run exactly.
 //
 // float32 runs compute phi, the products and the gradient in float32; per-sample losses, the risk and the
 // margins in float64, rounded to float32 where the numpy oracle rounds (narrow), as the numba kernels do.
@@ -115,30 +112,34 @@ __host__ __device__ inline void record_scalars(double* at, long long field, doub
 
 __host__ __device__ __forceinline__ size_t align16(size_t bytes) { return (bytes + 15) & ~size_t(15); }
 
-// Doubles of shared scratch block_reduce takes: STATS values of each of at most 32 warps.
-constexpr int REDUCE_SCRATCH = STATS * 32;
+// Doubles of shared scratch block_reduce takes for a block of `threads` threads.
+__host__ __device__ inline int reduce_scratch(int threads) { return STATS * (threads + 32); }
 
-// Sums (or, where is_min[q], minima) of STATS values over the block, in a fixed order: a butterfly of
-// shuffles within each warp (every lane ends with the same value: IEEE addition and fmin commute), then
-// every thread adds the warps in warp order. `scratch` holds REDUCE_SCRATCH doubles. Every thread gets the
-// results; the scratch is free again on return.
+// Sums (or, where is_min[q], minima) of STATS values over the block, in a fixed order: each warp's lane 0
+// adds its 32 lanes in lane order, then every thread adds the warps in warp order (warp shuffles would
+// shorten lane 0's chain, but in the host build, where a shuffle is two barriers of 32 threads, they made
+// the CUDA tests 3x slower). `scratch` holds reduce_scratch(blockDim.x) doubles. Every thread gets the results; the scratch is free again on return.
 __device__ void block_reduce(double (&value)[STATS], const bool (&is_min)[STATS], double* scratch) {
-    const int tid = threadIdx.x, warps = blockDim.x / 32;
-#pragma unroll
-    for (int q = 0; q < STATS; ++q) {
-        double v = value[q];
-#pragma unroll
-        for (int width = 16; width >= 1; width /= 2) {
-            const double other = __shfl_xor_sync(0xffffffffu, v, width);
-            v = is_min[q] ? fmin(v, other) : v + other;
+    const int tid = threadIdx.x, threads = blockDim.x, warps = threads / 32;
+    double* per_thread = scratch;
+    double* per_warp = scratch + STATS * threads;
+    for (int q = 0; q < STATS; ++q) per_thread[q * threads + tid] = value[q];
+    __syncthreads();
+    if (tid % 32 == 0) {
+        for (int q = 0; q < STATS; ++q) {
+            double total = per_thread[q * threads + tid];
+            for (int lane = 1; lane < 32; ++lane) {
+                const double v = per_thread[q * threads + tid + lane];
+                total = is_min[q] ? fmin(total, v) : total + v;
+            }
+            per_warp[q * 32 + tid / 32] = total;
         }
-        if (tid % 32 == 0) scratch[q * 32 + tid / 32] = v;
     }
     __syncthreads();
     for (int q = 0; q < STATS; ++q) {
-        double total = scratch[q * 32];
+        double total = per_warp[q * 32];
         for (int w = 1; w < warps; ++w) {
-            const double v = scratch[q * 32 + w];
+            const double v = per_warp[q * 32 + w];
             total = is_min[q] ? fmin(total, v) : total + v;
         }
         value[q] = total;
@@ -286,15 +287,9 @@ struct Sample {
 template <typename T>
 __device__ Sample sample(const Tile<T>& tile, int r, int m, const T* a, T yi_t, int loss, double loss_param,
                          double scale, double inv_n, bool f32, int* fault) {
-    // Four partial sums (neurons j mod 4), then added in order: a chain of m / 4 dependent fma, not m.
     const T* p = tile.phi + r * (m + 1);
-    T part[4] = {T(0), T(0), T(0), T(0)};
-    int j = 0;
-    for (; j + 4 <= m; j += 4)
-#pragma unroll
-        for (int q = 0; q < 4; ++q) part[q] += a[j + q] * p[j + q];
-    for (; j < m; ++j) part[j & 3] += a[j] * p[j];
-    const T sum = (part[0] + part[1]) + (part[2] + part[3]);
+    T sum = T(0);
+    for (int j = 0; j < m; ++j) sum += a[j] * p[j];
     const double f = scale * (double)sum, yi = (double)yi_t;
     const bool margin_loss = is_margin_loss(loss);
     Sample out;
@@ -325,7 +320,7 @@ template <typename T> struct Block {
 
 // log L of W_t where the risk has underflowed: max_i l_i + log sum_i e^(l_i - max) - log n of the samples'
 // log-losses l_i (two passes over the samples, the order of the reductions fixed), as lgd.models.log_mean.
-template <typename T> __device__ __noinline__ double log_risk_from_samples(const Block<T>& b, int n) {
+template <typename T> __device__ double log_risk_from_samples(const Block<T>& b, int n) {
     const bool is_min[STATS] = {true, false, false, false, false}, is_sum[STATS] = {false, false, false, false, false};
     double top[STATS] = {infinity(0.0), 0.0, 0.0, 0.0, 0.0};  // min of -l
     double total[STATS] = {0.0, 0.0, 0.0, 0.0, 0.0};
@@ -364,7 +359,7 @@ template <typename T> __device__ __noinline__ double log_risk_from_samples(const
 // V (k, m, d) and Va (k, m) are float64 and updated in place; Vt, HVt (d x m), vb, Hb (m) are the run's
 // dtype (the product is in it, as the oracle's); `rows` holds 3 float64 per row of a tile.
 template <typename T>
-__device__ __noinline__ void propagate(const Block<T>& b, int n, bool train_outer, double eta, int tangents, double* V,
+__device__ void propagate(const Block<T>& b, int n, bool train_outer, double eta, int tangents, double* V,
                           double* Va, double* growth, T* Vt, T* HVt, T* vb, T* Hb, double* rows) {
     const int tid = threadIdx.x, threads = blockDim.x, d = b.d, m = b.m, dm = d * m, stride = m + 1;
     const T s = (T)b.scale;
@@ -474,7 +469,7 @@ __device__ __noinline__ void propagate(const Block<T>& b, int n, bool train_oute
 __host__ __device__ inline size_t shared_bytes(int n, int d, int m, int itemsize, int threads, int tile_rows,
                                                int x_shared, int w_shared, int g_shared) {
     const size_t parts = (size_t)neuron_groups(threads, m) * m;
-    size_t total = align16(sizeof(double) * REDUCE_SCRATCH) + align16(sizeof(double) * m) +
+    size_t total = align16(sizeof(double) * reduce_scratch(threads)) + align16(sizeof(double) * m) +
                    align16(sizeof(double) * parts) + 2 * align16((size_t)itemsize * m) +
                    align16((size_t)itemsize * parts) + 2 * align16((size_t)itemsize * tile_rows * (m + 1)) +
                    align16((size_t)itemsize * tile_rows);
@@ -513,7 +508,7 @@ __device__ void run_chunk(const T* X, const T* y, const T* X_test, const T* y_te
         return at;
     };
     const int groups = neuron_groups(threads, m);
-    double* scratch = (double*)take(sizeof(double) * REDUCE_SCRATCH);
+    double* scratch = (double*)take(sizeof(double) * reduce_scratch(threads));
     double* neuron = (double*)take(sizeof(double) * m);
     double* parts_neuron = (double*)take(sizeof(double) * groups * m);
     T* as = (T*)take(sizeof(T) * m);
@@ -773,8 +768,8 @@ extern "C" size_t lgd_shared_bytes(int n, int d, int m, int itemsize, int thread
                                    int w_shared, int g_shared) {
     return lgd::shared_bytes(n, d, m, itemsize, threads, tile_rows, x_shared, w_shared, g_shared);
 }
-extern "C" size_t lgd_rows_shared_bytes(int m, int itemsize, int rows_per_block) {
-    return lgd::rows_shared_bytes(m, itemsize, rows_per_block);
+extern "C" size_t lgd_rows_shared_bytes(int m, int itemsize, int threads, int rows_per_block) {
+    return lgd::rows_shared_bytes(m, itemsize, threads, rows_per_block);
 }
 #endif
 

@@ -25,10 +25,10 @@ namespace lgd {
 // Per (configuration, block of rows): the partial sums lgd_rows leaves for lgd_finalize.
 constexpr int PART_RISK = 0, PART_CORRECT = 1, PART_MARGIN = 2, PART_LOG_TOP = 3, PART_LOG_SUM = 4, PARTS = 5;
 
-// Bytes of dynamic shared memory lgd_rows takes for R = rows_per_block (the glue's cuda_products.rows_shared
-// computes the same).
-__host__ __device__ inline size_t rows_shared_bytes(int m, int itemsize, int rows_per_block) {
-    return align16(sizeof(double) * REDUCE_SCRATCH) + align16((size_t)itemsize * rows_per_block) +
+// Bytes of dynamic shared memory lgd_rows takes for blocks of `threads` threads and R = rows_per_block
+// (the glue's cuda_products.rows_layout computes the same).
+__host__ __device__ inline size_t rows_shared_bytes(int m, int itemsize, int threads, int rows_per_block) {
+    return align16(sizeof(double) * reduce_scratch(threads)) + align16((size_t)itemsize * rows_per_block) +
            align16((size_t)itemsize * rows_per_block * m);
 }
 
@@ -53,7 +53,7 @@ __device__ void rows_block(T* Z, const T* y, const T* a, const long long* diverg
 
     unsigned char* shared = LGD_DYNAMIC_SHARED();
     double* scratch = (double*)shared;
-    T* cs = (T*)(shared + align16(sizeof(double) * REDUCE_SCRATCH));
+    T* cs = (T*)(shared + align16(sizeof(double) * reduce_scratch(threads)));
     T* phi = (T*)((unsigned char*)cs + align16(sizeof(T) * rows_per_block));
 
     // A warp per row: its lanes take the neurons j = lane, lane + 32, ...; f by a butterfly of shuffles
