@@ -92,14 +92,14 @@ KERNEL_RULES = ("constant", "warmup", "step_decay", "cosine", "adaptive", "polya
                 "inverse_sharpness")
 # Values each thread keeps for the block reductions (STATS in lgd.cu).
 STATS = 5
+# The largest tile of samples a block works on at once (rows of phi and phi' in shared memory).
+TILE_ROWS_MAX = 256
 
 
 def reduce_scratch_bytes(threads: int) -> int:
     """Bytes of shared scratch a block reduction takes for a block of `threads` threads
     (lgd::reduce_scratch doubles)."""
     return 8 * STATS * (threads + 32)
-# The largest tile of samples a block works on at once (rows of phi and phi' in shared memory).
-TILE_ROWS_MAX = 256
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,8 @@ __host__ __device__ inline int reduce_scratch(int threads) { return STATS * (thr
 // Sums (or, where is_min[q], minima) of STATS values over the block, in a fixed order: each warp's lane 0
 // adds its 32 lanes in lane order, then every thread adds the warps in warp order (warp shuffles would
 // shorten lane 0's chain, but in the host build, where a shuffle is two barriers of 32 threads, they made
-// the CUDA tests 3x slower). `scratch` holds reduce_scratch(blockDim.x) doubles. Every thread gets the results; the scratch is free again on return.
+// the CUDA tests 3x slower). `scratch` holds reduce_scratch(blockDim.x) doubles. Every thread gets the
+// results; the scratch is free again on return.
 __device__ void block_reduce(double (&value)[STATS], const bool (&is_min)[STATS], double* scratch) {
     const int tid = threadIdx.x, threads = blockDim.x, warps = threads / 32;
     double* per_thread = scratch;
