@@ -91,6 +91,33 @@ def test_every_layout_matches_the_oracle(threads, budget, dtype):
     assert_traces_close(expected, actual, rtol=rtol, atol=rtol * 1e-3, upto=upto)
 
 
+@pytest.mark.parametrize("threads, width", [(32, 45), (64, 21), (64, 64)],
+                         ids=["wider_than_the_block", "three_threads_a_neuron", "one_thread_a_neuron"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_per_neuron_sums_match_the_oracle(threads, width, dtype):
+    """grad_a and the neuron margins, summed by groups of threads that share a neuron (lgd::neuron_groups:
+    several threads a neuron, one, or several neurons a thread), over tiles of a few rows."""
+    from lgd.kernels import cuda_run
+
+    dtype = np.dtype(dtype).type
+    model = lgd.TwoLayerNet(width, activation="softplus", scaling="ntk", outer="random", train_outer=True)
+    problem = make_problem(model, "logistic", dtype, n=37)
+    itemsize = np.dtype(dtype).itemsize
+    budget = cuda_run.minimum_shared(width, itemsize, threads, 8)
+    assert cuda_run.layout(37, 5, width, itemsize, threads, budget).tile_rows < 37  # several tiles a step
+    expected = run_backend(ORACLE, model, problem, [0.5, 2.0], steps=12, every=4)
+    engine = _Engine(threads, budget)
+
+    def fused(runner):  # X in global memory: 'auto' would take the products path
+        engine(runner)
+        runner.requested_path = "fused"
+
+    actual = run_backend(HOST_CUDA, model, problem, [0.5, 2.0], steps=12, every=4, chunk=5, prepare=fused)
+    assert np.isfinite(actual[1].neuron_margins).all()
+    rtol = TOLERANCE[np.dtype(dtype).name] * (1 if dtype == np.float64 else 20)
+    assert_traces_close(expected, actual, rtol=rtol, atol=rtol * 1e-3)
+
+
 @pytest.mark.parametrize("kind", ["activation", "loss"])
 def test_the_kernel_flags_a_code_without_a_case_and_writes_nan(kind, monkeypatch):
     """As if lgd.cu lacked a case: the fault flag names the code, and the NaN risk stops every config."""

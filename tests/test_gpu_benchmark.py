@@ -93,8 +93,8 @@ def test_the_profile_runs_a_chunk_of_each_case(monkeypatch, capsys):
 
 def test_lgd_cupys_fused_cases_are_compared_with_the_recorded_run(tmp_path):
     """vs_recorded: lgd-cupy on the fused kernel against an earlier report's same case and launch shape (the
-    'benchmark' section at the default shape, 'launch_shapes' for the others); nothing for the peers or
-    for the products path."""
+    'benchmark' section at the default shape, 'launch_shapes' under the shapes they name); nothing for the
+    peers or for the products path."""
     import json
 
     saved = {"date": "2026-12-04", "benchmark": {"records": [
@@ -107,8 +107,8 @@ def test_lgd_cupys_fused_cases_are_compared_with_the_recorded_run(tmp_path):
     (tmp_path / "gpu.json").write_text(json.dumps(saved))
     date, rates = gpu.recorded_rates(tmp_path / "gpu.json")
     assert date == "2026-12-04"
-    assert rates == {("S", "float64", "default"): 1e4, ("M", "float64", "default"): 600.0,
-                     ("S", "float64", "512x1"): 1.2e4}
+    assert rates == {("S", "float64", "default"): 1e4, ("S", "float64", "256x1"): 9e3,
+                     ("M", "float64", "256x1"): 600.0, ("S", "float64", "512x1"): 1.2e4}
     records = [{"workload": "S", "impl": "lgd-cupy", "dtype": "float64", "path": "fused", "steps_per_s": 3e4,
                 "gflops": 1.0},
                {"workload": "S", "impl": "lgd-cupy", "dtype": "float64", "launch": "512x1", "path": "fused",

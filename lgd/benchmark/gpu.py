@@ -266,22 +266,18 @@ def _recorded_key(record: dict) -> tuple | None:
 
 def recorded_rates(path: Path = RECORDED) -> tuple[str | None, dict]:
     """(the date of the earlier run, its lgd-cupy fused-kernel steps/s by _recorded_key) from a committed
-    report: its 'benchmark' section (the default launch shape) and 'launch_shapes' (the others; their
-    default-shape rows count as the default's too when the first section lacks the case). (None, {})
-    where there is no such file."""
+    report: its 'benchmark' section (the default launch shape) and its 'launch_shapes' section (each
+    record under the shape it names). (None, {}) where there is no such file."""
     try:
         saved = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None, {}
     rates = {}
-    for section in ("launch_shapes", "benchmark"):  # the first section's figures win
-        part = saved.get(section) or {}
-        default = (part.get("records") or [{}])[0].get("launch") if section == "launch_shapes" else None
-        for record in part.get("records") or []:
+    for section in ("benchmark", "launch_shapes"):
+        for record in (saved.get(section) or {}).get("records") or []:
             key = _recorded_key(record)
             if key is not None:
-                launch = "default" if key[2] == default else key[2]
-                rates[(key[0], key[1], launch)] = record["steps_per_s"]
+                rates[key] = record["steps_per_s"]
     return saved.get("date") or (saved.get("benchmark") or {}).get("created"), rates
 
 
