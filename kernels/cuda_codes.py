@@ -1,9 +1,9 @@
 """The codes the CUDA kernels share with the catalogs, and the generator of cuda/codes.cuh.
 
 :func:`header` writes the activation codes of :mod:`lgd.activations`, the loss codes and the margin
-rule of :mod:`lgd.losses`, the stepsize rules of :mod:`lgd.stepsize` and the bits of the kernels' fault
-flag (:data:`FAULTS`) as the CUDA header
-that cuda/lgd.cu includes; :func:`codes` reads a header's table back. The header is committed:
+rule of :mod:`lgd.losses`, the stepsize rules of :mod:`lgd.stepsize`, the bits of the kernels' fault
+flag (:data:`FAULTS`) and the float64 exp's and log1p's constants of :mod:`lgd.kernels.polynomials`
+(:data:`CONSTANTS`, shared with the numba kernels) as the CUDA header that cuda/lgd.cu includes; :func:`codes` reads a header's table back. The header is committed:
 after changing a catalog, ``python -m lgd.kernels.cuda_codes`` rewrites it (a CPU test checks that
 it is current). No cupy here, so that the header is generated and checked on any machine.
 """
@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from lgd import activations, losses, stepsize
+from lgd.kernels import polynomials
 
 HEADER = Path(__file__).with_name("cuda") / "codes.cuh"
 CATALOGS = {"activation": activations, "loss": losses}
@@ -24,11 +25,17 @@ RULES = {name.lower(): value for name, value in vars(stepsize).items()
 # Bits of the kernels' fault flag, by the kind of code a kernel met and has no formula for (it
 # writes NaN there): the glue raises on any bit set.
 FAULTS = {"activation": 1, "loss": 2}
+# The constants of cuda/formulas.cuh's float64 exp and log1p, by their name in the header.
+CONSTANTS = {"EXP_INV_LN2": polynomials.INV_LN2, "EXP_LN2_HI": polynomials.LN2_HI, "EXP_LN2_LO": polynomials.LN2_LO,
+             "EXP_SHIFTER": polynomials.SHIFTER,
+             **{f"EXP_P{i + 1}": c for i, c in enumerate(polynomials.EXP_P)},
+             **{f"LOG1P_G{i}": c for i, c in enumerate(polynomials.LOG1P_G)}}
 
 TEMPLATE = """\
-// Codes of the activations and losses, the margin rule and the fault bits of the CUDA kernels.
-// Generated from lgd/activations.py and lgd/losses.py by lgd.kernels.cuda_codes: do not edit;
-// after changing a catalog, run `python -m lgd.kernels.cuda_codes` to rewrite it.
+// Codes of the activations and losses, the margin rule, the fault bits and exp's and log1p's constants of the
+// CUDA kernels. Generated from lgd/activations.py, lgd/losses.py, lgd/stepsize.py and lgd/kernels/polynomials.py
+// by lgd.kernels.cuda_codes: do not edit; after changing one of them, run `python -m lgd.kernels.cuda_codes`
+// to rewrite it.
 #pragma once
 
 namespace lgd {{
@@ -44,6 +51,11 @@ namespace lgd {{
 
 // A kernel that meets a code it has no formula for sets its bit in the fault flag and writes NaN.
 {faults}
+
+// lgd.kernels.polynomials: the float64 exp's and log1p's constants (formulas.cuh; numba_cpu/exp_log1p.py
+// evaluates the same ones and says how they were fitted).
+{constants}
+constexpr long long EXP_SHIFTER_BITS = {shifter_bits:#x}LL;
 
 // lgd.losses.MARGIN_CODES: these losses take the margin u = y f, the others the residual r = f - y.
 __host__ __device__ constexpr bool is_margin_loss(int code) {{
@@ -74,7 +86,9 @@ def header() -> str:
     faults = "\n".join(f"constexpr int FAULT_UNKNOWN_{kind.upper()} = {bit};" for kind, bit in FAULTS.items())
     margin_cases = "\n".join(f"    case {constant('loss', name)}:" for name, code in losses.CODES.items()
                              if code in losses.MARGIN_CODES)
-    return TEMPLATE.format(**tables, faults=faults, margin_cases=margin_cases)
+    constants = "\n".join(f"constexpr double {name} = {float(value)!r};" for name, value in CONSTANTS.items())
+    return TEMPLATE.format(**tables, faults=faults, margin_cases=margin_cases, constants=constants,
+                           shifter_bits=polynomials.SHIFTER_BITS)
 
 
 def codes(text: str | None = None) -> dict[str, dict[str, int]]:

@@ -248,3 +248,69 @@ def test_the_kernels_stepsize_rules_are_lgd_stepsize():
                         want = stepsize.stepsize_at(code, *params, t, 50, risk, log_risk, grad_sq, sharpness)
                         got = lib.lgd_stepsize_at(code, *params, t, 50, risk, log_risk, grad_sq, sharpness)
                         assert got == pytest.approx(want, rel=1e-15), (name, params, t, risk, grad_sq, sharpness)
+
+
+def _formulas(activation, loss, x):
+    """formulas.cuh over x by the host build (lgd_formulas_f64 / _f32): phi, phi', phi'', the loss's value,
+    slope and second derivative, exp_of; and the fault flag."""
+    lib = _host().library()
+    suffix = "f64" if x.dtype == np.float64 else "f32"
+    entry = getattr(lib, f"lgd_formulas_{suffix}")
+    pointer = np.ctypeslib.ndpointer(dtype=x.dtype, flags="C_CONTIGUOUS")
+    entry.restype = None
+    entry.argtypes = [ctypes.c_int, ctypes.c_double, ctypes.c_int, ctypes.c_double, pointer, pointer,
+                      ctypes.c_longlong, ctypes.POINTER(ctypes.c_int)]
+    out, fault = np.empty((7, x.size), x.dtype), ctypes.c_int(0)
+    entry(activation.code, activation.param, loss.code, loss.param, np.ascontiguousarray(x), out, x.size, fault)
+    return out, fault.value
+
+
+def test_the_float64_exp_softplus_and_sigmoid_are_within_an_ulp_or_two():
+    """formulas.cuh's float64 exp (the numba kernels' algorithm on the constants codes.cuh has from
+    lgd.kernels.polynomials), softplus and sigmoid over the whole range: within 2 ulps of numpy's (whose own
+    are within 1), gradual underflow to 0, inf, NaN kept."""
+    x = np.concatenate([np.linspace(-745, 709.7, 200001), [-1e6, -746, 709.78, 710, 1e6, 0.0, -0.0]])
+    out, fault = _formulas(lgd.activations.get("softplus"), lgd.losses.get("logistic"), x)
+    assert fault == 0
+    with np.errstate(over="ignore"):
+        exact = np.exp(x)
+    normal = exact > 1e-300
+    np.testing.assert_allclose(out[6][normal], exact[normal], rtol=4e-16)
+    assert np.all(out[6][~normal & (exact == 0)] == 0) and np.isinf(out[6][x > 709.8]).all()
+    softplus = np.logaddexp(0.0, x)
+    np.testing.assert_allclose(out[0], softplus, rtol=4e-16, atol=1e-320)
+    with np.errstate(over="ignore", invalid="ignore"):
+        sigmoid = np.where(x >= 0, 1.0 / (1.0 + np.exp(-x)), np.exp(x) / (1.0 + np.exp(x)))
+    np.testing.assert_allclose(out[1], sigmoid, rtol=5e-16, atol=1e-320)
+    np.testing.assert_allclose(out[3], np.logaddexp(0.0, -x), rtol=4e-16, atol=1e-320)  # the logistic loss
+    assert np.isnan(_formulas(lgd.activations.get("softplus"), lgd.losses.get("logistic"), np.array([np.nan]))[0]).all()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("activation, loss", [
+    (activation, loss) for activation, loss in itertools.zip_longest(
+        lgd.activations.ENTRIES, lgd.losses.ENTRIES, fillvalue=None)])
+def test_every_formula_is_the_catalogs(activation, loss, dtype):
+    """Each activation and loss of formulas.cuh (with its derivatives) against the catalog's numpy formula,
+    over margins and pre-activations from 1e-6 to 1e6 of either sign: float64 within a few ulps, float32
+    within a few float32 ulps, of the value or of the scale of its terms (1 + |x|: leaky softplus's c z and
+    (1 - c) softplus(z) cancel where phi crosses 0, tanh' = 1 - tanh^2 near |z| = 20), whichever is larger;
+    inf and NaN where the catalog has them."""
+    activation = lgd.activations.get((activation or lgd.activations.ENTRIES[0]).name)
+    loss = lgd.losses.get((loss or lgd.losses.ENTRIES[0]).name)
+    magnitudes = np.geomspace(1e-6, 1e6, 2001)
+    x = np.concatenate([-magnitudes[::-1], [0.0], magnitudes]).astype(dtype)
+    out, fault = _formulas(activation, loss, x)
+    assert fault == 0
+    rtol = 2e-15 if dtype == "float64" else 3e-6
+    bound = rtol * (1.0 + np.abs(x.astype(np.float64)))
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        want = [activation.phi(x), activation.dphi(x), activation.ddphi(x), loss.value(x), loss.d1(x), loss.d2(x)]
+    for row, (name, expected) in enumerate(zip(("phi", "phi'", "phi''", "loss", "loss'", "loss''"), want)):
+        got, expected = out[row].astype(np.float64), np.asarray(expected, dtype=np.float64)
+        same = (got == expected) | (np.isnan(got) & np.isnan(expected))
+        with np.errstate(invalid="ignore"):
+            close = np.abs(got - expected) <= rtol * np.abs(expected) + bound
+        bad = np.flatnonzero(~(same | close))
+        assert bad.size == 0, (f"{activation.name if row < 3 else loss.name} {name}: {bad.size} of {x.size} off, e.g. "
+                               f"x = {x[bad[:3]]}: {got[bad[:3]]} against {expected[bad[:3]]}")

@@ -5,7 +5,8 @@
 // table of codes); the numpy formulas there are the oracle these are tested against. Adding an
 // activation or a loss: a case here, and the tests (which enumerate the catalogs) pick it up.
 // Overflow-safe exactly as the oracle: softplus = max(z, 0) + log1p(exp(-|z|)) and a sigmoid that never
-// exponentiates a positive number. A code with no case sets its bit in `fault` (checked by the glue) and
+// exponentiates a positive number. In float64, exp and log1p are the numba kernels' (exp_of, log1p_unit):
+// plain fma arithmetic on constants generated into codes.cuh from lgd/kernels/polynomials.py. A code with no case sets its bit in `fault` (checked by the glue) and
 // writes NaN: never a plausible number from another formula. NVRTC defines neither INFINITY nor NAN:
 // infinity() and quiet_nan() build them from their bits.
 #pragma once
@@ -19,13 +20,58 @@ __host__ __device__ __forceinline__ float infinity(float) { return __int_as_floa
 __host__ __device__ __forceinline__ double quiet_nan(double) { return __longlong_as_double(0x7ff8000000000000LL); }
 __host__ __device__ __forceinline__ float quiet_nan(float) { return __int_as_float(0x7fc00000); }
 
-template <typename T> __host__ __device__ __forceinline__ T sigmoid(T z) {
-    T e = exp(-fabs(z));
-    return z >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+// e^x in float64 as numba_cpu/exp_log1p.py's exp computes it (which says why each step is as it is): x = k ln2
+// + r, a polynomial of degree 11 for e^r - 1, 2^k as two factors so that subnormal results round once;
+// within about an ulp, inf above 709.78, 0 below -745.2, NaN kept. libdevice's exp, log1p and division
+// were about twice the FP64 operations of this, log1p_unit and two divisions (docs/performance.md), and
+// an activation's entry is mostly FP64 operations. float keeps CUDA's expf and log1pf, which run on the
+// special-function unit and the FP32 pipe.
+__host__ __device__ __forceinline__ double exp_of(double x) {
+    const double xc = fmin(fmax(x, -746.0), 710.0);
+    const double shifted = fma(xc, EXP_INV_LN2, EXP_SHIFTER);
+    const double kf = shifted - EXP_SHIFTER;
+    const long long v = __double_as_longlong(shifted) - EXP_SHIFTER_BITS;  // k + 2046 > 0
+    const double r = fma(kf, -EXP_LN2_LO, fma(kf, -EXP_LN2_HI, xc));
+    const double r2 = r * r;
+    const double poly = fma(fma(fma(fma(fma(EXP_P9, r, EXP_P8), r2, fma(EXP_P7, r, EXP_P6)), r2,
+                                    fma(EXP_P5, r, EXP_P4)), r2, fma(EXP_P3, r, EXP_P2)), r2, fma(EXP_P1, r, 0.5));
+    const double expm1 = fma(poly, r2, r);
+    const long long h = v >> 1;
+    const double first = __longlong_as_double(h << 52);
+    const double y = fma(expm1, first, first) * __longlong_as_double((v - h) << 52);
+    return x == x ? y : x;
+}
+__host__ __device__ __forceinline__ float exp_of(float x) { return exp(x); }
+
+// (log(1 + e), 1 / (1 + e)) for e in [0, 1]: in float64 exp_log1p.py's log1p_unit, log(1 + e) = e - s (e - z g(z))
+// with s = e / (2 + e), z = s^2.
+__host__ __device__ __forceinline__ void log1p_unit(double e, double& log1p_e, double& inverse) {
+    inverse = 1.0 / (1.0 + e);
+    const double s = e / (2.0 + e);
+    const double z = s * s, z2 = z * z;
+    const double g = fma(fma(fma(fma(fma(LOG1P_G9, z, LOG1P_G8), z2, fma(LOG1P_G7, z, LOG1P_G6)), z2,
+                                 fma(LOG1P_G5, z, LOG1P_G4)), z2, fma(LOG1P_G3, z, LOG1P_G2)), z2,
+                         fma(LOG1P_G1, z, LOG1P_G0));
+    log1p_e = fma(-s, fma(-z, g, e), e);
+}
+__host__ __device__ __forceinline__ void log1p_unit(float e, float& log1p_e, float& inverse) {
+    log1p_e = log1p(e);
+    inverse = 1.0f / (1.0f + e);
 }
 
-template <typename T> __host__ __device__ __forceinline__ T softplus(T z) {
-    return fmax(z, T(0)) + log1p(exp(-fabs(z)));
+// softplus(z) and sigmoid(z) from one e = e^-|z|.
+template <typename T> __host__ __device__ __forceinline__ void softplus_sigmoid(T z, T& softplus, T& sigmoid) {
+    const T e = exp_of(-fabs(z));
+    T log1p_e, inverse;  // inverse = sigmoid(|z|), e inverse = sigmoid(-|z|)
+    log1p_unit(e, log1p_e, inverse);
+    softplus = fmax(z, T(0)) + log1p_e;
+    sigmoid = z >= T(0) ? inverse : e * inverse;
+}
+
+template <typename T> __host__ __device__ __forceinline__ T sigmoid(T z) {
+    const T e = exp_of(-fabs(z));
+    const T inverse = T(1) / (T(1) + e);
+    return z >= T(0) ? inverse : e * inverse;
 }
 
 template <typename T> __host__ __device__ __forceinline__ T normal_cdf(T z) {
@@ -33,7 +79,7 @@ template <typename T> __host__ __device__ __forceinline__ T normal_cdf(T z) {
 }
 
 template <typename T> __host__ __device__ __forceinline__ T normal_pdf(T z) {
-    return fabs(z) < T(40) ? T(0.39894228040143267794) * exp(T(-0.5) * z * z) : T(0);
+    return fabs(z) < T(40) ? T(0.39894228040143267794) * exp_of(T(-0.5) * z * z) : T(0);
 }
 
 // phi(z) and phi'(z) of the activation `code` with parameter c.
@@ -50,13 +96,15 @@ __host__ __device__ __forceinline__ void activation(int code, T c, T z, T& phi, 
         dphi = z > T(0) ? T(1) : c;
         break;
     case ACT_SOFTPLUS:
-        phi = softplus(z);
-        dphi = sigmoid(z);
+        softplus_sigmoid(z, phi, dphi);
         break;
-    case ACT_LEAKY_SOFTPLUS:
-        phi = c * z + (T(1) - c) * softplus(z);
-        dphi = c + (T(1) - c) * sigmoid(z);
+    case ACT_LEAKY_SOFTPLUS: {
+        T softplus, sigmoid;
+        softplus_sigmoid(z, softplus, sigmoid);
+        phi = c * z + (T(1) - c) * softplus;
+        dphi = c + (T(1) - c) * sigmoid;
         break;
+    }
     case ACT_GELU: {
         T cdf = normal_cdf(z);
         phi = z * cdf;
@@ -86,15 +134,15 @@ template <typename T>
 __host__ __device__ __forceinline__ void loss_and_slope(int code, T p, T u, T& value, T& slope, int* fault) {
     switch (code) {
     case LOSS_LOGISTIC:
-        value = softplus(-u);
-        slope = -sigmoid(-u);
+        softplus_sigmoid(-u, value, slope);
+        slope = -slope;
         break;
     case LOSS_EXPONENTIAL:
-        value = exp(-u);  // inf for very negative u: the run is reported as diverged
+        value = exp_of(-u);  // inf for very negative u: the run is reported as diverged
         slope = -value;
         break;
     case LOSS_FLATTENED_EXPONENTIAL: {
-        T tail = exp(-p * fmax(u, T(0)));
+        T tail = exp_of(-p * fmax(u, T(0)));
         value = u >= T(0) ? tail : T(1) - p * u;
         slope = u >= T(0) ? -p * tail : -p;
         break;
@@ -151,9 +199,9 @@ template <typename T> __host__ __device__ __forceinline__ T loss_second(int code
     case LOSS_LOGISTIC:
         return sigmoid(u) * sigmoid(-u);
     case LOSS_EXPONENTIAL:
-        return exp(-u);
+        return exp_of(-u);
     case LOSS_FLATTENED_EXPONENTIAL:
-        return u >= T(0) ? p * p * exp(-p * fmax(u, T(0))) : T(0);
+        return u >= T(0) ? p * p * exp_of(-p * fmax(u, T(0))) : T(0);
     case LOSS_FLATTENED_POLYNOMIAL:
         return u >= T(0) ? p * (p + T(1)) * pow(T(1) + fmax(u, T(0)), -p - T(2)) : T(0);
     case LOSS_SQUARED:
@@ -169,7 +217,9 @@ template <typename T> __host__ __device__ __forceinline__ T loss_second(int code
 __host__ __device__ __forceinline__ double log_loss(int code, double p, double u, int* fault) {
     switch (code) {
     case LOSS_LOGISTIC:
-        return u > 36.0 ? -u : log(softplus(-u));  // beyond 36, log log1p(e^-u) = -u to rounding
+        double softplus, sigmoid;
+        softplus_sigmoid(-u, softplus, sigmoid);
+        return u > 36.0 ? -u : log(softplus);  // beyond 36, log log1p(e^-u) = -u to rounding
     case LOSS_EXPONENTIAL:
         return -u;
     case LOSS_FLATTENED_EXPONENTIAL:

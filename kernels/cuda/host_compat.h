@@ -49,6 +49,12 @@ inline double __longlong_as_double(long long bits) {
     return value;
 }
 
+inline long long __double_as_longlong(double value) {
+    long long bits;
+    std::memcpy(&bits, &value, sizeof bits);
+    return bits;
+}
+
 inline float __int_as_float(int bits) {
     float value;
     std::memcpy(&value, &bits, sizeof value);

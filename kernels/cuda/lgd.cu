@@ -765,6 +765,27 @@ extern "C" double lgd_stepsize_at(int code, double p0, double p1, double p2, lon
                                   double risk, double log_risk, double grad_sq, double sharpness) {
     return lgd::stepsize_at(code, p0, p1, p2, t, steps, risk, log_risk, grad_sq, sharpness);
 }
+// The formulas of formulas.cuh over an array x, for the host tests that compare them with the catalogs': rows
+// of out (7 x n) phi, phi', phi'' of the activation, the loss's value, slope and second derivative, and
+// exp_of (the float64 exp, or float's).
+template <typename T>
+void apply_formulas(int act, double c, int loss, double p, const T* x, T* out, long long n, int* fault) {
+    for (long long i = 0; i < n; ++i) {
+        lgd::activation(act, T(c), x[i], out[i], out[n + i], fault);
+        out[2 * n + i] = lgd::activation_second(act, T(c), x[i], fault);
+        lgd::loss_and_slope(loss, T(p), x[i], out[3 * n + i], out[4 * n + i], fault);
+        out[5 * n + i] = lgd::loss_second(loss, T(p), x[i], fault);
+        out[6 * n + i] = lgd::exp_of(x[i]);
+    }
+}
+extern "C" void lgd_formulas_f64(int act, double c, int loss, double p, const double* x, double* out, long long n,
+                                 int* fault) {
+    apply_formulas(act, c, loss, p, x, out, n, fault);
+}
+extern "C" void lgd_formulas_f32(int act, double c, int loss, double p, const float* x, float* out, long long n,
+                                 int* fault) {
+    apply_formulas(act, c, loss, p, x, out, n, fault);
+}
 extern "C" size_t lgd_shared_bytes(int n, int d, int m, int itemsize, int threads, int tile_rows, int x_shared,
                                    int w_shared, int g_shared) {
     return lgd::shared_bytes(n, d, m, itemsize, threads, tile_rows, x_shared, w_shared, g_shared);

@@ -75,7 +75,8 @@ VECTOR_BYTES = vector_bytes()
 
 def _sources() -> list:
     """The files a kernel's machine code depends on: this folder's modules and the lgd modules they import
-    (the catalogs' codes, the record rule, the log-risk rule, the stepsize rules)."""
+    (the catalogs' codes, the record rule, the log-risk rule, the stepsize rules, exp's and log1p's
+    constants)."""
     import lgd.activations
     import lgd.backends
     import lgd.losses
@@ -84,7 +85,7 @@ def _sources() -> list:
 
     upstream = [Path(module.__file__) for module in (lgd.activations, lgd.losses, lgd.backends, lgd.models,
                                                      lgd.stepsize)]
-    return sorted(FOLDER.glob("*.py")) + upstream
+    return sorted(FOLDER.glob("*.py")) + upstream + [FOLDER.parent / "polynomials.py"]
 
 
 def sources_hash() -> str:

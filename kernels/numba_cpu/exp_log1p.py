@@ -14,6 +14,7 @@ corrections.
 import numpy as np
 from numba import types
 
+from .. import polynomials as _poly
 from .compiler import subroutine
 from .intrinsics import bits_from_double, bits_from_float, double_from_bits, float_from_bits, fma
 
@@ -26,16 +27,11 @@ from .intrinsics import bits_from_double, bits_from_float, double_from_bits, flo
 # fewer is time (docs/performance.md). The shifter's low bits carry both exponent biases: its integer
 # part ends in 2 * 1023, so its bits give v = k + 2046 > 0, then h = v >> 1 = k//2 + 1023 and v - h
 # are the two factors' biased exponents (a logical shift: AVX2 has no arithmetic shift of 64-bit lanes).
-_INV_LN2 = 1.4426950408889634
-_LN2_HI = 6.93147180369123816490e-01  # low 32 bits zero: k * _LN2_HI is exact
-_LN2_LO = 1.90821492927058770002e-10
-_SHIFTER = 6755399441055744.0 + 2046.0  # 1.5 * 2^52 (adding it rounds to an integer in the low bits) + 2046
-_SHIFTER_BITS = np.uint64(0x4338000000000000)  # the bits of 1.5 * 2^52
+# The constants live in lgd.kernels.polynomials, which the CUDA kernels' float64 exp takes them from too.
+_INV_LN2, _LN2_HI, _LN2_LO, _SHIFTER = _poly.INV_LN2, _poly.LN2_HI, _poly.LN2_LO, _poly.SHIFTER
+_SHIFTER_BITS = np.uint64(_poly.SHIFTER_BITS)
 _ONE, _EXPONENT = np.uint64(1), np.uint64(52)
-# P's coefficients of r^1 .. r^9 (that of r^0 is 1/2)
-_E1, _E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9 = (
-    0.16666666666666666, 0.041666666666651364, 0.008333333333332157, 0.0013888888905871347, 0.0001984126985433077,
-    2.4801536409064087e-05, 2.7557280082684685e-06, 2.761379555451986e-07, 2.509554598170022e-08)
+_E1, _E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9 = _poly.EXP_P  # P's coefficients of r^1 .. r^9 (that of r^0 is 1/2)
 
 
 @subroutine(types.float64)
@@ -69,10 +65,7 @@ def exp(x):
 # scaled by s z <= 1/27), summed as pairs g_2k + g_2k+1 z in Horner's scheme in z^2: one product fewer
 # than Estrin's, its longer chain overlapped by the loop's other entries.
 # s and 1 / (1 + e) (the sigmoid) are two divisions in float64 and one shared in float32 (below).
-_LOG1P_G = (0.6666666666666666, 0.40000000000014585, 0.2857142856710876, 0.22222222717427864,
-            0.18181789436132859, 0.15385570064958623, 0.13314144209654935, 0.12001072809590713,
-            0.08800738486144674, 0.1616404561194353)
-_G0, _G1, _G2, _G3, _G4, _G5, _G6, _G7, _G8, _G9 = _LOG1P_G
+_G0, _G1, _G2, _G3, _G4, _G5, _G6, _G7, _G8, _G9 = _poly.LOG1P_G
 
 
 @subroutine(lambda e: types.UniTuple(e, 2))
@@ -104,11 +97,8 @@ def softplus_sigmoid_from_exp(x, e):
 
 # float32 versions for runs in float32 (eight lanes per AVX2 vector): the same algorithms with float32
 # constants. exp: |r| <= ln2/2 and Taylor degree 7 (truncation 5e-9); log1p: g of degree 4.
-_INV_LN2_F = np.float32(1.4426950408889634)
-_LN2_HI_F = np.float32(0.693145751953125)  # low 9 bits zero: k * _LN2_HI_F is exact for |k| < 2^9
-_LN2_LO_F = np.float32(1.428606765330187e-06)
-_SHIFTER_F = np.float32(12582912.0 + 254.0)  # 1.5 * 2^23 + 2 * 127, as _SHIFTER
-_SHIFTER_F_BITS = np.int32(0x4B400000)
+_INV_LN2_F, _LN2_HI_F, _LN2_LO_F, _SHIFTER_F = _poly.INV_LN2_F, _poly.LN2_HI_F, _poly.LN2_LO_F, _poly.SHIFTER_F
+_SHIFTER_F_BITS = np.int32(_poly.SHIFTER_F_BITS)
 _F = np.float32
 
 
@@ -130,8 +120,7 @@ def exp32(x):
 
 
 # log1p_unit's g for float32 runs: degree 4 (|error| <= 7e-9 before its coefficients' float32 rounding).
-_G0_F, _G1_F, _G2_F, _G3_F, _G4_F = (np.float32(c) for c in (
-    0.6666666865348816, 0.3999970555305481, 0.285923570394516, 0.2170657515525818, 0.23224329948425293))
+_G0_F, _G1_F, _G2_F, _G3_F, _G4_F = _poly.LOG1P_G_F
 
 
 @subroutine(types.UniTuple(types.float32, 3))
