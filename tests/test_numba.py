@@ -220,6 +220,27 @@ def test_lyapunov_from_kept_or_formed_curvature_matches_oracle(kept, products, t
     np.testing.assert_allclose(actual.weights, expected.weights, rtol=1e-10)
 
 
+def test_the_chunks_of_a_run_share_one_scratch(monkeypatch):
+    """A run of many chunks builds its run_team scratch once (the runner keeps it between chunks: fresh
+    buffers cost their page faults at every chunk), and gives the same records as in one chunk."""
+    from lgd import driver
+
+    built, calls = [], []
+    build, run_team = _numba.buffers, _numba.Runner._run_team
+    monkeypatch.setattr(_numba, "buffers", lambda *args: built.append(args) or build(*args))
+    monkeypatch.setattr(_numba.Runner, "_run_team", lambda self, *args: calls.append(1) or run_team(self, *args))
+    X, y, _, _ = problem_data("logistic", test=False)
+    model = lgd.TwoLayerNet(6)
+    options = dict(stepsize=0.5, steps=40, compute=fast(backend="numba"))
+    whole = lgd.gd(X, y, model, "logistic", **options)
+    monkeypatch.setattr(driver, "CHUNK_SECONDS", 1e-9)  # a chunk per evaluation after the first 16
+    built.clear(), calls.clear()
+    chunked = lgd.gd(X, y, model, "logistic", **options)
+    assert len(calls) > 20 and len(built) == 1
+    np.testing.assert_array_equal(chunked.risk, whole.risk)
+    np.testing.assert_array_equal(chunked.weights, whole.weights)
+
+
 def test_team_size_follows_the_work():
     """As many threads per configuration as the n x m block has TEAM_WORK entries for, up to the threads;
     one per configuration when there are as many configurations as threads."""

@@ -24,7 +24,7 @@ from numba import types
 from .compiler import kernel, subroutine
 from .formulas import KNOWN, unknown_code
 from .intrinsics import atomic_add, atomic_load, atomic_store, sched_yield, spin_pause
-from .step import record_slot, reduce_blocks, sample_block, step_end, store_weights, update
+from .step import record_slot, reduce_blocks, sample_block, step_end, store_weights, transpose_into, update
 from .tangent import hessian_part, member_block, propagate
 from .tiles import blas_backward, blas_forward
 
@@ -129,8 +129,9 @@ class Buffers(NamedTuple):
     HB, Vt, HVt, alpha, beta (J + 1,), ritz (k,), work (2, J + 1), and the curvature of the samples it is measured on:
     P, Q (rows, m) in the run's dtype, AQ, AR (rows, m) and coef (rows, 2) float64); rows, per member the scratch of a
     block of samples of the Hessian-vector products (tangent.hessian_part's `block`, each array with a leading axis of
-    members). BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m), and gemm (1,) int64, the address of the ILP64
-    ?gemm_ the products call (0: scipy's, tiles.blas_forward). The fused loops' zs is None with BLAS, and Z, Z_test,
+    members). BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m) (unused by a float64 team of one, whose BLAS
+    writes grad itself: tiles.blas_writes_grad), and gemm (1,) int64, the address of the ILP64 ?gemm_ the products
+    call (0: scipy's, tiles.blas_forward). The fused loops' zs is None with BLAS, and Z, Z_test,
     grads_blas and gemm None without: a branch on None is pruned at compile time, so each product mode is a kernel of
     its own without the other's code.
     """
@@ -239,7 +240,7 @@ def run_steps(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, in
                          b.grads[member], b.grads_a[member], b.neurons_part[member],
                          b.stats[member if train else size + member], train, b.us, b.kept,
                          b.group[0][member], b.group[1][member])
-        blas_backward(X, i0, i1, b.Z, b.grads_blas, member, b.gemm)
+        blas_backward(X, i0, i1, b.Z, b.grads_blas, member, size, b.grad, b.gemm)
         barrier(sync, size)
         if member == 0:
             reduce_blocks(size, test, b.grads, b.grads_a, b.neurons_part, b.stats, b.grad, b.grad_a, b.neuron,
@@ -282,7 +283,7 @@ def run_team(team, data, batch, trace, spec, schedule, buffers):
     member, size, sync, go, queue, configs = team
     X, y, X_test, y_test, directions, X_curvature, y_curvature = data
     b = buffers
-    m, d = batch.W.shape[1], batch.W.shape[2]
+    m = batch.W.shape[1]
     n = X.shape[0]
     n_test = X_test.shape[0]
     inv_n = 1.0 / n
@@ -294,9 +295,8 @@ def run_team(team, data, batch, trace, spec, schedule, buffers):
             go[1] = atomic_add(queue, 0, 1)
             if go[1] < len(configs):
                 c = configs[go[1]]
+                transpose_into(batch.W[c], b.Wt)
                 for j in range(m):
-                    for k in range(d):
-                        b.Wt[k, j] = batch.W[c, j, k]
                     b.a[j] = batch.A[c, j]
                     b.a_step[j] = b.a[j]
         barrier(sync, size)

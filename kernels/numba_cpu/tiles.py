@@ -315,9 +315,44 @@ def blas_forward(X, i0, i1, Wt, Z, gemm):
         blas_rows_times(X, i0, i1, Wt, Z, gemm)
 
 
-@subroutine(types.void)
-def blas_backward(X, i0, i1, G, grads, member, gemm):
-    """grads[member] = (X[i0:i1]^T G[i0:i1])^T by BLAS (as blas_forward); nothing when grads is None (the
-    fused mode)."""
-    if grads is not None:
+def _gradient_alone(grads, size, grad):
+    return size == 1
+
+
+def _gradient_never(grads, size, grad):
+    return False
+
+
+@subroutine(types.boolean, pick=lambda grads, size, grad: (
+    _gradient_alone if grads.dtype == grad.dtype else _gradient_never))
+def blas_writes_grad(grads, size, grad):
+    """Whether BLAS writes the gradient straight into grad (float64, whose grad is of the run's dtype, and a
+    team of one: nothing to add up) rather than into grads[member] for step.reduce_blocks to sum: the
+    copy was a pass over a large net's gradient at every step (0.3 ms of L's)."""
+
+
+def _backward_same_dtype(X, i0, i1, G, grads, member, size, grad, gemm):
+    if blas_writes_grad(grads, size, grad):
+        blas_rows_transposed_times(X, i0, i1, G, grad, gemm)
+    else:
         blas_rows_transposed_times(X, i0, i1, G, grads[member], gemm)
+
+
+def _backward_parts(X, i0, i1, G, grads, member, size, grad, gemm):
+    blas_rows_transposed_times(X, i0, i1, G, grads[member], gemm)
+
+
+# Two implementations by dtype, not one branch on blas_writes_grad: numba types both sides of a branch, and
+# the product into grad does not type where grad's dtype is not the run's.
+@subroutine(types.void, pick=lambda X, i0, i1, G, grads, member, size, grad, gemm: (
+    _backward_same_dtype if grads.dtype == grad.dtype else _backward_parts))
+def _blas_backward(X, i0, i1, G, grads, member, size, grad, gemm):
+    """blas_backward with BLAS buffers."""
+
+
+@subroutine(types.void)
+def blas_backward(X, i0, i1, G, grads, member, size, grad, gemm):
+    """(X[i0:i1]^T G[i0:i1])^T by BLAS (as blas_forward) into grad when blas_writes_grad, else into
+    grads[member]; nothing when grads is None (the fused mode)."""
+    if grads is not None:
+        _blas_backward(X, i0, i1, G, grads, member, size, grad, gemm)

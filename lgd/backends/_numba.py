@@ -103,6 +103,9 @@ class Runner:
                                     weight_bound=float(p.weight_bound),
                                     log_risk_every_step=bool(p.log_risk_every_step))
         self._pool = None
+        # Scratch of finished run_team calls by their buffers() arguments, for the next chunk's calls: fresh
+        # buffers cost their page faults again at every chunk (about 3 ms a chunk for L's 20 MB).
+        self._scratch, self._scratch_lock = {}, threading.Lock()
         # Without threadpoolctl no BLAS runs inside a team: the fused loops do every product.
         self._threadpoolctl = importlib.util.find_spec("threadpoolctl") is not None
         self._blas_limits = None  # threadpoolctl's controller of the BLAS libraries, made on first use (ms)
@@ -231,10 +234,14 @@ class Runner:
         kernels = self._kernels
         _, m, d = batch.W.shape
         measuring = trace.sharpness.shape[1] > 0
-        scratch = buffers(kernels, team, m, d, len(self._data.X), len(self._data.X_test), self.problem.dtype, blas,
-                          batch.tangents.shape[1], LANCZOS_ITERATIONS if measuring else 0,
-                          trace.sharpness.shape[2] if measuring else 0, len(self._data.X_curvature),
-                          self.problem.train_outer)
+        key = (team, m, d, len(self._data.X), len(self._data.X_test), self.problem.dtype, blas,
+               batch.tangents.shape[1], LANCZOS_ITERATIONS if measuring else 0,
+               trace.sharpness.shape[2] if measuring else 0, len(self._data.X_curvature), self.problem.train_outer)
+        with self._scratch_lock:
+            spare = self._scratch.setdefault(key, [])
+            scratch = spare.pop() if spare else None
+        if scratch is None:
+            scratch = buffers(kernels, *key)
         sync = np.zeros(2, dtype=np.int64)
         go = np.zeros(2, dtype=np.int64)  # the step's verdict (not diverged), the configuration's index
         if queue is None:
@@ -249,6 +256,8 @@ class Runner:
         verdict = member(0)
         for future in futures:
             future.result()
+        with self._scratch_lock:
+            self._scratch[key].append(scratch)
         if verdict != kernels.KNOWN:  # _check_codes refused these codes already: the kernel agrees
             raise ValueError(f"the numba kernels have no formula for {_unknown(self.problem, verdict, kernels)}")
 
