@@ -91,7 +91,8 @@ def test_an_edit_in_a_helper_module_is_compiled_not_loaded_stale(tmp_path):
     shutil.copytree(os.path.dirname(numba_cpu.__file__), site / "lgd" / "kernels" / "numba_cpu",
                     ignore=shutil.ignore_patterns("__pycache__"))
     (site / "lgd" / "kernels" / "__init__.py").write_text("")
-    shutil.copy(os.path.join(os.path.dirname(numba_cpu.__file__), os.pardir, "polynomials.py"), site / "lgd" / "kernels")
+    kernels = os.path.dirname(os.path.dirname(numba_cpu.__file__))
+    shutil.copy(os.path.join(kernels, "polynomials.py"), site / "lgd" / "kernels")
     script = ("import numpy as np, lgd\n"
               "assert lgd.__file__.startswith(%r)\n"
               "run = lgd.gd(np.ones((3, 2)), np.zeros(3), lgd.Linear(), 'squared', stepsize=0.1, steps=1,\n"

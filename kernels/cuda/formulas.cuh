@@ -6,8 +6,9 @@
 // activation or a loss: a case here, and the tests (which enumerate the catalogs) pick it up.
 // Overflow-safe exactly as the oracle: softplus = max(z, 0) + log1p(exp(-|z|)) and a sigmoid that never
 // exponentiates a positive number. In float64, exp and log1p are the numba kernels' (exp_of, log1p_unit):
-// plain fma arithmetic on constants generated into codes.cuh from lgd/kernels/polynomials.py. A code with no case sets its bit in `fault` (checked by the glue) and
-// writes NaN: never a plausible number from another formula. NVRTC defines neither INFINITY nor NAN:
+// plain fma arithmetic on constants generated into codes.cuh from lgd/kernels/polynomials.py. A code with no
+// case sets its bit in `fault` (checked by the glue) and writes NaN: never a plausible number from another
+// formula. NVRTC defines neither INFINITY nor NAN:
 // infinity() and quiet_nan() build them from their bits.
 #pragma once
 
@@ -22,10 +23,10 @@ __host__ __device__ __forceinline__ float quiet_nan(float) { return __int_as_flo
 
 // e^x in float64 as numba_cpu/exp_log1p.py's exp computes it (which says why each step is as it is): x = k ln2
 // + r, a polynomial of degree 11 for e^r - 1, 2^k as two factors so that subnormal results round once;
-// within about an ulp, inf above 709.78, 0 below -745.2, NaN kept. libdevice's exp, log1p and division
-// were about twice the FP64 operations of this, log1p_unit and two divisions (docs/performance.md), and
-// an activation's entry is mostly FP64 operations. float keeps CUDA's expf and log1pf, which run on the
-// special-function unit and the FP32 pipe.
+// within about an ulp, inf above 709.78, 0 below -745.2, NaN kept. An activation's entry is mostly FP64
+// operations, and libdevice's general exp, log1p and divisions take more of them: 71 arithmetic instructions
+// an entry of leaky softplus against 41 with these (docs/performance.md). float keeps CUDA's expf and
+// log1pf, which run on the special-function unit and the FP32 pipe.
 __host__ __device__ __forceinline__ double exp_of(double x) {
     const double xc = fmin(fmax(x, -746.0), 710.0);
     const double shifted = fma(xc, EXP_INV_LN2, EXP_SHIFTER);
