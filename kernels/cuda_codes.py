@@ -5,7 +5,8 @@ rule of :mod:`lgd.losses`, the stepsize rules of :mod:`lgd.stepsize`, the bits o
 flag (:data:`FAULTS`) and the float64 exp's and log1p's constants of :mod:`lgd.kernels.polynomials`
 (:data:`CONSTANTS`, shared with the numba kernels) as the CUDA header that cuda/lgd.cu includes;
 :func:`codes` reads a header's table back. The header is committed: after changing a catalog or a
-constant, ``python -m lgd.kernels.cuda_codes`` rewrites it (a CPU test checks that it is current). No cupy here, so that the header is generated and checked on any machine.
+constant, ``python -m lgd.kernels.cuda_codes`` rewrites it (a CPU test checks that it is current). No
+cupy here, so that the header is generated and checked on any machine.
 """
 
 from __future__ import annotations
