@@ -18,8 +18,8 @@
 #    SWEEP-64 and SWEEP-1024 in float64 and float32, each checked against the oracle before it is timed,
 #    with the device's FP64/FP32 peaks and the two-product cuBLAS roofline measured in the same run, and
 #    lgd-cupy's fused-kernel cases as ratios to the committed run (bench/results/gpu-h200.json, 2026-12-04:
-#    the kernel before its per-neuron pass was reworked and its float64 exp and log1p replaced by the numba
-#    kernels', both on the CPU);
+#    the kernel before its per-neuron pass was reworked, its float64 exp and log1p replaced by the numba
+#    kernels' and plain runs given a build of their own with fewer registers (lgd_run_plain), all on the CPU);
 # 5. when time is left, Nsight Compute on a chunk of S, SWEEP-1024 and M: where lgd_run's and the products
 #    path's time goes, with the warps' stall reasons (the H200 run's timings suggest latency-bound blocks;
 #    the counters can say).

@@ -3,7 +3,8 @@ for the host build that CI runs.
 
 What lives here: the kernel's parameter list (:data:`PARAMS`, the order of ``LGD_RUN_PARAMS`` in lgd.cu),
 the choice of what goes into shared memory (:func:`layout`), the buffers of one batch of configurations
-(:class:`ChunkRun`, arrays of ``engine.xp``), the launch of one chunk (:func:`advance`) and the checks of the
+(:class:`ChunkRun`, arrays of ``engine.xp``), the launch of one chunk (:func:`advance`, on the kernel's full or
+plain build, :func:`entry_for`) and the checks of the
 codes before a launch and of the kernel's fault flag after one (:func:`check_codes`, :func:`check_fault`).
 
 An *engine* is what differs between the two places the kernel runs: ``xp`` (cupy or numpy), ``threads``
@@ -43,6 +44,9 @@ PARAMS = (
     ("x_shared", "i32"), ("w_shared", "i32"), ("g_shared", "i32"),
 )
 ENTRY = "lgd_run"
+# The same kernel built without the held-out pass, the trajectory records and the tangent vectors (FULL false in
+# lgd.cu): fewer registers for the runs that need none of them (entry_for).
+PLAIN_ENTRY = "lgd_run_plain"
 # The entries of the products path (cuda/products.cuh, glue in lgd.kernels.cuda_products), their parameters
 # in the order of LGD_ROWS_PARAMS, LGD_NORMS_PARAMS, LGD_FINALIZE_PARAMS and LGD_UPDATE_PARAMS.
 ROWS_PARAMS = (
@@ -70,9 +74,9 @@ UPDATE_PARAMS = (
     ("W", "T*"), ("a", "T*"), ("grad", "T*"), ("grad_a", "T*"), ("eta", "f64*"), ("moving", "i32*"),
     ("clock", "i64*"), ("dm", "i32"), ("m", "i32"), ("configs", "i32"), ("train_outer", "i32"),
 )
-# Every entry of lgd.cu (lgd_run_<suffix> and the products path's), by name: its parameters.
-ENTRY_PARAMS = {ENTRY: PARAMS, "lgd_rows": ROWS_PARAMS, "lgd_norms": NORMS_PARAMS, "lgd_finalize": FINALIZE_PARAMS,
-                "lgd_update": UPDATE_PARAMS}
+# Every entry of lgd.cu (lgd_run_<suffix>, its plain build and the products path's), by name: its parameters.
+ENTRY_PARAMS = {ENTRY: PARAMS, PLAIN_ENTRY: PARAMS, "lgd_rows": ROWS_PARAMS, "lgd_norms": NORMS_PARAMS,
+                "lgd_finalize": FINALIZE_PARAMS, "lgd_update": UPDATE_PARAMS}
 SUFFIX = {"float64": "f64", "float32": "f32"}
 # The trace fields the kernel writes, in the order of its `trace` array (TRACE_* in lgd.cu); the per-neuron
 # margins go to their own array. A Trace field not named here is left as the runner found it.
@@ -275,6 +279,14 @@ class ChunkRun:
         self.directions = dummy if directions is None else directions
 
 
+def entry_for(values: dict) -> str:
+    """The lgd_run build a launch with these arguments (advance's, by parameter name) takes: PLAIN_ENTRY unless
+    it has held-out data, trajectory or projection slots or tangent vectors, which only ENTRY computes."""
+    full = (values["n_test"] > 0 or values["weight_records"] > 0 or values["outer_records"] > 0
+            or values["n_tangents"] > 0)
+    return ENTRY if full else PLAIN_ENTRY
+
+
 def advance(run: ChunkRun, t_start: int, t_stop: int, steps: int, record_every: int, activation, loss,
             scale: float, train_outer: bool, bounds=(math.inf, math.inf), weights_every: int = 0,
             log_risk_every_step: bool = False) -> None:
@@ -305,6 +317,6 @@ def advance(run: ChunkRun, t_start: int, t_stop: int, steps: int, record_every: 
         tile_rows=lay.tile_rows, x_shared=int(lay.x_shared), w_shared=int(lay.w_shared),
         g_shared=int(lay.g_shared))
     args = [values[name] for name, _ in PARAMS]
-    run.engine.launch(SUFFIX[run.dtype.name], C, run.engine.threads, lay.shared_bytes, args)
+    run.engine.launch(SUFFIX[run.dtype.name], C, run.engine.threads, lay.shared_bytes, args, entry=entry_for(values))
 
 

@@ -205,6 +205,49 @@ def test_trajectories_and_projections_are_the_oracles(host_cuda, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_plain_run_takes_the_plain_build_with_the_full_builds_bits(host_cuda, dtype, monkeypatch):
+    """A run without held-out data, trajectories or tangent vectors launches lgd_run_plain (the build without
+    those paths: fewer registers on a GPU), which gives the full build's results bit for bit (a sweep with
+    a diverging configuration, neuron margins, chunks); a run with any of them launches the full build."""
+    from lgd.kernels import cuda_host, cuda_run
+
+    launched = []
+    launch = cuda_host.HostEngine.launch
+
+    def spy(self, suffix, grid, block, shared_bytes, args, entry=cuda_run.ENTRY):
+        launched.append(entry)
+        return launch(self, suffix, grid, block, shared_bytes, args, entry=entry)
+
+    monkeypatch.setattr(cuda_host.HostEngine, "launch", spy)
+    model = lgd.TwoLayerNet(7, activation="leaky_softplus(0.5)", scaling="ntk", outer="random", train_outer=True)
+    problem = make_problem(model, "exponential", np.dtype(dtype).type, test=False, n=29)
+    builds = {}
+    for entry in (cuda_run.PLAIN_ENTRY, cuda_run.ENTRY):
+        if entry == cuda_run.ENTRY:
+            monkeypatch.setattr(cuda_run, "entry_for", lambda values: cuda_run.ENTRY)
+        launched.clear()
+        builds[entry] = run_backend(HOST_CUDA, model, problem, [0.5, 4.0, 3e3], steps=25, every=2, chunk=9)
+        assert set(launched) == {entry}
+    (s0, t0), (s1, t1) = builds.values()
+    assert s0.diverged[2] >= 0 and s0.diverged[0] < 0 and np.isfinite(t0.neuron_margins[0]).all()
+    for name in ("W", "a", "diverged"):
+        np.testing.assert_array_equal(getattr(s0, name), getattr(s1, name), err_msg=name)
+    for name in cuda_run.KERNEL_FIELDS + ("neuron_margins",):
+        np.testing.assert_array_equal(getattr(t0, name), getattr(t1, name), err_msg=name)
+
+    monkeypatch.undo()
+    monkeypatch.setattr(cuda_host.HostEngine, "launch", spy)
+    register_host_cuda(monkeypatch)
+    X, y = lgd.data.separable(n=29, d=4, margin=0.1, seed=5)
+    for options in (dict(X_test=X[:9], y_test=y[:9]), dict(record=lgd.Record(every=2, weights=3)),
+                    dict(record=lgd.Record(every=2, lyapunov=1)), dict()):
+        launched.clear()
+        lgd.gd(X, y, model, stepsize=0.5, steps=6, compute=lgd.Compute(backend=host_cuda, dtype=dtype, progress=False),
+               **options)
+        assert set(launched) == {cuda_run.PLAIN_ENTRY if not options else cuda_run.ENTRY}, options
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_every_stepsize_rule_is_the_oracles(host_cuda, dtype):
     assert_every_rule_matches(host_cuda, dtype)
 

@@ -287,12 +287,14 @@ def test_a_run_the_products_path_cannot_record_is_refused_before_it_starts(monke
 
 
 def test_the_entries_parameter_lists_are_the_kernels():
-    """cuda_run.ENTRY_PARAMS names each LGD_*_PARAMS macro of lgd.cu and products.cuh in order (ctypes and
-    cupy pass the arguments by position)."""
+    """cuda_run.ENTRY_PARAMS has lgd.cu's entries (its LGD_ENTRY lines), each with the names of the
+    LGD_*_PARAMS macro the entry is declared with, in order (ctypes and cupy pass the arguments by position)."""
     folder = Path(cuda_run.__file__).with_name("cuda")
     text = (folder / "lgd.cu").read_text() + (folder / "products.cuh").read_text()
+    declared = dict(re.findall(r"LGD_ENTRY\((\w+), SUFFIX, T, (LGD_\w+_PARAMS),", text))
+    assert declared.keys() == cuda_run.ENTRY_PARAMS.keys()
     for entry, params in cuda_run.ENTRY_PARAMS.items():
-        macro = f"LGD_{entry.removeprefix('lgd_').upper()}_PARAMS"
+        macro = declared[entry]
         body = re.search(rf"#define {macro}\(T\)(.*?)\n#define", text, re.S).group(1)
         names = re.findall(r"(\w+)\s*(?:,|$)", body.replace("\\", " ").strip())
         assert tuple(names) == tuple(name for name, _ in params), entry

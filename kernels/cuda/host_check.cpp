@@ -5,7 +5,8 @@
 // projections, a trained outer layer, two tangent vectors (Lyapunov exponents), a stepsize from the
 // sharpness (inverse_sharpness), one configuration that diverges (the exponential loss at a huge
 // stepsize), in two layouts (everything in shared memory with one
-// tile; X, W and the gradient in global memory with several tiles), with blocks of two warps; then the same
+// tile; X, W and the gradient in global memory with several tiles), with blocks of two warps; the plain
+// build (lgd_run_plain) on the same sweep without the held-out data, records and tangents; then the same
 // kind of sweep through the products path's kernels (products.cuh), its products as plain loops. Every array
 // is allocated at its exact size, so that an index one past an end is a heap overflow for AddressSanitizer;
 // a missing __syncthreads is a race for ThreadSanitizer. It also checks the warp-shuffle emulation. Exit
@@ -65,10 +66,12 @@ void fill(std::vector<T>& X, std::vector<T>& y, std::vector<T>& X_test, std::vec
     for (size_t k = 0; k < a.size(); ++k) a[k] = k % 2 ? T(-1) : T(1);
 }
 
+// `plain`: the sweep the plain build (lgd_run_plain) gets, without held-out data, trajectories, projections
+// and tangent vectors.
 template <typename T>
 void sweep(int tile_rows, int x_shared, int w_shared, int g_shared,
-           void (*entry)(unsigned, unsigned, size_t, LGD_RUN_PARAMS(T))) {
-    const int n = 37, d = 5, m = 21, n_test = 11, configs = 3, threads = 64, directions_count = 2;
+           void (*entry)(unsigned, unsigned, size_t, LGD_RUN_PARAMS(T)), bool plain = false) {
+    const int n = 37, d = 5, m = 21, n_test = plain ? 0 : 11, configs = 3, threads = 64, directions_count = 2;
     const long long steps = 12, every = 4, weights_every = 5;
     const int records = (int)(steps / every) + 2, weight_records = (int)(steps / weights_every) + 1;
     std::vector<T> X(n * d), y(n), X_test(n_test * d), y_test(n_test), W(configs * m * d), a(configs * m);
@@ -86,7 +89,7 @@ void sweep(int tile_rows, int x_shared, int w_shared, int g_shared,
     std::vector<double> projections(configs * weight_records * directions_count, -7.0);
     std::vector<T> weights(configs * weight_records * m * d), outer(configs * weight_records * m);
     // Two tangent vectors per configuration (Lyapunov exponents); their workspace and row space.
-    const int tangent_count = 2;
+    const int tangent_count = plain ? 0 : 2;
     std::vector<double> tangents(configs * tangent_count * m * d), tangents_a(configs * tangent_count * m);
     std::vector<double> log_growth(configs * tangent_count, 0.0), lyapunov(configs * records * tangent_count, -7.0);
     std::vector<double> row_space(configs * 3 * tile_rows);
@@ -95,14 +98,15 @@ void sweep(int tile_rows, int x_shared, int w_shared, int g_shared,
     workspace.resize(configs * (4 * d * m + 2 * m));
     const size_t shared = lgd::shared_bytes(n, d, m, sizeof(T), threads, tile_rows, x_shared, w_shared, g_shared);
     for (int loss : {lgd::LOSS_EXPONENTIAL, lgd::LOSS_LOGISTIC}) {
-        for (int pass = 0; pass < 2; ++pass) {  // trajectory, then projections
+        for (int pass = 0; pass < (plain ? 1 : 2); ++pass) {  // trajectory, then projections (none if plain)
+            const int trajectory = pass == 0 && !plain ? weight_records : 0;
             const long long start = 0, stop = steps + 1;
             entry(configs, threads, shared, X.data(), y.data(), X_test.data(), y_test.data(), W.data(), a.data(),
                   rules.data(), rule_params.data(), sharpness_last.data(), diverged.data(), fault.data(),
                   workspace.data(), trace.data(), neuron.data(), directions.data(), weights.data(), outer.data(),
                   projections.data(), n, d, m, n_test, lgd::ACT_LEAKY_SOFTPLUS, 0.5, loss, 0.0, 1.0 / m, 1, 1e10, 1e4,
                   1, start, stop, steps, every, weights_every, configs, records, records,
-                  pass == 0 ? weight_records : 0, pass == 0 ? weight_records : 0, pass == 0 ? 0 : directions_count,
+                  trajectory, trajectory, pass == 0 ? 0 : directions_count,
                   tangents.data(), tangents_a.data(), log_growth.data(), lyapunov.data(), row_space.data(),
                   tangent_count, records, tile_rows, x_shared, w_shared, g_shared);
         }
@@ -110,11 +114,13 @@ void sweep(int tile_rows, int x_shared, int w_shared, int g_shared,
         check(diverged[0] < 0, "the small stepsize runs to the end");
         check(diverged[2] >= 0 && diverged[2] < steps, "the huge stepsize diverges (risk or weight bound)");
         check(trace[0] > 0 && trace[0] < 10, "a finite first risk");
-        check(trace[6 * configs * records] > 0, "a held-out risk");
+        check(plain || trace[6 * configs * records] > 0, "a held-out risk");
         check(trace[lgd::TRACE_ETA * configs * records + records] == 2.0, "eta = 2 / lambda_max");
-        const long long last_slot = steps % every == 0 ? steps / every : steps / every + 1;
-        const double last_sum = lyapunov[last_slot * tangent_count + tangent_count - 1];
-        check(last_sum != -7.0 && last_sum == last_sum, "a finite Lyapunov sum at the last record");
+        if (!plain) {
+            const long long last_slot = steps % every == 0 ? steps / every : steps / every + 1;
+            const double last_sum = lyapunov[last_slot * tangent_count + tangent_count - 1];
+            check(last_sum != -7.0 && last_sum == last_sum, "a finite Lyapunov sum at the last record");
+        }
         for (long long t = 0; t < configs; ++t) diverged[t] = -1;
     }
 }
@@ -214,6 +220,8 @@ int main() {
     sweep<double>(8, 0, 0, 0, lgd_run_f64_host);
     sweep<float>(64, 1, 1, 1, lgd_run_f32_host);
     sweep<float>(8, 0, 0, 0, lgd_run_f32_host);
+    sweep<double>(8, 0, 0, 0, lgd_run_plain_f64_host, true);
+    sweep<float>(8, 0, 0, 0, lgd_run_plain_f32_host, true);
     products_sweep<double>();
     products_sweep<float>();
     lgd::host::pool().shutdown();

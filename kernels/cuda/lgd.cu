@@ -480,7 +480,10 @@ __host__ __device__ inline size_t shared_bytes(int n, int d, int m, int itemsize
     return total;
 }
 
-template <typename T>
+// FULL: every feature compiled in. A plain build (FULL false) leaves out the held-out pass, the trajectory and
+// projection records and the tangent vectors, which the glue passes only to the full entry
+// (cuda_run.entry_for): the kernel's registers are its worst path's, and these paths take the most.
+template <typename T, bool FULL>
 __device__ void run_chunk(const T* X, const T* y, const T* X_test, const T* y_test, T* W, T* a,
                           const long long* rules, const double* rule_params, const double* sharpness_last,
                           long long* diverged, int* fault, T* workspace, double* trace, double* trace_neuron,
@@ -635,62 +638,66 @@ __device__ void run_chunk(const T* X, const T* y, const T* X_test, const T* y_te
             if (tid == 0)
                 record_scalars(trace + at, field, eta_t, risk, log_risk, stat[STAT_CORRECT] / n, grad_sq,
                                stat[STAT_WEIGHT_SQ], stat[STAT_MARGIN]);
-            if (tid == 0)
-                for (int l = 0; l < n_tangents && slot < lyapunov_records; ++l)
-                    trace_lyapunov[((long long)c * lyapunov_records + slot) * n_tangents + l] =
-                        log_growth[(long long)c * n_tangents + l];
             if (neurons) {
                 double* row = trace_neuron + ((long long)c * neuron_records + slot) * m;
                 for (int j = tid; j < m; j += threads) row[j] = neuron[j];
             }
-            if (n_test > 0) {
-                double test[STATS] = {0.0, 0.0, 0.0, 0.0, 0.0};
-                for (int i0 = 0; i0 < n_test; i0 += tile_rows) {
-                    const int rows = n_test - i0 < tile_rows ? n_test - i0 : tile_rows;
-                    forward_tile(X_test, i0, rows, d, m, Wt, act, train.act_param, tile, false, fault);
-                    __syncthreads();
-                    for (int r = tid; r < rows; r += threads) {
-                        const Sample s = sample(tile, r, m, as, y_test[i0 + r], loss, loss_param, scale, 1.0, f32,
-                                                fault);
-                        test[STAT_RISK] += s.value;
-                        test[STAT_CORRECT] += s.yf > 0.0 ? 1.0 : 0.0;
+            if constexpr (FULL) {
+                if (tid == 0)
+                    for (int l = 0; l < n_tangents && slot < lyapunov_records; ++l)
+                        trace_lyapunov[((long long)c * lyapunov_records + slot) * n_tangents + l] =
+                            log_growth[(long long)c * n_tangents + l];
+                if (n_test > 0) {
+                    double test[STATS] = {0.0, 0.0, 0.0, 0.0, 0.0};
+                    for (int i0 = 0; i0 < n_test; i0 += tile_rows) {
+                        const int rows = n_test - i0 < tile_rows ? n_test - i0 : tile_rows;
+                        forward_tile(X_test, i0, rows, d, m, Wt, act, train.act_param, tile, false, fault);
+                        __syncthreads();
+                        for (int r = tid; r < rows; r += threads) {
+                            const Sample s = sample(tile, r, m, as, y_test[i0 + r], loss, loss_param, scale, 1.0, f32,
+                                                    fault);
+                            test[STAT_RISK] += s.value;
+                            test[STAT_CORRECT] += s.yf > 0.0 ? 1.0 : 0.0;
+                        }
+                        __syncthreads();
                     }
-                    __syncthreads();
-                }
-                block_reduce(test, is_min, scratch);
-                if (tid == 0) {
-                    trace[TRACE_TEST_RISK * field + at] = narrow(narrow(test[STAT_RISK], f32) / n_test, f32);
-                    trace[TRACE_TEST_ACCURACY * field + at] = test[STAT_CORRECT] / n_test;
+                    block_reduce(test, is_min, scratch);
+                    if (tid == 0) {
+                        trace[TRACE_TEST_RISK * field + at] = narrow(narrow(test[STAT_RISK], f32) / n_test, f32);
+                        trace[TRACE_TEST_ACCURACY * field + at] = test[STAT_CORRECT] / n_test;
+                    }
                 }
             }
         }
-        const long long weight_slot = weight_records > 0 ? record_slot(t, steps, weights_every) : -1;
-        if (weight_slot >= 0) {
-            if (n_directions > 0) {
-                // sum_jk V_pjk W_jk in float64, STATS directions per block reduction.
-                const bool sums[STATS] = {false, false, false, false, false};
-                for (int p0 = 0; p0 < n_directions; p0 += STATS) {
-                    double part[STATS] = {0.0, 0.0, 0.0, 0.0, 0.0};
+        if constexpr (FULL) {
+            const long long weight_slot = weight_records > 0 ? record_slot(t, steps, weights_every) : -1;
+            if (weight_slot >= 0) {
+                if (n_directions > 0) {
+                    // sum_jk V_pjk W_jk in float64, STATS directions per block reduction.
+                    const bool sums[STATS] = {false, false, false, false, false};
+                    for (int p0 = 0; p0 < n_directions; p0 += STATS) {
+                        double part[STATS] = {0.0, 0.0, 0.0, 0.0, 0.0};
+                        for (int e = tid; e < dm; e += threads) {
+                            const int k = e / m, j = e - k * m;
+                            for (int q = 0; q < STATS && p0 + q < n_directions; ++q)
+                                part[q] += (double)directions[((long long)(p0 + q) * m + j) * d + k] * (double)Wt[e];
+                        }
+                        block_reduce(part, sums, scratch);
+                        const long long row = ((long long)c * weight_records + weight_slot) * n_directions;
+                        if (tid == 0)
+                            for (int q = 0; q < STATS && p0 + q < n_directions; ++q)
+                                trace_projections[row + p0 + q] = part[q];
+                    }
+                } else {
+                    T* stored = trace_weights + ((long long)c * weight_records + weight_slot) * dm;
                     for (int e = tid; e < dm; e += threads) {
                         const int k = e / m, j = e - k * m;
-                        for (int q = 0; q < STATS && p0 + q < n_directions; ++q)
-                            part[q] += (double)directions[((long long)(p0 + q) * m + j) * d + k] * (double)Wt[e];
+                        stored[(long long)j * d + k] = Wt[e];
                     }
-                    block_reduce(part, sums, scratch);
-                    if (tid == 0)
-                        for (int q = 0; q < STATS && p0 + q < n_directions; ++q)
-                            trace_projections[((long long)c * weight_records + weight_slot) * n_directions + p0 + q] =
-                                part[q];
+                    if (outer_records > 0)
+                        for (int j = tid; j < m; j += threads)
+                            trace_outer[((long long)c * outer_records + weight_slot) * m + j] = as[j];
                 }
-            } else {
-                T* stored = trace_weights + ((long long)c * weight_records + weight_slot) * dm;
-                for (int e = tid; e < dm; e += threads) {
-                    const int k = e / m, j = e - k * m;
-                    stored[(long long)j * d + k] = Wt[e];
-                }
-                if (outer_records > 0)
-                    for (int j = tid; j < m; j += threads)
-                        trace_outer[((long long)c * outer_records + weight_slot) * m + j] = as[j];
             }
         }
         if (risk > risk_bound || sqrt(stat[STAT_WEIGHT_SQ]) > weight_bound) {
@@ -698,12 +705,14 @@ __device__ void run_chunk(const T* X, const T* y, const T* X_test, const T* y_te
             break;
         }
         if (t < steps) {
-            if (n_tangents > 0)
-                propagate(train, n, train_outer, (double)(T)eta_t, n_tangents,
-                          tangents + (long long)c * n_tangents * dm, tangents_a + (long long)c * n_tangents * m,
-                          log_growth + (long long)c * n_tangents, config_space + 2 * dm, config_space + 3 * dm,
-                          config_space + 4 * dm, config_space + 4 * dm + m,
-                          row_space + (long long)c * 3 * tile_rows);
+            if constexpr (FULL) {
+                if (n_tangents > 0)
+                    propagate(train, n, train_outer, (double)(T)eta_t, n_tangents,
+                              tangents + (long long)c * n_tangents * dm, tangents_a + (long long)c * n_tangents * m,
+                              log_growth + (long long)c * n_tangents, config_space + 2 * dm, config_space + 3 * dm,
+                              config_space + 4 * dm, config_space + 4 * dm + m,
+                              row_space + (long long)c * 3 * tile_rows);
+            }
             // Every thread has read W_t (the tiles, the norms, the other passes: a barrier since).
             const T eta = (T)eta_t;
             for (int e = tid; e < dm; e += threads) Wt[e] -= eta * grad[e];
@@ -742,6 +751,12 @@ __device__ void run_chunk(const T* X, const T* y, const T* X_test, const T* y_te
         record_every, weights_every, configs, records, neuron_records, weight_records, outer_records, n_directions,  \
         tangents, tangents_a, log_growth, trace_lyapunov, row_space, n_tangents, lyapunov_records, tile_rows,        \
         x_shared, w_shared, g_shared
+
+namespace lgd {
+// The two builds of run_chunk as entry bodies (LGD_ENTRY takes a template of the dtype alone).
+template <typename T> __device__ void run_full(LGD_RUN_PARAMS(T)) { run_chunk<T, true>(LGD_RUN_ARGS()); }
+template <typename T> __device__ void run_plain(LGD_RUN_PARAMS(T)) { run_chunk<T, false>(LGD_RUN_ARGS()); }
+}  // namespace lgd
 
 #include "products.cuh"
 
@@ -802,7 +817,8 @@ extern "C" size_t lgd_rows_shared_bytes(int m, int itemsize, int threads, int ro
     }                                                                                                                \
     LGD_HOST_ENTRY(NAME##_##SUFFIX, LIST, T, ARGS)
 #define LGD_ENTRIES(T, SUFFIX)                                                                                       \
-    LGD_ENTRY(lgd_run, SUFFIX, T, LGD_RUN_PARAMS, LGD_RUN_ARGS, lgd::run_chunk)                                      \
+    LGD_ENTRY(lgd_run, SUFFIX, T, LGD_RUN_PARAMS, LGD_RUN_ARGS, lgd::run_full)                                       \
+    LGD_ENTRY(lgd_run_plain, SUFFIX, T, LGD_RUN_PARAMS, LGD_RUN_ARGS, lgd::run_plain)                                \
     LGD_ENTRY(lgd_rows, SUFFIX, T, LGD_ROWS_PARAMS, LGD_ROWS_ARGS, lgd::rows_block)                                  \
     LGD_ENTRY(lgd_norms, SUFFIX, T, LGD_NORMS_PARAMS, LGD_NORMS_ARGS, lgd::norms_block)                              \
     LGD_ENTRY(lgd_finalize, SUFFIX, T, LGD_FINALIZE_PARAMS, LGD_FINALIZE_ARGS, lgd::finalize_block)                  \
