@@ -667,6 +667,30 @@ def test_exp_and_log1p_accuracy():
     assert np.isnan(apply(np.array([np.nan]))).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_exp_of_a_nonpositive_argument_is_exp_bit_for_bit(dtype):
+    """exp_nonpositive (the activations' e^-|z|, without the clamp from above) is exp on x <= 0, bit for bit,
+    to the underflow and at -inf; a nan passes both clamps and both arithmetics (no select keeps it)."""
+    from numba import njit
+
+    @njit
+    def apply(x):
+        out = np.empty((2, x.size), dtype=x.dtype)
+        for i in range(x.size):
+            out[0, i] = exp_log1p.exp_of(x[i])
+            out[1, i] = exp_log1p.exp_nonpositive_of(x[i])
+        return out
+
+    low = -760.0 if dtype == np.float64 else -110.0
+    x = np.concatenate([np.linspace(low, 0.0, 100001), [-np.inf, -0.0, np.nan, -1e30]]).astype(dtype)
+    out = apply(x)
+    np.testing.assert_array_equal(out[0], out[1])
+    assert out[0][-4] == 0.0 and out[0][-3] == 1.0 and np.isnan(out[0][-2]) and out[0][-1] == 0.0
+    assert np.isnan(apply(np.array([np.nan, -np.nan], dtype=dtype))).all()
+    with np.errstate(over="ignore"):
+        assert np.array_equal(apply(np.array([np.inf, 1e30], dtype=dtype))[0], [np.inf, np.inf])
+
+
 def test_float32_exp_softplus_and_sigmoid_accuracy():
     """The float32 functions of float32 runs: a few float32 ulps over the whole range, inf, 0 and nan kept."""
     from numba import njit

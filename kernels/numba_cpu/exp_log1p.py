@@ -37,7 +37,21 @@ _E1, _E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9 = _poly.EXP_P  # P's coefficients of
 @subroutine(types.float64)
 def exp(x):
     """e^x for float64 x: overflow to inf above 709.78, gradual underflow to 0, nan kept."""
-    xc = min(max(x, -746.0), 710.0)
+    return exp_clamped(710.0 if x > 710.0 else (-746.0 if x < -746.0 else x))
+
+
+@subroutine(types.float64)
+def exp_nonpositive(x):
+    """e^x for float64 x <= 0 (or nan): exp without the clamp from above, which such an x never reaches
+    (e^-|z| of the activations and losses: one operation fewer an entry in their loops)."""
+    return exp_clamped(-746.0 if x < -746.0 else x)
+
+
+@subroutine(types.float64)
+def exp_clamped(xc):
+    """e^xc for xc in [-746, 710], or nan for nan. The clamps of the callers are written so that a nan
+    passes them (a comparison with nan is false): it goes through the arithmetic to the result, with no
+    select at the end."""
     shifted = fma(xc, _INV_LN2, _SHIFTER)
     kf = shifted - _SHIFTER
     v = bits_from_double(shifted) - _SHIFTER_BITS
@@ -50,8 +64,7 @@ def exp(x):
     expm1 = fma(poly, r2, r)
     h = v >> _ONE
     first = double_from_bits(h << _EXPONENT)  # normal, so fma(expm1, first, first) = (1 + expm1) first, bit for bit
-    y = fma(expm1, first, first) * double_from_bits((v - h) << _EXPONENT)
-    return y if x == x else x
+    return fma(expm1, first, first) * double_from_bits((v - h) << _EXPONENT)
 
 
 # log(1 + e) for 0 <= e <= 1, from fdlibm's log1p once it has reduced its argument to f: log(1 + f) =
@@ -105,7 +118,18 @@ _F = np.float32
 @subroutine(types.float32)
 def exp32(x):
     """e^x for float32 x: overflow to inf above 88.72, gradual underflow to 0, nan kept."""
-    xc = min(max(x, _F(-104.0)), _F(89.0))
+    return exp32_clamped(_F(89.0) if x > _F(89.0) else (_F(-104.0) if x < _F(-104.0) else x))
+
+
+@subroutine(types.float32)
+def exp32_nonpositive(x):
+    """exp_nonpositive for float32 x <= 0 (or nan)."""
+    return exp32_clamped(_F(-104.0) if x < _F(-104.0) else x)
+
+
+@subroutine(types.float32)
+def exp32_clamped(xc):
+    """exp_clamped for float32 xc in [-104, 89] (or nan)."""
     shifted = fma(xc, _INV_LN2_F, _SHIFTER_F)
     kf = shifted - _SHIFTER_F
     v = bits_from_float(shifted) - _SHIFTER_F_BITS
@@ -115,8 +139,7 @@ def exp32(x):
     expm1 = fma(fma(p, r2, fma(_F(1.0 / 6.0), r, _F(0.5))), r2, r)
     h = v >> np.int32(1)
     first = float_from_bits(h << np.int32(23))
-    y = fma(expm1, first, first) * float_from_bits((v - h) << np.int32(23))
-    return y if x == x else x
+    return fma(expm1, first, first) * float_from_bits((v - h) << np.int32(23))
 
 
 # log1p_unit's g for float32 runs: degree 4 (|error| <= 7e-9 before its coefficients' float32 rounding).
@@ -147,6 +170,11 @@ def softplus_sigmoid_from_exp32(x, e):
 @subroutine(lambda x: x, pick=lambda x: (exp32 if x == types.float32 else exp).implementation)
 def exp_of(x):
     """exp or exp32 by the type of x."""
+
+
+@subroutine(lambda x: x, pick=lambda x: (exp32_nonpositive if x == types.float32 else exp_nonpositive).implementation)
+def exp_nonpositive_of(x):
+    """exp_nonpositive or exp32_nonpositive by the type of x."""
 
 
 @subroutine(lambda x, e: types.UniTuple(x, 2), pick=lambda x, e: (

@@ -47,7 +47,8 @@ from lgd.activations import GELU, IDENTITY, LEAKY_RELU, LEAKY_SOFTPLUS, RELU, SI
 from lgd.losses import EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL, LOGISTIC, SQUARED
 
 from .compiler import subroutine
-from .exp_log1p import exp, exp_of, log1p_parts_of, softplus_sigmoid_from_exp, softplus_sigmoid_from_exp_of
+from .exp_log1p import (exp, exp_nonpositive_of, exp_of, log1p_parts_of, softplus_sigmoid_from_exp,
+                        softplus_sigmoid_from_exp_of)
 from .intrinsics import fma, like, rows_flat
 
 # The codes this file has a formula for: a catalog entry missing here is refused (and the tests, which
@@ -92,7 +93,7 @@ def activate_span(code, c, z, p, q, r, m):
         # Two passes, exp(-|z|) into p first: each loop keeps fewer constants live than one loop doing
         # both, so fewer are reloaded every iteration.
         for j in range(m):
-            p[j] = exp_of(-abs(z[j]))
+            p[j] = exp_nonpositive_of(-abs(z[j]))
         # softplus(x) = max(x, 0) + e - s u (log1p_parts): the terms known early first, s u (the end of
         # the longest chain: the division, then the polynomial) last, in one fma; then phi = c x +
         # (1 - c) softplus(x) in one more.
