@@ -43,7 +43,8 @@ def exp(x):
 @subroutine(types.float64)
 def exp_nonpositive(x):
     """e^x for float64 x <= 0 (or nan): exp without the clamp from above, which such an x never reaches
-    (e^-|z| of the activations and losses: one operation fewer an entry in their loops)."""
+    (e^-|z| of the activations and losses, the normal density: one operation fewer an entry in their
+    loops)."""
     return exp_clamped(-746.0 if x < -746.0 else x)
 
 

@@ -47,7 +47,7 @@ from lgd.activations import GELU, IDENTITY, LEAKY_RELU, LEAKY_SOFTPLUS, RELU, SI
 from lgd.losses import EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL, LOGISTIC, SQUARED
 
 from .compiler import subroutine
-from .exp_log1p import (exp, exp_nonpositive_of, exp_of, log1p_parts_of, softplus_sigmoid_from_exp,
+from .exp_log1p import (exp, exp_nonpositive, exp_nonpositive_of, log1p_parts_of, softplus_sigmoid_from_exp,
                         softplus_sigmoid_from_exp_of)
 from .intrinsics import fma, like, rows_flat
 
@@ -121,7 +121,7 @@ def activate_span(code, c, z, p, q, r, m):
     elif code == SILU:
         for j in range(m):
             x = z[j]
-            e = exp_of(-abs(x))
+            e = exp_nonpositive_of(-abs(x))
             r1 = one / (one + e)
             s = r1 if x >= zero else e * r1
             t = e * r1 if x >= zero else r1
@@ -142,7 +142,7 @@ def activate_span(code, c, z, p, q, r, m):
             x = z[j]
             cdf = half * math.erfc(-x * inv_sqrt2)
             near = abs(x) < like(z, 40.0)
-            pdf = exp_of(-half * min(x * x, cap)) * inv_sqrt2pi if near else zero
+            pdf = exp_nonpositive_of(-half * min(x * x, cap)) * inv_sqrt2pi if near else zero
             xc = x if near else zero
             p[j] = x * cdf
             q[j] = cdf + xc * pdf
@@ -160,7 +160,7 @@ def activate_row(code, c, Z, row, p, q, r, m):
 def loss_row(code, a, u):
     """(loss(u), loss'(u)) of one sample, in float64 (nan for a code refused by unknown_code)."""
     if code == LOGISTIC:
-        sp, sg = softplus_sigmoid_from_exp_of(-u, exp(-abs(u)))
+        sp, sg = softplus_sigmoid_from_exp_of(-u, exp_nonpositive(-abs(u)))
         return sp, -sg
     if code == EXPONENTIAL:
         v = exp(-u)
@@ -191,7 +191,7 @@ def log_loss_row(code, a, u):
     if code == LOGISTIC:
         if u > 36.0:  # log log1p(e^-u) = -u + log1p(-e^-u / 2 + ...) = -u to rounding
             return -u
-        sp, sg = softplus_sigmoid_from_exp(-u, exp(-abs(u)))
+        sp, sg = softplus_sigmoid_from_exp(-u, exp_nonpositive(-abs(u)))
         return math.log(sp)
     if code == EXPONENTIAL:
         return -u
@@ -208,7 +208,7 @@ def log_loss_row(code, a, u):
 def loss_curvature(code, a, u):
     """loss''(u) of one sample, in float64."""
     if code == LOGISTIC:
-        e = exp(-abs(u))
+        e = exp_nonpositive(-abs(u))
         return e / ((1.0 + e) * (1.0 + e))
     if code == EXPONENTIAL:
         return exp(-u)
