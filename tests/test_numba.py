@@ -51,6 +51,7 @@ def test_blas_kernel_compiles_without_the_fused_loops(tmp_path):
         "p = Problem(X=X, y=y, activation=lgd.activations.get('relu'), loss=lgd.losses.get('logistic'),\n"
         "            scale=1.0, train_outer=False, linear=False)\n"
         "from lgd.kernels.numba_cpu import compiler\n"
+        "_numba.BLAS_WITH_WIDE_TILES = True\n"
         "runner = _numba.Runner(p, 1, 1, shape=(1, _numba.BLAS_WORK // X.size + 1))\n"
         "assert runner._use_blas(_numba.BLAS_WORK // X.size + 1)\n"
         "compiled = [f.__name__ for lib in compiler._SUBROUTINES for f, _ in compiler._SUBROUTINES[lib]]\n"
@@ -125,6 +126,7 @@ def test_sweep_equals_single_runs_and_oracle(products, monkeypatch):
     threads per step) and the oracle, with the products in the fused loops or through BLAS."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_WORK", 0 if products == "blas" else 1 << 62)
+    monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
     monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
     X, y, X_test, y_test = problem_data("logistic")
     stepsizes = [0.1, 1.0, 10.0, 1e5]
@@ -155,6 +157,7 @@ def test_team_of_threads_matches_oracle(team, stepsizes, dtype, products, monkey
     with the products in the fused loops or through BLAS on each thread's block."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_WORK", 0 if products == "blas" else 1 << 62)
+    monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
     monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
     model = lgd.TwoLayerNet(21, train_outer=True)
     problem = make_problem(model, "exponential", dtype)
@@ -176,17 +179,21 @@ def test_team_of_threads_matches_oracle(team, stepsizes, dtype, products, monkey
 
 @pytest.mark.parametrize("team", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("shape", ["wide_inputs", "wide_net"])
+@pytest.mark.parametrize("shape", ["wide_inputs", "wide_net", "blocked_inputs"])
 def test_wide_inputs_and_nets_match_oracle(shape, team, dtype, monkeypatch):
     """The shape-dependent paths of the fused pass, whole traces against the oracle, by one thread and by
     a team (blocks of 12 and 11 samples): from d >= WIDE_MIN_D the forward tiles take WIDE_ROWS samples
     (a block's last few TILE_ROWS, then one at a time: every kind of tile); from m > WAITING_MAX_M the
-    samples wait for the gradient BACKWARD_GROUP at a time, not WAITING_SAMPLES."""
+    samples wait for the gradient BACKWARD_GROUP at a time, not WAITING_SAMPLES; from d >= BLOCKED_MIN_D
+    a waiting group of WAITING_BLOCKED samples (one whole, then 13; a team's blocks of 71 and 70) has its
+    rows of z k-blocked at once, on the fused path whatever the tiles' width."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     # Width 29: at 64-byte vectors a float64 tile, a half tile and 5 columns (float32: a half tile and 13).
-    d, width = (tiles.WIDE_MIN_D + 3, 29) if shape == "wide_inputs" else (5, tiles.WAITING_MAX_M + 3)
+    d, width, n = {"wide_inputs": (tiles.WIDE_MIN_D + 3, 29, 23), "wide_net": (5, tiles.WAITING_MAX_M + 3, 23),
+                   "blocked_inputs": (tiles.BLOCKED_MIN_D + 3, 29, tiles.WAITING_BLOCKED + 13)}[shape]
+    monkeypatch.setattr(_numba, "BLAS_WORK", 1 << 62)
     model = lgd.TwoLayerNet(width, train_outer=True)
-    problem = make_problem(model, "logistic", dtype, d=d)
+    problem = make_problem(model, "logistic", dtype, d=d, n=n)
     steps, every = 60, 3
 
     def as_team(runner):
@@ -209,6 +216,7 @@ def test_lyapunov_from_kept_or_formed_curvature_matches_oracle(kept, products, t
     log growth of two tangent vectors against the oracle's."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_WORK", 0 if products == "blas" else 1 << 62)
+    monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
     monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
     if kept == "formed":
         monkeypatch.setattr(_numba, "KEPT_BYTES", 0)
@@ -365,11 +373,14 @@ def test_activation_spans_give_the_row_by_row_results(d, activation, dtype, monk
 
 def test_blas_only_from_the_dimension_where_it_pays(monkeypatch):
     """The fused tiles run every problem with d < BLAS_MIN_D, however large; BLAS from there on (given
-    BLAS_WORK and threadpoolctl), never for the linear model."""
+    BLAS_WORK and threadpoolctl), never for the linear model, and with 64-byte tiles (AVX-512) never
+    unless BLAS_WITH_WIDE_TILES."""
     model = lgd.TwoLayerNet(6)
     runner = _numba.Runner(make_problem(model, "logistic", np.float64), 1, 1, (1, 6, 5))
     assert not runner._use_blas(1 << 40)
     monkeypatch.setattr(_numba, "BLAS_MIN_D", 5)
+    assert runner._use_blas(1 << 40) == (runner._threadpoolctl and runner._kernels.VECTOR_BYTES < 64)
+    monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
     assert runner._use_blas(1 << 40) == runner._threadpoolctl
     assert not runner._use_blas(1)
     linear = _numba.Runner(make_problem(lgd.Linear(), "logistic", np.float64), 1, 1, (1, 1, 5))
@@ -380,6 +391,7 @@ def test_no_blas_inside_a_team_without_threadpoolctl(monkeypatch):
     """BLAS in a team needs threadpoolctl to hold it to one thread; without it the fused loops do the products."""
     monkeypatch.setattr(_numba, "BLAS_WORK", 0)
     monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
+    monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
     runner = _numba.Runner(make_problem(lgd.TwoLayerNet(6), "logistic", np.float64), 1, 1)
     assert runner._use_blas(6)
     runner._threadpoolctl = False
@@ -410,6 +422,7 @@ def test_blas_path_matches_fused(bound, monkeypatch):
     fused = run_both(model, "logistic", np.float64, [0.5], steps=40, every=3)[1]
     monkeypatch.setattr(_numba, "BLAS_WORK", 0)
     monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
+    monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_BOUND_D", 0 if bound else 1 << 30)
     teams, limited = [], []
@@ -455,6 +468,7 @@ def test_blas_products_through_either_gemm_match_oracle(gemm, bound, dtype, monk
         monkeypatch.setattr(_numba, "numpy_gemm", lambda dtype: 0)
     monkeypatch.setattr(_numba, "BLAS_WORK", 0)
     monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
+    monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_BOUND_D", 0 if bound else 1 << 30)
     model = lgd.TwoLayerNet(6, train_outer=True)
@@ -472,6 +486,7 @@ def test_runner_compiles_the_product_mode_it_runs(blas, monkeypatch):
 
     monkeypatch.setattr(_numba, "BLAS_WORK", 0 if blas else 1 << 60)
     monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
+    monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
     model = lgd.TwoLayerNet(6)
     problem = make_problem(model, "logistic", np.float64)
     state = initial_state(model, problem.X.shape[1], np.float64, [0.5])
@@ -513,6 +528,41 @@ def _tiled_and_scalar_products():
                 grad[k, j] = g
 
     return tiled, scalar
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_register_tiles_k_blocked_sum_as_the_scalar_loops(dtype):
+    """forward_rows_blocked (a group's rows of z BLOCK_K entries of k at a time: tiles of WIDE_ROWS, one of
+    TILE_ROWS, the rest row by row) gives the plain fma loops' results bit for bit, for d below, at and
+    past multiples of BLOCK_K and every count of rows up to two wide tiles, a short one and three more."""
+    from numba import njit
+
+    @njit
+    def blocked(X, Wt, count, zt):
+        tiles.forward_rows_blocked(X, 2, count, Wt, zt)
+
+    @njit
+    def scalar(X, Wt, count, zt):
+        d, m = Wt.shape
+        for r in range(count):
+            for j in range(m):
+                s = intrinsics.like(Wt, 0.0)
+                for k in range(d):
+                    s = intrinsics.fma(X[2 + r, k], Wt[k, j], s)
+                zt[r, j] = s
+
+    rng = np.random.default_rng(6)
+    columns = intrinsics.tile_columns(dtype)
+    rows = 2 * tiles.WIDE_ROWS + tiles.TILE_ROWS + 3
+    for d in (tiles.BLOCK_K - 1, tiles.BLOCK_K, 2 * tiles.BLOCK_K + 5):
+        for m in (3, columns, columns + 5, 2 * columns):
+            X = rng.standard_normal((rows + 2, d)).astype(dtype)
+            Wt = rng.standard_normal((d, m)).astype(dtype)
+            for count in range(1, rows + 1):
+                outs = [np.full((rows + 1, m), np.nan, dtype) for _ in range(2)]
+                blocked(X, Wt, count, outs[0])
+                scalar(X, Wt, count, outs[1])
+                np.testing.assert_array_equal(outs[0], outs[1], err_msg=f"d={d} m={m} count={count}")
 
 
 # d = 13: whole backward tiles and rows after them at both widths (GRAD_ROWS 8 or 4).

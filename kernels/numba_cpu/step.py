@@ -32,8 +32,8 @@ from .formulas import activate_row, activate_span, log_loss_row, loss_curvature,
 from .intrinsics import dot_lanes, flat, fma, like, rows_flat
 from .sharpness import top_eigenvalues
 from .tangent import member_block
-from .tiles import (BACKWARD_GROUP, TILE_ROWS, WAITING_MAX_M, WAITING_SAMPLES, WIDE_MIN_D, WIDE_ROWS, backward_rows,
-                    blas_writes_grad, forward_rows)
+from .tiles import (BACKWARD_GROUP, BLOCKED_MIN_D, TILE_ROWS, WAITING_MAX_M, WAITING_SAMPLES, WIDE_MIN_D, WIDE_ROWS,
+                    backward_rows, blas_writes_grad, forward_rows, forward_rows_blocked, waiting_samples)
 
 # The record rule of lgd.backends (which evaluations are recorded, into which trace slot) and the stepsize
 # rules of lgd.stepsize (eta_t), compiled: one formula each, here and in the numpy oracle.
@@ -157,7 +157,8 @@ def sample_outs(code_loss, loss_param, margin_loss, y, i, count, out, f32):
 def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, rows, outs, grad, grad_a, neuron,
                 stats, train, us):
     """sample_block's pass in the fused mode without kept rows, for a net that is not linear: the same
-    results, bit for bit, with the samples taken a waiting group at a time (WAITING_SAMPLES, or
+    results, bit for bit, with the samples taken a waiting group at a time (tiles.waiting_samples: 32,
+    WAITING_BLOCKED from d >= BLOCKED_MIN_D, where the group's rows of z come k-blocked at once, or
     BACKWARD_GROUP for wide nets): the rows of phi and phi' of the whole group first (phi' straight
     into qs, phi into ps (waiting, m)), then the group's losses in one vectorised loop (sample_outs,
     into outs (4, waiting)), then, sample by sample in order, the sums, the gradient's rows
@@ -166,7 +167,10 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
     d, m = Wt.shape
     act, act_param, scale = spec.activation, spec.activation_param, spec.scale
     risk, correct, margin = 0.0, 0.0, np.inf
-    waiting = WAITING_SAMPLES if m <= WAITING_MAX_M else BACKWARD_GROUP
+    waiting = waiting_samples(d, m)
+    # From BLOCKED_MIN_D a waiting group's rows of z come at once, k-blocked (zt holds the whole group:
+    # lgd.backends._numba's buffers give it those rows).
+    blocked = d >= BLOCKED_MIN_D and zt.shape[0] >= waiting
     # Where the rows of zt, ps and qs are m entries long, with no gap between them (lgd.backends._numba's
     # _own_block, up to SPAN_ROW_BYTES a row), the rows of a tile that fall in this group are one span of
     # z, phi and phi', and the activation takes them in one call; else it takes them row by row.
@@ -179,8 +183,12 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
         while g < count:
             s = i + g
             if s >= tile_end:  # the rows of the next tile's samples (fewer at the block's end)
-                tile = WIDE_ROWS if d >= WIDE_MIN_D and i1 - s >= WIDE_ROWS else min(TILE_ROWS, i1 - s)
-                forward_rows(X, s, tile, Wt, zt)
+                if blocked:  # the whole group's
+                    tile = count
+                    forward_rows_blocked(X, s, tile, Wt, zt)
+                else:
+                    tile = WIDE_ROWS if d >= WIDE_MIN_D and i1 - s >= WIDE_ROWS else min(TILE_ROWS, i1 - s)
+                    forward_rows(X, s, tile, Wt, zt)
                 tile_start, tile_end = s, s + tile
             span = min(tile_end, i + count) - s if spans else 1
             activate_span(act, act_param, rows_flat(zt, s - tile_start, span), rows_flat(ps, g, span),
@@ -232,9 +240,9 @@ def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, membe
     block, us[i] receives each sample's loss argument u (for the log-risk). With train, also the
     gradient: added to grad (d, m) and grad_a (m,), or, with Z, G written over the rows of Z (the
     caller then forms G^T X); at record steps also the per-neuron margins min y a_j phi(z_ij). qs
-    (WAITING_SAMPLES, m) and rows (WAITING_SAMPLES,) hold the samples waiting for the gradient
-    (added WAITING_SAMPLES at a time up to m = WAITING_MAX_M, BACKWARD_GROUP at a time for wider
-    nets). The per-sample buffers (zt, p, q, qs, rows, grad_a, neuron) may have longer rows than m:
+    (waiting, m) and rows (waiting,) hold the samples waiting for the gradient (tiles.waiting_samples
+    rows; here added WAITING_SAMPLES at a time up to m = WAITING_MAX_M, BACKWARD_GROUP at a time for
+    wider nets). The per-sample buffers (zt, p, q, qs, rows, grad_a, neuron) may have longer rows than m:
     a team pads them, so that no two threads write the same cache line. Nothing here allocates, so
     nothing can fail while the other threads of a team wait at a barrier.
 
@@ -247,7 +255,7 @@ def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, membe
 
     The plain fused step (zs given, kept None, a net that is not linear) runs fused_block instead: the
     same results, bit for bit, a waiting group of samples at a time, its losses in one vectorised loop;
-    ps (WAITING_SAMPLES, m) and outs (4, WAITING_SAMPLES) are its scratch.
+    ps (waiting, m) and outs (4, waiting) are its scratch.
 
     Rows, products and gradients are in the dtype of X (z, p, q, a, grad and grad_a share it): a
     float32 run computes in float32. Per-sample losses, the risk and the margins are float64 sums

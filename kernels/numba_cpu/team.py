@@ -114,11 +114,12 @@ class Buffers(NamedTuple):
     """Scratch of one call, shared by the team (built by :func:`lgd.backends._numba.buffers`).
 
     In the run's dtype: Wt (d, m) and a (m,), the weights being stepped; a_step (m,), the outer weights the step
-    reads; per member (a leading axis of `team`): zs (WIDE_ROWS, m) tile rows, ps and qs (m,) rows of phi and phi',
-    pending_q (WAITING_SAMPLES, m) and pending_rows (WAITING_SAMPLES,) int64 the samples waiting for the gradient,
-    group (per member: phi of the waiting samples (WAITING_SAMPLES, m) in the run's dtype and their losses' outputs
-    (4, WAITING_SAMPLES) float64, step.fused_block; the rows of zs, pending_q and group[0] at least these many, and
-    without gaps between them up to lgd.backends._numba.SPAN_ROW_BYTES a row), grads (d, m) and grads_a (m,) partial
+    reads; per member (a leading axis of `team`): zs (WIDE_ROWS, m) tile rows (from tiles.BLOCKED_MIN_D, a
+    waiting group's), ps and qs (m,) rows of phi and phi', pending_q (waiting, m) and pending_rows (waiting,) int64
+    the samples waiting for the gradient (waiting: tiles.waiting_samples), group (per member: phi of the waiting
+    samples (waiting, m) in the run's dtype and their losses' outputs (4, waiting) float64, step.fused_block; the
+    rows of zs, pending_q and group[0] at least these many, and without gaps between them up to
+    lgd.backends._numba.SPAN_ROW_BYTES a row), grads (d, m) and grads_a (m,) partial
     gradients; float64: neurons_part (m,) per member, stats (2 team, 3) per member's training and held-out blocks;
     grad, grad_a, neuron and total (2, 3) the sums; us (n,) float64 the samples' loss arguments at record steps;
     tangent, the scratch of the tangent map (HV (k, m, d), HB (k, m), per member Vt, HVt (team, k, d, m) and HB (team,

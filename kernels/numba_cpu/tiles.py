@@ -42,19 +42,42 @@ WIDE_MIN_D = 1 if VECTOR_BYTES == 64 else 32
 WAITING_SAMPLES = 32
 WAITING_MAX_M = 256
 BACKWARD_GROUP = 8
+# From d >= BLOCKED_MIN_D (where W^T no longer fits in L2) the forward product of a waiting group runs
+# k-blocked: BLOCK_K entries of k at a time for all of the group's tiles (forward_rows_blocked), so that
+# W^T's panel stays in L2 while every tile adds its part, and a group is WAITING_BLOCKED samples (up to
+# m = WAITING_MAX_M): fewer passes over the gradient, which no longer fits in L2 either. On L's sizes
+# (docs/performance.md) the forward tiles ran 1.8x faster, the backward 1.2x, both past OpenBLAS's kernels.
+BLOCKED_MIN_D = 512
+BLOCK_K = 256
+WAITING_BLOCKED = 128
 
 
-def _forward_tile(samples, vector_bytes=VECTOR_BYTES):
-    """The forward register tile over `samples` rows of X, its vectors `vector_bytes` wide."""
-    def forward_tile(typingctx, X, i, Wt, j, Z):
+@subroutine(types.int64)
+def waiting_samples(d, m):
+    """The samples that wait for one pass of the backward tiles over the gradient, for inputs of
+    dimension d and width m (the rows of the fused step's group buffers: lgd.backends._numba sizes them
+    by ``waiting_samples.implementation``)."""
+    if m > WAITING_MAX_M:
+        return BACKWARD_GROUP
+    return WAITING_BLOCKED if d >= BLOCKED_MIN_D else WAITING_SAMPLES
+
+
+def _forward_tile(samples, vector_bytes=VECTOR_BYTES, part=False):
+    """The forward register tile over `samples` rows of X, its vectors `vector_bytes` wide; with `part`, the
+    part of its sums over k in [k0, k1), into rows zr, zr + 1, ... of Z, added to what they hold (or from
+    0, for the first part)."""
+    def forward_tile(typingctx, X, i, Wt, j, Z, zr=None, k0=None, k1=None, add=None):
         """Z[r, j:j+c] = sum_k X[i+r, k] Wt[k, j:j+c] for r < samples, c = tile_columns at this width (fma
-        in k order).
-        The caller keeps i + samples <= len(X) and j + c <= Wt.shape[1]."""
-        if not tiled_arrays((X, Wt, Z)):
+        in k order); the rows of Z are the tile's (r), not X's.
+        With part (arguments zr, k0, k1, add): into Z[zr + r, j:j+c], the sum over k0 <= k < k1 only, fma
+        after fma from what that row holds when add (else from 0): the parts over consecutive ranges of k,
+        in order, give the whole sum's bits.
+        The caller keeps i + samples <= len(X), (zr +) samples <= len(Z) and j + c <= Wt.shape[1]."""
+        if not tiled_arrays((X, Wt, Z)) or (zr is None) == part:
             return None
 
         def codegen(context, builder, signature, args):
-            x_type, _, w_type, _, z_type = signature.args
+            x_type, _, w_type, _, z_type = signature.args[:5]
             vector, lanes, load, store, broadcast, fma_ = vector_ops(context, builder, x_type.dtype, vector_bytes)
             x_data, d = tile_parts(context, builder, x_type, args[0])
             w_data, m = tile_parts(context, builder, w_type, args[2])
@@ -62,9 +85,18 @@ def _forward_tile(samples, vector_bytes=VECTOR_BYTES):
             i_, j_ = args[1], args[3]
             rows = [builder.gep(x_data, [builder.mul(builder.add(i_, ir.Constant(i_.type, r)), d)])
                     for r in range(samples)]
-            acc = [cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in range(2 * samples)]
-            with cgutils.for_range(builder, d) as loop:
-                k = loop.index
+            first = args[5] if part else ir.Constant(j_.type, 0)
+            outs = [builder.gep(z_data, [builder.add(builder.mul(builder.add(first, ir.Constant(j_.type, r)), z_width),
+                                                     j_)]) for r in range(samples)]
+            zero = ir.Constant(vector, None)
+            if part:
+                k0, k1, add = args[6], args[7], args[8]
+                start = [builder.select(add, load(builder.gep(out, [ir.Constant(j_.type, h * lanes)])), zero)
+                         for out in outs for h in range(2)]
+            else:
+                k0, k1, start = ir.Constant(d.type, 0), d, [zero] * (2 * samples)
+            acc = [cgutils.alloca_once_value(builder, value) for value in start]
+            with cgutils.for_range_slice(builder, k0, k1, ir.Constant(d.type, 1), inc=True) as (k, _):
                 w = builder.gep(w_data, [builder.add(builder.mul(k, m), j_)])
                 w0, w1 = load(w), load(builder.gep(w, [ir.Constant(k.type, lanes)]))
                 for r in range(samples):
@@ -72,19 +104,30 @@ def _forward_tile(samples, vector_bytes=VECTOR_BYTES):
                     builder.store(fma_(x, w0, builder.load(acc[2 * r])), acc[2 * r])
                     builder.store(fma_(x, w1, builder.load(acc[2 * r + 1])), acc[2 * r + 1])
             for r in range(samples):
-                out = builder.gep(z_data, [builder.add(builder.mul(ir.Constant(j_.type, r), z_width), j_)])
-                store(builder.load(acc[2 * r]), out)
-                store(builder.load(acc[2 * r + 1]), builder.gep(out, [ir.Constant(j_.type, lanes)]))
+                store(builder.load(acc[2 * r]), outs[r])
+                store(builder.load(acc[2 * r + 1]), builder.gep(outs[r], [ir.Constant(j_.type, lanes)]))
             return context.get_dummy_value()
-        return types.void(X, types.intp, Wt, types.intp, Z), codegen
-    forward_tile.__name__ = forward_tile.__qualname__ = f"forward_tile_{samples}_{vector_bytes}"
-    return intrinsic(forward_tile)
+        extra = (types.intp, types.intp, types.intp, types.boolean) if part else ()
+        return types.void(X, types.intp, Wt, types.intp, Z, *extra), codegen
+    if part:  # numba's intrinsics take no defaults: the typer's parameters are the call's
+        def forward_tile_part(typingctx, X, i, Wt, j, Z, zr, k0, k1, add):
+            return forward_tile(typingctx, X, i, Wt, j, Z, zr, k0, k1, add)
+        typer = forward_tile_part
+    else:
+        def forward_tile_whole(typingctx, X, i, Wt, j, Z):
+            return forward_tile(typingctx, X, i, Wt, j, Z)
+        typer = forward_tile_whole
+    typer.__doc__ = forward_tile.__doc__
+    typer.__name__ = typer.__qualname__ = f"forward_tile_{samples}_{vector_bytes}{'_part' if part else ''}"
+    return intrinsic(typer)
 
 
 forward_tile = _forward_tile(TILE_ROWS)
 forward_tile_wide = _forward_tile(WIDE_ROWS)  # from d >= WIDE_MIN_D: twelve accumulators, W loaded half as often
 forward_tile_half = _forward_tile(TILE_ROWS, HALF_BYTES)
 forward_tile_wide_half = _forward_tile(WIDE_ROWS, HALF_BYTES)
+forward_tile_part = _forward_tile(TILE_ROWS, part=True)  # the k-blocked forward (forward_rows_blocked)
+forward_tile_wide_part = _forward_tile(WIDE_ROWS, part=True)
 
 
 def _backward_tile(samples, grouped=False, vector_bytes=VECTOR_BYTES):
@@ -257,6 +300,38 @@ def forward_rows(X, i, count, Wt, zt):
         for k in range(d):
             x = X[i + r, k]
             for j in range(j0, m):
+                zt[r, j] = fma(x, Wt[k, j], zt[r, j])
+
+
+@subroutine(types.void)
+def forward_rows_blocked(X, i, count, Wt, zt):
+    """zt[r] = X[i + r] Wt for r < count <= len(zt), k-blocked (BLOCK_K entries of k at a time for every
+    tile of the rows: W^T's panel stays in L2 while all of them add their part): tiles of WIDE_ROWS rows,
+    then one of TILE_ROWS if as many are left, on the full tiles' columns; the rest (fewer rows, the
+    columns after the tiles) a row at a time. The same bits as forward_rows: each entry is one fma after
+    another in k order, from 0, whatever the blocks."""
+    d, m = Wt.shape
+    width = tile_columns_of(Wt)
+    j_full = m - m % width
+    wide = count - count % WIDE_ROWS
+    short = wide + TILE_ROWS if wide + TILE_ROWS <= count else wide  # rows [wide, short): one TILE_ROWS tile
+    for k0 in range(0, d, BLOCK_K):
+        k1 = min(k0 + BLOCK_K, d)
+        for r in range(0, wide, WIDE_ROWS):
+            for j in range(0, j_full, width):
+                forward_tile_wide_part(X, i + r, Wt, j, zt, r, k0, k1, k0 > 0)
+        if short > wide:
+            for j in range(0, j_full, width):
+                forward_tile_part(X, i + wide, Wt, j, zt, wide, k0, k1, k0 > 0)
+    for r in range(count):
+        j_from = j_full if r < short else 0
+        if j_from == m:
+            continue
+        for j in range(j_from, m):
+            zt[r, j] = 0.0
+        for k in range(d):
+            x = X[i + r, k]
+            for j in range(j_from, m):
                 zt[r, j] = fma(x, Wt[k, j], zt[r, j])
 
 

@@ -13,8 +13,9 @@ nogil, called from Python threads):
 - the team size is decided every :data:`TEAM_PERIOD` steps from the configurations live then, so the
   bits of a run do not depend on where the driver's chunks end (nor on where a resumed run stopped).
 
-The two products of a step run in the fused loops, or, for problems with d >= :data:`BLAS_MIN_D` and
-at least :data:`BLAS_WORK`, as BLAS calls on each thread's block of samples (numpy's OpenBLAS where
+The two products of a step run in the fused loops (k-blocked for large inputs), or, with 32-byte tiles
+(no AVX-512; :data:`BLAS_WITH_WIDE_TILES`) for problems with d >= :data:`BLAS_MIN_D` and at least
+:data:`BLAS_WORK`, as BLAS calls on each thread's block of samples (numpy's OpenBLAS where
 :func:`numpy_gemm` finds it, else scipy's), BLAS held to one thread meanwhile (threadpoolctl) since the
 team already occupies the cores; a single run from :data:`BLAS_BOUND_D` runs on one thread and BLAS uses
 all the cores.
@@ -40,6 +41,12 @@ from . import Problem, State, Trace
 # leave L1, are faster; above it BLAS's blocking wins (docs/performance.md has the measurements).
 BLAS_MIN_D = 128
 BLAS_WORK = 1 << 19
+# With 64-byte tiles (an AVX-512 target) the fused loops run the products of every size, k-blocked from
+# tiles.BLOCKED_MIN_D: on the AVX-512 host of docs/performance.md they ran 1.3-1.7x faster than BLAS on
+# sizes from d = 128 to L's (numpy's OpenBLAS, its AVX2 kernels there, and faster than its AVX-512 kernels
+# per product). BLAS stays the path of large problems with 32-byte tiles; True gives it back the large
+# problems on every target.
+BLAS_WITH_WIDE_TILES = False
 # Dimension d from which the products are nearly all of a step's work: a single run (that would
 # otherwise take a team) then runs on one thread and BLAS spreads each product over all the cores,
 # faster than a team of threads each with a single-threaded BLAS.
@@ -140,7 +147,7 @@ class Runner:
     def _use_blas(self, width: int) -> bool:
         n, d = self._data.X.shape
         return (not self.problem.linear and d >= BLAS_MIN_D and n * d * width >= BLAS_WORK
-                and self._threadpoolctl)
+                and self._threadpoolctl and (BLAS_WITH_WIDE_TILES or self._kernels.VECTOR_BYTES < 64))
 
     def _one_blas_thread(self):
         """Context holding every loaded BLAS to one thread (threadpoolctl), restored on exit."""
@@ -295,10 +302,12 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
                         gemm=np.array([numpy_gemm(np.dtype(dtype).name)], dtype=np.int64))
     else:
         products = dict(Z=None, Z_test=None, grads_blas=None, gemm=None)
-    waiting = kernels.WAITING_SAMPLES
+    waiting = kernels.waiting_samples.implementation(d, m)
+    # The fused step's rows of z: a tile's, or from BLOCKED_MIN_D a whole waiting group's (step.fused_block).
+    z_rows = max(kernels.WIDE_ROWS, waiting) if d >= kernels.BLOCKED_MIN_D else kernels.WIDE_ROWS
     return kernels.Buffers(
         Wt=empty((d, m), dtype), a=empty(m, dtype), a_step=empty(m, dtype),
-        zs=None if blas else _own_block((team, kernels.WIDE_ROWS, m), dtype),
+        zs=None if blas else _own_block((team, z_rows, m), dtype),
         ps=_own_rows((team, m), dtype), qs=_own_rows((team, m), dtype), pending_q=_own_block((team, waiting, m), dtype),
         pending_rows=_own_rows((team, waiting), np.int64), grads=empty((team, d, m), dtype),
         grads_a=_own_rows((team, m), dtype), neurons_part=_own_rows((team, m), np.float64),

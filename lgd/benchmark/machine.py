@@ -168,8 +168,6 @@ def blas_note(blas: list, features: list) -> str | None:
     """A line on an OpenBLAS of `blas` (as :func:`blas_libraries` lists them) that runs AVX2 kernels on a CPU
     whose vector `features` have AVX-512, and why (the environment's OPENBLAS_CORETYPE, or its own choice);
     None otherwise."""
-    from ..backends._numba import BLAS_MIN_D
-
     if not _AVX512_SUBSETS <= set(features):
         return None
     narrow = sorted({f"{b['library']} {b['version']}" for b in blas if b.get("library") == "openblas"
@@ -183,8 +181,8 @@ def blas_note(blas: list, features: list) -> str | None:
            else "OpenBLAS chose them for this CPU (OPENBLAS_CORETYPE=SkylakeX, set before Python starts, "
                 "selects the AVX-512 ones)")
     return (f"{' and '.join(narrow)} run AVX2 kernels on this AVX-512 CPU (on a Zen 5 host their GEMM ran at 0.6x "
-            f"the AVX-512 kernels'): {why}. The numba backend runs the products of inputs of {BLAS_MIN_D} "
-            "dimensions or more there.")
+            f"the AVX-512 kernels'): {why}. The numba backend's products do not go through them on this CPU: its "
+            "own AVX-512 tiles run them (faster than either kernel), numpy and the benchmark's peers do.")
 
 
 def _gpu():
