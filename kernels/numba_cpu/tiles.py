@@ -46,7 +46,8 @@ BACKWARD_GROUP = 8
 # k-blocked: BLOCK_K entries of k at a time for all of the group's tiles (forward_rows_blocked), so that
 # W^T's panel stays in L2 while every tile adds its part, and a group is WAITING_BLOCKED samples (up to
 # m = WAITING_MAX_M): fewer passes over the gradient, which no longer fits in L2 either. On L's sizes
-# (docs/performance.md) the forward tiles ran 1.8x faster, the backward 1.2x, both past OpenBLAS's kernels.
+# (docs/performance.md) the forward tiles ran 1.8x faster, the backward 1.2x, both past OpenBLAS's AVX2
+# kernels.
 BLOCKED_MIN_D = 512
 BLOCK_K = 256
 WAITING_BLOCKED = 128

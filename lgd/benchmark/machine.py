@@ -182,7 +182,7 @@ def blas_note(blas: list, features: list) -> str | None:
                 "selects the AVX-512 ones)")
     return (f"{' and '.join(narrow)} run AVX2 kernels on this AVX-512 CPU (on a Zen 5 host their GEMM ran at 0.6x "
             f"the AVX-512 kernels'): {why}. The numba backend's products do not go through them on this CPU: its "
-            "own AVX-512 tiles run them (faster than either kernel), numpy and the benchmark's peers do.")
+            "own AVX-512 tiles run them (faster than these kernels); numpy and the benchmark's peers do.")
 
 
 def _gpu():
