@@ -296,12 +296,20 @@ def forward_rows(X, i, count, Wt, zt):
     if j0 == m:
         return
     for r in range(count):
-        for j in range(j0, m):
-            zt[r, j] = 0.0
-        for k in range(d):
-            x = X[i + r, k]
-            for j in range(j0, m):
-                zt[r, j] = fma(x, Wt[k, j], zt[r, j])
+        forward_row_rest(X, i + r, Wt, zt, r, j0)
+
+
+@subroutine(types.void, counted=False)
+def forward_row_rest(X, row, Wt, zt, r, j_from):
+    """zt[r, j] = sum_k X[row, k] Wt[k, j] for j_from <= j < m, fma after fma in k order as the tiles sum:
+    the columns (or the rows) the tiles leave."""
+    d, m = Wt.shape
+    for j in range(j_from, m):
+        zt[r, j] = 0.0
+    for k in range(d):
+        x = X[row, k]
+        for j in range(j_from, m):
+            zt[r, j] = fma(x, Wt[k, j], zt[r, j])
 
 
 @subroutine(types.void)
@@ -326,14 +334,8 @@ def forward_rows_blocked(X, i, count, Wt, zt):
                 forward_tile_part(X, i + wide, Wt, j, zt, wide, k0, k1, k0 > 0)
     for r in range(count):
         j_from = j_full if r < short else 0
-        if j_from == m:
-            continue
-        for j in range(j_from, m):
-            zt[r, j] = 0.0
-        for k in range(d):
-            x = X[i + r, k]
-            for j in range(j_from, m):
-                zt[r, j] = fma(x, Wt[k, j], zt[r, j])
+        if j_from < m:
+            forward_row_rest(X, i + r, Wt, zt, r, j_from)
 
 
 @subroutine(types.void)
