@@ -36,9 +36,9 @@ import numpy as np
 
 from . import Problem, State, Trace
 
-# A step's products go through BLAS (on each thread's block of samples) rather than the fused loops'
-# register tiles from d >= BLAS_MIN_D and n * d * m >= BLAS_WORK: below that the fused loops, which never
-# leave L1, are faster; above it BLAS's blocking wins (docs/performance.md has the measurements).
+# With 32-byte tiles, a step's products go through BLAS (on each thread's block of samples) rather than the
+# fused loops' register tiles from d >= BLAS_MIN_D and n * d * m >= BLAS_WORK: below that the fused loops,
+# which never leave L1, are faster; above it BLAS's blocking won (docs/performance.md has the measurements).
 BLAS_MIN_D = 128
 BLAS_WORK = 1 << 19
 # With 64-byte tiles (an AVX-512 target) the fused loops run the products of every size, k-blocked from
