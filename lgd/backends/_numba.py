@@ -42,7 +42,7 @@ from . import Problem, State, Trace
 BLAS_MIN_D = 128
 BLAS_WORK = 1 << 19
 # With 64-byte tiles (an AVX-512 target) the fused loops run the products of every size, k-blocked from
-# tiles.BLOCKED_MIN_D: on the AVX-512 host of docs/performance.md a step ran 1.3-1.6x faster than through
+# tiles.BLOCKED_MIN_D: on the AVX-512 host of docs/performance.md a step ran 1.3-1.7x faster than through
 # BLAS on sizes from d = 128 to L's (numpy's OpenBLAS, on its AVX2 kernels there; per product on one thread
 # the tiles also passed its AVX-512 kernels in X W^T and matched them in G^T X). BLAS stays the path of
 # large problems with 32-byte tiles; True gives it back the large problems on every target.
