@@ -217,10 +217,12 @@ template <typename T> __host__ __device__ __forceinline__ T loss_second(int code
 // a run whose risk is below what its dtype holds.
 __host__ __device__ __forceinline__ double log_loss(int code, double p, double u, int* fault) {
     switch (code) {
-    case LOSS_LOGISTIC:
+    case LOSS_LOGISTIC: {
+        if (u > 36.0) return -u;  // beyond 36, log log1p(e^-u) = -u to rounding
         double softplus, sigmoid;
         softplus_sigmoid(-u, softplus, sigmoid);
-        return u > 36.0 ? -u : log(softplus);  // beyond 36, log log1p(e^-u) = -u to rounding
+        return log(softplus);
+    }
     case LOSS_EXPONENTIAL:
         return -u;
     case LOSS_FLATTENED_EXPONENTIAL:

@@ -26,8 +26,8 @@ from .intrinsics import tile_columns
 from .tangent import BLOCK as HVP_BLOCK
 from .team import Batch, Buffers, Data, Schedule, Spec, Team, run_team
 from .intrinsics import VECTOR_BYTES
-from .tiles import BLOCKED_MIN_D, WAITING_SAMPLES, WIDE_ROWS, waiting_samples
+from .tiles import WAITING_SAMPLES, WIDE_ROWS, waiting_samples, z_rows
 
 __all__ = ["run_team", "Data", "Batch", "Spec", "Schedule", "Team", "Buffers", "ACTIVATIONS", "LOSSES", "KNOWN",
-           "UNKNOWN_ACTIVATION", "UNKNOWN_LOSS", "WIDE_ROWS", "WAITING_SAMPLES", "BLOCKED_MIN_D", "waiting_samples",
+           "UNKNOWN_ACTIVATION", "UNKNOWN_LOSS", "WIDE_ROWS", "WAITING_SAMPLES", "waiting_samples", "z_rows",
            "HVP_BLOCK", "tile_columns", "VECTOR_BYTES"]

@@ -63,6 +63,12 @@ def waiting_samples(d, m):
     return WAITING_BLOCKED if d >= BLOCKED_MIN_D else WAITING_SAMPLES
 
 
+def z_rows(d, m):
+    """The rows of the fused step's buffer of z rows: a tile's, or from BLOCKED_MIN_D a whole waiting group's
+    (step.fused_block takes a group's rows k-blocked at once where the buffer holds them)."""
+    return max(WIDE_ROWS, waiting_samples.implementation(d, m)) if d >= BLOCKED_MIN_D else WIDE_ROWS
+
+
 def _forward_tile(samples, vector_bytes=VECTOR_BYTES, part=False):
     """The forward register tile over `samples` rows of X, its vectors `vector_bytes` wide; with `part`, the
     part of its sums over k in [k0, k1), into rows zr, zr + 1, ... of Z, added to what they hold (or from

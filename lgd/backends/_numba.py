@@ -303,11 +303,9 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
     else:
         products = dict(Z=None, Z_test=None, grads_blas=None, gemm=None)
     waiting = kernels.waiting_samples.implementation(d, m)
-    # The fused step's rows of z: a tile's, or from BLOCKED_MIN_D a whole waiting group's (step.fused_block).
-    z_rows = max(kernels.WIDE_ROWS, waiting) if d >= kernels.BLOCKED_MIN_D else kernels.WIDE_ROWS
     return kernels.Buffers(
         Wt=empty((d, m), dtype), a=empty(m, dtype), a_step=empty(m, dtype),
-        zs=None if blas else _own_block((team, z_rows, m), dtype),
+        zs=None if blas else _own_block((team, kernels.z_rows(d, m), m), dtype),
         ps=_own_rows((team, m), dtype), qs=_own_rows((team, m), dtype), pending_q=_own_block((team, waiting, m), dtype),
         pending_rows=_own_rows((team, waiting), np.int64), grads=empty((team, d, m), dtype),
         grads_a=_own_rows((team, m), dtype), neurons_part=_own_rows((team, m), np.float64),
