@@ -117,8 +117,9 @@ class Buffers(NamedTuple):
     reads; per member (a leading axis of `team`): zs (WIDE_ROWS, m) tile rows (from tiles.BLOCKED_MIN_D, a
     waiting group's), ps and qs (m,) rows of phi and phi', pending_q (waiting, m) and pending_rows (waiting,) int64
     the samples waiting for the gradient (waiting: tiles.waiting_samples), group (per member: phi of the waiting
-    samples (waiting, m) in the run's dtype and their losses' outputs (4, waiting) float64, step.fused_block; the
-    rows of zs, pending_q and group[0] at least these many, and without gaps between them up to
+    samples (waiting, m) in the run's dtype and their losses' outputs (4, waiting) float64; then their rows of X
+    scaled by their gradient factors (team, waiting, d) in the run's dtype, None where d > m and in BLAS mode:
+    step.fused_block; the rows of zs, pending_q and group[0] at least these many, and without gaps between them up to
     lgd.backends._numba.SPAN_ROW_BYTES a row), grads (d, m) and grads_a (m,) partial
     gradients; float64: neurons_part (m,) per member, stats (2 team, 3) per member's training and held-out blocks;
     grad, grad_a, neuron and total (2, 3) the sums; us (n,) float64 the samples' loss arguments at record steps;
@@ -240,7 +241,7 @@ def run_steps(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, in
                          member, b.ps[member], b.qs[member], b.pending_q[member], b.pending_rows[member],
                          b.grads[member], b.grads_a[member], b.neurons_part[member],
                          b.stats[member if train else size + member], train, b.us, b.kept,
-                         b.group[0][member], b.group[1][member])
+                         b.group[0][member], b.group[1][member], b.group[2])
         blas_backward(X, i0, i1, b.Z, b.grads_blas, member, size, b.grad, b.gemm)
         barrier(sync, size)
         if member == 0:

@@ -321,7 +321,8 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
                     empty((curvature_rows, m)), empty((curvature_rows, m)), empty((curvature_rows, 2))))
         if lanczos else None,
         rows=_hvp_block(team, kernels.HVP_BLOCK, m, d, dtype) if tangents or lanczos else None,
-        group=(_own_block((team, waiting, m), dtype), _own_rows((team, 4, waiting), np.float64)),
+        group=(_own_block((team, waiting, m), dtype), _own_rows((team, 4, waiting), np.float64),
+               None if blas or d > m else _own_block((team, waiting, d), dtype)),
         **products)
 
 
