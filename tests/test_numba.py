@@ -678,36 +678,6 @@ def test_dot_row_sums_as_eight_scalar_chains(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
-def test_outputs_of_rows_are_dot_row_of_each_row(dtype):
-    """The fused step's outputs, eight rows at a time (dot_rows8: eight rows' chains side by side, their
-    reductions shuffled together), are scale * dot_row of each row bit for bit: for spans of 8, of more
-    and of fewer rows, from any first row, for m below, at and between multiples of 8, reading nothing
-    past m in a row (the rows are padded with nan) and writing no other output."""
-    from numba import njit
-
-    @njit
-    def batched(a, P, g0, count, m, outs):
-        step.outputs_of_rows(a, P, g0, count, m, 0.75, outs)
-
-    @njit
-    def one_by_one(a, P, g0, count, m, outs):
-        for g in range(g0, g0 + count):
-            outs[0, g] = 0.75 * np.float64(step.dot_row(a, intrinsics.rows_flat(P, g, 1), m))
-
-    rng = np.random.default_rng(5)
-    for m in (1, 7, 8, 9, 16, 63, 64, 259):
-        a = rng.standard_normal(m).astype(dtype)
-        P = np.full((27, m + 8), np.nan, dtype=dtype)
-        P[:, :m] = rng.standard_normal((27, m)) * np.exp(rng.uniform(-20, 20, (27, m)))  # cancellations
-        for g0, count in ((0, 8), (3, 8), (0, 27), (2, 19), (5, 3), (0, 0)):
-            outs = [np.full((4, 27), -1.0) for _ in range(2)]
-            batched(a, P, g0, count, m, outs[0])
-            one_by_one(a, P, g0, count, m, outs[1])
-            np.testing.assert_array_equal(outs[0], outs[1], err_msg=f"m={m} rows [{g0}, {g0 + count})")
-            assert np.all(np.isfinite(outs[0][0, g0:g0 + count]))
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 def test_sum_squares_in_float64(dtype):
     """sum_squares (gradient and weight norms): float64 sums of the squares, in vector code for float64
     arrays (dot_row's lanes) and widened entry by entry for float32 ones."""

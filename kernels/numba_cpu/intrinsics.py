@@ -199,58 +199,6 @@ def dot_lanes(typingctx, a, p, count):
     return types.UniTuple(dtype, 8)(a, p, types.intp), codegen
 
 
-# dot_rows8's reduction of eight rows' lanes to their eight sums, as masks of LLVM's shufflevector over two
-# eight-lane vectors (lanes 8..15 are the second's). Each level adds a vector of the first terms of dot_row's
-# pairs to one of their second terms: lanes l and l + 4 of a row, then the first two and the last two of
-# those sums, then the two halves, so each row's sum is ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7)),
-# dot_row's tree, and the last level leaves the rows' sums in row order.
-_HALVES = ([0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15])  # row r's lanes 0-3 | row r+1's, then 4-7
-_EVEN_ODD = ([0, 2, 4, 6, 8, 10, 12, 14], [1, 3, 5, 7, 9, 11, 13, 15])
-
-
-@intrinsic
-def dot_rows8(typingctx, a, P, row, count):
-    """dot_row(a, P[r], count) of rows r = row .. row + 7 of the 2-d array P (C-contiguous, rows at least
-    count long), bit for bit, as a tuple of eight. The eight rows' fma chains run side by side
-    (dot_row's one chain per row is latency-bound: a sample's output waited on eight fmas in a row and a
-    reduction), and the eight reductions share their shuffles and additions (_HALVES, _EVEN_ODD)."""
-    if not (isinstance(a, types.Array) and isinstance(P, types.Array) and a.ndim == 1 and P.ndim == 2
-            and P.layout == "C" and a.dtype == P.dtype and a.dtype in (types.float32, types.float64)):
-        return None
-    dtype = a.dtype
-
-    def codegen(context, builder, signature, args):
-        vector, lanes, load, store, broadcast, fma_ = vector_ops(context, builder, dtype, dtype.bitwidth)
-        a_data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        p_data, length = tile_parts(context, builder, signature.args[1], args[1])
-        row, count = args[2], args[3]
-        rows = [builder.gep(p_data, [builder.mul(builder.add(row, ir.Constant(row.type, r)), length)])
-                for r in range(8)]
-        acc = [cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in range(8)]
-        with cgutils.for_range(builder, builder.udiv(count, ir.Constant(count.type, 8))) as loop:
-            at = builder.mul(loop.index, ir.Constant(count.type, 8))
-            weights = load(builder.gep(a_data, [at]))
-            for r in range(8):
-                builder.store(fma_(weights, load(builder.gep(rows[r], [at])), builder.load(acc[r])), acc[r])
-        # dot_row's last count % 8 terms, fma after fma into lane 0 (its s_0)
-        whole = builder.mul(builder.udiv(count, ir.Constant(count.type, 8)), ir.Constant(count.type, 8))
-        zero = ir.Constant(ir.IntType(32), 0)
-        with cgutils.for_range(builder, builder.sub(count, whole)) as loop:
-            at = builder.add(whole, loop.index)
-            weight = builder.load(builder.gep(a_data, [at]))
-            for r in range(8):
-                lane = builder.extract_element(builder.load(acc[r]), zero)
-                lane = builder.fma(weight, builder.load(builder.gep(rows[r], [at])), lane)
-                builder.store(builder.insert_element(builder.load(acc[r]), lane, zero), acc[r])
-        level = [builder.load(x) for x in acc]
-        for masks in (_HALVES, _EVEN_ODD, _EVEN_ODD):
-            level = [builder.fadd(*(builder.shuffle_vector(level[v], level[v + 1], ir.Constant(
-                ir.VectorType(ir.IntType(32), 8), mask)) for mask in masks)) for v in range(0, len(level), 2)]
-        sums = [builder.extract_element(level[0], ir.Constant(ir.IntType(32), r)) for r in range(8)]
-        return context.make_tuple(builder, signature.return_type, sums)
-    return types.UniTuple(dtype, 8)(a, P, types.intp, types.intp), codegen
-
-
 # Synchronisation of a team of threads (run_team): atomics on an int64 array, a spin-wait hint and
 # sched_yield, as LLVM instructions (numba has no atomics of its own). Resolved by name at load time,
 # so the cache keeps working.

@@ -29,7 +29,7 @@ from lgd.stepsize import stepsize_at as _stepsize_at
 
 from .compiler import subroutine
 from .formulas import activate_row, activate_span, log_loss_row, loss_curvature, loss_row
-from .intrinsics import dot_lanes, dot_rows8, flat, fma, like, rows_flat
+from .intrinsics import dot_lanes, flat, fma, like, rows_flat
 from .sharpness import top_eigenvalues
 from .tangent import member_block
 from .tiles import (BACKWARD_GROUP, BLOCKED_MIN_D, TILE_ROWS, WAITING_MAX_M, WAITING_SAMPLES, WIDE_MIN_D, WIDE_ROWS,
@@ -59,19 +59,6 @@ def dot_row(a, p, m):
         s0 = fma(a[j], p[j], s0)
         j += 1
     return ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7))
-
-
-@subroutine(types.void)
-def outputs_of_rows(a, ps, g0, count, m, scale, outs):
-    """outs[0, g] = scale dot_row(a, ps[g], m) for g0 <= g < g0 + count, float64: eight rows at a time
-    (dot_rows8: their chains side by side), the rest one by one."""
-    whole = count - count % 8
-    for t in range(0, whole, 8):
-        sums = dot_rows8(a, ps, g0 + t, m)
-        for r in range(8):
-            outs[0, g0 + t + r] = scale * np.float64(sums[r])
-    for g in range(g0 + whole, g0 + count):
-        outs[0, g] = scale * np.float64(dot_row(a, rows_flat(ps, g, 1), m))
 
 
 def _sum_squares64(flat):
@@ -172,10 +159,10 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
     """sample_block's pass in the fused mode without kept rows, for a net that is not linear, with the samples
     taken a waiting group at a time (tiles.waiting_samples: 32, WAITING_BLOCKED from d >= BLOCKED_MIN_D, where
     the group's rows of z come k-blocked at once, or BACKWARD_GROUP for wide nets): the rows of phi and phi'
-    of the whole group first (phi' straight into qs, phi into ps (waiting, m)) with their outputs f (eight rows
-    at a time: outputs_of_rows), then the group's losses in one vectorised loop (sample_outs, into outs
-    (4, waiting)), then, sample by sample in order, the sums, the sample's gradient factor c_i = loss' y s / n
-    and grad_a, and the group's backward pass. grad, grad_a and neuron come zeroed (sample_block).
+    of the whole group first (phi' straight into qs, phi into ps (waiting, m)) with their outputs f, then
+    the group's losses in one vectorised loop (sample_outs, into outs (4, waiting)), then, sample by sample
+    in order, the sums, the sample's gradient factor c_i = loss' y s / n and grad_a, and the group's
+    backward pass. grad, grad_a and neuron come zeroed (sample_block).
 
     The same losses, outputs, risk and margins as sample_block's loop, bit for bit. The gradient is the same
     sum, G^T X with G_ij = c_i a_j phi'_ij, in another order of its products (the oracle's tolerance, not its
@@ -183,8 +170,7 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
     row of sample i is shorter, its row of X (where d <= m, given xs (waiting, d): d products, into xs,
     which the backward pass then reads in place of X) or its row of phi' (xs None: m products, in place).
     sample_block's loop forms each G_ij as (c_i a_j) phi'_ij, two products an entry, a row of m per sample.
-    xs None or not is a compile-time choice (each kernel has one of the two codes: with both, and a branch
-    per sample between them, S's step took 2-3% longer)."""
+    Whether xs is None is a compile-time choice, so each kernel holds only one of the two codes."""
     d, m = Wt.shape
     act, act_param, scale = spec.activation, spec.activation_param, spec.scale
     risk, correct, margin = 0.0, 0.0, np.inf
@@ -214,8 +200,8 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
             span = min(tile_end, i + count) - s if spans else 1
             activate_span(act, act_param, rows_flat(zt, s - tile_start, span), rows_flat(ps, g, span),
                           rows_flat(qs, g, span), None, span * m)
-            # right after the span's activation: the dots' chains overlap the next span's work
-            outputs_of_rows(a, ps, g, span, m, scale, outs)
+            for h in range(g, g + span):
+                outs[0, h] = scale * np.float64(dot_row(a, rows_flat(ps, h, 1), m))
             g += span
         sample_outs(spec.loss, spec.loss_param, spec.margin_loss, y, i, count, outs, spec.f32)
         for g in range(count):
