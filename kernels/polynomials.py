@@ -12,6 +12,11 @@ LN2_HI = 6.93147180369123816490e-01  # low 32 bits zero: k * LN2_HI is exact
 LN2_LO = 1.90821492927058770002e-10
 SHIFTER = 6755399441055744.0 + 2046.0  # 1.5 * 2^52 (adding it rounds to an integer in the low bits) + 2046
 SHIFTER_BITS = 0x4338000000000000  # the bits of 1.5 * 2^52
+# exp of x <= 0 (numba_cpu.exp_log1p.exp_nonpositive): 2^k as one normal factor 2^(k + 55) (k >= -1076),
+# whose exponent field 1078 + k the shifter's low bits carry, then the exact scaling by 2^-55. The offset is
+# even, as SHIFTER's, so that a tie rounds k as exp's does.
+NONPOSITIVE_OFFSET = 55
+SHIFTER_NONPOSITIVE = 6755399441055744.0 + 1023.0 + NONPOSITIVE_OFFSET
 # P's coefficients of r^1 .. r^9, fitted on [-ln2/2, ln2/2] (Chebyshev, mpmath)
 EXP_P = (0.16666666666666666, 0.041666666666651364, 0.008333333333332157, 0.0013888888905871347,
          0.0001984126985433077, 2.4801536409064087e-05, 2.7557280082684685e-06, 2.761379555451986e-07,
@@ -29,5 +34,7 @@ LN2_HI_F = np.float32(0.693145751953125)  # low 9 bits zero: k * LN2_HI_F is exa
 LN2_LO_F = np.float32(1.428606765330187e-06)
 SHIFTER_F = np.float32(12582912.0 + 254.0)  # 1.5 * 2^23 + 2 * 127, as SHIFTER
 SHIFTER_F_BITS = 0x4B400000
+NONPOSITIVE_OFFSET_F = 25  # exp32_nonpositive: 2^(k + 25) (k >= -151), the exponent field 152 + k
+SHIFTER_NONPOSITIVE_F = np.float32(12582912.0 + 127.0 + NONPOSITIVE_OFFSET_F)
 LOG1P_G_F = tuple(np.float32(c) for c in (
     0.6666666865348816, 0.3999970555305481, 0.285923570394516, 0.2170657515525818, 0.23224329948425293))

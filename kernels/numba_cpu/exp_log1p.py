@@ -32,6 +32,7 @@ _INV_LN2, _LN2_HI, _LN2_LO, _SHIFTER = _poly.INV_LN2, _poly.LN2_HI, _poly.LN2_LO
 _SHIFTER_BITS = np.uint64(_poly.SHIFTER_BITS)
 _ONE, _EXPONENT = np.uint64(1), np.uint64(52)
 _E1, _E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9 = _poly.EXP_P  # P's coefficients of r^1 .. r^9 (that of r^0 is 1/2)
+_SHIFTER_NONPOSITIVE, _NONPOSITIVE_SCALE = _poly.SHIFTER_NONPOSITIVE, 2.0 ** -_poly.NONPOSITIVE_OFFSET
 
 
 @subroutine(types.float64)
@@ -42,10 +43,15 @@ def exp(x):
 
 @subroutine(types.float64)
 def exp_nonpositive(x):
-    """e^x for float64 x <= 0 (or nan): exp without the clamp from above, which such an x never reaches
-    (e^-|z| of the activations and losses, the normal density: one operation fewer an entry in their
-    loops)."""
-    return exp_clamped(-746.0 if x < -746.0 else x)
+    """e^x for float64 x <= 0 (or nan), exp's bits: without the clamp from above, which such an x never
+    reaches, and with 2^k as one factor, 2^(k + 55), normal for every k down to the clamp's (-1076), then
+    times 2^-55 (exact, or the one rounding of a subnormal result). exp's two factors take four integer
+    operations more; here the shifter's low bits are the factor's exponent field. Used for e^-|z| of the
+    activations and losses and the normal density."""
+    xc = -746.0 if x < -746.0 else x
+    shifted, expm1 = exp_reduced(xc, _SHIFTER_NONPOSITIVE)
+    factor = double_from_bits(bits_from_double(shifted) << _EXPONENT)  # 2^(k + 55): the low 12 bits are 1078 + k
+    return fma(expm1, factor, factor) * _NONPOSITIVE_SCALE
 
 
 @subroutine(types.float64)
@@ -53,19 +59,26 @@ def exp_clamped(xc):
     """e^xc for xc in [-746, 710], or nan for nan. The clamps of the callers are written so that a nan
     passes them (a comparison with nan is false): it goes through the arithmetic to the result, with no
     select at the end."""
-    shifted = fma(xc, _INV_LN2, _SHIFTER)
-    kf = shifted - _SHIFTER
+    shifted, expm1 = exp_reduced(xc, _SHIFTER)
     v = bits_from_double(shifted) - _SHIFTER_BITS
+    h = v >> _ONE
+    first = double_from_bits(h << _EXPONENT)  # normal, so fma(expm1, first, first) = (1 + expm1) first, bit for bit
+    return fma(expm1, first, first) * double_from_bits((v - h) << _EXPONENT)
+
+
+@subroutine(types.UniTuple(types.float64, 2))
+def exp_reduced(xc, shifter):
+    """(xc / ln2 + shifter rounded to an integer, e^r - 1) with r = xc - k ln2, k that integer less the
+    shifter: the shifter's low bits then carry k plus the offset its caller reads the exponent from."""
+    shifted = fma(xc, _INV_LN2, shifter)
+    kf = shifted - shifter
     r = fma(kf, -_LN2_LO, fma(kf, -_LN2_HI, xc))
     # P in pairs (c_2i + c_2i+1 r), Horner's scheme in r^2, then one rounding adding the 1, in the fma
     # that applies the first factor (within an ulp).
     r2 = r * r
     poly = fma(fma(fma(fma(fma(_E9, r, _E8), r2, fma(_E7, r, _E6)), r2, fma(_E5, r, _E4)), r2, fma(_E3, r, _E2)),
                r2, fma(_E1, r, 0.5))
-    expm1 = fma(poly, r2, r)
-    h = v >> _ONE
-    first = double_from_bits(h << _EXPONENT)  # normal, so fma(expm1, first, first) = (1 + expm1) first, bit for bit
-    return fma(expm1, first, first) * double_from_bits((v - h) << _EXPONENT)
+    return shifted, fma(poly, r2, r)
 
 
 # log(1 + e) for 0 <= e <= 1, from fdlibm's log1p once it has reduced its argument to f: log(1 + f) =
@@ -113,6 +126,8 @@ def softplus_sigmoid_from_exp(x, e):
 # constants. exp: |r| <= ln2/2 and Taylor degree 7 (truncation 5e-9); log1p: g of degree 4.
 _INV_LN2_F, _LN2_HI_F, _LN2_LO_F, _SHIFTER_F = _poly.INV_LN2_F, _poly.LN2_HI_F, _poly.LN2_LO_F, _poly.SHIFTER_F
 _SHIFTER_F_BITS = np.int32(_poly.SHIFTER_F_BITS)
+_SHIFTER_NONPOSITIVE_F = _poly.SHIFTER_NONPOSITIVE_F
+_NONPOSITIVE_SCALE_F = np.float32(2.0 ** -_poly.NONPOSITIVE_OFFSET_F)
 _F = np.float32
 
 
@@ -124,23 +139,32 @@ def exp32(x):
 
 @subroutine(types.float32)
 def exp32_nonpositive(x):
-    """exp_nonpositive for float32 x <= 0 (or nan)."""
-    return exp32_clamped(_F(-104.0) if x < _F(-104.0) else x)
+    """exp_nonpositive for float32 x <= 0 (or nan): 2^k as 2^(k + 25) times 2^-25."""
+    xc = _F(-104.0) if x < _F(-104.0) else x
+    shifted, expm1 = exp32_reduced(xc, _SHIFTER_NONPOSITIVE_F)
+    factor = float_from_bits(bits_from_float(shifted) << np.int32(23))  # the low 9 bits are 152 + k
+    return fma(expm1, factor, factor) * _NONPOSITIVE_SCALE_F
 
 
 @subroutine(types.float32)
 def exp32_clamped(xc):
     """exp_clamped for float32 xc in [-104, 89] (or nan)."""
-    shifted = fma(xc, _INV_LN2_F, _SHIFTER_F)
-    kf = shifted - _SHIFTER_F
+    shifted, expm1 = exp32_reduced(xc, _SHIFTER_F)
     v = bits_from_float(shifted) - _SHIFTER_F_BITS
-    r = fma(kf, -_LN2_LO_F, fma(kf, -_LN2_HI_F, xc))
-    r2 = r * r
-    p = fma(fma(_F(1.0 / 5040.0), r, _F(1.0 / 720.0)), r2, fma(_F(1.0 / 120.0), r, _F(1.0 / 24.0)))
-    expm1 = fma(fma(p, r2, fma(_F(1.0 / 6.0), r, _F(0.5))), r2, r)
     h = v >> np.int32(1)
     first = float_from_bits(h << np.int32(23))
     return fma(expm1, first, first) * float_from_bits((v - h) << np.int32(23))
+
+
+@subroutine(types.UniTuple(types.float32, 2))
+def exp32_reduced(xc, shifter):
+    """exp_reduced for float32 xc."""
+    shifted = fma(xc, _INV_LN2_F, shifter)
+    kf = shifted - shifter
+    r = fma(kf, -_LN2_LO_F, fma(kf, -_LN2_HI_F, xc))
+    r2 = r * r
+    p = fma(fma(_F(1.0 / 5040.0), r, _F(1.0 / 720.0)), r2, fma(_F(1.0 / 120.0), r, _F(1.0 / 24.0)))
+    return shifted, fma(fma(p, r2, fma(_F(1.0 / 6.0), r, _F(0.5))), r2, r)
 
 
 # log1p_unit's g for float32 runs: degree 4 (|error| <= 7e-9 before its coefficients' float32 rounding).
