@@ -338,12 +338,13 @@ def test_rows_flat_is_a_run_of_rows_without_references():
 def test_activation_spans_give_the_row_by_row_results(d, activation, dtype, monkeypatch):
     """The fused step's activation over a tile's rows in one span (rows that follow one another) and row
     by row (padded rows, SPAN_ROW_BYTES 0) give the same runs bit for bit: by a team of the process's threads
-    (two on this project's machines: blocks of 38 and 37 samples, so that tiles of TILE_ROWS or WIDE_ROWS
-    samples straddle the waiting groups and end short), train and held-out data. The buffers are recorded,
+    (two on this project's machines: blocks of 76 and 75 samples, a waiting group of WAITING_FUSED and a
+    part of one each, so that tiles of TILE_ROWS or WIDE_ROWS samples end short and, where WIDE_ROWS does
+    not divide a group, straddle the groups), train and held-out data. The buffers are recorded,
     so that the test fails if both runs took the same path."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_WORK", 1 << 62)
-    X, y, X_test, y_test = problem_data("logistic", n=75, d=d, dtype=dtype)
+    X, y, X_test, y_test = problem_data("logistic", n=2 * tiles.WAITING_FUSED + 23, d=d, dtype=dtype)
     model = lgd.TwoLayerNet(24, activation=activation, train_outer=True)
 
     layouts = []  # (team, zt rows of exactly m entries) of every buffers() call: which path each run took
@@ -398,20 +399,27 @@ def test_no_blas_inside_a_team_without_threadpoolctl(monkeypatch):
     assert not runner._use_blas(6)
 
 
-def test_gd_uses_the_team_and_agrees(monkeypatch):
-    """Through lgd.gd: a single run with n m >= 2 TEAM_WORK goes to a team of threads, same numbers."""
-    X, y, X_test, y_test = problem_data("logistic", n=300, d=7)
+@pytest.mark.parametrize("d", [7, 40], ids=["x_rows_scaled", "phi_rows_scaled"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_gd_uses_the_team_and_agrees(d, dtype, monkeypatch):
+    """Through lgd.gd: a single run with n m >= 2 TEAM_WORK goes to a team of threads, same numbers. The
+    fused step's groups whole and in part (blocks of 150 samples for the team, 300 alone: groups of
+    WAITING_FUSED and the rest), with the gradient's factor on each sample's row of X (d <= m) or of phi'."""
+    X, y, X_test, y_test = problem_data("logistic", n=300, d=d)
     model = lgd.TwoLayerNet(16)
+    assert tiles.waiting_samples.implementation(d, model.width) == tiles.WAITING_FUSED < 150
     kwargs = dict(stepsize=0.5, steps=200, record=3, X_test=X_test, y_test=y_test)
     monkeypatch.setattr(_numba, "TEAM_WORK", 300 * 16 // 2)
-    team = lgd.gd(X, y, model, "logistic", compute=fast(backend="numba"), **kwargs)
-    oracle = lgd.gd(X, y, model, "logistic", compute=fast(backend="numpy"), **kwargs)
+    monkeypatch.setattr(_numba, "BLAS_WORK", 1 << 62)
+    team = lgd.gd(X, y, model, "logistic", compute=fast(backend="numba", dtype=dtype), **kwargs)
+    oracle = lgd.gd(X, y, model, "logistic", compute=fast(backend="numpy", dtype=dtype), **kwargs)
     monkeypatch.setattr(_numba, "TEAM_WORK", 300 * 16)
-    serial = lgd.gd(X, y, model, "logistic", compute=fast(backend="numba"), **kwargs)
+    serial = lgd.gd(X, y, model, "logistic", compute=fast(backend="numba", dtype=dtype), **kwargs)
+    tol = 1e-10 if dtype == "float64" else 1e-4
     for run in (team, serial):
-        np.testing.assert_allclose(run.risk, oracle.risk, rtol=1e-10)
-        np.testing.assert_allclose(run.test_risk, oracle.test_risk, rtol=1e-10)
-        np.testing.assert_allclose(run.weights, oracle.weights, rtol=1e-10)
+        np.testing.assert_allclose(run.risk, oracle.risk, rtol=tol)
+        np.testing.assert_allclose(run.test_risk, oracle.test_risk, rtol=tol)
+        np.testing.assert_allclose(run.weights, oracle.weights, rtol=tol, atol=tol * 1e-3)
 
 
 @pytest.mark.parametrize("bound", [False, True], ids=["team_blas", "one_thread_blas"])

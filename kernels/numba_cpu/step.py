@@ -157,7 +157,7 @@ def sample_outs(code_loss, loss_param, margin_loss, y, i, count, out, f32):
 def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, rows, outs, xs, grad, grad_a,
                 neuron, stats, train, us):
     """sample_block's pass in the fused mode without kept rows, for a net that is not linear, with the samples
-    taken a waiting group at a time (tiles.waiting_samples: 32, WAITING_BLOCKED from d >= BLOCKED_MIN_D, where
+    taken a waiting group at a time (tiles.waiting_samples: 64, WAITING_BLOCKED from d >= BLOCKED_MIN_D, where
     the group's rows of z come k-blocked at once, or BACKWARD_GROUP for wide nets): the rows of phi and phi'
     of the whole group first (phi' straight into qs, phi into ps (waiting, m)) with their outputs f, then
     the group's losses in one vectorised loop (sample_outs, into outs (4, waiting)), then, sample by sample

@@ -11,7 +11,8 @@ d >= WIDE_MIN_D, WIDE_ROWS samples: twelve accumulators, each load of W feeding 
 sums on k the narrower tile is faster). Backward (the waiting samples' X^T G into the gradient):
 GRAD_ROWS rows of the gradient (8 with 64-byte vectors, else 4) by two vectors, loaded once and held
 while the samples add in, BACKWARD_GROUP unrolled at a time; up to m = WAITING_MAX_M, WAITING_SAMPLES
-wait for one pass over the gradient (wider nets keep BACKWARD_GROUP: a larger waiting block leaves L1).
+(the fused step: WAITING_FUSED) wait for one pass over the gradient (wider nets keep BACKWARD_GROUP: a
+larger waiting block leaves L1).
 A tile's two vectors are VECTOR_BYTES wide (intrinsics: 64 bytes on AVX-512 targets, else 32); with
 64-byte vectors, the columns the full tiles leave get one tile of two 32-byte vectors ("half" tiles)
 when they are that many, so a net narrower than a 64-byte tile, or a remainder of 8-15 float64
@@ -40,6 +41,9 @@ GRAD_ROWS = 8 if VECTOR_BYTES == 64 else TILE_ROWS
 WIDE_ROWS = 8 if VECTOR_BYTES == 64 else 6
 WIDE_MIN_D = 1 if VECTOR_BYTES == 64 else 32
 WAITING_SAMPLES = 32
+# The fused step's groups (step.fused_block) wait in groups of WAITING_FUSED: S, M and SWEEP ran 1-2%
+# faster than in groups of 32 (docs/performance.md); sample_block's own loop and the tangent map keep 32.
+WAITING_FUSED = 64
 WAITING_MAX_M = 256
 BACKWARD_GROUP = 8
 # From d >= BLOCKED_MIN_D (where W^T no longer fits in L2) the forward product of a waiting group runs
@@ -60,7 +64,7 @@ def waiting_samples(d, m):
     by ``waiting_samples.implementation``)."""
     if m > WAITING_MAX_M:
         return BACKWARD_GROUP
-    return WAITING_BLOCKED if d >= BLOCKED_MIN_D else WAITING_SAMPLES
+    return WAITING_BLOCKED if d >= BLOCKED_MIN_D else WAITING_FUSED
 
 
 def z_rows(d, m):
@@ -347,7 +351,7 @@ def forward_rows_blocked(X, i, count, Wt, zt):
 @subroutine(types.void)
 def backward_rows(X, rows, count, qs, grad):
     """grad[k] += X[rows[0], k] qs[0] + ... + X[rows[count-1], k] qs[count-1] for every k (fma after fma
-    in sample order), count <= WAITING_SAMPLES: register tiles of GRAD_ROWS rows of grad (adding the
+    in sample order), count <= waiting_samples(d, m): register tiles of GRAD_ROWS rows of grad (adding the
     whole groups of BACKWARD_GROUP samples, then TILE_ROWS more if as many are left; with 64-byte
     vectors, a half tile on the columns after the full ones if they fill one), then the rest a sample
     at a time."""
