@@ -588,9 +588,10 @@ def test_register_tiles_sum_as_the_scalar_loops(dtype, d):
     for m in sorted({3, half, half + 3, columns, columns + half + 3, 2 * columns + 5, 64}):
         X = rng.standard_normal((9, d)).astype(dtype)
         Wt, grad = (rng.standard_normal((d, m)).astype(dtype) for _ in range(2))
-        qs = rng.standard_normal((tiles.WAITING_SAMPLES, m)).astype(dtype)
-        rows = rng.integers(0, len(X), tiles.WAITING_SAMPLES)
-        for count in range(1, tiles.WAITING_SAMPLES + 1):
+        # backward_rows takes up to a fused group (WAITING_FUSED) below the k-blocked sizes
+        qs = rng.standard_normal((tiles.WAITING_FUSED, m)).astype(dtype)
+        rows = rng.integers(0, len(X), tiles.WAITING_FUSED)
+        for count in range(1, tiles.WAITING_FUSED + 1):
             outs = []
             for kernel in (tiled, scalar):
                 zt, g = np.full((tiles.WIDE_ROWS, m), np.nan, dtype), grad.copy()

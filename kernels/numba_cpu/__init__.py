@@ -22,12 +22,11 @@ Nothing here checks arguments or knows about lgd's classes: :mod:`lgd.backends._
 """
 
 from .formulas import ACTIVATIONS, KNOWN, LOSSES, UNKNOWN_ACTIVATION, UNKNOWN_LOSS
-from .intrinsics import tile_columns
+from .intrinsics import VECTOR_BYTES, tile_columns
 from .tangent import BLOCK as HVP_BLOCK
 from .team import Batch, Buffers, Data, Schedule, Spec, Team, run_team
-from .intrinsics import VECTOR_BYTES
-from .tiles import WAITING_SAMPLES, WIDE_ROWS, waiting_samples, z_rows
+from .tiles import waiting_samples, z_rows
 
 __all__ = ["run_team", "Data", "Batch", "Spec", "Schedule", "Team", "Buffers", "ACTIVATIONS", "LOSSES", "KNOWN",
-           "UNKNOWN_ACTIVATION", "UNKNOWN_LOSS", "WIDE_ROWS", "WAITING_SAMPLES", "waiting_samples", "z_rows",
-           "HVP_BLOCK", "tile_columns", "VECTOR_BYTES"]
+           "UNKNOWN_ACTIVATION", "UNKNOWN_LOSS", "waiting_samples", "z_rows", "HVP_BLOCK", "tile_columns",
+           "VECTOR_BYTES"]
