@@ -10,6 +10,7 @@ from the cache, 10 s more with an empty one).
 
 import functools
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -625,6 +626,41 @@ def test_the_cache_keys_on_the_vector_width():
     assert narrow._data_name_pattern != wide._data_name_pattern
 
 
+# An AVX-512 target whose LLVM tuning prefers 32-byte vectors (Intel's), named explicitly, so that the
+# check compiles the same code on any x86 host (it only compiles, nothing runs).
+_INTEL_AVX512 = {"NUMBA_CPU_NAME": "skylake-avx512",
+                 "NUMBA_CPU_FEATURES": "+64bit,+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cmov,+avx,+avx2,"
+                                       "+fma,+f16c,+bmi,+bmi2,+lzcnt,+movbe,+avx512f,+avx512dq,+avx512cd,"
+                                       "+avx512bw,+avx512vl"}
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 targets only")
+@pytest.mark.parametrize("width", [32, 64])
+def test_loops_llvm_vectorises_take_the_vector_width(width):
+    """The activation's loops (exp, log1p and the division, which LLVM vectorises itself) are built at the
+    process's vector width, also on a target whose tuning prefers 32 bytes: 64-byte (zmm) arithmetic at
+    64, none at 32."""
+    script = (
+        "import numpy as np, re\n"
+        "from numba import njit\n"
+        "from lgd.activations import LEAKY_SOFTPLUS\n"
+        "from lgd.kernels.numba_cpu.formulas import activate_span\n"
+        "@njit(error_model='numpy')\n"
+        "def apply(z, p, q):\n"
+        "    activate_span(LEAKY_SOFTPLUS, 0.5, z, p, q, None, z.size)\n"
+        "apply.compile('(float64[::1], float64[::1], float64[::1])')\n"
+        "asm = apply.inspect_asm(apply.signatures[0])\n"
+        "print(len(re.findall(r'vfn?madd\\w*\\s[^\\n]*zmm', asm)), len(re.findall(r'vdivpd\\s[^\\n]*zmm', asm)))\n")
+    env = dict(os.environ, **_INTEL_AVX512, **{compiler.VECTOR_BYTES_VARIABLE: str(width)})
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    fmas, divisions = map(int, done.stdout.split())
+    if width == 64:
+        assert fmas > 0 and divisions > 0, done.stdout
+    else:
+        assert fmas == 0 and divisions == 0, done.stdout
+
+
 # The checks whose code depends on the vector width: the tiles and dot_row bit for bit, the whole kernel
 # against the oracle (float64: the tiles are the only width-dependent code, and each float32 tile is
 # checked bit for bit above).
@@ -723,6 +759,29 @@ def test_exp_and_log1p_accuracy():
     assert np.all(out[0][~normal & (exact == 0)] == 0) and np.isinf(out[0][x > 709.8]).all()
     np.testing.assert_allclose(out[1], np.log1p(np.exp(-np.abs(x))), rtol=4e-16, atol=1e-320)
     np.testing.assert_allclose(out[2], 1.0 / (1.0 + np.exp(-np.abs(x))), rtol=4e-16)
+    assert np.isnan(apply(np.array([np.nan]))).all()
+
+
+def test_log1p_parts_quotients_are_the_two_divisions_bit_for_bit():
+    """log1p_parts' sigmoid 1 / (1 + e) and s = e / (2 + e) come from one division and a Newton step each:
+    the correctly rounded quotients, as two divisions give them, at every e of [0, 1] tried (uniform, e^-x
+    down to the subnormals, both ends), and nan kept."""
+    from numba import njit
+
+    @njit
+    def apply(e):
+        out = np.empty((2, e.size))
+        for i in range(e.size):
+            s, u, r = exp_log1p.log1p_parts(e[i])
+            out[0, i], out[1, i] = r, s
+        return out
+
+    rng = np.random.default_rng(12)
+    e = np.concatenate([rng.random(300_000), np.exp(-rng.random(300_000) * 745.0),
+                        [0.0, 1.0, np.nextafter(1.0, 0.0), 5e-324, 2.2250738585072014e-308]])
+    out = apply(e)
+    np.testing.assert_array_equal(out[0], 1.0 / (1.0 + e))
+    np.testing.assert_array_equal(out[1], e / (2.0 + e))
     assert np.isnan(apply(np.array([np.nan]))).all()
 
 

@@ -72,6 +72,20 @@ def vector_bytes(environ=os.environ) -> int:
 
 VECTOR_BYTES = vector_bytes()
 
+# The same width for the loops LLVM vectorises itself (the activations' and losses' elementwise loops): its
+# tuning for Intel's AVX-512 parts (skylake-avx512 to graniterapids, and rocketlake, which is what LLVM
+# names a Xeon whose model number a hypervisor masks) prefers 32-byte vectors, and would build those loops
+# at half the register's width (exp 1.5x slower on such a host, docs/performance.md). A function attribute
+# overrides the tuning for lgd's kernels only, not for other numba code in the process.
+PREFER_VECTOR_WIDTH = f'"prefer-vector-width"="{VECTOR_BYTES * 8}"'
+
+
+def prefer_vector_width(function) -> None:
+    """Give an llvmlite.ir function PREFER_VECTOR_WIDTH. llvmlite's attribute set admits only the enum
+    attributes it knows; a string attribute is written into the IR as given, so it is added to the set
+    directly."""
+    set.add(function.attributes, PREFER_VECTOR_WIDTH)
+
 
 def _sources() -> list:
     """The files a kernel's machine code depends on: this folder's modules and the lgd modules they import
@@ -177,6 +191,9 @@ def subroutine(returns, pick=None, counted=True):
                     # linkonce_odr, as numba makes a linked njit function: LLVM inlines it where it pays
                     # (the loops that call exp must, to vectorise) and drops the rest.
                     library.get_function(compiled[key].fndesc.llvm_func_name).linkage = "linkonce_odr"
+                # Every function that calls a subroutine (and so every kernel, and every loop that calls
+                # exp or log1p, once inlined) is vectorised at the process's width.
+                prefer_vector_width(builder.function)
                 return context.call_internal(builder, compiled[key].fndesc, signature, values)
             return result(*args), codegen
         # The typer takes func's parameters by name (numba reads them to fold a call's arguments).
