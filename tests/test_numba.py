@@ -375,18 +375,47 @@ def test_activation_spans_give_the_row_by_row_results(d, activation, dtype, monk
 
 def test_blas_only_from_the_dimension_where_it_pays(monkeypatch):
     """The fused tiles run every problem with d < BLAS_MIN_D, however large; BLAS from there on (given
-    BLAS_WORK and threadpoolctl), never for the linear model, and with 64-byte tiles (AVX-512) never
-    unless BLAS_WITH_WIDE_TILES."""
+    BLAS_WORK and threadpoolctl), never for the linear model, and with 64-byte tiles (AVX-512) only from
+    BLAS_BOUND_D on an Intel CPU whose OpenBLAS runs AVX-512 kernels, or with BLAS_WITH_WIDE_TILES."""
     model = lgd.TwoLayerNet(6)
     runner = _numba.Runner(make_problem(model, "logistic", np.float64), 1, 1, (1, 6, 5))
     assert not runner._use_blas(1 << 40)
     monkeypatch.setattr(_numba, "BLAS_MIN_D", 5)
-    assert runner._use_blas(1 << 40) == (runner._threadpoolctl and runner._kernels.VECTOR_BYTES < 64)
-    monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
-    assert runner._use_blas(1 << 40) == runner._threadpoolctl
-    assert not runner._use_blas(1)
+    usable, d = runner._threadpoolctl, runner._data.X.shape[1]
+    for width in (32, 64):
+        monkeypatch.setattr(runner._kernels, "VECTOR_BYTES", width)
+        for cpu, avx512_blas, bound in [("sapphirerapids", True, d), ("sapphirerapids", True, d + 1),
+                                        ("sapphirerapids", False, d), ("znver5", True, d)]:
+            monkeypatch.setattr(_numba, "target_cpu", lambda: cpu)
+            monkeypatch.setattr(_numba, "blas_is_avx512", lambda: avx512_blas)
+            monkeypatch.setattr(_numba, "BLAS_BOUND_D", bound)
+            intel_blas = cpu == "sapphirerapids" and avx512_blas and bound <= d
+            assert runner._use_blas(1 << 40) == (usable and (width == 32 or intel_blas)), (width, cpu, avx512_blas, bound)
+        monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
+        assert runner._use_blas(1 << 40) == usable
+        assert not runner._use_blas(1)
+        monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", False)
     linear = _numba.Runner(make_problem(lgd.Linear(), "logistic", np.float64), 1, 1, (1, 1, 5))
     assert not linear._use_blas(1 << 40)
+
+
+@pytest.mark.parametrize("libraries, expected", [
+    ([("libscipy_openblas64_-1.so", "SkylakeX"), ("libscipy_openblas-2.so", "Haswell")], True),
+    ([("libscipy_openblas64_-1.so", "Haswell"), ("libscipy_openblas-2.so", "SkylakeX")], False),
+    ([("libscipy_openblas-2.so", "SapphireRapids")], True),
+    ([("libscipy_openblas-2.so", "Zen")], False),
+    ([], False)])
+def test_blas_is_avx512_reads_the_kernels_of_numpys_openblas_first(libraries, expected, monkeypatch):
+    import threadpoolctl
+
+    infos = [{"internal_api": "openblas", "user_api": "blas", "filepath": f"/lib/{name}", "architecture": core}
+             for name, core in libraries]
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: infos)
+    _numba.blas_is_avx512.cache_clear()
+    try:
+        assert _numba.blas_is_avx512() is expected
+    finally:
+        _numba.blas_is_avx512.cache_clear()
 
 
 def test_no_blas_inside_a_team_without_threadpoolctl(monkeypatch):

@@ -15,7 +15,8 @@ nogil, called from Python threads):
 
 The two products of a step run in the fused loops (k-blocked for large inputs), or, with 32-byte tiles
 (no AVX-512; :data:`BLAS_WITH_WIDE_TILES`) for problems with d >= :data:`BLAS_MIN_D` and at least
-:data:`BLAS_WORK`, as BLAS calls on each thread's block of samples (numpy's OpenBLAS where
+:data:`BLAS_WORK` (with 64-byte tiles from :data:`BLAS_BOUND_D`, on Intel CPUs whose OpenBLAS runs its
+AVX-512 kernels: :data:`BLAS_ON_INTEL_FROM_BOUND`), as BLAS calls on each thread's block of samples (numpy's OpenBLAS where
 :func:`numpy_gemm` finds it, else scipy's), BLAS held to one thread meanwhile (threadpoolctl) since the
 team already occupies the cores; a single run from :data:`BLAS_BOUND_D` runs on one thread and BLAS uses
 all the cores.
@@ -47,6 +48,13 @@ BLAS_WORK = 1 << 19
 # the tiles also passed its AVX-512 kernels in X W^T and matched them in G^T X). BLAS stays the path of
 # large problems with 32-byte tiles; True gives it back the large problems on every target.
 BLAS_WITH_WIDE_TILES = False
+# ... except from BLAS_BOUND_D on an Intel CPU (any numba target but AMD's Zen, LLVM's znver*) whose BLAS runs
+# OpenBLAS's AVX-512 kernels: on the Intel AVX-512 host of docs/performance.md (a Xeon with AMX under a
+# hypervisor) L's step ran 1.13x faster through them than in the tiles and (2000, 512, 256) 1.08x, while
+# d = 128 and 256 stayed faster fused; on the Zen 5 host the tiles passed those kernels per product.
+BLAS_ON_INTEL_FROM_BOUND = True
+# OpenBLAS's kernels with AVX-512 GEMM: its core names as threadpoolctl reports them, lower case.
+AVX512_BLAS_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 # Dimension d from which the products are nearly all of a step's work: a single run (that would
 # otherwise take a team) then runs on one thread and BLAS spreads each product over all the cores,
 # faster than a team of threads each with a single-threaded BLAS.
@@ -146,8 +154,12 @@ class Runner:
 
     def _use_blas(self, width: int) -> bool:
         n, d = self._data.X.shape
-        return (not self.problem.linear and d >= BLAS_MIN_D and n * d * width >= BLAS_WORK
-                and self._threadpoolctl and (BLAS_WITH_WIDE_TILES or self._kernels.VECTOR_BYTES < 64))
+        if self.problem.linear or d < BLAS_MIN_D or n * d * width < BLAS_WORK or not self._threadpoolctl:
+            return False
+        if BLAS_WITH_WIDE_TILES or self._kernels.VECTOR_BYTES < 64:
+            return True
+        return (BLAS_ON_INTEL_FROM_BOUND and d >= BLAS_BOUND_D and not target_cpu().startswith("znver")
+                and blas_is_avx512())
 
     def _one_blas_thread(self):
         """Context holding every loaded BLAS to one thread (threadpoolctl), restored on exit."""
@@ -386,6 +398,28 @@ CACHE_LINE = 64
 # build: on the AVX-512 host of docs/performance.md L's products ran 1.1x faster in it.
 _NUMPY_BLAS_FILE = "libscipy_openblas64_"
 _NUMPY_GEMM = {"float64": "scipy_dgemm_64_", "float32": "scipy_sgemm_64_"}
+
+
+def target_cpu() -> str:
+    """The CPU numba compiles for, as LLVM names it (NUMBA_CPU_NAME where set)."""
+    from llvmlite import binding
+    from numba.core import config
+
+    return config.CPU_NAME or binding.get_host_cpu_name()
+
+
+@functools.cache
+def blas_is_avx512() -> bool:
+    """Whether the BLAS the kernels call (numpy's OpenBLAS, else any OpenBLAS loaded) runs its AVX-512
+    kernels (AVX512_BLAS_CORES); False without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return False
+    cores = {Path(info.get("filepath") or "").name.startswith(_NUMPY_BLAS_FILE):
+             (info.get("architecture") or "").lower()
+             for info in threadpool_info() if info.get("internal_api") == "openblas"}
+    return cores.get(True, cores.get(False, "")) in AVX512_BLAS_CORES
 
 
 @functools.cache

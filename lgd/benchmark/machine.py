@@ -155,12 +155,11 @@ def blas_libraries() -> list:
             for info in threadpool_info() if info.get("user_api") == "blas"]
 
 
-# OpenBLAS's kernels with AVX-512 GEMM (its core names, as threadpoolctl reports them, lower case), and the
-# AVX-512 subsets they need. OpenBLAS picks its kernels when it loads, by the CPU's model or by
-# OPENBLAS_CORETYPE, which some hosts set to Haswell (AVX2) because older OpenBLAS builds crash or compute
-# wrong results on their CPUs: on the Zen 5 host of docs/performance.md, a 2000 x 2000 float64 product ran at
-# 106-119 GFLOP/s with Haswell's kernels and 167-198 with SkylakeX's.
-_AVX512_CORES = {"skylakex", "cooperlake", "sapphirerapids"}
+# The AVX-512 subsets that OpenBLAS's AVX-512 GEMM kernels (lgd.backends._numba.AVX512_BLAS_CORES) need.
+# OpenBLAS picks its kernels when it loads, by the CPU's model or by OPENBLAS_CORETYPE, which some hosts set to
+# Haswell (AVX2) because older OpenBLAS builds crash or compute wrong results on their CPUs: on the Zen 5 host
+# of docs/performance.md, a 2000 x 2000 float64 product ran at 106-119 GFLOP/s with Haswell's kernels and
+# 167-198 with SkylakeX's.
 _AVX512_SUBSETS = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
 
 
@@ -168,10 +167,12 @@ def blas_note(blas: list, features: list) -> str | None:
     """A line on an OpenBLAS of `blas` (as :func:`blas_libraries` lists them) that runs AVX2 kernels on a CPU
     whose vector `features` have AVX-512, and why (the environment's OPENBLAS_CORETYPE, or its own choice);
     None otherwise."""
+    from ..backends._numba import AVX512_BLAS_CORES
+
     if not _AVX512_SUBSETS <= set(features):
         return None
     narrow = sorted({f"{b['library']} {b['version']}" for b in blas if b.get("library") == "openblas"
-                     and b.get("architecture") and b["architecture"].lower() not in _AVX512_CORES})
+                     and b.get("architecture") and b["architecture"].lower() not in AVX512_BLAS_CORES})
     if not narrow:
         return None
     forced = os.environ.get("OPENBLAS_CORETYPE")
