@@ -690,10 +690,10 @@ def test_loops_llvm_vectorises_take_the_vector_width(width):
         assert fmas == 0 and divisions == 0, done.stdout
 
 
-# The checks whose code depends on the vector width: the tiles and dot_row bit for bit, the whole kernel
-# against the oracle (float64: the tiles are the only width-dependent code, and each float32 tile is
-# checked bit for bit above).
-WIDTH_CHECKS = ("vector_width_is_the_override or register_tiles or dot_row"
+# The checks whose code depends on the vector width: the tiles, dot_row and log1p_parts' quotients bit for
+# bit, the whole kernel against the oracle (float64: the tiles and the quotients are the only
+# width-dependent code, and each float32 tile is checked bit for bit above).
+WIDTH_CHECKS = ("vector_width_is_the_override or register_tiles or dot_row or two_divisions"
                 " or (wide_inputs_and_nets and float64)")
 
 
@@ -792,7 +792,8 @@ def test_exp_and_log1p_accuracy():
 
 
 def test_log1p_parts_quotients_are_the_two_divisions_bit_for_bit():
-    """log1p_parts' sigmoid 1 / (1 + e) and s = e / (2 + e) come from one division and a Newton step each:
+    """log1p_parts' sigmoid 1 / (1 + e) and s = e / (2 + e), with 64-byte vectors from one division and a
+    Newton step each (exp_log1p.ONE_DIVISION; test_the_other_vector_width runs this at the other width):
     the correctly rounded quotients, as two divisions give them, at every e of [0, 1] tried (uniform, e^-x
     down to the subnormals, both ends), and nan kept."""
     from numba import njit

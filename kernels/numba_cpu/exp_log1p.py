@@ -15,7 +15,7 @@ import numpy as np
 from numba import types
 
 from .. import polynomials as _poly
-from .compiler import subroutine
+from .compiler import VECTOR_BYTES, subroutine
 from .intrinsics import bits_from_double, bits_from_float, double_from_bits, float_from_bits, fma
 
 # exp: x = k ln2 + r with |r| <= ln2/2, exp(r) - 1 = r + r^2 P(r) with P a polynomial of degree 9, its
@@ -91,8 +91,16 @@ def exp_reduced(xc, shifter):
 # g of degree 9 fitted on [0, 1/9] (Chebyshev, mpmath: |error| <= 1e-16, which reaches the result
 # scaled by s z <= 1/27), summed as pairs g_2k + g_2k+1 z in Horner's scheme in z^2: one product fewer
 # than Estrin's, its longer chain overlapped by the loop's other entries.
-# s and 1 / (1 + e) (the sigmoid) are two divisions in float64 and one shared in float32 (below).
+# s and 1 / (1 + e) (the sigmoid) are two divisions in float64 (or one and two Newton steps: ONE_DIVISION)
+# and one shared in float32 (below).
 _G0, _G1, _G2, _G3, _G4, _G5, _G6, _G7, _G8, _G9 = _poly.LOG1P_G
+# With 64-byte vectors, log1p_parts takes r = 1 / u1 and s = e / t (u1 = 1 + e, t = 2 + e) from one division,
+# D = 1 / (u1 t): r0 = t D and s0 = e u1 D are within 3 ulp, and one Newton step each (its residual in an
+# fma) rounds them correctly, the two divisions' bits (every one of 12 million points: docs/performance.md).
+# A float64 division takes 16 cycles a 64-byte vector on Intel's AVX-512 cores, so that two bound the loop
+# there (SWEEP 1.16x faster with one). With 32-byte vectors the two divisions stay: two were as fast as one
+# shared there, and the Newton steps' six operations would only add to the FMA pipes' work.
+ONE_DIVISION = VECTOR_BYTES == 64
 
 
 @subroutine(lambda e: types.UniTuple(e, 2))
@@ -106,19 +114,18 @@ def log1p_unit(e):
 def log1p_parts(e):
     """(s, u, 1 / (1 + e)) with log(1 + e) = e - s u (u = e - R), e in [0, 1]: the activation adds the
     terms in its own order, s u (the end of the longest chain) last."""
-    # r = 1 / u1 and s = e / t (u1 = 1 + e, t = 2 + e) from one division, D = 1 / (u1 t): r = t D and
-    # s = e u1 D are within 3 ulp, and one Newton step each (its residual in an fma) brings them to the
-    # quotients' correct rounding, the two divisions' bits (every one of 12 million points, docs/
-    # performance.md). A double's division takes 16 cycles a 64-byte vector on Intel's AVX-512 cores, so
-    # that two of them bound the loop there; the Newton steps' six operations cost less.
-    u1 = 1.0 + e
-    t = 2.0 + e
-    D = 1.0 / (u1 * t)
-    inv_t = u1 * D
-    r0 = t * D
-    r = fma(r0, fma(-u1, r0, 1.0), r0)
-    s0 = e * inv_t
-    s = fma(fma(-s0, t, e), inv_t, s0)
+    if ONE_DIVISION:  # a compile-time constant: each kernel holds one of the two
+        u1 = 1.0 + e
+        t = 2.0 + e
+        D = 1.0 / (u1 * t)
+        inv_t = u1 * D
+        r0 = t * D
+        r = fma(r0, fma(-u1, r0, 1.0), r0)
+        s0 = e * inv_t
+        s = fma(fma(-s0, t, e), inv_t, s0)
+    else:
+        r = 1.0 / (1.0 + e)
+        s = e / (2.0 + e)
     z = s * s
     z2 = z * z
     g = fma(fma(fma(fma(fma(_G9, z, _G8), z2, fma(_G7, z, _G6)), z2, fma(_G5, z, _G4)), z2, fma(_G3, z, _G2)), z2,
