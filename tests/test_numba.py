@@ -792,27 +792,32 @@ def test_exp_and_log1p_accuracy():
 
 
 def test_log1p_parts_quotients_are_the_two_divisions_bit_for_bit():
-    """log1p_parts' sigmoid 1 / (1 + e) and s = e / (2 + e), with 64-byte vectors from one division and a
-    Newton step each (exp_log1p.ONE_DIVISION; test_the_other_vector_width runs this at the other width):
-    the correctly rounded quotients, as two divisions give them, at every e of [0, 1] tried (uniform, e^-x
-    down to the subnormals, both ends), and nan kept."""
+    """The sigmoid 1 / (1 + e) and s = e / (2 + e) from one division and a Newton step each
+    (quotients_one_division, which log1p_parts takes with 64-byte vectors on Intel's cores:
+    exp_log1p.ONE_DIVISION) are the correctly rounded quotients, as two divisions give them, at every e of
+    [0, 1] tried (uniform, e^-x down to the subnormals, both ends), and nan is kept; log1p_parts returns
+    the same whichever it compiled."""
     from numba import njit
 
     @njit
     def apply(e):
-        out = np.empty((2, e.size))
+        out = np.empty((4, e.size))
         for i in range(e.size):
+            out[0, i], out[1, i] = exp_log1p.quotients_one_division(e[i])
             s, u, r = exp_log1p.log1p_parts(e[i])
-            out[0, i], out[1, i] = r, s
+            out[2, i], out[3, i] = r, s
         return out
 
     rng = np.random.default_rng(12)
     e = np.concatenate([rng.random(300_000), np.exp(-rng.random(300_000) * 745.0),
                         [0.0, 1.0, np.nextafter(1.0, 0.0), 5e-324, 2.2250738585072014e-308]])
     out = apply(e)
-    np.testing.assert_array_equal(out[0], 1.0 / (1.0 + e))
-    np.testing.assert_array_equal(out[1], e / (2.0 + e))
+    for r, s in (out[:2], out[2:]):
+        np.testing.assert_array_equal(r, 1.0 / (1.0 + e))
+        np.testing.assert_array_equal(s, e / (2.0 + e))
     assert np.isnan(apply(np.array([np.nan]))).all()
+    assert exp_log1p.ONE_DIVISION == (intrinsics.VECTOR_BYTES == 64
+                                      and not compiler.target_cpu_name().startswith("znver"))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])

@@ -59,6 +59,14 @@ def target_vector_bytes() -> int:
     return 64 if "+avx512f" in features.split(",") else 32
 
 
+def target_cpu_name() -> str:
+    """The CPU numba compiles for, as LLVM names it: NUMBA_CPU_NAME where set, else the host's."""
+    from llvmlite import binding
+    from numba.core import config
+
+    return config.CPU_NAME or binding.get_host_cpu_name()
+
+
 def vector_bytes(environ=os.environ) -> int:
     """The vector width of this process: LGD_VECTOR_BYTES (32 or 64) if set, else :func:`target_vector_bytes`."""
     chosen = environ.get(VECTOR_BYTES_VARIABLE, "").strip()

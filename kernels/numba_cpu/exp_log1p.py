@@ -15,7 +15,7 @@ import numpy as np
 from numba import types
 
 from .. import polynomials as _poly
-from .compiler import VECTOR_BYTES, subroutine
+from .compiler import VECTOR_BYTES, subroutine, target_cpu_name
 from .intrinsics import bits_from_double, bits_from_float, double_from_bits, float_from_bits, fma
 
 # exp: x = k ln2 + r with |r| <= ln2/2, exp(r) - 1 = r + r^2 P(r) with P a polynomial of degree 9, its
@@ -91,16 +91,31 @@ def exp_reduced(xc, shifter):
 # g of degree 9 fitted on [0, 1/9] (Chebyshev, mpmath: |error| <= 1e-16, which reaches the result
 # scaled by s z <= 1/27), summed as pairs g_2k + g_2k+1 z in Horner's scheme in z^2: one product fewer
 # than Estrin's, its longer chain overlapped by the loop's other entries.
-# s and 1 / (1 + e) (the sigmoid) are two divisions in float64 (or one and two Newton steps: ONE_DIVISION)
-# and one shared in float32 (below).
+# s and 1 / (1 + e) (the sigmoid) are two divisions in float64 (or one division and a Newton step each:
+# ONE_DIVISION) and one shared in float32 (below).
 _G0, _G1, _G2, _G3, _G4, _G5, _G6, _G7, _G8, _G9 = _poly.LOG1P_G
-# With 64-byte vectors, log1p_parts takes r = 1 / u1 and s = e / t (u1 = 1 + e, t = 2 + e) from one division,
-# D = 1 / (u1 t): r0 = t D and s0 = e u1 D are within 3 ulp, and one Newton step each (its residual in an
-# fma) rounds them correctly, the two divisions' bits (every one of 12 million points: docs/performance.md).
-# A float64 division takes 16 cycles a 64-byte vector on Intel's AVX-512 cores, so that two bound the loop
-# there (SWEEP 1.16x faster with one). With 32-byte vectors the two divisions stay: two were as fast as one
-# shared there, and the Newton steps' six operations would only add to the FMA pipes' work.
-ONE_DIVISION = VECTOR_BYTES == 64
+# With 64-byte vectors on Intel's cores, log1p_parts takes r = 1 / u1 and s = e / t (u1 = 1 + e, t = 2 + e)
+# from one division (quotients_one_division): a float64 division takes 16 cycles a 64-byte vector there, so
+# that two bound the loop (SWEEP 1.16x faster with one: docs/performance.md). Elsewhere the two divisions stay:
+# with 32-byte vectors two were as fast as one shared, and the Newton steps' six operations would only add
+# to the FMA pipes' work; AMD's Zen cores (LLVM's znver*) were not measured with one. Either way the same
+# bits.
+ONE_DIVISION = VECTOR_BYTES == 64 and not target_cpu_name().startswith("znver")
+
+
+@subroutine(types.UniTuple(types.float64, 2))
+def quotients_one_division(e):
+    """(1 / (1 + e), e / (2 + e)) for float64 e in [0, 1] from one division, D = 1 / ((1 + e)(2 + e)):
+    (2 + e) D and e (1 + e) D are within 3 ulp of the quotients, and one Newton step each, its residual
+    in an fma, rounds them correctly: the two divisions' bits at every one of 12 million points
+    (docs/performance.md)."""
+    u1 = 1.0 + e
+    t = 2.0 + e
+    D = 1.0 / (u1 * t)
+    inv_t = u1 * D
+    r0 = t * D
+    s0 = e * inv_t
+    return fma(r0, fma(-u1, r0, 1.0), r0), fma(fma(-s0, t, e), inv_t, s0)
 
 
 @subroutine(lambda e: types.UniTuple(e, 2))
@@ -115,14 +130,7 @@ def log1p_parts(e):
     """(s, u, 1 / (1 + e)) with log(1 + e) = e - s u (u = e - R), e in [0, 1]: the activation adds the
     terms in its own order, s u (the end of the longest chain) last."""
     if ONE_DIVISION:  # a compile-time constant: each kernel holds one of the two
-        u1 = 1.0 + e
-        t = 2.0 + e
-        D = 1.0 / (u1 * t)
-        inv_t = u1 * D
-        r0 = t * D
-        r = fma(r0, fma(-u1, r0, 1.0), r0)
-        s0 = e * inv_t
-        s = fma(fma(-s0, t, e), inv_t, s0)
+        r, s = quotients_one_division(e)
     else:
         r = 1.0 / (1.0 + e)
         s = e / (2.0 + e)

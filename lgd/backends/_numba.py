@@ -402,10 +402,9 @@ _NUMPY_GEMM = {"float64": "scipy_dgemm_64_", "float32": "scipy_sgemm_64_"}
 
 def target_cpu() -> str:
     """The CPU numba compiles for, as LLVM names it (NUMBA_CPU_NAME where set)."""
-    from llvmlite import binding
-    from numba.core import config
+    from ..kernels.numba_cpu.compiler import target_cpu_name
 
-    return config.CPU_NAME or binding.get_host_cpu_name()
+    return target_cpu_name()
 
 
 @functools.cache
