@@ -121,12 +121,14 @@ def test_available_without_importing_numba():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("products", ["fused", "blas"])
+@pytest.mark.parametrize("products", ["fused", "blas", "blas_swapped"])
 def test_sweep_equals_single_runs_and_oracle(products, monkeypatch):
     """A sweep (threads taking the configurations from a shared queue) equals the single runs (a team of
-    threads per step) and the oracle, with the products in the fused loops or through BLAS."""
+    threads per step) and the oracle, with the products in the fused loops or through BLAS (the gradient's
+    parts as they are or transposed: blas_swapped)."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
-    monkeypatch.setattr(_numba, "BLAS_WORK", 0 if products == "blas" else 1 << 62)
+    monkeypatch.setattr(_numba, "BLAS_WORK", 1 << 62 if products == "fused" else 0)
+    monkeypatch.setattr(_numba, "BLAS_SWAPPED_MIN_D", 0 if products == "blas_swapped" else 1 << 62)
     monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
     monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
     X, y, X_test, y_test = problem_data("logistic")
@@ -150,14 +152,16 @@ def test_sweep_equals_single_runs_and_oracle(products, monkeypatch):
 
 @pytest.mark.parametrize("team, stepsizes", [(2, [0.3]), (2, [3e3]), (3, [0.3, 3e3])],
                          ids=["calm", "diverging", "two_configs"])
-@pytest.mark.parametrize("products", ["fused", "blas"])
+@pytest.mark.parametrize("products", ["fused", "blas", "blas_swapped"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 def test_team_of_threads_matches_oracle(team, stepsizes, dtype, products, monkeypatch):
     """run_team (threads splitting the samples of every step, barriers between) against the oracle:
     whole traces, test metrics and neuron margins, divergence, configurations one after the other,
-    with the products in the fused loops or through BLAS on each thread's block."""
+    with the products in the fused loops or through BLAS on each thread's block (the gradient's parts as they
+    are or transposed: blas_swapped)."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
-    monkeypatch.setattr(_numba, "BLAS_WORK", 0 if products == "blas" else 1 << 62)
+    monkeypatch.setattr(_numba, "BLAS_WORK", 1 << 62 if products == "fused" else 0)
+    monkeypatch.setattr(_numba, "BLAS_SWAPPED_MIN_D", 0 if products == "blas_swapped" else 1 << 62)
     monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
     monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
     model = lgd.TwoLayerNet(21, train_outer=True)
@@ -167,7 +171,7 @@ def test_team_of_threads_matches_oracle(team, stepsizes, dtype, products, monkey
     def as_team(runner):
         runner._threads = team
         assert runner.team_size(len(stepsizes), model.width) == team
-        assert runner._use_blas(model.width) == (products == "blas")
+        assert runner._use_blas(model.width) == (products != "fused")
 
     expected = run_backend(NUMPY, model, problem, stepsizes, steps, every)
     actual = run_backend(NUMBA, model, problem, stepsizes, steps, every, chunk=40, prepare=as_team)

@@ -132,8 +132,9 @@ class Buffers(NamedTuple):
     P, Q (rows, m) in the run's dtype, AQ, AR (rows, m) and coef (rows, 2) float64); rows, per member the scratch of a
     block of samples of the Hessian-vector products (tangent.hessian_part's `block`, each array with a leading axis of
     members). BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m) (unused by a float64 team of one, whose BLAS
-    writes grad itself: tiles.blas_writes_grad), and gemm (1,) int64, the address of the ILP64 ?gemm_ the products
-    call (0: scipy's, tiles.blas_forward). The fused loops' zs is None with BLAS, and Z, Z_test,
+    writes grad itself: tiles.blas_writes_grad), or (team, m, d), the parts transposed, where gemm[1] is not 0
+    (tiles.blas_backward), and gemm (2,) int64, the address of the ILP64 ?gemm_ the products call (0: scipy's,
+    tiles.blas_forward) and that choice. The fused loops' zs is None with BLAS, and Z, Z_test,
     grads_blas and gemm None without: a branch on None is pruned at compile time, so each product mode is a kernel of
     its own without the other's code.
     """
@@ -246,7 +247,7 @@ def run_steps(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, in
         barrier(sync, size)
         if member == 0:
             reduce_blocks(size, test, b.grads, b.grads_a, b.neurons_part, b.stats, b.grad, b.grad_a, b.neuron,
-                          b.total, b.grads_blas)
+                          b.total, b.grads_blas, b.gemm)
             go[0] = step_end(c, t, schedule, spec, n, b.total[0], b.grad, b.grad_a, b.Wt, b.a, b.a_step, trace,
                              b.neuron, n_test, b.total[1], batch, b.us, directions, b.tangent, X_curvature,
                              y_curvature, b.curvature, b.rows)

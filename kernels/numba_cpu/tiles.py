@@ -243,9 +243,10 @@ def _gemm_call(context, builder, dtype, transpose_b, m, n, k, a, lda, b, ldb, c,
                                                                              ldc])
 
 
-def _blas_rows(transposed):
+def _blas_rows(transposed, swapped=False):
     """The intrinsic forming one block's product by BLAS: Z[i0:i1] = X[i0:i1] Wt (blas_rows_times), or
-    with `transposed` out = X[i0:i1]^T G[i0:i1] (blas_rows_transposed_times), through the ?gemm_ whose
+    with `transposed` out = X[i0:i1]^T G[i0:i1] (blas_rows_transposed_times), or with `swapped` too its
+    transpose, out (m, d) = (X[i0:i1]^T G[i0:i1])^T (blas_rows_gradient_swapped), through the ?gemm_ whose
     address is gemm[0] (0: scipy's, numba_xxgemm)."""
     def blas_rows(typingctx, X, i0, i1, B, C, gemm):
         """The caller keeps 0 <= i0 <= i1 <= len(X), and len(X) = len(Z) (len(G)); all C-contiguous."""
@@ -263,7 +264,10 @@ def _blas_rows(transposed):
             address = builder.load(context.make_array(gemm_type)(context, builder, args[5]).data)
             i0, rows = args[1], builder.sub(args[2], args[1])
             x_block = builder.gep(x_data, [builder.mul(i0, d)])
-            if transposed:  # out^T = G_b^T X_b: (m x rows)(rows x d)
+            if swapped:  # out (m, d), column-major (d x m) = X_b^T G_b: (d x rows)(rows x m)
+                _gemm_call(context, builder, x_type.dtype, True, d, m, rows, x_block, d,
+                           builder.gep(b_data, [builder.mul(i0, m)]), m, c_data, d, address)
+            elif transposed:  # out^T = G_b^T X_b: (m x rows)(rows x d)
                 _gemm_call(context, builder, x_type.dtype, True, m, d, rows,
                            builder.gep(b_data, [builder.mul(i0, m)]), m, x_block, d, c_data, m, address)
             else:  # Z_b^T = Wt^T X_b^T: (m x d)(d x rows)
@@ -271,12 +275,14 @@ def _blas_rows(transposed):
                            builder.gep(c_data, [builder.mul(i0, m)]), m, address)
             return context.get_dummy_value()
         return types.void(X, types.intp, types.intp, B, C, gemm), codegen
-    blas_rows.__name__ = blas_rows.__qualname__ = "blas_rows_transposed_times" if transposed else "blas_rows_times"
+    blas_rows.__name__ = blas_rows.__qualname__ = ("blas_rows_gradient_swapped" if swapped else
+                                                   "blas_rows_transposed_times" if transposed else "blas_rows_times")
     return intrinsic(blas_rows)
 
 
 blas_rows_times = _blas_rows(False)
 blas_rows_transposed_times = _blas_rows(True)
+blas_rows_gradient_swapped = _blas_rows(True, swapped=True)
 
 
 @subroutine(types.void)
@@ -440,7 +446,12 @@ def _blas_backward(X, i0, i1, G, grads, member, size, grad, gemm):
 
 @subroutine(types.void)
 def blas_backward(X, i0, i1, G, grads, member, size, grad, gemm):
-    """(X[i0:i1]^T G[i0:i1])^T by BLAS (as blas_forward) into grad when blas_writes_grad, else into
-    grads[member]; nothing when grads is None (the fused mode)."""
+    """X[i0:i1]^T G[i0:i1] by BLAS (as blas_forward) into grad when blas_writes_grad, else into grads[member];
+    where gemm[1] is not 0, its transpose into grads[member], (m, d) (lgd.backends._numba.buffers chooses:
+    OpenBLAS ran that shape faster on large inputs, L's 20 ms against 26, and step.reduce_blocks transposes
+    it back as it sums); nothing when grads is None (the fused mode)."""
     if grads is not None:
-        _blas_backward(X, i0, i1, G, grads, member, size, grad, gemm)
+        if gemm[1] != 0:
+            blas_rows_gradient_swapped(X, i0, i1, G, grads[member], gemm)
+        else:
+            _blas_backward(X, i0, i1, G, grads, member, size, grad, gemm)

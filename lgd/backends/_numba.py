@@ -53,6 +53,11 @@ BLAS_WITH_WIDE_TILES = False
 # hypervisor) L's step ran 1.13x faster through them than in the tiles and (2000, 512, 256) 1.08x, while
 # d = 128 and 256 stayed faster fused; on the Zen 5 host the tiles passed those kernels per product.
 BLAS_ON_INTEL_FROM_BOUND = True
+# From this d, BLAS forms each member's part of the gradient transposed, (m, d) (tiles.blas_backward), and the
+# sum of the parts transposes it back: OpenBLAS ran that shape faster on large inputs (L, float64, one
+# thread: 39 ms against 49 with its SkylakeX kernels; two threads 20 against 26, Haswell's 30 against 34)
+# and slower on small ones ((500, 128, 64) in a team: 10%).
+BLAS_SWAPPED_MIN_D = 512
 # OpenBLAS's kernels with AVX-512 GEMM: its core names as threadpoolctl reports them, lower case.
 AVX512_BLAS_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 # Dimension d from which the products are nearly all of a step's work: a single run (that would
@@ -310,8 +315,10 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
     first use). `train_outer`: whether the tangent map needs phi and phi' of each sample too (_kept_rows)."""
     empty = np.empty
     if blas:
-        products = dict(Z=empty((n, m), dtype), Z_test=empty((n_test, m), dtype), grads_blas=empty((team, d, m), dtype),
-                        gemm=np.array([numpy_gemm(np.dtype(dtype).name)], dtype=np.int64))
+        swapped = d >= BLAS_SWAPPED_MIN_D
+        products = dict(Z=empty((n, m), dtype), Z_test=empty((n_test, m), dtype),
+                        grads_blas=empty((team, m, d) if swapped else (team, d, m), dtype),
+                        gemm=np.array([numpy_gemm(np.dtype(dtype).name), int(swapped)], dtype=np.int64))
     else:
         products = dict(Z=None, Z_test=None, grads_blas=None, gemm=None)
     waiting = kernels.waiting_samples.implementation(d, m)
