@@ -394,7 +394,8 @@ def test_blas_only_from_the_dimension_where_it_pays(monkeypatch):
             monkeypatch.setattr(_numba, "blas_is_avx512", lambda: avx512_blas)
             monkeypatch.setattr(_numba, "BLAS_BOUND_D", bound)
             intel_blas = cpu == "sapphirerapids" and avx512_blas and bound <= d
-            assert runner._use_blas(1 << 40) == (usable and (width == 32 or intel_blas)), (width, cpu, avx512_blas, bound)
+            expected = usable and (width == 32 or intel_blas)
+            assert runner._use_blas(1 << 40) == expected, (width, cpu, avx512_blas, bound)
         monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
         assert runner._use_blas(1 << 40) == usable
         assert not runner._use_blas(1)

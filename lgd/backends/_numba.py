@@ -16,10 +16,11 @@ nogil, called from Python threads):
 The two products of a step run in the fused loops (k-blocked for large inputs), or, with 32-byte tiles
 (no AVX-512; :data:`BLAS_WITH_WIDE_TILES`) for problems with d >= :data:`BLAS_MIN_D` and at least
 :data:`BLAS_WORK` (with 64-byte tiles from :data:`BLAS_BOUND_D`, on Intel CPUs whose OpenBLAS runs its
-AVX-512 kernels: :data:`BLAS_ON_INTEL_FROM_BOUND`), as BLAS calls on each thread's block of samples (numpy's OpenBLAS where
-:func:`numpy_gemm` finds it, else scipy's), BLAS held to one thread meanwhile (threadpoolctl) since the
-team already occupies the cores; a single run from :data:`BLAS_BOUND_D` runs on one thread and BLAS uses
-all the cores.
+AVX-512 kernels: :data:`BLAS_ON_INTEL_FROM_BOUND`), as BLAS calls on each thread's block of samples
+(numpy's OpenBLAS where :func:`numpy_gemm` finds it, else scipy's), BLAS held to one thread meanwhile
+(threadpoolctl) since the team already occupies the cores; a single run from :data:`BLAS_BOUND_D` runs on
+one thread and BLAS uses all the cores. From :data:`BLAS_SWAPPED_MIN_D` BLAS forms each thread's part of
+the gradient transposed.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ BLAS_WORK = 1 << 19
 BLAS_WITH_WIDE_TILES = False
 # ... except from BLAS_BOUND_D on an Intel CPU (any numba target but AMD's Zen, LLVM's znver*) whose BLAS runs
 # OpenBLAS's AVX-512 kernels: on the Intel AVX-512 host of docs/performance.md (a Xeon with AMX under a
-# hypervisor) L's step ran 1.13x faster through them than in the tiles and (2000, 512, 256) 1.08x, while
-# d = 128 and 256 stayed faster fused; on the Zen 5 host the tiles passed those kernels per product.
+# hypervisor) L's step ran 1.13x faster through them than in the tiles (1.24x with the gradient's product
+# transposed, BLAS_SWAPPED_MIN_D) and (2000, 512, 256) 1.08x, while d = 128 and 256 stayed faster fused; on
+# the Zen 5 host the tiles passed those kernels per product.
 BLAS_ON_INTEL_FROM_BOUND = True
 # From this d, BLAS forms each member's part of the gradient transposed, (m, d) (tiles.blas_backward), and the
 # sum of the parts transposes it back: OpenBLAS ran that shape faster on large inputs (L, float64, one
