@@ -129,6 +129,7 @@ def test_sweep_equals_single_runs_and_oracle(products, monkeypatch):
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_WORK", 1 << 62 if products == "fused" else 0)
     monkeypatch.setattr(_numba, "BLAS_SWAPPED_MIN_D", 0 if products == "blas_swapped" else 1 << 62)
+    monkeypatch.setattr(_numba, "blas_is_avx512", lambda: True)
     monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
     monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
     X, y, X_test, y_test = problem_data("logistic")
@@ -162,6 +163,7 @@ def test_team_of_threads_matches_oracle(team, stepsizes, dtype, products, monkey
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_WORK", 1 << 62 if products == "fused" else 0)
     monkeypatch.setattr(_numba, "BLAS_SWAPPED_MIN_D", 0 if products == "blas_swapped" else 1 << 62)
+    monkeypatch.setattr(_numba, "blas_is_avx512", lambda: True)
     monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
     monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
     model = lgd.TwoLayerNet(21, train_outer=True)
@@ -402,6 +404,20 @@ def test_blas_only_from_the_dimension_where_it_pays(monkeypatch):
         monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", False)
     linear = _numba.Runner(make_problem(lgd.Linear(), "logistic", np.float64), 1, 1, (1, 1, 5))
     assert not linear._use_blas(1 << 40)
+
+
+@pytest.mark.parametrize("avx512_blas", [True, False])
+@pytest.mark.parametrize("min_d", [5, 6])
+def test_blas_gradient_parts_transposed_from_the_dimension_with_avx512_blas(avx512_blas, min_d, monkeypatch):
+    """The BLAS buffers hold the gradient's parts transposed, (team, m, d), with gemm[1] = 1, from
+    BLAS_SWAPPED_MIN_D where OpenBLAS runs its AVX-512 kernels; else (team, d, m) and gemm[1] = 0."""
+    monkeypatch.setattr(_numba, "BLAS_SWAPPED_MIN_D", min_d)
+    monkeypatch.setattr(_numba, "blas_is_avx512", lambda: avx512_blas)
+    team, m, d = 2, 3, 5
+    b = _numba.buffers(numba_cpu, team, m, d, 8, 0, np.float64, blas=True)
+    swapped = avx512_blas and d >= min_d
+    assert b.grads_blas.shape == ((team, m, d) if swapped else (team, d, m))
+    assert b.gemm[1] == int(swapped)
 
 
 @pytest.mark.parametrize("libraries, expected", [

@@ -19,8 +19,8 @@ The two products of a step run in the fused loops (k-blocked for large inputs), 
 AVX-512 kernels: :data:`BLAS_ON_INTEL_FROM_BOUND`), as BLAS calls on each thread's block of samples
 (numpy's OpenBLAS where :func:`numpy_gemm` finds it, else scipy's), BLAS held to one thread meanwhile
 (threadpoolctl) since the team already occupies the cores; a single run from :data:`BLAS_BOUND_D` runs on
-one thread and BLAS uses all the cores. From :data:`BLAS_SWAPPED_MIN_D` BLAS forms each thread's part of
-the gradient transposed.
+one thread and BLAS uses all the cores. From :data:`BLAS_SWAPPED_MIN_D`, where OpenBLAS runs its AVX-512
+kernels, BLAS forms each thread's part of the gradient transposed.
 """
 
 from __future__ import annotations
@@ -55,10 +55,12 @@ BLAS_WITH_WIDE_TILES = False
 # transposed, BLAS_SWAPPED_MIN_D) and (2000, 512, 256) 1.08x, while d = 128 and 256 stayed faster fused; on
 # the Zen 5 host the tiles passed those kernels per product.
 BLAS_ON_INTEL_FROM_BOUND = True
-# From this d, BLAS forms each member's part of the gradient transposed, (m, d) (tiles.blas_backward), and the
-# sum of the parts transposes it back: OpenBLAS ran that shape faster on large inputs (L, float64, one
-# thread: 39 ms against 49 with its SkylakeX kernels; two threads 20 against 26, Haswell's 30 against 34)
-# and slower on small ones ((500, 128, 64) in a team: 10%).
+# From this d, where OpenBLAS runs its AVX-512 kernels, BLAS forms each member's part of the gradient
+# transposed, (m, d) (tiles.blas_backward), and the sum of the parts transposes it back: OpenBLAS's
+# SkylakeX kernels ran that shape faster on large inputs (L, float64: 20 ms against 26 on two threads, 39
+# against 49 on one; L's step 48.8 ms against 54) and slower on small ones ((500, 128, 64) in a team: 10%).
+# With its Haswell (AVX2) kernels the product was faster too (30 against 34), but L's step was not (77-80 ms
+# both ways, 32-byte kernels): those keep the gradient's layout.
 BLAS_SWAPPED_MIN_D = 512
 # OpenBLAS's kernels with AVX-512 GEMM: its core names as threadpoolctl reports them, lower case.
 AVX512_BLAS_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
@@ -317,7 +319,7 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
     first use). `train_outer`: whether the tangent map needs phi and phi' of each sample too (_kept_rows)."""
     empty = np.empty
     if blas:
-        swapped = d >= BLAS_SWAPPED_MIN_D
+        swapped = d >= BLAS_SWAPPED_MIN_D and blas_is_avx512()
         products = dict(Z=empty((n, m), dtype), Z_test=empty((n_test, m), dtype),
                         grads_blas=empty((team, m, d) if swapped else (team, d, m), dtype),
                         gemm=np.array([numpy_gemm(np.dtype(dtype).name), int(swapped)], dtype=np.int64))
