@@ -392,7 +392,7 @@ def test_blas_only_from_the_dimension_where_it_pays(monkeypatch):
         monkeypatch.setattr(runner._kernels, "VECTOR_BYTES", width)
         for cpu, avx512_blas, bound in [("sapphirerapids", True, d), ("sapphirerapids", True, d + 1),
                                         ("sapphirerapids", False, d), ("znver5", True, d)]:
-            monkeypatch.setattr(_numba, "target_cpu", lambda: cpu)
+            monkeypatch.setattr(_numba, "amd_zen_target", lambda: cpu.startswith("znver"))
             monkeypatch.setattr(_numba, "blas_is_avx512", lambda: avx512_blas)
             monkeypatch.setattr(_numba, "BLAS_BOUND_D", bound)
             intel_blas = cpu == "sapphirerapids" and avx512_blas and bound <= d
@@ -404,6 +404,15 @@ def test_blas_only_from_the_dimension_where_it_pays(monkeypatch):
         monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", False)
     linear = _numba.Runner(make_problem(lgd.Linear(), "logistic", np.float64), 1, 1, (1, 1, 5))
     assert not linear._use_blas(1 << 40)
+
+
+@pytest.mark.parametrize("cpu, zen", [("znver4", True), ("znver5", True), ("sapphirerapids", False),
+                                      ("rocketlake", False)])
+def test_amd_zen_target_follows_numbas_cpu_name(cpu, zen, monkeypatch):
+    from numba.core import config
+
+    monkeypatch.setattr(config, "CPU_NAME", cpu)
+    assert compiler.target_cpu_name() == cpu and compiler.amd_zen_target() is zen and _numba.amd_zen_target() is zen
 
 
 @pytest.mark.parametrize("avx512_blas", [True, False])
@@ -837,8 +846,7 @@ def test_log1p_parts_quotients_are_the_two_divisions_bit_for_bit():
         np.testing.assert_array_equal(r, 1.0 / (1.0 + e))
         np.testing.assert_array_equal(s, e / (2.0 + e))
     assert np.isnan(apply(np.array([np.nan]))).all()
-    assert exp_log1p.ONE_DIVISION == (intrinsics.VECTOR_BYTES == 64
-                                      and not compiler.target_cpu_name().startswith("znver"))
+    assert exp_log1p.ONE_DIVISION == (intrinsics.VECTOR_BYTES == 64 and not compiler.amd_zen_target())
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])

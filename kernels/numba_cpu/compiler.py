@@ -67,6 +67,13 @@ def target_cpu_name() -> str:
     return config.CPU_NAME or binding.get_host_cpu_name()
 
 
+def amd_zen_target() -> bool:
+    """Whether numba compiles for one of AMD's Zen cores (LLVM's znver*). The kernels' choices measured on
+    Intel's AVX-512 cores and not on Zen's (exp_log1p.ONE_DIVISION, the BLAS mode of large inputs in
+    lgd.backends._numba) are made by this one test."""
+    return target_cpu_name().startswith("znver")
+
+
 def vector_bytes(environ=os.environ) -> int:
     """The vector width of this process: LGD_VECTOR_BYTES (32 or 64) if set, else :func:`target_vector_bytes`."""
     chosen = environ.get(VECTOR_BYTES_VARIABLE, "").strip()

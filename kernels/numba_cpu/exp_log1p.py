@@ -15,7 +15,7 @@ import numpy as np
 from numba import types
 
 from .. import polynomials as _poly
-from .compiler import VECTOR_BYTES, subroutine, target_cpu_name
+from .compiler import VECTOR_BYTES, amd_zen_target, subroutine
 from .intrinsics import bits_from_double, bits_from_float, double_from_bits, float_from_bits, fma
 
 # exp: x = k ln2 + r with |r| <= ln2/2, exp(r) - 1 = r + r^2 P(r) with P a polynomial of degree 9, its
@@ -100,7 +100,7 @@ _G0, _G1, _G2, _G3, _G4, _G5, _G6, _G7, _G8, _G9 = _poly.LOG1P_G
 # with 32-byte vectors two were as fast as one shared, and the Newton steps' six operations would only add
 # to the FMA pipes' work; AMD's Zen cores (LLVM's znver*) were not measured with one. Either way the same
 # bits.
-ONE_DIVISION = VECTOR_BYTES == 64 and not target_cpu_name().startswith("znver")
+ONE_DIVISION = VECTOR_BYTES == 64 and not amd_zen_target()
 
 
 @subroutine(types.UniTuple(types.float64, 2))

@@ -167,7 +167,7 @@ class Runner:
             return False
         if BLAS_WITH_WIDE_TILES or self._kernels.VECTOR_BYTES < 64:
             return True
-        return (BLAS_ON_INTEL_FROM_BOUND and d >= BLAS_BOUND_D and not target_cpu().startswith("znver")
+        return (BLAS_ON_INTEL_FROM_BOUND and d >= BLAS_BOUND_D and not amd_zen_target()
                 and blas_is_avx512())
 
     def _one_blas_thread(self):
@@ -411,11 +411,11 @@ _NUMPY_BLAS_FILE = "libscipy_openblas64_"
 _NUMPY_GEMM = {"float64": "scipy_dgemm_64_", "float32": "scipy_sgemm_64_"}
 
 
-def target_cpu() -> str:
-    """The CPU numba compiles for, as LLVM names it (NUMBA_CPU_NAME where set)."""
-    from ..kernels.numba_cpu.compiler import target_cpu_name
+def amd_zen_target() -> bool:
+    """kernels' compiler.amd_zen_target, imported when asked (it imports numba)."""
+    from ..kernels.numba_cpu.compiler import amd_zen_target as zen
 
-    return target_cpu_name()
+    return zen()
 
 
 @functools.cache

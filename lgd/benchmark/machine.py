@@ -59,13 +59,9 @@ def numba_target() -> dict:
     bytes (64 with AVX-512, else 32; LGD_VECTOR_BYTES overrides it). Empty without numba."""
     if importlib.util.find_spec("numba") is None:
         return {}
-    from llvmlite import binding
-    from numba.core import config
-
     from ..kernels.numba_cpu import compiler
 
-    # NUMBA_CPU_NAME, where set, is what numba compiles for (the same setting compiler.VECTOR_BYTES follows).
-    return {"llvm_cpu": config.CPU_NAME or binding.get_host_cpu_name(), "tile_bytes": compiler.VECTOR_BYTES}
+    return {"llvm_cpu": compiler.target_cpu_name(), "tile_bytes": compiler.VECTOR_BYTES}
 
 
 def usable_cores() -> int:
