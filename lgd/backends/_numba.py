@@ -29,6 +29,7 @@ import ctypes
 import functools
 import gc
 import importlib.util
+import math
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -317,12 +318,13 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
     measured on (each sample's curvature is kept for the measurement: 4 m values); without them (0) their
     scratch is None too, and the kernel is compiled without their code (a variant of its own, compiled on
     first use). `train_outer`: whether the tangent map needs phi and phi' of each sample too (_kept_rows)."""
-    empty = np.empty
+    empty = aligned_empty
     if blas:
         swapped = d >= BLAS_SWAPPED_MIN_D and blas_is_avx512()
         products = dict(Z=empty((n, m), dtype), Z_test=empty((n_test, m), dtype),
                         grads_blas=empty((team, m, d) if swapped else (team, d, m), dtype),
-                        gemm=np.array([numpy_gemm(np.dtype(dtype).name), int(swapped)], dtype=np.int64))
+                        gemm=empty(2, np.int64))
+        products["gemm"][:] = numpy_gemm(np.dtype(dtype).name), int(swapped)
     else:
         products = dict(Z=None, Z_test=None, grads_blas=None, gemm=None)
     waiting = kernels.waiting_samples.implementation(d, m)
@@ -363,8 +365,9 @@ def _kept_rows(team: int, m: int, n: int, dtype, train_outer: bool) -> tuple:
     per_sample = 16 * m + 16 + (2 * size * m if train_outer else 0)
     rows = n if n * per_sample <= KEPT_BYTES else 0
     outer = rows if train_outer else 0
-    return (np.empty((outer, m), dtype), np.empty((outer, m), dtype), np.empty((rows, m)), np.empty((rows, m)),
-            np.empty((rows, 2)), _own_rows((team, m), dtype))
+    empty = aligned_empty
+    return (empty((outer, m), dtype), empty((outer, m), dtype), empty((rows, m)), empty((rows, m)), empty((rows, 2)),
+            _own_rows((team, m), dtype))
 
 
 # Rows up to this many bytes follow one another in a member's block (_own_block); longer ones keep
@@ -383,7 +386,7 @@ def _own_block(shape: tuple, dtype) -> np.ndarray:
     row_bytes = width * np.dtype(dtype).itemsize
     if row_bytes == 0 or row_bytes > SPAN_ROW_BYTES:
         return _own_rows(shape, dtype)
-    return np.empty((team, rows + -(-CACHE_LINE // row_bytes), width), dtype=dtype)
+    return aligned_empty((team, rows + -(-CACHE_LINE // row_bytes), width), dtype=dtype)
 
 
 def _hvp_block(team: int, block: int, m: int, d: int, dtype) -> tuple:
@@ -393,9 +396,9 @@ def _hvp_block(team: int, block: int, m: int, d: int, dtype) -> tuple:
 
     def rows(width: int, kind=dtype) -> np.ndarray:
         spare = -(-CACHE_LINE // (width * np.dtype(kind).itemsize))
-        return np.empty((team, block + spare, width), dtype=kind)
+        return aligned_empty((team, block + spare, width), dtype=kind)
 
-    order = np.empty((team, block + CACHE_LINE // 8), dtype=np.int64)
+    order = aligned_empty((team, block + CACHE_LINE // 8), dtype=np.int64)
     order[...] = np.arange(order.shape[1])
     return (rows(m), rows(m), rows(m), rows(m), rows(m, np.float64), rows(m, np.float64), rows(2, np.float64),
             rows(d, np.float64), rows(m, np.float64), rows(m, np.float64), order)
@@ -456,7 +459,20 @@ def _own_rows(shape: tuple, dtype) -> np.ndarray:
 
     A team stacks its members' buffers (member first), and the kernel writes its member's block of
     each at every sample. Without the gap, two neighbouring blocks share the cache line where they meet
-    (numpy aligns to 16 bytes, not 64), and the two cores pass that line back and forth at every
-    sample; that matters most for narrow rows (docs/performance.md)."""
+    (unless a row is a whole number of lines long), and the two cores pass that line back and forth at
+    every sample; that matters most for narrow rows (docs/performance.md). The array starts at a line
+    (aligned_empty), so where a row is a whole number of lines, so is every member's."""
     pad = CACHE_LINE // np.dtype(dtype).itemsize
-    return np.empty(shape[:-1] + (shape[-1] + pad,), dtype=dtype)
+    return aligned_empty(shape[:-1] + (shape[-1] + pad,), dtype=dtype)
+
+
+def aligned_empty(shape, dtype=np.float64) -> np.ndarray:
+    """np.empty(shape, dtype), its first element at a cache-line boundary. numpy aligns to 16 bytes only;
+    a row that starts inside a line splits every 64-byte vector load and store of the tiles across two
+    lines, which cost S's and M's steps about 10% on an AVX-512 host (docs/performance.md)."""
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    dtype = np.dtype(dtype)
+    size = math.prod(shape) * dtype.itemsize
+    raw = np.empty(size + CACHE_LINE, dtype=np.uint8)
+    start = -raw.ctypes.data % CACHE_LINE
+    return raw[start:start + size].view(dtype).reshape(shape)
