@@ -585,13 +585,18 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
 
 @subroutine(types.void)
 def sum_blocks(parts, blocks, out):
-    """out = the sum of parts[0 .. blocks-1], in block order."""
+    """out = the sum of parts[0 .. blocks-1], in block order, a row at a time: the row stays in L1 while each
+    part is added, and the first two parts are added in one pass (out's array is written once, not read
+    back from L2 and written again, as summing whole arrays part after part would)."""
     d, m = out.shape
     for k in range(d):
+        if blocks == 1:
+            for j in range(m):
+                out[k, j] = parts[0, k, j]
+            continue
         for j in range(m):
-            out[k, j] = parts[0, k, j]
-    for b in range(1, blocks):
-        for k in range(d):
+            out[k, j] = parts[0, k, j] + parts[1, k, j]
+        for b in range(2, blocks):
             for j in range(m):
                 out[k, j] += parts[b, k, j]
 
