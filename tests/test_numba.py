@@ -326,8 +326,8 @@ def _arrays(value):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_buffer_starts_at_a_cache_line(dtype, blas):
     """Each scratch array of a team, and where its rows are whole lines each member's block of it, starts at
-    a cache-line boundary: a 64-byte vector load or store of the tiles then never spans two lines. Asked of
-    many buffers at once, each 16-byte aligned by numpy alone, this fails by chance once in 4^30 runs."""
+    a cache-line boundary: a 64-byte vector load or store of the tiles then never spans two lines. numpy alone
+    aligns to 16 bytes: over these 30-odd buffers, plain np.empty would pass once in about 4^30 runs."""
     from lgd.kernels import numba_cpu
 
     b = _numba.buffers(numba_cpu, 2, 64, 16, 40, 10, dtype, blas, tangents=1, lanczos=3, eigenvalues=1,

@@ -461,7 +461,7 @@ def _own_rows(shape: tuple, dtype) -> np.ndarray:
     each at every sample. Without the gap, two neighbouring blocks share the cache line where they meet
     (unless a row is a whole number of lines long), and the two cores pass that line back and forth at
     every sample; that matters most for narrow rows (docs/performance.md). The array starts at a line
-    (aligned_empty), so where a row is a whole number of lines, so is every member's."""
+    (aligned_empty), so where a row is a whole number of lines long, every member's block starts at one."""
     pad = CACHE_LINE // np.dtype(dtype).itemsize
     return aligned_empty(shape[:-1] + (shape[-1] + pad,), dtype=dtype)
 
