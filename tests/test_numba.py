@@ -271,11 +271,12 @@ def test_team_size_follows_the_work():
 
 
 @pytest.mark.parametrize("collecting", [True, False])
-def test_compiling_leaves_the_garbage_collector_as_it_was(collecting):
+def test_compiling_leaves_the_garbage_collector_as_it_was(collecting, monkeypatch):
     """A runner holds Python's cyclic collector off while it compiles (or loads) its kernel, then restores
     the user's setting."""
     import gc
 
+    monkeypatch.setattr(_numba, "_LOADED", set())  # so that this runner loads its kernel, whatever ran before
     was = gc.isenabled()
     try:
         (gc.enable if collecting else gc.disable)()
@@ -283,6 +284,26 @@ def test_compiling_leaves_the_garbage_collector_as_it_was(collecting):
         assert gc.isenabled() == collecting
     finally:
         (gc.enable if was else gc.disable)()
+
+
+def test_a_runner_loads_its_kernel_variant_once_a_process(monkeypatch):
+    """The zero-step call that compiles or loads a kernel runs for the first runner of each variant (dtype,
+    product mode, tangent map, sharpness) in a process, not for the next ones, and their runs match."""
+    monkeypatch.setattr(_numba, "_LOADED", set())
+    chunks = []
+    chunk = _numba.Runner._chunk
+
+    def counting(runner, batch, trace, live, t_start, t_stop, team):
+        chunks.append((np.dtype(runner.problem.dtype).name, t_start == t_stop))
+        return chunk(runner, batch, trace, live, t_start, t_stop, team)
+
+    monkeypatch.setattr(_numba.Runner, "_chunk", counting)
+    net = lgd.TwoLayerNet(6)
+    runs = [run_backend(NUMBA, net, make_problem(net, "logistic", np.float64), [0.5], 3) for _ in range(2)]
+    assert chunks == [("float64", True), ("float64", False), ("float64", False)]
+    _numba.Runner(make_problem(net, "logistic", np.float32), 3, 1)
+    assert chunks[3:] == [("float32", True)]
+    assert_traces_close(*runs, rtol=0.0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
@@ -522,6 +543,7 @@ def test_blas_path_matches_fused(bound, monkeypatch):
     monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_BOUND_D", 0 if bound else 1 << 30)
+    monkeypatch.setattr(_numba, "_LOADED", set())  # the runner's first call compiles or loads, whatever ran before
     teams, limited = [], []
     run_team, one_blas_thread = _numba.Runner._run_team, _numba.Runner._one_blas_thread
     monkeypatch.setattr(_numba.Runner, "_run_team",

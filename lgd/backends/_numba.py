@@ -78,6 +78,11 @@ TEAM_WORK = 1 << 11
 LANCZOS_ITERATIONS = 60
 # Seconds a runner waits for its kernel before it says that it is compiling (a cache load is faster).
 COMPILE_NOTICE_S = 1.0
+# The kernel variants (dtype, BLAS products, tangent map, sharpness) this process has compiled or loaded: a
+# Runner of one of these starts without the zero-step call that would (Runner._compile: a timer thread,
+# buffers and a pool thread, 0.35 ms of the 1.6 ms that lgd.sweep took around S's steps). A variant whose
+# types still differ from the kernel's compiled ones only compiles or loads at its first chunk instead.
+_LOADED = set()
 # Steps of a team period: the team size of the steps [k P, (k + 1) P) follows from the configurations live
 # at step k P, read off the divergence flags, never from where a chunk starts. A team of another size sums
 # the samples' gradients in other blocks (other roundings), so a decision at each chunk would make the
@@ -181,9 +186,14 @@ class Runner:
 
     def _compile(self, m: int):
         """Compile (or load from the cache) the kernel that runs of width m use (its dtype and product
-        mode), running zero steps."""
+        mode), running zero steps; nothing where this process has that variant already (_LOADED)."""
         d = self._data.X.shape[1]
         dtype = self.problem.dtype
+        measuring = self.problem.sharpness_every > 0  # the variant with the sharpness's Lanczos
+        blas = self._use_blas(m)
+        variant = (np.dtype(dtype).name, blas, bool(self.problem.lyapunov), measuring)
+        if variant in _LOADED:
+            return
         compiling = State(W=np.zeros((1, m, d), dtype=dtype), a=np.ones((1, m), dtype=dtype), stepsizes=np.ones(1))
         if self.problem.lyapunov:  # the variant with the tangent map
             compiling.tangents, compiling.tangents_a = np.zeros((1, 1, m, d)), np.zeros((1, 1, m))
@@ -196,17 +206,17 @@ class Runner:
         gc.disable()
         # Loading from the cache takes well under COMPILE_NOTICE_S: a call still busy then is compiling,
         # which takes seconds, and says so once rather than sit silent.
-        mode = "BLAS" if self._use_blas(m) else "fused"
+        mode = "BLAS" if blas else "fused"
         notice = threading.Timer(COMPILE_NOTICE_S, print, (
             f"lgd: compiling the numba kernel for {np.dtype(dtype).name} ({mode} products): about 10 s, once; "
             f"later runs load it from the cache",), {"file": sys.stderr, "flush": True})
         notice.daemon = True
         notice.start()
         try:
-            measuring = self.problem.sharpness_every > 0  # the variant with the sharpness's Lanczos
             trace = Trace.empty(1, 1, m, True, dim=d, dtype=dtype, sharpness_records=int(measuring),
                                 sharpness_k=int(measuring))
             self._chunk(batch, trace, np.zeros(1, dtype=np.intp), 0, 0, self.team_size(1, m))
+            _LOADED.add(variant)
         finally:
             notice.cancel()
             if collecting:
