@@ -80,8 +80,9 @@ LANCZOS_ITERATIONS = 60
 COMPILE_NOTICE_S = 1.0
 # The kernel variants (dtype, BLAS products, tangent map, sharpness) this process has compiled or loaded: a
 # Runner of one of these starts without the zero-step call that would (Runner._compile: a timer thread,
-# buffers and a pool thread, 0.35 ms of the 1.6 ms that lgd.sweep took around S's steps). A variant whose
-# types still differ from the kernel's compiled ones only compiles or loads at its first chunk instead.
+# buffers and a pool thread, 0.35 ms of the 1.6 ms that lgd.sweep took around S's steps). Should a later
+# runner's arguments type differently all the same, its first chunk compiles or loads them, only without
+# the notice.
 _LOADED = set()
 # Steps of a team period: the team size of the steps [k P, (k + 1) P) follows from the configurations live
 # at step k P, read off the divergence flags, never from where a chunk starts. A team of another size sums
