@@ -125,7 +125,7 @@ def test_available_without_importing_numba():
 def test_sweep_equals_single_runs_and_oracle(products, monkeypatch):
     """A sweep (threads taking the configurations from a shared queue) equals the single runs (a team of
     threads per step) and the oracle, with the products in the fused loops or through BLAS (the gradient's
-    parts as they are or transposed: blas_swapped)."""
+    parts as they are, or transposed with Z held transposed too: blas_swapped)."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_WORK", 1 << 62 if products == "fused" else 0)
     monkeypatch.setattr(_numba, "BLAS_SWAPPED_MIN_D", 0 if products == "blas_swapped" else 1 << 62)
@@ -159,7 +159,8 @@ def test_team_of_threads_matches_oracle(team, stepsizes, dtype, products, monkey
     """run_team (threads splitting the samples of every step, barriers between) against the oracle:
     whole traces, test metrics and neuron margins, divergence, configurations one after the other,
     with the products in the fused loops or through BLAS on each thread's block (the gradient's parts as they
-    are or transposed: blas_swapped)."""
+    are, or transposed with Z held transposed too: blas_swapped, whose pass over the training samples is
+    step.column_block)."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_WORK", 1 << 62 if products == "fused" else 0)
     monkeypatch.setattr(_numba, "BLAS_SWAPPED_MIN_D", 0 if products == "blas_swapped" else 1 << 62)
@@ -214,15 +215,18 @@ def test_wide_inputs_and_nets_match_oracle(shape, team, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("kept", ["kept", "formed"])
-@pytest.mark.parametrize("products", ["fused", "blas"])
+@pytest.mark.parametrize("products", ["fused", "blas", "blas_swapped"])
 @pytest.mark.parametrize("train_outer", [False, True], ids=["fixed_outer", "train_outer"])
 def test_lyapunov_from_kept_or_formed_curvature_matches_oracle(kept, products, train_outer, monkeypatch):
     """The tangent map's curvature of each sample, kept by the step's pass over the samples or, over the
     budget _numba.KEPT_BYTES, formed again a block at a time, by a team of threads (blocks of 37 and 38
-    samples: a whole block of BLOCK and a part of one each), with the products fused or through BLAS: the
-    log growth of two tangent vectors against the oracle's."""
+    samples: a whole block of BLOCK and a part of one each), with the products fused or through BLAS (with
+    the gradient's parts transposed, blas_swapped, Z keeps its rows: the pass keeping the curvature reads
+    them): the log growth of two tangent vectors against the oracle's."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
-    monkeypatch.setattr(_numba, "BLAS_WORK", 0 if products == "blas" else 1 << 62)
+    monkeypatch.setattr(_numba, "BLAS_WORK", 1 << 62 if products == "fused" else 0)
+    monkeypatch.setattr(_numba, "BLAS_SWAPPED_MIN_D", 0 if products == "blas_swapped" else 1 << 62)
+    monkeypatch.setattr(_numba, "blas_is_avx512", lambda: True)
     monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
     monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
     if kept == "formed":
@@ -348,12 +352,13 @@ def _arrays(value):
 def test_every_buffer_starts_at_a_cache_line(dtype, blas):
     """Each scratch array of a team, and where its rows are whole lines each member's block of it, starts at
     a cache-line boundary: a 64-byte vector load or store of the tiles then never spans two lines. numpy alone
-    aligns to 16 bytes: over these 30-odd buffers, plain np.empty would pass once in about 4^30 runs."""
+    aligns to 16 bytes: over these 30-odd buffers, plain np.empty would pass once in about 4^30 runs. (An
+    empty array, such as the column pass's scratch of a run with tangent vectors, holds no line.)"""
     from lgd.kernels import numba_cpu
 
     b = _numba.buffers(numba_cpu, 2, 64, 16, 40, 10, dtype, blas, tangents=1, lanczos=3, eigenvalues=1,
                        curvature_rows=8)
-    arrays = list(_arrays(tuple(b)))
+    arrays = [array for array in _arrays(tuple(b)) if array.size]
     assert len(arrays) > 30
     for array in arrays:
         assert array.ctypes.data % _numba.CACHE_LINE == 0, array.shape
@@ -465,18 +470,31 @@ def test_amd_zen_target_follows_numbas_cpu_name(cpu, zen, monkeypatch):
     assert compiler.target_cpu_name() == cpu and compiler.amd_zen_target() is zen and _numba.amd_zen_target() is zen
 
 
+@pytest.mark.parametrize("tangents", [0, 1])
 @pytest.mark.parametrize("avx512_blas", [True, False])
 @pytest.mark.parametrize("min_d", [5, 6])
-def test_blas_gradient_parts_transposed_from_the_dimension_with_avx512_blas(avx512_blas, min_d, monkeypatch):
+def test_blas_gradient_parts_transposed_from_the_dimension_with_avx512_blas(avx512_blas, min_d, tangents,
+                                                                            monkeypatch):
     """The BLAS buffers hold the gradient's parts transposed, (team, m, d), with gemm[1] = 1, from
-    BLAS_SWAPPED_MIN_D where OpenBLAS runs its AVX-512 kernels; else (team, d, m) and gemm[1] = 0."""
+    BLAS_SWAPPED_MIN_D where OpenBLAS runs its AVX-512 kernels; else (team, d, m) and gemm[1] = 0. With them
+    Z is held transposed, (m, n), gemm[2] = 1, with a column group's scratch for each member, unless the run
+    has tangent vectors; else Z is (n, m), gemm[2] = 0 and that scratch has no columns."""
     monkeypatch.setattr(_numba, "BLAS_SWAPPED_MIN_D", min_d)
     monkeypatch.setattr(_numba, "blas_is_avx512", lambda: avx512_blas)
-    team, m, d = 2, 3, 5
-    b = _numba.buffers(numba_cpu, team, m, d, 8, 0, np.float64, blas=True)
+    team, m, d, n = 2, 3, 5, 8
+    b = _numba.buffers(numba_cpu, team, m, d, n, 0, np.float64, blas=True, tangents=tangents)
     swapped = avx512_blas and d >= min_d
     assert b.grads_blas.shape == ((team, m, d) if swapped else (team, d, m))
     assert b.gemm[1] == int(swapped)
+    transposed = swapped and not tangents
+    assert b.Z.shape == ((m, n) if transposed else (n, m)) and b.gemm[2] == int(transposed)
+    P, Q, F, outs = b.columns
+    if transposed:
+        group = numba_cpu.COLUMN_GROUP
+        assert P.shape == Q.shape and P.shape[0] == team and P.shape[1] >= m and P.shape[2] == group
+        assert F.shape[:2] == (team, 8) and outs.shape[:2] == (team, 4) and min(F.shape[2], outs.shape[2]) >= group
+    else:
+        assert all(x.shape == (team, 0, 0) for x in b.columns)
 
 
 @pytest.mark.parametrize("libraries, expected", [
@@ -611,12 +629,76 @@ def test_runner_compiles_the_product_mode_it_runs(blas, monkeypatch):
     state = initial_state(model, problem.X.shape[1], np.float64, [0.5])
     runner = _numba.Runner(problem, 3, 1, state.W.shape)
     compiled = set(numba_cpu.run_team.signatures)
-    grads_blas = [sig[-1].types[-1] for sig in compiled]  # the BLAS buffers' type: an array or None
+    field = numba_cpu.Buffers._fields.index("grads_blas")
+    grads_blas = [sig[-1].types[field] for sig in compiled]  # the BLAS buffers' type: an array or None
     assert any(isinstance(kind, types.Array) == blas and (kind == types.none) != blas for kind in grads_blas)
     runner.start(state, Trace.empty(1, 4, model.width, True, dim=problem.X.shape[1]))
     runner.advance(0, 4)
     assert set(numba_cpu.run_team.signatures) == compiled
     assert np.isfinite(state.W).all()
+
+
+@functools.cache
+def _row_and_column_passes():
+    """(rows, columns): the BLAS mode's pass over a training block reading Z by rows (step.sample_block) and
+    reading Z^T by columns (step.column_block), each returning its G in place; compiled once for the test
+    below."""
+    from numba import njit
+
+    @njit
+    def rows(Z, y, a, spec, record, i0, i1, p, q, qs, pending, ps, outs, grad_a, neuron, stats, us):
+        step.sample_block(Z, Z, y, np.empty((0, Z.shape[1]), Z.dtype), a, spec, 1.0 / Z.shape[0], record, True,
+                          i0, i1, None, 0, p, q, qs, pending, np.empty((0, 0), Z.dtype), grad_a, neuron, stats,
+                          True, us, None, ps, outs, None)
+
+    @njit
+    def columns(ZT, y, a, spec, record, i0, i1, P, Q, F, outs, grad_a, neuron, stats, us):
+        step.column_block(ZT, y, a, spec, 1.0 / ZT.shape[1], record, True, i0, i1, (P, Q, F, outs), 0, grad_a,
+                          neuron, stats, us)
+
+    return rows, columns
+
+
+@pytest.mark.parametrize("loss", ["logistic", "exponential"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_column_pass_gives_the_row_pass_bits(loss, dtype):
+    """Given the same Z, step.column_block (Z held transposed: groups of COLUMN_GROUP samples, f summed for a
+    whole group at once) gives sample_block's numbers bit for bit: G, the risk, accuracy and margin, each
+    sample's loss argument, grad_a and the neurons' margins, on a block that starts and ends inside a group,
+    for widths with and without a remainder of eight."""
+    rows, columns = _row_and_column_passes()
+    rng = np.random.default_rng(3)
+    group = numba_cpu.COLUMN_GROUP
+    n, i0, i1 = 2 * group + 30, 3, 2 * group + 25
+    for m in (16, 21):
+        spec = numba_cpu.Spec(activation=activations.get("leaky_softplus(0.5)").code, activation_param=0.5,
+                              loss=losses.get(loss).code, loss_param=0.0, margin_loss=True, scale=1.0 / m,
+                              train_outer=True, linear=False, f32=dtype == np.float32, risk_bound=np.inf,
+                              weight_bound=np.inf, log_risk_every_step=False)
+        Z = (4 * rng.standard_normal((n, m))).astype(dtype)
+        ZT, Z0 = np.ascontiguousarray(Z.T), Z.copy()
+        y = np.where(rng.random(n) < 0.5, -1.0, 1.0).astype(dtype)
+        a = rng.standard_normal(m).astype(dtype)
+        got = {}
+        for name in ("rows", "columns"):
+            grad_a, neuron, stats, us = np.empty(m, dtype), np.empty(m), np.empty(3), np.zeros(n)
+            if name == "rows":
+                waiting = tiles.waiting_samples.implementation(1, m)
+                rows(Z, y, a, spec, True, i0, i1, np.empty(m, dtype), np.empty(m, dtype), np.empty((waiting, m), dtype),
+                     np.empty(waiting, np.int64), np.empty((waiting, m), dtype), np.empty((4, waiting)), grad_a, neuron,
+                     stats, us)
+                G = Z
+            else:
+                columns(ZT, y, a, spec, True, i0, i1, np.empty((1, m, group), dtype), np.empty((1, m, group), dtype),
+                        np.empty((1, 8, group), dtype), np.empty((1, 4, group)), grad_a, neuron, stats, us)
+                G = ZT.T
+            got[name] = (G[i0:i1], stats, us, grad_a, neuron)
+        for G in (Z, ZT.T):  # G over the block's z, nothing outside it
+            assert not np.isin(G[i0:i1], Z0[i0:i1]).any()
+            np.testing.assert_array_equal(np.delete(G, np.s_[i0:i1], axis=0), np.delete(Z0, np.s_[i0:i1], axis=0))
+        for row_part, column_part in zip(got["rows"], got["columns"]):
+            np.testing.assert_array_equal(column_part, row_part)
+        assert np.isfinite(got["rows"][1]).all() and np.count_nonzero(got["rows"][2]) == i1 - i0
 
 
 @functools.cache

@@ -245,6 +245,86 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
     stats[2] = margin
 
 
+@subroutine(types.boolean)
+def z_columns(gemm):
+    """Whether the BLAS mode holds Z transposed (gemm[2] not 0: tiles.blas_forward); False in the fused mode,
+    whose gemm is None (pruned at compile time)."""
+    if gemm is not None:
+        return gemm[2] != 0
+    return False
+
+
+# Samples the BLAS mode's pass over Z held transposed takes at once (column_block): their columns of phi and
+# phi' (m x COLUMN_GROUP: 128 KB each for L's m = 256 in float64) stay in L2 between its two sweeps over them.
+COLUMN_GROUP = 64
+
+
+@subroutine(types.void)
+def column_block(ZT, y, a, spec, inv_n, record, neurons, i0, i1, columns, member, grad_a, neuron, stats, us):
+    """sample_block's pass over the training block [i0, i1) in the BLAS mode where Z is held transposed, ZT
+    (m, n) (tiles.blas_forward), for a net that is not linear and without kept rows: COLUMN_GROUP samples at a
+    time, the group's phi and phi' a neuron's row at a time into P and Q (columns[0], columns[1]: per member,
+    (m, COLUMN_GROUP)), its outputs f = s sum_j a_j phi_ij summed along the neurons for all its samples at once
+    (in dot_row's eight chains, into F, columns[2], per member (8, COLUMN_GROUP)), its losses (sample_outs,
+    into columns[3], per member (4, COLUMN_GROUP) float64), then, a neuron at a time, G_ij = phi'_ij (c_i a_j)
+    over the group's columns of ZT (the gradient's product reads them there), grad_a and the neurons'
+    margins. Nothing when columns is None (the fused mode: pruned at compile time).
+
+    Given the same Z, the same numbers as sample_block's loop over rows of Z, bit for bit: every sum runs in
+    its order (grad_a's in sample order)."""
+    if columns is not None:
+        P, Q, F, outs = columns[0][member], columns[1][member], columns[2][member], columns[3][member]
+        m = ZT.shape[0]
+        act, act_param, scale = spec.activation, spec.activation_param, spec.scale
+        for j in range(m):
+            grad_a[j] = 0.0
+            neuron[j] = np.inf
+        risk, correct, margin = 0.0, 0.0, np.inf
+        i = i0
+        while i < i1:
+            count = min(COLUMN_GROUP, i1 - i)
+            # dot_row's sum for every sample of the group: eight chains (j mod 8), the last m % 8 terms
+            # added to the first, the same tree of sums at the end; each neuron's row of phi is added
+            # while it is still in L1.
+            for r in range(8):
+                for g in range(count):
+                    F[r, g] = 0.0
+            whole = m - m % 8
+            for j in range(m):
+                activate_span(act, act_param, ZT[j, i:i + count], P[j], Q[j], None, count)
+                r = j % 8 if j < whole else 0
+                aj = a[j]
+                for g in range(count):
+                    F[r, g] = fma(aj, P[j, g], F[r, g])
+            for g in range(count):
+                f = ((F[0, g] + F[4, g]) + (F[1, g] + F[5, g])) + ((F[2, g] + F[6, g]) + (F[3, g] + F[7, g]))
+                outs[0, g] = scale * np.float64(f)
+            sample_outs(spec.loss, spec.loss_param, spec.margin_loss, y, i, count, outs, spec.f32)
+            for g in range(count):
+                value, coef, yf, u = outs[0, g], outs[1, g], outs[2, g], outs[3, g]
+                risk += value
+                if record or spec.log_risk_every_step:
+                    us[i + g] = u
+                if yf > 0.0:
+                    correct += 1.0
+                margin = min(margin, yf)
+                F[0, g] = like(F, (coef * inv_n) * scale)  # c_i, as sample_block's cs
+            for j in range(m):
+                aj = a[j]
+                for g in range(count):
+                    ZT[j, i + g] = Q[j, g] * (F[0, g] * aj)
+                if spec.train_outer:
+                    for g in range(count):
+                        grad_a[j] = fma(F[0, g], P[j, g], grad_a[j])
+                if record and neurons:
+                    for g in range(count):
+                        neuron[j] = min(neuron[j], np.float64(y[i + g]) * aj * P[j, g])
+            i += count
+        stats[0] = risk
+        stats[1] = correct
+        stats[2] = margin
+
+
 @subroutine(types.void)
 def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, member, p, q, qs, rows, grad, grad_a,
                  neuron, stats, train, us, kept, ps, outs, xs):

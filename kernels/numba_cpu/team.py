@@ -24,7 +24,8 @@ from numba import types
 from .compiler import kernel, subroutine
 from .formulas import KNOWN, unknown_code
 from .intrinsics import atomic_add, atomic_load, atomic_store, sched_yield, spin_pause
-from .step import record_slot, reduce_blocks, sample_block, step_end, store_weights, transpose_into, update
+from .step import (column_block, record_slot, reduce_blocks, sample_block, step_end, store_weights, transpose_into,
+                   update, z_columns)
 from .tangent import hessian_part, member_block, propagate
 from .tiles import blas_backward, blas_forward
 
@@ -133,10 +134,13 @@ class Buffers(NamedTuple):
     block of samples of the Hessian-vector products (tangent.hessian_part's `block`, each array with a leading axis of
     members). BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m) (unused by a float64 team of one, whose BLAS
     writes grad itself: tiles.blas_writes_grad), or (team, m, d), the parts transposed, where gemm[1] is not 0
-    (tiles.blas_backward), and gemm (2,) int64, the address of the ILP64 ?gemm_ the products call (0: scipy's,
-    tiles.blas_forward) and that choice. The fused loops' zs is None with BLAS, and Z, Z_test,
-    grads_blas and gemm None without: a branch on None is pruned at compile time, so each product mode is a kernel of
-    its own without the other's code.
+    (tiles.blas_backward); Z held transposed, (m, n), where gemm[2] is not 0 too (then step.column_block makes
+    the pass over the training block, with columns: per member P and Q (m, step.COLUMN_GROUP) and F
+    (8, COLUMN_GROUP) in the run's dtype and the losses' outputs (4, COLUMN_GROUP) float64; with no rows where gemm[2]
+    is 0); and gemm (3,) int64, the address of the
+    ILP64 ?gemm_ the products call (0: scipy's, tiles.blas_forward) and those two choices. The fused loops' zs
+    is None with BLAS, and Z, Z_test, grads_blas, gemm and columns None without: a branch on None is pruned at
+    compile time, so each product mode is a kernel of its own without the other's code.
     """
 
     Wt: np.ndarray
@@ -165,6 +169,7 @@ class Buffers(NamedTuple):
     Z_test: object
     grads_blas: object
     gemm: object
+    columns: object
 
 
 # Spins of a waiting thread before it starts yielding its core: 0.1-1 ms (the length of a pause
@@ -230,13 +235,17 @@ def run_steps(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, in
     for t in range(schedule.t_start, schedule.t_stop):
         record = record_slot(t, schedule.steps, schedule.record_every) >= 0
         test = record and n_test > 0
-        blas_forward(X, i0, i1, b.Wt, b.Z, b.gemm)
+        blas_forward(X, i0, i1, b.Wt, b.Z, b.gemm, True)
         if test:
-            blas_forward(X_test, k0, k1, b.Wt, b.Z_test, b.gemm)
+            blas_forward(X_test, k0, k1, b.Wt, b.Z_test, b.gemm, False)
         # The training block, then at record steps the test block: one call site, so one compiled
         # sample_block (a literal True / False would type, and compile, twice).
         for part in range(2 if test else 1):
             train = part == 0
+            if train and z_columns(b.gemm):
+                column_block(b.Z, y, b.a_step, spec, inv_n, record, neurons, i0, i1, b.columns, member,
+                             b.grads_a[member], b.neurons_part[member], b.stats[member], b.us)
+                continue
             sample_block(X if train else X_test, b.Z if train else b.Z_test, y if train else y_test, b.Wt,
                          b.a_step, spec, inv_n, record, neurons, i0 if train else k0, i1 if train else k1, b.zs,
                          member, b.ps[member], b.qs[member], b.pending_q[member], b.pending_rows[member],

@@ -212,13 +212,13 @@ backward_tile_short_half = _backward_tile(TILE_ROWS, vector_bytes=HALF_BYTES)
 # calls but compiles its slicing, shape checks and error paths at every call site, seconds of every cold
 # BLAS build. A row-major block is its column-major transpose, so each product is computed as its
 # transpose: Z_b^T = Wt^T X_b^T and (X_b^T G_b)^T = G_b^T X_b.
-def _gemm_call(context, builder, dtype, transpose_b, m, n, k, a, lda, b, ldb, c, ldc, address):
-    """c = a b (column-major, m x n = (m x k)(k x n), b transposed if transpose_b): through the ?gemm_ at
-    `address` (an int64 value) when it is not 0, else through numba_xxgemm."""
+def _gemm_call(context, builder, dtype, transpose_a, transpose_b, m, n, k, a, lda, b, ldb, c, ldc, address):
+    """c = op(a) op(b) (column-major, m x n = (m x k)(k x n), op the transpose where asked): through the ?gemm_
+    at `address` (an int64 value) when it is not 0, else through numba_xxgemm."""
     char, intp, void_p = ir.IntType(8), context.get_value_type(types.intp), ir.IntType(8).as_pointer()
     alpha, beta = (cgutils.alloca_once_value(builder, context.get_constant(dtype, v)) for v in (1.0, 0.0))
     kind = "s" if dtype == types.float32 else "d"
-    transposes = [ir.Constant(char, ord(v)) for v in ("n", "t" if transpose_b else "n")]
+    transposes = [ir.Constant(char, ord("t" if transpose else "n")) for transpose in (transpose_a, transpose_b)]
     pointer = [builder.bitcast(p, void_p) for p in (alpha, a, b, beta, c)]
     with builder.if_else(builder.icmp_unsigned("!=", address, ir.Constant(address.type, 0))) as (direct, wrapped):
         with direct:
@@ -265,13 +265,13 @@ def _blas_rows(transposed, swapped=False):
             i0, rows = args[1], builder.sub(args[2], args[1])
             x_block = builder.gep(x_data, [builder.mul(i0, d)])
             if swapped:  # out (m, d), column-major (d x m) = X_b^T G_b: (d x rows)(rows x m)
-                _gemm_call(context, builder, x_type.dtype, True, d, m, rows, x_block, d,
+                _gemm_call(context, builder, x_type.dtype, False, True, d, m, rows, x_block, d,
                            builder.gep(b_data, [builder.mul(i0, m)]), m, c_data, d, address)
             elif transposed:  # out^T = G_b^T X_b: (m x rows)(rows x d)
-                _gemm_call(context, builder, x_type.dtype, True, m, d, rows,
+                _gemm_call(context, builder, x_type.dtype, False, True, m, d, rows,
                            builder.gep(b_data, [builder.mul(i0, m)]), m, x_block, d, c_data, m, address)
             else:  # Z_b^T = Wt^T X_b^T: (m x d)(d x rows)
-                _gemm_call(context, builder, x_type.dtype, False, m, rows, d, b_data, m, x_block, d,
+                _gemm_call(context, builder, x_type.dtype, False, False, m, rows, d, b_data, m, x_block, d,
                            builder.gep(c_data, [builder.mul(i0, m)]), m, address)
             return context.get_dummy_value()
         return types.void(X, types.intp, types.intp, B, C, gemm), codegen
@@ -283,6 +283,46 @@ def _blas_rows(transposed, swapped=False):
 blas_rows_times = _blas_rows(False)
 blas_rows_transposed_times = _blas_rows(True)
 blas_rows_gradient_swapped = _blas_rows(True, swapped=True)
+
+
+def _blas_columns(gradient):
+    """The intrinsic forming one block's product by BLAS with Z held transposed, ZT (m, n) (the block's samples
+    are columns i0 .. i1 - 1 of it): ZT[:, i0:i1] = (X[i0:i1] Wt)^T (blas_columns_times), or with `gradient`
+    out (m, d) = G[i0:i1]^T X[i0:i1], G^T read from those columns of ZT (blas_columns_gradient), through the
+    ?gemm_ whose address is gemm[0] (0: scipy's, numba_xxgemm)."""
+    def blas_columns(typingctx, X, i0, i1, B, C, gemm):
+        """The caller keeps 0 <= i0 <= i1 <= len(X), and len(X) = ZT's row length; all C-contiguous."""
+        if not (tiled_arrays((X, B, C)) and isinstance(gemm, types.Array) and gemm.dtype == types.int64):
+            return None
+        from numba.np.linalg import ensure_blas
+
+        ensure_blas()
+
+        def codegen(context, builder, signature, args):
+            x_type, _, _, b_type, c_type, gemm_type = signature.args
+            x_data, d = tile_parts(context, builder, x_type, args[0])
+            b_data, b_row = tile_parts(context, builder, b_type, args[3])
+            c_data, c_row = tile_parts(context, builder, c_type, args[4])
+            address = builder.load(context.make_array(gemm_type)(context, builder, args[5]).data)
+            i0, rows = args[1], builder.sub(args[2], args[1])
+            x_block = builder.gep(x_data, [builder.mul(i0, d)])
+            if gradient:  # out (m, d), column-major (d x m) = X_b^T G_b: (d x rows)(rows x m), G_b = ZT's
+                # columns, column-major (rows x m) with ZT's row length n between its columns
+                m = cgutils.unpack_tuple(builder, context.make_array(c_type)(context, builder, args[4]).shape, 2)[0]
+                _gemm_call(context, builder, x_type.dtype, False, False, d, m, rows, x_block, d,
+                           builder.gep(b_data, [i0]), b_row, c_data, d, address)
+            else:  # ZT's columns, column-major (rows x m) = X_b Wt: op(rows x d) op(d x m), both transposed
+                _gemm_call(context, builder, x_type.dtype, True, True, rows, b_row, d, x_block, d, b_data, b_row,
+                           builder.gep(c_data, [i0]), c_row, address)
+            return context.get_dummy_value()
+        return types.void(X, types.intp, types.intp, B, C, gemm), codegen
+    blas_columns.__name__ = blas_columns.__qualname__ = ("blas_columns_gradient" if gradient
+                                                         else "blas_columns_times")
+    return intrinsic(blas_columns)
+
+
+blas_columns_times = _blas_columns(False)
+blas_columns_gradient = _blas_columns(True)
 
 
 @subroutine(types.void)
@@ -402,11 +442,16 @@ def backward_rows(X, rows, count, qs, grad):
 
 
 @subroutine(types.void)
-def blas_forward(X, i0, i1, Wt, Z, gemm):
-    """Z[i0:i1] = X[i0:i1] Wt by BLAS (the ?gemm_ at gemm[0], or scipy's); nothing when Z is None (the fused
-    mode: pruned at compile time)."""
+def blas_forward(X, i0, i1, Wt, Z, gemm, train):
+    """Z[i0:i1] = X[i0:i1] Wt by BLAS (the ?gemm_ at gemm[0], or scipy's), or, for the training block where
+    gemm[2] is not 0, its transpose into columns i0 .. i1 - 1 of Z held as (m, n) (lgd.backends._numba.buffers
+    chooses: OpenBLAS's AVX-512 kernels form that layout faster, L's 20.7 ms against 23.0); nothing when Z is
+    None (the fused mode: pruned at compile time)."""
     if Z is not None:
-        blas_rows_times(X, i0, i1, Wt, Z, gemm)
+        if train and gemm[2] != 0:
+            blas_columns_times(X, i0, i1, Wt, Z, gemm)
+        else:
+            blas_rows_times(X, i0, i1, Wt, Z, gemm)
 
 
 def _gradient_alone(grads, size, grad):
@@ -449,9 +494,12 @@ def blas_backward(X, i0, i1, G, grads, member, size, grad, gemm):
     """X[i0:i1]^T G[i0:i1] by BLAS (as blas_forward) into grad when blas_writes_grad, else into grads[member];
     where gemm[1] is not 0, its transpose into grads[member], (m, d) (lgd.backends._numba.buffers chooses:
     OpenBLAS ran that shape faster on large inputs, L's 20 ms against 26, and step.reduce_blocks transposes
-    it back as it sums); nothing when grads is None (the fused mode)."""
+    it back as it sums); where gemm[2] is not 0 too, G^T read from the columns of G held as (m, n)
+    (blas_forward); nothing when grads is None (the fused mode)."""
     if grads is not None:
-        if gemm[1] != 0:
+        if gemm[2] != 0:
+            blas_columns_gradient(X, i0, i1, G, grads[member], gemm)
+        elif gemm[1] != 0:
             blas_rows_gradient_swapped(X, i0, i1, G, grads[member], gemm)
         else:
             _blas_backward(X, i0, i1, G, grads, member, size, grad, gemm)
