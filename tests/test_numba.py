@@ -125,7 +125,7 @@ def test_available_without_importing_numba():
 def test_sweep_equals_single_runs_and_oracle(products, monkeypatch):
     """A sweep (threads taking the configurations from a shared queue) equals the single runs (a team of
     threads per step) and the oracle, with the products in the fused loops or through BLAS (the gradient's
-    parts as they are, or transposed with Z held transposed too: blas_swapped)."""
+    parts as they are, or transposed with Z held transposed too: blas_swapped, in float64)."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_WORK", 1 << 62 if products == "fused" else 0)
     monkeypatch.setattr(_numba, "BLAS_SWAPPED_MIN_D", 0 if products == "blas_swapped" else 1 << 62)
@@ -159,8 +159,8 @@ def test_team_of_threads_matches_oracle(team, stepsizes, dtype, products, monkey
     """run_team (threads splitting the samples of every step, barriers between) against the oracle:
     whole traces, test metrics and neuron margins, divergence, configurations one after the other,
     with the products in the fused loops or through BLAS on each thread's block (the gradient's parts as they
-    are, or transposed with Z held transposed too: blas_swapped, whose pass over the training samples is
-    step.column_block)."""
+    are, or transposed: blas_swapped, where float64 holds Z transposed too and makes its pass over the
+    training samples by step.column_block)."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_WORK", 1 << 62 if products == "fused" else 0)
     monkeypatch.setattr(_numba, "BLAS_SWAPPED_MIN_D", 0 if products == "blas_swapped" else 1 << 62)
@@ -470,23 +470,24 @@ def test_amd_zen_target_follows_numbas_cpu_name(cpu, zen, monkeypatch):
     assert compiler.target_cpu_name() == cpu and compiler.amd_zen_target() is zen and _numba.amd_zen_target() is zen
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("tangents", [0, 1])
 @pytest.mark.parametrize("avx512_blas", [True, False])
 @pytest.mark.parametrize("min_d", [5, 6])
-def test_blas_gradient_parts_transposed_from_the_dimension_with_avx512_blas(avx512_blas, min_d, tangents,
+def test_blas_gradient_parts_transposed_from_the_dimension_with_avx512_blas(avx512_blas, min_d, tangents, dtype,
                                                                             monkeypatch):
     """The BLAS buffers hold the gradient's parts transposed, (team, m, d), with gemm[1] = 1, from
     BLAS_SWAPPED_MIN_D where OpenBLAS runs its AVX-512 kernels; else (team, d, m) and gemm[1] = 0. With them
-    Z is held transposed, (m, n), gemm[2] = 1, with a column group's scratch for each member, unless the run
-    has tangent vectors; else Z is (n, m), gemm[2] = 0 and that scratch has no columns."""
+    a float64 run holds Z transposed, (m, n), gemm[2] = 1, with a column group's scratch for each member,
+    unless it has tangent vectors; else Z is (n, m), gemm[2] = 0 and that scratch has no columns."""
     monkeypatch.setattr(_numba, "BLAS_SWAPPED_MIN_D", min_d)
     monkeypatch.setattr(_numba, "blas_is_avx512", lambda: avx512_blas)
     team, m, d, n = 2, 3, 5, 8
-    b = _numba.buffers(numba_cpu, team, m, d, n, 0, np.float64, blas=True, tangents=tangents)
+    b = _numba.buffers(numba_cpu, team, m, d, n, 0, dtype, blas=True, tangents=tangents)
     swapped = avx512_blas and d >= min_d
     assert b.grads_blas.shape == ((team, m, d) if swapped else (team, d, m))
     assert b.gemm[1] == int(swapped)
-    transposed = swapped and not tangents
+    transposed = swapped and not tangents and dtype == np.float64
     assert b.Z.shape == ((m, n) if transposed else (n, m)) and b.gemm[2] == int(transposed)
     P, Q, F, outs = b.columns
     if transposed:

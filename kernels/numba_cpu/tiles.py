@@ -445,8 +445,8 @@ def backward_rows(X, rows, count, qs, grad):
 def blas_forward(X, i0, i1, Wt, Z, gemm, train):
     """Z[i0:i1] = X[i0:i1] Wt by BLAS (the ?gemm_ at gemm[0], or scipy's), or, for the training block where
     gemm[2] is not 0, its transpose into columns i0 .. i1 - 1 of Z held as (m, n) (lgd.backends._numba.buffers
-    chooses: OpenBLAS's AVX-512 kernels form that layout faster, L's 20.7 ms against 23.0); nothing when Z is
-    None (the fused mode: pruned at compile time)."""
+    chooses: OpenBLAS's AVX-512 kernels form that layout faster in float64, L's 21.1-23.1 ms against 23.5-25.4);
+    nothing when Z is None (the fused mode: pruned at compile time)."""
     if Z is not None:
         if train and gemm[2] != 0:
             blas_columns_times(X, i0, i1, Wt, Z, gemm)

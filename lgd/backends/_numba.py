@@ -20,7 +20,7 @@ AVX-512 kernels: :data:`BLAS_ON_INTEL_FROM_BOUND`), as BLAS calls on each thread
 (numpy's OpenBLAS where :func:`numpy_gemm` finds it, else scipy's), BLAS held to one thread meanwhile
 (threadpoolctl) since the team already occupies the cores; a single run from :data:`BLAS_BOUND_D` runs on
 one thread and BLAS uses all the cores. From :data:`BLAS_SWAPPED_MIN_D`, where OpenBLAS runs its AVX-512
-kernels, BLAS forms each thread's part of the gradient transposed, and Z transposed
+kernels, BLAS forms each thread's part of the gradient transposed, and in float64 Z transposed
 (:data:`BLAS_Z_TRANSPOSED`).
 """
 
@@ -64,11 +64,12 @@ BLAS_ON_INTEL_FROM_BOUND = True
 # With its Haswell (AVX2) kernels the product was faster too (30 against 34), but L's step was not (77-80 ms
 # both ways, 32-byte kernels): those keep the gradient's layout.
 BLAS_SWAPPED_MIN_D = 512
-# With the gradient's parts transposed, Z is held transposed too, (m, n) (tiles.blas_forward), and the pass
-# over the training samples takes it a group of columns at a time (numba_cpu.step.column_block): OpenBLAS's
-# SkylakeX kernels formed Z^T faster on L (float64, two threads, products alternating as in a step: 20.7-21.5
-# ms against 23.0-23.5). Not with the Lyapunov exponents' tangent vectors: the pass keeping their curvature
-# rows reads Z a sample's row at a time.
+# With the gradient's parts transposed, a float64 run holds Z transposed too, (m, n) (tiles.blas_forward), and
+# the pass over the training samples takes it a group of columns at a time (numba_cpu.step.column_block):
+# OpenBLAS's SkylakeX kernels formed Z^T faster on L (two threads, products alternating as in a step: 21.1-23.1
+# ms against 23.5-25.4; L's step 46.5 ms against 48.6), but not in float32 (10.6-11.6 against 10.0-10.5; L's
+# call level). Not with the Lyapunov exponents' tangent vectors either: the pass keeping their curvature rows
+# reads Z a sample's row at a time.
 BLAS_Z_TRANSPOSED = True
 # OpenBLAS's kernels with AVX-512 GEMM: its core names as threadpoolctl reports them, lower case.
 AVX512_BLAS_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
@@ -339,7 +340,7 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
     empty = aligned_empty
     if blas:
         swapped = d >= BLAS_SWAPPED_MIN_D and blas_is_avx512()
-        transposed = swapped and BLAS_Z_TRANSPOSED and not tangents
+        transposed = swapped and BLAS_Z_TRANSPOSED and np.dtype(dtype) == np.float64 and not tangents
         group = kernels.COLUMN_GROUP
         columns = ((_own_block((team, m, group), dtype), _own_block((team, m, group), dtype),
                     _own_rows((team, 8, group), dtype), _own_rows((team, 4, group), np.float64)) if transposed
