@@ -134,13 +134,13 @@ class Buffers(NamedTuple):
     block of samples of the Hessian-vector products (tangent.hessian_part's `block`, each array with a leading axis of
     members). BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m) (unused by a float64 team of one, whose BLAS
     writes grad itself: tiles.blas_writes_grad), or (team, m, d), the parts transposed, where gemm[1] is not 0
-    (tiles.blas_backward); Z held transposed, (m, n), where gemm[2] is not 0 too (then step.column_block makes
-    the pass over the training block, with columns: per member P and Q (m, step.COLUMN_GROUP) and F
-    (8, COLUMN_GROUP) in the run's dtype and the losses' outputs (4, COLUMN_GROUP) float64; with no rows where gemm[2]
-    is 0); and gemm (3,) int64, the address of the
-    ILP64 ?gemm_ the products call (0: scipy's, tiles.blas_forward) and those two choices. The fused loops' zs
-    is None with BLAS, and Z, Z_test, grads_blas, gemm and columns None without: a branch on None is pruned at
-    compile time, so each product mode is a kernel of its own without the other's code.
+    (tiles.blas_backward); Z held transposed, (m, n), where gemm[2] is not 0 too, and then step.column_block makes
+    the pass over the training block with columns: per member P and Q (m, step.COLUMN_GROUP) and F (8,
+    COLUMN_GROUP) in the run's dtype and the losses' outputs (4, COLUMN_GROUP) float64 (each (team, 0, 0) where
+    gemm[2] is 0); and gemm (3,) int64, the address of the ILP64 ?gemm_ the products call (0: scipy's,
+    tiles.blas_forward) and those two choices. The fused loops' zs is None with BLAS, and Z, Z_test, grads_blas,
+    gemm and columns None without: a branch on None is pruned at compile time, so each product mode is a kernel
+    of its own without the other's code.
     """
 
     Wt: np.ndarray
