@@ -243,13 +243,16 @@ def _gemm_call(context, builder, dtype, transpose_a, transpose_b, m, n, k, a, ld
                                                                              ldc])
 
 
-def _blas_rows(transposed, swapped=False):
-    """The intrinsic forming one block's product by BLAS: Z[i0:i1] = X[i0:i1] Wt (blas_rows_times), or
-    with `transposed` out = X[i0:i1]^T G[i0:i1] (blas_rows_transposed_times), or with `swapped` too its
-    transpose, out (m, d) = (X[i0:i1]^T G[i0:i1])^T (blas_rows_gradient_swapped), through the ?gemm_ whose
-    address is gemm[0] (0: scipy's, numba_xxgemm)."""
-    def blas_rows(typingctx, X, i0, i1, B, C, gemm):
-        """The caller keeps 0 <= i0 <= i1 <= len(X), and len(X) = len(Z) (len(G)); all C-contiguous."""
+def _blas_block(name):
+    """The intrinsic `name`, forming one block's product by BLAS, through the ?gemm_ whose address is gemm[0] (0:
+    scipy's, numba_xxgemm), with Z (G) held as rows, (n, m):
+    blas_rows_times: Z[i0:i1] = X[i0:i1] Wt; blas_rows_transposed_times: out (d, m) = X[i0:i1]^T G[i0:i1];
+    blas_rows_gradient_swapped: its transpose, out (m, d) = (X[i0:i1]^T G[i0:i1])^T;
+    or held transposed, ZT (m, n), the block's samples its columns i0 .. i1 - 1:
+    blas_columns_times: ZT[:, i0:i1] = (X[i0:i1] Wt)^T; blas_columns_gradient: out (m, d) = G[i0:i1]^T X[i0:i1],
+    G^T read from those columns of ZT."""
+    def blas_block(typingctx, X, i0, i1, B, C, gemm):
+        """The caller keeps 0 <= i0 <= i1 <= len(X), and len(X) = the samples of Z (G); all C-contiguous."""
         if not (tiled_arrays((X, B, C)) and isinstance(gemm, types.Array) and gemm.dtype == types.int64):
             return None
         from numba.np.linalg import ensure_blas
@@ -258,71 +261,44 @@ def _blas_rows(transposed, swapped=False):
 
         def codegen(context, builder, signature, args):
             x_type, _, _, b_type, c_type, gemm_type = signature.args
-            x_data, d = tile_parts(context, builder, x_type, args[0])
-            b_data, m = tile_parts(context, builder, b_type, args[3])
-            c_data, _ = tile_parts(context, builder, c_type, args[4])
-            address = builder.load(context.make_array(gemm_type)(context, builder, args[5]).data)
-            i0, rows = args[1], builder.sub(args[2], args[1])
-            x_block = builder.gep(x_data, [builder.mul(i0, d)])
-            if swapped:  # out (m, d), column-major (d x m) = X_b^T G_b: (d x rows)(rows x m)
-                _gemm_call(context, builder, x_type.dtype, False, True, d, m, rows, x_block, d,
-                           builder.gep(b_data, [builder.mul(i0, m)]), m, c_data, d, address)
-            elif transposed:  # out^T = G_b^T X_b: (m x rows)(rows x d)
-                _gemm_call(context, builder, x_type.dtype, False, True, m, d, rows,
-                           builder.gep(b_data, [builder.mul(i0, m)]), m, x_block, d, c_data, m, address)
-            else:  # Z_b^T = Wt^T X_b^T: (m x d)(d x rows)
-                _gemm_call(context, builder, x_type.dtype, False, False, m, rows, d, b_data, m, x_block, d,
-                           builder.gep(c_data, [builder.mul(i0, m)]), m, address)
-            return context.get_dummy_value()
-        return types.void(X, types.intp, types.intp, B, C, gemm), codegen
-    blas_rows.__name__ = blas_rows.__qualname__ = ("blas_rows_gradient_swapped" if swapped else
-                                                   "blas_rows_transposed_times" if transposed else "blas_rows_times")
-    return intrinsic(blas_rows)
-
-
-blas_rows_times = _blas_rows(False)
-blas_rows_transposed_times = _blas_rows(True)
-blas_rows_gradient_swapped = _blas_rows(True, swapped=True)
-
-
-def _blas_columns(gradient):
-    """The intrinsic forming one block's product by BLAS with Z held transposed, ZT (m, n) (the block's samples
-    are columns i0 .. i1 - 1 of it): ZT[:, i0:i1] = (X[i0:i1] Wt)^T (blas_columns_times), or with `gradient`
-    out (m, d) = G[i0:i1]^T X[i0:i1], G^T read from those columns of ZT (blas_columns_gradient), through the
-    ?gemm_ whose address is gemm[0] (0: scipy's, numba_xxgemm)."""
-    def blas_columns(typingctx, X, i0, i1, B, C, gemm):
-        """The caller keeps 0 <= i0 <= i1 <= len(X), and len(X) = ZT's row length; all C-contiguous."""
-        if not (tiled_arrays((X, B, C)) and isinstance(gemm, types.Array) and gemm.dtype == types.int64):
-            return None
-        from numba.np.linalg import ensure_blas
-
-        ensure_blas()
-
-        def codegen(context, builder, signature, args):
-            x_type, _, _, b_type, c_type, gemm_type = signature.args
+            dtype = x_type.dtype
             x_data, d = tile_parts(context, builder, x_type, args[0])
             b_data, b_row = tile_parts(context, builder, b_type, args[3])
             c_data, c_row = tile_parts(context, builder, c_type, args[4])
             address = builder.load(context.make_array(gemm_type)(context, builder, args[5]).data)
             i0, rows = args[1], builder.sub(args[2], args[1])
             x_block = builder.gep(x_data, [builder.mul(i0, d)])
-            if gradient:  # out (m, d), column-major (d x m) = X_b^T G_b: (d x rows)(rows x m), G_b = ZT's
-                # columns, column-major (rows x m) with ZT's row length n between its columns
-                m = cgutils.unpack_tuple(builder, context.make_array(c_type)(context, builder, args[4]).shape, 2)[0]
-                _gemm_call(context, builder, x_type.dtype, False, False, d, m, rows, x_block, d,
-                           builder.gep(b_data, [i0]), b_row, c_data, d, address)
-            else:  # ZT's columns, column-major (rows x m) = X_b Wt: op(rows x d) op(d x m), both transposed
-                _gemm_call(context, builder, x_type.dtype, True, True, rows, b_row, d, x_block, d, b_data, b_row,
+            if name == "blas_rows_times":  # Z_b^T = Wt^T X_b^T: (m x d)(d x rows)
+                m = b_row
+                _gemm_call(context, builder, dtype, False, False, m, rows, d, b_data, m, x_block, d,
+                           builder.gep(c_data, [builder.mul(i0, m)]), m, address)
+            elif name == "blas_rows_transposed_times":  # out^T = G_b^T X_b: (m x rows)(rows x d)
+                m = b_row
+                _gemm_call(context, builder, dtype, False, True, m, d, rows, builder.gep(b_data, [builder.mul(i0, m)]),
+                           m, x_block, d, c_data, m, address)
+            elif name == "blas_rows_gradient_swapped":  # out (m, d), column-major (d x m) = X_b^T G_b
+                m = b_row
+                _gemm_call(context, builder, dtype, False, True, d, m, rows, x_block, d,
+                           builder.gep(b_data, [builder.mul(i0, m)]), m, c_data, d, address)
+            elif name == "blas_columns_times":  # ZT's columns, column-major (rows x m) = X_b Wt, both transposed
+                _gemm_call(context, builder, dtype, True, True, rows, b_row, d, x_block, d, b_data, b_row,
                            builder.gep(c_data, [i0]), c_row, address)
+            else:  # out (m, d), column-major (d x m) = X_b^T G_b, G_b = ZT's columns: column-major (rows x m), ZT's
+                # row length n apart
+                m = cgutils.unpack_tuple(builder, context.make_array(c_type)(context, builder, args[4]).shape, 2)[0]
+                _gemm_call(context, builder, dtype, False, False, d, m, rows, x_block, d, builder.gep(b_data, [i0]),
+                           b_row, c_data, d, address)
             return context.get_dummy_value()
         return types.void(X, types.intp, types.intp, B, C, gemm), codegen
-    blas_columns.__name__ = blas_columns.__qualname__ = ("blas_columns_gradient" if gradient
-                                                         else "blas_columns_times")
-    return intrinsic(blas_columns)
+    blas_block.__name__ = blas_block.__qualname__ = name
+    return intrinsic(blas_block)
 
 
-blas_columns_times = _blas_columns(False)
-blas_columns_gradient = _blas_columns(True)
+blas_rows_times = _blas_block("blas_rows_times")
+blas_rows_transposed_times = _blas_block("blas_rows_transposed_times")
+blas_rows_gradient_swapped = _blas_block("blas_rows_gradient_swapped")
+blas_columns_times = _blas_block("blas_columns_times")
+blas_columns_gradient = _blas_block("blas_columns_gradient")
 
 
 @subroutine(types.void)
