@@ -342,6 +342,8 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
         swapped = d >= BLAS_SWAPPED_MIN_D and blas_is_avx512()
         transposed = swapped and BLAS_Z_TRANSPOSED and np.dtype(dtype) == np.float64 and not tangents
         group = kernels.COLUMN_GROUP
+        # Empty arrays rather than None where Z keeps its rows: the same types, so one BLAS kernel serves both
+        # layouts (gemm[2] chooses at run time) and neither is a compile of its own.
         columns = ((_own_block((team, m, group), dtype), _own_block((team, m, group), dtype),
                     _own_rows((team, 8, group), dtype), _own_rows((team, 4, group), np.float64)) if transposed
                    else (empty((team, 0, 0), dtype), empty((team, 0, 0), dtype), empty((team, 0, 0), dtype),
