@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("numba")
+numba = pytest.importorskip("numba")
 
 import lgd  # noqa: E402
 from conftest import (assert_traces_close, initial_state, make_problem, problem_data,  # noqa: E402
@@ -183,6 +183,66 @@ def test_team_of_threads_matches_oracle(team, stepsizes, dtype, products, monkey
     # A diverging run is compared up to its divergence (the trace is nan after it).
     upto = [dv if dv >= 0 else None for dv in expected[0].diverged]
     assert_traces_close(expected, actual, rtol=tol, atol=tol * 1e-3, upto=upto)
+
+
+@pytest.mark.parametrize("width", [24, 5])
+def test_copies_of_the_weights_share_no_cache_line(width):
+    """A replicated close's copies of the weights, one per member, share no cache line, whether or not a copy
+    is a whole number of lines long: each member writes its own at every step."""
+    copies = _numba._copies(3, (7, width), np.float32)
+    assert copies[1, 0].shape == (7, width) and copies[1, 0].flags.c_contiguous
+    for r in range(2):
+        end = copies[r, 0].ctypes.data + copies[r, 0].nbytes - 1
+        assert end // _numba.CACHE_LINE < copies[r + 1, 0].ctypes.data // _numba.CACHE_LINE
+
+
+@pytest.mark.parametrize("case, team", [("adaptive", 2), ("adaptive", 3), ("weight_bound", 2), ("weight_bound", 3),
+                                        ("sweep", 3)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_replicated_close_gives_the_one_copy_bits(case, team, dtype, monkeypatch):
+    """A team whose members each close the step on a copy of the weights of their own (alternating two sets of
+    partials) gives, bit for bit, the run of the same team closing on one copy that member 0 updates: every
+    record, the held-out metrics, the neuron margins, the stop and the final weights. The cases: a rule that
+    reads the log-risk at every step (whose members must each compute it, between the records), a run that
+    stops at a weight-norm bound (each member must stop at the same step), and a sweep of two configurations
+    (fewer than the threads: one team takes them from the queue in turn)."""
+    monkeypatch.setattr(_numba, "TEAM_WORK", 1)
+    monkeypatch.setattr(_numba, "BLAS_WORK", 1 << 62)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: team)
+    X, y, X_test, y_test = problem_data("logistic", n=61, d=7, dtype=dtype)
+    model = lgd.TwoLayerNet(24, train_outer=True)
+    kwargs = dict(steps=90, record=lgd.Record(every=4, neuron_margins=True), X_test=X_test, y_test=y_test)
+    built = []
+    buffers = _numba.buffers
+
+    def recording_buffers(kernels, size, *args, **kwargs):
+        made = buffers(kernels, size, *args, **kwargs)
+        built.append((size, made.Wt.shape[0]))
+        return made
+
+    monkeypatch.setattr(_numba, "buffers", recording_buffers)
+
+    def run(replicated, bound=1e10):
+        monkeypatch.setattr(_numba, "REPLICATED_CLOSE", replicated)
+        built.clear()
+        compute = fast(backend="numba")
+        if case == "sweep":
+            result = lgd.sweep(X, y, model, "logistic", stepsizes=[0.5, 8.0], compute=compute, **kwargs)
+        else:
+            rule = lgd.stepsize.adaptive(0.05) if case == "adaptive" else 30.0
+            result = lgd.gd(X, y, model, "logistic", stepsize=rule, divergence=bound, compute=compute, **kwargs)
+        assert set(built) == {(team, team if replicated else 1)}, built
+        return result
+
+    bound = 1e10
+    if case == "weight_bound":  # a norm the growing weights pass half-way through the run
+        bound = lgd.Divergence(weight_norm=float(np.median(run(False).weight_norm)))
+    copies, one = run(True, bound), run(False, bound)
+    if case == "weight_bound":
+        assert 0 < one.diverged_step < 90
+    for name in ("risk", "log_risk", "accuracy", "test_risk", "test_accuracy", "margin", "grad_norm", "weight_norm",
+                 "neuron_margins", "eta", "weights", "outer_weights", "diverged_step", "status"):
+        np.testing.assert_array_equal(getattr(copies, name), getattr(one, name), err_msg=name)
 
 
 @pytest.mark.parametrize("team", [1, 2])
@@ -353,12 +413,15 @@ def test_every_buffer_starts_at_a_cache_line(dtype, blas):
     """Each scratch array of a team, and where its rows are whole lines each member's block of it, starts at
     a cache-line boundary: a 64-byte vector load or store of the tiles then never spans two lines. numpy alone
     aligns to 16 bytes: over these 30-odd buffers, plain np.empty would pass once in about 4^30 runs. (An
-    empty array, such as the column pass's scratch of a run with tangent vectors, holds no line.)"""
+    empty array, such as the column pass's scratch of a run with tangent vectors, holds no line.) The same
+    holds for a replicated close's copies of the weights (a run without tangents or sharpness)."""
     from lgd.kernels import numba_cpu
 
     b = _numba.buffers(numba_cpu, 2, 64, 16, 40, 10, dtype, blas, tangents=1, lanczos=3, eigenvalues=1,
                        curvature_rows=8)
-    arrays = [array for array in _arrays(tuple(b)) if array.size]
+    plain = _numba.buffers(numba_cpu, 2, 64, 16, 40, 10, dtype, blas)
+    assert b.Wt.shape[0] == 1 and plain.Wt.shape[0] == (1 if blas else 2)
+    arrays = [array for array in _arrays(tuple(b) + tuple(plain)) if array.size]
     assert len(arrays) > 30
     for array in arrays:
         assert array.ctypes.data % _numba.CACHE_LINE == 0, array.shape

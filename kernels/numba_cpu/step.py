@@ -592,22 +592,24 @@ def blank_weights(trace, c, slot):
 
 @subroutine(types.boolean)
 def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace, neuron, n_test, test_stats,
-             batch, us, directions, tangent_scratch, X_curvature, y_curvature, curvature_scratch, rows):
+             batch, us, directions, tangent_scratch, X_curvature, y_curvature, curvature_scratch, rows, writes):
     """After the pass over the samples at step t: divergence test, records, the sharpness, the stepsize, update
     (with tangent vectors, the Lyapunov exponents', the stepsize goes to tangent_scratch's eta instead and
     the team updates after the tangent map). False if the run stops here: a risk or gradient that is not
     finite (nothing recorded), or a risk or weight norm above the spec's bounds (recorded, then
-    stopped)."""
+    stopped). With `writes` False it records nothing (neither the trace nor batch.diverged) and computes
+    only what the verdict and the update need: a member updating a copy of the weights of its own."""
     train_outer, f32 = spec.train_outer, spec.f32
     diverged = batch.diverged
     risk, grad_sq = close_step(grad, grad_a, stats[0], n, train_outer, f32)
-    trajectory = trace.weights.shape[1] > 0 or trace.projections.shape[1] > 0
+    trajectory = writes and (trace.weights.shape[1] > 0 or trace.projections.shape[1] > 0)
     if not (math.isfinite(risk) and math.isfinite(grad_sq)):
-        diverged[c] = t
+        if writes:
+            diverged[c] = t
         if trajectory:
             blank_weights(trace, c, record_slot(t, schedule.steps, schedule.weights_every))
         return False
-    slot = record_slot(t, schedule.steps, schedule.record_every)
+    slot = record_slot(t, schedule.steps, schedule.record_every) if writes else -1
     weight_sq = 0.0
     if slot >= 0 or spec.weight_bound < math.inf:
         weight_sq = sum_squares(flat(Wt))
@@ -639,7 +641,8 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
         if weight_slot >= 0:
             record_weights(trace, c, weight_slot, Wt, a_step, directions)
     if risk > spec.risk_bound or math.sqrt(weight_sq) > spec.weight_bound:
-        diverged[c] = t
+        if writes:
+            diverged[c] = t
         return False
     if t < schedule.steps:
         if tangent_scratch is not None:

@@ -6,14 +6,16 @@ the traces come as an :class:`lgd.backends.Trace`) and the barrier its threads m
 computes lives in step; checking arguments and building the buffers is the Python glue's
 (:mod:`lgd.backends._numba`).
 
-The `team` threads (Python threads calling this nogil kernel with member = 0 .. team-1 and the same
-shared buffers) each pass over their block of the samples into their own partial gradient; at a
-barrier member 0 sums the blocks, records, checks divergence and updates the shared weights; a second
-barrier releases the next step. The threads stay in compiled code for the whole chunk, waiting on a
-spinning barrier: waking pooled threads at every step costs more than a small step's work. A team of
-one is the serial driver; its barriers cost an atomic add each. Member 0 takes the configurations one
-at a time from a queue that the teams of one call share, so in a sweep a thread that runs faster
-takes more of them. Which thread runs a configuration does not change its results.
+The `team` threads (Python threads calling this nogil kernel with member = 0 .. team-1 and the same shared
+buffers) each pass over their block of the samples into their own partial gradient and meet at a barrier.
+Then either each member sums the blocks, checks divergence and updates a copy of the weights of its own,
+member 0 alone recording (a replicated close: the fused products' runs without tangent vectors or sharpness
+measurements, lgd.backends._numba.replicated_close), and goes straight on to the next step; or member 0
+alone does all that on the one copy, and a second barrier releases the next step. The threads stay in
+compiled code for the whole chunk, waiting on a spinning barrier: waking pooled threads at every step costs
+more than a small step's work. A team of one is the serial driver; its barriers cost an atomic add each.
+Member 0 takes the configurations one at a time from a queue that the teams of one call share, so in a sweep
+a thread that runs faster takes more of them. Which thread runs a configuration does not change its results.
 """
 
 from typing import NamedTuple
@@ -114,33 +116,36 @@ class Team(NamedTuple):
 class Buffers(NamedTuple):
     """Scratch of one call, shared by the team (built by :func:`lgd.backends._numba.buffers`).
 
-    In the run's dtype: Wt (d, m) and a (m,), the weights being stepped; a_step (m,), the outer weights the step
-    reads; per member (a leading axis of `team`): zs (WIDE_ROWS, m) tile rows (from tiles.BLOCKED_MIN_D, a
-    waiting group's), ps and qs (m,) rows of phi and phi', pending_q (waiting, m) and pending_rows (waiting,) int64
-    the samples waiting for the gradient (waiting: tiles.waiting_samples), group (per member: phi of the waiting
-    samples (waiting, m) in the run's dtype and their losses' outputs (4, waiting) float64; then their rows of X
-    scaled by their gradient factors (team, waiting, d) in the run's dtype, None where d > m and in BLAS mode:
-    step.fused_block; the rows of zs, pending_q and group[0] at least these many, and without gaps between them up to
-    lgd.backends._numba.SPAN_ROW_BYTES a row), grads (d, m) and grads_a (m,) partial
-    gradients; float64: neurons_part (m,) per member, stats (2 team, 3) per member's training and held-out blocks;
-    grad, grad_a, neuron and total (2, 3) the sums; us (n,) float64 the samples' loss arguments at record steps;
-    tangent, the scratch of the tangent map (HV (k, m, d), HB (k, m), per member Vt, HVt (team, k, d, m) and HB (team,
-    k, m), and eta (1,): the step's stepsize, float64); kept, what the step's pass keeps of each training sample for
-    the tangent map (step.sample_block: P, Q (n, m) in the run's dtype, AQ, AR (n, m) and coef (n, 2) float64, with 0
-    rows where none are kept, and per member a row of phi'' (team, m) in the run's dtype), None without tangents;
-    curvature, that of the sharpness's Lanczos (sharpness.top_eigenvalues: Q (J + 1, m, d), QA (J + 1, m), one-row HV,
-    HB, Vt, HVt, alpha, beta (J + 1,), ritz (k,), work (2, J + 1), and the curvature of the samples it is measured on:
-    P, Q (rows, m) in the run's dtype, AQ, AR (rows, m) and coef (rows, 2) float64); rows, per member the scratch of a
-    block of samples of the Hessian-vector products (tangent.hessian_part's `block`, each array with a leading axis of
-    members). BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m) (unused by a float64 team of one, whose BLAS
-    writes grad itself: tiles.blas_writes_grad), or (team, m, d), the parts transposed, where gemm[1] is not 0
-    (tiles.blas_backward); Z held transposed, (m, n), where gemm[2] is not 0 too, and then step.column_block makes
-    the pass over the training block with columns: per member P and Q (m, step.COLUMN_GROUP) and F (8,
-    COLUMN_GROUP) in the run's dtype and the losses' outputs (4, COLUMN_GROUP) float64 (each (team, 0, 0) where
-    gemm[2] is 0); and gemm (3,) int64, the address of the ILP64 ?gemm_ the products call (0: scipy's,
-    tiles.blas_forward) and those two choices. The fused loops' zs is None with BLAS, and Z, Z_test, grads_blas,
-    gemm and columns None without: a branch on None is pruned at compile time, so each product mode is a kernel
-    of its own without the other's code.
+    Copies of the weights, one per member with a replicated close, else one (each copy [r, 0] of an array (copies,
+    spare, ...) whose spare entries keep the copies a cache line apart): in the run's dtype Wt (d, m) and a (m,),
+    the weights being stepped, and a_step (m,), the outer weights the step reads; float64 grad (d, m), grad_a (m,),
+    neuron (m,) and total (2, 3), the sums of the members' partials below. Sets of the members' partials, two that a
+    replicated close alternates between steps, else one (a leading axis of sets): grads (team, d, m) and grads_a
+    (team, m) in the run's dtype, neurons_part (team, m) and stats (2 team, 3) float64 (each member's training and
+    held-out blocks), us (n,) float64 the samples' loss arguments at record steps. Per member (a leading axis of
+    `team`): zs (WIDE_ROWS, m) tile rows (from tiles.BLOCKED_MIN_D, a waiting group's), ps and qs (m,) rows of phi
+    and phi', pending_q (waiting, m) and pending_rows (waiting,) int64 the samples waiting for the gradient
+    (waiting: tiles.waiting_samples), group (per member: phi of the waiting samples (waiting, m) in the run's dtype
+    and their losses' outputs (4, waiting) float64; then their rows of X scaled by their gradient factors (team,
+    waiting, d) in the run's dtype, None where d > m and in BLAS mode: step.fused_block; the rows of zs, pending_q
+    and group[0] at least these many, and without gaps between them up to lgd.backends._numba.SPAN_ROW_BYTES a row);
+    tangent, the scratch of the tangent map (HV (k, m, d), HB (k, m), per member Vt, HVt (team, k, d, m) and HB
+    (team, k, m), and eta (1,): the step's stepsize, float64); kept, what the step's pass keeps of each training
+    sample for the tangent map (step.sample_block: P, Q (n, m) in the run's dtype, AQ, AR (n, m) and coef (n, 2)
+    float64, with 0 rows where none are kept, and per member a row of phi'' (team, m) in the run's dtype), None
+    without tangents; curvature, that of the sharpness's Lanczos (sharpness.top_eigenvalues: Q (J + 1, m, d), QA (J
+    + 1, m), one-row HV, HB, Vt, HVt, alpha, beta (J + 1,), ritz (k,), work (2, J + 1), and the curvature of the
+    samples it is measured on: P, Q (rows, m) in the run's dtype, AQ, AR (rows, m) and coef (rows, 2) float64);
+    rows, per member the scratch of a block of samples of the Hessian-vector products (tangent.hessian_part's
+    `block`, each array with a leading axis of members). BLAS mode: Z (n, m), Z_test and grads_blas (team, d, m)
+    (unused by a float64 team of one, whose BLAS writes grad itself: tiles.blas_writes_grad), or (team, m, d), the
+    parts transposed, where gemm[1] is not 0 (tiles.blas_backward); Z held transposed, (m, n), where gemm[2] is not
+    0 too, and then step.column_block makes the pass over the training block with columns: per member P and Q (m,
+    step.COLUMN_GROUP) and F (8, COLUMN_GROUP) in the run's dtype and the losses' outputs (4, COLUMN_GROUP) float64
+    (each (team, 0, 0) where gemm[2] is 0); and gemm (3,) int64, the address of the ILP64 ?gemm_ the products call
+    (0: scipy's, tiles.blas_forward) and those two choices. The fused loops' zs is None with BLAS, and Z, Z_test,
+    grads_blas, gemm and columns None without: a branch on None is pruned at compile time, so each product mode is a
+    kernel of its own without the other's code.
     """
 
     Wt: np.ndarray
@@ -219,6 +224,15 @@ def tangent_map(team, c, X, y, spec, batch, Wt, a, a_step, grad, grad_a, i0, i1,
         barrier(sync, size)
 
 
+@subroutine(types.void)
+def load_weights(batch, c, b, r):
+    """Copy r of the weights being stepped (Wt, a, a_step) = configuration c's."""
+    transpose_into(batch.W[c], b.Wt[r, 0])
+    for j in range(batch.A.shape[1]):
+        b.a[r, 0, j] = batch.A[c, j]
+        b.a_step[r, 0, j] = batch.A[c, j]
+
+
 @subroutine(types.void, counted=False)
 def run_steps(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, inv_n, neurons):
     """Evaluations [t_start, t_stop) of `schedule` of configuration c by this member of the team (see
@@ -232,43 +246,54 @@ def run_steps(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, in
     m = batch.W.shape[1]
     n = X.shape[0]
     n_test = X_test.shape[0]
+    replicated = b.Wt.shape[0] > 1
+    r = member if replicated else 0  # the copy of the weights this member steps and reads
+    closes = replicated or member == 0
+    Wt, a, a_step, grad, grad_a, neuron, total = (b.Wt[r, 0], b.a[r, 0], b.a_step[r, 0], b.grad[r, 0], b.grad_a[r, 0],
+                                                 b.neuron[r, 0], b.total[r, 0])
     for t in range(schedule.t_start, schedule.t_stop):
+        p = t & 1 if replicated else 0  # the step's partials; a replicated team alternates two sets
+        grads, grads_a, neurons_part, stats, us = b.grads[p], b.grads_a[p], b.neurons_part[p], b.stats[p], b.us[p]
         record = record_slot(t, schedule.steps, schedule.record_every) >= 0
         test = record and n_test > 0
-        blas_forward(X, i0, i1, b.Wt, b.Z, b.gemm, True)
+        blas_forward(X, i0, i1, Wt, b.Z, b.gemm, True)
         if test:
-            blas_forward(X_test, k0, k1, b.Wt, b.Z_test, b.gemm, False)
+            blas_forward(X_test, k0, k1, Wt, b.Z_test, b.gemm, False)
         # The training block, then at record steps the test block: one call site, so one compiled
         # sample_block (a literal True / False would type, and compile, twice).
         for part in range(2 if test else 1):
             train = part == 0
             if train and z_columns(b.gemm):
-                column_block(b.Z, y, b.a_step, spec, inv_n, record, neurons, i0, i1, b.columns, member,
-                             b.grads_a[member], b.neurons_part[member], b.stats[member], b.us)
+                column_block(b.Z, y, a_step, spec, inv_n, record, neurons, i0, i1, b.columns, member,
+                             grads_a[member], neurons_part[member], stats[member], us)
                 continue
-            sample_block(X if train else X_test, b.Z if train else b.Z_test, y if train else y_test, b.Wt,
-                         b.a_step, spec, inv_n, record, neurons, i0 if train else k0, i1 if train else k1, b.zs,
+            sample_block(X if train else X_test, b.Z if train else b.Z_test, y if train else y_test, Wt,
+                         a_step, spec, inv_n, record, neurons, i0 if train else k0, i1 if train else k1, b.zs,
                          member, b.ps[member], b.qs[member], b.pending_q[member], b.pending_rows[member],
-                         b.grads[member], b.grads_a[member], b.neurons_part[member],
-                         b.stats[member if train else size + member], train, b.us, b.kept,
+                         grads[member], grads_a[member], neurons_part[member],
+                         stats[member if train else size + member], train, us, b.kept,
                          b.group[0][member], b.group[1][member], b.group[2])
-        blas_backward(X, i0, i1, b.Z, b.grads_blas, member, size, b.grad, b.gemm)
+        blas_backward(X, i0, i1, b.Z, b.grads_blas, member, size, grad, b.gemm)
         barrier(sync, size)
-        if member == 0:
-            reduce_blocks(size, test, b.grads, b.grads_a, b.neurons_part, b.stats, b.grad, b.grad_a, b.neuron,
-                          b.total, b.grads_blas, b.gemm)
-            go[0] = step_end(c, t, schedule, spec, n, b.total[0], b.grad, b.grad_a, b.Wt, b.a, b.a_step, trace,
-                             b.neuron, n_test, b.total[1], batch, b.us, directions, b.tangent, X_curvature,
-                             y_curvature, b.curvature, b.rows)
+        going = True
+        if closes:
+            reduce_blocks(size, test, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total, b.grads_blas,
+                          b.gemm)
+            going = step_end(c, t, schedule, spec, n, total[0], grad, grad_a, Wt, a, a_step, trace, neuron, n_test,
+                             total[1], batch, us, directions, b.tangent, X_curvature, y_curvature, b.curvature,
+                             b.rows, member == 0)
             if b.tangent is None:  # else a_step is still the step's: the tangent map below reads it
                 for j in range(m):
-                    b.a_step[j] = b.a[j]
-        barrier(sync, size)
-        if not go[0]:
+                    a_step[j] = a[j]
+        if not replicated:  # the others wait for member 0's update of the one copy, and its verdict
+            if member == 0:
+                go[0] = going
+            barrier(sync, size)
+            going = go[0] != 0
+        if not going:
             break
         if t < schedule.steps:
-            tangent_map(team, c, X, y, spec, batch, b.Wt, b.a, b.a_step, b.grad, b.grad_a, i0, i1, b.tangent,
-                        b.kept, b.rows)
+            tangent_map(team, c, X, y, spec, batch, Wt, a, a_step, grad, grad_a, i0, i1, b.tangent, b.kept, b.rows)
 
 
 @kernel
@@ -295,26 +320,24 @@ def run_team(team, data, batch, trace, spec, schedule, buffers):
     member, size, sync, go, queue, configs = team
     X, y, X_test, y_test, directions, X_curvature, y_curvature = data
     b = buffers
-    m = batch.W.shape[1]
     n = X.shape[0]
     n_test = X_test.shape[0]
     inv_n = 1.0 / n
     neurons = trace.neuron_margins.shape[1] > 0
+    replicated = b.Wt.shape[0] > 1
     i0, i1 = (member * n) // size, ((member + 1) * n) // size
     k0, k1 = (member * n_test) // size, ((member + 1) * n_test) // size
     while True:
         if member == 0:  # the team's next configuration, from the queue the teams of a call share
             go[1] = atomic_add(queue, 0, 1)
-            if go[1] < len(configs):
-                c = configs[go[1]]
-                transpose_into(batch.W[c], b.Wt)
-                for j in range(m):
-                    b.a[j] = batch.A[c, j]
-                    b.a_step[j] = b.a[j]
+            if go[1] < len(configs) and not replicated:
+                load_weights(batch, configs[go[1]], b, 0)
         barrier(sync, size)
         if go[1] >= len(configs):
             return verdict
         c = configs[go[1]]
+        if replicated:  # each its own copy, which nobody else reads
+            load_weights(batch, c, b, member)
         run_steps(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, inv_n, neurons)
         if member == 0:
-            store_weights(batch.W, batch.A, c, b.Wt, b.a)
+            store_weights(batch.W, batch.A, c, b.Wt[0, 0], b.a[0, 0])

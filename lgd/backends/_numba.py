@@ -355,14 +355,16 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
     else:
         products = dict(Z=None, Z_test=None, grads_blas=None, gemm=None, columns=None)
     waiting = kernels.waiting_samples.implementation(d, m)
+    # Copies of the weights, and sets of the members' partials: see replicated_close.
+    copies, sets = (team, 2) if replicated_close(team, blas, tangents, lanczos) else (1, 1)
     return kernels.Buffers(
-        Wt=empty((d, m), dtype), a=empty(m, dtype), a_step=empty(m, dtype),
+        Wt=_copies(copies, (d, m), dtype), a=_copies(copies, (m,), dtype), a_step=_copies(copies, (m,), dtype),
         zs=None if blas else _own_block((team, kernels.z_rows(d, m), m), dtype),
         ps=_own_rows((team, m), dtype), qs=_own_rows((team, m), dtype), pending_q=_own_block((team, waiting, m), dtype),
-        pending_rows=_own_rows((team, waiting), np.int64), grads=empty((team, d, m), dtype),
-        grads_a=_own_rows((team, m), dtype), neurons_part=_own_rows((team, m), np.float64),
-        stats=_own_rows((2 * team, 3), np.float64), grad=empty((d, m)), grad_a=empty(m), neuron=empty(m),
-        total=empty((2, 3)), us=empty(n),
+        pending_rows=_own_rows((team, waiting), np.int64), grads=empty((sets, team, d, m), dtype),
+        grads_a=_own_rows((sets, team, m), dtype), neurons_part=_own_rows((sets, team, m), np.float64),
+        stats=_own_rows((sets, 2 * team, 3), np.float64), grad=_copies(copies, (d, m)), grad_a=_copies(copies, (m,)),
+        neuron=_copies(copies, (m,)), total=_copies(copies, (2, 3)), us=empty((sets, n)),
         tangent=(empty((tangents, m, d)), empty((tangents, m)), empty((team, tangents, d, m)),
                  empty((team, tangents, d, m)), empty((team, tangents, m)), empty(1)) if tangents else None,
         kept=_kept_rows(team, m, n, dtype, train_outer) if tangents else None,
@@ -376,6 +378,25 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
         group=(_own_block((team, waiting, m), dtype), _own_rows((team, 4, waiting), np.float64),
                None if blas or d > m else _own_block((team, waiting, d), dtype)),
         **products)
+
+
+# Whether a team's members each close the step on a copy of the weights of their own (replicated_close).
+REPLICATED_CLOSE = True
+
+
+def replicated_close(team: int, blas: bool, tangents: int, lanczos: int) -> bool:
+    """Whether every member of a team closes each step (sums the members' partial gradients, takes the
+    verdict and updates) on a copy of the weights of its own, rather than member 0 alone on the one copy
+    that all read: the fused products' runs (whose partials are d x m, small against a step's work) without
+    tangent vectors or sharpness measurements (which the team computes together from the one copy).
+
+    Member 0 alone would update the weights in lines the other members' caches hold, which each store
+    waits on, and the others would wait at a second barrier, then fetch every line back in their next
+    pass: S's step spent 1.2 us in that barrier and its second member's pass ran 3 us longer than the
+    first's (docs/performance.md). A replicated team meets once a step; it alternates two sets of partials,
+    so that a member already in the next step's pass writes none that a slower one is still summing. The
+    copies stay equal bit for bit: every member sums the same partials in the same order."""
+    return REPLICATED_CLOSE and team > 1 and not blas and not tangents and not lanczos
 
 
 # At most this many bytes of curvature rows kept by the step's pass for the tangent map (2 m float64 values a
@@ -414,6 +435,14 @@ def _own_block(shape: tuple, dtype) -> np.ndarray:
     if row_bytes == 0 or row_bytes > SPAN_ROW_BYTES:
         return _own_rows(shape, dtype)
     return aligned_empty((team, rows + -(-CACHE_LINE // row_bytes), width), dtype=dtype)
+
+
+def _copies(copies: int, shape: tuple, dtype=np.float64) -> np.ndarray:
+    """An empty array (copies, spare + 1) + shape: copy r is [r, 0], and copies whose size is not a whole number
+    of cache lines lie a line or more apart (the spare entries between), so that no two share a line."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    spare = 0 if size % CACHE_LINE == 0 else -(-CACHE_LINE // max(size, 1))
+    return aligned_empty((copies, 1 + spare) + shape, dtype=dtype)
 
 
 def _hvp_block(team: int, block: int, m: int, d: int, dtype) -> tuple:
