@@ -78,8 +78,8 @@ AVX512_BLAS_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 # faster than a team of threads each with a single-threaded BLAS.
 BLAS_BOUND_D = 512
 # Entries of the n x m block per thread of a team: a single run is split over at most n m / TEAM_WORK
-# threads, so that each thread's share of a step outweighs the two barriers (about a microsecond
-# each) that a team needs per step.
+# threads, so that each thread's share of a step outweighs the barriers (one or two a step: replicated_close,
+# about a microsecond each) that a team meets.
 TEAM_WORK = 1 << 11
 # Lanczos iterations at most per sharpness measurement (fewer when the top eigenvalues converge, warm-started
 # from the last measurement's top eigenvector; at most the number of trained parameters).
