@@ -390,12 +390,13 @@ def replicated_close(team: int, blas: bool, tangents: int, lanczos: int) -> bool
     that all read: the fused products' runs (whose partials are d x m, small against a step's work) without
     tangent vectors or sharpness measurements (which the team computes together from the one copy).
 
-    Member 0 alone would update the weights in lines the other members' caches hold, which each store
-    waits on, and the others would wait at a second barrier, then fetch every line back in their next
-    pass: S's step spent 1.2 us in that barrier and its second member's pass ran 3 us longer than the
-    first's (docs/performance.md). A replicated team meets once a step; it alternates two sets of partials,
-    so that a member already in the next step's pass writes none that a slower one is still summing. The
-    copies stay equal bit for bit: every member sums the same partials in the same order."""
+    Member 0 alone would update the weights in lines the other members' caches hold, which each store waits
+    on, the others would wait at a second barrier, then fetch every line back in their next pass: on S, member
+    0 spent 1.1 us in that barrier though it arrived last, and member 1's pass ran 3 us longer than member
+    0's. A replicated team meets once a step, 3-4% faster on S and M on an Intel AVX-512 host
+    (docs/performance.md); it alternates two sets of partials, so that a member already in the next step's
+    pass writes none that a slower one is still summing. The copies stay equal bit for bit: every member sums
+    the same partials in the same order."""
     return REPLICATED_CLOSE and team > 1 and not blas and not tangents and not lanczos
 
 
