@@ -196,6 +196,23 @@ def test_copies_of_the_weights_share_no_cache_line(width):
         assert end // _numba.CACHE_LINE < copies[r + 1, 0].ctypes.data // _numba.CACHE_LINE
 
 
+def test_replicated_close_only_where_the_partials_are_small():
+    """A team closes on copies of its own only in the fused mode without tangents or sharpness, and only while
+    the partial gradients each member sums of the others' come to at most REPLICATED_BYTES (M's team of two:
+    128 KB); a larger team or net keeps the one copy that member 0 updates."""
+    small = dict(blas=False, tangents=0, lanczos=0)
+    assert _numba.replicated_close(2, 64, 256, np.float64, **small)
+    assert _numba.replicated_close(3, 64, 256, np.float32, **small)
+    assert not _numba.replicated_close(4, 64, 256, np.float64, **small)
+    assert not _numba.replicated_close(1, 16, 64, np.float64, **small)
+    for other in (dict(blas=True), dict(tangents=1), dict(lanczos=3)):
+        assert not _numba.replicated_close(2, 16, 64, np.float64, **{**small, **other})
+    from lgd.kernels import numba_cpu
+
+    assert _numba.buffers(numba_cpu, 2, 256, 64, 360, 0, np.float64, False).Wt.shape[0] == 2
+    assert _numba.buffers(numba_cpu, 4, 256, 64, 360, 0, np.float64, False).Wt.shape[0] == 1
+
+
 @pytest.mark.parametrize("case, team", [("adaptive", 2), ("adaptive", 3), ("weight_bound", 2), ("weight_bound", 3),
                                         ("sweep", 3)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])

@@ -9,13 +9,13 @@ computes lives in step; checking arguments and building the buffers is the Pytho
 The `team` threads (Python threads calling this nogil kernel with member = 0 .. team-1 and the same shared
 buffers) each pass over their block of the samples into their own partial gradient and meet at a barrier.
 Then either each member sums the blocks, checks divergence and updates a copy of the weights of its own,
-member 0 alone recording (a replicated close: the fused products' runs without tangent vectors or sharpness
-measurements, lgd.backends._numba.replicated_close), and goes straight on to the next step; or member 0
-alone does all that on the one copy, and a second barrier releases the next step. The threads stay in
-compiled code for the whole chunk, waiting on a spinning barrier: waking pooled threads at every step costs
-more than a small step's work. A team of one is the serial driver; its barriers cost an atomic add each.
-Member 0 takes the configurations one at a time from a queue that the teams of one call share, so in a sweep
-a thread that runs faster takes more of them. Which thread runs a configuration does not change its results.
+member 0 alone recording (a replicated close: lgd.backends._numba.replicated_close says which runs), and
+goes straight on to the next step; or member 0 alone does all that on the one copy, and a second barrier
+releases the next step. The threads stay in compiled code for the whole chunk, waiting on a spinning
+barrier: waking pooled threads at every step costs more than a small step's work. A team of one is the
+serial driver; its barriers cost an atomic add each. Member 0 takes the configurations one at a time from a
+queue that the teams of one call share, so in a sweep a thread that runs faster takes more of them. Which
+thread runs a configuration does not change its results.
 """
 
 from typing import NamedTuple

@@ -356,7 +356,7 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
         products = dict(Z=None, Z_test=None, grads_blas=None, gemm=None, columns=None)
     waiting = kernels.waiting_samples.implementation(d, m)
     # Copies of the weights, and sets of the members' partials: see replicated_close.
-    copies, sets = (team, 2) if replicated_close(team, blas, tangents, lanczos) else (1, 1)
+    copies, sets = (team, 2) if replicated_close(team, d, m, dtype, blas, tangents, lanczos) else (1, 1)
     return kernels.Buffers(
         Wt=_copies(copies, (d, m), dtype), a=_copies(copies, (m,), dtype), a_step=_copies(copies, (m,), dtype),
         zs=None if blas else _own_block((team, kernels.z_rows(d, m), m), dtype),
@@ -380,15 +380,21 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
         **products)
 
 
-# Whether a team's members each close the step on a copy of the weights of their own (replicated_close).
+# Whether a team's members each close the step on a copy of the weights of their own (replicated_close), and
+# the most bytes of the other members' partial gradients each member then sums a step.
 REPLICATED_CLOSE = True
+REPLICATED_BYTES = 256 << 10
 
 
-def replicated_close(team: int, blas: bool, tangents: int, lanczos: int) -> bool:
+def replicated_close(team: int, d: int, m: int, dtype, blas: bool, tangents: int, lanczos: int) -> bool:
     """Whether every member of a team closes each step (sums the members' partial gradients, takes the
     verdict and updates) on a copy of the weights of its own, rather than member 0 alone on the one copy
-    that all read: the fused products' runs (whose partials are d x m, small against a step's work) without
-    tangent vectors or sharpness measurements (which the team computes together from the one copy).
+    that all read: the fused products' runs without tangent vectors or sharpness measurements (which the
+    team computes together from the one copy), where the other members' partials (d x m each) come to at
+    most REPLICATED_BYTES. Every member then reads all of them at every step, where member 0 alone did:
+    cheap for a team of two or a small net (M's 128 KB, S's 8 KB), but a large team's many large partials,
+    each read by every member, would load the cores' shared caches (not measured: the hosts here have two
+    cores).
 
     Member 0 alone would update the weights in lines the other members' caches hold, which each store waits
     on, the others would wait at a second barrier, then fetch every line back in their next pass: on S, member
@@ -397,7 +403,8 @@ def replicated_close(team: int, blas: bool, tangents: int, lanczos: int) -> bool
     (docs/performance.md); it alternates two sets of partials, so that a member already in the next step's
     pass writes none that a slower one is still summing. The copies stay equal bit for bit: every member sums
     the same partials in the same order."""
-    return REPLICATED_CLOSE and team > 1 and not blas and not tangents and not lanczos
+    partials = (team - 1) * d * m * np.dtype(dtype).itemsize
+    return REPLICATED_CLOSE and team > 1 and not blas and not tangents and not lanczos and partials <= REPLICATED_BYTES
 
 
 # At most this many bytes of curvature rows kept by the step's pass for the tangent map (2 m float64 values a
