@@ -598,7 +598,9 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
     the team updates after the tangent map). False if the run stops here: a risk or gradient that is not
     finite (nothing recorded), or a risk or weight norm above the spec's bounds (recorded, then
     stopped). With `writes` False it records nothing (neither the trace nor batch.diverged) and computes
-    only what the verdict and the update need: a member updating a copy of the weights of its own."""
+    only what the verdict and the update need: a member updating a copy of the weights of its own, which a
+    team does only without the sharpness's scratch (lgd.backends._numba.replicated_close; the measurement
+    writes the trace and the stepsize's sharpness, which the team's other members would then need)."""
     train_outer, f32 = spec.train_outer, spec.f32
     diverged = batch.diverged
     risk, grad_sq = close_step(grad, grad_a, stats[0], n, train_outer, f32)
