@@ -4,8 +4,8 @@ What lives here: what numba cannot say in Python, written as LLVM instructions t
 ``numba.extending.intrinsic``: reinterpreting bits (exp's exponent arithmetic), ``fma`` with one
 rounding, the dtype of an array as a cast target (``like``), a flat view without ravel's code, a run
 of rows as one 1-d array (``rows_flat``), the vector operations of the register tiles (at the
-process's VECTOR_BYTES, and at AVX2's HALF_BYTES) and of :func:`dot_lanes`, and the atomics, pause
-and sched_yield of a team's barrier. Everything resolved by name at load time, so the on-disk cache
+process's VECTOR_BYTES, and at AVX2's HALF_BYTES) and of :func:`dot_lanes`, a prefetch for writing,
+and the atomics, pause and sched_yield of a team's barrier. Everything resolved by name at load time, so the on-disk cache
 keeps working. No formulas and no loops over the data: those live in exp_log1p, formulas, tiles and
 step.
 """
@@ -231,6 +231,23 @@ def rounded_square_lanes(typingctx, flat, count, narrowing):
         sums = [builder.extract_element(total, ir.Constant(ir.IntType(32), r)) for r in range(8)]
         return context.make_tuple(builder, signature.return_type, sums)
     return types.UniTuple(types.float64, 8)(flat, types.intp, narrowing), codegen
+
+
+@intrinsic
+def prefetch_for_write(typingctx, array, offset):
+    """A hint that the cache line holding byte `offset` of array's data is about to be written: fetch it in a
+    writable state (x86's PREFETCHW where the CPU has prfchw; a plain prefetch, or nothing, elsewhere). It
+    changes no value, and an offset past the array's end faults no more than a prefetch does: never."""
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        address = builder.gep(builder.bitcast(data, ir.IntType(8).as_pointer()), [args[1]])
+        i32 = ir.IntType(32)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32]), "llvm.prefetch.p0")
+        # write (1), keep in all cache levels (3), data cache (1)
+        builder.call(function, [address, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.void(array, types.intp), codegen
 
 
 # Synchronisation of a team of threads (run_team): atomics on an int64 array, a spin-wait hint and
