@@ -6,8 +6,8 @@ their parameters and the stepsizes are runtime data. Every chunk runs :func:`run
 nogil, called from Python threads):
 
 - with fewer configurations than threads (a single run), a team of threads works on every step,
-  each on its block of samples, meeting at a spinning barrier twice a step and never leaving
-  compiled code during a chunk (:meth:`Runner.team_size`, :data:`TEAM_WORK`);
+  each on its block of samples, meeting at a spinning barrier once or twice a step
+  (:func:`replicated_close`) and never leaving compiled code during a chunk (:meth:`Runner.team_size`, :data:`TEAM_WORK`);
 - otherwise (sweeps) each thread runs a team of one, taking the configurations one at a time from a
   queue the threads share;
 - the team size is decided every :data:`TEAM_PERIOD` steps from the configurations live then, so the
@@ -31,6 +31,7 @@ import functools
 import gc
 import importlib.util
 import math
+import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -92,6 +93,32 @@ COMPILE_NOTICE_S = 1.0
 # runner's arguments type differently all the same, its first chunk compiles or loads them, only without
 # the notice.
 _LOADED = set()
+# Pools of the threads that run the other members of a team (and a sweep's teams of one), kept between calls,
+# one per calling thread and size: starting a fresh pool's thread at every call cost S about 0.45 ms of the
+# 1.2 ms that lgd.sweep took around a one-step run, on the Intel AVX-512 host of docs/performance.md. One per
+# calling thread, as each call had a pool of its own before: the members of calls made at once from several
+# threads never wait in one queue, where a member waiting at its barrier for a partner queued behind it
+# could hold the last free thread. A forked child starts with none (its parent's threads are not in it).
+_POOLS = threading.local()
+
+
+def _forget_pools():
+    global _POOLS
+    _POOLS = threading.local()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)
+
+
+def member_pool(threads: int) -> ThreadPoolExecutor:
+    """The calling thread's pool of `threads` threads (see _POOLS), made on first use."""
+    pools = getattr(_POOLS, "pools", None)
+    if pools is None:
+        pools = _POOLS.pools = {}
+    if threads not in pools:
+        pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="lgd-numba")
+    return pools[threads]
 # Steps of a team period: the team size of the steps [k P, (k + 1) P) follows from the configurations live
 # at step k P, read off the divergence flags, never from where a chunk starts. A team of another size sums
 # the samples' gradients in other blocks (other roundings), so a decision at each chunk would make the
@@ -141,7 +168,6 @@ class Runner:
                                     f32=p.dtype == np.float32, risk_bound=float(p.risk_bound),
                                     weight_bound=float(p.weight_bound),
                                     log_risk_every_step=bool(p.log_risk_every_step))
-        self._pool = None
         # Scratch of finished run_team calls by their buffers() arguments, for the next chunk's calls: fresh
         # buffers cost their page faults again at every chunk (about 3 ms a chunk for L's 20 MB).
         self._scratch, self._scratch_lock = {}, threading.Lock()
@@ -272,9 +298,7 @@ class Runner:
         return max(1, min(self._threads, self._data.X.shape[0] * width // max(1, TEAM_WORK)))
 
     def _thread_pool(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="lgd-numba")
-        return self._pool
+        return member_pool(self._threads)
 
     def _run_team(self, team: int, configs, batch, trace: Trace, schedule, blas: bool, queue=None):
         """run_team by `team` threads over `configs` (those not taken yet from `queue`, which other teams may
