@@ -148,11 +148,12 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
     of the whole group first (phi' straight into qs, phi into ps (waiting, m)) with their outputs f, then
     the group's losses in one vectorised loop (sample_outs, into outs (4, waiting)), then, sample by sample
     in order, the sums, the sample's gradient factor c_i = loss' y s / n and grad_a, and the group's
-    backward pass. grad, grad_a and neuron come zeroed (sample_block).
+    backward pass. grad, grad_a and neuron come zeroed (sample_block). grad comes out without the factor
+    a_j of its column j, which reduce_blocks applies once to the blocks' sum (`unscaled`).
 
     The same losses, outputs, risk and margins as sample_block's loop, bit for bit. The gradient is the same
     sum, G^T X with G_ij = c_i a_j phi'_ij, in another order of its products (the oracle's tolerance, not its
-    bits): a_j multiplies the block's sum once, at the end (grad[:, j] *= a_j), and c_i multiplies whichever
+    bits): a_j multiplies the blocks' sum once, at the close, and c_i multiplies whichever
     row of sample i is shorter, its row of X (where d <= m, given xs (waiting, d): d products, into xs,
     which the backward pass then reads in place of X) or its row of phi' (xs None: m products, in place).
     sample_block's loop forms each G_ij as (c_i a_j) phi'_ij, two products an entry, a row of m per sample.
@@ -222,10 +223,6 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
             else:
                 backward_rows(X, rows, count, qs, grad)
         i += count
-    if train:
-        for k in range(d):
-            for j in range(m):
-                grad[k, j] = grad[k, j] * a[j]
     stats[0] = risk
     stats[1] = correct
     stats[2] = margin
@@ -323,8 +320,9 @@ def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, membe
     other mode's code at compile time.
     stats receives (sum of loss values, number with y f > 0, min y f); at record steps of the training
     block, us[i] receives each sample's loss argument u (for the log-risk). With train, also the
-    gradient: added to grad (d, m) and grad_a (m,), or, with Z, G written over the rows of Z (the
-    caller then forms G^T X); at record steps also the per-neuron margins min y a_j phi(z_ij). qs
+    gradient: added to grad (d, m) (without the factors a_j in the plain fused step below: see
+    partials_unscaled) and grad_a (m,), or, with Z, G written over the rows of Z (the caller then forms
+    G^T X); at record steps also the per-neuron margins min y a_j phi(z_ij). qs
     (waiting, m) and rows (waiting,) hold the samples waiting for the gradient (tiles.waiting_samples
     rows; here added WAITING_SAMPLES at a time up to m = WAITING_MAX_M, BACKWARD_GROUP at a time for
     wider nets). The per-sample buffers (zt, p, q, qs, rows, grad_a, neuron) may have longer rows than m:
@@ -654,22 +652,41 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
     return True
 
 
+@subroutine(types.boolean)
+def partials_unscaled(zs, kept, spec):
+    """Whether sample_block's training pass leaves its partial gradient without the factors a_j: in the plain
+    fused step (fused_block: the fused products, no kept rows, a net that is not linear). zs and kept are
+    None or not at compile time."""
+    return zs is not None and kept is None and not spec.linear
+
+
 @subroutine(types.void)
-def sum_blocks(parts, blocks, out):
-    """out = the sum of parts[0 .. blocks-1], in block order, a row at a time: the row stays in L1 while each
-    part is added, and the first two parts are added in one pass (out's array is written once, not read
-    back from L2 and written again, as summing whole arrays part after part would)."""
+def sum_blocks(parts, blocks, out, a, unscaled):
+    """out = the sum of parts[0 .. blocks-1], in block order, times a_j in column j where `unscaled`, a row at
+    a time: the row stays in L1 while each part is added, and the first two parts are added in one pass (out's
+    array is written once, not read back from L2 and written again, as summing whole arrays part after part
+    would). The factor a_j once on the sum, rather than on each part at the end of its pass, spares each
+    pass a read and write of its whole partial (M's 128 KB: 2% of its step on the Intel AVX-512 host of
+    docs/performance.md); a team's sum then rounds once more than a thread's own product (the oracle's
+    tolerance), a single part's result is the same bits as before."""
     d, m = out.shape
     for k in range(d):
         if blocks == 1:
-            for j in range(m):
-                out[k, j] = parts[0, k, j]
+            if unscaled:
+                for j in range(m):
+                    out[k, j] = parts[0, k, j] * a[j]
+            else:
+                for j in range(m):
+                    out[k, j] = parts[0, k, j]
             continue
         for j in range(m):
             out[k, j] = parts[0, k, j] + parts[1, k, j]
         for b in range(2, blocks):
             for j in range(m):
                 out[k, j] += parts[b, k, j]
+        if unscaled:
+            for j in range(m):
+                out[k, j] *= a[j]
 
 
 # Squares of the transposing sum: 32 x 32 entries of each part (8 KB in float64) stay in L1 while their
@@ -693,17 +710,19 @@ def sum_blocks_transposed(parts, blocks, out):
 
 
 @subroutine(types.void)
-def reduce_blocks(blocks, test, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total, grads_blas, gemm):
+def reduce_blocks(blocks, test, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total, grads_blas, gemm,
+                  a, unscaled):
     """Sum the blocks' partial gradients (grads, or grads_blas from BLAS: transposed, (blocks, m, d), where
-    gemm[1] is not 0) and statistics into grad, grad_a, neuron and total."""
+    gemm[1] is not 0) and statistics into grad, grad_a, neuron and total; where `unscaled`
+    (partials_unscaled), the sum of grads times a_j in column j (a: the outer weights the pass read)."""
     d, m = grad.shape
     if grads_blas is not None:  # None: pruned at compile time
         if gemm[1] != 0:
             sum_blocks_transposed(grads_blas, blocks, grad)
         elif not blas_writes_grad(grads_blas, blocks, grad):
-            sum_blocks(grads_blas, blocks, grad)
+            sum_blocks(grads_blas, blocks, grad, a, False)
     else:
-        sum_blocks(grads, blocks, grad)
+        sum_blocks(grads, blocks, grad, a, unscaled)
     for j in range(m):
         grad_a[j] = grads_a[0, j]
         neuron[j] = neurons_part[0, j]

@@ -26,8 +26,8 @@ from numba import types
 from .compiler import kernel, subroutine
 from .formulas import KNOWN, unknown_code
 from .intrinsics import atomic_add, atomic_load, atomic_store, prefetch_for_write, sched_yield, spin_pause
-from .step import (column_block, record_slot, reduce_blocks, sample_block, step_end, store_weights, transpose_into,
-                   update, z_columns)
+from .step import (column_block, partials_unscaled, record_slot, reduce_blocks, sample_block, step_end, store_weights,
+                   transpose_into, update, z_columns)
 from .tangent import hessian_part, member_block, propagate
 from .tiles import blas_backward, blas_forward
 
@@ -272,6 +272,7 @@ def run_steps(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, in
                                                  b.neuron[r, 0], b.total[r, 0])
     # The fused pass writes its partials itself (BLAS writes grads_blas); see CLAIM_BYTES.
     claims = b.zs is not None and size > 1 and m * Wt.shape[0] * Wt.itemsize <= CLAIM_BYTES
+    unscaled = partials_unscaled(b.zs, b.kept, spec)
     for t in range(schedule.t_start, schedule.t_stop):
         p = t & 1 if replicated else 0  # the step's partials; a replicated team alternates two sets
         grads, grads_a, neurons_part, stats, us = b.grads[p], b.grads_a[p], b.neurons_part[p], b.stats[p], b.us[p]
@@ -304,7 +305,7 @@ def run_steps(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, in
         going = True
         if closes:
             reduce_blocks(size, test, grads, grads_a, neurons_part, stats, grad, grad_a, neuron, total, b.grads_blas,
-                          b.gemm)
+                          b.gemm, a_step, unscaled)
             going = step_end(c, t, schedule, spec, n, total[0], grad, grad_a, Wt, a, a_step, trace, neuron, n_test,
                              total[1], batch, us, directions, b.tangent, X_curvature, y_curvature, b.curvature,
                              b.rows, member == 0)
