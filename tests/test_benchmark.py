@@ -111,6 +111,29 @@ def test_machine_is_described():
         assert "1.00x and" in describe(machine) and "when the run began" in describe(machine)
 
 
+def test_the_machine_names_its_caches_and_cpu_id(tmp_path):
+    """The data caches as sysfs lists them (instruction caches left out, the CPUs sharing each counted), and
+    the CPU's family, model and stepping: hosts of one machine kind, whose model names can read alike, differ
+    in them."""
+    from lgd.benchmark.machine import caches, cpu_id
+
+    for index, (level, kind, size, shared) in enumerate([(1, "Data", "48K", "0"), (1, "Instruction", "64K", "0"),
+                                                         (2, "Unified", "2048K", "0"),
+                                                         (3, "Unified", "491520K", "0-3,8,10-11")]):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size), ("shared_cpu_list", shared)):
+            (folder / name).write_text(f"{value}\n")
+    found = caches(tmp_path)
+    assert found == {"L1d": {"size": "48K", "shared_by": 1}, "L2": {"size": "2048K", "shared_by": 1},
+                     "L3": {"size": "491520K", "shared_by": 7}}
+    assert caches(tmp_path / "missing") == {}
+    machine = dict(describe_machine(), caches=found, cpu_id="family 6 model 167 stepping 1")
+    assert "[family 6 model 167 stepping 1] (caches L1d 48K, L2 2048K, L3 491520K shared by 7)" in describe(machine)
+    if Path("/proc/cpuinfo").exists() and "cpu family" in Path("/proc/cpuinfo").read_text():
+        assert cpu_id().startswith("family ")
+
+
 def test_the_machine_names_its_vector_features_and_the_tiles_width(monkeypatch):
     machine = describe_machine()
     features = machine["vector_features"]

@@ -18,7 +18,8 @@ VERSIONS = ("lgd", "numpy", "scipy", "numba", "llvmlite", "torch", "jax", "jaxli
 
 
 def describe_machine() -> dict:
-    """CPU model, cores, BLAS libraries and threads, GPU, OS and library versions."""
+    """CPU model (name, family/model/stepping, caches), cores, BLAS libraries and threads, GPU, OS and library
+    versions."""
     from importlib import metadata
 
     cpu = _cpuinfo("model name") or platform.processor() or platform.machine()
@@ -29,8 +30,8 @@ def describe_machine() -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = None
     usable = usable_cores()
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "vector_features": vector_features(),
-            **numba_target(), "fp_sharing": fp_sharing(usable), "blas": blas_libraries(), "gpu": _gpu(),
+    return {"cpu": cpu, "cpu_id": cpu_id(), "caches": caches(), "cores": os.cpu_count(), "usable_cores": usable,
+            "vector_features": vector_features(), **numba_target(), "fp_sharing": fp_sharing(usable), "blas": blas_libraries(), "gpu": _gpu(),
             "os": platform.platform(), "versions": versions}
 
 
@@ -47,6 +48,35 @@ def _cpuinfo(field: str) -> str:
     except OSError:
         pass
     return ""
+
+
+def cpu_id() -> str:
+    """'family F model M stepping S' of /proc/cpuinfo ('' where it has none): under a hypervisor the model name
+    can be as plain as "Intel(R) Xeon(R) Processor" on hosts of several generations."""
+    fields = [(name, _cpuinfo(name)) for name in ("cpu family", "model", "stepping")]
+    return " ".join(f"{name.split()[-1]} {value}" for name, value in fields if value)
+
+
+def caches(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> dict:
+    """The data caches cpu0 sees, by level, as sysfs gives them: {'L1d': {'size': '48K', 'shared_by': 1}, 'L2':
+    ..., 'L3': ...}, shared_by the CPUs sharing it; {} where sysfs has none. Hosts of one machine kind differ in
+    them (L3: 480 MB on one Intel host of docs/performance.md), and a peer whose arrays outgrow L2 runs at the
+    speed of the L3 it gets."""
+    found = {}
+    for index in sorted(root.glob("index*")):
+        try:
+            kind = (index / "type").read_text().strip()
+            level = (index / "level").read_text().strip()
+            size = (index / "size").read_text().strip()
+            shared = (index / "shared_cpu_list").read_text().strip()
+        except OSError:
+            continue
+        if kind == "Instruction":
+            continue
+        sharing = sum(int(b) - int(a) + 1 if "-" in part else 1
+                      for part in shared.split(",") if part for a, _, b in [part.partition("-")])
+        found[f"L{level}" + ("d" if kind == "Data" else "")] = {"size": size, "shared_by": sharing}
+    return found
 
 
 def vector_features() -> list:

@@ -135,7 +135,11 @@ def describe(machine: dict) -> str:
               f"thread's fma throughput, {sharing['latency_speedup']:.2f}x on a latency-bound chain"
               + (f"; {before['throughput_speedup']:.2f}x and {before['latency_speedup']:.2f}x when the run began"
                  if before else "") + ")")
-    target = ""
+    target = f" [{machine['cpu_id']}]" if machine.get("cpu_id") else ""
+    if machine.get("caches"):
+        target += " (caches " + ", ".join(
+            f"{level} {cache['size']}" + (f" shared by {cache['shared_by']}" if cache["shared_by"] > 1 else "")
+            for level, cache in machine["caches"].items()) + ")"
     if machine.get("vector_features"):
         target += f" ({' '.join(machine['vector_features'])})"
     if machine.get("tile_bytes"):
