@@ -5,9 +5,9 @@ What lives here: what numba cannot say in Python, written as LLVM instructions t
 rounding, the dtype of an array as a cast target (``like``), a flat view without ravel's code, a run
 of rows as one 1-d array (``rows_flat``), the vector operations of the register tiles (at the
 process's VECTOR_BYTES, and at AVX2's HALF_BYTES) and of :func:`dot_lanes`, a prefetch for writing,
-and the atomics, pause and sched_yield of a team's barrier. Everything resolved by name at load time, so the on-disk cache
-keeps working. No formulas and no loops over the data: those live in exp_log1p, formulas, tiles and
-step.
+and the atomics, pause and sched_yield of a team's barrier. Everything resolved by name at load time,
+so the on-disk cache keeps working. No formulas and no loops over the data: those live in exp_log1p,
+formulas, tiles and step.
 """
 
 import platform

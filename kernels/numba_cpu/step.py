@@ -666,7 +666,7 @@ def sum_blocks(parts, blocks, out, a, unscaled):
     a time: the row stays in L1 while each part is added, and the first two parts are added in one pass (out's
     array is written once, not read back from L2 and written again, as summing whole arrays part after part
     would). The factor a_j once on the sum, rather than on each part at the end of its pass, spares each
-    pass a read and write of its whole partial (M's 128 KB: 2% of its step on the Intel AVX-512 host of
+    pass a read and write of its whole partial (M's 128 KB: 0-2% of its step on the Intel AVX-512 host of
     docs/performance.md); a team's sum then rounds once more than a thread's own product (the oracle's
     tolerance), a single part's result is the same bits as before."""
     d, m = out.shape

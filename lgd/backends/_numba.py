@@ -7,7 +7,9 @@ nogil, called from Python threads):
 
 - with fewer configurations than threads (a single run), a team of threads works on every step,
   each on its block of samples, meeting at a spinning barrier once or twice a step
-  (:func:`replicated_close`) and never leaving compiled code during a chunk (:meth:`Runner.team_size`, :data:`TEAM_WORK`);
+  (:func:`replicated_close`) and never leaving compiled code during a chunk (:meth:`Runner.team_size`,
+  :data:`TEAM_WORK`); the threads beside the calling one come from a pool the calling thread keeps
+  (:func:`member_pool`);
 - otherwise (sweeps) each thread runs a team of one, taking the configurations one at a time from a
   queue the threads share;
 - the team size is decided every :data:`TEAM_PERIOD` steps from the configurations live then, so the
@@ -119,6 +121,8 @@ def member_pool(threads: int) -> ThreadPoolExecutor:
     if threads not in pools:
         pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="lgd-numba")
     return pools[threads]
+
+
 # Steps of a team period: the team size of the steps [k P, (k + 1) P) follows from the configurations live
 # at step k P, read off the divergence flags, never from where a chunk starts. A team of another size sums
 # the samples' gradients in other blocks (other roundings), so a decision at each chunk would make the

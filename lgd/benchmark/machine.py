@@ -31,8 +31,8 @@ def describe_machine() -> dict:
             versions[name] = None
     usable = usable_cores()
     return {"cpu": cpu, "cpu_id": cpu_id(), "caches": caches(), "cores": os.cpu_count(), "usable_cores": usable,
-            "vector_features": vector_features(), **numba_target(), "fp_sharing": fp_sharing(usable), "blas": blas_libraries(), "gpu": _gpu(),
-            "os": platform.platform(), "versions": versions}
+            "vector_features": vector_features(), **numba_target(), "fp_sharing": fp_sharing(usable),
+            "blas": blas_libraries(), "gpu": _gpu(), "os": platform.platform(), "versions": versions}
 
 
 # The CPU flags that say which vector code a host runs (hosts of one machine kind differ: AVX-512 or not).
