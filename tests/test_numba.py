@@ -214,8 +214,8 @@ def test_replicated_close_only_where_the_partials_are_small():
 
 
 def test_claim_prefetches_for_writing():
-    """A member's claim on its partials (team.claim) is one prefetch for writing per cache line, PREFETCHW
-    where the host has it, and changes nothing."""
+    """A member's claim on its partials (team.claim) changes nothing and compiles to prefetches for writing:
+    PREFETCHW and no read prefetch, where the host has prfchw (elsewhere only the first is checked)."""
     import re
 
     from numba import njit
