@@ -356,7 +356,8 @@ def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, membe
             grad_a[j] = 0.0
             neuron[j] = np.inf
     # The plain fused step of a net (no kept rows, not linear): a waiting group at a time (fused_block).
-    # Nested ifs on arguments that are None: numba prunes them at compile time.
+    # Nested ifs on arguments that are None: numba prunes them at compile time. partials_unscaled tells
+    # reduce_blocks the same choice (its partial comes without a_j): change both together.
     if zs is not None:
         if kept is None:
             if not linear:

@@ -23,6 +23,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import types
 
+from lgd.backends._numba import CACHE_LINE
+
 from .compiler import kernel, subroutine
 from .formulas import KNOWN, unknown_code
 from .intrinsics import atomic_add, atomic_load, atomic_store, prefetch_for_write, sched_yield, spin_pause
@@ -181,7 +183,6 @@ class Buffers(NamedTuple):
 # differs between CPUs), longer than the imbalance of a small step, so that on an idle machine
 # nobody sleeps; on a busy one a waiter gives way.
 SPINS = 1 << 14
-CACHE_LINE = 64
 
 
 @subroutine(types.void)
@@ -271,16 +272,16 @@ def run_steps(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, in
     Wt, a, a_step, grad, grad_a, neuron, total = (b.Wt[r, 0], b.a[r, 0], b.a_step[r, 0], b.grad[r, 0], b.grad_a[r, 0],
                                                  b.neuron[r, 0], b.total[r, 0])
     # The fused pass writes its partials itself (BLAS writes grads_blas); see CLAIM_BYTES.
-    claims = b.zs is not None and size > 1 and m * Wt.shape[0] * Wt.itemsize <= CLAIM_BYTES
+    claims = b.zs is not None and size > 1 and Wt.size * Wt.itemsize <= CLAIM_BYTES
     unscaled = partials_unscaled(b.zs, b.kept, spec)
     for t in range(schedule.t_start, schedule.t_stop):
         p = t & 1 if replicated else 0  # the step's partials; a replicated team alternates two sets
         grads, grads_a, neurons_part, stats, us = b.grads[p], b.grads_a[p], b.neurons_part[p], b.stats[p], b.us[p]
-        if claims:
+        if claims:  # the entries the pass writes, not the rows' padding: that can share a line with the next row
             claim(grads[member])
-            claim(grads_a[member])
-            claim(neurons_part[member])
-            claim(stats[member])
+            claim(grads_a[member][:m])
+            claim(neurons_part[member][:m])
+            claim(stats[member][:3])
         record = record_slot(t, schedule.steps, schedule.record_every) >= 0
         test = record and n_test > 0
         blas_forward(X, i0, i1, Wt, b.Z, b.gemm, True)
