@@ -73,10 +73,17 @@ def caches(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> dict:
             continue
         if kind == "Instruction":
             continue
-        sharing = sum(int(b) - int(a) + 1 if "-" in part else 1
-                      for part in shared.split(",") if part for a, _, b in [part.partition("-")])
-        found[f"L{level}" + ("d" if kind == "Data" else "")] = {"size": size, "shared_by": sharing}
+        found[f"L{level}" + ("d" if kind == "Data" else "")] = {"size": size, "shared_by": _cpu_count(shared)}
     return found
+
+
+def _cpu_count(cpu_list: str) -> int:
+    """The CPUs in a sysfs CPU list such as '0-3,8,10-11'."""
+    count = 0
+    for part in filter(None, cpu_list.split(",")):
+        first, _, last = part.partition("-")
+        count += int(last or first) - int(first) + 1
+    return count
 
 
 def vector_features() -> list:
