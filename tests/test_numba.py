@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -246,16 +247,12 @@ def _team_run():
 
 
 def _member_threads() -> set:
-    import threading
-
     return {thread.ident for thread in threading.enumerate() if thread.name.startswith("lgd-numba")}
 
 
 def test_member_pools_are_kept_per_calling_thread(monkeypatch):
     """The threads that run a team's other members are the same from call to call of one calling thread (a
     fresh one cost each call about 0.45 ms), and another calling thread has a pool of its own."""
-    import threading
-
     monkeypatch.setattr(numba, "get_num_threads", lambda: 2)
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     first = _team_run()
@@ -269,6 +266,44 @@ def test_member_pools_are_kept_per_calling_thread(monkeypatch):
     caller.start()
     caller.join()
     assert other[0] is not pool
+
+
+def test_a_team_rings_its_pool_threads_from_compiled_code(monkeypatch):
+    """The pool thread of a team's other member is woken by run_team itself (member 0 adds one to its count once
+    it has let the GIL go), not by Python's post: the count moves by one per chunk, all from the kernel."""
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(_numba, "TEAM_WORK", 1)
+    _team_run()
+    pool = _numba.member_pool(1)
+    rung, chunks = int(pool.counts[0]), []
+    advance = _numba.Runner.advance
+    monkeypatch.setattr(_numba.Runner, "advance", lambda self, *span: (chunks.append(span), advance(self, *span)))
+    _team_run()
+    assert len(chunks) > 1 and int(pool.counts[0]) - rung == len(chunks)
+
+
+def test_member_pool_runs_tasks_and_gives_back_their_errors():
+    """A MemberPool runs what is submitted (more tasks than threads queue on the least busy), returns each
+    task's value and raises its exception in the caller; a task posted without its count (rung=False) whose
+    ring never comes still runs, once the thread's spin gives up; its threads end with the pool."""
+    import gc
+    import time
+
+    before = set(threading.enumerate())
+    pool = _numba.MemberPool(2)
+    threads = set(threading.enumerate()) - before
+    assert sorted(thread.name for thread in threads) == ["lgd-numba_0", "lgd-numba_1"]
+    tasks = [pool.submit(pow, k, 2) for k in range(7)]
+    assert [task.result() for task in tasks] == [k * k for k in range(7)]
+    with pytest.raises(ZeroDivisionError):
+        pool.submit(lambda: 1 / 0).result()
+    assert pool.submit(abs, -3, rung=False).result() == 3
+    del pool, tasks
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while any(thread.is_alive() for thread in threads) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(thread.is_alive() for thread in threads)
 
 
 def _run_in_child(out):

@@ -25,9 +25,9 @@ from .formulas import ACTIVATIONS, KNOWN, LOSSES, UNKNOWN_ACTIVATION, UNKNOWN_LO
 from .intrinsics import VECTOR_BYTES, tile_columns
 from .step import COLUMN_GROUP
 from .tangent import BLOCK as HVP_BLOCK
-from .team import Batch, Buffers, Data, Schedule, Spec, Team, run_team
+from .team import Batch, Buffers, Data, Schedule, Spec, Team, run_team, spin_while
 from .tiles import waiting_samples, z_rows
 
-__all__ = ["run_team", "Data", "Batch", "Spec", "Schedule", "Team", "Buffers", "ACTIVATIONS", "LOSSES", "KNOWN",
-           "UNKNOWN_ACTIVATION", "UNKNOWN_LOSS", "waiting_samples", "z_rows", "HVP_BLOCK", "tile_columns",
+__all__ = ["run_team", "spin_while", "Data", "Batch", "Spec", "Schedule", "Team", "Buffers", "ACTIVATIONS", "LOSSES",
+           "KNOWN", "UNKNOWN_ACTIVATION", "UNKNOWN_LOSS", "waiting_samples", "z_rows", "HVP_BLOCK", "tile_columns",
            "VECTOR_BYTES", "COLUMN_GROUP"]

@@ -105,7 +105,10 @@ class Schedule(NamedTuple):
 class Team(NamedTuple):
     """One thread's place in a team: its member index, the team's size, the barrier's counters (sync, 2
     int64), the step's verdict and configuration index (go, 2 int64), the configurations taken so far
-    from the shared queue (queue, 1 int64) and the configurations to run (configs, intp)."""
+    from the shared queue (queue, 1 int64) and the configurations to run (configs, intp); the counts of a pool's
+    threads (bell, int64) and those that member 0 adds one to as it starts (rings, intp): the threads that run the
+    other members spin on them (lgd.backends._numba.MemberPool), so they take the GIL once this member has let
+    it go."""
 
     member: int
     size: int
@@ -113,6 +116,8 @@ class Team(NamedTuple):
     go: np.ndarray
     queue: np.ndarray
     configs: np.ndarray
+    bell: np.ndarray
+    rings: np.ndarray
 
 
 class Buffers(NamedTuple):
@@ -200,6 +205,18 @@ def barrier(sync, team):
             spins += 1
         else:
             sched_yield()
+
+
+@kernel
+def spin_while(counts, index, value, spins):
+    """Spin (pause after pause, the GIL released) while counts[index] == value, for at most `spins` pauses;
+    returns whether it changed. The threads of lgd.backends._numba's member pools wait so for their next task,
+    and a caller for its task's end, before they block."""
+    for _ in range(spins):
+        if atomic_load(counts, index) != value:
+            return True
+        spin_pause()
+    return atomic_load(counts, index) != value
 
 
 # The most bytes of partial gradient (d x m in the run's dtype) a member claims before its pass (claim): what
@@ -342,10 +359,12 @@ def run_team(team, data, batch, trace, spec, schedule, buffers):
     pass over the samples overwrites with G_b, then X_b^T G_b into grads_blas[member]. Otherwise the
     fused loops of sample_block do both products without leaving L1.
     """
+    member, size, sync, go, queue, configs, bell, rings = team
+    for r in rings:
+        atomic_add(bell, r, 1)
     verdict = unknown_code(spec.activation, spec.loss)
     if verdict != KNOWN or schedule.t_start >= schedule.t_stop:
         return verdict
-    member, size, sync, go, queue, configs = team
     X, y, X_test, y_test, directions, X_curvature, y_curvature = data
     b = buffers
     n = X.shape[0]

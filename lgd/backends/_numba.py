@@ -28,6 +28,7 @@ kernels, BLAS forms each thread's part of the gradient transposed, and in float6
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import functools
 import gc
@@ -36,7 +37,8 @@ import math
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +97,7 @@ COMPILE_NOTICE_S = 1.0
 # runner's arguments type differently all the same, its first chunk compiles or loads them, only without
 # the notice.
 _LOADED = set()
+CACHE_LINE = 64
 # Pools of the threads that run the other members of a team (and a sweep's teams of one), kept between calls,
 # one per calling thread and size: starting a fresh pool's thread at every call cost S about 0.45 ms of the
 # 1.2 ms that lgd.sweep took around a one-step run, on the Intel AVX-512 host of docs/performance.md. One per
@@ -102,25 +105,170 @@ _LOADED = set()
 # threads never wait in one queue, where a member waiting at its barrier for a partner queued behind it
 # could hold the last free thread. A forked child starts with none (its parent's threads are not in it).
 _POOLS = threading.local()
+# Seconds that a pool thread spins for its next task, and a caller for its task's end, before blocking
+# (MemberPool): the driver's chunks, and a script's calls, follow each other within that. As a count of
+# pauses, which last 10-150 cycles by CPU: measured once per process (idle_spins).
+IDLE_SECONDS = 2e-3
+# The finalizers that end the pools' threads (MemberPool), which a forked child drops.
+_CLOSINGS, _CLOSINGS_LOCK = [], threading.Lock()
 
 
 def _forget_pools():
-    global _POOLS
-    _POOLS = threading.local()
+    global _POOLS, _CLOSINGS_LOCK
+    _POOLS, _CLOSINGS_LOCK = threading.local(), threading.Lock()
+    for closing in _CLOSINGS:  # the parent's pools: their threads and any lock they held are not in the child
+        closing.detach()
+    _CLOSINGS.clear()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pools)
 
 
-def member_pool(threads: int) -> ThreadPoolExecutor:
+def member_pool(threads: int) -> MemberPool:
     """The calling thread's pool of `threads` threads (see _POOLS), made on first use."""
     pools = getattr(_POOLS, "pools", None)
     if pools is None:
         pools = _POOLS.pools = {}
     if threads not in pools:
-        pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="lgd-numba")
+        pools[threads] = MemberPool(threads)
     return pools[threads]
+
+
+@functools.cache
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported: a search of sys.path (0.1 ms) once per process, not per runner."""
+    return importlib.util.find_spec(module) is not None
+
+
+@functools.cache
+def idle_spins(spin_while) -> int:
+    """Pauses of spin_while that last about IDLE_SECONDS on this CPU."""
+    counts, spins = np.zeros(1, dtype=np.int64), 1 << 12
+    spin_while(counts, 0, 0, 16)
+    tic = time.perf_counter()
+    spin_while(counts, 0, 0, spins)
+    return max(spins, int(spins * IDLE_SECONDS / max(time.perf_counter() - tic, 1e-9)))
+
+
+class MemberPool:
+    """`threads` threads that run the functions submitted to them: ``submit(fn, *args)`` hands fn to a thread
+    that has no task (the first such), and returns a task whose ``result()`` gives fn's value or raises its
+    exception.
+
+    A thread that has run its task spins for its next one (in a nogil kernel, team.spin_while) for IDLE_SECONDS
+    before it blocks, and ``result()`` spins so for the task's end: with ThreadPoolExecutor's threads, a
+    team of two on S started its other member about 95 us after the caller's, and the caller got the GIL back
+    45 us after the member's end (the Intel AVX-512 host of docs/performance.md, where the driver's three
+    chunks of a 1,000-step run of S took 0.8 ms longer than one). Each thread waits on a count of its own:
+    a task wakes one thread, never the pool. The threads end when the pool is collected (at its calling
+    thread's end)."""
+
+    def __init__(self, threads: int):
+        from ..kernels.numba_cpu import spin_while
+
+        self._shared = shared = _Shared(threads, spin_while)
+        for k in range(threads):
+            threading.Thread(target=shared.serve, args=(k,), name=f"lgd-numba_{k}", daemon=True).start()
+        with _CLOSINGS_LOCK:
+            _CLOSINGS[:] = [closing for closing in _CLOSINGS if closing.alive]
+            _CLOSINGS.append(weakref.finalize(self, shared.close))
+
+    def submit(self, fn, *args, rung: bool = True) -> _Task:
+        """fn(*args) on a free thread. rung=False leaves the count that wakes a spinning thread to the caller:
+        its team's run_team adds one to bell[task.ring] (counts) once it has let the GIL go."""
+        return self._shared.post(_Task(fn, args, self._shared), rung)
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self._shared.counts
+
+
+class _Shared:
+    """What a MemberPool's threads share (not the pool: its collection ends them). Per thread k: its tasks
+    (a deque), whether it has one, the condition it blocks on and counts[k STRIDE], the tasks posted to it;
+    counts[finished] counts the tasks done. The counts lie a cache line apart: the spins read them."""
+
+    STRIDE = CACHE_LINE // 8
+
+    def __init__(self, threads: int, spin_while):
+        self.spin_while, self.spins = spin_while, idle_spins(spin_while)
+        self.finished = threads * self.STRIDE
+        self.counts = np.zeros((threads + 1) * self.STRIDE, dtype=np.int64)
+        self.tasks = [collections.deque() for _ in range(threads)]
+        self.busy = [False] * threads
+        self.lock = threading.Lock()
+        self.wakes = [threading.Condition(self.lock) for _ in range(threads)]
+
+    def post(self, task, rung: bool = True, k: int | None = None):
+        with self.lock:
+            if k is None:  # the first free thread; all busy (not lgd's use), the one with the fewest tasks
+                k = next((k for k, busy in enumerate(self.busy) if not busy), None)
+                if k is None:
+                    k = min(range(len(self.tasks)), key=lambda k: len(self.tasks[k]))
+            self.busy[k] = True
+            self.tasks[k].append(task)
+            if task is not None:
+                task.ring = k * self.STRIDE
+            if rung:
+                self.counts[k * self.STRIDE] += 1
+            self.wakes[k].notify()  # a blocked thread finds its task without the count
+        return task
+
+    def close(self):
+        for k in range(len(self.tasks)):
+            self.post(None, True, k)
+
+    def serve(self, k: int):
+        own, tasks = k * self.STRIDE, self.tasks[k]
+        while True:
+            posted = int(self.counts[own])
+            with self.lock:
+                task = tasks.popleft() if tasks else _IDLE
+                self.busy[k] = task is not _IDLE
+            if task is None:
+                return
+            if task is not _IDLE:
+                task.run()
+            elif not self.spin_while(self.counts, own, posted, self.spins):
+                with self.lock:  # post appends and notifies under this lock: no task is missed
+                    while not tasks:
+                        self.wakes[k].wait()
+
+
+_IDLE = object()
+_NO_RINGS, _NO_BELL = np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64)
+
+
+class _Task:
+    __slots__ = ("fn", "args", "shared", "done", "value", "error", "ring")
+
+    def __init__(self, fn, args, shared: _Shared):
+        self.fn, self.args, self.shared = fn, args, shared
+        self.done = threading.Event()
+        self.value = self.error = self.ring = None
+
+    def run(self):
+        try:
+            self.value = self.fn(*self.args)
+        except BaseException as error:  # re-raised in the caller's result()
+            self.error = error
+        self.done.set()
+        shared = self.shared
+        with shared.lock:  # after done: a spin that sees the count move finds done set
+            shared.counts[shared.finished] += 1
+
+    def result(self):
+        shared = self.shared
+        while not self.done.is_set():
+            finished = int(shared.counts[shared.finished])
+            if self.done.is_set():
+                break
+            if not shared.spin_while(shared.counts, shared.finished, finished, shared.spins):
+                self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 # Steps of a team period: the team size of the steps [k P, (k + 1) P) follows from the configurations live
@@ -176,7 +324,7 @@ class Runner:
         # buffers cost their page faults again at every chunk (about 3 ms a chunk for L's 20 MB).
         self._scratch, self._scratch_lock = {}, threading.Lock()
         # Without threadpoolctl no BLAS runs inside a team: the fused loops do every product.
-        self._threadpoolctl = importlib.util.find_spec("threadpoolctl") is not None
+        self._threadpoolctl = _installed("threadpoolctl")
         self._blas_limits = None  # threadpoolctl's controller of the BLAS libraries, made on first use (ms)
         self.state, self.trace, self._batch = None, None, None
         self._compile(m)
@@ -288,10 +436,13 @@ class Runner:
         # A team of one per thread, taking the configurations from one queue: each runs the next one
         # not taken yet, so the threads finish together however their speeds differ.
         queue = np.zeros(1, dtype=np.int64)
-        futures = [self._thread_pool().submit(self._run_team, 1, live, batch, trace, schedule, blas, queue)
-                   for _ in range(threads)]
-        for future in futures:
-            future.result()
+        tasks = [self._thread_pool().submit(self._run_team, 1, live, batch, trace, schedule, blas, queue)
+                 for _ in range(threads - 1)]
+        try:
+            self._run_team(1, live, batch, trace, schedule, blas, queue)
+        finally:
+            for task in tasks:
+                task.result()
 
     def team_size(self, configs: int, width: int) -> int:
         """Threads per configuration: with fewer configurations than threads, as many as the problem is
@@ -301,8 +452,10 @@ class Runner:
             return 1
         return max(1, min(self._threads, self._data.X.shape[0] * width // max(1, TEAM_WORK)))
 
-    def _thread_pool(self) -> ThreadPoolExecutor:
-        return member_pool(self._threads)
+    def _thread_pool(self, team: int = 1) -> MemberPool:
+        """The threads beside this one (the caller runs member 0, or a team of one, itself): at least one for
+        each other member of a team of `team`, which waits at its barriers for all of them."""
+        return member_pool(max(self._threads, team) - 1)
 
     def _run_team(self, team: int, configs, batch, trace: Trace, schedule, blas: bool, queue=None):
         """run_team by `team` threads over `configs` (those not taken yet from `queue`, which other teams may
@@ -324,14 +477,20 @@ class Runner:
             queue = np.zeros(1, dtype=np.int64)
         configs = np.ascontiguousarray(configs, dtype=np.intp)
 
-        def member(k):
-            return kernels.run_team(kernels.Team(k, team, sync, go, queue, configs), self._data, batch, trace,
-                                    self._spec, schedule, scratch)
+        def member(k, rings=_NO_RINGS):
+            return kernels.run_team(kernels.Team(k, team, sync, go, queue, configs, bell, rings), self._data, batch,
+                                    trace, self._spec, schedule, scratch)
 
-        futures = [self._thread_pool().submit(member, k) for k in range(1, team)]
-        verdict = member(0)
-        for future in futures:
-            future.result()
+        if team > 1:
+            pool = self._thread_pool(team)
+            bell = pool.counts
+            tasks = [pool.submit(member, k, rung=False) for k in range(1, team)]
+            verdict = member(0, np.array([task.ring for task in tasks], dtype=np.intp))
+        else:
+            bell, tasks = _NO_BELL, []
+            verdict = member(0)
+        for task in tasks:
+            task.result()
         with self._scratch_lock:
             self._scratch[key].append(scratch)
         if verdict != kernels.KNOWN:  # _check_codes refused these codes already: the kernel agrees
@@ -495,8 +654,6 @@ def _hvp_block(team: int, block: int, m: int, d: int, dtype) -> tuple:
     return (rows(m), rows(m), rows(m), rows(m), rows(m, np.float64), rows(m, np.float64), rows(2, np.float64),
             rows(d, np.float64), rows(m, np.float64), rows(m, np.float64), order)
 
-
-CACHE_LINE = 64
 
 
 # The BLAS mode's gemm: numpy's own OpenBLAS where numpy has one (its PyPI wheels bundle scipy-openblas64:
