@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import types
 
-from lgd.backends._numba import CACHE_LINE
+from lgd.backends import CACHE_LINE
 
 from .compiler import kernel, subroutine
 from .formulas import KNOWN, unknown_code

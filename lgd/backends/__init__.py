@@ -44,6 +44,10 @@ __all__ = ["NAMES", "Backend", "resolve", "availability", "BackendUnavailable", 
            "record_slot", "record_steps", "cast_stepsizes", "stepsize_of", "on_device", "TRACE_FIELDS"]
 
 NAMES = ("numpy", "numba", "cupy")
+# Bytes of a CPU cache line: the numba glue pads the members' rows of scratch to it and the kernels claim
+# partials line by line (kernels/numba_cpu/team.py). Here, among the sources the kernel cache hashes, so that
+# a change to it compiles the kernels afresh.
+CACHE_LINE = 64
 
 
 class BackendUnavailable(RuntimeError):

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Problem, State, Trace
+from . import CACHE_LINE, Problem, State, Trace
 
 # With 32-byte tiles, a step's products go through BLAS (on each thread's block of samples) rather than the
 # fused loops' register tiles from d >= BLAS_MIN_D and n * d * m >= BLAS_WORK: below that the fused loops,
@@ -97,7 +97,6 @@ COMPILE_NOTICE_S = 1.0
 # runner's arguments type differently all the same, its first chunk compiles or loads them, only without
 # the notice.
 _LOADED = set()
-CACHE_LINE = 64
 # Pools of the threads that run the other members of a team (and a sweep's teams of one), kept between calls,
 # one per calling thread and size: starting a fresh pool's thread at every call cost S about 0.45 ms of the
 # 1.2 ms that lgd.sweep took around a one-step run, on the Intel AVX-512 host of docs/performance.md. One per
