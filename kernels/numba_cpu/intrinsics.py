@@ -99,6 +99,26 @@ def rows_flat(typingctx, array, row, count):
     return result(array, types.intp, types.intp), codegen
 
 
+@intrinsic
+def row_block(typingctx, array, row, count):
+    """Rows [row, row + count) of a C-contiguous 2-d array as a C-contiguous 2-d array, as rows_flat takes
+    them (no bounds check, no reference of its own): what the backward tiles, which read a C array's rows
+    from its start, take of a larger block of rows (step.split_backward)."""
+    if not (isinstance(array, types.Array) and array.ndim == 2 and array.layout == "C"):
+        return None
+
+    def codegen(context, builder, signature, args):
+        source = context.make_array(signature.args[0])(context, builder, args[0])
+        length = cgutils.unpack_tuple(builder, source.shape, 2)[1]
+        view = context.make_array(array)(context, builder)
+        row_bytes = builder.mul(length, source.itemsize)
+        context.populate_array(view, data=builder.gep(source.data, [builder.mul(args[1], length)]),
+                               shape=[args[2], length], strides=[row_bytes, source.itemsize],
+                               itemsize=source.itemsize, meminfo=None)
+        return view._getvalue()
+    return array(array, types.intp, types.intp), codegen
+
+
 # The register tiles' vectors: 64 bytes (8 float64 / 16 float32 lanes) where the target has AVX-512,
 # else AVX2's 32 (compiler.VECTOR_BYTES). HALF_BYTES is AVX2's width at both: the tiles of the columns a
 # 64-byte tile leaves.

@@ -29,7 +29,7 @@ from lgd.stepsize import stepsize_at as _stepsize_at
 
 from .compiler import subroutine
 from .formulas import activate_row, activate_span, log_loss_row, loss_curvature, loss_row
-from .intrinsics import dot_lanes, flat, fma, like, rounded_square_lanes, rows_flat
+from .intrinsics import dot_lanes, flat, fma, like, rounded_square_lanes, row_block, rows_flat
 from .sharpness import top_eigenvalues
 from .tangent import member_block
 from .tiles import (BACKWARD_GROUP, BLOCKED_MIN_D, TILE_ROWS, WAITING_MAX_M, WAITING_SAMPLES, WIDE_MIN_D, WIDE_ROWS,
@@ -222,6 +222,96 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
                 backward_rows(xs, rows, count, qs, grad)
             else:
                 backward_rows(X, rows, count, qs, grad)
+        i += count
+    stats[0] = risk
+    stats[1] = correct
+    stats[2] = margin
+
+
+@subroutine(types.void)
+def split_forward(X, Wt, a, spec, zt, P, Q, fpart):
+    """The first half of a step by a team split by neurons (lgd.backends._numba.split_team): this member's
+    columns of the net, Wt (d, w) and a (w,), over every sample: the rows of z in register tiles (into zt
+    (WIDE_ROWS, w)), phi and phi' into P and Q (n, w), and each sample's part of the output, sum_j a_j phi_ij
+    over these neurons (dot_row's sum, without the scale s), into fpart (n,) float64."""
+    d, w = Wt.shape
+    n = X.shape[0]
+    act, act_param = spec.activation, spec.activation_param
+    s = 0
+    while s < n:
+        tile = WIDE_ROWS if d >= WIDE_MIN_D and n - s >= WIDE_ROWS else min(TILE_ROWS, n - s)
+        forward_rows(X, s, tile, Wt, zt)
+        activate_span(act, act_param, rows_flat(zt, 0, tile), rows_flat(P, s, tile), rows_flat(Q, s, tile), None,
+                      tile * w)
+        for h in range(s, s + tile):
+            fpart[h] = np.float64(dot_row(a, rows_flat(P, h, 1), w))
+        s += tile
+
+
+@subroutine(types.void)
+def split_backward(X, y, a, spec, inv_n, record, neurons, fparts, P, Q, outs, xs_all, member, rows, part, part_a,
+                   neuron, stats, us):
+    """The second half, once every member's fparts (members, n) are in: each sample's output f_i = s (fparts[0, i]
+    + fparts[1, i] + ...), its loss (sample_outs, a waiting group at a time into outs (4, waiting)), and this
+    member's columns of the gradient as fused_block forms them: G_ij = c_i phi'_ij without a_j (part (d, w)
+    and part_a (w,), zeroed here, in the run's dtype: step_end's caller applies a_j), c_i on the row of X
+    where d <= w (xs_all[member] (waiting, d)) or on the row of Q (xs_all None: pruned at compile time), and
+    at record steps the neurons' margins (neuron (w,)). stats receives the risk's sum, the samples classified
+    right and the least y f, over all the samples: every member computes the same, in the same order; us (n,)
+    the losses' arguments (member 0 alone writes them, which the others read after the step's second
+    barrier)."""
+    n, d = X.shape
+    writes = member == 0
+    if xs_all is not None:
+        xs = xs_all[member]
+    w = P.shape[1]
+    scale = spec.scale
+    members = fparts.shape[0]
+    for k in range(d):
+        for j in range(w):
+            part[k, j] = 0.0
+    for j in range(w):
+        part_a[j] = 0.0
+        neuron[j] = np.inf
+    waiting = waiting_samples(d, w)
+    risk, correct, margin = 0.0, 0.0, np.inf
+    i = 0
+    while i < n:
+        count = min(waiting, n - i)
+        for g in range(count):
+            f = fparts[0, i + g]
+            for r in range(1, members):
+                f += fparts[r, i + g]
+            outs[0, g] = scale * f
+        sample_outs(spec.loss, spec.loss_param, spec.margin_loss, y, i, count, outs, spec.f32)
+        for g in range(count):
+            value, coef, yf, u = outs[0, g], outs[1, g], outs[2, g], outs[3, g]
+            risk += value
+            if writes and (record or spec.log_risk_every_step):
+                us[i + g] = u
+            if yf > 0.0:
+                correct += 1.0
+            margin = min(margin, yf)
+            cs = like(Q, (coef * inv_n) * scale)
+            if xs_all is not None:
+                for k in range(d):
+                    xs[g, k] = X[i + g, k] * cs
+                rows[g] = g
+            else:
+                for j in range(w):
+                    Q[i + g, j] = Q[i + g, j] * cs
+                rows[g] = i + g
+            if spec.train_outer:
+                for j in range(w):
+                    part_a[j] = fma(cs, P[i + g, j], part_a[j])
+            if record and neurons:
+                yi = np.float64(y[i + g])
+                for j in range(w):
+                    neuron[j] = min(neuron[j], yi * a[j] * P[i + g, j])
+        if xs_all is not None:
+            backward_rows(xs, rows, count, row_block(Q, i, count), part)
+        else:
+            backward_rows(X, rows, count, row_block(Q, i, count), part)
         i += count
     stats[0] = risk
     stats[1] = correct
@@ -468,11 +558,17 @@ def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, membe
     stats[2] = margin
 
 
+@subroutine(types.float64)
+def mean_risk(risk_sum, n, f32):
+    """The risk from the sum of the samples' losses, as the oracle rounds it."""
+    return narrow(narrow(risk_sum, f32) / n, f32)
+
+
 @subroutine(types.UniTuple(types.float64, 2))
 def close_step(grad, grad_a, risk_sum, n, train_outer, f32):
     """(risk, squared gradient norm) of a step as the oracle rounds them; grad and grad_a are narrowed in
     place."""
-    risk = narrow(narrow(risk_sum, f32) / n, f32)
+    risk = mean_risk(risk_sum, n, f32)
     grad_sq = sum_squares_rounded(flat(grad), f32, True)
     if f32:
         for j in range(grad_a.size):
@@ -513,7 +609,7 @@ def record_step(trace, c, slot, n, risk, log_risk, grad_sq, weight_sq, stats, ne
         for j in range(neuron.size):
             trace.neuron_margins[c, slot, j] = neuron[j]
     if n_test > 0:
-        trace.test_risk[c, slot] = narrow(narrow(test_stats[0], f32) / n_test, f32)
+        trace.test_risk[c, slot] = mean_risk(test_stats[0], n_test, f32)
         trace.test_accuracy[c, slot] = test_stats[1] / n_test
 
 
@@ -591,7 +687,7 @@ def blank_weights(trace, c, slot):
 
 @subroutine(types.boolean)
 def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace, neuron, n_test, test_stats,
-             batch, us, directions, tangent_scratch, X_curvature, y_curvature, curvature_scratch, rows, writes):
+             batch, us, directions, tangent_scratch, X_curvature, y_curvature, curvature_scratch, rows, writes, norms):
     """After the pass over the samples at step t: divergence test, records, the sharpness, the stepsize, update
     (with tangent vectors, the Lyapunov exponents', the stepsize goes to tangent_scratch's eta instead and
     the team updates after the tangent map). False if the run stops here: a risk or gradient that is not
@@ -599,10 +695,17 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
     stopped). With `writes` False it records nothing (neither the trace nor batch.diverged) and computes
     only what the verdict and the update need: a member updating a copy of the weights of its own, which a
     team does only without the sharpness's scratch (lgd.backends._numba.replicated_close; the measurement
-    writes the trace and the stepsize's sharpness, which the team's other members would then need)."""
+    writes the trace and the stepsize's sharpness, which the team's other members would then need).
+
+    norms is None, or for a team split by neurons (whose members each hold some columns of the net: grad,
+    grad_a, Wt, a and a_step are theirs) the risk and the whole net's squared gradient and weight norms
+    (the latter wherever a record or the weight bound needs it), as the team summed them: split_norms."""
     train_outer, f32 = spec.train_outer, spec.f32
     diverged = batch.diverged
-    risk, grad_sq = close_step(grad, grad_a, stats[0], n, train_outer, f32)
+    if norms is None:
+        risk, grad_sq = close_step(grad, grad_a, stats[0], n, train_outer, f32)
+    else:
+        risk, grad_sq = norms[0], norms[1]
     trajectory = writes and (trace.weights.shape[1] > 0 or trace.projections.shape[1] > 0)
     if not (math.isfinite(risk) and math.isfinite(grad_sq)):
         if writes:
@@ -612,10 +715,10 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
         return False
     slot = record_slot(t, schedule.steps, schedule.record_every) if writes else -1
     weight_sq = 0.0
-    if slot >= 0 or spec.weight_bound < math.inf:
-        weight_sq = sum_squares(flat(Wt))
-        if train_outer:
-            weight_sq += sum_squares(a_step)
+    if norms is not None:
+        weight_sq = norms[2]
+    elif slot >= 0 or spec.weight_bound < math.inf:
+        weight_sq = weight_norm_sq(Wt, a_step, train_outer)
     log_risk = 0.0
     if slot >= 0 or spec.log_risk_every_step:
         log_risk = log_risk_of(risk, spec.loss, spec.loss_param, us, f32)
@@ -651,6 +754,42 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
         else:
             update(Wt, a, grad, grad_a, eta, train_outer, f32)
     return True
+
+
+@subroutine(types.float64)
+def weight_norm_sq(Wt, a, train_outer):
+    """The squared norm of the weights: of W, and of a where the outer layer is trained."""
+    weight_sq = sum_squares(flat(Wt))
+    if train_outer:
+        weight_sq += sum_squares(a)
+    return weight_sq
+
+
+@subroutine(types.void)
+def split_norms(t, schedule, spec, n, stats, grad, grad_a, Wt, a_step, sums, member):
+    """This member's part of the norms of a team split by neurons, into sums[member] (its columns' squared
+    gradient norm, as close_step rounds it, and where a record or the weight bound needs it their squared
+    weight norm), before the barrier after which every member adds the parts (split_total)."""
+    _, grad_sq = close_step(grad, grad_a, stats[0], n, spec.train_outer, spec.f32)
+    weight_sq = 0.0
+    if record_slot(t, schedule.steps, schedule.record_every) >= 0 or spec.weight_bound < math.inf:
+        weight_sq = weight_norm_sq(Wt, a_step, spec.train_outer)
+    sums[member, 0] = grad_sq
+    sums[member, 1] = weight_sq
+
+
+@subroutine(types.void)
+def split_total(spec, n, stats, sums, norms):
+    """norms = (risk, squared gradient norm, squared weight norm) of the whole net from the members' sums, added
+    in member order (every member computes the same bits), rounded as close_step rounds a sum."""
+    f32 = spec.f32
+    grad_sq, weight_sq = sums[0, 0], sums[0, 1]
+    for r in range(1, sums.shape[0]):
+        grad_sq = narrow(grad_sq + sums[r, 0], f32)
+        weight_sq += sums[r, 1]
+    norms[0] = mean_risk(stats[0], n, f32)
+    norms[1] = grad_sq
+    norms[2] = weight_sq
 
 
 @subroutine(types.boolean)

@@ -28,8 +28,9 @@ from lgd.backends import CACHE_LINE
 from .compiler import kernel, subroutine
 from .formulas import KNOWN, unknown_code
 from .intrinsics import atomic_add, atomic_load, atomic_store, prefetch_for_write, sched_yield, spin_pause
-from .step import (column_block, partials_unscaled, record_slot, reduce_blocks, sample_block, step_end, store_weights,
-                   transpose_into, update, z_columns)
+from .step import (column_block, partials_unscaled, record_slot, reduce_blocks, sample_block, split_backward,
+                   split_forward, split_norms, split_total, step_end, store_weights, sum_blocks, transpose_into, update,
+                   z_columns)
 from .tangent import hessian_part, member_block, propagate
 from .tiles import blas_backward, blas_forward
 
@@ -182,6 +183,7 @@ class Buffers(NamedTuple):
     grads_blas: object
     gemm: object
     columns: object
+    split: object
 
 
 # Spins of a waiting thread before it starts yielding its core: 0.1-1 ms (the length of a pause
@@ -326,7 +328,7 @@ def run_steps(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, in
                           b.gemm, a_step, unscaled)
             going = step_end(c, t, schedule, spec, n, total[0], grad, grad_a, Wt, a, a_step, trace, neuron, n_test,
                              total[1], batch, us, directions, b.tangent, X_curvature, y_curvature, b.curvature,
-                             b.rows, member == 0)
+                             b.rows, member == 0, None)
             if b.tangent is None:  # else a_step is still the step's: the tangent map below reads it
                 for j in range(m):
                     a_step[j] = a[j]
@@ -339,6 +341,97 @@ def run_steps(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, in
             break
         if t < schedule.steps:
             tangent_map(team, c, X, y, spec, batch, Wt, a, a_step, grad, grad_a, i0, i1, b.tangent, b.kept, b.rows)
+
+
+@subroutine(types.void)
+def load_columns(batch, c, b, r):
+    """Member r's copy of its columns of the net (Wt (d, w), a and a_step (w,): neurons r w .. (r + 1) w - 1)
+    = configuration c's, in a team split by neurons."""
+    Wt = b.Wt[r, 0]
+    w = Wt.shape[1]
+    transpose_into(batch.W[c][r * w:(r + 1) * w], Wt)
+    for j in range(w):
+        b.a[r, 0, j] = batch.A[c, r * w + j]
+        b.a_step[r, 0, j] = batch.A[c, r * w + j]
+
+
+@subroutine(types.void)
+def store_columns(batch, c, b, r):
+    """Configuration c's weights = member r's columns of the net, in a team split by neurons."""
+    Wt = b.Wt[r, 0]
+    w = Wt.shape[1]
+    transpose_into(Wt, batch.W[c][r * w:(r + 1) * w])
+    for j in range(w):
+        batch.A[c, r * w + j] = b.a[r, 0, j]
+
+
+@subroutine(types.void, counted=False)
+def run_split_steps(team, c, data, batch, trace, spec, schedule, b, inv_n, neurons):
+    """run_steps for a team split by neurons rather than samples (b.split not None: lgd.backends._numba's
+    split_team). Member r holds the columns r w .. (r + 1) w - 1 of the net (its own copy: no other member
+    reads them) and, at each step, computes z, phi and phi' of every sample for those neurons and its part of
+    each output (split_forward); after a barrier every member adds the parts in the same order, forms the
+    losses and its columns of the gradient (split_backward) and its part of the norms; after a second barrier
+    every member adds those, takes the same verdict and updates its columns, member 0 alone recording. A
+    member exchanges n outputs and a few sums a step, where a team split by samples sums the d x m partial
+    gradients of the others (M's 128 KB from the other core: 12 us of its step on an Intel AVX-512 host,
+    docs/performance.md). Runs with held-out data, trajectories, tangent vectors or the sharpness are not
+    split so (their measurements need the whole net on one member)."""
+    member, size, sync = team[0], team[1], team[2]
+    X, y = data[0], data[1]
+    n = X.shape[0]
+    fparts, sums, neuron_all, norms_all = b.split
+    Wt, a, a_step, grad, grad_a, total = (b.Wt[member, 0], b.a[member, 0], b.a_step[member, 0], b.grad[member, 0],
+                                          b.grad_a[member, 0], b.total[member, 0])
+    w = Wt.shape[1]
+    zt, P, Q = b.zs[member], b.group[0][member], b.pending_q[member]
+    outs, rows = b.group[1][member], b.pending_rows[member]
+    parts, part_a, neuron = b.grads[0][member:member + 1], b.grads_a[0, member], b.neurons_part[0, member]
+    fpart, norms, us = fparts[member], norms_all[member], b.us[0]
+    for t in range(schedule.t_start, schedule.t_stop):
+        record = record_slot(t, schedule.steps, schedule.record_every) >= 0
+        split_forward(X, Wt, a_step, spec, zt, P, Q, fpart)
+        barrier(sync, size)
+        split_backward(X, y, a_step, spec, inv_n, record, neurons, fparts, P, Q, outs, b.group[2], member, rows,
+                       parts[0], part_a, neuron, total[0], us)
+        sum_blocks(parts, 1, grad, a_step, True)
+        for j in range(w):
+            grad_a[j] = part_a[j]
+        split_norms(t, schedule, spec, n, total[0], grad, grad_a, Wt, a_step, sums, member)
+        if record and neurons:
+            for j in range(w):
+                neuron_all[member * w + j] = neuron[j]
+        barrier(sync, size)
+        split_total(spec, n, total[0], sums, norms)
+        going = step_end(c, t, schedule, spec, n, total[0], grad, grad_a, Wt, a, a_step, trace, neuron_all, 0,
+                         total[1], batch, us, data[4], None, data[5], data[6], None, b.rows, member == 0, norms)
+        for j in range(w):
+            a_step[j] = a[j]
+        if not going:
+            break
+
+
+def _config_by_samples(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, inv_n, neurons, split):
+    member = team[0]
+    if b.Wt.shape[0] > 1:  # a replicated close: each its own copy, which nobody else reads
+        load_weights(batch, c, b, member)
+    run_steps(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, inv_n, neurons)
+    if member == 0:
+        store_weights(batch.W, batch.A, c, b.Wt[0, 0], b.a[0, 0])
+
+
+def _config_by_neurons(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, inv_n, neurons, split):
+    load_columns(batch, c, b, team[0])
+    run_split_steps(team, c, data, batch, trace, spec, schedule, b, inv_n, neurons)
+    store_columns(batch, c, b, team[0])
+
+
+@subroutine(types.void, pick=lambda *args: (
+    _config_by_samples if isinstance(args[-1], types.NoneType) else _config_by_neurons))
+def run_config(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, inv_n, neurons, split):
+    """Configuration c's evaluations by this member: its copy of the weights loaded, run_steps (a team split by
+    samples) or run_split_steps (by neurons: split, the buffers' b.split, is not None), the weights stored.
+    The kernel holds one of the two, picked by split's type."""
 
 
 @kernel
@@ -382,9 +475,5 @@ def run_team(team, data, batch, trace, spec, schedule, buffers):
         barrier(sync, size)
         if go[1] >= len(configs):
             return verdict
-        c = configs[go[1]]
-        if replicated:  # each its own copy, which nobody else reads
-            load_weights(batch, c, b, member)
-        run_steps(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, inv_n, neurons)
-        if member == 0:
-            store_weights(batch.W, batch.A, c, b.Wt[0, 0], b.a[0, 0])
+        run_config(team, configs[go[1]], data, batch, trace, spec, schedule, b, i0, i1, k0, k1, inv_n, neurons,
+                   b.split)

@@ -377,7 +377,9 @@ class Runner:
         dtype = self.problem.dtype
         measuring = self.problem.sharpness_every > 0  # the variant with the sharpness's Lanczos
         blas = self._use_blas(m)
-        variant = (np.dtype(dtype).name, blas, bool(self.problem.lyapunov), measuring)
+        trajectory = self.problem.weights_every > 0
+        split = self._split(self.team_size(1, m), m, blas, int(bool(self.problem.lyapunov)), measuring, trajectory)
+        variant = (np.dtype(dtype).name, blas, bool(self.problem.lyapunov), measuring, split)
         if variant in _LOADED:
             return
         compiling = State(W=np.zeros((1, m, d), dtype=dtype), a=np.ones((1, m), dtype=dtype), stepsizes=np.ones(1))
@@ -399,8 +401,10 @@ class Runner:
         notice.daemon = True
         notice.start()
         try:
-            trace = Trace.empty(1, 1, m, True, dim=d, dtype=dtype, sharpness_records=int(measuring),
-                                sharpness_k=int(measuring))
+            # A trajectory's records rule out a team split by neurons (split_team): the compile's trace has one
+            # where the run's will, so that it compiles the kernel the run takes.
+            trace = Trace.empty(1, 1, m, True, weight_records=int(trajectory), dim=d, dtype=dtype,
+                                sharpness_records=int(measuring), sharpness_k=int(measuring))
             self._chunk(batch, trace, np.zeros(1, dtype=np.intp), 0, 0, self.team_size(1, m))
             _LOADED.add(variant)
         finally:
@@ -451,6 +455,12 @@ class Runner:
             return 1
         return max(1, min(self._threads, self._data.X.shape[0] * width // max(1, TEAM_WORK)))
 
+    def _split(self, team: int, m: int, blas: bool, tangents: int, measuring: bool, trajectory: bool) -> bool:
+        """split_team for this problem's runs of width m by a team of `team`."""
+        n, d = self._data.X.shape
+        return split_team(team, n, d, m, self.problem.dtype, blas, tangents, LANCZOS_ITERATIONS if measuring else 0,
+                          len(self._data.X_test), trajectory, self.problem.linear)
+
     def _thread_pool(self, team: int = 1) -> MemberPool:
         """The threads beside this one (the caller runs member 0, or a team of one, itself): at least one for
         each other member of a team of `team`, which waits at its barriers for all of them."""
@@ -462,9 +472,12 @@ class Runner:
         kernels = self._kernels
         _, m, d = batch.W.shape
         measuring = trace.sharpness.shape[1] > 0
+        split = self._split(team, m, blas, batch.tangents.shape[1], measuring,
+                            trace.weights.shape[1] > 0 or trace.projections.shape[1] > 0)
         key = (team, m, d, len(self._data.X), len(self._data.X_test), self.problem.dtype, blas,
                batch.tangents.shape[1], LANCZOS_ITERATIONS if measuring else 0,
-               trace.sharpness.shape[2] if measuring else 0, len(self._data.X_curvature), self.problem.train_outer)
+               trace.sharpness.shape[2] if measuring else 0, len(self._data.X_curvature), self.problem.train_outer,
+               split)
         with self._scratch_lock:
             spare = self._scratch.setdefault(key, [])
             scratch = spare.pop() if spare else None
@@ -513,7 +526,8 @@ def _check_codes(problem: Problem, kernels):
 
 
 def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas: bool, tangents: int = 0,
-            lanczos: int = 0, eigenvalues: int = 0, curvature_rows: int = 0, train_outer: bool = True):
+            lanczos: int = 0, eigenvalues: int = 0, curvature_rows: int = 0, train_outer: bool = True,
+            split: bool = False):
     """The scratch of one run_team call by a team of `team` (kernels.Buffers documents each buffer).
 
     What a member writes at every sample is in _own_rows, apart from the other members' rows. With BLAS
@@ -522,8 +536,11 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
     Lanczos iterations and eigenvalues of a sharpness measurement, `curvature_rows` the samples it is
     measured on (each sample's curvature is kept for the measurement: 4 m values); without them (0) their
     scratch is None too, and the kernel is compiled without their code (a variant of its own, compiled on
-    first use). `train_outer`: whether the tangent map needs phi and phi' of each sample too (_kept_rows)."""
+    first use). `train_outer`: whether the tangent map needs phi and phi' of each sample too (_kept_rows).
+    `split`: a team split by neurons (split_team), whose scratch _split_buffers builds."""
     empty = aligned_empty
+    if split:
+        return _split_buffers(kernels, team, m, d, n, dtype)
     if blas:
         swapped = d >= BLAS_SWAPPED_MIN_D and blas_is_avx512()
         transposed = swapped and BLAS_Z_TRANSPOSED and np.dtype(dtype) == np.float64 and not tangents
@@ -563,7 +580,7 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
         rows=_hvp_block(team, kernels.HVP_BLOCK, m, d, dtype) if tangents or lanczos else None,
         group=(_own_block((team, waiting, m), dtype), _own_rows((team, 4, waiting), np.float64),
                None if blas or d > m else _own_block((team, waiting, d), dtype)),
-        **products)
+        split=None, **products)
 
 
 # Whether a team's members each close the step on a copy of the weights of their own (replicated_close), and
@@ -593,6 +610,34 @@ def replicated_close(team: int, d: int, m: int, dtype, blas: bool, tangents: int
     return REPLICATED_CLOSE and team > 1 and not blas and not tangents and not lanczos and partials <= REPLICATED_BYTES
 
 
+# Whether a team may split the net's neurons among its members rather than the samples (split_team), the least
+# bytes of the other members' partial gradients from which it does, and the most bytes of phi and phi' of every
+# sample a member then holds (2 n w entries).
+SPLIT_TEAM = True
+SPLIT_MIN_BYTES = 8 << 10
+SPLIT_ROWS_BYTES = 1 << 20
+
+
+def split_team(team: int, n: int, d: int, m: int, dtype, blas: bool, tangents: int, lanczos: int, n_test: int,
+               trajectory: bool, linear: bool) -> bool:
+    """Whether a team splits the net's neurons among its members (member r holds w = m / team columns of W
+    and a) rather than the samples (numba_cpu.team.run_split_steps): each member then computes its neurons'
+    part of every output, the members exchange n outputs and a few sums a step, and no member reads another's
+    d x w gradient. That pays where the other members' partial gradients, which each member of a team split by
+    samples reads from the other cores, outweigh the split step's second barrier and exchange (about 1 us): on
+    an Intel AVX-512 host (docs/performance.md), M 6-9% faster a step (128 KB of partial gradient in float64,
+    64 KB in float32), S 4% in float64 (8 KB) and 2% slower in float32 (4 KB); so from SPLIT_MIN_BYTES, with
+    every member's phi and phi' of all the samples within SPLIT_ROWS_BYTES (its core's L2). Only the fused products of a net
+    (not linear) with d below tiles.BLOCKED_MIN_D and w a whole number of 8-entry vectors, and runs without
+    held-out data, trajectories, tangent vectors or the sharpness, whose measurements need the whole net."""
+    from ..kernels.numba_cpu.tiles import BLOCKED_MIN_D
+
+    itemsize = np.dtype(dtype).itemsize
+    return (SPLIT_TEAM and team > 1 and not blas and not tangents and not lanczos and not n_test and not trajectory
+            and not linear and m % (8 * team) == 0 and d < BLOCKED_MIN_D
+            and (team - 1) * d * m * itemsize >= SPLIT_MIN_BYTES and 2 * n * (m // team) * itemsize <= SPLIT_ROWS_BYTES)
+
+
 # At most this many bytes of curvature rows kept by the step's pass for the tangent map (2 m float64 values a
 # sample, 4 m when the outer layer is trained): beyond it the tangent map forms them again, a block at a time.
 KEPT_BYTES = 64 << 20
@@ -617,6 +662,40 @@ def _kept_rows(team: int, m: int, n: int, dtype, train_outer: bool) -> tuple:
 # 2 KB apart fall on a few cache sets in the backward tiles; and the activation's spans save little at that
 # width.
 SPAN_ROW_BYTES = 1024
+
+
+def _split_buffers(kernels, team: int, m: int, d: int, n: int, dtype):
+    """The scratch of a team split by neurons (numba_cpu.team.run_split_steps), member r holding the w = m / team
+    columns r w .. (r + 1) w - 1 of the net. Buffers' arrays as for a replicated close, each member's at width w,
+    but for: pending_q and group[0] hold phi' and phi of every sample (team, n, w), and zs its tiles' rows of z,
+    each member's rows without gaps (_gapless); one set of partials; ps and qs unused (team, 0); and split =
+    (the members' parts of the outputs (team, n), their parts of the norms (team, 2) and the norms they add up to
+    (team, 3), float64, each member's row its own lines; the neurons' margins of the whole net (m,), which each
+    member fills in at record steps)."""
+    empty = aligned_empty
+    w = m // team
+    waiting = kernels.waiting_samples.implementation(d, w)
+    return kernels.Buffers(
+        Wt=_copies(team, (d, w), dtype), a=_copies(team, (w,), dtype), a_step=_copies(team, (w,), dtype),
+        zs=_gapless((team, kernels.z_rows(d, w), w), dtype), ps=empty((team, 0), dtype), qs=empty((team, 0), dtype),
+        pending_q=_gapless((team, n, w), dtype), pending_rows=_own_rows((team, waiting), np.int64),
+        group=(_gapless((team, n, w), dtype), _own_rows((team, 4, waiting), np.float64),
+               None if d > w else _own_block((team, waiting, d), dtype)),
+        grads=empty((1, team, d, w), dtype), grads_a=_own_rows((1, team, w), dtype),
+        neurons_part=_own_rows((1, team, w), np.float64), stats=_own_rows((1, 2 * team, 3), np.float64),
+        grad=_copies(team, (d, w)), grad_a=_copies(team, (w,)), neuron=_copies(team, (w,)), total=_copies(team, (2, 3)),
+        us=empty((1, n)), tangent=None, kept=None, curvature=None, rows=None, Z=None, Z_test=None, grads_blas=None,
+        gemm=None, columns=None,
+        split=(_own_rows((team, n), np.float64), _own_rows((team, 2), np.float64), empty(m),
+               _own_rows((team, 3), np.float64)))
+
+
+def _gapless(shape: tuple, dtype) -> np.ndarray:
+    """An empty array of shape (team, rows, width) whose members' blocks lie a cache line or more apart (spare
+    rows after each) and whose rows follow one another, however long (what the activation's spans of rows
+    need: _own_block keeps a gap after long rows)."""
+    team, rows, width = shape
+    return aligned_empty((team, rows + -(-CACHE_LINE // (width * np.dtype(dtype).itemsize)), width), dtype=dtype)
 
 
 def _own_block(shape: tuple, dtype) -> np.ndarray:
