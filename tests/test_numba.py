@@ -3,7 +3,8 @@ exp/log1p, the code table and the on-disk cache (its agreement with the oracle, 
 catalogs, is in test_backends.py).
 
 Compile cost is bounded: activation and loss are runtime codes, so the whole file compiles two kernels per
-dtype, one per product mode (about 10 s each with an empty cache, under a second from the cache), and one
+dtype, one per product mode (about 10 s each with an empty cache, under a second from the cache), two more
+per dtype for a team split by neurons (the gradient factors on the rows of X, or of phi'), and one
 subprocess the float64 fused kernel at the other vector width (LGD_VECTOR_BYTES) for its checks (about 5 s
 from the cache, 10 s more with an empty one).
 """
@@ -384,16 +385,16 @@ def test_replicated_close_gives_the_one_copy_bits(case, team, dtype, monkeypatch
 def test_split_team_only_where_the_whole_net_is_not_needed_at_once():
     """A team splits the neurons among its members only in the fused mode of a net, for widths of whole vectors
     per member, inputs below BLOCKED_MIN_D, partial gradients from SPLIT_MIN_BYTES and rows within
-    SPLIT_ROWS_BYTES, and never for runs whose measurements need the whole net on one member: held-out data,
-    trajectories, tangent vectors, the sharpness."""
-    m_run = dict(team=2, n=360, d=64, m=256, dtype=np.float64, blas=False, tangents=0, lanczos=0, n_test=0,
-                 trajectory=False, linear=False)
+    SPLIT_ROWS_BYTES, and never for runs whose measurements need the whole net on one member: trajectories,
+    tangent vectors, the sharpness."""
+    m_run = dict(team=2, n=360, d=64, m=256, dtype=np.float64, blas=False, tangents=0, lanczos=0, trajectory=False,
+                 linear=False)
     assert _numba.split_team(**m_run)
     assert _numba.split_team(**{**m_run, "team": 3, "m": 48 * 5})
     assert _numba.split_team(**{**m_run, "d": 16, "m": 64, "n": 256})  # S: 8 KB of partial gradient
-    for other in (dict(team=1), dict(blas=True), dict(tangents=1), dict(lanczos=3), dict(n_test=7),
-                  dict(trajectory=True), dict(linear=True), dict(m=260), dict(d=tiles.BLOCKED_MIN_D),
-                  dict(d=16, m=64, dtype=np.float32), dict(n=3000)):
+    for other in (dict(team=1), dict(blas=True), dict(tangents=1), dict(lanczos=3), dict(trajectory=True),
+                  dict(linear=True), dict(m=260), dict(d=tiles.BLOCKED_MIN_D), dict(d=16, m=64, dtype=np.float32),
+                  dict(n=3000)):
         assert not _numba.split_team(**{**m_run, **other}), other
 
 
@@ -401,7 +402,7 @@ def test_split_team_only_where_the_whole_net_is_not_needed_at_once():
     ("calm", 2, np.float64, 7), ("calm", 2, np.float32, 7), ("calm", 2, np.float64, 40),
     ("fixed_outer", 3, np.float64, 7), ("adaptive", 2, np.float64, 7), ("adaptive", 3, np.float32, 7),
     ("weight_bound", 2, np.float64, 7), ("weight_bound", 3, np.float32, 7), ("diverging", 2, np.float64, 40),
-    ("sweep", 3, np.float64, 7)])
+    ("sweep", 3, np.float64, 7), ("held_out", 2, np.float64, 7), ("held_out", 3, np.float32, 40)])
 def test_team_split_by_neurons_matches_oracle(case, team, dtype, d, monkeypatch):
     """A team split by neurons (each member its columns of the net, the outputs' parts and the norms' parts
     exchanged at two barriers a step) against the oracle: every record (neuron margins, each member's; the
@@ -409,12 +410,17 @@ def test_team_split_by_neurons_matches_oracle(case, team, dtype, d, monkeypatch)
     and the final weights. With d <= w the gradient factors scale the rows of X, with d > w (d = 40) the rows
     of phi'. The cases: a calm run; a fixed outer layer; a rule reading the log-risk at every step; a stop at a
     weight-norm bound (the whole net's norm, from the members' parts: every member stops at the same step); a
-    run whose gradient overflows; two configurations, fewer than the threads, one after the other."""
+    run whose gradient overflows; two configurations, fewer than the threads, one after the other; held-out
+    samples (their outputs from the members' parts, at record steps: 37 samples, tiles of every size)."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_WORK", 1 << 62)
     monkeypatch.setattr(_numba, "SPLIT_MIN_BYTES", 0)
     monkeypatch.setattr(numba, "get_num_threads", lambda: team)
     X, y, _, _ = problem_data("logistic", n=150, d=d, dtype=dtype, test=False)
+    held_out = {}
+    if case == "held_out":
+        X_test, y_test, _, _ = problem_data("logistic", n=37, d=d, dtype=dtype, seed=1, test=False)
+        held_out = dict(X_test=X_test, y_test=y_test)
     model = lgd.TwoLayerNet(16 * team, train_outer=case != "fixed_outer")
     built = []
     buffers = _numba.buffers
@@ -424,7 +430,7 @@ def test_team_split_by_neurons_matches_oracle(case, team, dtype, d, monkeypatch)
         return buffers(kernels, size, *args, **kwargs)
 
     monkeypatch.setattr(_numba, "buffers", recording_buffers)
-    options = dict(steps=80, record=lgd.Record(every=3, neuron_margins=True))
+    options = dict(steps=80, record=lgd.Record(every=3, neuron_margins=True), **held_out)
     if case == "weight_bound":
         free = lgd.gd(X, y, model, "logistic", stepsize=30.0, compute=fast(backend="numpy"), **options)
         options["divergence"] = lgd.Divergence(weight_norm=float(np.median(free.weight_norm)))
@@ -447,8 +453,13 @@ def test_team_split_by_neurons_matches_oracle(case, team, dtype, d, monkeypatch)
     tol = 1e-10 if dtype == np.float64 else 1e-4
     np.testing.assert_array_equal(split.diverged_step, oracle.diverged_step)
     assert np.array_equal(split.status, oracle.status)
+    if case == "held_out":
+        assert np.isfinite(oracle.test_risk).all()
     for name in ("risk", "log_risk", "accuracy", "margin", "grad_norm", "weight_norm", "neuron_margins", "eta",
-                 "weights", "outer_weights"):
+                 "weights", "outer_weights", "test_risk", "test_accuracy"):
+        if getattr(oracle, name) is None:  # held-out metrics of a run without held-out samples
+            assert getattr(split, name) is None, name
+            continue
         want, got = np.asarray(getattr(oracle, name)), np.asarray(getattr(split, name))
         atol = tol if name == "log_risk" else tol * 1e-3
         np.testing.assert_allclose(got, want, rtol=tol, atol=atol, err_msg=name)

@@ -229,11 +229,12 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
 
 
 @subroutine(types.void)
-def split_forward(X, Wt, a, spec, zt, P, Q, fpart):
+def split_forward(X, Wt, a, spec, zt, P, Q, fpart, kept):
     """The first half of a step by a team split by neurons (lgd.backends._numba.split_team): this member's
-    columns of the net, Wt (d, w) and a (w,), over every sample: the rows of z in register tiles (into zt
-    (WIDE_ROWS, w)), phi and phi' into P and Q (n, w), and each sample's part of the output, sum_j a_j phi_ij
-    over these neurons (dot_row's sum, without the scale s), into fpart (n,) float64."""
+    columns of the net, Wt (d, w) and a (w,), over every sample of X: the rows of z in register tiles (into zt
+    (WIDE_ROWS, w)), phi and phi' into P and Q, and each sample's part of the output, sum_j a_j phi_ij over
+    these neurons (dot_row's sum, without the scale s), into fpart (n,) float64. With `kept` (the training
+    samples), P and Q (n, w) keep every sample's rows; else (held-out samples) they hold a tile's."""
     d, w = Wt.shape
     n = X.shape[0]
     act, act_param = spec.activation, spec.activation_param
@@ -241,11 +242,44 @@ def split_forward(X, Wt, a, spec, zt, P, Q, fpart):
     while s < n:
         tile = WIDE_ROWS if d >= WIDE_MIN_D and n - s >= WIDE_ROWS else min(TILE_ROWS, n - s)
         forward_rows(X, s, tile, Wt, zt)
-        activate_span(act, act_param, rows_flat(zt, 0, tile), rows_flat(P, s, tile), rows_flat(Q, s, tile), None,
+        at = s if kept else 0
+        activate_span(act, act_param, rows_flat(zt, 0, tile), rows_flat(P, at, tile), rows_flat(Q, at, tile), None,
                       tile * w)
-        for h in range(s, s + tile):
-            fpart[h] = np.float64(dot_row(a, rows_flat(P, h, 1), w))
+        for h in range(tile):
+            fpart[s + h] = np.float64(dot_row(a, rows_flat(P, at + h, 1), w))
         s += tile
+
+
+@subroutine(types.void)
+def split_outputs(spec, fparts, i, count, outs):
+    """outs[0, g] = f of sample i + g, s (fparts[0, i + g] + fparts[1, i + g] + ...): the members' parts added in
+    member order, so that every member forms the same bits."""
+    for g in range(count):
+        f = fparts[0, i + g]
+        for r in range(1, fparts.shape[0]):
+            f += fparts[r, i + g]
+        outs[0, g] = spec.scale * f
+
+
+@subroutine(types.void)
+def split_held_out(y, spec, fparts, outs, stats):
+    """The held-out samples' sums (their losses' and the number classified right, into stats[0] and stats[1])
+    from the members' parts of their outputs fparts (members, at least n_test: rows a cache line apart), as
+    split_backward forms the outputs."""
+    n = y.shape[0]
+    risk, correct = 0.0, 0.0
+    i = 0
+    while i < n:
+        count = min(outs.shape[1], n - i)
+        split_outputs(spec, fparts, i, count, outs)
+        sample_outs(spec.loss, spec.loss_param, spec.margin_loss, y, i, count, outs, spec.f32)
+        for g in range(count):
+            risk += outs[0, g]
+            if outs[2, g] > 0.0:
+                correct += 1.0
+        i += count
+    stats[0] = risk
+    stats[1] = correct
 
 
 @subroutine(types.void)
@@ -266,7 +300,6 @@ def split_backward(X, y, a, spec, inv_n, record, neurons, fparts, P, Q, outs, xs
         xs = xs_all[member]
     w = P.shape[1]
     scale = spec.scale
-    members = fparts.shape[0]
     for k in range(d):
         for j in range(w):
             part[k, j] = 0.0
@@ -278,11 +311,7 @@ def split_backward(X, y, a, spec, inv_n, record, neurons, fparts, P, Q, outs, xs
     i = 0
     while i < n:
         count = min(waiting, n - i)
-        for g in range(count):
-            f = fparts[0, i + g]
-            for r in range(1, members):
-                f += fparts[r, i + g]
-            outs[0, g] = scale * f
+        split_outputs(spec, fparts, i, count, outs)
         sample_outs(spec.loss, spec.loss_param, spec.margin_loss, y, i, count, outs, spec.f32)
         for g in range(count):
             value, coef, yf, u = outs[0, g], outs[1, g], outs[2, g], outs[3, g]

@@ -12,10 +12,13 @@ Then either each member sums the blocks, checks divergence and updates a copy of
 member 0 alone recording (a replicated close: lgd.backends._numba.replicated_close says which runs), and
 goes straight on to the next step; or member 0 alone does all that on the one copy, and a second barrier
 releases the next step. The threads stay in compiled code for the whole chunk, waiting on a spinning
-barrier: waking pooled threads at every step costs more than a small step's work. A team of one is the
-serial driver; its barriers cost an atomic add each. Member 0 takes the configurations one at a time from a
-queue that the teams of one call share, so in a sweep a thread that runs faster takes more of them. Which
-thread runs a configuration does not change its results.
+barrier: waking pooled threads at every step costs more than a small step's work. Or, where
+lgd.backends._numba.split_team says so, a team splits the net's neurons rather than the samples
+(run_split_steps): each member holds its columns of the net, and the members exchange their parts of the
+outputs and of the norms at two barriers a step. A team of one is the serial driver; its barriers cost an
+atomic add each. Member 0 takes the configurations one at a time from a queue that the teams of one call
+share, so in a sweep a thread that runs faster takes more of them. Which thread runs a configuration does
+not change its results.
 """
 
 from typing import NamedTuple
@@ -29,8 +32,8 @@ from .compiler import kernel, subroutine
 from .formulas import KNOWN, unknown_code
 from .intrinsics import atomic_add, atomic_load, atomic_store, prefetch_for_write, sched_yield, spin_pause
 from .step import (column_block, partials_unscaled, record_slot, reduce_blocks, sample_block, split_backward,
-                   split_forward, split_norms, split_total, step_end, store_weights, sum_blocks, transpose_into, update,
-                   z_columns)
+                   split_forward, split_held_out, split_norms, split_total, step_end, store_weights, sum_blocks,
+                   transpose_into, update, z_columns)
 from .tangent import hessian_part, member_block, propagate
 from .tiles import blas_backward, blas_forward
 
@@ -153,7 +156,10 @@ class Buffers(NamedTuple):
     (each (team, 0, 0) where gemm[2] is 0); and gemm (3,) int64, the address of the ILP64 ?gemm_ the products call
     (0: scipy's, tiles.blas_forward) and those two choices. The fused loops' zs is None with BLAS, and Z, Z_test,
     grads_blas, gemm and columns None without: a branch on None is pruned at compile time, so each product mode is a
-    kernel of its own without the other's code.
+    kernel of its own without the other's code. split is None but in a team split by neurons (run_split_steps),
+    whose buffers are per member at its width w = m / team (lgd.backends._numba._split_buffers says which hold
+    what there): split = (the members' parts of the outputs, of the norms, the norms, the whole net's neuron
+    margins, the parts of the held-out outputs, a tile's rows of their phi and phi').
     """
 
     Wt: np.ndarray
@@ -375,12 +381,13 @@ def run_split_steps(team, c, data, batch, trace, spec, schedule, b, inv_n, neuro
     every member adds those, takes the same verdict and updates its columns, member 0 alone recording. A
     member exchanges n outputs and a few sums a step, where a team split by samples sums the d x m partial
     gradients of the others (M's 128 KB from the other core: 12 us of its step on an Intel AVX-512 host,
-    docs/performance.md). Runs with held-out data, trajectories, tangent vectors or the sharpness are not
-    split so (their measurements need the whole net on one member)."""
+    docs/performance.md). At record steps each member also computes its part of the held-out samples'
+    outputs, which member 0 adds up after the first barrier. Runs with trajectories, tangent vectors or the
+    sharpness are not split so (their measurements need the whole net on one member)."""
     member, size, sync = team[0], team[1], team[2]
-    X, y = data[0], data[1]
-    n = X.shape[0]
-    fparts, sums, neuron_all, norms_all = b.split
+    X, y, X_test, y_test, directions, X_curvature, y_curvature = data
+    n, n_test = X.shape[0], X_test.shape[0]
+    fparts, sums, neuron_all, norms_all, fparts_test, rows_test = b.split
     Wt, a, a_step, grad, grad_a, total = (b.Wt[member, 0], b.a[member, 0], b.a_step[member, 0], b.grad[member, 0],
                                           b.grad_a[member, 0], b.total[member, 0])
     w = Wt.shape[1]
@@ -390,8 +397,14 @@ def run_split_steps(team, c, data, batch, trace, spec, schedule, b, inv_n, neuro
     fpart, norms, us = fparts[member], norms_all[member], b.us[0]
     for t in range(schedule.t_start, schedule.t_stop):
         record = record_slot(t, schedule.steps, schedule.record_every) >= 0
-        split_forward(X, Wt, a_step, spec, zt, P, Q, fpart)
+        split_forward(X, Wt, a_step, spec, zt, P, Q, fpart, True)
+        test = record and n_test > 0
+        if test:
+            split_forward(X_test, Wt, a_step, spec, zt, rows_test[0][member], rows_test[1][member],
+                          fparts_test[member], False)
         barrier(sync, size)
+        if test and member == 0:  # the one that records
+            split_held_out(y_test, spec, fparts_test, outs, total[1])
         split_backward(X, y, a_step, spec, inv_n, record, neurons, fparts, P, Q, outs, b.group[2], member, rows,
                        parts[0], part_a, neuron, total[0], us)
         sum_blocks(parts, 1, grad, a_step, True)
@@ -403,8 +416,9 @@ def run_split_steps(team, c, data, batch, trace, spec, schedule, b, inv_n, neuro
                 neuron_all[member * w + j] = neuron[j]
         barrier(sync, size)
         split_total(spec, n, total[0], sums, norms)
-        going = step_end(c, t, schedule, spec, n, total[0], grad, grad_a, Wt, a, a_step, trace, neuron_all, 0,
-                         total[1], batch, us, data[4], None, data[5], data[6], None, b.rows, member == 0, norms)
+        going = step_end(c, t, schedule, spec, n, total[0], grad, grad_a, Wt, a, a_step, trace, neuron_all, n_test,
+                         total[1], batch, us, directions, None, X_curvature, y_curvature, None, b.rows, member == 0,
+                         norms)
         for j in range(w):
             a_step[j] = a[j]
         if not going:

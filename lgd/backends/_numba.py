@@ -459,7 +459,7 @@ class Runner:
         """split_team for this problem's runs of width m by a team of `team`."""
         n, d = self._data.X.shape
         return split_team(team, n, d, m, self.problem.dtype, blas, tangents, LANCZOS_ITERATIONS if measuring else 0,
-                          len(self._data.X_test), trajectory, self.problem.linear)
+                          trajectory, self.problem.linear)
 
     def _thread_pool(self, team: int = 1) -> MemberPool:
         """The threads beside this one (the caller runs member 0, or a team of one, itself): at least one for
@@ -540,7 +540,7 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
     `split`: a team split by neurons (split_team), whose scratch _split_buffers builds."""
     empty = aligned_empty
     if split:
-        return _split_buffers(kernels, team, m, d, n, dtype)
+        return _split_buffers(kernels, team, m, d, n, n_test, dtype)
     if blas:
         swapped = d >= BLAS_SWAPPED_MIN_D and blas_is_avx512()
         transposed = swapped and BLAS_Z_TRANSPOSED and np.dtype(dtype) == np.float64 and not tangents
@@ -618,7 +618,7 @@ SPLIT_MIN_BYTES = 8 << 10
 SPLIT_ROWS_BYTES = 1 << 20
 
 
-def split_team(team: int, n: int, d: int, m: int, dtype, blas: bool, tangents: int, lanczos: int, n_test: int,
+def split_team(team: int, n: int, d: int, m: int, dtype, blas: bool, tangents: int, lanczos: int,
                trajectory: bool, linear: bool) -> bool:
     """Whether a team splits the net's neurons among its members (member r holds w = m / team columns of W
     and a) rather than the samples (numba_cpu.team.run_split_steps): each member then computes its neurons'
@@ -627,13 +627,14 @@ def split_team(team: int, n: int, d: int, m: int, dtype, blas: bool, tangents: i
     samples reads from the other cores, outweigh the split step's second barrier and exchange (about 1 us): on
     an Intel AVX-512 host (docs/performance.md), M 6-9% faster a step (128 KB of partial gradient in float64,
     64 KB in float32), S 4% in float64 (8 KB) and 2% slower in float32 (4 KB); so from SPLIT_MIN_BYTES, with
-    every member's phi and phi' of all the samples within SPLIT_ROWS_BYTES (its core's L2). Only the fused products of a net
-    (not linear) with d below tiles.BLOCKED_MIN_D and w a whole number of 8-entry vectors, and runs without
-    held-out data, trajectories, tangent vectors or the sharpness, whose measurements need the whole net."""
+    every member's phi and phi' of all the samples within SPLIT_ROWS_BYTES (its core's L2). Only the fused
+    products of a net (not linear) with d below tiles.BLOCKED_MIN_D and w a whole number of 8-entry vectors,
+    and runs without trajectories, tangent vectors or the sharpness, whose measurements need the whole net
+    (held-out samples are split as the training samples: each member its part of their outputs)."""
     from ..kernels.numba_cpu.tiles import BLOCKED_MIN_D
 
     itemsize = np.dtype(dtype).itemsize
-    return (SPLIT_TEAM and team > 1 and not blas and not tangents and not lanczos and not n_test and not trajectory
+    return (SPLIT_TEAM and team > 1 and not blas and not tangents and not lanczos and not trajectory
             and not linear and m % (8 * team) == 0 and d < BLOCKED_MIN_D
             and (team - 1) * d * m * itemsize >= SPLIT_MIN_BYTES and 2 * n * (m // team) * itemsize <= SPLIT_ROWS_BYTES)
 
@@ -664,14 +665,15 @@ def _kept_rows(team: int, m: int, n: int, dtype, train_outer: bool) -> tuple:
 SPAN_ROW_BYTES = 1024
 
 
-def _split_buffers(kernels, team: int, m: int, d: int, n: int, dtype):
+def _split_buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype):
     """The scratch of a team split by neurons (numba_cpu.team.run_split_steps), member r holding the w = m / team
     columns r w .. (r + 1) w - 1 of the net. Buffers' arrays as for a replicated close, each member's at width w,
     but for: pending_q and group[0] hold phi' and phi of every sample (team, n, w), and zs its tiles' rows of z,
     each member's rows without gaps (_gapless); one set of partials; ps and qs unused (team, 0); and split =
     (the members' parts of the outputs (team, n), their parts of the norms (team, 2) and the norms they add up to
     (team, 3), float64, each member's row its own lines; the neurons' margins of the whole net (m,), which each
-    member fills in at record steps)."""
+    member fills in at record steps; the members' parts of the held-out samples' outputs (team, n_test) float64;
+    and per member a tile's rows of their phi and phi' (team, z_rows, w) each)."""
     empty = aligned_empty
     w = m // team
     waiting = kernels.waiting_samples.implementation(d, w)
@@ -687,7 +689,8 @@ def _split_buffers(kernels, team: int, m: int, d: int, n: int, dtype):
         us=empty((1, n)), tangent=None, kept=None, curvature=None, rows=None, Z=None, Z_test=None, grads_blas=None,
         gemm=None, columns=None,
         split=(_own_rows((team, n), np.float64), _own_rows((team, 2), np.float64), empty(m),
-               _own_rows((team, 3), np.float64)))
+               _own_rows((team, 3), np.float64), _own_rows((team, n_test), np.float64),
+               (_gapless((team, kernels.z_rows(d, w), w), dtype), _gapless((team, kernels.z_rows(d, w), w), dtype))))
 
 
 def _gapless(shape: tuple, dtype) -> np.ndarray:
