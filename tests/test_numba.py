@@ -383,8 +383,8 @@ def test_replicated_close_gives_the_one_copy_bits(case, team, dtype, monkeypatch
 
 
 def test_split_team_only_where_the_whole_net_is_not_needed_at_once():
-    """A team splits the neurons among its members only in the fused mode of a net, for widths of whole vectors
-    per member, inputs below BLOCKED_MIN_D, partial gradients from SPLIT_MIN_BYTES and rows within
+    """A team splits the neurons among its members only in the fused mode of a net, for widths of whole cache
+    lines per member, inputs below BLOCKED_MIN_D, partial gradients from SPLIT_MIN_BYTES and rows within
     SPLIT_ROWS_BYTES, and never for runs whose measurements need the whole net on one member: trajectories,
     tangent vectors, the sharpness."""
     m_run = dict(team=2, n=360, d=64, m=256, dtype=np.float64, blas=False, tangents=0, lanczos=0, trajectory=False,
@@ -392,6 +392,8 @@ def test_split_team_only_where_the_whole_net_is_not_needed_at_once():
     assert _numba.split_team(**m_run)
     assert _numba.split_team(**{**m_run, "team": 3, "m": 48 * 5})
     assert _numba.split_team(**{**m_run, "d": 16, "m": 64, "n": 256})  # S: 8 KB of partial gradient
+    assert _numba.split_team(**{**m_run, "m": 272})  # 136 columns a member: 17 cache lines
+    assert not _numba.split_team(**{**m_run, "m": 272, "dtype": np.float32})  # 136 float32: 8.5 lines
     for other in (dict(team=1), dict(blas=True), dict(tangents=1), dict(lanczos=3), dict(trajectory=True),
                   dict(linear=True), dict(m=260), dict(d=tiles.BLOCKED_MIN_D), dict(d=16, m=64, dtype=np.float32),
                   dict(n=3000)):
