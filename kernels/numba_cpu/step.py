@@ -140,6 +140,30 @@ def sample_outs(code_loss, loss_param, margin_loss, y, i, count, out, f32):
 
 
 @subroutine(types.void)
+def waiting_factor(X, y, i, g, cs, xs, Q, q, P, p, m, rows, a, grad_a, neuron, train_outer, margins):
+    """Sample i, the g-th of a group waiting for the backward tiles, given its gradient factor cs = c_i: c_i on
+    its row of X, into xs[g] (rows[g] = g: the tiles read xs), or where xs is None (pruned at compile time) on
+    its row q of phi', Q[q, :m] (rows[g] = i: they read X); its part of the outer layer's gradient, from its
+    row p of phi (grad_a += c_i P[p, :m]); and with `margins` the neurons' margins (neuron = min(neuron, y_i
+    a_j phi_ij)). What fused_block and split_backward do with each sample of a waiting group."""
+    if xs is not None:
+        for k in range(X.shape[1]):
+            xs[g, k] = X[i, k] * cs
+        rows[g] = g
+    else:
+        for j in range(m):
+            Q[q, j] = Q[q, j] * cs
+        rows[g] = i
+    if train_outer:
+        for j in range(m):
+            grad_a[j] = fma(cs, P[p, j], grad_a[j])
+    if margins:
+        yi = np.float64(y[i])
+        for j in range(m):
+            neuron[j] = min(neuron[j], yi * a[j] * P[p, j])
+
+
+@subroutine(types.void)
 def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, rows, outs, xs, grad, grad_a,
                 neuron, stats, train, us):
     """sample_block's pass in the fused mode without kept rows, for a net that is not linear, with the samples
@@ -201,22 +225,8 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
             if train:
                 margin = min(margin, yf)
                 coef *= inv_n
-                cs = like(qs, coef * scale)
-                if xs is not None:  # pruned at compile time
-                    for k in range(d):
-                        xs[g, k] = X[i + g, k] * cs
-                    rows[g] = g
-                else:
-                    for j in range(m):
-                        qs[g, j] = qs[g, j] * cs
-                    rows[g] = i + g
-                if spec.train_outer:
-                    for j in range(m):
-                        grad_a[j] = fma(cs, ps[g, j], grad_a[j])
-                if record and neurons:
-                    yi = np.float64(y[i + g])
-                    for j in range(m):
-                        neuron[j] = min(neuron[j], yi * a[j] * ps[g, j])
+                waiting_factor(X, y, i + g, g, like(qs, coef * scale), xs, qs, g, ps, g, m, rows, a, grad_a, neuron,
+                               spec.train_outer, record and neurons)
         if train:
             if xs is not None:
                 backward_rows(xs, rows, count, qs, grad)
@@ -323,20 +333,11 @@ def split_backward(X, y, a, spec, inv_n, record, neurons, fparts, P, Q, outs, xs
             margin = min(margin, yf)
             cs = like(Q, (coef * inv_n) * scale)
             if xs_all is not None:
-                for k in range(d):
-                    xs[g, k] = X[i + g, k] * cs
-                rows[g] = g
+                waiting_factor(X, y, i + g, g, cs, xs, Q, i + g, P, i + g, w, rows, a, part_a, neuron,
+                               spec.train_outer, record and neurons)
             else:
-                for j in range(w):
-                    Q[i + g, j] = Q[i + g, j] * cs
-                rows[g] = i + g
-            if spec.train_outer:
-                for j in range(w):
-                    part_a[j] = fma(cs, P[i + g, j], part_a[j])
-            if record and neurons:
-                yi = np.float64(y[i + g])
-                for j in range(w):
-                    neuron[j] = min(neuron[j], yi * a[j] * P[i + g, j])
+                waiting_factor(X, y, i + g, g, cs, None, Q, i + g, P, i + g, w, rows, a, part_a, neuron,
+                               spec.train_outer, record and neurons)
         if xs_all is not None:
             backward_rows(xs, rows, count, row_block(Q, i, count), part)
         else:
