@@ -1,8 +1,10 @@
 """One GD step of one configuration: the forward and backward pass over a block of samples, then the update.
 
-What lives here: :func:`sample_block` (the only place that evaluates the net), the step's closing
-arithmetic (risk and norms as the oracle rounds them, records, divergence test, update) and the sum
-of a team's partial results. The pass computes, with Z = X W^T, f = s phi(Z) a and u_i = y_i f_i
+What lives here: :func:`sample_block` (the pass over a block of samples, the one that evaluates the net
+for a team split by samples and a thread alone), the same pass split by neurons (:func:`split_forward`,
+:func:`split_backward`: a member's columns of the net over all the samples, for a team split so), the
+step's closing arithmetic (risk and norms as the oracle rounds them, records, divergence test, update) and
+the sum of a team's partial results. The pass computes, with Z = X W^T, f = s phi(Z) a and u_i = y_i f_i
 (margin losses) or r_i = f_i - y_i (squared):
 
     G_ij = loss'_i y_i s a_j phi'(Z_ij) / n     (y_i dropped for the squared loss)
@@ -241,8 +243,8 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
 @subroutine(types.void)
 def split_forward(X, Wt, a, spec, zt, P, Q, fpart, kept):
     """The first half of a step by a team split by neurons (lgd.backends._numba.split_team): this member's
-    columns of the net, Wt (d, w) and a (w,), over every sample of X: the rows of z in register tiles (into zt
-    (WIDE_ROWS, w)), phi and phi' into P and Q, and each sample's part of the output, sum_j a_j phi_ij over
+    columns of the net, Wt (d, w) and a (w,), over every sample of X: the rows of z in register tiles (into zt,
+    a tile's rows of w), phi and phi' into P and Q, and each sample's part of the output, sum_j a_j phi_ij over
     these neurons (dot_row's sum, without the scale s), into fpart (n,) float64. With `kept` (the training
     samples), P and Q (n, w) keep every sample's rows; else (held-out samples) they hold a tile's."""
     d, w = Wt.shape
@@ -431,8 +433,8 @@ def column_block(ZT, y, a, spec, inv_n, record, neurons, i0, i1, columns, member
 @subroutine(types.void)
 def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, member, p, q, qs, rows, grad, grad_a,
                  neuron, stats, train, us, kept, ps, outs, xs):
-    """One pass over samples [i0, i1) of one configuration (the only place that evaluates the net), for
-    the activation, loss and model of `spec` (a Spec).
+    """One pass over samples [i0, i1) of one configuration (a team split by neurons makes split_forward's and
+    split_backward's instead), for the activation, loss and model of `spec` (a Spec).
 
     The rows z of X W^T come from X and Wt (d, m), TILE_ROWS samples at a time in register tiles
     (WIDE_ROWS from d >= WIDE_MIN_D) into zt = zs[member] (WIDE_ROWS, m) (a block's last few rows

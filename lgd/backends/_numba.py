@@ -631,8 +631,9 @@ def split_team(team: int, n: int, d: int, m: int, dtype, blas: bool, tangents: i
     member's w columns fill whole cache lines, so that the tiles leave none to the scalar loops (split so,
     n = 360, d = 64 took 179 us a step at m = 100, w = 50, against 162 split by samples; 84 against 63 at
     m = 50; 257-260 against 266-268 at m = 272, w = 136). Only the fused products of a net (not linear) with
-    d below tiles.BLOCKED_MIN_D, and runs without trajectories, tangent vectors or the sharpness, whose measurements need the whole net
-    (held-out samples are split as the training samples: each member its part of their outputs)."""
+    d below tiles.BLOCKED_MIN_D, and runs without trajectories, tangent vectors or the sharpness, whose
+    measurements need the whole net (held-out samples are split as the training samples: each member its
+    part of their outputs)."""
     from ..kernels.numba_cpu.tiles import BLOCKED_MIN_D
 
     itemsize = np.dtype(dtype).itemsize
@@ -671,7 +672,8 @@ def _split_buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtyp
     """The scratch of a team split by neurons (numba_cpu.team.run_split_steps), member r holding the w = m / team
     columns r w .. (r + 1) w - 1 of the net. Buffers' arrays as for a replicated close, each member's at width w,
     but for: pending_q and group[0] hold phi' and phi of every sample (team, n, w), and zs its tiles' rows of z,
-    each member's rows without gaps (_gapless); one set of partials; ps and qs unused (team, 0); and split =
+    each member's rows without gaps (_gapless); one set of partials; ps and qs empty (team, 0) and stats and
+    neuron unused (neurons_part holds a member's margins); and split =
     (the members' parts of the outputs (team, n), their parts of the norms (team, 2) and the norms they add up to
     (team, 3), float64, each member's row its own lines; the neurons' margins of the whole net (m,), which each
     member fills in at record steps; the members' parts of the held-out samples' outputs (team, n_test) float64;
