@@ -241,12 +241,12 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
 
 
 @subroutine(types.void)
-def split_forward(X, Wt, a, spec, zt, P, Q, fpart, kept):
+def split_forward(X, Wt, a, spec, zt, P, Q, fpart, every_row):
     """The first half of a step by a team split by neurons (lgd.backends._numba.split_team): this member's
     columns of the net, Wt (d, w) and a (w,), over every sample of X: the rows of z in register tiles (into zt,
     a tile's rows of w), phi and phi' into P and Q, and each sample's part of the output, sum_j a_j phi_ij over
-    these neurons (dot_row's sum, without the scale s), into fpart (n,) float64. With `kept` (the training
-    samples), P and Q (n, w) keep every sample's rows; else (held-out samples) they hold a tile's."""
+    these neurons (dot_row's sum, without the scale s), into fpart (n,) float64. With `every_row` (the
+    training samples), P and Q (n, w) keep every sample's rows; else (held-out samples) they hold a tile's."""
     d, w = Wt.shape
     n = X.shape[0]
     act, act_param = spec.activation, spec.activation_param
@@ -254,7 +254,7 @@ def split_forward(X, Wt, a, spec, zt, P, Q, fpart, kept):
     while s < n:
         tile = WIDE_ROWS if d >= WIDE_MIN_D and n - s >= WIDE_ROWS else min(TILE_ROWS, n - s)
         forward_rows(X, s, tile, Wt, zt)
-        at = s if kept else 0
+        at = s if every_row else 0
         activate_span(act, act_param, rows_flat(zt, 0, tile), rows_flat(P, at, tile), rows_flat(Q, at, tile), None,
                       tile * w)
         for h in range(tile):
@@ -731,7 +731,7 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
 
     norms is None, or for a team split by neurons (whose members each hold some columns of the net: grad,
     grad_a, Wt, a and a_step are theirs) the risk and the whole net's squared gradient and weight norms
-    (the latter wherever a record or the weight bound needs it), as the team summed them: split_norms."""
+    (the latter wherever a record or the weight bound needs it), as the team summed them: split_total."""
     train_outer, f32 = spec.train_outer, spec.f32
     diverged = batch.diverged
     if norms is None:
@@ -810,18 +810,16 @@ def split_norms(t, schedule, spec, n, stats, grad, grad_a, Wt, a_step, sums, mem
     sums[member, 1] = weight_sq
 
 
-@subroutine(types.void)
-def split_total(spec, n, stats, sums, norms):
-    """norms = (risk, squared gradient norm, squared weight norm) of the whole net from the members' sums, added
-    in member order (every member computes the same bits), rounded as close_step rounds a sum."""
+@subroutine(types.UniTuple(types.float64, 3))
+def split_total(spec, n, stats, sums):
+    """(risk, squared gradient norm, squared weight norm) of the whole net from the members' sums, added in
+    member order (every member computes the same bits), rounded as close_step rounds a sum."""
     f32 = spec.f32
     grad_sq, weight_sq = sums[0, 0], sums[0, 1]
     for r in range(1, sums.shape[0]):
         grad_sq = narrow(grad_sq + sums[r, 0], f32)
         weight_sq += sums[r, 1]
-    norms[0] = mean_risk(stats[0], n, f32)
-    norms[1] = grad_sq
-    norms[2] = weight_sq
+    return mean_risk(stats[0], n, f32), grad_sq, weight_sq
 
 
 @subroutine(types.boolean)

@@ -158,8 +158,8 @@ class Buffers(NamedTuple):
     grads_blas, gemm and columns None without: a branch on None is pruned at compile time, so each product mode is a
     kernel of its own without the other's code. split is None but in a team split by neurons (run_split_steps),
     whose buffers are per member at its width w = m / team (lgd.backends._numba._split_buffers says which hold
-    what there): split = (the members' parts of the outputs, of the norms, the norms, the whole net's neuron
-    margins, the parts of the held-out outputs, a tile's rows of their phi and phi').
+    what there): split = (the members' parts of the outputs, of the norms, the whole net's neuron margins,
+    the parts of the held-out outputs, a tile's rows of their phi and phi').
     """
 
     Wt: np.ndarray
@@ -387,14 +387,14 @@ def run_split_steps(team, c, data, batch, trace, spec, schedule, b, inv_n, neuro
     member, size, sync = team[0], team[1], team[2]
     X, y, X_test, y_test, directions, X_curvature, y_curvature = data
     n, n_test = X.shape[0], X_test.shape[0]
-    fparts, sums, neuron_all, norms_all, fparts_test, rows_test = b.split
+    fparts, sums, neuron_all, fparts_test, rows_test = b.split
     Wt, a, a_step, grad, grad_a, total = (b.Wt[member, 0], b.a[member, 0], b.a_step[member, 0], b.grad[member, 0],
                                           b.grad_a[member, 0], b.total[member, 0])
     w = Wt.shape[1]
     zt, P, Q = b.zs[member], b.group[0][member], b.pending_q[member]
     outs, rows = b.group[1][member], b.pending_rows[member]
     parts, part_a, neuron = b.grads[0][member:member + 1], b.grads_a[0, member], b.neurons_part[0, member]
-    fpart, norms, us = fparts[member], norms_all[member], b.us[0]
+    fpart, us = fparts[member], b.us[0]
     for t in range(schedule.t_start, schedule.t_stop):
         record = record_slot(t, schedule.steps, schedule.record_every) >= 0
         split_forward(X, Wt, a_step, spec, zt, P, Q, fpart, True)
@@ -415,10 +415,9 @@ def run_split_steps(team, c, data, batch, trace, spec, schedule, b, inv_n, neuro
             for j in range(w):
                 neuron_all[member * w + j] = neuron[j]
         barrier(sync, size)
-        split_total(spec, n, total[0], sums, norms)
         going = step_end(c, t, schedule, spec, n, total[0], grad, grad_a, Wt, a, a_step, trace, neuron_all, n_test,
                          total[1], batch, us, directions, None, X_curvature, y_curvature, None, b.rows, member == 0,
-                         norms)
+                         split_total(spec, n, total[0], sums))
         for j in range(w):
             a_step[j] = a[j]
         if not going:
