@@ -63,6 +63,20 @@ def test_report_takes_the_roofline_ratio_paired_round_by_round_when_the_bench_me
     assert record["ratio_roofline_apart"] == pytest.approx(0.5)  # 2000 steps/s against a roofline of 4000
 
 
+def test_the_paired_roofline_does_the_work_of_a_whole_run(monkeypatch):
+    # A run of T steps records the risks of t = 0..T: T + 1 forward products and activations, T backward.
+    from lgd.benchmark import workloads
+
+    calls = []
+    monkeypatch.setattr(workloads, "_roofline_parts", lambda workload, dtype: tuple(
+        (lambda name=name: calls.append(name)) for name in ("forward", "backward", "transcendentals")))
+    sweep = workloads.WORKLOADS["SWEEP"].shrunk()
+    workloads.roofline_run(sweep, "float64")(3)
+    assert calls.count("forward") == 4 and calls.count("backward") == 3
+    assert calls.count("transcendentals") == 4 * sweep.configs
+    assert calls[-1] == "transcendentals" and calls.index("backward") > calls.index("forward")
+
+
 def test_table_markdown_and_json_round_trip(tmp_path):
     report = _report()
     table = format_table(report).splitlines()

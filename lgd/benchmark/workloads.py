@@ -13,7 +13,9 @@ block Z (softplus and sigmoid of Z share one exp(-|z|)). The products are timed 
 exactly those shapes (for sweeps, of all configurations stacked into one product, which is the best
 shape), the transcendentals as numpy exp and log1p over an n x m block. best steps/s = 1 / (product
 time + transcendental time). A kernel with a faster exp than numpy's can beat it. ``roofline_run``
-does that work for a given number of steps, so that the bench times it beside each timed round. Beside
+does the work of a whole run of T steps, so that the bench times it beside each timed round: T steps,
+then the forward product and the transcendentals of the risk at T, which every implementation records
+(a run keeps the risks of t = 0..T). Beside
 it, the machine's GEMM peak (``gemm_peak_gflops``: a large square numpy matmul) gives the least time
 the two products of a step could take at any shape.
 
@@ -143,8 +145,9 @@ def _best_time(fn, repeat: int, number: int) -> float:
 
 
 def _roofline_parts(workload: Workload, dtype: str):
-    """(products, transcendentals): the numpy work of one step's two products for all configurations
-    (stacked into one product each) and of one configuration-step's transcendentals (an n x m block)."""
+    """(forward, backward, transcendentals): the numpy work of one step's two products for all configurations
+    (stacked into one product each: X W^T, then G^T X) and of one configuration-step's transcendentals (an
+    n x m block)."""
     rng = np.random.default_rng(42)
     n, d, m, configs = workload.n, workload.d, workload.m, workload.configs
     X = rng.standard_normal((n, d)).astype(dtype)
@@ -154,15 +157,17 @@ def _roofline_parts(workload: Workload, dtype: str):
     out_z, out_g = np.empty((n, configs * m), dtype), np.empty((configs * m, d), dtype)
     scratch = np.empty_like(Z)
 
-    def products():
+    def forward():
         np.matmul(X, W.T, out=out_z)
+
+    def backward():
         np.matmul(GT, X, out=out_g)
 
     def transcendentals():
         np.exp(Z, out=scratch)
         np.log1p(scratch, out=scratch)
 
-    return products, transcendentals
+    return forward, backward, transcendentals
 
 
 def measure_roofline(workload: Workload, dtype: str, budget: float = 0.3) -> dict:
@@ -172,7 +177,11 @@ def measure_roofline(workload: Workload, dtype: str, budget: float = 0.3) -> dic
     >>> r["steps_per_s"] > 0 and r["product_gflops"] > 0
     True
     """
-    products, transcendentals = _roofline_parts(workload, dtype)
+    forward, backward, transcendentals = _roofline_parts(workload, dtype)
+
+    def products():
+        forward()
+        backward()
 
     def reps(fn):
         once = _best_time(fn, 1, 1)
@@ -191,20 +200,28 @@ def measure_roofline(workload: Workload, dtype: str, budget: float = 0.3) -> dic
 
 
 def roofline_run(workload: Workload, dtype: str):
-    """A function of ``steps`` doing the roofline's work of that many steps of every configuration (per
-    step: the stacked products once, the transcendentals once per configuration), for timing right beside
-    a run of the same steps: on a shared machine, a run and a roofline timed minutes apart see different
-    neighbours, while adjacent ones mostly see the same.
+    """A function of ``steps`` doing the roofline's work of a run of that many steps of every configuration,
+    for timing right beside it: per step the stacked products once and the transcendentals once per
+    configuration, then for the risk at the last step the forward product and the transcendentals again
+    (a run of T steps returns the risks of t = 0..T: T + 1 forward products, T backward; at L's 20 steps
+    the last forward product is about 2% of the call). Timed beside the run because, on a shared machine,
+    a run and a roofline timed minutes apart see different neighbours, while adjacent ones mostly see the
+    same.
 
     >>> roofline_run(WORKLOADS["S"].shrunk(), "float64")(2)
     """
-    products, transcendentals = _roofline_parts(workload, dtype)
+    forward, backward, transcendentals = _roofline_parts(workload, dtype)
+
+    def evaluate() -> None:
+        forward()
+        for _ in range(workload.configs):
+            transcendentals()
 
     def run(steps: int) -> None:
         for _ in range(steps):
-            products()
-            for _ in range(workload.configs):
-                transcendentals()
+            evaluate()
+            backward()
+        evaluate()
 
     return run
 
