@@ -123,17 +123,47 @@ def test_available_without_importing_numba():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("products", ["fused", "blas", "blas_swapped"])
-def test_sweep_equals_single_runs_and_oracle(products, monkeypatch):
-    """A sweep (threads taking the configurations from a shared queue) equals the single runs (a team of
-    threads per step) and the oracle, with the products in the fused loops or through BLAS (the gradient's
-    parts as they are, or transposed with Z held transposed too: blas_swapped, in float64)."""
-    monkeypatch.setattr(_numba, "TEAM_WORK", 1)
+def blas_products(products: str, monkeypatch):
+    """The product mode `products` for the numba runs that follow: "fused" (the tiles), "blas" (the gradient's
+    parts as they are), "blas_swapped" (transposed, (m, d), with the weights held as rows and, in float64, Z
+    transposed too) or "blas_transposing" (the same, but the weights kept as Wt (d, m): the transposing sum).
+    Returns the list of the gemm choices of every BLAS scratch built (_numba.buffers)."""
     monkeypatch.setattr(_numba, "BLAS_WORK", 1 << 62 if products == "fused" else 0)
-    monkeypatch.setattr(_numba, "BLAS_SWAPPED_MIN_D", 0 if products == "blas_swapped" else 1 << 62)
+    swapped = products in ("blas_swapped", "blas_transposing")
+    monkeypatch.setattr(_numba, "BLAS_SWAPPED_MIN_D", 0 if swapped else 1 << 62)
+    monkeypatch.setattr(_numba, "BLAS_WEIGHTS_AS_ROWS", products == "blas_swapped")
     monkeypatch.setattr(_numba, "blas_is_avx512", lambda: True)
     monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
     monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
+    made, build = [], _numba.buffers
+
+    def recording(*args, **kwargs):
+        scratch = build(*args, **kwargs)
+        if scratch.gemm is not None:
+            made.append(tuple(int(x) for x in scratch.gemm[1:]))
+        return scratch
+
+    monkeypatch.setattr(_numba, "buffers", recording)
+    return made
+
+
+def assert_blas_layouts(products: str, made: list, dtype=np.float64):
+    """Every BLAS scratch in `made` (blas_products) took the layouts of `products`: (swapped, Z transposed,
+    weights as rows)."""
+    swapped = products in ("blas_swapped", "blas_transposing")
+    expected = (int(swapped), int(swapped and dtype == np.float64), int(products == "blas_swapped"))
+    assert made if products != "fused" else not made
+    assert set(made) <= {expected}, (products, set(made))
+
+
+@pytest.mark.parametrize("products", ["fused", "blas", "blas_swapped", "blas_transposing"])
+def test_sweep_equals_single_runs_and_oracle(products, monkeypatch):
+    """A sweep (threads taking the configurations from a shared queue) equals the single runs (a team of
+    threads per step) and the oracle, with the products in the fused loops or through BLAS (the gradient's
+    parts as they are, or transposed with Z held transposed too in float64 and the weights held as rows,
+    blas_swapped, or as Wt (d, m), blas_transposing)."""
+    monkeypatch.setattr(_numba, "TEAM_WORK", 1)
+    made = blas_products(products, monkeypatch)
     X, y, X_test, y_test = problem_data("logistic")
     stepsizes = [0.1, 1.0, 10.0, 1e5]
     kwargs = dict(steps=120, record=5, seeds=(0, 1), X_test=X_test, y_test=y_test)
@@ -151,24 +181,22 @@ def test_sweep_equals_single_runs_and_oracle(products, monkeypatch):
         np.testing.assert_allclose(single.weights, swept.weights[i], rtol=1e-10)
     calm = np.repeat(np.array(stepsizes) <= 1.0, 2)
     np.testing.assert_allclose(swept.risk[calm], oracle.risk[calm], rtol=1e-10, atol=1e-300)
+    np.testing.assert_allclose(swept.weights[calm], oracle.weights[calm], rtol=1e-10)
+    assert_blas_layouts(products, made)
 
 
 @pytest.mark.parametrize("team, stepsizes", [(2, [0.3]), (2, [3e3]), (3, [0.3, 3e3])],
                          ids=["calm", "diverging", "two_configs"])
-@pytest.mark.parametrize("products", ["fused", "blas", "blas_swapped"])
+@pytest.mark.parametrize("products", ["fused", "blas", "blas_swapped", "blas_transposing"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 def test_team_of_threads_matches_oracle(team, stepsizes, dtype, products, monkeypatch):
     """run_team (threads splitting the samples of every step, barriers between) against the oracle:
     whole traces, test metrics and neuron margins, divergence, configurations one after the other,
     with the products in the fused loops or through BLAS on each thread's block (the gradient's parts as they
-    are, or transposed: blas_swapped, where float64 holds Z transposed too and makes its pass over the
-    training samples by step.column_block)."""
+    are, or transposed: blas_swapped and blas_transposing, where float64 holds Z transposed too and makes its
+    pass over the training samples by step.column_block; the weights held as rows, or as Wt)."""
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
-    monkeypatch.setattr(_numba, "BLAS_WORK", 1 << 62 if products == "fused" else 0)
-    monkeypatch.setattr(_numba, "BLAS_SWAPPED_MIN_D", 0 if products == "blas_swapped" else 1 << 62)
-    monkeypatch.setattr(_numba, "blas_is_avx512", lambda: True)
-    monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
-    monkeypatch.setattr(_numba, "BLAS_MIN_D", 0)
+    made = blas_products(products, monkeypatch)
     model = lgd.TwoLayerNet(21, train_outer=True)
     problem = make_problem(model, "exponential", dtype)
     steps, every = 150, 7
@@ -185,6 +213,7 @@ def test_team_of_threads_matches_oracle(team, stepsizes, dtype, products, monkey
     # A diverging run is compared up to its divergence (the trace is nan after it).
     upto = [dv if dv >= 0 else None for dv in expected[0].diverged]
     assert_traces_close(expected, actual, rtol=tol, atol=tol * 1e-3, upto=upto)
+    assert_blas_layouts(products, made, dtype)
 
 
 @pytest.mark.parametrize("width", [24, 5])
@@ -428,8 +457,9 @@ def test_team_split_by_neurons_matches_oracle(case, team, dtype, d, monkeypatch)
     buffers = _numba.buffers
 
     def recording_buffers(kernels, size, *args, **kwargs):
-        built.append((size, kwargs.get("split", args[-1])))
-        return buffers(kernels, size, *args, **kwargs)
+        made = buffers(kernels, size, *args, **kwargs)
+        built.append((size, made.split is not None))
+        return made
 
     monkeypatch.setattr(_numba, "buffers", recording_buffers)
     options = dict(steps=80, record=lgd.Record(every=3, neuron_margins=True), **held_out)
@@ -781,6 +811,40 @@ def test_blas_gradient_parts_transposed_from_the_dimension_with_avx512_blas(avx5
         assert F.shape[:2] == (team, 8) and outs.shape[:2] == (team, 4) and min(F.shape[2], outs.shape[2]) >= group
     else:
         assert all(x.shape == (team, 0, 0) for x in b.columns)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_weights_held_as_rows_only_where_the_gradient_is_transposed_and_nothing_reads_wt(dtype, monkeypatch):
+    """A BLAS run holds the weights it steps as rows, W (m, d), and its gradient so (gemm[3] = 1), where the
+    gradient's product is transposed (BLAS_SWAPPED_MIN_D, AVX-512 BLAS) and no tangent vectors, sharpness or
+    trajectory read Wt (d, m); a run with a trajectory keeps Wt, and both match the oracle."""
+    monkeypatch.setattr(_numba, "BLAS_SWAPPED_MIN_D", 6)
+    monkeypatch.setattr(_numba, "blas_is_avx512", lambda: True)
+    rows = _numba.weights_as_rows
+    assert rows(6, True, 0, False, False)
+    assert not rows(5, True, 0, False, False) and not rows(6, False, 0, False, False)
+    assert not any(rows(6, True, *other) for other in [(1, False, False), (0, True, False), (0, False, True)])
+    monkeypatch.setattr(_numba, "BLAS_WEIGHTS_AS_ROWS", False)
+    assert not rows(6, True, 0, False, False)
+    monkeypatch.setattr(_numba, "BLAS_WEIGHTS_AS_ROWS", True)
+    monkeypatch.setattr(_numba, "blas_is_avx512", lambda: False)
+    assert not rows(6, True, 0, False, False)
+    m, d, n = 3, 6, 8
+    held = _numba.buffers(numba_cpu, 1, m, d, n, 0, dtype, blas=True, rows=True)
+    kept = _numba.buffers(numba_cpu, 1, m, d, n, 0, dtype, blas=True)
+    assert held.Wt[0, 0].shape == held.grad[0, 0].shape == (m, d) and held.gemm[3] == 1
+    assert kept.Wt[0, 0].shape == kept.grad[0, 0].shape == (d, m) and kept.gemm[3] == 0
+
+    made = blas_products("blas_swapped", monkeypatch)
+    X, y, _, _ = problem_data("logistic", d=7, dtype=dtype, test=False)
+    model = lgd.TwoLayerNet(4, train_outer=True)
+    options = dict(stepsize=0.5, steps=12, record=lgd.Record(weights=3))
+    expected = lgd.gd(X, y, model, "logistic", compute=fast(backend="numpy", dtype=dtype), **options)
+    actual = lgd.gd(X, y, model, "logistic", compute=fast(backend="numba", dtype=dtype), **options)
+    tol = 1e-10 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(actual.trajectory, expected.trajectory, rtol=tol, atol=tol)
+    np.testing.assert_allclose(actual.weights, expected.weights, rtol=tol, atol=tol)
+    assert made and {layouts[2] for layouts in made} == {0}
 
 
 @pytest.mark.parametrize("libraries, expected", [

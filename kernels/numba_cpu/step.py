@@ -467,7 +467,7 @@ def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, membe
     float32 run computes in float32. Per-sample losses, the risk and the margins are float64 sums
     of values rounded as the oracle rounds them.
     """
-    d, m = Wt.shape
+    d, m = X.shape[1], a.shape[0]  # not Wt's shape: in BLAS mode Wt may hold the weights as rows, W (m, d)
     act, act_param, scale, linear = spec.activation, spec.activation_param, spec.scale, spec.linear
     if train:
         if Z is None:
@@ -646,12 +646,25 @@ def record_step(trace, c, slot, n, risk, log_risk, grad_sq, weight_sq, stats, ne
 
 
 @subroutine(types.void)
-def store_weights(W, A, c, Wt, a):
-    """W[c] = Wt^T and A[c] = a (loops: a slice assignment compiles numba's shape-mismatch error
-    path, which slows every cold compile)."""
-    transpose_into(Wt, W[c])
+def store_weights(W, A, c, Wt, a, rows):
+    """W[c] = Wt^T, or Wt itself where it holds the weights as rows (`rows`: tiles.weights_as_rows), and
+    A[c] = a (loops: a slice assignment compiles numba's shape-mismatch error path, which slows every cold
+    compile)."""
+    if rows:
+        copy_into(Wt, W[c])
+    else:
+        transpose_into(Wt, W[c])
     for j in range(a.size):
         A[c, j] = a[j]
+
+
+@subroutine(types.void)
+def copy_into(source, target):
+    """target[j, k] = source[j, k] for 2-d arrays of one shape."""
+    p, q = source.shape
+    for j in range(p):
+        for k in range(q):
+            target[j, k] = source[j, k]
 
 
 # Square blocks of a transposition: a block of the source and one of the target (2 KB each in float64)
@@ -676,13 +689,14 @@ def transpose_into(source, target):
 
 @subroutine(types.void)
 def update(Wt, a, grad, grad_a, eta, train_outer, f32):
-    """W <- W - eta grad (and a), with the oracle's rounding of eta * grad in float32."""
-    d, m = Wt.shape
-    for k in range(d):
-        for j in range(m):
+    """W <- W - eta grad (and a), with the oracle's rounding of eta * grad in float32. Wt and grad in one
+    layout, either (d, m) or the weights as rows (m, d): entry by entry."""
+    rows, columns = Wt.shape
+    for k in range(rows):
+        for j in range(columns):
             Wt[k, j] = Wt[k, j] - narrow(eta * grad[k, j], f32)
     if train_outer:
-        for j in range(m):
+        for j in range(a.shape[0]):
             a[j] = a[j] - narrow(eta * grad_a[j], f32)
 
 
@@ -884,10 +898,12 @@ def reduce_blocks(blocks, test, grads, grads_a, neurons_part, stats, grad, grad_
                   a, unscaled):
     """Sum the blocks' partial gradients (grads, or grads_blas from BLAS: transposed, (blocks, m, d), where
     gemm[1] is not 0) and statistics into grad, grad_a, neuron and total; where `unscaled`
-    (partials_unscaled), the sum of grads times a_j in column j (a: the outer weights the pass read)."""
-    d, m = grad.shape
+    (partials_unscaled), the sum of grads times a_j in column j (a: the outer weights the pass read). grad is
+    (d, m), or (m, d) where the BLAS mode holds the weights as rows (gemm[3]: the parts' layout, summed as
+    they are)."""
+    m = grad_a.shape[0]
     if grads_blas is not None:  # None: pruned at compile time
-        if gemm[1] != 0:
+        if gemm[1] != 0 and gemm[3] == 0:
             sum_blocks_transposed(grads_blas, blocks, grad)
         elif not blas_writes_grad(grads_blas, blocks, grad):
             sum_blocks(grads_blas, blocks, grad, a, False)

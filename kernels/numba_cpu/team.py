@@ -31,11 +31,11 @@ from lgd.backends import CACHE_LINE
 from .compiler import kernel, subroutine
 from .formulas import KNOWN, unknown_code
 from .intrinsics import atomic_add, atomic_load, atomic_store, prefetch_for_write, sched_yield, spin_pause
-from .step import (column_block, partials_unscaled, record_slot, reduce_blocks, sample_block, split_backward,
-                   split_forward, split_held_out, split_norms, split_total, step_end, store_weights, sum_blocks,
-                   transpose_into, update, z_columns)
+from .step import (column_block, copy_into, partials_unscaled, record_slot, reduce_blocks, sample_block,
+                   split_backward, split_forward, split_held_out, split_norms, split_total, step_end, store_weights,
+                   sum_blocks, transpose_into, update, z_columns)
 from .tangent import hessian_part, member_block, propagate
-from .tiles import blas_backward, blas_forward
+from .tiles import blas_backward, blas_forward, weights_as_rows
 
 
 class Data(NamedTuple):
@@ -153,8 +153,10 @@ class Buffers(NamedTuple):
     parts transposed, where gemm[1] is not 0 (tiles.blas_backward); Z held transposed, (m, n), where gemm[2] is not
     0 too, and then step.column_block makes the pass over the training block with columns: per member P and Q (m,
     step.COLUMN_GROUP) and F (8, COLUMN_GROUP) in the run's dtype and the losses' outputs (4, COLUMN_GROUP) float64
-    (each (team, 0, 0) where gemm[2] is 0); and gemm (3,) int64, the address of the ILP64 ?gemm_ the products call
-    (0: scipy's, tiles.blas_forward) and those two choices. The fused loops' zs is None with BLAS, and Z, Z_test,
+    (each (team, 0, 0) where gemm[2] is 0); Wt and grad are W (m, d) and its gradient, the weights as rows, where
+    gemm[3] is not 0 too (tiles.weights_as_rows; grads_blas unused by a float64 team of one again); and gemm (4,)
+    int64, the address of the ILP64 ?gemm_ the products call (0: scipy's, tiles.blas_forward) and those three
+    choices. The fused loops' zs is None with BLAS, and Z, Z_test,
     grads_blas, gemm and columns None without: a branch on None is pruned at compile time, so each product mode is a
     kernel of its own without the other's code. split is None but in a team split by neurons (run_split_steps),
     whose buffers are per member at its width w = m / team (lgd.backends._numba._split_buffers says which hold
@@ -271,8 +273,12 @@ def tangent_map(team, c, X, y, spec, batch, Wt, a, a_step, grad, grad_a, i0, i1,
 
 @subroutine(types.void)
 def load_weights(batch, c, b, r):
-    """Copy r of the weights being stepped (Wt, a, a_step) = configuration c's."""
-    transpose_into(batch.W[c], b.Wt[r, 0])
+    """Copy r of the weights being stepped (Wt, a, a_step) = configuration c's: Wt = W^T, or W itself where the
+    BLAS mode holds the weights as rows (weights_as_rows)."""
+    if weights_as_rows(b.gemm):
+        copy_into(batch.W[c], b.Wt[r, 0])
+    else:
+        transpose_into(batch.W[c], b.Wt[r, 0])
     for j in range(batch.A.shape[1]):
         b.a[r, 0, j] = batch.A[c, j]
         b.a_step[r, 0, j] = batch.A[c, j]
@@ -430,7 +436,7 @@ def _config_by_samples(team, c, data, batch, trace, spec, schedule, b, i0, i1, k
         load_weights(batch, c, b, member)
     run_steps(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, inv_n, neurons)
     if member == 0:
-        store_weights(batch.W, batch.A, c, b.Wt[0, 0], b.a[0, 0])
+        store_weights(batch.W, batch.A, c, b.Wt[0, 0], b.a[0, 0], weights_as_rows(b.gemm))
 
 
 def _config_by_neurons(team, c, data, batch, trace, spec, schedule, b, i0, i1, k0, k1, inv_n, neurons, split):

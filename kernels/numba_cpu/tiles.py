@@ -250,7 +250,8 @@ def _blas_block(name):
     blas_rows_gradient_swapped: its transpose, out (m, d) = (X[i0:i1]^T G[i0:i1])^T;
     or held transposed, ZT (m, n), the block's samples its columns i0 .. i1 - 1:
     blas_columns_times: ZT[:, i0:i1] = (X[i0:i1] Wt)^T; blas_columns_gradient: out (m, d) = G[i0:i1]^T X[i0:i1],
-    G^T read from those columns of ZT."""
+    G^T read from those columns of ZT; and with the weights held as rows, B = W (m, d) rather than Wt:
+    blas_rows_times_w: Z[i0:i1] = X[i0:i1] W^T, blas_columns_times_w: ZT[:, i0:i1] = (X[i0:i1] W^T)^T."""
     def blas_block(typingctx, X, i0, i1, B, C, gemm):
         """The caller keeps 0 <= i0 <= i1 <= len(X), and len(X) = the samples of Z (G); all C-contiguous."""
         if not (tiled_arrays((X, B, C)) and isinstance(gemm, types.Array) and gemm.dtype == types.int64):
@@ -283,6 +284,14 @@ def _blas_block(name):
             elif name == "blas_columns_times":  # ZT's columns, column-major (rows x m) = X_b Wt, both transposed
                 _gemm_call(context, builder, dtype, True, True, rows, b_row, d, x_block, d, b_data, b_row,
                            builder.gep(c_data, [i0]), c_row, address)
+            elif name == "blas_rows_times_w":  # Z_b^T = W X_b^T: W (m, d) is column-major (d x m), transposed
+                m = cgutils.unpack_tuple(builder, context.make_array(b_type)(context, builder, args[3]).shape, 2)[0]
+                _gemm_call(context, builder, dtype, True, False, m, rows, d, b_data, d, x_block, d,
+                           builder.gep(c_data, [builder.mul(i0, m)]), m, address)
+            elif name == "blas_columns_times_w":  # ZT's columns, column-major (rows x m) = X_b W^T, X_b transposed
+                m = cgutils.unpack_tuple(builder, context.make_array(b_type)(context, builder, args[3]).shape, 2)[0]
+                _gemm_call(context, builder, dtype, True, False, rows, m, d, x_block, d, b_data, d,
+                           builder.gep(c_data, [i0]), c_row, address)
             else:  # out (m, d), column-major (d x m) = X_b^T G_b, G_b = ZT's columns: column-major (rows x m), ZT's
                 # row length n apart
                 m = cgutils.unpack_tuple(builder, context.make_array(c_type)(context, builder, args[4]).shape, 2)[0]
@@ -298,6 +307,8 @@ blas_rows_times = _blas_block("blas_rows_times")
 blas_rows_transposed_times = _blas_block("blas_rows_transposed_times")
 blas_rows_gradient_swapped = _blas_block("blas_rows_gradient_swapped")
 blas_columns_times = _blas_block("blas_columns_times")
+blas_rows_times_w = _blas_block("blas_rows_times_w")
+blas_columns_times_w = _blas_block("blas_columns_times_w")
 blas_columns_gradient = _blas_block("blas_columns_gradient")
 
 
@@ -422,12 +433,28 @@ def blas_forward(X, i0, i1, Wt, Z, gemm, train):
     """Z[i0:i1] = X[i0:i1] Wt by BLAS (the ?gemm_ at gemm[0], or scipy's), or, for the training block where
     gemm[2] is not 0, its transpose into columns i0 .. i1 - 1 of Z held as (m, n) (lgd.backends._numba.buffers
     chooses: OpenBLAS's AVX-512 kernels form that layout faster in float64, L's 21.1-23.1 ms against 23.5-25.4);
-    nothing when Z is None (the fused mode: pruned at compile time)."""
+    where gemm[3] is not 0, Wt holds the weights as rows, W (m, d) (weights_as_rows); nothing when Z is None
+    (the fused mode: pruned at compile time)."""
     if Z is not None:
-        if train and gemm[2] != 0:
+        if gemm[3] != 0:
+            if train and gemm[2] != 0:
+                blas_columns_times_w(X, i0, i1, Wt, Z, gemm)
+            else:
+                blas_rows_times_w(X, i0, i1, Wt, Z, gemm)
+        elif train and gemm[2] != 0:
             blas_columns_times(X, i0, i1, Wt, Z, gemm)
         else:
             blas_rows_times(X, i0, i1, Wt, Z, gemm)
+
+
+@subroutine(types.boolean)
+def weights_as_rows(gemm):
+    """Whether the BLAS mode holds the weights being stepped as rows, W (m, d), the layout of the gradient's
+    transposed product (gemm[3] not 0: lgd.backends._numba.weights_as_rows), rather than as Wt (d, m); False
+    in the fused mode, whose gemm is None (pruned at compile time)."""
+    if gemm is not None:
+        return gemm[3] != 0
+    return False
 
 
 def _gradient_alone(grads, size, grad):
@@ -443,18 +470,31 @@ def _gradient_never(grads, size, grad):
 def blas_writes_grad(grads, size, grad):
     """Whether BLAS writes the gradient straight into grad (float64, whose grad is of the run's dtype, and a
     team of one: nothing to add up) rather than into grads[member] for step.reduce_blocks to sum: the
-    copy was a pass over a large net's gradient at every step (0.3 ms of L's)."""
+    copy was a pass over a large net's gradient at every step (0.3 ms of L's). Where grad's layout is the
+    product's: not where the product is transposed and the weights are kept as Wt (blas_backward)."""
+
+
+@subroutine(types.void)
+def backward_into(X, i0, i1, G, out, gemm):
+    """out = X[i0:i1]^T G[i0:i1] by BLAS, in the layout gemm chooses (blas_backward)."""
+    if gemm[2] != 0:
+        blas_columns_gradient(X, i0, i1, G, out, gemm)
+    elif gemm[1] != 0:
+        blas_rows_gradient_swapped(X, i0, i1, G, out, gemm)
+    else:
+        blas_rows_transposed_times(X, i0, i1, G, out, gemm)
 
 
 def _backward_same_dtype(X, i0, i1, G, grads, member, size, grad, gemm):
-    if blas_writes_grad(grads, size, grad):
-        blas_rows_transposed_times(X, i0, i1, G, grad, gemm)
+    # Into grad itself where its layout is the product's: (d, m), or (m, d) with the weights held as rows.
+    if blas_writes_grad(grads, size, grad) and (gemm[1] == 0 or gemm[3] != 0):
+        backward_into(X, i0, i1, G, grad, gemm)
     else:
-        blas_rows_transposed_times(X, i0, i1, G, grads[member], gemm)
+        backward_into(X, i0, i1, G, grads[member], gemm)
 
 
 def _backward_parts(X, i0, i1, G, grads, member, size, grad, gemm):
-    blas_rows_transposed_times(X, i0, i1, G, grads[member], gemm)
+    backward_into(X, i0, i1, G, grads[member], gemm)
 
 
 # Two implementations by dtype, not one branch on blas_writes_grad: numba types both sides of a branch, and
@@ -467,15 +507,11 @@ def _blas_backward(X, i0, i1, G, grads, member, size, grad, gemm):
 
 @subroutine(types.void)
 def blas_backward(X, i0, i1, G, grads, member, size, grad, gemm):
-    """X[i0:i1]^T G[i0:i1] by BLAS (as blas_forward) into grad when blas_writes_grad, else into grads[member];
-    where gemm[1] is not 0, its transpose into grads[member], (m, d) (lgd.backends._numba.buffers chooses:
-    OpenBLAS ran that shape faster on large inputs, L's 20 ms against 26, and step.reduce_blocks transposes
-    it back as it sums); where gemm[2] is not 0 too, G^T read from the columns of G held as (m, n)
-    (blas_forward); nothing when grads is None (the fused mode)."""
+    """X[i0:i1]^T G[i0:i1] by BLAS (as blas_forward) into grad when blas_writes_grad and grad's layout is the
+    product's, else into grads[member]; where gemm[1] is not 0, its transpose, (m, d) (lgd.backends._numba.buffers
+    chooses: OpenBLAS ran that shape faster on large inputs, L's 20 ms against 26), which step.reduce_blocks
+    transposes back as it sums unless the weights, and so grad, are held as rows too (gemm[3]); where gemm[2]
+    is not 0 too, G^T read from the columns of G held as (m, n) (blas_forward); nothing when grads is None (the
+    fused mode)."""
     if grads is not None:
-        if gemm[2] != 0:
-            blas_columns_gradient(X, i0, i1, G, grads[member], gemm)
-        elif gemm[1] != 0:
-            blas_rows_gradient_swapped(X, i0, i1, G, grads[member], gemm)
-        else:
-            _blas_backward(X, i0, i1, G, grads, member, size, grad, gemm)
+        _blas_backward(X, i0, i1, G, grads, member, size, grad, gemm)

@@ -69,6 +69,13 @@ BLAS_ON_INTEL_FROM_BOUND = True
 # With its Haswell (AVX2) kernels the product was faster too (30 against 34), but L's step was not (77-80 ms
 # both ways, 32-byte kernels): those keep the gradient's layout.
 BLAS_SWAPPED_MIN_D = 512
+# With the gradient's parts transposed, a run holds the weights being stepped in their layout too, as rows W
+# (m, d) rather than Wt (d, m) (weights_as_rows): BLAS then writes the gradient of a team of one straight into
+# grad, and the transposing sum, a pass over the gradient that read it a column at a time, goes. On L (float64,
+# the Intel AVX-512 host of docs/performance.md, right after the step's products as in a step) the gradient's
+# and weights' passes took 1.9-2.1 ms against 3.9-4.0 with the transposing sum. Not with trajectories, the
+# sharpness or tangent vectors, whose code reads Wt (d, m).
+BLAS_WEIGHTS_AS_ROWS = True
 # With the gradient's parts transposed, a float64 run holds Z transposed too, (m, n) (tiles.blas_forward), and
 # the pass over the training samples takes it a group of columns at a time (numba_cpu.step.column_block):
 # OpenBLAS's SkylakeX kernels formed Z^T faster on L (two threads, products alternating as in a step: 21.1-23.1
@@ -472,12 +479,13 @@ class Runner:
         kernels = self._kernels
         _, m, d = batch.W.shape
         measuring = trace.sharpness.shape[1] > 0
-        split = self._split(team, m, blas, batch.tangents.shape[1], measuring,
-                            trace.weights.shape[1] > 0 or trace.projections.shape[1] > 0)
+        trajectory = trace.weights.shape[1] > 0 or trace.projections.shape[1] > 0
+        split = self._split(team, m, blas, batch.tangents.shape[1], measuring, trajectory)
+        rows = weights_as_rows(d, blas, batch.tangents.shape[1], measuring, trajectory)
         key = (team, m, d, len(self._data.X), len(self._data.X_test), self.problem.dtype, blas,
                batch.tangents.shape[1], LANCZOS_ITERATIONS if measuring else 0,
                trace.sharpness.shape[2] if measuring else 0, len(self._data.X_curvature), self.problem.train_outer,
-               split)
+               split, rows)
         with self._scratch_lock:
             spare = self._scratch.setdefault(key, [])
             scratch = spare.pop() if spare else None
@@ -527,7 +535,7 @@ def _check_codes(problem: Problem, kernels):
 
 def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas: bool, tangents: int = 0,
             lanczos: int = 0, eigenvalues: int = 0, curvature_rows: int = 0, train_outer: bool = True,
-            split: bool = False):
+            split: bool = False, rows: bool = False):
     """The scratch of one run_team call by a team of `team` (kernels.Buffers documents each buffer).
 
     What a member writes at every sample is in _own_rows, apart from the other members' rows. With BLAS
@@ -537,7 +545,8 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
     measured on (each sample's curvature is kept for the measurement: 4 m values); without them (0) their
     scratch is None too, and the kernel is compiled without their code (a variant of its own, compiled on
     first use). `train_outer`: whether the tangent map needs phi and phi' of each sample too (_kept_rows).
-    `split`: a team split by neurons (split_team), whose scratch _split_buffers builds."""
+    `split`: a team split by neurons (split_team), whose scratch _split_buffers builds. `rows`: the BLAS mode
+    holds the weights as rows (weights_as_rows): Wt and grad (m, d)."""
     empty = aligned_empty
     if split:
         return _split_buffers(kernels, team, m, d, n, n_test, dtype)
@@ -553,20 +562,21 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
                          empty((team, 0, 0), np.float64)))
         products = dict(Z=empty((m, n) if transposed else (n, m), dtype), Z_test=empty((n_test, m), dtype),
                         grads_blas=empty((team, m, d) if swapped else (team, d, m), dtype),
-                        gemm=empty(3, np.int64), columns=columns)
-        products["gemm"][:] = numpy_gemm(np.dtype(dtype).name), int(swapped), int(transposed)
+                        gemm=empty(4, np.int64), columns=columns)
+        products["gemm"][:] = numpy_gemm(np.dtype(dtype).name), int(swapped), int(transposed), int(rows)
     else:
         products = dict(Z=None, Z_test=None, grads_blas=None, gemm=None, columns=None)
     waiting = kernels.waiting_samples.implementation(d, m)
     # Copies of the weights, and sets of the members' partials: see replicated_close.
     copies, sets = (team, 2) if replicated_close(team, d, m, dtype, blas, tangents, lanczos) else (1, 1)
+    weights = (m, d) if rows else (d, m)
     return kernels.Buffers(
-        Wt=_copies(copies, (d, m), dtype), a=_copies(copies, (m,), dtype), a_step=_copies(copies, (m,), dtype),
+        Wt=_copies(copies, weights, dtype), a=_copies(copies, (m,), dtype), a_step=_copies(copies, (m,), dtype),
         zs=None if blas else _own_block((team, kernels.z_rows(d, m), m), dtype),
         ps=_own_rows((team, m), dtype), qs=_own_rows((team, m), dtype), pending_q=_own_block((team, waiting, m), dtype),
         pending_rows=_own_rows((team, waiting), np.int64), grads=empty((sets, team, d, m), dtype),
         grads_a=_own_rows((sets, team, m), dtype), neurons_part=_own_rows((sets, team, m), np.float64),
-        stats=_own_rows((sets, 2 * team, 3), np.float64), grad=_copies(copies, (d, m)), grad_a=_copies(copies, (m,)),
+        stats=_own_rows((sets, 2 * team, 3), np.float64), grad=_copies(copies, weights), grad_a=_copies(copies, (m,)),
         neuron=_copies(copies, (m,)), total=_copies(copies, (2, 3)), us=empty((sets, n)),
         tangent=(empty((tangents, m, d)), empty((tangents, m)), empty((team, tangents, d, m)),
                  empty((team, tangents, d, m)), empty((team, tangents, m)), empty(1)) if tangents else None,
@@ -581,6 +591,14 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
         group=(_own_block((team, waiting, m), dtype), _own_rows((team, 4, waiting), np.float64),
                None if blas or d > m else _own_block((team, waiting, d), dtype)),
         split=None, **products)
+
+
+def weights_as_rows(d: int, blas: bool, tangents: int, measuring: bool, trajectory: bool) -> bool:
+    """Whether a BLAS run holds the weights it steps as rows, W (m, d), the layout of its gradient's transposed
+    product (BLAS_WEIGHTS_AS_ROWS): where that product is transposed (BLAS_SWAPPED_MIN_D, OpenBLAS's AVX-512
+    kernels), and without tangent vectors, the sharpness or a trajectory (their code reads Wt (d, m))."""
+    return (BLAS_WEIGHTS_AS_ROWS and blas and d >= BLAS_SWAPPED_MIN_D and blas_is_avx512() and not tangents
+            and not measuring and not trajectory)
 
 
 # Whether a team's members each close the step on a copy of the weights of their own (replicated_close), and
