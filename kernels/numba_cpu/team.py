@@ -156,12 +156,12 @@ class Buffers(NamedTuple):
     (each (team, 0, 0) where gemm[2] is 0); Wt and grad are W (m, d) and its gradient, the weights as rows, where
     gemm[3] is not 0 too (tiles.weights_as_rows; grads_blas unused by a float64 team of one again); and gemm (4,)
     int64, the address of the ILP64 ?gemm_ the products call (0: scipy's, tiles.blas_forward) and those three
-    choices. The fused loops' zs is None with BLAS, and Z, Z_test,
-    grads_blas, gemm and columns None without: a branch on None is pruned at compile time, so each product mode is a
-    kernel of its own without the other's code. split is None but in a team split by neurons (run_split_steps),
-    whose buffers are per member at its width w = m / team (lgd.backends._numba._split_buffers says which hold
-    what there): split = (the members' parts of the outputs, of the norms, the whole net's neuron margins,
-    the parts of the held-out outputs, a tile's rows of their phi and phi').
+    choices. The fused loops' zs is None with BLAS, and Z, Z_test, grads_blas, gemm and columns None without: a
+    branch on None is pruned at compile time, so each product mode is a kernel of its own without the other's
+    code. split is None but in a team split by neurons (run_split_steps), whose buffers are per member at its
+    width w = m / team (lgd.backends._numba._split_buffers says which hold what there): split = (the members'
+    parts of the outputs, of the norms, the whole net's neuron margins, the parts of the held-out outputs, a
+    tile's rows of their phi and phi').
     """
 
     Wt: np.ndarray
