@@ -817,7 +817,8 @@ def test_blas_gradient_parts_transposed_from_the_dimension_with_avx512_blas(avx5
 def test_weights_held_as_rows_only_where_the_gradient_is_transposed_and_nothing_reads_wt(dtype, monkeypatch):
     """A BLAS run holds the weights it steps as rows, W (m, d), and its gradient so (gemm[3] = 1), where the
     gradient's product is transposed (BLAS_SWAPPED_MIN_D, AVX-512 BLAS) and no tangent vectors, sharpness or
-    trajectory read Wt (d, m); a run with a trajectory keeps Wt, and both match the oracle."""
+    trajectory read Wt (d, m); a run with a trajectory keeps Wt and matches the oracle (the runs with the rows
+    are test_team_of_threads_matches_oracle's and test_sweep_equals_single_runs_and_oracle's blas_swapped)."""
     monkeypatch.setattr(_numba, "BLAS_SWAPPED_MIN_D", 6)
     monkeypatch.setattr(_numba, "blas_is_avx512", lambda: True)
     rows = _numba.weights_as_rows
