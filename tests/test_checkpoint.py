@@ -66,8 +66,10 @@ def assert_same_bits(expected, actual):
 
 
 def interrupt_once(monkeypatch, name: str, at: int, error=KeyboardInterrupt):
-    """Make backend `name`'s runner behave as if Ctrl-C (or another `error`) came before its first chunk from
-    step `at` on."""
+    """Make backend `name`'s runner behave as if Ctrl-C (or another `error`) came before its chunk at step
+    `at`: after the first chunk (16 steps) every chunk is one step, so that one starts there (the driver
+    would otherwise take the rest of a short run in one chunk)."""
+    monkeypatch.setattr(driver, "CHUNK_SECONDS", 1e-9)
     runner = backends.resolve(name)._module().Runner
     advance, fired = runner.advance, []
 

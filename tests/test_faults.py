@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import lgd
-from lgd import reproduce
+from lgd import driver, reproduce
 from lgd._json import to_json
 from lgd.backends import _numpy
 from lgd.cli import main, output_folder, trace_names
@@ -32,8 +32,11 @@ def strict_json(text: str):
 
 @pytest.fixture
 def interrupt_at(monkeypatch):
-    """Make the numpy runner behave as if Ctrl-C came before its first chunk at step >= t (once)."""
+    """Make the numpy runner behave as if Ctrl-C came before its first chunk at step >= t (once); after the
+    first chunk (16 steps) every chunk is one step, so that one starts at t (the driver would otherwise take
+    the rest of a short run in one chunk)."""
     def arm(t):
+        monkeypatch.setattr(driver, "CHUNK_SECONDS", 1e-9)
         advance, fired = _numpy.Runner.advance, []
 
         def interrupted(self, t_start, t_stop):
