@@ -275,3 +275,24 @@ def test_progress_bar_on_request_and_off_when_not_a_terminal(xor, capsys):
     assert "step" in capsys.readouterr().err
     lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=1.0, steps=30, compute="numpy")  # stderr is not a TTY here
     assert capsys.readouterr().err == ""
+
+
+def test_the_driver_takes_the_rest_of_a_run_in_one_chunk_where_it_fits(monkeypatch):
+    """After its first chunk (16 evaluations) the driver takes the rest of a run in one chunk where that fits in
+    CHUNK_SECONDS at the first chunk's pace (each chunk is a runner call), else it grows the chunk toward
+    CHUNK_SECONDS, here one evaluation at a time."""
+    from lgd import driver
+    from lgd.backends import _numpy
+
+    spans, advance = [], _numpy.Runner.advance
+    monkeypatch.setattr(_numpy.Runner, "advance", lambda self, *span: (spans.append(span), advance(self, *span))[1])
+    X, y = lgd.data.xor(n=20)
+
+    def chunks(seconds):
+        spans.clear()
+        monkeypatch.setattr(driver, "CHUNK_SECONDS", seconds)
+        lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=0.5, steps=300, compute=lgd.Compute(backend="numpy", progress=False))
+        return list(spans)
+
+    assert chunks(1e3) == [(0, 16), (16, 301)]
+    assert chunks(1e-9) == [(0, 16)] + [(t, t + 1) for t in range(16, 301)]
