@@ -72,9 +72,10 @@ BLAS_SWAPPED_MIN_D = 512
 # With the gradient's parts transposed, a run holds the weights being stepped in their layout too, as rows W
 # (m, d) rather than Wt (d, m) (weights_as_rows): BLAS then writes the gradient of a team of one straight into
 # grad, and the transposing sum, a pass over the gradient that read it a column at a time, goes. On L (float64,
-# the Intel AVX-512 host of docs/performance.md, right after the step's products as in a step) the gradient's
-# and weights' passes took 1.9-2.1 ms against 3.9-4.0 with the transposing sum. Not with trajectories, the
-# sharpness or tangent vectors, whose code reads Wt (d, m).
+# the Intel AVX-512 host of docs/performance.md, numba loops standing in for the step's, timed right after the
+# step's products) the gradient's and weights' passes took 1.9-2.1 ms against 3.9-4.0 with the transposing sum,
+# and L's step ran about 5% faster (3.5-14% over five alternations of separate trees). Not with trajectories,
+# the sharpness or tangent vectors, whose code reads Wt (d, m).
 BLAS_WEIGHTS_AS_ROWS = True
 # With the gradient's parts transposed, a float64 run holds Z transposed too, (m, n) (tiles.blas_forward), and
 # the pass over the training samples takes it a group of columns at a time (numba_cpu.step.column_block):
