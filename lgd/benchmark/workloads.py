@@ -15,9 +15,8 @@ shape), the transcendentals as numpy exp and log1p over an n x m block. best ste
 time + transcendental time). A kernel with a faster exp than numpy's can beat it. ``roofline_run``
 does the work of a whole run of T steps, so that the bench times it beside each timed round: T steps,
 then the forward product and the transcendentals of the risk at T, which every implementation records
-(a run keeps the risks of t = 0..T). Beside
-it, the machine's GEMM peak (``gemm_peak_gflops``: a large square numpy matmul) gives the least time
-the two products of a step could take at any shape.
+(a run keeps the risks of t = 0..T). Beside it, the machine's GEMM peak (``gemm_peak_gflops``: a large
+square numpy matmul) gives the least time the two products of a step could take at any shape.
 
 Nothing here imports torch, jax or numba.
 """
