@@ -216,15 +216,31 @@ def test_team_of_threads_matches_oracle(team, stepsizes, dtype, products, monkey
     assert_blas_layouts(products, made, dtype)
 
 
-@pytest.mark.parametrize("width", [24, 5])
-def test_copies_of_the_weights_share_no_cache_line(width):
-    """A replicated close's copies of the weights, one per member, share no cache line, whether or not a copy
-    is a whole number of lines long: each member writes its own at every step."""
+PAGE = 4096
+
+
+def _assert_apart(end, start):
+    """From `end` (one past a member's last byte) to the next member's first byte `start`, MEMBER_GAP bytes or
+    more, and no 4 KB page holds bytes of both, wherever numpy put the array."""
+    assert start - end >= _numba.MEMBER_GAP and (end - 1) // PAGE < start // PAGE
+
+
+def _assert_blocks_a_page_apart(block, rows, width):
+    """_assert_apart for each member's block (its last entry: row rows - 1, column width - 1) and the next."""
+    for member in range(block.shape[0] - 1):
+        _assert_apart(block[member, rows - 1, width - 1:].ctypes.data + block.itemsize, block[member + 1].ctypes.data)
+
+
+@pytest.mark.parametrize("width", [24, 5, 1024])
+def test_copies_of_the_weights_lie_a_page_apart(width):
+    """A replicated close's copies of the weights, one per member, lie MEMBER_GAP bytes (a page) or more apart,
+    whether a copy is smaller than a page, a whole number of lines or larger than a page: each member writes its
+    own at every step. A single copy takes no spare ones."""
     copies = _numba._copies(3, (7, width), np.float32)
     assert copies[1, 0].shape == (7, width) and copies[1, 0].flags.c_contiguous
     for r in range(2):
-        end = copies[r, 0].ctypes.data + copies[r, 0].nbytes - 1
-        assert end // _numba.CACHE_LINE < copies[r + 1, 0].ctypes.data // _numba.CACHE_LINE
+        _assert_apart(copies[r, 0].ctypes.data + copies[r, 0].nbytes, copies[r + 1, 0].ctypes.data)
+    assert _numba._copies(1, (7, width), np.float32).shape == (1, 1, 7, width)
 
 
 def test_replicated_close_only_where_the_partials_are_small():
@@ -636,19 +652,34 @@ def test_members_rows_never_share_a_cache_line(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(2, 6, 1), (3, 32, 29), (2, 32, 64), (2, 6, 128), (2, 32, 256), (3, 6, 259)])
-def test_members_blocks_never_share_a_cache_line(shape, dtype):
+@pytest.mark.parametrize("shape", [(2, 6, 1), (3, 32, 29), (2, 32, 64), (2, 6, 128), (2, 32, 256), (3, 6, 259),
+                                   (2, 4, 1024)])
+def test_members_blocks_lie_a_page_apart(shape, dtype):
     """_own_block: each member's rows follow one another while a row is at most SPAN_ROW_BYTES (the fused
     step's activation spans them), else each keeps _own_rows's gap; either way a member's rows and the
-    next member's are at least a cache line apart."""
+    next member's are a page (MEMBER_GAP bytes) or more apart, so that no core's prefetching of its own
+    block reaches into another's. _gapless's rows follow one another at any width, its blocks as far apart."""
     team, rows, width = shape
     block = _numba._own_block(shape, dtype)
     spanned = width * np.dtype(dtype).itemsize <= _numba.SPAN_ROW_BYTES
     assert block.shape[0] == team and block.shape[1] >= rows
     assert block.shape[2] == width if spanned else block.shape[2] > width
+    _assert_blocks_a_page_apart(block, rows, width)
+    gapless = _numba._gapless(shape, dtype)
+    assert gapless.shape[0] == team and gapless.shape[1] >= rows and gapless.shape[2] == width
+    _assert_blocks_a_page_apart(gapless, rows, width)
+
+
+def test_hessian_vector_blocks_lie_a_page_apart():
+    """The members' scratch of the Hessian-vector products' blocks: each array's members a page apart too."""
+    team, block, m, d = 3, 16, 24, 5
+    arrays = _numba._hvp_block(team, block, m, d, np.float32)
+    for array in arrays[:-1]:
+        _assert_blocks_a_page_apart(array, block, array.shape[2])
+    order = arrays[-1]
+    assert order.shape[0] == team and (order[:, :block] == np.arange(block)).all()
     for member in range(team - 1):
-        last_byte = block[member, rows - 1, width - 1:].ctypes.data + block.itemsize - 1
-        assert block[member + 1].ctypes.data - last_byte > _numba.CACHE_LINE - 1, member
+        _assert_apart(order[member, block - 1:].ctypes.data + 8, order[member + 1].ctypes.data)
 
 
 def _arrays(value):

@@ -128,7 +128,7 @@ class Buffers(NamedTuple):
     """Scratch of one call, shared by the team (built by :func:`lgd.backends._numba.buffers`).
 
     Copies of the weights, one per member with a replicated close, else one (each copy [r, 0] of an array (copies,
-    spare, ...) whose spare entries keep the copies a cache line apart): in the run's dtype Wt (d, m) and a (m,),
+    spare, ...) whose spare entries keep the copies a page apart): in the run's dtype Wt (d, m) and a (m,),
     the weights being stepped, and a_step (m,), the outer weights the step reads; float64 grad (d, m), grad_a (m,),
     neuron (m,) and total (2, 3), the sums of the members' partials below. Sets of the members' partials, two that a
     replicated close alternates between steps, else one (a leading axis of sets): grads (team, d, m) and grads_a

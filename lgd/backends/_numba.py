@@ -680,6 +680,15 @@ def _kept_rows(team: int, m: int, n: int, dtype, train_outer: bool) -> tuple:
             _own_rows((team, m), dtype))
 
 
+# The least bytes between two members' blocks of scratch (_own_block, _gapless, _copies, _hvp_block): a page.
+# Each member writes its own block at every step, and a core's prefetchers, which stay within a 4 KB page,
+# reach up to 20 lines past the lines it streams through; a neighbour's block that starts closer is fetched
+# into the wrong core and taken back at its next write. With one line between members' blocks of scaled rows
+# of X (group[2]: M's team split by neurons), the member whose block came second ran its backward pass 7-8%
+# slower than the first, whichever core it ran on, and the other waited for it at the barrier: M 3% slower
+# a step (docs/performance.md).
+MEMBER_GAP = 4096
+
 # Rows up to this many bytes follow one another in a member's block (_own_block); longer ones keep
 # _own_rows's gap. Without the gap, M (rows of 2 KB in float64) ran 4-10% slower, most likely because rows
 # 2 KB apart fall on a few cache sets in the backward tiles; and the activation's spans save little at that
@@ -717,43 +726,47 @@ def _split_buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtyp
 
 
 def _gapless(shape: tuple, dtype) -> np.ndarray:
-    """An empty array of shape (team, rows, width) whose members' blocks lie a cache line or more apart (spare
-    rows after each) and whose rows follow one another, however long (what the activation's spans of rows
-    need: _own_block keeps a gap after long rows)."""
+    """An empty array of shape (team, rows, width) whose members' blocks lie MEMBER_GAP bytes or more apart
+    (spare rows after each) and whose rows follow one another, however long (what the activation's spans of
+    rows need: _own_block keeps a gap after long rows)."""
     team, rows, width = shape
-    return aligned_empty((team, rows + -(-CACHE_LINE // (width * np.dtype(dtype).itemsize)), width), dtype=dtype)
+    return aligned_empty((team, rows + _spare_rows(width, dtype), width), dtype=dtype)
+
+
+def _spare_rows(width: int, dtype) -> int:
+    """Rows of `width` entries that make up MEMBER_GAP bytes or more (at least one)."""
+    return -(-MEMBER_GAP // max(width * np.dtype(dtype).itemsize, 1))
 
 
 def _own_block(shape: tuple, dtype) -> np.ndarray:
-    """An empty array of shape (team, rows, width) whose members' blocks lie a cache line or more apart,
-    as _own_rows's do. Rows up to SPAN_ROW_BYTES follow one another within a block (the gap is rows after
-    the block), so that the fused step's activation takes a run of rows as one span; longer rows each
-    keep _own_rows's gap."""
+    """An empty array of shape (team, rows, width) whose members' blocks lie MEMBER_GAP bytes or more apart
+    (spare rows after each block). Rows up to SPAN_ROW_BYTES follow one another within a block, so that the
+    fused step's activation takes a run of rows as one span; longer rows each keep _own_rows's gap too."""
     team, rows, width = shape
     row_bytes = width * np.dtype(dtype).itemsize
     if row_bytes == 0 or row_bytes > SPAN_ROW_BYTES:
-        return _own_rows(shape, dtype)
-    return aligned_empty((team, rows + -(-CACHE_LINE // row_bytes), width), dtype=dtype)
+        pad = CACHE_LINE // np.dtype(dtype).itemsize
+        return aligned_empty((team, rows + _spare_rows(width + pad, dtype), width + pad), dtype=dtype)
+    return aligned_empty((team, rows + _spare_rows(width, dtype), width), dtype=dtype)
 
 
 def _copies(copies: int, shape: tuple, dtype=np.float64) -> np.ndarray:
-    """An empty array (copies, spare + 1) + shape: copy r is [r, 0], and copies whose size is not a whole number
-    of cache lines lie a line or more apart (the spare entries between), so that no two share a line."""
+    """An empty array (copies, spare + 1) + shape: copy r is [r, 0], the copies MEMBER_GAP bytes or more apart
+    (spare copies between; none for one copy)."""
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    spare = 0 if size % CACHE_LINE == 0 else -(-CACHE_LINE // max(size, 1))
+    spare = 0 if copies == 1 else -(-MEMBER_GAP // max(size, 1))
     return aligned_empty((copies, 1 + spare) + shape, dtype=dtype)
 
 
 def _hvp_block(team: int, block: int, m: int, d: int, dtype) -> tuple:
     """Each member's scratch of a block of samples in the Hessian-vector products (numba_cpu.tangent.hessian_part's
     `block`, every array with a leading axis of members). The tiles read each array's row length, so the
-    members are kept a cache line apart by spare rows after each member's block, not by longer rows."""
+    members are kept MEMBER_GAP bytes apart by spare rows after each member's block, not by longer rows."""
 
     def rows(width: int, kind=dtype) -> np.ndarray:
-        spare = -(-CACHE_LINE // (width * np.dtype(kind).itemsize))
-        return aligned_empty((team, block + spare, width), dtype=kind)
+        return aligned_empty((team, block + _spare_rows(width, kind), width), dtype=kind)
 
-    order = aligned_empty((team, block + CACHE_LINE // 8), dtype=np.int64)
+    order = aligned_empty((team, block + MEMBER_GAP // 8), dtype=np.int64)
     order[...] = np.arange(order.shape[1])
     return (rows(m), rows(m), rows(m), rows(m), rows(m, np.float64), rows(m, np.float64), rows(2, np.float64),
             rows(d, np.float64), rows(m, np.float64), rows(m, np.float64), order)
