@@ -265,12 +265,17 @@ def split_forward(X, Wt, a, spec, zt, P, Q, fpart, every_row):
 @subroutine(types.void)
 def split_outputs(spec, fparts, i, count, outs):
     """outs[0, g] = f of sample i + g, s (fparts[0, i + g] + fparts[1, i + g] + ...): the members' parts added in
-    member order, so that every member forms the same bits."""
+    member order, so that every member forms the same bits. A member's part at a time over all count samples:
+    loops LLVM vectorises, where a loop over the members inside the loop over samples was scalar code that
+    kept its pointers in memory (about 7% of S's step with leaky_relu)."""
+    row = outs[0]
     for g in range(count):
-        f = fparts[0, i + g]
-        for r in range(1, fparts.shape[0]):
-            f += fparts[r, i + g]
-        outs[0, g] = spec.scale * f
+        row[g] = fparts[0, i + g]
+    for r in range(1, fparts.shape[0]):
+        for g in range(count):
+            row[g] += fparts[r, i + g]
+    for g in range(count):
+        row[g] = spec.scale * row[g]
 
 
 @subroutine(types.void)
