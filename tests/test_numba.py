@@ -682,6 +682,54 @@ def test_hessian_vector_blocks_lie_a_page_apart():
         _assert_apart(order[member, block - 1:].ctypes.data + 8, order[member + 1].ctypes.data)
 
 
+def test_scratch_memory_is_kept_and_reused_only_once_no_array_uses_it(monkeypatch):
+    """aligned_empty takes its memory from a kept block of that size once every array made from the block is
+    gone (a view of it keeps it taken); never more than SCRATCH_KEEP_BYTES are kept, free blocks of other
+    sizes making room for a new one, and a block in use is neither handed out again nor dropped."""
+    monkeypatch.setattr(_numba, "_BLOCKS", {})
+    monkeypatch.setattr(_numba, "_KEPT_BYTES", 0)
+    block = 8 * 64 * 8 + _numba.CACHE_LINE  # the bytes behind an (8, 64) float64 array
+    monkeypatch.setattr(_numba, "SCRATCH_KEEP_BYTES", 3 * block)
+    first = _numba.aligned_empty((8, 64))
+    address = first.ctypes.data
+    rows = first[2:4]
+    del first
+    second = _numba.aligned_empty((8, 64))
+    assert second.ctypes.data != address  # rows, a view of the first array, still uses its block
+    del rows
+    third = _numba.aligned_empty((8, 64))
+    assert third.ctypes.data == address and _numba._KEPT_BYTES == 2 * block
+    small = _numba.aligned_empty((4, 8))  # another size: kept beside the two
+    fourth = _numba.aligned_empty((8, 64))  # no room while all three are in use: not kept
+    assert _numba._KEPT_BYTES == 2 * block + small.nbytes + _numba.CACHE_LINE
+    assert len({a.ctypes.data for a in (second, third, small, fourth)}) == 4
+    del fourth, small
+    fifth = _numba.aligned_empty((8, 64))  # the small block, free now, makes room for this one
+    assert _numba._KEPT_BYTES == 3 * block and list(_numba._BLOCKS) == [block]
+    kept = {a.ctypes.data for a in (second, third, fifth)}
+    del second, third, fifth
+    assert {_numba.aligned_empty((8, 64)).ctypes.data for _ in range(3)} <= kept
+
+
+def test_a_runs_scratch_reuses_the_last_runs_memory(monkeypatch):
+    """A second run of the same problem builds its scratch in the first run's memory (no fresh pages to fault
+    in), and runs as the first did, bit for bit."""
+    made, buffers = [], _numba.buffers
+
+    def recording(*args, **kwargs):
+        scratch = buffers(*args, **kwargs)
+        made.append(scratch.Wt.ctypes.data)
+        return scratch
+
+    monkeypatch.setattr(_numba, "buffers", recording)
+    X, y = lgd.data.separable(n=96, d=8, margin=0.1, seed=1)
+    model = lgd.TwoLayerNet(32, activation="leaky_softplus(0.5)", scaling="mean_field")
+    runs = [lgd.gd(X, y, model, "logistic", stepsize=2.0, steps=30, compute=fast(backend="numba"))
+            for _ in range(2)]
+    assert len(made) == 2 and made[0] == made[1]
+    assert np.array_equal(runs[0].risk, runs[1].risk)
+
+
 def _arrays(value):
     if isinstance(value, np.ndarray):
         yield value

@@ -835,10 +835,72 @@ def _own_rows(shape: tuple, dtype) -> np.ndarray:
 def aligned_empty(shape, dtype=np.float64) -> np.ndarray:
     """np.empty(shape, dtype), its first element at a cache-line boundary. numpy aligns to 16 bytes only;
     a row that starts inside a line splits every 64-byte vector load and store of the tiles across two
-    lines, which cost S's and M's steps about 10% on an AVX-512 host (docs/performance.md)."""
+    lines, which cost S's and M's steps about 10% on an AVX-512 host (docs/performance.md). Its memory is a
+    block that an earlier run's scratch no longer uses, where one of that size is kept (_block)."""
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
     dtype = np.dtype(dtype)
     size = math.prod(shape) * dtype.itemsize
-    raw = np.empty(size + CACHE_LINE, dtype=np.uint8)
+    raw = _block(size + CACHE_LINE)
     start = -raw.ctypes.data % CACHE_LINE
     return raw[start:start + size].view(dtype).reshape(shape)
+
+
+# Blocks of bytes behind aligned_empty's arrays, kept by size for later calls, up to SCRATCH_KEEP_BYTES in all
+# and SCRATCH_KEEP_BLOCK_BYTES a block. A block is free when nothing but its list refers to it: every view of a
+# numpy array refers to the array that owns its memory, so while any array made from a block lives, the
+# block's reference count says so. Fresh memory costs its page faults at its first write, in every call:
+# M's 250-step call took about 330 (1.3 MB of scratch), 0.65 ms of its 59 ms on the Intel AVX-512 host of
+# docs/performance.md; memory that the allocator had kept cost none (S's, SWEEP's and L's calls).
+SCRATCH_KEEP_BYTES = 32 << 20
+SCRATCH_KEEP_BLOCK_BYTES = 8 << 20
+# The kept blocks by size (the sizes least recently used first), their bytes in all, and the lock for both.
+_BLOCKS, _KEPT_BYTES, _BLOCKS_LOCK = {}, 0, threading.Lock()
+
+
+def _block(nbytes: int) -> np.ndarray:
+    """A uint8 array of nbytes: a kept block that no array uses any more, else a new one, kept where the
+    budget allows once free blocks of other sizes make room."""
+    global _KEPT_BYTES
+    with _BLOCKS_LOCK:
+        kept = _BLOCKS.pop(nbytes, [])
+        _BLOCKS[nbytes] = kept  # now the most recently used size
+        i = _free_index(kept)
+        if i >= 0:
+            return kept[i]
+        block = np.empty(nbytes, dtype=np.uint8)
+        if nbytes <= SCRATCH_KEEP_BLOCK_BYTES:
+            for size, blocks in _BLOCKS.items():
+                while _KEPT_BYTES + nbytes > SCRATCH_KEEP_BYTES and (j := _free_index(blocks)) >= 0:
+                    del blocks[j]
+                    _KEPT_BYTES -= size
+            if _KEPT_BYTES + nbytes <= SCRATCH_KEEP_BYTES:
+                kept.append(block)
+                _KEPT_BYTES += nbytes
+        for size in [size for size, blocks in _BLOCKS.items() if not blocks]:
+            del _BLOCKS[size]
+        return block
+
+
+def _references(blocks: list, i: int) -> int:
+    return sys.getrefcount(blocks[i])
+
+
+def _free_index(blocks: list) -> int:
+    """The index of a block in `blocks` that nothing else refers to, or -1."""
+    for i in range(len(blocks)):
+        if _references(blocks, i) <= _FREE_REFERENCES:
+            return i
+    return -1
+
+
+# What _references counts for a block that only its list holds, on this interpreter.
+_FREE_REFERENCES = _references([np.empty(1, dtype=np.uint8)], 0)
+
+
+def _forget_blocks_lock():
+    global _BLOCKS_LOCK
+    _BLOCKS_LOCK = threading.Lock()  # a forked child keeps the blocks, not a lock that a parent's thread held
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_blocks_lock)
