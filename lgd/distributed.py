@@ -3,7 +3,8 @@
 
 What lives here: splitting a sweep's configurations into batches (blocks of its stepsize x seed x start
 product, each one :func:`lgd.sweep` call on a worker), submitting them (Dask's scheduler reruns the batch of
-a lost worker, ``retries`` one that raised), joining them as they finish into one :class:`lgd.Sweep` (the
+a lost worker, ``retries`` one that raised; a batch whose data were lost with a worker runs again on data
+sent again), joining them as they finish into one :class:`lgd.Sweep` (the
 local call's configurations, order and traces), streaming them into a resumable zarr store (the store itself
 is :class:`lgd.results.SweepStore`), and the progress bar over the whole grid.
 
@@ -30,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from numbers import Integral
@@ -54,6 +56,11 @@ BATCHES_PER_WORKER = 4
 # Reruns of a batch that raised on a worker (a worker that dies is Dask's business: the scheduler reassigns
 # its tasks, up to its distributed.scheduler.allowed-failures).
 RETRIES = 2
+# Runs of a batch on a Dask cluster whose data were lost with a worker, at most, and tries of sending the data
+# to the workers, seconds apart (_finished).
+LOST_DATA_ATTEMPTS = 3
+SCATTER_ATTEMPTS = 5
+SCATTER_WAIT_S = 0.5
 
 
 def _missing_extra(exc: ImportError):
@@ -367,27 +374,59 @@ def _finished(plans: list, pending: list, client, retries: int):
             from distributed import as_completed
         except ImportError as exc:
             raise _missing_extra(exc) from None
-        # The data go to every worker once (a lost worker's replica is one of several); the batches name them.
-        # Under a key of this call's own (hash=False): with the content's hash as key, two calls on the same
-        # data share it, and the first call's release can drop it under the second's batches ("lost
-        # dependencies": dask/distributed#8576, seen here in CI).
-        data = {i: client.scatter([plans[i].data], broadcast=True, hash=False)[0]
-                for i in sorted({i for i, _ in pending})}
         # Keys of this call's own (a call that stopped early cancels its batches; it must not cancel another's),
         # naming the sweep and the block, so that the dashboard and the logs say what runs.
         call = uuid.uuid4().hex[:8]
-        futures = {client.submit(_run_batch, data[i], plans[i].batch_arguments(b), 1, retries=retries,
-                                 key=f"lgd-batch-{plans[i].fingerprint[:12]}-{'-'.join(map(str, plans[i].batches[b]))}"
-                                     f"-{call}"):
-                   (i, b) for i, b in pending}
-        waiting = as_completed(futures)
+        data, attempts, futures = {}, {}, {}
+
+        def scatter(i):
+            # The data go to every worker (broadcast); the batches name them. Under a key of this call's own
+            # (hash=False): with the content's hash as key, two calls on the same data share it, and the first
+            # call's release can drop it under the second's batches ("lost dependencies":
+            # dask/distributed#8576, seen here in CI). A worker that has just died can still be on the
+            # scheduler's list, and the broadcast then fails on its closed connection: tried again.
+            for attempt in range(SCATTER_ATTEMPTS):
+                try:
+                    data[i] = client.scatter([plans[i].data], broadcast=True, hash=False)[0]
+                    return
+                except OSError:
+                    if attempt + 1 == SCATTER_ATTEMPTS:
+                        raise
+                    time.sleep(SCATTER_WAIT_S)
+
+        def submit(i, b):
+            attempts[i, b] = attempts.get((i, b), -1) + 1
+            again = f"-{attempts[i, b]}" if attempts[i, b] else ""
+            block = "-".join(map(str, plans[i].batches[b]))
+            future = client.submit(_run_batch, data[i], plans[i].batch_arguments(b), 1, retries=retries,
+                                   key=f"lgd-batch-{plans[i].fingerprint[:12]}-{block}-{call}{again}")
+            futures[future] = (i, b, data[i])
+            return future
+
+        for i in sorted({i for i, _ in pending}):
+            scatter(i)
+        waiting = as_completed([submit(i, b) for i, b in pending])
     else:
-        futures = {client.submit(_run_batch, plans[i].data, plans[i].batch_arguments(b), 1): (i, b)
+        futures = {client.submit(_run_batch, plans[i].data, plans[i].batch_arguments(b), 1): (i, b, None)
                    for i, b in pending}
         waiting = concurrent.futures.as_completed(futures)
     try:
         for future in waiting:
-            yield futures[future], future.result()
+            i, b, used = futures[future]
+            try:
+                part = future.result()
+            except concurrent.futures.CancelledError:
+                # Not by this call (it cancels only on its way out, below): the scheduler cancels a batch whose
+                # data were lost with a worker, which its replica-reducing memory manager can leave as the only
+                # one holding them. Send the data again (once for all the batches that read the lost copy) and
+                # run the batch again, a few times at most.
+                if kind != "dask" or attempts[i, b] + 1 >= LOST_DATA_ATTEMPTS:
+                    raise
+                if used is data[i]:
+                    scatter(i)
+                waiting.add(submit(i, b))
+                continue
+            yield (i, b), part
     except BaseException:  # an error, Ctrl-C, or the caller stopped: nothing runs on for a result nobody reads
         for future in futures:
             future.cancel()

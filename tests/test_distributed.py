@@ -92,6 +92,30 @@ def test_on_an_executor_as_in_one_process(local):
         assert_same(distributed.sweep(X, Y, NET, client=executor, **SWEEP), local)
 
 
+def test_a_batch_whose_data_were_lost_runs_again(client, local, monkeypatch):
+    """The scheduler cancels a batch whose scattered data were lost with a worker (the replica-reducing memory
+    manager can leave a single worker holding them): the call sends the data again and runs the batch again,
+    under a key of its own, and the result is the one-process sweep's."""
+    submit, scatter, keys, scattered = client.submit, client.scatter, [], []
+
+    def cancelling_the_first(*args, key=None, **kwargs):
+        future = submit(*args, key=key, **kwargs)
+        keys.append(key)
+        if len(keys) == 1:
+            future.cancel()
+        return future
+
+    def counting(*args, **kwargs):
+        scattered.append(1)
+        return scatter(*args, **kwargs)
+
+    monkeypatch.setattr(client, "submit", cancelling_the_first)
+    monkeypatch.setattr(client, "scatter", counting)
+    result = distributed.sweep(X, Y, NET, client=client, batch_size=5, **SWEEP)
+    assert_same(result, local)
+    assert keys[-1] == keys[0] + "-1" and len(keys) == len(set(keys)) and len(scattered) == 2
+
+
 def test_a_lost_worker_loses_nothing(client):
     steps = 3000  # batches of about a quarter of a second: long enough to be killed in the middle of one
     kwargs = SWEEP | {"steps": steps, "stepsizes": SWEEP["stepsizes"][:4]}
