@@ -714,6 +714,8 @@ def test_scratch_memory_is_kept_and_reused_only_once_no_array_uses_it(monkeypatc
 def test_a_runs_scratch_reuses_the_last_runs_memory(monkeypatch):
     """A second run of the same problem builds its scratch in the first run's memory (no fresh pages to fault
     in), and runs as the first did, bit for bit."""
+    monkeypatch.setattr(_numba, "_BLOCKS", {})  # whatever earlier tests left kept, or in use
+    monkeypatch.setattr(_numba, "_KEPT_BYTES", 0)
     made, buffers = [], _numba.buffers
 
     def recording(*args, **kwargs):
