@@ -687,7 +687,6 @@ def test_scratch_memory_is_kept_and_reused_only_once_no_array_uses_it(monkeypatc
     gone (a view of it keeps it taken); never more than SCRATCH_KEEP_BYTES are kept, free blocks of other
     sizes making room for a new one, and a block in use is neither handed out again nor dropped."""
     monkeypatch.setattr(_numba, "_BLOCKS", {})
-    monkeypatch.setattr(_numba, "_KEPT_BYTES", 0)
     block = 8 * 64 * 8 + _numba.CACHE_LINE  # the bytes behind an (8, 64) float64 array
     monkeypatch.setattr(_numba, "SCRATCH_KEEP_BYTES", 3 * block)
     first = _numba.aligned_empty((8, 64))
@@ -698,14 +697,14 @@ def test_scratch_memory_is_kept_and_reused_only_once_no_array_uses_it(monkeypatc
     assert second.ctypes.data != address  # rows, a view of the first array, still uses its block
     del rows
     third = _numba.aligned_empty((8, 64))
-    assert third.ctypes.data == address and _numba._KEPT_BYTES == 2 * block
+    assert third.ctypes.data == address and _numba._kept_bytes() == 2 * block
     small = _numba.aligned_empty((4, 8))  # another size: kept beside the two
     fourth = _numba.aligned_empty((8, 64))  # no room while all three are in use: not kept
-    assert _numba._KEPT_BYTES == 2 * block + small.nbytes + _numba.CACHE_LINE
+    assert _numba._kept_bytes() == 2 * block + small.nbytes + _numba.CACHE_LINE
     assert len({a.ctypes.data for a in (second, third, small, fourth)}) == 4
     del fourth, small
     fifth = _numba.aligned_empty((8, 64))  # the small block, free now, makes room for this one
-    assert _numba._KEPT_BYTES == 3 * block and list(_numba._BLOCKS) == [block]
+    assert _numba._kept_bytes() == 3 * block and list(_numba._BLOCKS) == [block]
     kept = {a.ctypes.data for a in (second, third, fifth)}
     del second, third, fifth
     assert {_numba.aligned_empty((8, 64)).ctypes.data for _ in range(3)} <= kept
@@ -715,7 +714,6 @@ def test_a_runs_scratch_reuses_the_last_runs_memory(monkeypatch):
     """A second run of the same problem builds its scratch in the first run's memory (no fresh pages to fault
     in), and runs as the first did, bit for bit."""
     monkeypatch.setattr(_numba, "_BLOCKS", {})  # whatever earlier tests left kept, or in use
-    monkeypatch.setattr(_numba, "_KEPT_BYTES", 0)
     made, buffers = [], _numba.buffers
 
     def recording(*args, **kwargs):

@@ -735,7 +735,12 @@ def _gapless(shape: tuple, dtype) -> np.ndarray:
 
 def _spare_rows(width: int, dtype) -> int:
     """Rows of `width` entries that make up MEMBER_GAP bytes or more (at least one)."""
-    return -(-MEMBER_GAP // max(width * np.dtype(dtype).itemsize, 1))
+    return _spare(width * np.dtype(dtype).itemsize)
+
+
+def _spare(unit_bytes: int) -> int:
+    """Units of unit_bytes that make up MEMBER_GAP bytes or more (at least one)."""
+    return -(-MEMBER_GAP // max(unit_bytes, 1))
 
 
 def _own_block(shape: tuple, dtype) -> np.ndarray:
@@ -754,7 +759,7 @@ def _copies(copies: int, shape: tuple, dtype=np.float64) -> np.ndarray:
     """An empty array (copies, spare + 1) + shape: copy r is [r, 0], the copies MEMBER_GAP bytes or more apart
     (spare copies between; none for one copy)."""
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    spare = 0 if copies == 1 else -(-MEMBER_GAP // max(size, 1))
+    spare = 0 if copies == 1 else _spare(size)
     return aligned_empty((copies, 1 + spare) + shape, dtype=dtype)
 
 
@@ -853,14 +858,13 @@ def aligned_empty(shape, dtype=np.float64) -> np.ndarray:
 # docs/performance.md; memory that the allocator had kept cost none (S's, SWEEP's and L's calls).
 SCRATCH_KEEP_BYTES = 32 << 20
 SCRATCH_KEEP_BLOCK_BYTES = 8 << 20
-# The kept blocks by size (the sizes least recently used first), their bytes in all, and the lock for both.
-_BLOCKS, _KEPT_BYTES, _BLOCKS_LOCK = {}, 0, threading.Lock()
+# The kept blocks by size (the sizes least recently used first), and the lock for them.
+_BLOCKS, _BLOCKS_LOCK = {}, threading.Lock()
 
 
 def _block(nbytes: int) -> np.ndarray:
     """A uint8 array of nbytes: a kept block that no array uses any more, else a new one, kept where the
     budget allows once free blocks of other sizes make room."""
-    global _KEPT_BYTES
     with _BLOCKS_LOCK:
         kept = _BLOCKS.pop(nbytes, [])
         _BLOCKS[nbytes] = kept  # now the most recently used size
@@ -869,16 +873,18 @@ def _block(nbytes: int) -> np.ndarray:
             return kept[i]
         block = np.empty(nbytes, dtype=np.uint8)
         if nbytes <= SCRATCH_KEEP_BLOCK_BYTES:
-            for size, blocks in _BLOCKS.items():
-                while _KEPT_BYTES + nbytes > SCRATCH_KEEP_BYTES and (j := _free_index(blocks)) >= 0:
+            for blocks in _BLOCKS.values():
+                while _kept_bytes() + nbytes > SCRATCH_KEEP_BYTES and (j := _free_index(blocks)) >= 0:
                     del blocks[j]
-                    _KEPT_BYTES -= size
-            if _KEPT_BYTES + nbytes <= SCRATCH_KEEP_BYTES:
+            if _kept_bytes() + nbytes <= SCRATCH_KEEP_BYTES:
                 kept.append(block)
-                _KEPT_BYTES += nbytes
         for size in [size for size, blocks in _BLOCKS.items() if not blocks]:
             del _BLOCKS[size]
         return block
+
+
+def _kept_bytes() -> int:
+    return sum(size * len(blocks) for size, blocks in _BLOCKS.items())
 
 
 def _references(blocks: list, i: int) -> int:
