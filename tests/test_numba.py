@@ -427,16 +427,22 @@ def test_replicated_close_gives_the_one_copy_bits(case, team, dtype, monkeypatch
         np.testing.assert_array_equal(getattr(copies, name), getattr(one, name), err_msg=name)
 
 
-def test_split_team_only_where_the_whole_net_is_not_needed_at_once():
+def test_split_team_only_where_the_whole_net_is_not_needed_at_once(monkeypatch):
     """A team splits the neurons among its members only in the fused mode of a net, for widths of whole cache
-    lines per member, inputs below BLOCKED_MIN_D, partial gradients from SPLIT_MIN_BYTES and rows within
-    SPLIT_ROWS_BYTES, and never for runs whose measurements need the whole net on one member: trajectories,
-    tangent vectors, the sharpness."""
+    lines per member, inputs below BLOCKED_MIN_D, partial gradients from SPLIT_MIN_BYTES (or the bound of
+    SPLIT_MIN_BYTES_BY_TARGET where it names the target) and rows within SPLIT_ROWS_BYTES, and never for runs
+    whose measurements need the whole net on one member: trajectories, tangent vectors, the sharpness."""
     m_run = dict(team=2, n=360, d=64, m=256, dtype=np.float64, blas=False, tangents=0, lanczos=0, trajectory=False,
                  linear=False)
+    s_run = {**m_run, "d": 16, "m": 64, "n": 256}  # S: 8 KB of partial gradient
+    monkeypatch.setattr(_numba, "target_cpu_name", lambda: "sapphirerapids")
     assert _numba.split_team(**m_run)
     assert _numba.split_team(**{**m_run, "team": 3, "m": 48 * 5})
-    assert _numba.split_team(**{**m_run, "d": 16, "m": 64, "n": 256})  # S: 8 KB of partial gradient
+    assert _numba.split_team(**s_run)
+    monkeypatch.setattr(_numba, "target_cpu_name", lambda: "znver4")  # from 16 KB there
+    assert _numba.split_team(**m_run) and not _numba.split_team(**s_run)
+    assert _numba.split_team(**{**s_run, "m": 128})
+    monkeypatch.setattr(_numba, "target_cpu_name", lambda: "sapphirerapids")
     assert _numba.split_team(**{**m_run, "m": 272})  # 136 columns a member: 17 cache lines
     assert not _numba.split_team(**{**m_run, "m": 272, "dtype": np.float32})  # 136 float32: 8.5 lines
     for other in (dict(team=1), dict(blas=True), dict(tangents=1), dict(lanczos=3), dict(trajectory=True),
@@ -830,8 +836,9 @@ def test_activation_spans_give_the_row_by_row_results(d, activation, dtype, monk
 
 def test_blas_only_from_the_dimension_where_it_pays(monkeypatch):
     """The fused tiles run every problem with d < BLAS_MIN_D, however large; BLAS from there on (given
-    BLAS_WORK and threadpoolctl), never for the linear model, and with 64-byte tiles (AVX-512) only from
-    BLAS_BOUND_D on an Intel CPU whose OpenBLAS runs AVX-512 kernels, or with BLAS_WITH_WIDE_TILES."""
+    BLAS_WORK and threadpoolctl), never for the linear model, and with 64-byte tiles (AVX-512) only where
+    OpenBLAS runs AVX-512 kernels, from the target's bound (BLAS_BOUND_D on Intel's cores, that of
+    BLAS_BOUND_D_BY_TARGET on the Zen cores it names, never on other Zen cores), or with BLAS_WITH_WIDE_TILES."""
     model = lgd.TwoLayerNet(6)
     runner = _numba.Runner(make_problem(model, "logistic", np.float64), 1, 1, (1, 6, 5))
     assert not runner._use_blas(1 << 40)
@@ -839,18 +846,25 @@ def test_blas_only_from_the_dimension_where_it_pays(monkeypatch):
     usable, d = runner._threadpoolctl, runner._data.X.shape[1]
     for width in (32, 64):
         monkeypatch.setattr(runner._kernels, "VECTOR_BYTES", width)
-        for cpu, avx512_blas, bound in [("sapphirerapids", True, d), ("sapphirerapids", True, d + 1),
-                                        ("sapphirerapids", False, d), ("znver5", True, d)]:
-            monkeypatch.setattr(_numba, "amd_zen_target", lambda: cpu.startswith("znver"))
+        # (target, OpenBLAS on AVX-512 kernels, Intel's bound, Zen 4's bound, BLAS with 64-byte tiles)
+        for cpu, avx512_blas, bound, zen4_bound, wide_blas in [
+                ("sapphirerapids", True, d, None, True), ("sapphirerapids", True, d + 1, d, False),
+                ("sapphirerapids", False, d, d, False), ("znver4", True, d, d + 1, False),
+                ("znver4", True, d + 1, d, True), ("znver4", False, d, d, False), ("znver5", True, d, d, False),
+                ("znver6", True, d, d, False)]:
+            monkeypatch.setattr(_numba, "target_cpu_name", lambda: cpu)
             monkeypatch.setattr(_numba, "blas_is_avx512", lambda: avx512_blas)
             monkeypatch.setattr(_numba, "BLAS_BOUND_D", bound)
-            intel_blas = cpu == "sapphirerapids" and avx512_blas and bound <= d
-            expected = usable and (width == 32 or intel_blas)
-            assert runner._use_blas(1 << 40) == expected, (width, cpu, avx512_blas, bound)
+            monkeypatch.setitem(_numba.BLAS_BOUND_D_BY_TARGET, "znver4", zen4_bound)
+            expected = usable and (width == 32 or wide_blas)
+            assert runner._use_blas(1 << 40) == expected, (width, cpu, avx512_blas, bound, zen4_bound)
         monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", True)
         assert runner._use_blas(1 << 40) == usable
         assert not runner._use_blas(1)
         monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", False)
+    monkeypatch.setattr(_numba, "BLAS_FROM_BOUND", False)
+    monkeypatch.setattr(runner._kernels, "VECTOR_BYTES", 64)
+    assert not runner._use_blas(1 << 40)
     linear = _numba.Runner(make_problem(lgd.Linear(), "logistic", np.float64), 1, 1, (1, 1, 5))
     assert not linear._use_blas(1 << 40)
 
@@ -861,7 +875,7 @@ def test_amd_zen_target_follows_numbas_cpu_name(cpu, zen, monkeypatch):
     from numba.core import config
 
     monkeypatch.setattr(config, "CPU_NAME", cpu)
-    assert compiler.target_cpu_name() == cpu and compiler.amd_zen_target() is zen and _numba.amd_zen_target() is zen
+    assert compiler.target_cpu_name() == cpu and compiler.amd_zen_target() is zen and _numba.target_cpu_name() == cpu
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])

@@ -17,8 +17,8 @@ nogil, called from Python threads):
 
 The two products of a step run in the fused loops (k-blocked for large inputs), or, with 32-byte tiles
 (no AVX-512; :data:`BLAS_WITH_WIDE_TILES`) for problems with d >= :data:`BLAS_MIN_D` and at least
-:data:`BLAS_WORK` (with 64-byte tiles from :data:`BLAS_BOUND_D`, on Intel CPUs whose OpenBLAS runs its
-AVX-512 kernels: :data:`BLAS_ON_INTEL_FROM_BOUND`), as BLAS calls on each thread's block of samples
+:data:`BLAS_WORK` (with 64-byte tiles where OpenBLAS runs its AVX-512 kernels, from a bound on d that depends
+on the CPU: :func:`blas_bound_d`), as BLAS calls on each thread's block of samples
 (numpy's OpenBLAS where :func:`numpy_gemm` finds it, else scipy's), BLAS held to one thread meanwhile
 (threadpoolctl) since the team already occupies the cores; a single run from :data:`BLAS_BOUND_D` runs on
 one thread and BLAS uses all the cores. From :data:`BLAS_SWAPPED_MIN_D`, where OpenBLAS runs its AVX-512
@@ -56,12 +56,16 @@ BLAS_WORK = 1 << 19
 # the tiles also passed its AVX-512 kernels in X W^T and matched them in G^T X). BLAS stays the path of
 # large problems with 32-byte tiles; True gives it back the large problems on every target.
 BLAS_WITH_WIDE_TILES = False
-# ... except from BLAS_BOUND_D on an Intel CPU (any numba target but AMD's Zen, LLVM's znver*) whose BLAS runs
-# OpenBLAS's AVX-512 kernels: on the Intel AVX-512 host of docs/performance.md (a Xeon with AMX under a
-# hypervisor) L's step ran 1.13x faster through them than in the tiles (1.24x with the gradient's product
-# transposed, BLAS_SWAPPED_MIN_D) and (2000, 512, 256) 1.08x, while d = 128 and 256 stayed faster fused; on
-# the Zen 5 host the tiles passed those kernels per product.
-BLAS_ON_INTEL_FROM_BOUND = True
+# ... except, where the process's OpenBLAS runs its AVX-512 kernels (blas_is_avx512), from a bound on d that
+# depends on numba's target (blas_bound_d): on Intel's cores from BLAS_BOUND_D (the Intel AVX-512 host of
+# docs/performance.md, a Xeon with AMX under a hypervisor: L's step 1.13x faster through those kernels than in
+# the tiles, 1.24x with the gradient's product transposed (BLAS_SWAPPED_MIN_D), (2000, 512, 256) 1.08x, while
+# d = 128 and 256 stayed faster fused); on AMD's Zen 4 (znver4, which runs a 512-bit operation as two 256-bit
+# halves) from 2048 (through BLAS, (2000, d, 256) at d = 512 ran 0.74-0.88x the tiles' speed, 1024 0.90-1.09x,
+# 2048 1.03-1.14x, L 1.03-1.17x); never on Zen 5 (znver5), whose tiles passed those kernels per product, nor on
+# the Zen cores not measured. False: the tiles on every target.
+BLAS_FROM_BOUND = True
+BLAS_BOUND_D_BY_TARGET = {"znver4": 2048, "znver5": None}
 # From this d, where OpenBLAS runs its AVX-512 kernels, BLAS forms each member's part of the gradient
 # transposed, (m, d) (tiles.blas_backward), and the sum of the parts transposes it back: OpenBLAS's
 # SkylakeX kernels ran that shape faster on large inputs (L, float64: 20 ms against 26 on two threads, 39
@@ -367,8 +371,8 @@ class Runner:
             return False
         if BLAS_WITH_WIDE_TILES or self._kernels.VECTOR_BYTES < 64:
             return True
-        return (BLAS_ON_INTEL_FROM_BOUND and d >= BLAS_BOUND_D and not amd_zen_target()
-                and blas_is_avx512())
+        bound = blas_bound_d(target_cpu_name())
+        return BLAS_FROM_BOUND and bound is not None and d >= bound and blas_is_avx512()
 
     def _one_blas_thread(self):
         """Context holding every loaded BLAS to one thread (threadpoolctl), restored on exit."""
@@ -634,6 +638,9 @@ def replicated_close(team: int, d: int, m: int, dtype, blas: bool, tangents: int
 # sample a member then holds (2 n w entries).
 SPLIT_TEAM = True
 SPLIT_MIN_BYTES = 8 << 10
+# ... but 16 KB on AMD's Zen 4 (znver4): there S (8 KB) ran 1-7% faster split by samples (median 1.7%, six
+# rounds), (256, 16, 128) (16 KB) level, (256, 32, 128) (32 KB) and M faster split by neurons.
+SPLIT_MIN_BYTES_BY_TARGET = {"znver4": 16 << 10}
 SPLIT_ROWS_BYTES = 1 << 20
 
 
@@ -645,9 +652,10 @@ def split_team(team: int, n: int, d: int, m: int, dtype, blas: bool, tangents: i
     d x w gradient. That pays where the other members' partial gradients, which each member of a team split by
     samples reads from the other cores, outweigh the split step's second barrier and exchange (about 1 us): on
     an Intel AVX-512 host (docs/performance.md), M 6-9% faster a step (128 KB of partial gradient in float64,
-    64 KB in float32), S 4% in float64 (8 KB) and 2% slower in float32 (4 KB); so from SPLIT_MIN_BYTES, with
-    every member's phi and phi' of all the samples within SPLIT_ROWS_BYTES (its core's L2); and where each
-    member's w columns fill whole cache lines, so that the tiles leave none to the scalar loops (split so,
+    64 KB in float32), S 4% in float64 (8 KB) and 2% slower in float32 (4 KB); so from SPLIT_MIN_BYTES (on AMD's
+    Zen 4 from SPLIT_MIN_BYTES_BY_TARGET's 16 KB), with every member's phi and phi' of all the samples within
+    SPLIT_ROWS_BYTES (its core's L2); and where each member's w columns fill whole cache lines, so that the
+    tiles leave none to the scalar loops (split so,
     n = 360, d = 64 took 179 us a step at m = 100, w = 50, against 162 split by samples; 84 against 63 at
     m = 50; 257-260 against 266-268 at m = 272, w = 136). Only the fused products of a net (not linear) with
     d below tiles.BLOCKED_MIN_D, and runs without trajectories, tangent vectors or the sharpness, whose
@@ -658,7 +666,8 @@ def split_team(team: int, n: int, d: int, m: int, dtype, blas: bool, tangents: i
     itemsize = np.dtype(dtype).itemsize
     return (SPLIT_TEAM and team > 1 and not blas and not tangents and not lanczos and not trajectory
             and not linear and m % (team * (CACHE_LINE // itemsize)) == 0 and d < BLOCKED_MIN_D
-            and (team - 1) * d * m * itemsize >= SPLIT_MIN_BYTES and 2 * n * (m // team) * itemsize <= SPLIT_ROWS_BYTES)
+            and (team - 1) * d * m * itemsize >= SPLIT_MIN_BYTES_BY_TARGET.get(target_cpu_name(), SPLIT_MIN_BYTES)
+            and 2 * n * (m // team) * itemsize <= SPLIT_ROWS_BYTES)
 
 
 # At most this many bytes of curvature rows kept by the step's pass for the tangent map (2 m float64 values a
@@ -785,11 +794,21 @@ _NUMPY_BLAS_FILE = "libscipy_openblas64_"
 _NUMPY_GEMM = {"float64": "scipy_dgemm_64_", "float32": "scipy_sgemm_64_"}
 
 
-def amd_zen_target() -> bool:
-    """kernels' compiler.amd_zen_target, imported when asked (it imports numba)."""
-    from ..kernels.numba_cpu.compiler import amd_zen_target as zen
+def target_cpu_name() -> str:
+    """kernels' compiler.target_cpu_name (the CPU numba compiles for, as LLVM names it), imported when asked
+    (it imports numba)."""
+    from ..kernels.numba_cpu.compiler import target_cpu_name as name
 
-    return zen()
+    return name()
+
+
+def blas_bound_d(cpu: str):
+    """The d from which a problem's products go through OpenBLAS's AVX-512 kernels with 64-byte tiles on
+    numba's target `cpu` (an LLVM CPU name), or None for never: BLAS_BOUND_D_BY_TARGET's bound, else none on
+    AMD's Zen cores (znver*), else BLAS_BOUND_D."""
+    if cpu in BLAS_BOUND_D_BY_TARGET:
+        return BLAS_BOUND_D_BY_TARGET[cpu]
+    return None if cpu.startswith("znver") else BLAS_BOUND_D
 
 
 @functools.cache
