@@ -468,6 +468,7 @@ def test_team_split_by_neurons_matches_oracle(case, team, dtype, d, monkeypatch)
     monkeypatch.setattr(_numba, "TEAM_WORK", 1)
     monkeypatch.setattr(_numba, "BLAS_WORK", 1 << 62)
     monkeypatch.setattr(_numba, "SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(_numba, "SPLIT_MIN_BYTES_BY_TARGET", {})
     monkeypatch.setattr(numba, "get_num_threads", lambda: team)
     X, y, _, _ = problem_data("logistic", n=150, d=d, dtype=dtype, test=False)
     held_out = {}

@@ -98,8 +98,9 @@ _G0, _G1, _G2, _G3, _G4, _G5, _G6, _G7, _G8, _G9 = _poly.LOG1P_G
 # from one division (quotients_one_division): a float64 division takes 16 cycles a 64-byte vector there, so
 # that two bound the loop (SWEEP 1.16x faster with one: docs/performance.md). Elsewhere the two divisions stay:
 # with 32-byte vectors two were as fast as one shared, and the Newton steps' six operations would only add
-# to the FMA pipes' work; AMD's Zen cores (LLVM's znver*) were not measured with one. Either way the same
-# bits.
+# to the FMA pipes' work, as on AMD's Zen 4 (znver4), whose FMA pipes bound the loop: there S and SWEEP ran
+# 5-10% slower with one (float64). The other Zen cores (znver*) were not measured with one. Either way the
+# same bits.
 ONE_DIVISION = VECTOR_BYTES == 64 and not amd_zen_target()
 
 

@@ -170,8 +170,8 @@ def format_markdown(report: dict) -> str:
                   "from the cache, and the step), with an empty kernel cache and then from the cache that run left; "
                   "numba's own start-up (its import and the registries that its first compile or cache load reads) "
                   "is timed apart, before. S compiles the fused kernel; L the BLAS one where large inputs' products "
-                  "go through BLAS (without AVX-512), else the fused one too; one kernel serves every activation and "
-                  "loss of a dtype.", ""]
+                  "go through BLAS (without AVX-512; with it on Intel's cores and AMD's Zen 4), else the fused one too; "
+                  "one kernel serves every activation and loss of a dtype.", ""]
         lines += _markdown_table(FIRST_CALL_COLUMNS, _first_call_rows(first_calls))
     return "\n".join(lines) + "\n"
 
