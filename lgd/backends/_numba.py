@@ -655,12 +655,11 @@ def split_team(team: int, n: int, d: int, m: int, dtype, blas: bool, tangents: i
     64 KB in float32), S 4% in float64 (8 KB) and 2% slower in float32 (4 KB); so from SPLIT_MIN_BYTES (on AMD's
     Zen 4 from SPLIT_MIN_BYTES_BY_TARGET's 16 KB), with every member's phi and phi' of all the samples within
     SPLIT_ROWS_BYTES (its core's L2); and where each member's w columns fill whole cache lines, so that the
-    tiles leave none to the scalar loops (split so,
-    n = 360, d = 64 took 179 us a step at m = 100, w = 50, against 162 split by samples; 84 against 63 at
-    m = 50; 257-260 against 266-268 at m = 272, w = 136). Only the fused products of a net (not linear) with
-    d below tiles.BLOCKED_MIN_D, and runs without trajectories, tangent vectors or the sharpness, whose
-    measurements need the whole net (held-out samples are split as the training samples: each member its
-    part of their outputs)."""
+    tiles leave none to the scalar loops (split so, n = 360, d = 64 took 179 us a step at m = 100, w = 50,
+    against 162 split by samples; 84 against 63 at m = 50; 257-260 against 266-268 at m = 272, w = 136). Only
+    the fused products of a net (not linear) with d below tiles.BLOCKED_MIN_D, and runs without trajectories,
+    tangent vectors or the sharpness, whose measurements need the whole net (held-out samples are split as the
+    training samples: each member its part of their outputs)."""
     from ..kernels.numba_cpu.tiles import BLOCKED_MIN_D
 
     itemsize = np.dtype(dtype).itemsize
