@@ -863,8 +863,12 @@ def test_blas_only_from_the_dimension_where_it_pays(monkeypatch):
         assert runner._use_blas(1 << 40) == usable
         assert not runner._use_blas(1)
         monkeypatch.setattr(_numba, "BLAS_WITH_WIDE_TILES", False)
-    monkeypatch.setattr(_numba, "BLAS_FROM_BOUND", False)
     monkeypatch.setattr(runner._kernels, "VECTOR_BYTES", 64)
+    monkeypatch.setattr(_numba, "target_cpu_name", lambda: "sapphirerapids")
+    monkeypatch.setattr(_numba, "blas_is_avx512", lambda: True)
+    monkeypatch.setattr(_numba, "BLAS_BOUND_D", d)
+    assert runner._use_blas(1 << 40) == usable
+    monkeypatch.setattr(_numba, "BLAS_FROM_BOUND", False)  # the switch: the tiles on every target
     assert not runner._use_blas(1 << 40)
     linear = _numba.Runner(make_problem(lgd.Linear(), "logistic", np.float64), 1, 1, (1, 1, 5))
     assert not linear._use_blas(1 << 40)

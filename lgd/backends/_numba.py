@@ -757,10 +757,10 @@ def _own_block(shape: tuple, dtype) -> np.ndarray:
     fused step's activation takes a run of rows as one span; longer rows each keep _own_rows's gap too."""
     team, rows, width = shape
     row_bytes = width * np.dtype(dtype).itemsize
+    spare = _spare_rows(width, dtype)
     if row_bytes == 0 or row_bytes > SPAN_ROW_BYTES:
-        pad = CACHE_LINE // np.dtype(dtype).itemsize
-        return aligned_empty((team, rows + _spare_rows(width + pad, dtype), width + pad), dtype=dtype)
-    return aligned_empty((team, rows + _spare_rows(width, dtype), width), dtype=dtype)
+        return _own_rows((team, rows + spare, width), dtype)
+    return aligned_empty((team, rows + spare, width), dtype=dtype)
 
 
 def _copies(copies: int, shape: tuple, dtype=np.float64) -> np.ndarray:
@@ -779,7 +779,7 @@ def _hvp_block(team: int, block: int, m: int, d: int, dtype) -> tuple:
     def rows(width: int, kind=dtype) -> np.ndarray:
         return aligned_empty((team, block + _spare_rows(width, kind), width), dtype=kind)
 
-    order = aligned_empty((team, block + MEMBER_GAP // 8), dtype=np.int64)
+    order = aligned_empty((team, block + _spare_rows(1, np.int64)), dtype=np.int64)
     order[...] = np.arange(order.shape[1])
     return (rows(m), rows(m), rows(m), rows(m), rows(m, np.float64), rows(m, np.float64), rows(2, np.float64),
             rows(d, np.float64), rows(m, np.float64), rows(m, np.float64), order)
