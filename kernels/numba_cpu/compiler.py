@@ -67,11 +67,16 @@ def target_cpu_name() -> str:
     return config.CPU_NAME or binding.get_host_cpu_name()
 
 
+def amd_zen(cpu: str) -> bool:
+    """Whether `cpu` (an LLVM CPU name) is one of AMD's Zen cores (znver*)."""
+    return cpu.startswith("znver")
+
+
 def amd_zen_target() -> bool:
-    """Whether numba compiles for one of AMD's Zen cores (LLVM's znver*). The kernels' choices measured on
-    Intel's AVX-512 cores and not on Zen's (exp_log1p.ONE_DIVISION, the BLAS mode of large inputs in
-    lgd.backends._numba) are made by this one test."""
-    return target_cpu_name().startswith("znver")
+    """Whether numba compiles for one of AMD's Zen cores. The choices measured on Intel's AVX-512 cores and
+    not on every Zen core take it from here: exp_log1p.ONE_DIVISION, and lgd.backends._numba's bound on d
+    for the BLAS mode of large inputs (blas_bound_d, per Zen core where measured)."""
+    return amd_zen(target_cpu_name())
 
 
 def vector_bytes(environ=os.environ) -> int:

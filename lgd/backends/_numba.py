@@ -805,9 +805,11 @@ def blas_bound_d(cpu: str):
     """The d from which a problem's products go through OpenBLAS's AVX-512 kernels with 64-byte tiles on
     numba's target `cpu` (an LLVM CPU name), or None for never: BLAS_BOUND_D_BY_TARGET's bound, else none on
     AMD's Zen cores (znver*), else BLAS_BOUND_D."""
+    from ..kernels.numba_cpu.compiler import amd_zen
+
     if cpu in BLAS_BOUND_D_BY_TARGET:
         return BLAS_BOUND_D_BY_TARGET[cpu]
-    return None if cpu.startswith("znver") else BLAS_BOUND_D
+    return None if amd_zen(cpu) else BLAS_BOUND_D
 
 
 @functools.cache
