@@ -213,6 +213,12 @@ def _sweep(args) -> int:
                                       train_outer=args.train_outer, init=args.init, init_scale=args.init_scale,
                                       record=lgd.Record(every=args.record_every), compute=compute, client=client,
                                       batch_size=args.batch_size, store=args.store)
+    except KeyboardInterrupt:
+        kept = (f"the batches that finished are in {args.store}, and the same command continues from them"
+                if args.store else "nothing was kept (--zarr STORE keeps each batch as it finishes, for a rerun to "
+                "continue from)")
+        print(f"lgd sweep: interrupted; {kept}", file=sys.stderr)
+        raise
     except (ValueError, TypeError, ImportError, FileNotFoundError, OSError, lgd.BackendUnavailable) as exc:
         print(f"lgd sweep: error: {exc}", file=sys.stderr)
         return 2

@@ -100,7 +100,9 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
     of the batches' GD seconds (each timed on its worker, as lgd.sweep times its call), so
     ``steps_per_second`` is a rate per worker thread, not the cluster's. ``compute.progress`` draws one
     bar over the configurations of the whole sweep, advanced as batches finish. Arguments are checked
-    here, before any batch is submitted.
+    here, before any batch is submitted, and the store's folder is made (or refused) then too. Ctrl-C stops
+    the sweep with KeyboardInterrupt: the batches that finished are in the store, the one it cut short is
+    not, and the same call on the same store continues from them.
 
     >>> import lgd, lgd.distributed
     >>> X, y = lgd.data.xor(n=40)
@@ -292,6 +294,8 @@ def batches(stepsizes: int, seeds: int, starts: int, batch_size: int) -> list:
 
 def _with_batches(plan: _Plan, batch_size, default: int, store: SweepStore | None) -> _Plan:
     """The plan with its batches: those of its store when it holds this sweep already, else of batch_size."""
+    if store is not None:
+        store.prepare()
     layout = None if store is None else store.layout()
     if layout is not None:
         if layout["fingerprint"] != plan.fingerprint:
@@ -348,6 +352,10 @@ def _execute(plans: list, client, retries: int, progress) -> list:
             plan = plans[i]
             if parts[i][b] is not None or len(part) != plan.batch_configs(b):
                 raise RuntimeError(f"batch {b} came back {'twice' if parts[i][b] is not None else 'incomplete'}")
+            if "interrupted" in part.status:
+                # Ctrl-C during a batch run here (lgd.sweep returns it cut short): the sweep stops, that batch
+                # is not stored (it would be read back as finished), and a rerun on the store computes it again.
+                raise KeyboardInterrupt
             if plan.store is not None:
                 if plan.store.layout() is None:
                     plan.store.create(part, {"fingerprint": plan.fingerprint, "batches": plan.batches},

@@ -608,6 +608,19 @@ class SweepStore:
     def __init__(self, path, group: str | None = None):
         self.path, self.group = os.fspath(path), group
 
+    def prepare(self) -> None:
+        """Make the store's folder (with its parents) if it is not there, so that a path no batch could be
+        written to is refused before any runs: ValueError naming the path and why."""
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise ValueError(f"the store {self.path} is a file, not a zarr store (a folder); choose another path")
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"the store {self.path} cannot be made: {exc.strerror or exc}; choose another "
+                             "path") from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise ValueError(f"the store {self.path} is not writable; choose another path")
+
     def _open(self):
         return _xarray().open_zarr(self.path, group=self.group)
 

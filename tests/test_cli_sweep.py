@@ -81,3 +81,22 @@ def test_sweep_flag_errors(tmp_path, capsys, flags, message):
 def test_sweep_value_errors(tmp_path, capsys):
     assert main(["sweep", "--steps", "0", "--out", str(tmp_path)]) == 2
     assert "--steps must be >= 1" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert main(["sweep", *GRID, "--zarr", str(tmp_path / "a-file" / "store.zarr"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "a-file/store.zarr cannot be made" in err and "Traceback" not in err
+
+
+def test_ctrl_c_in_a_sweep_says_what_was_kept(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during `lgd sweep`: exit 130, 'lgd: interrupted', and where (or that nothing) the batches were kept."""
+    from lgd import distributed
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distributed, "_execute", ctrl_c)
+    for store, kept in ((None, "nothing was kept"), (tmp_path / "store.zarr", "the same command continues")):
+        flags = [] if store is None else ["--zarr", str(store)]
+        assert main(["sweep", *GRID, *flags, "--out", str(tmp_path / "out"), "--no-plot"]) == 130
+        err = capsys.readouterr().err
+        assert "lgd sweep: interrupted" in err and kept in err and "lgd: interrupted" in err

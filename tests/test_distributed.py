@@ -187,6 +187,52 @@ def test_a_restarted_sweep_skips_the_finished_batches(tmp_path, monkeypatch, loc
         distributed.sweep(X, Y, NET, store=store, **SWEEP | {"steps": 10})
 
 
+@pytest.mark.parametrize("cut", [0, 1])
+def test_a_batch_cut_short_by_ctrl_c_is_not_stored(tmp_path, monkeypatch, local, cut):
+    """Ctrl-C during batch `cut` of four run here (lgd.sweep returns it 'interrupted'): the sweep stops with
+    KeyboardInterrupt and the store keeps only the batches before it, not the one cut short (which would read
+    back as finished, or give the store its shorter step axis); the same call then ends with the bits of a
+    sweep never stopped."""
+    import xarray as xr
+    from lgd import driver
+
+    class CtrlC(driver._HeldInterrupt):  # a SIGINT that arrives during the batch's first chunk
+        def __enter__(self):
+            super().__enter__()
+            self.pending = True
+            return self
+
+    store = tmp_path / "sweep.zarr"
+    calls = []
+    run_batch = distributed._run_batch
+
+    def interrupted_at_cut(data, arguments, threads):
+        calls.append(arguments["stepsizes"])
+        if len(calls) - 1 != cut or armed is False:
+            return run_batch(data, arguments, threads)
+        with monkeypatch.context() as patch:
+            patch.setattr(driver, "_HeldInterrupt", CtrlC)
+            part = run_batch(data, arguments, threads)
+        assert set(part.status) == {"interrupted"}
+        return part
+
+    monkeypatch.setattr(distributed, "_run_batch", interrupted_at_cut)
+    armed = True
+    with pytest.raises(KeyboardInterrupt):
+        distributed.sweep(X, Y, NET, store=store, batch_size=6, **SWEEP)
+    assert len(calls) == cut + 1
+    if cut == 0:
+        assert lgd.results.SweepStore(store).layout() is None
+    else:
+        assert xr.open_zarr(store)["batch_finished"].values.tolist() == [True, False, False, False]
+    calls.clear()
+    armed = False
+    result = distributed.sweep(X, Y, NET, store=store, batch_size=6, **SWEEP)
+    assert len(calls) == 4 - cut
+    assert_same(result, local)
+    assert_same(lgd.results.open_zarr(store), local)
+
+
 def test_the_store_on_a_cluster(tmp_path, client, local):
     store = tmp_path / "sweep.zarr"
     assert_same(distributed.sweep(X, Y, NET, client=client, store=store, **SWEEP), local)
@@ -250,6 +296,11 @@ def test_bad_input_fails_before_any_batch(tmp_path):
         distributed.grid({"xor": (X, Y)}, widths=[2, 2], stepsizes=[1.0], client=recorder)
     with pytest.raises(ValueError, match="checkpoint"):
         lgd.sweep(X, Y, NET, client=recorder, checkpoint=tmp_path / "c")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match="a-file is a file, not a zarr store"):
+        distributed.sweep(X, Y, NET, client=recorder, stepsizes=[1.0], steps=5, store=tmp_path / "a-file")
+    with pytest.raises(ValueError, match="a-file/sweep.zarr cannot be made"):
+        distributed.sweep(X, Y, NET, client=recorder, stepsizes=[1.0], steps=5, store=tmp_path / "a-file/sweep.zarr")
     assert recorder.submitted == 0
     with pytest.raises(TypeError, match="client"):
         distributed.sweep(X, Y, NET, client=object(), stepsizes=[1.0], steps=5)
