@@ -510,6 +510,12 @@ def _check_data(X, y, loss, dtype, xname: str, yname: str):
     if loss.margin and not bool(xp.all((y == 1) | (y == -1))):
         bad = xp.unique(y[(y != 1) & (y != -1)])[:5]
         raise ValueError(f"{yname} must hold labels +1 or -1 for the {loss.spec} loss; found {bad.tolist()}")
+    largest = float(np.finfo(dtype).max)
+    for name, array in ((xname, X), (yname, y)):
+        if array.dtype.kind == "f" and array.dtype.itemsize > np.dtype(dtype).itemsize and array.size \
+                and float(xp.max(xp.abs(array))) > largest:
+            raise ValueError(f"{name} holds {float(xp.max(xp.abs(array))):g}, which does not fit in "
+                             f"{np.dtype(dtype).name} (largest {largest:g}); rescale it or use dtype float64")
     return xp.ascontiguousarray(X, dtype=dtype), xp.ascontiguousarray(y, dtype=dtype)
 
 

@@ -103,6 +103,10 @@ def test_flows_match_the_closed_forms_on_a_quadratic():
                                np.exp(-curvature * (1 + eta * curvature / 2) * t), rtol=1e-8)
     assert compared.gradient_flow.success and compared.modified_flow.success
     assert compared.largest_distance_modified_flow < 0.1 * compared.largest_distance_gradient_flow
+    warming = lgd.gd(X, np.zeros(1), lgd.Linear(), "squared", stepsize=lgd.stepsize.warmup(eta, 10), steps=steps,
+                     init=np.ones(1), record=lgd.Record(weights=1), compute="numpy")
+    with pytest.raises(ValueError, match=r"constant stepsize.*rule is warmup\(0.05, 10\)"):
+        compare_flows(warming, X, np.zeros(1))
 
 
 def test_modified_flow_error_is_second_order_gradient_flow_first_order():
@@ -166,6 +170,12 @@ def test_bifurcation_and_basins_on_the_miniature_factorisation(tmp_path):
     assert found.kind.shape == (2, 4, 4) and found.final.shape == (2, 4, 4, 2)
     assert found.period[0, 1, 1] == 1 and found.period[1, 1, 1] == 2 and found.kind[0, 3, 3] == DIVERGED
     assert sum(found.counts(0).values()) == 16
+    # the stepsizes in the sweep's order, not sorted: each panel with its own outcomes
+    reverse = lgd.sweep(ONE, TARGET, MINIATURE, "squared", stepsizes=[1.1, 0.5], steps=600, **lgd.init_grid(
+        MINIATURE, first, second), record=lgd.Record(every=600, weights=1), compute="numpy")
+    backwards = basins(reverse, first, second, window=128)
+    assert backwards.stepsize.tolist() == [1.1, 0.5] and backwards.counts(0) == found.counts(1)
+    np.testing.assert_array_equal(backwards.kind, found.kind[::-1])
     pytest.importorskip("matplotlib")
     from lgd.dynamics import plot_basins, plot_bifurcation
 

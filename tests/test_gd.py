@@ -209,6 +209,10 @@ BAD_CALLS = [
     (dict(X_test=np.zeros((2, 2))), "give both X_test and y_test"),
     (dict(X_test=np.zeros((2, 3)), y_test=np.ones(2)), "X_test has 3 features but X has 2"),
     (dict(seed=-1), "seeds must be a non-empty sequence of integers >= 0"),
+    (dict(X=np.full((6, 2), 1e39), compute=lgd.Compute("numpy", dtype="float32")),
+     r"X holds 1e\+39, which does not fit in float32"),
+    (dict(X_test=np.ones((2, 2)), y_test=np.array([1.0, -1e300]), loss="squared",
+          compute=lgd.Compute("numpy", dtype="float32")), r"y_test holds 1e\+300, which does not fit in float32"),
 ]
 
 

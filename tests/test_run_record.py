@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import problem_data
+from conftest import problem_data, register_host_cuda
 
 import lgd
 from lgd.models import evaluate
@@ -195,6 +195,22 @@ def test_lyapunov_exponents_of_a_quadratic_are_log_one_minus_eta_lambda(backend_
         window = (run.lyapunov_sum[40] - run.lyapunov_sum[20]) / 20
         np.testing.assert_allclose(window, expected, rtol=1e-4 if case.dtype == np.float32 else 1e-6)
         np.testing.assert_allclose(run.lyapunov_sum[-1], run.lyapunov * run.steps_taken, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("backend", ["numpy", "numba", "cupy", "cuda-host"])
+def test_a_tangent_map_that_is_singular_gives_minus_infinity_not_nan(backend, dtype, monkeypatch):
+    """L = 2 w^2 (X = [[2]]) at eta = 1/4: I - eta H = 0 exactly, the closed form log|1 - eta lambda| = -inf. The
+    tangent vector sent to 0 stays 0 (its sum -inf from step 1 on), where 0/0 made it NaN (and math.log(0)
+    stopped the numpy run)."""
+    register_host_cuda(monkeypatch)
+    usable, reason = lgd.backends.availability(backend)
+    if not usable:
+        pytest.skip(f"backend {backend} cannot run here: {reason}")
+    run = lgd.gd(np.array([[2.0]]), np.zeros(1), lgd.Linear(), "squared", stepsize=0.25, steps=20, init=np.ones(1),
+                 record=lgd.Record(lyapunov=1), compute=lgd.Compute(backend=backend, dtype=dtype, progress=False))
+    assert run.status == "completed" and run.lyapunov.tolist() == [-math.inf]
+    assert run.lyapunov_sum[0, 0] == 0.0 and np.all(run.lyapunov_sum[1:, 0] == -math.inf)
 
 
 @pytest.mark.parametrize("team", [2, 3])

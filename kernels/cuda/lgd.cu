@@ -452,7 +452,8 @@ __device__ void propagate(const Block<T>& b, int n, bool train_outer, double eta
             if (train_outer)
                 for (int j = tid; j < m; j += threads) part[0] += va[j] * wa[j];
             block_reduce(part, sums, b.scratch);
-            const double scale = o < l ? -part[0] : 1.0 / sqrt(part[0]);
+            // o = l: a vector the map sends to 0 stays 0 (its growth log 0 = -inf), not 0/0.
+            const double scale = o < l ? -part[0] : (part[0] != 0.0 ? 1.0 / sqrt(part[0]) : 1.0);
             for (int e = tid; e < dm; e += threads) {
                 const long long at = (long long)(e - e / m * m) * d + e / m;
                 v[at] = o < l ? v[at] + scale * w[at] : v[at] * scale;

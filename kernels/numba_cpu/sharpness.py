@@ -3,7 +3,10 @@
 What lives here: :func:`top_eigenvalues`, k largest eigenvalues of the Hessian of the risk at the current
 weights by Lanczos with full re-orthogonalisation on the exact Hessian-vector products of tangent
 (``cached_hessian_products``: every sample's curvature formed once per measurement), warm-started
-from the previous measurement's top Ritz vector, and the small
+from the previous measurement's top Ritz vector mixed with a fixed spread-out direction (which reaches every
+eigenspace: the Ritz vector alone stays in the invariant subspaces a symmetric network's Hessian has, and
+misses eigenvalues outside them), restarted from a new spread-out direction where the Krylov space closes
+(repeated eigenvalues), and the small
 tridiagonal algebra it needs (Sturm bisection for the Ritz values, inverse iteration for the top Ritz
 vector). lgd.hessian.sharpness (scipy's eigsh on the same products) is the oracle.
 """
@@ -81,6 +84,21 @@ def top_ritz_vector(alpha, beta, j, theta, y, work):
             y[i] /= norm
 
 
+@subroutine(types.float64)
+def spread_direction(V, VA, train_outer, phase):
+    """V (m, d) and VA (m,) = a fixed direction with every entry in [0.5, 1.5] (VA 0 unless the outer layer is
+    trained), one of several by `phase`; returns its norm. Its entries differ from neuron to neuron and
+    feature to feature, so that it meets every eigenspace of the Hessian, a symmetric network's included."""
+    norm = 0.0
+    for jj in range(V.shape[0]):
+        for kk in range(V.shape[1]):
+            V[jj, kk] = 1.0 + 0.5 * math.sin(1.0 + phase * 2.3 + jj * 7.0 + kk * 3.0)
+            norm += V[jj, kk] * V[jj, kk]
+        VA[jj] = (1.0 + 0.5 * math.cos(2.0 + phase * 1.7 + jj * 5.0)) if train_outer else 0.0
+        norm += VA[jj] * VA[jj]
+    return math.sqrt(norm)
+
+
 @subroutine(types.void)
 def top_eigenvalues(X, y, Wt, a, spec, start, start_a, out, Q, QA, HV, HB, Vt, HVt, block, alpha, beta, ritz,
                     work, cache):
@@ -102,19 +120,21 @@ def top_eigenvalues(X, y, Wt, a, spec, start, start_a, out, Q, QA, HV, HB, Vt, H
             norm += start[jj, kk] * start[jj, kk]
         if train_outer:
             norm += start_a[jj] * start_a[jj]
-    if not norm > 0.0:  # no previous direction: a fixed spread-out one
-        norm = 0.0
-        for jj in range(m):
-            for kk in range(d):
-                start[jj, kk] = 1.0 + 0.5 * math.sin(1.0 + jj * 7.0 + kk * 3.0)
-                norm += start[jj, kk] * start[jj, kk]
-            start_a[jj] = (1.0 + 0.5 * math.cos(2.0 + jj * 5.0)) if train_outer else 0.0
-            norm += start_a[jj] * start_a[jj]
+    # Q[0] = the previous top Ritz vector (unit, when there is one) + the spread-out direction (unit).
+    spread = spread_direction(Q[0], QA[0], train_outer, 0)
+    warm = 1.0 / math.sqrt(norm) if norm > 0.0 else 0.0
+    norm = 0.0
+    for jj in range(m):
+        for kk in range(d):
+            Q[0, jj, kk] = warm * start[jj, kk] + Q[0, jj, kk] / spread
+            norm += Q[0, jj, kk] * Q[0, jj, kk]
+        QA[0, jj] = (warm * start_a[jj] + QA[0, jj] / spread) if train_outer else 0.0
+        norm += QA[0, jj] * QA[0, jj]
     norm = math.sqrt(norm)
     for jj in range(m):
         for kk in range(d):
-            Q[0, jj, kk] = start[jj, kk] / norm
-        QA[0, jj] = start_a[jj] / norm if train_outer else 0.0
+            Q[0, jj, kk] /= norm
+        QA[0, jj] /= norm
     beta[0] = 0.0
     steps = 0
     for i in range(k):
@@ -153,9 +173,39 @@ def top_eigenvalues(X, y, Wt, a, spec, start, start_a, out, Q, QA, HV, HB, Vt, H
             value = ritz_value(alpha, beta, steps, i)
             converged = converged and abs(value - ritz[i]) <= RITZ_TOL * abs(value)
             ritz[i] = value
-        if converged or not norm > 1e-12 * max(abs(alpha[0]), 1e-300) or j + 1 == J:
+        if converged or j + 1 == J:
             break
-        beta[j + 1] = norm
+        if norm > 1e-12 * max(abs(alpha[0]), 1e-300):
+            beta[j + 1] = norm
+        else:
+            # The Krylov space is invariant (it holds one vector of each eigenspace it meets: repeated
+            # eigenvalues, or a symmetric network's): go on from a new spread-out direction orthogonal to the
+            # basis, with beta 0 (T splits into blocks, whose eigenvalues together are the Ritz values).
+            norm = 0.0
+            for attempt in range(1, 5):
+                spread = spread_direction(HV[0], HB[0], train_outer, attempt)
+                for sweep in range(2):
+                    for i in range(j + 1):
+                        dot = 0.0
+                        for jj in range(m):
+                            for kk in range(d):
+                                dot += HV[0, jj, kk] * Q[i, jj, kk]
+                            dot += HB[0, jj] * QA[i, jj]
+                        for jj in range(m):
+                            for kk in range(d):
+                                HV[0, jj, kk] -= dot * Q[i, jj, kk]
+                            HB[0, jj] -= dot * QA[i, jj]
+                norm = 0.0
+                for jj in range(m):
+                    for kk in range(d):
+                        norm += HV[0, jj, kk] * HV[0, jj, kk]
+                    norm += HB[0, jj] * HB[0, jj]
+                norm = math.sqrt(norm)
+                if norm > 1e-8 * spread:
+                    break
+            if not norm > 1e-8 * spread:  # the basis spans every direction these reach
+                break
+            beta[j + 1] = 0.0
         for jj in range(m):
             for kk in range(d):
                 Q[j + 1, jj, kk] = HV[0, jj, kk] / norm

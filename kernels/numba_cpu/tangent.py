@@ -260,7 +260,9 @@ def propagate(c, spec, eta, tangents, tangents_a, log_growth, HV, HB, HVts, HBs,
                 norm += HV[l, j, kk] * HV[l, j, kk]
             norm += HB[l, j] * HB[l, j]
         norm = math.sqrt(norm)
-        log_growth[c, l] += math.log(norm)
+        log_growth[c, l] += math.log(norm)  # -inf where the map sends the vector to 0
+        if norm == 0.0:  # a vector sent to 0 stays 0 (its sum -inf), not 0/0
+            norm = 1.0
         for j in range(m):
             for kk in range(d):
                 HV[l, j, kk] /= norm

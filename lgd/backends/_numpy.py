@@ -114,8 +114,11 @@ class Runner:
             for o in vectors:
                 w = w - np.dot(w, o) * o
             norm = float(np.linalg.norm(w))
-            state.log_growth[c, l] += math.log(norm)
-            w = w / norm
+            # A map that sends the vector to 0 (eta = 1 / lambda on a quadratic): growth log 0 = -inf, and the
+            # vector stays 0 (its sum stays -inf), where dividing would make it NaN.
+            state.log_growth[c, l] += math.log(norm) if norm != 0.0 else -math.inf
+            if norm != 0.0:
+                w = w / norm
             vectors.append(w)
             state.tangents[c, l] = w[:W.size].reshape(W.shape)
             if p.train_outer:

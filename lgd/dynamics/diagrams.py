@@ -120,11 +120,17 @@ def basins(sweep, first, second, window: int | None = None, *, tol: float = TOLE
     ``window`` records of its trajectory (``record=lgd.Record(weights=1)``)."""
     first = np.asarray(first, dtype=np.float64).ravel()
     second = np.asarray(second, dtype=np.float64).ravel()
-    stepsizes = np.unique(np.asarray(sweep.stepsize))
-    shape = (len(stepsizes), len(first), len(second))
-    if len(sweep) != np.prod(shape):
-        raise ValueError(f"the sweep has {len(sweep)} configurations, not {len(stepsizes)} stepsizes x "
+    per = len(first) * len(second)
+    if per == 0 or len(sweep) % per:
+        raise ValueError(f"the sweep has {len(sweep)} configurations, not a whole number of stepsizes x "
                          f"{len(first)} x {len(second)} starting points (one seed)")
+    # Configurations are stepsize-major: the stepsizes in the sweep's order, each over a block of `per` starts.
+    blocks = np.asarray(sweep.stepsize, dtype=np.float64).reshape(-1, per)
+    if np.any(blocks != blocks[:, :1]):
+        raise ValueError(f"the sweep's configurations are not {len(blocks)} stepsizes x {len(first)} x "
+                         f"{len(second)} starting points (one seed)")
+    stepsizes = blocks[:, 0]
+    shape = (len(stepsizes), len(first), len(second))
     found = attractors(sweep, window, tol=tol, max_period=max_period, backend=backend)
     final = sweep.weights.reshape(len(sweep), -1)
     if sweep.meta["model"].get("train_outer"):

@@ -150,9 +150,14 @@ def flow(X, y, model, loss, init, times, *, outer_init=None, stepsize: float | N
 def compare_flows(run, X, y, *, method: str = METHOD, rtol: float = RTOL, atol: float = ATOL) -> FlowComparison:
     """Gradient flow and the modified flow from the start of ``run`` (a Run recorded with
     ``lgd.Record(weights=k)``), at the GD times t = k eta of its trajectory's steps, and their distances
-    to the GD iterates. ``X``, ``y``: the run's training data (a run does not keep it)."""
+    to the GD iterates. ``X``, ``y``: the run's training data (a run does not keep it). A run at a constant
+    stepsize only: under a rule GD's time and the modified flow's correction change from step to step."""
     if run.trajectory is None or run.trajectory_step is None:
         raise ValueError("compare_flows needs the run's trajectory: record=lgd.Record(weights=k)")
+    rule = getattr(run, "stepsize_rule", None)
+    if rule is not None and not str(rule).startswith("constant("):
+        raise ValueError(f"compare_flows needs a run at a constant stepsize (its flows run to the times t eta); "
+                         f"this run's stepsize rule is {rule}")
     model = run.model
     gd = np.asarray(run.trajectory, dtype=np.float64).reshape(len(run.trajectory_step), -1)
     if model.train_outer:
