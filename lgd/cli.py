@@ -49,8 +49,14 @@ def _grid_stepsizes(text: str) -> list:
             raise argparse.ArgumentTypeError(f"stepsizes A:B:N needs two numbers and a count, got {text!r}") from None
         if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high) or count < 1:
             raise argparse.ArgumentTypeError(f"stepsizes A:B:N needs 0 < A <= B (finite) and N >= 1, got {text!r}")
-        return np.logspace(math.log10(low), math.log10(high), count).tolist()
-    return _stepsizes(text)
+        values = np.logspace(math.log10(low), math.log10(high), count).tolist()
+    else:
+        values = _stepsizes(text)
+    twice = sorted({value for value in values if values.count(value) > 1})
+    if twice:  # the grid's stepsize axis: each value once
+        raise argparse.ArgumentTypeError(f"stepsizes must be distinct, got {', '.join(f'{v:g}' for v in twice)} "
+                                         "more than once")
+    return values
 
 
 def _integers(text: str, name: str, low: int) -> list:
@@ -219,7 +225,8 @@ def _sweep(args) -> int:
                 "continue from)")
         print(f"lgd sweep: interrupted; {kept}", file=sys.stderr)
         raise
-    except (ValueError, TypeError, ImportError, FileNotFoundError, OSError, lgd.BackendUnavailable) as exc:
+    except (ValueError, TypeError, ImportError, FileNotFoundError, OSError, MemoryError,
+            lgd.BackendUnavailable) as exc:
         print(f"lgd sweep: error: {exc}", file=sys.stderr)
         return 2
     dataset = result.to_xarray()
@@ -295,6 +302,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("lgd: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout stopped reading (`lgd run | head`): what the command writes to files is written
+        # by then; stdout goes to /dev/null so that Python's flush at exit does not fail again. 128 + SIGPIPE.
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # a stdout without a file descriptor
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _main(argv) -> int:
@@ -320,6 +333,8 @@ def output_folder(path) -> Path:
     Raises ValueError naming the problem: a path that is a file, a parent that is a file, or a folder
     that cannot be created or written (the system's reason, e.g. permission denied).
     """
+    if not os.fspath(path):
+        raise ValueError("the output folder is named by an empty path; name a folder (--out FOLDER)")
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder {out} exists and is a file, not a folder")
@@ -344,7 +359,7 @@ def _load_data(args):
         kwargs["n"] = args.n
     if args.dataset in ("mnist", "cifar10"):
         if args.data_path is None:
-            raise SystemExit(f"lgd run: --dataset {args.dataset} needs --data-path pointing at the local files")
+            raise ValueError(f"--dataset {args.dataset} needs --data-path pointing at the local files")
         kwargs["path"] = args.data_path
     elif args.dataset == "xor" and "n" not in kwargs:
         kwargs["n"] = 100
@@ -356,11 +371,11 @@ def _run(args) -> int:
     from ._json import to_json
 
     try:
-        out = output_folder(args.out)
         X, y = _load_data(args)
         model = lgd.Linear() if args.model == "linear" else lgd.TwoLayerNet(
             args.width, activation=args.activation, scaling=args.scaling, outer=args.outer,
             train_outer=args.train_outer)
+        out = output_folder(args.out)
         header = (f"{args.dataset} (n={X.shape[0]}, d={X.shape[1]}), {model.describe()}, "
                   f"{lgd.losses.get(args.loss).spec} loss, {args.steps} steps, "
                   f"{lgd.backends.resolve(args.backend, X).name} backend, {args.dtype}")
@@ -369,16 +384,12 @@ def _run(args) -> int:
         grid = lgd.sweep(X, y, model, args.loss, stepsizes=args.stepsizes, steps=args.steps, seeds=(args.seed,),
                          init=args.init, init_scale=args.init_scale, record=lgd.Record(every=args.record_every),
                          compute=lgd.Compute(backend=args.backend, dtype=args.dtype, progress=args.progress))
-    except (ValueError, TypeError, ImportError, FileNotFoundError, lgd.BackendUnavailable) as exc:
+    except (ValueError, TypeError, ImportError, FileNotFoundError, MemoryError, lgd.BackendUnavailable) as exc:
         print(f"lgd run: error: {exc}", file=sys.stderr)
         return 2
 
+    # The files first, then the table: a reader that stops reading early (`lgd run | head`) loses no result.
     runs = list(grid)
-    print(format_table(runs))
-    print(f"(the stepsizes run side by side in one batched call, {grid.steps_per_second:,.0f} steps/s in all; "
-          "steps/s of a stepsize: the steps it took over the batch's time)")
-    if any(run.status == "diverged" for run in runs):
-        print("(a diverged stepsize: its columns are read off the steps before its divergence)")
     summary = {"header": header, "steps": args.steps, "seconds": grid.seconds,
                "steps_per_second": grid.steps_per_second, "runs": []}
     for run, name in zip(runs, trace_names(grid.stepsize)):
@@ -401,6 +412,11 @@ def _run(args) -> int:
             written.append(str(out / "figure.png"))
         except ImportError as exc:
             print(f"lgd run: no figure: {exc}", file=sys.stderr)
+    print(format_table(runs))
+    print(f"(the stepsizes run side by side in one batched call, {grid.steps_per_second:,.0f} steps/s in all; "
+          "steps/s of a stepsize: the steps it took over the batch's time)")
+    if any(run.status == "diverged" for run in runs):
+        print("(a diverged stepsize: its columns are its last records, up to the step it diverged at)")
     print("wrote " + ", ".join(written))
     interrupted = [run for run in runs if run.status == "interrupted"]
     if interrupted:

@@ -337,4 +337,11 @@ def load(name, **kwargs):
     """
     if name not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(NAMES)}")
+    import inspect
+
+    takes = inspect.signature(_LOADERS[name]).parameters
+    unknown = [key for key in kwargs if key not in takes]
+    if unknown:
+        raise ValueError(f"dataset {name!r} takes no {', '.join(unknown)}; its options: "
+                         f"{', '.join(takes) or 'none (its points are fixed)'}")
     return _LOADERS[name](**kwargs)

@@ -26,7 +26,7 @@ from . import checkpoint as _checkpoint
 from . import losses as _losses
 from . import options as _options
 from . import stepsize as _stepsize
-from .backends import Problem, State, Trace, record_steps
+from .backends import Problem, State, Trace, record_count, record_steps
 from .models import TwoLayerNet
 from .options import check_count as _check_count
 from .results import Run, Sweep
@@ -205,9 +205,8 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
     if record.lyapunov:
         state.tangents, state.tangents_a = _initial_tangents(model, d, record.lyapunov, seeds, configs)
         state.log_growth = np.zeros((len(configs), record.lyapunov))
-    recorded = record_steps(steps, record_every)
     if neuron_margins is None:
-        neuron_margins = len(configs) * recorded.size * model.width <= NEURON_BUDGET
+        neuron_margins = len(configs) * record_count(steps, record_every) * model.width <= NEURON_BUDGET
     problem = Problem(X=X, y=y, activation=model.activation, loss=loss, scale=model.scale,
                       train_outer=model.train_outer, linear=model.__class__.__name__ == "Linear",
                       X_test=X_test, y_test=y_test, risk_bound=risk_bound, weight_bound=divergence.weight_norm,
@@ -243,7 +242,12 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
     # The sharpness is measured inside the runner's steps where it can (numpy, numba), else here between chunks.
     in_runner = sharpness_every is not None and (saved.header["in_runner"] if finished
                                                  else getattr(runner, "measures_sharpness", False))
-    trace = empty_trace(steps)
+    try:
+        trace = empty_trace(steps)
+    except MemoryError as exc:
+        records = record_count(steps, record_every)
+        raise MemoryError(f"the traces of {len(configs)} configuration(s) over {records:,} recorded steps do not fit "
+                          f"in memory ({exc}); record every k-th step: record=k (lgd run --record-every K)") from None
     sharpness_steps = sharpness = None
     if sharpness_every is not None:
         sharpness_steps = record_steps(steps, sharpness_every)

@@ -188,8 +188,9 @@ class Divergence:
       relative bound, so it means the same whatever the loss and the scale of the targets; or
     - the norm of its weights sqrt(|W_t|^2 + |a_t|^2) (a when trained) exceeds ``weight_norm`` (absolute).
 
-    The step t is recorded (its risk is finite), ``run.diverged_step`` is t and the final weights are
-    W_t. The default (1e10, no weight bound) catches a run that blows up long before anything overflows,
+    ``run.diverged_step`` is t and the final weights are W_t; the traces end with step t when it is a
+    recorded step (every step with ``record=1``; with ``every=k``, when k divides t: else they end with the
+    last multiple of k before it). The default (1e10, no weight bound) catches a run that blows up long before anything overflows,
     and lets the edge of stability's spikes (risks of order the stepsize) pass. ``divergence=x`` in
     :func:`lgd.gd` is short for ``Divergence(risk=x)``.
 

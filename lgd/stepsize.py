@@ -46,10 +46,12 @@ def stepsize_at(code, p0, p1, p2, t, steps, risk, log_risk, grad_sq, sharpness):
         return p0 * 0.5 * (1.0 + math.cos(math.pi * min(t, steps) / steps))
     if code == ADAPTIVE:  # p0 / L(W_t) from the log-risk, held at the largest float64 where it would overflow
         return min(p0 * math.exp(min(-log_risk, 709.0)), _LARGEST)
-    if code == POLYAK:  # p1 (L(W_t) - L_min) / |grad|^2, L_min = p0 (inf at a zero gradient)
-        return p1 * (risk - p0) / grad_sq if grad_sq > 0.0 else math.inf
-    if code == NORMALIZED:  # p0 / |grad| (inf at a zero gradient)
-        return p0 / math.sqrt(grad_sq) if grad_sq > 0.0 else math.inf
+    # Polyak and normalised steps at a zero gradient (a stationary point) and Polyak's at a risk down to L_min:
+    # no step (0), where inf times the zero gradient made the weights NaN and a negative step climbed the risk.
+    if code == POLYAK:  # p1 (L(W_t) - L_min) / |grad|^2, L_min = p0
+        return p1 * (risk - p0) / grad_sq if grad_sq > 0.0 and risk > p0 else 0.0
+    if code == NORMALIZED:  # p0 / |grad|
+        return p0 / math.sqrt(grad_sq) if grad_sq > 0.0 else 0.0
     if code == INVERSE_SHARPNESS:  # p0 / lambda_max, the latest measured (inf where it is not positive)
         return p0 / sharpness if sharpness > 0.0 else math.inf
     return p0  # CONSTANT
@@ -109,7 +111,8 @@ def adaptive(eta) -> Rule:
 
 
 def polyak(risk_min=0.0, scale=1.0) -> Rule:
-    """eta_t = scale (L(W_t) - risk_min) / |grad L(W_t)|^2, Polyak's step for a known (or assumed) least risk."""
+    """eta_t = scale (L(W_t) - risk_min) / |grad L(W_t)|^2, Polyak's step for a known (or assumed) least risk;
+    0 (no step) once the risk is down to risk_min, and at a zero gradient."""
     if isinstance(risk_min, bool) or not isinstance(risk_min, (Real, np.floating, np.integer)) \
             or not math.isfinite(float(risk_min)):
         raise ValueError(f"stepsize rule: risk_min must be a finite number, got {risk_min!r}")
@@ -118,7 +121,8 @@ def polyak(risk_min=0.0, scale=1.0) -> Rule:
 
 
 def normalized(eta) -> Rule:
-    """eta_t = eta / |grad L(W_t)|: normalised GD, every step of length eta."""
+    """eta_t = eta / |grad L(W_t)|: normalised GD, every step of length eta (0 at a zero gradient: a stationary
+    point stays)."""
     eta = _positive(eta, "eta")
     return Rule(NORMALIZED, (eta, 0.0, 0.0), f"normalized({eta:g})", eta)
 

@@ -1,6 +1,7 @@
 """The `lgd` command line end to end, and the promise that `import lgd` stays light."""
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -64,9 +65,45 @@ def test_lgd_run_rejects_bad_stepsizes_before_running(tmp_path, capsys):
     assert not (tmp_path / "summary.json").exists()
 
 
-def test_lgd_run_needs_a_path_for_local_datasets(tmp_path):
-    with pytest.raises(SystemExit, match="--dataset mnist needs --data-path"):
-        main(["run", "--dataset", "mnist", "--out", str(tmp_path)])
+def test_lgd_run_needs_a_path_for_local_datasets(tmp_path, capsys):
+    assert main(["run", "--dataset", "mnist", "--out", str(tmp_path / "out")]) == 2
+    assert "lgd run: error: --dataset mnist needs --data-path" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # options are checked before the output folder is made
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "wu_toy", "--n", "10"], "dataset 'wu_toy' takes no n; its options: normalize"),
+    (["--out", ""], "the output folder is named by an empty path"),
+])
+def test_lgd_run_refuses_options_that_do_not_apply(tmp_path, capsys, args, message):
+    assert main(["run", "--steps", "2", "--backend", "numpy", "--out", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_lgd_run_writes_its_files_before_the_table_and_ends_quietly_when_stdout_closes(tmp_path):
+    """`lgd run | head -1`: the reader is gone before the table; the traces, summary and figure are written
+    all the same, and the command ends with 141 (128 + SIGPIPE) and no traceback."""
+    command = (f"{shlex.quote(_console_script())} run --steps 50 --backend numpy --no-plot "
+               f"--out {shlex.quote(str(tmp_path))} | head -1; exit ${{PIPESTATUS[0]}}")
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 141, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout.startswith("xor (n=100")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert all((tmp_path / run["traces"]).exists() for run in summary["runs"])
+
+
+def test_a_run_whose_traces_do_not_fit_in_memory_is_told_what_to_record(monkeypatch):
+    from lgd import driver
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 2.24 TiB")
+
+    monkeypatch.setattr(driver.Trace, "empty", no_memory)
+    X, y = lgd.data.xor(n=20)
+    with pytest.raises(MemoryError, match=r"3 configuration\(s\) over 1,000,001 recorded steps do not fit in "
+                                          r"memory \(Unable to allocate 2.24 TiB\); record every k-th step"):
+        lgd.sweep(X, y, lgd.TwoLayerNet(4), stepsizes=[1.0, 2.0, 3.0], steps=10**6, compute="numpy")
 
 
 def test_lgd_info_lists_backends(capsys):
@@ -85,11 +122,15 @@ def test_lgd_info_lists_backends(capsys):
         assert f"{blas['library']} {blas['version']} ({blas['architecture'] or '?'} kernels" in printed
 
 
-def test_console_script_is_installed():
+def _console_script() -> str:
     beside_python = Path(sys.executable).parent / "lgd"
     script = str(beside_python) if beside_python.exists() else shutil.which("lgd")
     assert script is not None, "the `lgd` console script is missing: install the package as the README says"
-    result = subprocess.run([script, "info"], capture_output=True, text=True, timeout=120)
+    return script
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([_console_script(), "info"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "backends:" in result.stdout
 
 

@@ -70,6 +70,8 @@ def test_sweep_resumes_from_its_store(tmp_path, capsys):
     (["--stepsizes", "10:1:4"], "0 < A <= B"),
     (["--widths", "0,4"], "widths"),
     (["--seeds", "1,1"], "seeds"),
+    (["--stepsizes", "1,10,1"], "stepsizes must be distinct, got 1 more than once"),
+    (["--stepsizes", "2:2:3"], "stepsizes must be distinct, got 2 more than once"),
     (["--dataset", "mnist"], "--dataset"),
 ])
 def test_sweep_flag_errors(tmp_path, capsys, flags, message):

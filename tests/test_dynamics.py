@@ -1,6 +1,7 @@
 """lgd.dynamics: periods against orbits built by hand (numba and numpy agree), the reference flows against the
 closed forms on a quadratic, the Lyapunov window, and the diagrams on small sweeps."""
 
+import math
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -86,6 +87,19 @@ def test_gd_on_the_miniature_factorisation_numpy_backend():
     assert single.period.tolist() == [2] and len(single) == 1
     with pytest.raises(ValueError, match="Record\\(weights=1\\)"):
         attractors(lgd.gd(ONE, TARGET, MINIATURE, "squared", stepsize=0.1, steps=5, compute="numpy"))
+
+
+def test_a_last_record_off_the_grid_is_left_out_of_the_window():
+    """w -> (1 - eta lambda) w with eta lambda = 2 (L = 2 w^2, eta = 1/2): the orbit +-1 of period 2, recorded
+    every 2nd step it reads as a fixed point; 101 steps end with a record at 101 (w = -1) after one at 100
+    (w = +1), which is not a step of the orbit as recorded and is left out."""
+    for steps in (100, 101):
+        run = lgd.gd(np.array([[2.0]]), np.zeros(1), lgd.Linear(), "squared", stepsize=0.5, steps=steps,
+                     init=np.ones(1), record=lgd.Record(every=2, weights=2), compute="numpy", divergence=math.inf)
+        assert run.trajectory_step[-1] == steps
+        for of in ("weights", "risk"):
+            found = attractors(run, window=20, of=of)
+            assert found.names == ["converged"] and found.window == 20, (steps, of)
 
 
 def test_flows_match_the_closed_forms_on_a_quadratic():

@@ -79,6 +79,29 @@ def test_polyak_halves_a_quadratic_error_and_normalized_steps_have_length_eta(ba
                                rtol=1e-5 if case.dtype == np.float32 else 1e-12)
 
 
+def test_polyak_and_normalized_steps_stop_at_a_stationary_point_and_polyak_at_its_least_risk(backend_dtype):
+    """A ReLU net started at zero has a zero gradient (phi'(0) = 0): Polyak's and the normalised step are 0 there,
+    the weights stay and the run completes (inf times the zero gradient made them NaN, 'diverged'). Polyak's step
+    with a least risk above the risk reached is 0 from there on, not negative (uphill)."""
+    case = backend_dtype
+    X, y = lgd.data.xor(n=30)
+    X, y = X.astype(case.dtype), y.astype(case.dtype)
+    net = lgd.TwoLayerNet(4, activation="relu")
+    for rule in (stepsize.normalized(1.0), stepsize.polyak(0.0)):
+        run = lgd.gd(X, y, net, stepsize=rule, steps=5, init="zeros", compute=_compute(case))
+        assert run.status == "completed" and np.all(run.grad_norm == 0) and np.all(run.eta == 0), rule
+        assert np.all(run.weights == 0), rule
+    X, y = np.array([[2.0]], dtype=case.dtype), np.array([1.0], dtype=case.dtype)
+    for least, moves in ((1.0, False), (0.25, True)):  # L = (2w - 1)^2 / 2 = 0.5 at w = 0
+        run = lgd.gd(X, y, lgd.Linear(), "squared", stepsize=stepsize.polyak(least), steps=12, init=np.zeros(1),
+                     compute=_compute(case))
+        if moves:  # down to 0.25 from above (quadratically), never below it, and then no step
+            assert run.eta[0] > 0 and np.all(run.eta >= 0) and np.all(np.diff(run.risk) <= 0)
+            assert np.all(run.risk >= least * (1 - 1e-6)) and run.risk[-1] == pytest.approx(least, rel=1e-6)
+        else:  # already below 1: no step, rather than one uphill
+            assert np.all(run.eta == 0) and np.all(run.risk == 0.5)
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: stepsize.warmup(1.0, 0), "steps must be a positive"),
     (lambda: stepsize.step_decay(1.0, 5, 2.0), "factor must be at most 1"),

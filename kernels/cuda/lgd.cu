@@ -87,9 +87,9 @@ __host__ __device__ inline double stepsize_at(int code, double p0, double p1, do
     case RULE_ADAPTIVE:
         return p0 * exp(fmin(-log_risk, 709.0));
     case RULE_POLYAK:
-        return grad_sq > 0.0 ? p1 * (risk - p0) / grad_sq : infinity(0.0);
+        return grad_sq > 0.0 && risk > p0 ? p1 * (risk - p0) / grad_sq : 0.0;
     case RULE_NORMALIZED:
-        return grad_sq > 0.0 ? p0 / sqrt(grad_sq) : infinity(0.0);
+        return grad_sq > 0.0 ? p0 / sqrt(grad_sq) : 0.0;
     case RULE_INVERSE_SHARPNESS:
         return sharpness > 0.0 ? p0 / sharpness : infinity(0.0);
     default:  // RULE_CONSTANT

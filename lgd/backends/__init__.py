@@ -200,6 +200,11 @@ def record_steps(steps: int, record_every: int) -> np.ndarray:
     return recorded
 
 
+def record_count(steps: int, record_every: int) -> int:
+    """The size of :func:`record_steps` (without building it: a run too long for its traces is told so)."""
+    return steps // record_every + 1 + (steps % record_every != 0)
+
+
 def record_slot(t, steps, record_every):
     """Trace slot of evaluation t, or -1 when t is not recorded (the slots of :func:`record_steps`).
 

@@ -406,10 +406,11 @@ class Runner:
         gc.disable()
         # Loading from the cache takes well under COMPILE_NOTICE_S: a call still busy then is compiling,
         # which takes seconds, and says so once rather than sit silent.
-        mode = "BLAS" if blas else "fused"
+        what = ", ".join([f"{'BLAS' if blas else 'fused'} products"] +
+                         ["the tangent map"] * bool(self.problem.lyapunov) + ["the sharpness"] * measuring)
         notice = threading.Timer(COMPILE_NOTICE_S, print, (
-            f"lgd: compiling the numba kernel for {np.dtype(dtype).name} ({mode} products): about 10 s, once; "
-            f"later runs load it from the cache",), {"file": sys.stderr, "flush": True})
+            f"lgd: compiling the numba kernel for {np.dtype(dtype).name} ({what}): about 10 s, once for this "
+            f"variant; later runs load it from the cache",), {"file": sys.stderr, "flush": True})
         notice.daemon = True
         notice.start()
         try:

@@ -18,7 +18,8 @@ The rule, for the window v_0, ..., v_{N-1} of one configuration (vectors of P nu
 
 Only periods p <= N // 2 are tested, so that every tested p is checked on at least N / 2 pairs; the
 default window is the last 4 * max_period records. The period is counted in records: with
-``Record(weights=1)`` (every step) it is the period of the GD map.
+``Record(weights=1)`` (every step) it is the period of the GD map; with ``weights=k`` a last record off the
+grid of multiples of k (the final step T, or where an interrupted run stopped) is left out of the window.
 """
 
 from __future__ import annotations
@@ -177,6 +178,7 @@ def _window_values(result, of, window):
     def configs(array):
         return np.asarray(array)[None] if single else np.asarray(array)
 
+    steps = result.trajectory_step if of == "weights" else result.step
     if of == "weights":
         if result.projections is not None:
             blocks = [configs(result.projections)]
@@ -205,6 +207,11 @@ def _window_values(result, of, window):
     else:
         raise ValueError(f"unknown of={of!r}; valid: 'weights', " + ", ".join(repr(s) for s in SCALARS))
     blocks = [np.asarray(block, dtype=np.float64) for block in blocks]
+    steps = np.asarray(steps)
+    if steps.size >= 3 and steps[-1] - steps[-2] != steps[-2] - steps[-3]:
+        # A last record off the grid (the final step T that k does not divide, or where an interrupted run
+        # stopped): periods are counted in records, so the window keeps to the evenly spaced ones.
+        blocks = [block[:, :-1] for block in blocks]
     records = blocks[0].shape[1]
     if records < 2:
         raise ValueError(f"attractors needs at least 2 records of {of}, got {records}")
