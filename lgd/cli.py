@@ -230,6 +230,7 @@ def _sweep(args) -> int:
         print(f"lgd sweep: error: {exc}", file=sys.stderr)
         return 2
     dataset = result.to_xarray()
+    clear_previous(out)
     if args.format == "zarr":
         path = out / "grid.zarr"
         dataset.to_zarr(path, mode="w", zarr_format=2, consolidated=True)
@@ -254,15 +255,16 @@ def _sweep(args) -> int:
         print(f"{name:>10} {width:>6} {len(cell):>8} {diverged:>9} "
               f"{'-' if best is None else f'{log10_risk[best]:.3f}':>16} "
               f"{'-' if best is None else f'{cell.stepsize[best]:g}':>12}")
-    (out / "summary.json").write_text(to_json(summary) + "\n")
-    written = [str(path), str(out / "summary.json")]
+    written = [path]
     if not args.no_plot:
         try:
             distributed.save_grid_figure(result, out / "figure.png", title=header)
-            written.append(str(out / "figure.png"))
+            written.append(out / "figure.png")
         except ImportError as exc:
             print(f"lgd sweep: no figure: {exc}", file=sys.stderr)
-    print("wrote " + ", ".join(written))
+    summary["files"] = [file.name for file in written] + ["summary.json"]
+    (out / "summary.json").write_text(to_json(summary) + "\n")
+    print("wrote " + ", ".join(str(out / name) for name in summary["files"]))
     return 0
 
 
@@ -351,6 +353,28 @@ def output_folder(path) -> Path:
     return out
 
 
+def clear_previous(out: Path) -> None:
+    """Remove what an earlier ``lgd run`` or ``lgd sweep`` wrote into the folder ``out``: the files its
+    summary.json lists under "files" (names in the folder, nothing else), so that the folder holds one
+    command's results, not traces or a figure of an earlier run with other options beside them."""
+    import json
+    import shutil
+
+    try:
+        files = json.loads((out / "summary.json").read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return
+    for name in files:
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            continue
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
 def _load_data(args):
     from . import data
 
@@ -390,6 +414,7 @@ def _run(args) -> int:
 
     # The files first, then the table: a reader that stops reading early (`lgd run | head`) loses no result.
     runs = list(grid)
+    clear_previous(out)
     summary = {"header": header, "steps": args.steps, "seconds": grid.seconds,
                "steps_per_second": grid.steps_per_second, "runs": []}
     for run, name in zip(runs, trace_names(grid.stepsize)):
@@ -403,21 +428,22 @@ def _run(args) -> int:
             "peak_risk": phase.peak_risk, "final_eta_t_risk": phase.final_rate,
             "normalized_margin": _last(run.normalized_margin), "accuracy": _last(run.accuracy),
             "steps_per_second": run.steps_per_second, "traces": name})
-    (out / "summary.json").write_text(to_json(summary) + "\n")
-    written = [str(out / "summary.json")] + [str(out / r["traces"]) for r in summary["runs"]]
+    written = [r["traces"] for r in summary["runs"]]
     if not args.no_plot:
         try:
             from .plot import save_runs_figure
             save_runs_figure(runs, out / "figure.png", title=header)
-            written.append(str(out / "figure.png"))
+            written.append("figure.png")
         except ImportError as exc:
             print(f"lgd run: no figure: {exc}", file=sys.stderr)
+    summary["files"] = ["summary.json"] + written
+    (out / "summary.json").write_text(to_json(summary) + "\n")
     print(format_table(runs))
     print(f"(the stepsizes run side by side in one batched call, {grid.steps_per_second:,.0f} steps/s in all; "
           "steps/s of a stepsize: the steps it took over the batch's time)")
     if any(run.status == "diverged" for run in runs):
         print("(a diverged stepsize: its columns are its last records, up to the step it diverged at)")
-    print("wrote " + ", ".join(written))
+    print("wrote " + ", ".join(str(out / name) for name in summary["files"]))
     interrupted = [run for run in runs if run.status == "interrupted"]
     if interrupted:
         print(f"lgd run: interrupted after {max(run.steps_taken for run in interrupted)} of {args.steps} steps; "

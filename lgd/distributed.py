@@ -607,7 +607,7 @@ def final_log10_risk(result: Sweep) -> np.ndarray:
 def plot_grid(result: Grid, title: str | None = None):
     """Final risk against stepsize, one line per width (the median over seeds and starts of the configurations
     that completed; a stepsize where none did is left out), one panel per dataset."""
-    from .plot import _pyplot
+    from .plot import _pyplot, suptitle
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(result.datasets), figsize=(5.5 * len(result.datasets), 4.2), squeeze=False,
@@ -628,7 +628,7 @@ def plot_grid(result: Grid, title: str | None = None):
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8)
     if title:
-        fig.suptitle(title)
+        suptitle(fig, title)
     return fig
 
 

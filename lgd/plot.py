@@ -44,8 +44,17 @@ def plot_runs(runs, title: str | None = None):
         ax.grid(True, which="major", alpha=0.3)
     ax_risk.legend(fontsize=8)
     if title:
-        fig.suptitle(title)
+        suptitle(fig, title)
     return fig
+
+
+def suptitle(fig, title: str) -> None:
+    """The figure's title, wrapped to its width (a run's or a grid's header is longer than one panel is wide)."""
+    import textwrap
+
+    fontsize = 10
+    characters = int(fig.get_figwidth() * 72 / (0.55 * fontsize))  # about 0.55 em a character
+    fig.suptitle(textwrap.fill(title, max(characters, 20)), fontsize=fontsize)
 
 
 def save_runs_figure(runs, path, title: str | None = None) -> None:

@@ -256,6 +256,9 @@ class Sweep(_Traces):
         return len(self.stepsize)
 
     def __getitem__(self, i: int) -> Run:
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"a Sweep is indexed by one configuration's number (an int), got {type(i).__name__}: "
+                            "sweep[i] is that configuration's Run; iterate over the sweep for all of them")
         i = range(len(self))[i]
         diverged = int(self.diverged_step[i])
 

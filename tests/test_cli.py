@@ -93,6 +93,19 @@ def test_lgd_run_writes_its_files_before_the_table_and_ends_quietly_when_stdout_
     assert all((tmp_path / run["traces"]).exists() for run in summary["runs"])
 
 
+def test_a_second_run_into_the_folder_replaces_the_first_runs_files(tmp_path, capsys):
+    """What an earlier lgd run wrote (its summary's "files") goes; other files in the folder stay."""
+    (tmp_path / "notes.txt").write_text("mine")
+    common = ["run", "--steps", "20", "--backend", "numpy", "--out", str(tmp_path)]
+    assert main([*common, "--stepsizes", "1,2,3"]) == 0
+    first = json.loads((tmp_path / "summary.json").read_text())["files"]
+    assert first[:4] == ["summary.json", "run0_eta1.npz", "run1_eta2.npz", "run2_eta3.npz"]
+    assert main([*common, "--stepsizes", "5", "--no-plot"]) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt", "run0_eta5.npz", "summary.json"]
+    assert json.loads((tmp_path / "summary.json").read_text())["files"] == ["summary.json", "run0_eta5.npz"]
+    assert f"wrote {tmp_path / 'summary.json'}, {tmp_path / 'run0_eta5.npz'}" in capsys.readouterr().out
+
+
 def test_a_run_whose_traces_do_not_fit_in_memory_is_told_what_to_record(monkeypatch):
     from lgd import driver
 

@@ -58,7 +58,11 @@ def test_sweep_resumes_from_its_store(tmp_path, capsys):
     assert main(arguments) == 0
     first = xr.open_dataset(out / "grid.nc").load()
     assert xr.open_zarr(store, group="xor/w4")["batch_finished"].values.all()
+    (out / "grid.zarr").mkdir()  # a dataset of an earlier sweep of another --format, which the summary lists
+    summary = _strict((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps(summary | {"files": ["grid.zarr", *summary["files"]]}))
     assert main(arguments) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["grid.nc", "summary.json"]
     again = xr.open_dataset(out / "grid.nc").load()
     np.testing.assert_array_equal(again["risk"].values, first["risk"].values)
     # a grid of other stepsizes into the same store is refused, before any GD

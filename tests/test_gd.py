@@ -70,6 +70,9 @@ def test_sweep_equals_single_runs(xor):
         np.testing.assert_array_equal(result.weights[i], single.weights)
         np.testing.assert_array_equal(result.outer_weights[i], single.outer_weights)
     assert result.final_risk.shape == (4,)
+    assert result[-1].seed == 2 and result[np.int64(1)].seed == 2
+    with pytest.raises(TypeError, match="indexed by one configuration's number \\(an int\\), got slice"):
+        result[0:2]
 
 
 def test_divergence_stops_the_run_and_keeps_its_trace(xor):
