@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_STEPSIZES = (30.0, 1000.0, 3000.0)
+# The two-layer network's options and their defaults (`lgd run --model linear` refuses the others set).
+NETWORK_DEFAULTS = {"width": 20, "activation": "leaky_softplus(0.5)", "scaling": "mean_field", "outer": "alternating",
+                    "train_outer": False}
 
 
 def _stepsizes(text: str) -> list:
@@ -107,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-path", default=None, help="folder holding the MNIST or CIFAR-10 files")
     model = run.add_argument_group("model")
     model.add_argument("--model", choices=("two_layer", "linear"), default="two_layer")
-    model.add_argument("--width", type=int, default=20, help="hidden neurons m")
+    model.add_argument("--width", type=int, default=NETWORK_DEFAULTS["width"], help="hidden neurons m")
     _network_options(model)
     gd = run.add_argument_group("gradient descent")
     gd.add_argument("--loss", default="logistic",
@@ -136,10 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _network_options(model) -> None:
     """The options of the network that `lgd run` and `lgd sweep` share, into the argument group `model`."""
-    model.add_argument("--activation", default="leaky_softplus(0.5)",
+    model.add_argument("--activation", default=NETWORK_DEFAULTS["activation"],
                        help="leaky_softplus(c), softplus, relu, leaky_relu(c), gelu, silu, tanh, identity")
-    model.add_argument("--scaling", type=_scaling, default="mean_field", help="mean_field, ntk or a number")
-    model.add_argument("--outer", choices=("alternating", "random"), default="alternating")
+    model.add_argument("--scaling", type=_scaling, default=NETWORK_DEFAULTS["scaling"],
+                       help="mean_field, ntk or a number")
+    model.add_argument("--outer", choices=("alternating", "random"), default=NETWORK_DEFAULTS["outer"])
     model.add_argument("--train-outer", action="store_true", help="train the outer weights too")
 
 
@@ -353,6 +357,10 @@ def output_folder(path) -> Path:
     return out
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def clear_previous(out: Path) -> None:
     """Remove what an earlier ``lgd run`` or ``lgd sweep`` wrote into the folder ``out``: the files its
     summary.json lists under "files" (names in the folder, nothing else), so that the folder holds one
@@ -396,6 +404,10 @@ def _run(args) -> int:
 
     try:
         X, y = _load_data(args)
+        unused = [name for name, default in NETWORK_DEFAULTS.items() if getattr(args, name) != default]
+        if args.model == "linear" and unused:
+            raise ValueError(f"--model linear has no hidden layer: {', '.join(_flag(name) for name in unused)} "
+                             "apply to --model two_layer")
         model = lgd.Linear() if args.model == "linear" else lgd.TwoLayerNet(
             args.width, activation=args.activation, scaling=args.scaling, outer=args.outer,
             train_outer=args.train_outer)

@@ -74,6 +74,8 @@ def test_lgd_run_needs_a_path_for_local_datasets(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "wu_toy", "--n", "10"], "dataset 'wu_toy' takes no n; its options: normalize"),
     (["--out", ""], "the output folder is named by an empty path"),
+    (["--model", "linear", "--width", "5", "--activation", "tanh"],
+     "--model linear has no hidden layer: --width, --activation apply to --model two_layer"),
 ])
 def test_lgd_run_refuses_options_that_do_not_apply(tmp_path, capsys, args, message):
     assert main(["run", "--steps", "2", "--backend", "numpy", "--out", str(tmp_path), *args]) == 2
