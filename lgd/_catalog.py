@@ -13,6 +13,13 @@ import re
 _SPEC = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(\s*([^()]*?)\s*\))?\s*$")
 
 
+def param_spec(name: str, param: float) -> str:
+    """``name(param)``: the parameter short where that is exact (0.5, 1e-05), else in full (0.1234567), so that
+    a spec read back (a result's metadata, a distributed sweep's batches) is the entry that was used."""
+    short = f"{param:g}"
+    return f"{name}({short if float(short) == param else repr(float(param))})"
+
+
 def parse_spec(spec: str, kind: str, factories: dict):
     """Build the catalog entry named by ``spec`` (``'name'`` or ``'name(param)'``)."""
     match = _SPEC.match(spec)

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from ._catalog import check_param, parse_spec
+from ._catalog import check_param, param_spec, parse_spec
 
 __all__ = ["Activation", "get", "NAMES", "CODES", "ENTRIES", "sigmoid", "softplus",
            "identity", "relu", "leaky_relu", "softplus_activation", "leaky_softplus",
@@ -114,7 +114,7 @@ class _Sloped(Activation):
 
     @property
     def spec(self) -> str:
-        return f"{self.name}({self.param:g})"
+        return param_spec(self.name, self.param)
 
 
 class leaky_relu(_Sloped):

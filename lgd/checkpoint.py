@@ -156,6 +156,10 @@ class Call:
 # The arrays of a run's state that a checkpoint holds (those that are not None).
 STATE_FIELDS = ("W", "a", "diverged", "tangents", "tangents_a", "log_growth", "sharpness_last", "sharpness_start",
                 "sharpness_start_a")
+# Those every checkpoint holds (the others only where the call records what they serve), and the header's keys.
+REQUIRED_STATE = ("W", "a", "diverged")
+HEADER_KEYS = ("status", "reached", "seconds", "paused_seconds", "sittings", "in_runner", "checkpoint_every",
+               "fingerprint", "call")
 
 
 class Writer:
@@ -259,8 +263,11 @@ class Saved:
         driver measures between chunks), whose shapes the call has made."""
         for name in STATE_FIELDS:
             key = f"state.{name}"
-            if key not in self.arrays:
+            if key not in self.arrays and name not in REQUIRED_STATE:
                 continue
+            if key not in self.arrays:
+                raise ValueError(f"checkpoint {str(self.path)!r} is damaged: it holds no {key}. Remove it to start "
+                                 "afresh")
             current = getattr(state, name)
             if current is None:
                 setattr(state, name, self.arrays[key].copy())
@@ -294,11 +301,18 @@ def read(path) -> Saved:
     """The checkpoint at ``path``; ValueError when it is not a whole lgd checkpoint."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file: one array
+            raise ValueError("one array, not an archive")
+        with loaded as archive:
             arrays = {name: archive[name] for name in archive.files}
         header = json.loads(str(arrays.pop("header")))
-        if header.get("lgd_checkpoint") != FORMAT:
-            raise ValueError(f"format {header.get('lgd_checkpoint')!r}, this lgd reads format {FORMAT}")
+        if not isinstance(header, dict) or header.get("lgd_checkpoint") != FORMAT:
+            found = header.get("lgd_checkpoint") if isinstance(header, dict) else None
+            raise ValueError(f"format {found!r}, this lgd reads format {FORMAT}")
+        missing = [key for key in HEADER_KEYS if key not in header]
+        if missing:
+            raise ValueError(f"its header lacks {', '.join(missing)}")
     except FileNotFoundError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:

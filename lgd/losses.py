@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._catalog import check_param, parse_spec
+from ._catalog import check_param, param_spec, parse_spec
 from .activations import sigmoid, softplus
 
 __all__ = ["Loss", "get", "NAMES", "CODES", "ENTRIES", "MARGIN_CODES", "logistic", "exponential",
@@ -120,7 +120,7 @@ class _Flattened(Loss):
 
     @property
     def spec(self) -> str:
-        return f"{self.name}({self.param:g})"
+        return param_spec(self.name, self.param)
 
 
 class flattened_exponential(_Flattened):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
 from dataclasses import KW_ONLY, dataclass, fields
 from pathlib import Path
 
@@ -208,7 +209,8 @@ class Run(_Traces):
         """The scalar traces as a DataFrame indexed by step (pandas is imported here, on demand)."""
         import pandas as pd
 
-        columns = {name: getattr(self, name) for name in _SCALARS if getattr(self, name) is not None}
+        columns = {name: getattr(self, name) for name in (*_SCALARS, "log_risk", "eta")
+                   if getattr(self, name) is not None}
         return pd.DataFrame(columns, index=pd.Index(self.step, name="step"))
 
     def save(self, path) -> Path:
@@ -324,7 +326,12 @@ class Sweep(_Traces):
         """Long-format DataFrame: one row per (config, recorded step)."""
         import pandas as pd
 
-        return pd.concat([run.to_pandas().reset_index().assign(config=i, stepsize=run.stepsize, seed=run.seed)
+        def names(run):  # the rule tells apart constant(1) and warmup(1, 10); the start, points of one seed
+            start = {} if run.init_index is None else {"start": run.init_index}
+            return dict(stepsize_rule=run.stepsize_rule, **start)
+
+        return pd.concat([run.to_pandas().reset_index().assign(config=i, stepsize=run.stepsize, seed=run.seed,
+                                                               **names(run))
                           for i, run in enumerate(self)], ignore_index=True)
 
     def save(self, path) -> Path:
@@ -436,9 +443,22 @@ def load(path):
     """
     if isinstance(path, (str, os.PathLike)) and not os.path.exists(path) and os.path.exists(_npz_name(path)):
         path = _npz_name(path)
-    with np.load(path, allow_pickle=False) as archive:
-        header = json.loads(str(archive["header"]))
-        values = {name: archive[name] for name in archive.files if name != "header"}
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file: one array
+            raise ValueError("one array, not an archive")
+        with loaded as archive:
+            header = json.loads(str(archive["header"]))
+            values = {name: archive[name] for name in archive.files if name != "header"}
+        if not isinstance(header, dict) or header.get("kind") not in ("run", "sweep") or "lgd_format" not in header:
+            raise ValueError("no lgd result header" + (" (an lgd checkpoint: lgd.resume reads it)"
+                                                       if isinstance(header, dict) and "lgd_checkpoint" in header
+                                                       else ""))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{os.fspath(path)!r} is not a result lgd saved, or it is damaged "
+                         f"({type(exc).__name__}: {exc})") from None
     kind = header.pop("kind")
     header.pop("lgd_format")
     for name in header.pop("none", []):

@@ -96,6 +96,17 @@ def test_specs_parse_and_round_trip():
         assert activations.get(entry.spec) == entry
     for entry in LOSSES:
         assert losses.get(entry.spec) == entry
+    # to the last bit, short where that is exact: a result's metadata rebuilds the model that ran
+    assert activations.get("leaky_softplus(0.1234567)").spec == "leaky_softplus(0.1234567)"
+    assert activations.get("leaky_relu(1e-5)").spec == "leaky_relu(1e-05)"
+    third = activations.leaky_softplus(1 / 3)
+    assert activations.get(third.spec) == third and losses.get("flattened_exponential(2)").spec == \
+        "flattened_exponential(2)"
+    wide = losses.get(f"flattened_polynomial({1 / 7!r})")
+    assert losses.get(wide.spec) == wide
+    net = lgd.TwoLayerNet(3, activation=third)
+    run = lgd.gd(*lgd.data.wu_toy(), net, wide, stepsize=1.0, steps=2, compute="numpy")
+    assert run.model.activation == third and run.meta["loss"] == wide.spec
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -8,6 +8,7 @@ checkpoint exists, and resume it here.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -287,8 +288,16 @@ def test_a_checkpoint_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     assert _checkpoint.read(path).status == "interrupted"
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "a saved result"])
-def test_a_damaged_checkpoint_is_a_clear_error(damage, tmp_path):
+UNREADABLE = "cannot be read: it is not an lgd checkpoint, or it is damaged"
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", UNREADABLE), ("garbage", UNREADABLE), ("a saved result", UNREADABLE), ("one array", UNREADABLE),
+    ("a header without its keys", UNREADABLE + r" \(ValueError: its header lacks status, reached"),
+    ("no weights", "is damaged: it holds no state.W"), ("no divergence steps", "is damaged: it holds no state.diverged"),
+])
+def test_a_damaged_checkpoint_is_a_clear_error(damage, message, tmp_path):
+    """Never a silent restart: a checkpoint that lost its weights would go on from the initial ones."""
     X, y = lgd.data.xor(n=20)
     path = tmp_path / "sweep.ckpt"
     arguments = dict(steps=20, compute="numpy")
@@ -297,10 +306,22 @@ def test_a_damaged_checkpoint_is_a_clear_error(damage, tmp_path):
         path.write_bytes(path.read_bytes()[:-200])
     elif damage == "garbage":
         path.write_bytes(b"not a checkpoint")
-    else:
+    elif damage == "a saved result":
         run.save(tmp_path / "result.npz")
         os.replace(tmp_path / "result.npz", path)
-    with pytest.raises(ValueError, match="cannot be read: it is not an lgd checkpoint, or it is damaged"):
+    elif damage == "one array":
+        with open(path, "wb") as file:
+            np.save(file, np.arange(5))
+    else:
+        with np.load(path) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        if damage == "a header without its keys":
+            arrays["header"] = np.array(json.dumps({"lgd_checkpoint": _checkpoint.FORMAT}))
+        else:
+            del arrays["state.W" if damage == "no weights" else "state.diverged"]
+        with open(path, "wb") as file:
+            np.savez(file, **arrays)
+    with pytest.raises(ValueError, match=message):
         lgd.gd(X, y, lgd.TwoLayerNet(4), **arguments, checkpoint=path)
-    with pytest.raises(ValueError, match="cannot be read"):
+    with pytest.raises(ValueError, match=message):
         lgd.resume(path)

@@ -114,6 +114,14 @@ def test_save_and_load_accept_the_same_names(tmp_path):
     assert run.save(str(tmp_path / "with.npz")) == tmp_path / "with.npz"
     with pytest.raises(FileNotFoundError):
         lgd.load(tmp_path / "missing")
+    np.savez(tmp_path / "foreign.npz", x=np.arange(3))
+    np.save(tmp_path / "array.npy", np.arange(3))
+    (tmp_path / "text.npz").write_text("not an archive")
+    lgd.gd(X, y, lgd.Linear(), stepsize=10.0, steps=5, compute="numpy", checkpoint=tmp_path / "run.ckpt")
+    for name, why in (("foreign.npz", "KeyError"), ("array.npy", "one array"), ("text.npz", ""),
+                      ("run.ckpt", "an lgd checkpoint: lgd.resume reads it")):
+        with pytest.raises(ValueError, match=f"is not a result lgd saved, or it is damaged .*{why}"):
+            lgd.load(tmp_path / name)
 
 
 def test_the_run_record_round_trips(tmp_path):

@@ -183,6 +183,11 @@ def test_to_pandas(xor):
     assert list(frame.index) == [0, 1, 2, 3, 4] and "normalized_margin" in frame
     long = result.to_pandas()
     assert isinstance(long, pd.DataFrame) and len(long) == 10 and set(long.stepsize) == {1.0, 2.0}
+    assert {"log_risk", "eta"} <= set(frame) and "start" not in long
+    starts = lgd.sweep(X, y, lgd.TwoLayerNet(3), stepsizes=[1.0, lgd.stepsize.warmup(1.0, 10)], steps=4,
+                       inits=np.zeros((2, 3, 2)), compute="numpy").to_pandas()
+    assert sorted(set(zip(starts.stepsize_rule, starts.start))) == [
+        ("constant(1)", 0), ("constant(1)", 1), ("warmup(1, 10)", 0), ("warmup(1, 10)", 1)]
 
 
 def test_timing_is_reported(xor):
