@@ -65,7 +65,8 @@ def check_target(checkpoint, every) -> tuple:
     folder = path.parent
     if not folder.is_dir():
         raise ValueError(f"the folder of checkpoint {str(path)!r} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    # A finished call's checkpoint is only read (its result, without running): a read-only folder does for it.
+    if not os.access(folder, os.W_OK | os.X_OK) and not (path.is_file() and read(path).finished):
         raise ValueError(f"the folder of checkpoint {str(path)!r} cannot be written")
     return path, float(every)
 

@@ -288,6 +288,19 @@ def test_a_checkpoint_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     assert _checkpoint.read(path).status == "interrupted"
 
 
+def test_a_finished_checkpoint_is_read_from_a_folder_that_cannot_be_written(tmp_path, monkeypatch):
+    """Its result comes without running, so nothing is written; a new checkpoint there is refused before work."""
+    X, y = lgd.data.xor(n=20)
+    arguments = dict(steps=20, compute="numpy")
+    run = lgd.gd(X, y, lgd.TwoLayerNet(4), **arguments, checkpoint=tmp_path / "done.ckpt")
+    monkeypatch.setattr(_checkpoint.os, "access", lambda path, mode: False)  # a read-only folder, even for root
+    np.testing.assert_array_equal(lgd.resume(tmp_path / "done.ckpt").risk, run.risk)
+    np.testing.assert_array_equal(lgd.gd(X, y, lgd.TwoLayerNet(4), **arguments, checkpoint=tmp_path / "done.ckpt").risk,
+                                  run.risk)
+    with pytest.raises(ValueError, match="new.ckpt' cannot be written"):
+        lgd.gd(X, y, lgd.TwoLayerNet(4), **arguments, checkpoint=tmp_path / "new.ckpt")
+
+
 UNREADABLE = "cannot be read: it is not an lgd checkpoint, or it is damaged"
 
 
