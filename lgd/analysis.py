@@ -1,7 +1,7 @@
 """Reading the phases of large-stepsize GD off recorded runs: EoS, transition, stable-phase rate, margins.
 
-What lives here: functions that take an :class:`lgd.Run` (or an :class:`lgd.Sweep`) and return
-small frozen dataclasses of plain numbers, for the claims of science.md (Wu et al., COLT 2024;
+What lives here: functions that take an :class:`lgd.Run` (or an :class:`lgd.Sweep`, then one reading per
+configuration) and return small frozen dataclasses of plain numbers, for the claims of science.md (Wu et al., COLT 2024;
 Cai et al., NeurIPS 2024; Cohen et al., ICLR 2021):
 
 - :func:`edge_of_stability` -- the EoS phase before the transition: risk increases, peak risk;
@@ -22,6 +22,7 @@ What does not live here: plotting (:mod:`lgd.plot`, :mod:`lgd.reproduce`) and th
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -32,6 +33,17 @@ from .results import Phase, log_risk_trace
 __all__ = ["EdgeOfStability", "StableRate", "MarginMonotonicity", "SharpnessSummary", "AccelerationCurve",
            "RunAnalysis", "edge_of_stability", "stable_rate", "margin_monotonicity", "sharpness_summary",
            "acceleration_curve", "analyze"]
+
+
+def _each_run(reading):
+    """A reading of one run that takes a Sweep too: then the list of its configurations' readings, in order."""
+    @functools.wraps(reading)
+    def read(result, *args, **kwargs):
+        if not hasattr(result, "phase"):  # a Sweep
+            return [reading(run, *args, **kwargs) for run in result]
+        return reading(result, *args, **kwargs)
+
+    return read
 
 
 def _finite_trace(step, values):
@@ -72,6 +84,7 @@ class EdgeOfStability:
         return self.increases > 0
 
 
+@_each_run
 def edge_of_stability(run) -> EdgeOfStability:
     """The EoS phase of ``run``: risk increases and peak risk before the phase transition."""
     phase = run.phase
@@ -110,6 +123,7 @@ class StableRate:
     rate_change_last_decade: float
 
 
+@_each_run
 def stable_rate(run, start: int | None = None) -> StableRate:
     """Monotonicity, rate eta * t * L and log-log slope of ``run`` in its stable phase."""
     phase: Phase = run.phase
@@ -155,6 +169,7 @@ class MarginMonotonicity:
     final: float
 
 
+@_each_run
 def margin_monotonicity(run, start: int | None = None) -> MarginMonotonicity:
     """How monotone the normalized margin of ``run`` is from ``start`` (default: the transition step) on."""
     if start is None:
@@ -198,6 +213,7 @@ class SharpnessSummary:
     fraction: float
 
 
+@_each_run
 def sharpness_summary(run, fraction: float = 0.9) -> SharpnessSummary:
     """Progressive sharpening and the edge of stability of a run recorded with ``Record.sharpness_every``."""
     if run.sharpness is None:
@@ -255,11 +271,19 @@ def acceleration_curve(sweep, steps: int | None = None) -> AccelerationCurve:
     # log L, not L: a risk below about 1e-308 is 0.0 in float64 but its log_risk is finite. Without
     # log_risk such a run is log(0) = -inf, below every other: still ranked, never dropped.
     traces = log_risk_trace(sweep)[:, :where[0] + 1]
-    stepsizes = np.unique(sweep.stepsize)
+    # One point per stepsize rule (its seeds and starts averaged), in the order of its eta: rules that share
+    # an eta (constant(10), adaptive(10)) are not one stepsize.
+    rules = np.asarray(sweep.stepsize_rule)
+    first = {spec: int(np.flatnonzero(rules == spec)[0]) for spec in dict.fromkeys(rules.tolist())}
+    specs = sorted(first, key=lambda spec: float(sweep.stepsize[first[spec]]))
+    stepsizes = np.array([sweep.stepsize[first[spec]] for spec in specs], dtype=np.float64)
+    if np.unique(stepsizes).size != stepsizes.size:
+        raise ValueError(f"acceleration_curve reads one rule over its stepsizes; this sweep has rules that share a "
+                         f"stepsize ({', '.join(specs)}): pass the configurations of one rule")
     log_risk = np.empty(stepsizes.size)
     monotone = np.empty(stepsizes.size, dtype=bool)
-    for i, eta in enumerate(stepsizes):
-        runs = traces[sweep.stepsize == eta]
+    for i, spec in enumerate(specs):
+        runs = traces[rules == spec]
         reached = bool(np.all(runs < np.inf))  # False for a NaN (diverged) or an infinite risk
         log_risk[i] = np.mean(runs[:, -1]) if np.all(runs[:, -1] < np.inf) else math.nan
         monotone[i] = reached and bool(np.all(runs[:, 1:] <= runs[:, :-1]))
@@ -293,6 +317,7 @@ class RunAnalysis:
     sharpness: SharpnessSummary | None
 
 
+@_each_run
 def analyze(result):
     """:class:`RunAnalysis` of a run, or the list of them for every config of a sweep.
 
@@ -303,8 +328,6 @@ def analyze(result):
     >>> result.edge_of_stability.present, result.stable.monotone
     (True, True)
     """
-    if not hasattr(result, "phase"):  # a Sweep
-        return [analyze(run) for run in result]
     return RunAnalysis(stepsize=result.stepsize, status=result.status, final_risk=result.final_risk,
                        phase=result.phase, edge_of_stability=edge_of_stability(result), stable=stable_rate(result),
                        margin=margin_monotonicity(result),

@@ -454,7 +454,8 @@ def _run(args) -> int:
     print(f"(the stepsizes run side by side in one batched call, {grid.steps_per_second:,.0f} steps/s in all; "
           "steps/s of a stepsize: the steps it took over the batch's time)")
     if any(run.status == "diverged" for run in runs):
-        print("(a diverged stepsize: its columns are its last records, up to the step it diverged at)")
+        print("(a diverged stepsize: no final risk; its other columns are read off its records up to the step it "
+              "diverged at)")
     print("wrote " + ", ".join(str(out / name) for name in summary["files"]))
     interrupted = [run for run in runs if run.status == "interrupted"]
     if interrupted:
@@ -479,7 +480,10 @@ def _stepsize_text(stepsize) -> str:
 
 
 def _risk_text(risk: float, log_risk: float) -> str:
-    """The risk as 1.234e-05; one that underflowed to 0.0 read off its log (1.234e-400)."""
+    """The risk as 1.234e-05; one that underflowed to 0.0 read off its log (1.234e-400); none (a diverged
+    run's) as -."""
+    if math.isnan(risk):
+        return "-"
     if risk != 0.0 or not math.isfinite(log_risk):
         return f"{risk:.3e}"
     exponent = math.floor(log_risk / math.log(10))

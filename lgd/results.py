@@ -193,13 +193,18 @@ class Run(_Traces):
 
     @property
     def final_risk(self) -> float:
-        return float(self.risk[-1]) if self.risk.size else math.nan
+        """The risk at the last recorded step (where an interrupted run stopped); NaN for a diverged run, which
+        reached no final risk (its records up to the divergence are in ``risk``)."""
+        if self.status == "diverged" or not self.risk.size:
+            return math.nan
+        return float(self.risk[-1])
 
     @property
     def final_log_risk(self) -> float:
-        """log L at the last recorded step: finite also where :attr:`final_risk` underflowed to 0.0."""
+        """log L at the last recorded step: finite also where :attr:`final_risk` underflowed to 0.0; NaN for a
+        diverged run."""
         trace = log_risk_trace(self)
-        return float(trace[-1]) if trace.size else math.nan
+        return float(trace[-1]) if trace.size and self.status != "diverged" else math.nan
 
     def __repr__(self) -> str:
         return (f"Run(stepsize={self.stepsize:g}, steps={self.steps}, status={self.status!r}, "
@@ -315,8 +320,8 @@ class Sweep(_Traces):
 
     @property
     def final_risk(self) -> np.ndarray:
-        """Risk at the last recorded step of every config (NaN for a diverged one)."""
-        return np.array([run.final_risk if run.status == "completed" else math.nan for run in self])
+        """:attr:`Run.final_risk` of every config (NaN for a diverged one)."""
+        return np.array([run.final_risk for run in self])
 
     def __repr__(self) -> str:
         return (f"Sweep({len(self)} configs, steps={self.steps}, "

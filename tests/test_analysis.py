@@ -106,6 +106,16 @@ def test_acceleration_curve_of_a_synthetic_sweep():
     assert at_two.monotone.tolist() == [True, True, False]
     with pytest.raises(ValueError, match="not recorded"):
         analysis.acceleration_curve(grid, steps=7)
+    # rules are points of their own: adaptive(10) is not another seed of eta = 10
+    rules = lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0, lgd.stepsize.adaptive(3.0), lgd.stepsize.adaptive(30.0)],
+                      steps=3, init="zeros", compute="numpy")
+    curve = analysis.acceleration_curve(rules)
+    assert curve.stepsizes.tolist() == [1.0, 3.0, 30.0]
+    np.testing.assert_array_equal(curve.log_risk, rules.log_risk[:, -1])
+    mixed = lgd.sweep(X, y, lgd.Linear(), stepsizes=[10.0, lgd.stepsize.adaptive(10.0)], steps=3, init="zeros",
+                      compute="numpy")
+    with pytest.raises(ValueError, match=r"rules that share a stepsize \(constant\(10\), adaptive\(10\)\)"):
+        analysis.acceleration_curve(mixed)
 
 
 def test_real_runs_small_stepsize_monotone_large_stepsize_eos_then_rate_one_over_t():
@@ -127,6 +137,9 @@ def test_analyze_a_sweep_and_the_xor_margin_in_the_stable_phase():
     grid = lgd.sweep(X, y, lgd.TwoLayerNet(8), stepsizes=[50.0], steps=1500, compute="numpy")
     (result,) = analysis.analyze(grid)
     assert result.phase.transition_step is not None
+    # each per-run reading takes the sweep too: one reading per configuration
+    for reading in (analysis.edge_of_stability, analysis.stable_rate, analysis.margin_monotonicity):
+        assert reading(grid) == [reading(grid[0])]
     assert result.margin.final > result.margin.initial > 0
     assert result.margin.largest_relative_decrease < 0.05
 

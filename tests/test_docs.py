@@ -1,5 +1,7 @@
-"""Every ```python block of docs/*.md runs (numpy backend) and every figure a page shows exists."""
+"""Every ```python block of docs/*.md runs (numpy backend), every figure a page shows exists, and the reference
+summaries beside the figures are strict JSON, as every JSON file lgd writes."""
 
+import json
 import re
 from pathlib import Path
 
@@ -33,3 +35,11 @@ def test_linked_figures_and_pages_exist(page):
 
 def test_every_example_page_has_examples():
     assert sum(len(_python_blocks(page.read_text())) for page in PAGES) >= 5
+
+
+@pytest.mark.parametrize("summary", sorted((DOCS / "figures").glob("*.json")), ids=lambda path: path.name)
+def test_the_reference_summaries_are_strict_json(summary):
+    def refuse(token):
+        raise ValueError(f"{summary.name} is not strict JSON: {token}")
+
+    json.loads(summary.read_text(), parse_constant=refuse)

@@ -97,7 +97,8 @@ def test_results_saved_without_steps_taken_or_log_risk_still_load(tmp_path):
     np.savez(tmp_path / "old.npz", header=np.array(json.dumps(header)), **arrays)
     old = lgd.load(tmp_path / "old.npz")
     assert old.log_risk is None and old.steps_taken.tolist() == grid.steps_taken.tolist()
-    assert old[1].steps_taken == grid[1].diverged_step and math.isfinite(old[1].final_log_risk)
+    assert old[1].steps_taken == grid[1].diverged_step and math.isfinite(old[0].final_log_risk)
+    np.testing.assert_array_equal(lgd.results.log_risk_trace(old[1]), np.log(grid[1].risk))  # from the risk
 
 
 # ------------------------------------------------------------------ save and load accept the same names
@@ -249,7 +250,11 @@ def test_lgd_run_shows_a_diverged_run_as_diverged(tmp_path, capsys):
     assert main(["run", "--loss", "squared", "--stepsizes", "0.5,1e6", "--steps", "50", "--backend", "numpy",
                  "--no-plot", "--out", str(tmp_path)]) == 0
     diverged = json.loads((tmp_path / "summary.json").read_text())["runs"][1]
-    assert f"diverged at step {diverged['diverged_step']}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"diverged at step {diverged['diverged_step']}" in printed
+    # no final risk for it (null, '-'), rather than a last record that may look healthy
+    assert diverged["final_risk"] is None and diverged["final_log_risk"] is None
+    assert next(line for line in printed.splitlines() if line.strip().startswith("1e+06")).split()[1] == "-"
 
 
 def test_ctrl_c_during_setup_is_one_line_and_exit_code_130(tmp_path, capsys, monkeypatch):

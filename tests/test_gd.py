@@ -81,6 +81,7 @@ def test_divergence_stops_the_run_and_keeps_its_trace(xor):
     assert run.status == "diverged"
     assert run.diverged_step == 1
     assert run.step.tolist() == [0] and np.isfinite(run.risk).all()
+    assert math.isnan(run.final_risk) and math.isnan(run.final_log_risk)  # not the healthy-looking record at 0
     assert np.all(np.isfinite(run.weights))
     mixed = lgd.sweep(X, y, lgd.Linear(), "exponential", stepsizes=[0.1, 1e4], steps=20, compute="numpy")
     assert mixed.status == ["completed", "diverged"]
