@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .results import read_archive
+
 __all__ = ["CHECKPOINT_EVERY", "Call", "Writer", "Saved", "read", "check_target", "resume"]
 
 # Seconds between two checkpoints of a running call, by default: a lost minute at most, and writing a
@@ -302,15 +304,9 @@ def read(path) -> Saved:
     """The checkpoint at ``path``; ValueError when it is not a whole lgd checkpoint."""
     path = Path(path)
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file: one array
-            raise ValueError("one array, not an archive")
-        with loaded as archive:
-            arrays = {name: archive[name] for name in archive.files}
-        header = json.loads(str(arrays.pop("header")))
-        if not isinstance(header, dict) or header.get("lgd_checkpoint") != FORMAT:
-            found = header.get("lgd_checkpoint") if isinstance(header, dict) else None
-            raise ValueError(f"format {found!r}, this lgd reads format {FORMAT}")
+        header, arrays = read_archive(path)
+        if header.get("lgd_checkpoint") != FORMAT:
+            raise ValueError(f"format {header.get('lgd_checkpoint')!r}, this lgd reads format {FORMAT}")
         missing = [key for key in HEADER_KEYS if key not in header]
         if missing:
             raise ValueError(f"its header lacks {', '.join(missing)}")

@@ -441,6 +441,21 @@ def _save(path, kind: str, result):
     return path
 
 
+def read_archive(path) -> tuple:
+    """(header, arrays) of an ``.npz`` file lgd wrote (a result or a checkpoint): the JSON object of its
+    ``header`` entry and its other arrays. ValueError (or the reading's OSError, KeyError, ...) naming what
+    is wrong with any other file."""
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file: one array
+        raise ValueError("one array, not an archive")
+    with loaded as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    header = json.loads(str(arrays.pop("header")))
+    if not isinstance(header, dict):
+        raise ValueError(f"its header is a JSON {type(header).__name__}, not an object")
+    return header, arrays
+
+
 def load(path):
     """Read a :class:`Run` or :class:`Sweep` written by its ``save`` method.
 
@@ -449,16 +464,10 @@ def load(path):
     if isinstance(path, (str, os.PathLike)) and not os.path.exists(path) and os.path.exists(_npz_name(path)):
         path = _npz_name(path)
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file: one array
-            raise ValueError("one array, not an archive")
-        with loaded as archive:
-            header = json.loads(str(archive["header"]))
-            values = {name: archive[name] for name in archive.files if name != "header"}
-        if not isinstance(header, dict) or header.get("kind") not in ("run", "sweep") or "lgd_format" not in header:
+        header, values = read_archive(path)
+        if header.get("kind") not in ("run", "sweep") or "lgd_format" not in header:
             raise ValueError("no lgd result header" + (" (an lgd checkpoint: lgd.resume reads it)"
-                                                       if isinstance(header, dict) and "lgd_checkpoint" in header
-                                                       else ""))
+                                                       if "lgd_checkpoint" in header else ""))
     except FileNotFoundError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
