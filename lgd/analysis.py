@@ -1,8 +1,8 @@
 """Reading the phases of large-stepsize GD off recorded runs: EoS, transition, stable-phase rate, margins.
 
 What lives here: functions that take an :class:`lgd.Run` (or an :class:`lgd.Sweep`, then one reading per
-configuration) and return small frozen dataclasses of plain numbers, for the claims of science.md (Wu et al., COLT 2024;
-Cai et al., NeurIPS 2024; Cohen et al., ICLR 2021):
+configuration) and return small frozen dataclasses of plain numbers, for the claims of science.md (Wu et
+al., COLT 2024; Cai et al., NeurIPS 2024; Cohen et al., ICLR 2021):
 
 - :func:`edge_of_stability` -- the EoS phase before the transition: risk increases, peak risk;
 - :func:`stable_rate` -- the stable phase: monotone risk, eta * t * L(W_t) levelling off, and the

@@ -84,6 +84,33 @@ def top_ritz_vector(alpha, beta, j, theta, y, work):
             y[i] /= norm
 
 
+@subroutine(types.void)
+def remove_basis(V, VA, Q, QA, count):
+    """(V, VA) less its parts along the basis vectors (Q[i], QA[i]), i < count: one pass of modified
+    Gram-Schmidt."""
+    for i in range(count):
+        dot = 0.0
+        for jj in range(V.shape[0]):
+            for kk in range(V.shape[1]):
+                dot += V[jj, kk] * Q[i, jj, kk]
+            dot += VA[jj] * QA[i, jj]
+        for jj in range(V.shape[0]):
+            for kk in range(V.shape[1]):
+                V[jj, kk] -= dot * Q[i, jj, kk]
+            VA[jj] -= dot * QA[i, jj]
+
+
+@subroutine(types.float64)
+def norm_of(V, VA):
+    """The Euclidean norm of (V, VA)."""
+    norm = 0.0
+    for jj in range(V.shape[0]):
+        for kk in range(V.shape[1]):
+            norm += V[jj, kk] * V[jj, kk]
+        norm += VA[jj] * VA[jj]
+    return math.sqrt(norm)
+
+
 @subroutine(types.float64)
 def spread_direction(V, VA, train_outer, phase):
     """V (m, d) and VA (m,) = a fixed direction with every entry in [0.5, 1.5] (VA 0 unless the outer layer is
@@ -151,22 +178,8 @@ def top_eigenvalues(X, y, Wt, a, spec, start, start_a, out, Q, QA, HV, HB, Vt, H
             dot += HB[0, jj] * QA[j, jj]
         alpha[j] = dot
         for sweep in range(REORTHOGONALISE):  # full re-orthogonalisation
-            for i in range(j + 1):
-                dot = 0.0
-                for jj in range(m):
-                    for kk in range(d):
-                        dot += HV[0, jj, kk] * Q[i, jj, kk]
-                    dot += HB[0, jj] * QA[i, jj]
-                for jj in range(m):
-                    for kk in range(d):
-                        HV[0, jj, kk] -= dot * Q[i, jj, kk]
-                    HB[0, jj] -= dot * QA[i, jj]
-        norm = 0.0
-        for jj in range(m):
-            for kk in range(d):
-                norm += HV[0, jj, kk] * HV[0, jj, kk]
-            norm += HB[0, jj] * HB[0, jj]
-        norm = math.sqrt(norm)
+            remove_basis(HV[0], HB[0], Q, QA, j + 1)
+        norm = norm_of(HV[0], HB[0])
         steps = j + 1
         converged = steps >= k
         for i in range(min(k, steps)):
@@ -185,22 +198,8 @@ def top_eigenvalues(X, y, Wt, a, spec, start, start_a, out, Q, QA, HV, HB, Vt, H
             for attempt in range(1, 5):
                 spread = spread_direction(HV[0], HB[0], train_outer, attempt)
                 for sweep in range(2):
-                    for i in range(j + 1):
-                        dot = 0.0
-                        for jj in range(m):
-                            for kk in range(d):
-                                dot += HV[0, jj, kk] * Q[i, jj, kk]
-                            dot += HB[0, jj] * QA[i, jj]
-                        for jj in range(m):
-                            for kk in range(d):
-                                HV[0, jj, kk] -= dot * Q[i, jj, kk]
-                            HB[0, jj] -= dot * QA[i, jj]
-                norm = 0.0
-                for jj in range(m):
-                    for kk in range(d):
-                        norm += HV[0, jj, kk] * HV[0, jj, kk]
-                    norm += HB[0, jj] * HB[0, jj]
-                norm = math.sqrt(norm)
+                    remove_basis(HV[0], HB[0], Q, QA, j + 1)
+                norm = norm_of(HV[0], HB[0])
                 if norm > 1e-8 * spread:
                     break
             if not norm > 1e-8 * spread:  # the basis spans every direction these reach
