@@ -184,9 +184,7 @@ def _plan(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, inits
                          "record=lgd.Record(sharpness_every=s)")
     seeds = _driver._check_seeds(seeds)
     steps = _options.check_count(steps, "steps")
-    init_scale = float(init_scale)
-    if not (math.isfinite(init_scale) and init_scale >= 0):
-        raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale}")
+    init_scale = _driver.check_init_scale(init_scale, init, inits)
     _driver._check_stepsize_range(np.array([rule.eta for rule in rules]), dtype)
     d = data[0].shape[1]
     starts = _driver._starting_points(model, d, inits, outer_inits)

@@ -27,8 +27,9 @@ from . import losses as _losses
 from . import options as _options
 from . import stepsize as _stepsize
 from .backends import Problem, State, Trace, record_count, record_steps
-from .models import TwoLayerNet
+from .models import Linear, TwoLayerNet
 from .options import check_count as _check_count
+from .options import real_array
 from .results import Run, Sweep
 
 __all__ = ["gd", "sweep"]
@@ -125,10 +126,11 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
     those of :func:`gd`, and:
 
     inits : None | array (K, width, d), or (K, d) for lgd.Linear
-        K starting points W_0 as a sweep axis (instead of ``init``), run in the same batched call;
-        :func:`lgd.init_grid` builds a grid of them for two-parameter models.
+        K starting points W_0 as a sweep axis (instead of ``init`` and ``init_scale``, which must stay at
+        their defaults), run in the same batched call; :func:`lgd.init_grid` builds a grid of them for
+        two-parameter models.
     outer_inits : None | array (K, width)
-        The outer weights of each starting point (instead of the model's ``outer``).
+        The outer weights of each starting point (instead of the model's ``outer``; a TwoLayerNet's only).
 
     Every trace of the result has a leading configuration axis. ``checkpoint`` and ``checkpoint_every``: as
     in :func:`gd`, for the whole sweep.
@@ -181,9 +183,7 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
                          "record=lgd.Record(sharpness_every=s)")
     seeds = _check_seeds(seeds)
     steps = _check_count(steps, "steps")
-    init_scale = float(init_scale)
-    if not (math.isfinite(init_scale) and init_scale >= 0):
-        raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale}")
+    init_scale = check_init_scale(init_scale, init, inits)
     _check_stepsize_range(np.array([rule.eta for rule in rules]), dtype)
     n, d = X.shape
     starts = _starting_points(model, d, inits, outer_inits)
@@ -481,7 +481,9 @@ def _progress_bar(progress, total: int):
 def _run_dtype(dtype, X):
     """The run's dtype: the one asked for (checked by lgd.Compute), else float32 for float32 input, else float64."""
     if dtype is None:
-        return np.dtype(np.float32) if getattr(X, "dtype", None) == np.float32 else np.dtype(np.float64)
+        given = getattr(X, "dtype", None)
+        given = np.asarray(X).dtype if not isinstance(given, np.dtype) else given  # a DataFrame, a list of rows
+        return np.dtype(np.float32) if given.kind == "f" and given.itemsize == 4 else np.dtype(np.float64)
     return np.dtype(dtype)
 
 
@@ -543,18 +545,32 @@ def _stepsize_rules(stepsizes) -> list:
     return [_stepsize.as_rule(value, "stepsizes") for value in stepsizes]
 
 
+def check_init_scale(init_scale, init, inits) -> float:
+    """``init_scale`` as a float, or ValueError: a finite number >= 0, and with ``inits`` (which give the
+    starting points) ``init`` and ``init_scale`` at their defaults, which they would be ignored for."""
+    if isinstance(init_scale, (bool, np.bool_)) or not isinstance(init_scale, (Real, np.floating, np.integer)) \
+            or not (math.isfinite(float(init_scale)) and init_scale >= 0):
+        raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
+    if inits is not None and not (isinstance(init, str) and init == "normal" and init_scale == 1.0):
+        raise ValueError("inits gives the starting points: init and init_scale do not apply with it (leave them "
+                         "at their defaults)")
+    return float(init_scale)
+
+
 def _check_seeds(seeds) -> list:
-    return distinct_integers(seeds, "seeds", 0)
+    return distinct_integers(seeds, "seeds", 0, high=2**63 - 1)  # a result keeps them as int64
 
 
-def distinct_integers(values, name: str, low: int) -> list:
-    """`values` (one integer, or a sequence of them) as a list of distinct ints >= `low`, or ValueError naming
-    `name`: a sweep axis of seeds, widths, ..."""
+def distinct_integers(values, name: str, low: int, high: int | None = None) -> list:
+    """`values` (one integer, or a sequence of them) as a list of distinct ints >= `low` (and <= `high`), or
+    ValueError naming `name`: a sweep axis of seeds, widths, ..."""
     if isinstance(values, Integral):
         values = (values,)
     values = list(values)
-    if not values or any(isinstance(v, bool) or not isinstance(v, Integral) or v < low for v in values):
-        raise ValueError(f"{name} must be a non-empty sequence of integers >= {low}, got {values!r}")
+    if not values or any(isinstance(v, bool) or not isinstance(v, Integral) or v < low or (high is not None and v > high)
+                         for v in values):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be a non-empty sequence of integers {bound}, got {values!r}")
     if len(set(values)) != len(values):
         raise ValueError(f"{name} must be distinct, got {values!r}")
     return [int(v) for v in values]
@@ -579,7 +595,7 @@ def _starting_points(model: TwoLayerNet, d: int, inits, outer_inits) -> _Starts:
     """Check ``inits`` (K, *model.weight_shape(d)) and ``outer_inits`` (K, m): float64 arrays, or None."""
     W = a = None
     if inits is not None:
-        W = np.asarray(inits, dtype=np.float64)
+        W = real_array(inits, "inits")
         if W.ndim < 1 or W.shape[1:] != model.weight_shape(d) or W.shape[0] < 1:
             raise ValueError(f"inits must have shape (K, {', '.join(map(str, model.weight_shape(d)))}) with K >= 1, "
                              f"got {W.shape}")
@@ -587,7 +603,9 @@ def _starting_points(model: TwoLayerNet, d: int, inits, outer_inits) -> _Starts:
             raise ValueError("inits contains NaN or Inf")
         W = W.reshape(W.shape[0], model.width, d)
     if outer_inits is not None:
-        a = np.asarray(outer_inits, dtype=np.float64)
+        if isinstance(model, Linear):
+            raise ValueError("outer_inits is for a TwoLayerNet: lgd.Linear has no outer layer (its a is 1)")
+        a = real_array(outer_inits, "outer_inits")
         if a.ndim != 2 or a.shape[1] != model.width or a.shape[0] < 1:
             raise ValueError(f"outer_inits must have shape (K, {model.width}) with K >= 1, got {a.shape}")
         if not np.all(np.isfinite(a)):
@@ -646,7 +664,7 @@ def _initial_weights(model: TwoLayerNet, d: int, init, init_scale: float, seeds:
             raise ValueError(f"unknown init {init!r}; valid: 'normal', 'zeros' or an array of shape "
                              f"{model.weight_shape(d)}")
     else:
-        given = np.asarray(init, dtype=np.float64)
+        given = real_array(init, "init array")
         if given.shape != model.weight_shape(d):
             raise ValueError(f"init array must have shape {model.weight_shape(d)}, got {given.shape}")
         if not np.all(np.isfinite(given)):

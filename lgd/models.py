@@ -21,6 +21,7 @@ import numpy as np
 
 from . import activations as _activations
 from .activations import Activation
+from .options import real_array
 
 __all__ = ["TwoLayerNet", "Linear", "init_grid", "predict", "evaluate", "log_mean", "log_risk_of", "Evaluation"]
 
@@ -72,7 +73,7 @@ class TwoLayerNet:
                 raise ValueError(f"unknown outer {outer!r}; valid: 'alternating', 'random' or an array of shape "
                                  f"({self.width},)")
         else:
-            outer = np.asarray(outer, dtype=np.float64)
+            outer = real_array(outer, "outer weights")
             if outer.shape != (self.width,):
                 raise ValueError(f"outer weights must have shape ({self.width},), got {outer.shape}")
             if not np.all(np.isfinite(outer)):

@@ -38,6 +38,15 @@ def check_count(value, name: str) -> int:
     return int(value)
 
 
+def real_array(value, name: str) -> np.ndarray:
+    """``value`` as a float64 array, or ValueError naming ``name`` unless it holds real numbers (a complex one
+    would lose its imaginary part in the cast, with numpy's warning only)."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    return array.astype(np.float64)
+
+
 def _check_flag(value, name: str):
     if value is None or isinstance(value, (bool, np.bool_)):
         return None if value is None else bool(value)
@@ -232,9 +241,9 @@ def _dtype_name(dtype):
         dtype = np.dtype(dtype)
     except TypeError:
         raise ValueError(f"Compute.dtype must be float64 or float32, got {dtype!r}") from None
-    if dtype not in (np.float32, np.float64):
-        raise ValueError(f"Compute.dtype must be float64 or float32, got {dtype.name}")
-    return dtype.name
+    if dtype.kind != "f" or dtype.itemsize not in (4, 8):  # either byte order: the run's is the machine's
+        raise ValueError(f"Compute.dtype must be float64 or float32, got {dtype.name if dtype.isnative else dtype.str}")
+    return f"float{8 * dtype.itemsize}"
 
 
 # The keywords gd and sweep took before Record and Compute: keyword -> (argument, field it sets).

@@ -111,6 +111,11 @@ def test_float32_runs_in_float32_and_agrees_with_float64(xor):
     np.testing.assert_allclose(run32.risk, run64.risk, rtol=1e-5)
     auto32 = lgd.gd(X.astype(np.float32), y, lgd.TwoLayerNet(4), stepsize=2.0, steps=2, compute="numpy")
     assert auto32.weights.dtype == np.float32
+    # float32 input however it comes: rows of float32, the other byte order
+    for given in (list(X.astype(np.float32)), X.astype(">f4")):
+        assert lgd.gd(given, y, lgd.TwoLayerNet(4), stepsize=2.0, steps=2, compute="numpy").meta["dtype"] == "float32"
+    big_endian = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=2.0, steps=2, compute=lgd.Compute("numpy", dtype=">f8"))
+    assert big_endian.meta["dtype"] == "float64"
 
 
 def test_linear_model_and_init_arrays():
@@ -217,7 +222,11 @@ BAD_CALLS = [
     (dict(init_scale=-1.0), "init_scale must be a finite number >= 0"),
     (dict(X_test=np.zeros((2, 2))), "give both X_test and y_test"),
     (dict(X_test=np.zeros((2, 3)), y_test=np.ones(2)), "X_test has 3 features but X has 2"),
-    (dict(seed=-1), "seeds must be a non-empty sequence of integers >= 0"),
+    (dict(seed=-1), r"seeds must be a non-empty sequence of integers in \[0, 9223372036854775807\]"),
+    (dict(seed=2**64 - 1), r"seeds must be a non-empty sequence of integers in \[0, 9223372036854775807\]"),
+    (dict(init=np.ones((4, 2), dtype=complex)), "init array must hold real numbers, got dtype complex128"),
+    (dict(init_scale="1"), "init_scale must be a finite number >= 0, got '1'"),
+    (dict(init_scale=True), "init_scale must be a finite number >= 0, got True"),
     (dict(X=np.full((6, 2), 1e39), compute=lgd.Compute("numpy", dtype="float32")),
      r"X holds 1e\+39, which does not fit in float32"),
     (dict(X_test=np.ones((2, 2)), y_test=np.array([1.0, -1e300]), loss="squared",
@@ -245,6 +254,15 @@ def test_more_bad_input():
         lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0], seeds=(1, 1), steps=1, compute="numpy")
     with pytest.raises(ValueError, match="width must be a positive integer"):
         lgd.TwoLayerNet(0)
+    with pytest.raises(ValueError, match="outer weights must hold real numbers, got dtype complex128"):
+        lgd.TwoLayerNet(4, outer=np.ones(4, dtype=complex))
+    with pytest.raises(ValueError, match=r"outer_inits is for a TwoLayerNet: lgd.Linear has no outer layer"):
+        lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0], steps=1, outer_inits=[[5.0], [1.0]], compute="numpy")
+    with pytest.raises(ValueError, match="inits gives the starting points: init and init_scale do not apply"):
+        lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0], steps=1, inits=np.zeros((2, 2)), init="zeros", compute="numpy")
+    with pytest.raises(ValueError, match="inits gives the starting points"):
+        lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0], steps=1, inits=np.zeros((2, 2)), init_scale=0.1,
+                  compute="numpy")
     with pytest.raises(ValueError, match="unknown scaling 'xavier'"):
         lgd.TwoLayerNet(4, scaling="xavier")
     with pytest.raises(ValueError, match=r"outer weights must have shape \(4,\)"):

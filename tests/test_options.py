@@ -82,6 +82,7 @@ BAD_OPTIONS = [
     (lambda: lgd.Compute(backend="jax"), "unknown backend 'jax'; valid: 'auto', 'numpy', 'numba', 'cupy'"),
     (lambda: lgd.Compute(backend=None), "unknown backend None; valid: 'auto'"),
     (lambda: lgd.Compute(dtype="float16"), "Compute.dtype must be float64 or float32, got float16"),
+    (lambda: lgd.Compute(dtype=">i8"), "Compute.dtype must be float64 or float32, got >i8"),
     (lambda: lgd.Compute(dtype="fast"), "Compute.dtype must be float64 or float32, got 'fast'"),
     (lambda: lgd.Compute(progress="on"), "Compute.progress must be None, True or False, got 'on'"),
 ]
