@@ -621,10 +621,11 @@ def _directions(record, model: TwoLayerNet, d: int):
     if record.project_onto is None:
         return None
     directions = record.project_onto
-    if directions.shape[1:] != (model.width, d):
-        raise ValueError(f"Record.project_onto must have shape (P, {model.width}, {d}) for this model and data, "
-                         f"got {directions.shape}")
-    return directions
+    if directions.shape[1:] != (model.width, d) and directions.shape[1:] != model.weight_shape(d):
+        shape = ", ".join(map(str, model.weight_shape(d)))
+        raise ValueError(f"Record.project_onto must have shape (P, {shape}) for this model and data, got "
+                         f"{directions.shape}")
+    return directions.reshape(directions.shape[0], model.width, d)
 
 
 def _zero_predictor_risk(y, loss) -> float:

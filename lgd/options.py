@@ -90,7 +90,7 @@ class Record:
         cumulative log growth at each recorded step, whose difference quotients give the exponents over
         any window (:func:`lgd.dynamics.lyapunov_window`). The tangent vectors start orthonormal, drawn
         from ``numpy.random.default_rng([2, seed])``. None computes none.
-    project_onto : None | array (P, width, d)
+    project_onto : None | array (P, width, d), or (P, d) for lgd.Linear
         With ``weights``, record instead the projections <W_t, V_p> = sum_jk V_pjk (W_t)_jk onto these P
         directions (e.g. random or top-Hessian directions), into ``run.projections`` (float64): for
         models too large to keep their weights at every step.
@@ -123,10 +123,10 @@ class Record:
 
     def __post_init__(self):
         if self.project_onto is not None:
-            directions = np.array(self.project_onto, dtype=np.float64)
-            if directions.ndim != 3 or directions.shape[0] < 1 or not np.all(np.isfinite(directions)):
-                raise ValueError("Record.project_onto must be a finite array of shape (P, width, d) with P >= 1, got "
-                                 f"shape {directions.shape}")
+            directions = real_array(self.project_onto, "Record.project_onto").copy()
+            if directions.ndim not in (2, 3) or directions.shape[0] < 1 or not np.all(np.isfinite(directions)):
+                raise ValueError("Record.project_onto must be a finite array of shape (P, width, d) (or (P, d) for "
+                                 f"lgd.Linear) with P >= 1, got shape {directions.shape}")
             if self.weights is None:
                 raise ValueError("Record.project_onto needs Record.weights (every how many steps to project)")
             directions.setflags(write=False)

@@ -96,6 +96,14 @@ def test_trajectories_and_projections_agree_with_the_oracle(backend_dtype):
     assert projected.trajectory is None and projected.projections.shape == (5, 2)
     expected = np.einsum("pjk,tjk->tp", directions, run.trajectory.astype(np.float64))
     np.testing.assert_allclose(projected.projections, expected, rtol=case.rtol, atol=case.rtol)
+    # lgd.Linear's directions have its weights' shape (P, d), as its inits (K, d) and trajectory (R, d)
+    linear = lgd.gd(X, y, lgd.Linear(), stepsize=0.5, steps=20, compute=_compute(case),
+                    record=lgd.Record(weights=5, project_onto=directions[:, 0]))
+    weights = lgd.gd(X, y, lgd.Linear(), stepsize=0.5, steps=20, compute=_compute(case), record=lgd.Record(weights=5))
+    np.testing.assert_allclose(linear.projections, weights.trajectory.astype(np.float64) @ directions[:, 0].T,
+                               rtol=case.rtol, atol=case.rtol)
+    with pytest.raises(ValueError, match=r"Record.project_onto must have shape \(P, 6, 5\) for this model"):
+        lgd.gd(X, y, net, stepsize=0.5, steps=2, record=lgd.Record(weights=5, project_onto=directions[:, 0]))
 
 
 def test_initial_weights_are_returned_and_reproducible_from_the_seed():
