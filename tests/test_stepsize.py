@@ -153,24 +153,33 @@ def test_the_sharpness_measured_inside_the_kernels_agrees_with_eigsh(backend_dty
 
 
 def test_the_sharpness_of_repeated_eigenvalues_and_of_a_symmetric_network(backend_dtype):
-    """Where Lanczos from one vector falls short: a Hessian 3 I (every eigenvalue repeated), and a network started
-    at zero (its neurons alike, so that its Hessian keeps invariant subspaces the warm start never leaves): the
+    """Where Lanczos from one vector falls short: a Hessian whose top eigenvalue is repeated (two linear neurons
+    on X = 3 I: H = [[A, A], [A, A]], A = X^T X / n = 4.5 I, eigenvalues 9, 9, 0, 0), and a network started at
+    zero (its neurons alike, so that its Hessian keeps invariant subspaces the warm start never leaves): the
     top-k eigenvalues of the dense Hessian at every measured iterate, repeated ones included."""
     pytest.importorskip("scipy")
     case = backend_dtype
     rtol = 1e-9 if case.dtype == np.float64 else 1e-4
-    X, y = (3.0 * np.eye(3)).astype(case.dtype), np.array([1.0, 2.0, -1.0], dtype=case.dtype)
-    run = lgd.gd(X, y, lgd.Linear(), "squared", stepsize=0.1, steps=4, init="zeros", compute=_compute(case),
-                 record=lgd.Record(sharpness_every=2, sharpness_k=2))
-    np.testing.assert_allclose(run.sharpness, 3.0, rtol=rtol)
+    # Sweeps of two stepsizes of widths >= 2: the kernel the other sharpness tests compile (a single run takes a
+    # team's, width 1 another): no compile of its own in the suite.
+    X, y = (3.0 * np.eye(2)).astype(case.dtype), np.array([1.0, -1.0], dtype=case.dtype)
+    pair = lgd.TwoLayerNet(2, activation="identity", scaling=1.0, outer=[1.0, 1.0])
+    result = lgd.sweep(X, y, pair, "squared", stepsizes=[0.1, 0.2], steps=4, init="zeros", compute=_compute(case),
+                       record=lgd.Record(sharpness_every=2, sharpness_k=2))
+    np.testing.assert_allclose(result.sharpness, 9.0, rtol=rtol)
     X, y = lgd.data.xor(n=30)
     X, y = X.astype(case.dtype), y.astype(case.dtype)
     net = lgd.TwoLayerNet(4, activation="leaky_softplus(0.5)")
-    run = lgd.gd(X, y, net, stepsize=2.0, steps=20, init="zeros", compute=_compute(case),
-                 record=lgd.Record(weights=10, sharpness_every=10, sharpness_k=3))
-    assert run.trajectory_step.tolist() == run.sharpness_step.tolist() == [0, 10, 20]
-    for W, measured in zip(run.trajectory, run.sharpness):
-        H = lgd.hessian.dense_hessian(W.astype(np.float64), run.outer_weights.astype(np.float64), X.astype(np.float64),
-                                      y.astype(np.float64), net.activation, lgd.losses.get("logistic"), net.scale)
-        top = np.sort(np.linalg.eigvalsh(H))[::-1][:3]
-        np.testing.assert_allclose(measured, top, rtol=rtol, atol=rtol * top[0])
+    result = lgd.sweep(X, y, net, stepsizes=[2.0, 0.5], steps=20, init="zeros", compute=_compute(case),
+                       record=lgd.Record(sharpness_every=10, sharpness_k=3))
+    assert result.sharpness_step.tolist() == [0, 10, 20]
+    for c, eta in enumerate(result.stepsize):
+        for t, measured in zip(result.sharpness_step, result.sharpness[c]):
+            # W_t from a sweep of t steps (the same bits: where a run stops does not change them)
+            W = lgd.sweep(X, y, net, stepsizes=[2.0, 0.5], steps=int(t), init="zeros",
+                          compute=_compute(case)).weights[c] if t else result.initial_weights[c]
+            H = lgd.hessian.dense_hessian(W.astype(np.float64), result.outer_weights[c].astype(np.float64),
+                                          X.astype(np.float64), y.astype(np.float64), net.activation,
+                                          lgd.losses.get("logistic"), net.scale)
+            top = np.sort(np.linalg.eigvalsh(H))[::-1][:3]
+            np.testing.assert_allclose(measured, top, rtol=rtol, atol=rtol * top[0])
