@@ -567,8 +567,8 @@ def distinct_integers(values, name: str, low: int, high: int | None = None) -> l
     if isinstance(values, Integral):
         values = (values,)
     values = list(values)
-    if not values or any(isinstance(v, bool) or not isinstance(v, Integral) or v < low or (high is not None and v > high)
-                         for v in values):
+    if not values or any(isinstance(v, bool) or not isinstance(v, Integral) or v < low
+                         or (high is not None and v > high) for v in values):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ValueError(f"{name} must be a non-empty sequence of integers {bound}, got {values!r}")
     if len(set(values)) != len(values):

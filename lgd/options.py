@@ -123,7 +123,7 @@ class Record:
 
     def __post_init__(self):
         if self.project_onto is not None:
-            directions = real_array(self.project_onto, "Record.project_onto").copy()
+            directions = real_array(self.project_onto, "Record.project_onto")  # a copy: made read-only below
             if directions.ndim not in (2, 3) or directions.shape[0] < 1 or not np.all(np.isfinite(directions)):
                 raise ValueError("Record.project_onto must be a finite array of shape (P, width, d) (or (P, d) for "
                                  f"lgd.Linear) with P >= 1, got shape {directions.shape}")
@@ -199,9 +199,9 @@ class Divergence:
 
     ``run.diverged_step`` is t and the final weights are W_t; the traces end with step t when it is a
     recorded step (every step with ``record=1``; with ``every=k``, when k divides t: else they end with the
-    last multiple of k before it). The default (1e10, no weight bound) catches a run that blows up long before anything overflows,
-    and lets the edge of stability's spikes (risks of order the stepsize) pass. ``divergence=x`` in
-    :func:`lgd.gd` is short for ``Divergence(risk=x)``.
+    last multiple of k before it). The default (1e10, no weight bound) catches a run that blows up long
+    before anything overflows, and lets the edge of stability's spikes (risks of order the stepsize) pass.
+    ``divergence=x`` in :func:`lgd.gd` is short for ``Divergence(risk=x)``.
 
     Examples
     --------

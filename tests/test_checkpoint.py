@@ -307,7 +307,8 @@ UNREADABLE = "cannot be read: it is not an lgd checkpoint, or it is damaged"
 @pytest.mark.parametrize("damage, message", [
     ("truncated", UNREADABLE), ("garbage", UNREADABLE), ("a saved result", UNREADABLE), ("one array", UNREADABLE),
     ("a header without its keys", UNREADABLE + r" \(ValueError: its header lacks status, reached"),
-    ("no weights", "is damaged: it holds no state.W"), ("no divergence steps", "is damaged: it holds no state.diverged"),
+    ("no weights", "is damaged: it holds no state.W"),
+    ("no divergence steps", "is damaged: it holds no state.diverged"),
 ])
 def test_a_damaged_checkpoint_is_a_clear_error(damage, message, tmp_path):
     """Never a silent restart: a checkpoint that lost its weights would go on from the initial ones."""
