@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import lgd
-from lgd.backends import record_slot, record_steps
+from lgd.backends import record_count, record_slot, record_steps
 from lgd.models import evaluate
 
 
@@ -43,6 +43,9 @@ def test_record_every_k_records_multiples_and_the_last_step(xor):
     np.testing.assert_allclose(sparse.weights, full.weights, rtol=1e-14)
     assert record_steps(20, 5).tolist() == [0, 5, 10, 15, 20]
     assert [record_slot(t, 23, 5) for t in (0, 4, 5, 22, 23)] == [0, -1, 1, -1, 5]
+    # record_count is their number, without building them
+    assert all(record_count(steps, every) == record_steps(steps, every).size for steps in range(1, 40)
+               for every in range(1, 45))
 
 
 def test_deterministic_for_a_seed_and_different_across_seeds(xor):
