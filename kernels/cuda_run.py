@@ -182,11 +182,14 @@ def check_codes(activation, loss) -> None:
     """Raise ValueError unless the kernels have a formula for ``activation`` and ``loss``.
 
     A formula is known by the entry's code and name in cuda/codes.cuh: an entry the header does not
-    list, or a code the header gives to another entry, would otherwise run a formula that is not its own.
+    list, or a code the header gives to another entry, would otherwise run a formula that is not its own;
+    so would a subclass of the user's that keeps a catalog entry's name and code (kernels_have).
     """
+    from lgd.backends import kernels_have
+
     for kind, entry in (("activation", activation), ("loss", loss)):
         known = _known()[kind]
-        if known.get(entry.name) != entry.code:
+        if known.get(entry.name) != entry.code or not kernels_have(entry):
             listed = ", ".join(f"{name} ({code})" for name, code in known.items())
             raise _no_formula(kind, entry, f"; they know {listed}")
 

@@ -20,6 +20,22 @@ def param_spec(name: str, param: float) -> str:
     return f"{name}({short if float(short) == param else repr(float(param))})"
 
 
+def entry_of(spec, kind: str, base: type, factories: dict, own: dict):
+    """The entry ``spec`` names (an instance of ``base``, 'name' or 'name(param)') in a catalog of
+    ``factories``. An entry of the user's own (an instance whose name the catalog does not have) is kept in
+    ``own`` by its spec when it is passed, so that the name it leaves in a result's metadata rebuilds it in
+    this process (``run.model``, ``run.phase``, ``lgd.resume``)."""
+    if isinstance(spec, base):
+        if spec.name not in factories:
+            own[spec.spec] = spec
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"{kind} must be a name or an {base.__module__}.{base.__name__}, got {type(spec).__name__}")
+    if spec.strip() in own:
+        return own[spec.strip()]
+    return parse_spec(spec, kind, factories)
+
+
 def parse_spec(spec: str, kind: str, factories: dict):
     """Build the catalog entry named by ``spec`` (``'name'`` or ``'name(param)'``)."""
     match = _SPEC.match(spec)
@@ -28,7 +44,9 @@ def parse_spec(spec: str, kind: str, factories: dict):
                          f"one of {sorted(factories)}")
     name, arg = match.group(1), match.group(2)
     if name not in factories:
-        raise ValueError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(factories))}")
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise ValueError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(factories))} ({article} {kind} of your "
+                         f"own is known by name in a process once it has been passed as an object)")
     if arg is None or arg == "":
         return factories[name]()
     try:
@@ -47,6 +65,6 @@ def check_param(value: float, kind: str, name: str, *, low: float, high: float =
     value = float(value)
     above = value > low if low_open else value >= low
     if not (math.isfinite(value) and above and value <= high):
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{kind} {name}: parameter must lie in {bracket}{low}, {high}], got {value}")
+        opening, closing = "(" if low_open else "[", ")" if math.isinf(high) else "]"
+        raise ValueError(f"{kind} {name}: parameter must lie in {opening}{low}, {high}{closing}, got {value}")
     return value

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from ._catalog import check_param, param_spec, parse_spec
+from ._catalog import check_param, entry_of, param_spec
 
 __all__ = ["Activation", "get", "NAMES", "CODES", "ENTRIES", "sigmoid", "softplus",
            "identity", "relu", "leaky_relu", "softplus_activation", "leaky_softplus",
@@ -118,7 +118,7 @@ class _Sloped(Activation):
 
 
 class leaky_relu(_Sloped):
-    """phi(z) = max(z, c z) for 0 <= c < 1 (c = 0 is the ReLU); phi'(0) is taken as c."""
+    """phi(z) = max(z, c z) for 0 <= c <= 1 (c = 0 is the ReLU, c = 1 the identity); phi'(0) is taken as c."""
 
     name, code, default_c = "leaky_relu", LEAKY_RELU, 0.01
 
@@ -272,10 +272,11 @@ ENTRIES = tuple(sorted({factory for factory in _FACTORIES.values()}, key=lambda 
 CODES = {entry.name: entry.code for entry in ENTRIES}
 
 
+# Activations of the user's own that this process has been given, by spec (see _catalog.entry_of).
+_OWN: dict = {}
+
+
 def get(spec) -> Activation:
-    """The activation named by ``spec``: an :class:`Activation`, ``'name'`` or ``'name(param)'``."""
-    if isinstance(spec, Activation):
-        return spec
-    if not isinstance(spec, str):
-        raise TypeError(f"activation must be a name or an lgd.activations.Activation, got {type(spec).__name__}")
-    return parse_spec(spec, "activation", _FACTORIES)
+    """The activation named by ``spec``: an :class:`Activation`, ``'name'`` or ``'name(param)'`` (the
+    catalog's, or one of your own that this process has been given as an object)."""
+    return entry_of(spec, "activation", Activation, _FACTORIES, _OWN)

@@ -110,8 +110,9 @@ class StableRate:
     risk still falls exponentially just after the transition.
     ``final_rate``: eta * T * L(W_T). ``rate_change_last_decade``: (r(T) - r(T/10)) / r(T/10) with
     r(t) = eta t L(W_t) at the recorded steps nearest T/10 and T; near 0 when the rate has levelled
-    off (risk = O(1/(eta t)), Wu et al.), -0.9 if L fell like 1/t^2 over that decade, +9 if L stalled.
-    Every number is NaN when the run has no stable phase.
+    off (risk = O(1/(eta t)), Wu et al.), -0.9 if L fell like 1/t^2 over that decade, +9 if L stalled;
+    NaN where the stable phase starts after T/10 (it does not span the last decade). Every number is NaN
+    when the run has no stable phase.
     """
 
     start: int | None

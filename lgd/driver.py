@@ -186,11 +186,14 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
     init_scale = check_init_scale(init_scale, init, inits)
     _check_stepsize_range(np.array([rule.eta for rule in rules]), dtype)
     n, d = X.shape
+    if sharpness_every is not None and sharpness_k > _trained_parameters(model, d):
+        raise ValueError(f"Record.sharpness_k asks for {sharpness_k} eigenvalues but the model has "
+                         f"{_trained_parameters(model, d)} trained parameters")
     starts = _starting_points(model, d, inits, outer_inits)
     directions = _directions(record, model, d)
     risk_bound = divergence.risk * max(1.0, _zero_predictor_risk(y, loss))
     device_input = _backends.on_device(X)
-    backend = _backends.resolve(backend, X)
+    backend = _backends.resolve(backend, X, (model.activation, loss))
     X, y, X_test, y_test = backend.inputs(X, y, X_test, y_test)
 
     # Configurations stepsize-major, then seed, then starting point.
@@ -368,7 +371,8 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
                  trajectory_step=trajectory_step, lyapunov=lyapunov, lyapunov_sum=lyapunov_sum,
                  stepsize=state.stepsizes.copy(), stepsize_rule=[rules[e].spec for e, _, _ in configs],
                  seed=np.array([seeds[s] for _, s, _ in configs], dtype=np.int64),
-                 init_index=None if inits is None else np.array([k for _, _, k in configs], dtype=np.int64),
+                 init_index=(None if inits is None and outer_inits is None
+                             else np.array([k for _, _, k in configs], dtype=np.int64)),
                  steps=steps, status=status, diverged_step=state.diverged.copy(), steps_taken=steps_taken,
                  seconds=seconds,
                  steps_per_second=float(np.sum(steps_taken)) / seconds if seconds > 0 else math.inf,
@@ -635,12 +639,16 @@ def _zero_predictor_risk(y, loss) -> float:
     return float(np.mean(loss.value(u)))
 
 
+def _trained_parameters(model: TwoLayerNet, d: int) -> int:
+    """How many parameters GD trains: W's m d, and a's m when the outer layer is trained."""
+    return model.width * d + (model.width if model.train_outer else 0)
+
+
 def _initial_tangents(model: TwoLayerNet, d: int, k: int, seeds: list, configs: list):
     """k orthonormal tangent vectors per configuration, (C, k, m, d) and (C, k, m) float64: the Q of a QR of
     a standard normal (N, k) matrix from default_rng([2, seed]), N the number of trained parameters
     (W, then a when trained), so that every backend and stepsize starts from the same vectors."""
-    m = model.width
-    size = m * d + (m if model.train_outer else 0)
+    m, size = model.width, _trained_parameters(model, d)
     if k > size:
         raise ValueError(f"Record.lyapunov asks for {k} exponents but the model has {size} trained parameters")
     tangents, tangents_a = np.zeros((len(configs), k, m, d)), np.zeros((len(configs), k, m))

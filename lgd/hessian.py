@@ -125,7 +125,11 @@ def hvp(W, a, X, y, activation, loss, scale: float, vector, train_outer: bool = 
     the first that many training points. The formula is in the module docstring.
     """
     W, a, X, y, activation, loss = _prepare(W, a, X, y, activation, loss, points)
-    return _Curvature(W, a, X, y, activation, loss, scale, train_outer).product(vector)
+    curvature = _Curvature(W, a, X, y, activation, loss, scale, train_outer)
+    if np.size(vector) != curvature.size:
+        raise ValueError(f"vector must have {curvature.size} entries (W's {W.size}"
+                         f"{f' and then m = {a.size} for a' if train_outer else ''}), got {np.size(vector)}")
+    return curvature.product(vector)
 
 
 def dense_hessian(W, a, X, y, activation, loss, scale: float, train_outer: bool = False, points=None):

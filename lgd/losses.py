@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._catalog import check_param, param_spec, parse_spec
+from ._catalog import check_param, entry_of, param_spec
 from .activations import sigmoid, softplus
 
 __all__ = ["Loss", "get", "NAMES", "CODES", "ENTRIES", "MARGIN_CODES", "logistic", "exponential",
@@ -215,10 +215,11 @@ CODES = {entry.name: entry.code for entry in ENTRIES}
 MARGIN_CODES = frozenset(entry.code for entry in ENTRIES if entry.margin)
 
 
+# Losses of the user's own that this process has been given, by spec (see _catalog.entry_of).
+_OWN: dict = {}
+
+
 def get(spec) -> Loss:
-    """The loss named by ``spec``: a :class:`Loss`, ``'name'`` or ``'name(param)'``."""
-    if isinstance(spec, Loss):
-        return spec
-    if not isinstance(spec, str):
-        raise TypeError(f"loss must be a name or an lgd.losses.Loss, got {type(spec).__name__}")
-    return parse_spec(spec, "loss", _FACTORIES)
+    """The loss named by ``spec``: a :class:`Loss`, ``'name'`` or ``'name(param)'`` (the catalog's, or one of
+    your own that this process has been given as an object)."""
+    return entry_of(spec, "loss", Loss, _FACTORIES, _OWN)

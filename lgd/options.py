@@ -149,7 +149,8 @@ class Compute:
     ----------
     backend : 'auto' | 'numpy' | 'numba' | 'cupy'
         ``'auto'`` follows the input's array type: cupy for cupy inputs; for numpy inputs numba when
-        installed, else numpy (a GPU is used because it was asked for, not because one is present). A
+        installed, else numpy, and numpy for an activation or loss of your own, which no kernel has (a
+        GPU is used because it was asked for, not because one is present). A
         backend named explicitly that cannot run raises :class:`lgd.BackendUnavailable` when the run starts
         (the name itself is checked here). ``compute="numba"`` in :func:`lgd.gd` is short for
         ``Compute(backend="numba")``.

@@ -155,14 +155,15 @@ class Run(_Traces):
     (R_w, m) when the outer layer is trained, or ``projections`` (R_w, P) with ``project_onto``, at
     ``trajectory_step`` (R_w,). With ``lgd.Record(lyapunov=k)``: ``lyapunov`` (k,), the top k Lyapunov
     exponents of the GD map over the steps taken, and ``lyapunov_sum`` (R, k), the cumulative log growth
-    of the tangent vectors at each recorded step. ``init_index``: the starting point of a sweep's ``inits``.
+    of the tangent vectors at each recorded step. ``init_index``: the starting point of a sweep's ``inits`` or
+    ``outer_inits``.
     ``stepsize_rule``: the rule's spec (``'constant(10)'``, ``'adaptive(1)'``, ...; lgd.stepsize) and ``eta``
     (R,) the stepsize eta_t it gave at each recorded step (for a diverged run, where it was computed).
 
     ``initial_weights`` and ``initial_outer_weights``: W_0 and a_0. With ``lgd.Record(weights=k)``:
     ``trajectory`` (R_w, m, d) and ``outer_trajectory`` (R_w, m, when the outer weights are trained), or
     ``projections`` (R_w, P) onto ``Record.project_onto``, at ``trajectory_step`` (R_w,). ``init_index``:
-    which of the sweep's ``inits`` the run started from. Each is None when not recorded.
+    which of the sweep's ``inits`` (or ``outer_inits``) the run started from. Each is None when not recorded.
     """
 
     stepsize: float

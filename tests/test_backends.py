@@ -68,6 +68,40 @@ def test_divergence_is_reported_at_the_same_step(compiled_backend_dtype):
     np.testing.assert_allclose(runs[1].weights, runs[0].weights, rtol=case.rtol_one_step)
 
 
+def test_a_float32_weight_norm_is_summed_beyond_the_range_of_its_squares(compiled_backend_dtype):
+    """||W|| of 3.2e19 is a float32 number whose square is not: the norm (and the normalized margin) is that
+    of the weights, on the oracle as on the kernels, not inf (nor a divergence by the weight-norm bound)."""
+    case = compiled_backend_dtype
+    if case.dtype != np.float32:
+        pytest.skip("float32's range")
+    X, y = lgd.data.wu_toy()
+    runs = [lgd.gd(X, y, lgd.Linear(), "logistic", stepsize=1e20, steps=2, init="zeros",
+                   divergence=lgd.Divergence(risk=float("inf"), weight_norm=1e30),
+                   compute=lgd.Compute(backend=name, dtype="float32", progress=False))
+            for name in ("numpy", case.backend.name)]
+    for run in runs:
+        assert run.status == "completed"
+        norm = np.sqrt(np.sum(run.weights.astype(np.float64) ** 2))
+        assert norm > 1e19 and run.weight_norm[-1] == pytest.approx(norm, rel=1e-6)
+        assert np.isfinite(run.normalized_margin[1:]).all()
+
+
+def test_a_float32_gradient_norm_beyond_the_range_of_its_square_is_no_overflow(compiled_backend_dtype):
+    """At step 1 the risk (4.3e35) and the gradient (norm 8.4e34) are float32 numbers, the square of the norm
+    is not: the run records them and diverges at step 2, where the weights overflow, as in float64."""
+    case = compiled_backend_dtype
+    if case.dtype != np.float32:
+        pytest.skip("float32's range")
+    X, y = lgd.data.separable(n=30, d=3, margin=0.1, seed=0)
+    runs = {(name, dtype): lgd.gd(X, y, lgd.TwoLayerNet(4), "exponential", stepsize=1e5, steps=3,
+                                  divergence=float("inf"),
+                                  compute=lgd.Compute(backend=name, dtype=dtype, progress=False))
+            for name in ("numpy", case.backend.name) for dtype in ("float32", "float64")}
+    for (name, dtype), run in runs.items():
+        assert run.status == "diverged" and run.diverged_step == 2, (name, dtype)
+        assert run.grad_norm[1] == pytest.approx(8.381e34, rel=1e-3) and run.risk[1] > 1e35, (name, dtype)
+
+
 def test_a_sweep_is_its_single_runs(compiled_backend_dtype):
     """One batched call over stepsizes and seeds gives each configuration's single run."""
     case = compiled_backend_dtype
@@ -97,14 +131,28 @@ class _Unknown(lgd.activations.Activation):
         return 6 * z
 
 
+class _Retouched(lgd.activations.relu):
+    """A ReLU of the user's own with a formula of its own (a smoothed kink): relu's name and code."""
+
+    def phi(self, z):
+        return np.sqrt(z * z + 1e-4) / 2 + z / 2
+
+
 def test_a_code_the_kernels_do_not_have_is_refused(compiled_backend_dtype):
-    """An entry whose code a kernel has no formula for is refused before any work, naming it, never computed
-    as another; the oracle runs it."""
+    """An entry whose code a kernel has no formula for, or a subclass of a catalog entry with a formula of
+    its own under the entry's code, is refused before any work, naming it, never computed as another; the
+    oracle runs it, and compute='auto' takes the oracle for it."""
     case = compiled_backend_dtype
     model = lgd.TwoLayerNet(4, activation=_Unknown())
     problem = make_problem(model, "logistic", case.dtype)
     with pytest.raises(ValueError, match=r"no formula for the activation 'cube' \(code 99\)"):
         case.backend.runner(problem, 3, 1, (1, 4, 5))
+    retouched = make_problem(lgd.TwoLayerNet(4, activation=_Retouched()), "logistic", case.dtype)
+    with pytest.raises(ValueError, match=r"no formula for the activation 'relu' \(code 1\)"):
+        case.backend.runner(retouched, 3, 1, (1, 4, 5))
+    assert backends.resolve("auto", entries=(_Retouched(), lgd.losses.logistic())).name == "numpy"
+    assert backends.resolve("auto", entries=(lgd.activations.relu(), lgd.losses.logistic())).name == \
+        backends.resolve("auto").name
     state = initial_state(model, 5, case.dtype, [0.1])
     runner = ORACLE.runner(problem, 3, 1, state.W.shape)
     runner.start(state, Trace.empty(1, record_steps(3, 1).size, 4, True, dim=5, dtype=case.dtype))

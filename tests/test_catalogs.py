@@ -109,6 +109,54 @@ def test_specs_parse_and_round_trip():
     assert run.model.activation == third and run.meta["loss"] == wide.spec
 
 
+class Softsign(activations.Activation):
+    """An activation of a user's own (no kernel has it): z / (1 + |z|)."""
+
+    name = "softsign"
+
+    def phi(self, z):
+        return np.asarray(z) / (1 + np.abs(z))
+
+    def dphi(self, z):
+        return 1 / (1 + np.abs(z)) ** 2
+
+    def ddphi(self, z):
+        return -2 * np.sign(z) / (1 + np.abs(z)) ** 3
+
+
+class LogCosh(losses.Loss):
+    """A loss of a user's own, of the residual: log cosh r."""
+
+    name, margin = "logcosh", False
+
+    def value(self, r):
+        r = np.abs(r)
+        return r + np.log1p(np.exp(-2 * r)) - math.log(2.0)
+
+    def d1(self, r):
+        return np.tanh(r)
+
+    def d2(self, r):
+        return 1 - np.tanh(r) ** 2
+
+
+def test_entries_of_your_own_are_known_by_name_once_given(tmp_path):
+    """The names an entry of the user's own leaves in a result's metadata rebuild it in the process that ran
+    it: the model, the phase, a resumed checkpoint; a name never given is refused, saying so."""
+    with pytest.raises(ValueError, match="unknown activation 'softsign'.*of your own is known by name"):
+        activations.get("softsign")
+    X, y = lgd.data.xor(n=20)
+    act, loss = Softsign(), LogCosh()
+    run = lgd.gd(X, y, lgd.TwoLayerNet(4, activation=act), loss, steps=5, compute="numpy")
+    assert run.model.activation is act and activations.get("softsign") is act and losses.get("logcosh") is loss
+    assert run.phase.peak_risk == pytest.approx(run.risk.max())
+    path = tmp_path / "own.ckpt"
+    done = lgd.sweep(X, y, lgd.TwoLayerNet(4, activation=act), loss, stepsizes=[1.0], steps=20, compute="numpy",
+                     checkpoint=path)
+    resumed = lgd.resume(path)
+    assert resumed.status == ["completed"] and np.array_equal(resumed.risk, done.risk)
+
+
 @pytest.mark.parametrize("spec, message", [
     ("sigmoidal", "unknown activation 'sigmoidal'; valid: gelu, identity"),
     ("relu(0.1)", "takes no parameter"),
@@ -123,7 +171,8 @@ def test_bad_activation_names_the_problem(spec, message):
 
 @pytest.mark.parametrize("spec, message", [
     ("hinge", "unknown loss 'hinge'; valid: exponential, flattened_exponential"),
-    ("flattened_exponential(0)", r"must lie in \(0.0, inf\]"),
+    ("flattened_exponential(0)", r"must lie in \(0.0, inf\), got 0.0"),
+    ("flattened_exponential(inf)", r"must lie in \(0.0, inf\), got inf"),
     ("flattened_polynomial(-1)", "must lie in"),
 ])
 def test_bad_loss_names_the_problem(spec, message):

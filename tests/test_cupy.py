@@ -142,12 +142,26 @@ def test_the_parameter_list_is_the_kernels():
     assert tuple(names) == tuple(name for name, _ in cuda_run.PARAMS)
 
 
-@pytest.mark.parametrize("arch", ["sm_90", "sm_80"])
-def test_cuda_source_compiles_without_warnings_or_spills(arch, capsys):
+ARCHS = ("sm_90", "sm_80")
+
+
+@pytest.fixture(scope="module")
+def nvrtc_logs():
+    """NVRTC's log of lgd.cu for each of ARCHS, compiled side by side in two fresh processes (a compile
+    takes half a minute of one core; NVRTC fails when two compile at once in one process)."""
     pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="NVRTC from PyPI is not installed")
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     from lgd.kernels import cupy_gpu
 
-    log = cupy_gpu.nvrtc_compile(arch)
+    with ProcessPoolExecutor(len(ARCHS), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return dict(zip(ARCHS, pool.map(cupy_gpu.nvrtc_compile, ARCHS)))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cuda_source_compiles_without_warnings_or_spills(arch, nvrtc_logs, capsys):
+    log = nvrtc_logs[arch]
     assert "warning" not in log.lower(), log
     entries = set(re.findall(r"Compiling entry function '(\w+)'", log))
     assert entries == {f"{entry}_{suffix}" for entry in cuda_run.ENTRY_PARAMS for suffix in ("f64", "f32")}

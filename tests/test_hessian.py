@@ -105,6 +105,10 @@ def test_bad_arguments_raise():
         hessian.sharpness(W, a, X, y, "tanh", "logistic", 0.5, points=0)
     with pytest.raises(ValueError, match="shapes"):
         hessian.hvp(W, np.ones(3), X, y, "tanh", "logistic", 0.5, np.ones(4))
+    with pytest.raises(ValueError, match=r"vector must have 4 entries \(W's 4\), got 6"):
+        hessian.hvp(W, a, X, y, "tanh", "logistic", 0.5, np.ones(6))
+    with pytest.raises(ValueError, match=r"vector must have 6 entries \(W's 4 and then m = 2 for a\), got 4"):
+        hessian.hvp(W, a, X, y, "tanh", "logistic", 0.5, np.ones(4), train_outer=True)
 
 
 def test_missing_scipy_names_the_extra(monkeypatch):

@@ -1087,42 +1087,40 @@ def test_runner_compiles_the_product_mode_it_runs(blas, monkeypatch):
     assert np.isfinite(state.W).all()
 
 
-def _rounded_sum_of_squares(x, narrowing):
-    """step.sum_squares_rounded's float32 rule, one value at a time in Python: each square rounded to float32,
-    eight float64 partial sums by k mod 8 (the last len % 8 terms in the first), their tree, rounded."""
-    if narrowing:
-        with np.errstate(over="ignore"):
-            x[:] = x.astype(np.float32).astype(np.float64)
+def _narrowed_sum_of_squares(x):
+    """step.sum_squares_narrowing, one value at a time in Python: each entry rounded to float32 in place,
+    the squares in eight float64 partial sums by k mod 8 (the last len % 8 terms in the first), their tree."""
+    with np.errstate(over="ignore"):
+        x[:] = x.astype(np.float32).astype(np.float64)
     sums, whole = [0.0] * 8, len(x) - len(x) % 8
     for k, v in enumerate(x.tolist()):
-        with np.errstate(over="ignore"):
-            sums[k % 8 if k < whole else 0] += float(np.float32(v * v))
+        sums[k % 8 if k < whole else 0] += v * v
     s = sums
-    return float(np.float32(((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]))))
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]))
 
 
-@pytest.mark.parametrize("narrowing", [False, True])
-def test_float32_sum_of_squares_in_vector_lanes_is_the_scalar_rule(narrowing):
-    """sum_squares_rounded for float32 (its eight lanes one vector: intrinsics.rounded_square_lanes) gives the
-    scalar rule bit for bit, and narrows the array in place where asked, for lengths below, at and past
-    multiples of eight, with squares that overflow float32 and that underflow it."""
+def test_float32_sum_of_squares_in_vector_lanes_is_the_scalar_rule():
+    """sum_squares_narrowing (its eight lanes one vector: intrinsics.narrowed_square_lanes) gives the scalar
+    rule bit for bit and narrows the array in place, for lengths below, at and past multiples of eight, with
+    entries whose squares overflow float32 (the sum does not: it is float64's), entries that overflow it
+    (inf) and squares that underflow it."""
     from numba import njit
 
     @njit
-    def rounded(x, narrowing):
-        return step.sum_squares_rounded(x, True, narrowing)
+    def narrowing(x):
+        return step.sum_squares_narrowing(x)
 
     rng = np.random.default_rng(11)
     for size in (0, 5, 8, 13, 64, 1003):
-        for scale in (1.0, 1e-23, 1e20):
+        for scale in (1.0, 1e-23, 1e20, 1e39):
             x = scale * rng.standard_normal(size)
             given, expected_x = x.copy(), x.copy()
-            expected = _rounded_sum_of_squares(expected_x, narrowing)
-            assert rounded(x, narrowing) == expected
+            expected = _narrowed_sum_of_squares(expected_x)
+            assert narrowing(x) == expected
             np.testing.assert_array_equal(x, expected_x)
-            assert np.array_equal(x, given) == (not narrowing or size == 0)
-            if scale == 1e20 and size:
-                assert expected == np.inf
+            assert np.array_equal(x, given) == (size == 0)
+            if size:
+                assert np.isfinite(expected) == (scale < 1e39)
 
 
 @functools.cache

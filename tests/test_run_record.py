@@ -138,6 +138,16 @@ def test_starting_points_are_a_sweep_axis_equal_to_single_runs(backend_dtype):
     np.testing.assert_array_equal(swept.initial_weights[:6, 0, 0], grid["inits"][:, 0, 0])
 
 
+def test_outer_starting_points_alone_are_named_too():
+    """outer_inits without inits is a sweep axis of its own: init_index names it, to_xarray has its start."""
+    outer = np.array([[1.0, 1.0, -1.0], [1.0, -1.0, 1.0]])
+    swept = lgd.sweep(*lgd.data.xor(n=10), lgd.TwoLayerNet(3), stepsizes=[1.0, 2.0], steps=2, outer_inits=outer,
+                      compute="numpy")
+    assert swept.init_index.tolist() == [0, 1, 0, 1]
+    np.testing.assert_array_equal(swept.initial_outer_weights, outer[[0, 1, 0, 1]])
+    assert swept.to_xarray().sizes["start"] == 2
+
+
 def test_a_bad_starting_point_is_refused_before_any_work():
     net = lgd.TwoLayerNet(2)
     with pytest.raises(ValueError, match=r"inits must have shape \(K, 2, 3\)"):

@@ -612,19 +612,19 @@ __device__ void run_chunk(const T* X, const T* y, const T* X_test, const T* y_te
 
         for (int e = tid; e < dm; e += threads) {
             const double g = (double)grad[e], w = (double)Wt[e];
-            stat[STAT_GRAD_SQ] += narrow(g * g, f32);
+            stat[STAT_GRAD_SQ] += g * g;
             stat[STAT_WEIGHT_SQ] += w * w;
         }
         if (train_outer) {
             for (int j = tid; j < m; j += threads) {
                 const double g = (double)grad_a[j], w = (double)as[j];
-                stat[STAT_GRAD_SQ] += narrow(g * g, f32);
+                stat[STAT_GRAD_SQ] += g * g;
                 stat[STAT_WEIGHT_SQ] += w * w;
             }
         }
         block_reduce(stat, is_min, scratch);
         const double risk = narrow(narrow(stat[STAT_RISK], f32) / n, f32);
-        const double grad_sq = narrow(stat[STAT_GRAD_SQ], f32);
+        const double grad_sq = stat[STAT_GRAD_SQ];
         if (!isfinite(risk) || !isfinite(grad_sq)) {
             if (tid == 0) diverged[c] = t;
             break;

@@ -135,20 +135,19 @@ __device__ void rows_block(T* Z, const T* y, const T* a, const long long* diverg
     }
 }
 
-// |grad_W|^2 (each square narrowed as lgd_run's) and |W|^2 of a slice of `per_block` entries of a
-// configuration's m d, into norms[(c, slice), 0..1].
+// |grad_W|^2 and |W|^2 of a slice of `per_block` entries of a configuration's m d, into norms[(c, slice),
+// 0..1]: in double whatever T, as every backend sums a norm.
 template <typename T>
 __device__ void norms_block(const T* W, const T* grad, const long long* diverged, double* norms, int dm,
                             int blocks_per_config, int per_block) {
     const int c = blockIdx.x / blocks_per_config, part = blockIdx.x - c * blocks_per_config;
     if (diverged[c] >= 0) return;
-    const bool f32 = sizeof(T) == 4;
     const long long base = (long long)c * dm;
     const int start = part * per_block, stop = dm - start < per_block ? dm : start + per_block;
     double stat[STATS] = {0.0, 0.0, 0.0, 0.0, 0.0};
     for (int e = start + threadIdx.x; e < stop; e += blockDim.x) {
         const double g = (double)grad[base + e], w = (double)W[base + e];
-        stat[0] += narrow(g * g, f32);
+        stat[0] += g * g;
         stat[1] += w * w;
     }
     const bool sums[STATS] = {false, false, false, false, false};
@@ -184,7 +183,7 @@ __device__ void finalize_block(const T* a, T* grad_a, const long long* rules, co
             for (int b = 0; b < B; ++b) g += partial_a[((long long)c * B + b) * m + j];
             grad_a[(long long)c * m + j] = g;
             const double w = (double)a[(long long)c * m + j];
-            stat[0] += narrow((double)g * (double)g, f32);
+            stat[0] += (double)g * (double)g;
             stat[1] += w * w;
         }
     }
@@ -204,7 +203,7 @@ __device__ void finalize_block(const T* a, T* grad_a, const long long* rules, co
         grad_sq += norms[((long long)c * norm_blocks + q) * 2];
         weight_sq += norms[((long long)c * norm_blocks + q) * 2 + 1];
     }
-    grad_sq = narrow(grad_sq + stat[0], f32);
+    grad_sq += stat[0];
     weight_sq += stat[1];
     const double risk = narrow(narrow(risk_sum, f32) / n, f32);
     if (!isfinite(risk) || !isfinite(grad_sq)) {

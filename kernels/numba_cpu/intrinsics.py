@@ -220,37 +220,32 @@ def dot_lanes(typingctx, a, p, count):
 
 
 @intrinsic
-def rounded_square_lanes(typingctx, flat, count, narrowing):
-    """The eight partial sums of step.sum_squares_rounded's float32 rule over a float64 array: s_r = the sum,
-    in float64 and in k order, of narrow(v_k * v_k) over k < count with k = r (mod 8), v_k = flat[k], or with
-    `narrowing` narrow(flat[k]) written back to flat[k] first (narrow: rounded to float32 and widened back);
-    count a multiple of 8. One vector of eight float64 lanes (LLVM splits it in two on AVX2): the scalar loop's
-    eight chains, the same operations on each, without its four conversions a value one at a time (a float32
-    run's gradient norm took 18 us of M's step in them, in the team's serial section)."""
-    if not (isinstance(flat, types.Array) and flat.ndim == 1 and flat.dtype == types.float64
-            and isinstance(narrowing, types.Boolean)):
+def narrowed_square_lanes(typingctx, flat, count):
+    """The eight partial sums of step.sum_squares_narrowing over a float64 array: narrow(flat[k]) written back
+    to flat[k] (narrow: rounded to float32 and widened back), then s_r = the sum, in float64 and in k order, of
+    flat[k] * flat[k] over k < count with k = r (mod 8); count a multiple of 8. One vector of eight float64
+    lanes (LLVM splits it in two on AVX2): the scalar loop's eight chains, the same operations on each,
+    without its conversions a value one at a time (a float32 run's gradient norm took 18 us of M's step in
+    them, in the team's serial section)."""
+    if not (isinstance(flat, types.Array) and flat.ndim == 1 and flat.dtype == types.float64):
         return None
 
     def codegen(context, builder, signature, args):
         double, single = ir.DoubleType(), ir.FloatType()
         vector, narrow_vector = ir.VectorType(double, 8), ir.VectorType(single, 8)
         data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        count, narrowing_bit = args[1], args[2]
+        count = args[1]
         acc = cgutils.alloca_once_value(builder, ir.Constant(vector, None))
         with cgutils.for_range(builder, builder.udiv(count, ir.Constant(count.type, 8))) as loop:
             at = builder.bitcast(builder.gep(data, [builder.mul(loop.index, ir.Constant(count.type, 8))]),
                                  vector.as_pointer())
-            x = builder.load(at, align=8)
-            narrowed = builder.fpext(builder.fptrunc(x, narrow_vector), vector)
-            value = builder.select(narrowing_bit, narrowed, x)
-            with builder.if_then(narrowing_bit):
-                builder.store(narrowed, at, align=8)
-            square = builder.fpext(builder.fptrunc(builder.fmul(value, value), narrow_vector), vector)
-            builder.store(builder.fadd(builder.load(acc), square), acc)
+            narrowed = builder.fpext(builder.fptrunc(builder.load(at, align=8), narrow_vector), vector)
+            builder.store(narrowed, at, align=8)
+            builder.store(builder.fadd(builder.load(acc), builder.fmul(narrowed, narrowed)), acc)
         total = builder.load(acc)
         sums = [builder.extract_element(total, ir.Constant(ir.IntType(32), r)) for r in range(8)]
         return context.make_tuple(builder, signature.return_type, sums)
-    return types.UniTuple(types.float64, 8)(flat, types.intp, narrowing), codegen
+    return types.UniTuple(types.float64, 8)(flat, types.intp), codegen
 
 
 @intrinsic

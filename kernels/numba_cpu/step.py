@@ -31,7 +31,7 @@ from lgd.stepsize import stepsize_at as _stepsize_at
 
 from .compiler import subroutine
 from .formulas import activate_row, activate_span, log_loss_row, loss_curvature, loss_row
-from .intrinsics import dot_lanes, flat, fma, like, rounded_square_lanes, row_block, rows_flat
+from .intrinsics import dot_lanes, flat, fma, like, narrowed_square_lanes, row_block, rows_flat
 from .sharpness import top_eigenvalues
 from .tangent import member_block
 from .tiles import (BACKWARD_GROUP, BLOCKED_MIN_D, TILE_ROWS, WAITING_MAX_M, WAITING_SAMPLES, WIDE_MIN_D, WIDE_ROWS,
@@ -94,24 +94,20 @@ def sum_squares(flat):
 
 
 @subroutine(types.float64)
-def sum_squares_rounded(flat, f32, narrowing):
-    """sum x^2 as the oracle computes it: in float32 the squares and the sum overflow to inf. With
-    `narrowing` (float32 only), each entry of flat is first rounded to float32 in place, in the same pass.
-    float32 sums in eight partial sums, r = k mod 8 (a single chain of additions took 0.6 ms of a large
-    net's step, L's 786,432 entries, against 0.36 ms in eight), as one vector (rounded_square_lanes), the
-    last size % 8 terms added to the first."""
-    if not f32:
-        return sum_squares(flat)
+def sum_squares_narrowing(flat):
+    """A float32 run's sum x^2 of a float64 array, each entry first rounded to float32 in place, in the same
+    pass; the squares and the sum in float64, as every norm (a gradient of float32 entries may have a norm
+    beyond float32's square root of its range). In eight partial sums, r = k mod 8 (a single chain of
+    additions took 0.6 ms of a large net's step, L's 786,432 entries, against 0.36 ms in eight), as one vector
+    (narrowed_square_lanes), the last size % 8 terms added to the first."""
     size = flat.size
     k = size - size % 8
-    s0, s1, s2, s3, s4, s5, s6, s7 = rounded_square_lanes(flat, k, narrowing)
+    s0, s1, s2, s3, s4, s5, s6, s7 = narrowed_square_lanes(flat, k)
     while k < size:
-        if narrowing:
-            flat[k] = narrow(flat[k], True)
-        v = flat[k]
-        s0 += narrow(v * v, True)
+        flat[k] = narrow(flat[k], True)
+        s0 += flat[k] * flat[k]
         k += 1
-    return narrow(((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7)), True)
+    return ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7))
 
 
 @subroutine(types.UniTuple(types.float64, 4))
@@ -603,15 +599,15 @@ def mean_risk(risk_sum, n, f32):
 
 @subroutine(types.UniTuple(types.float64, 2))
 def close_step(grad, grad_a, risk_sum, n, train_outer, f32):
-    """(risk, squared gradient norm) of a step as the oracle rounds them; grad and grad_a are narrowed in
-    place."""
+    """(risk, squared gradient norm) of a step as the oracle rounds them; in a float32 run grad and grad_a are
+    narrowed in place."""
     risk = mean_risk(risk_sum, n, f32)
-    grad_sq = sum_squares_rounded(flat(grad), f32, True)
+    grad_sq = sum_squares_narrowing(flat(grad)) if f32 else sum_squares(flat(grad))
     if f32:
         for j in range(grad_a.size):
             grad_a[j] = narrow(grad_a[j], True)
     if train_outer:
-        grad_sq += sum_squares_rounded(grad_a, f32, False)
+        grad_sq += sum_squares(grad_a)
     return risk, grad_sq
 
 
@@ -836,7 +832,7 @@ def split_total(spec, n, stats, sums):
     f32 = spec.f32
     grad_sq, weight_sq = sums[0, 0], sums[0, 1]
     for r in range(1, sums.shape[0]):
-        grad_sq = narrow(grad_sq + sums[r, 0], f32)
+        grad_sq += sums[r, 0]
         weight_sq += sums[r, 1]
     return mean_risk(stats[0], n, f32), grad_sq, weight_sq
 

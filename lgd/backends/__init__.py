@@ -40,8 +40,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["NAMES", "Backend", "resolve", "availability", "BackendUnavailable", "Problem", "State", "Trace",
-           "record_slot", "record_steps", "cast_stepsizes", "stepsize_of", "on_device", "TRACE_FIELDS"]
+__all__ = ["NAMES", "Backend", "resolve", "kernels_have", "availability", "BackendUnavailable", "Problem", "State",
+           "Trace", "record_slot", "record_steps", "cast_stepsizes", "stepsize_of", "on_device", "TRACE_FIELDS"]
 
 NAMES = ("numpy", "numba", "cupy")
 # Bytes of a CPU cache line: the numba glue pads the members' rows of scratch to it and the kernels claim
@@ -309,17 +309,29 @@ def _usable(backend: Backend) -> Backend:
     return backend
 
 
-def resolve(name: str, X=None) -> Backend:
-    """The backend that runs a call given ``name`` and its input X; raises :class:`BackendUnavailable`
-    when a backend named explicitly (or needed by device input) cannot run.
+def kernels_have(*entries) -> bool:
+    """Whether the compiled kernels have the formulas of these activations and losses: the catalogs' own
+    entries (their classes, not a subclass of the user's with a formula of its own), which the tests hold
+    every kernel to."""
+    from .. import activations, losses
+
+    catalog = (*activations.ENTRIES, *losses.ENTRIES)
+    return all(type(entry) in catalog for entry in entries)
+
+
+def resolve(name: str, X=None, entries=None) -> Backend:
+    """The backend that runs a call given ``name``, its input X and its (activation, loss) ``entries``;
+    raises :class:`BackendUnavailable` when a backend named explicitly (or needed by device input) cannot
+    run.
 
     ``'auto'`` follows the input's array type: cupy arrays go to cupy; numpy input goes to numba when it
-    is installed, else numpy. A GPU is used because it was asked for, never because one is present.
+    is installed and has the entries' formulas (:func:`kernels_have`), else numpy. A GPU is used because
+    it was asked for, never because one is present.
     """
     if name != "auto":
         return _usable(_named(name))
     if X is not None and on_device(X):
         return _usable(_BACKENDS["cupy"])
-    if _BACKENDS["numba"].availability()[0]:
+    if _BACKENDS["numba"].availability()[0] and (entries is None or kernels_have(*entries)):
         return _BACKENDS["numba"]
     return _BACKENDS["numpy"]

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import CACHE_LINE, Problem, State, Trace
+from . import CACHE_LINE, Problem, State, Trace, kernels_have
 
 # With 32-byte tiles, a step's products go through BLAS (on each thread's block of samples) rather than the
 # fused loops' register tiles from d >= BLAS_MIN_D and n * d * m >= BLAS_WORK: below that the fused loops,
@@ -530,13 +530,14 @@ def _unknown(problem: Problem, verdict: int, kernels) -> str:
 
 
 def _check_codes(problem: Problem, kernels):
-    """Refuse, before any compile, an activation or loss whose code the kernels' formulas do not have."""
-    for verdict, code, known in ((kernels.UNKNOWN_ACTIVATION, problem.activation.code, kernels.ACTIVATIONS),
-                                 (kernels.UNKNOWN_LOSS, problem.loss.code, kernels.LOSSES)):
-        if code not in known:
+    """Refuse, before any compile, an activation or loss whose formula the kernels do not have: a code they
+    do not know, or an entry of the user's own that takes a catalog entry's code (kernels_have)."""
+    for verdict, entry, known in ((kernels.UNKNOWN_ACTIVATION, problem.activation, kernels.ACTIVATIONS),
+                                  (kernels.UNKNOWN_LOSS, problem.loss, kernels.LOSSES)):
+        if entry.code not in known or not kernels_have(entry):
             raise ValueError(f"the numba kernels have no formula for {_unknown(problem, verdict, kernels)}; "
-                             f"run it with compute='numpy', or add it to lgd/kernels/numba_cpu/formulas.py "
-                             f"(docs/extending.md)")
+                             f"run it with compute='numpy', or add it to the kernels' formulas "
+                             f"(kernels/numba_cpu/formulas.py, docs/extending.md)")
 
 
 def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas: bool, tangents: int = 0,

@@ -15,6 +15,11 @@ from ..models import evaluate, predict
 from . import Problem, State, Trace, record_slot, stepsize_of
 
 
+def _sum_squares(x: np.ndarray) -> float:
+    """sum x^2 in float64, whatever the dtype of x."""
+    return float(np.sum(np.square(x, dtype=np.float64)))
+
+
 def available() -> tuple[bool, str]:
     return True, "numpy is always available"
 
@@ -41,15 +46,15 @@ class Runner:
             for t in range(t_start, t_stop):
                 with np.errstate(over="ignore", invalid="ignore"):
                     ev = evaluate(W, a, p.X, p.y, p.activation, p.loss, p.scale, p.train_outer)
-                    grad_sq = float(np.sum(ev.grad_W * ev.grad_W))
-                    if p.train_outer:
-                        grad_sq += float(np.sum(ev.grad_a * ev.grad_a))
+                    grad_sq = _sum_squares(ev.grad_W) + (_sum_squares(ev.grad_a) if p.train_outer else 0.0)
                 if not (math.isfinite(float(ev.risk)) and math.isfinite(grad_sq)):
                     state.diverged[c] = t
                     if p.weights_every > 0:
                         self._record_weights(trace, c, record_slot(t, steps, p.weights_every), W * np.nan, a * np.nan)
                     break
-                weight_sq = float(np.sum(W * W)) + (float(np.sum(a * a)) if p.train_outer else 0.0)
+                # In float64 whatever the dtype, as the kernels sum it: a float32 net's norm is a float32 number
+                # long after its squares are not (||W|| beyond 1.8e19).
+                weight_sq = _sum_squares(W) + (_sum_squares(a) if p.train_outer else 0.0)
                 if p.sharpness_every > 0 and trace.sharpness.shape[1]:
                     self._measure_sharpness(state, trace, c, record_slot(t, steps, p.sharpness_every), W, a)
                 eta = stepsize_of(state, c, t, steps, ev.risk, ev.log_risk, grad_sq, p.dtype,
@@ -68,9 +73,10 @@ class Runner:
                 if t < steps:
                     if state.tangents is not None:
                         self._propagate(state, c, W, a, float(eta))
-                    W -= eta * ev.grad_W
-                    if p.train_outer:
-                        a -= eta * ev.grad_a
+                    with np.errstate(over="ignore", invalid="ignore"):  # inf weights: the next step's verdict
+                        W -= eta * ev.grad_W
+                        if p.train_outer:
+                            a -= eta * ev.grad_a
 
     def _record(self, trace: Trace, c: int, slot: int, ev, grad_sq: float, weight_sq: float, W, a):
         p = self.problem
