@@ -340,9 +340,8 @@ def _execute(plans: list, client, retries: int, progress) -> list:
                 parts[i][b] = plan.store.read(b)
             else:
                 pending.append((i, b))
-    bar = _driver._progress_bar(progress, sum(plan.configs for plan in plans))
+    bar = _driver._progress_bar(progress, sum(plan.configs for plan in plans), unit="config")
     if bar is not None:
-        bar.unit = "config"
         bar.update(sum(plans[i].batch_configs(b) for i, plan in enumerate(plans) for b in range(len(plan.batches))
                        if parts[i][b] is not None))
     try:
@@ -372,8 +371,10 @@ def _finished(plans: list, pending: list, client, retries: int):
     """Yield ((plan index, batch index), Sweep) for each pending batch as it finishes (here: one at a time)."""
     kind = _kind(client)
     if kind == "local":
+        # One numba thread, as a worker's task: a batch smaller than the thread count would otherwise run on a
+        # team, whose bits differ from the workers' (a store begun here and finished on a cluster would mix them).
         for i, b in pending:
-            yield (i, b), _run_batch(plans[i].data, plans[i].batch_arguments(b), None)
+            yield (i, b), _run_batch(plans[i].data, plans[i].batch_arguments(b), 1)
         return
     if kind == "dask":
         try:

@@ -468,7 +468,7 @@ def _sharpness(problem: Problem, state: State, c: int, k: int, points):
                          problem.loss, problem.scale, train_outer=problem.train_outer, k=k, points=points)
 
 
-def _progress_bar(progress, total: int):
+def _progress_bar(progress, total: int, unit: str = "step"):
     if progress is None:
         progress = sys.stderr.isatty()
     if not progress:
@@ -479,7 +479,7 @@ def _progress_bar(progress, total: int):
         if progress is True:
             raise ImportError('progress=True needs tqdm: pip install tqdm (or "lgd[progress]")') from None
         return None
-    return tqdm(total=total, unit="step", leave=False)
+    return tqdm(total=total, unit=unit, leave=False)
 
 
 def _run_dtype(dtype, X):

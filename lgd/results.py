@@ -507,6 +507,8 @@ GRID_DIMS = ("stepsize", "seed", "start")
 STATUS_DTYPE = "<U11"
 # zarr format 2: its fixed-width strings are in the specification (format 3 warns that they are not yet).
 ZARR_FORMAT = 2
+# The files that make a folder a zarr store (either format), as SweepStore.prepare tells one.
+ZARR_METADATA = (".zgroup", ".zattrs", ".zmetadata", "zarr.json")
 # Elements at most in one zarr chunk (64 MB of float64): the step axis is split where a batch's block is longer.
 CHUNK_ELEMENTS = 1 << 23
 
@@ -647,9 +649,21 @@ class SweepStore:
     def __init__(self, path, group: str | None = None):
         self.path, self.group = os.fspath(path), group
 
+    @property
+    def _folder(self) -> str:
+        """The folder the sweep's data go to: the store's, or its group's within it."""
+        return self.path if self.group is None else os.path.join(self.path, self.group)
+
+    @property
+    def _creating(self) -> str:
+        """A file beside that folder while :meth:`create` writes it: a store killed then is half made, and a
+        rerun makes it afresh (no batch of it can have finished)."""
+        return os.path.normpath(self._folder) + ".lgd-creating"
+
     def prepare(self) -> None:
         """Make the store's folder (with its parents) if it is not there, so that a path no batch could be
-        written to is refused before any runs: ValueError naming the path and why."""
+        written to is refused before any runs: ValueError naming the path and why. A folder holding files
+        that are not a zarr store is refused too (writing the store would delete them)."""
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise ValueError(f"the store {self.path} is a file, not a zarr store (a folder); choose another path")
         try:
@@ -659,13 +673,20 @@ class SweepStore:
                              "path") from None
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise ValueError(f"the store {self.path} is not writable; choose another path")
+        folder = self._folder
+        if (os.path.isdir(folder) and os.listdir(folder) and not os.path.exists(self._creating)
+                and not any(os.path.exists(os.path.join(folder, name)) for name in ZARR_METADATA)):
+            raise ValueError(f"{folder} holds files and is not a zarr store: writing the store there would delete "
+                             "them; choose a new or empty folder")
 
     def _open(self):
         return _xarray().open_zarr(self.path, group=self.group)
 
     def layout(self) -> dict | None:
         """The store's fingerprint and batches (``{'fingerprint': ..., 'batches': [...]}``), None when it holds
-        no sweep yet."""
+        no sweep yet (or one half made: see :meth:`create`)."""
+        if os.path.exists(self._creating):
+            return None
         try:
             dataset = self._open()
         except (FileNotFoundError, KeyError):
@@ -710,8 +731,12 @@ class SweepStore:
         template = xr.Dataset(variables, coords=grid | {name: part[name].values for name in part.coords
                                                         if name not in GRID_DIMS and name != "stepsize_rule"},
                               attrs={"lgd": json.dumps(header), "lgd_store": json.dumps(layout)})
+        os.makedirs(os.path.dirname(self._creating), exist_ok=True)
+        with open(self._creating, "w"):
+            pass
         template.to_zarr(self.path, group=self.group, mode="w", compute=False, zarr_format=ZARR_FORMAT,
                          consolidated=True)
+        os.remove(self._creating)
 
     def write(self, index: int, part) -> None:
         """Write batch ``index`` (a Sweep) into its region, then mark it finished."""

@@ -68,17 +68,35 @@ def test_a_configuration_does_not_depend_on_its_batch(backend):
         assert_same(distributed.sweep(X, Y, NET, batch_size=batch_size, **kwargs), whole)
 
 
-@pytest.mark.xfail(strict=True, reason="numba runs a lone live configuration of a large problem (n * width >= "
-                                       "2 TEAM_WORK) on a team of threads, whose partial sums round otherwise")
-def test_a_large_configuration_alone_runs_on_a_team():
+LARGE = dict(steps=50, seeds=(0,), compute=lgd.Compute("numba", progress=False))  # n * width >= 2 TEAM_WORK
+
+
+def _large():
     import numba
 
     if numba.get_num_threads() < 2:
         pytest.skip("one numba thread: no teams")
-    X_large, y_large = lgd.data.separable(n=256, d=16, margin=0.1, seed=0)
-    kwargs = dict(stepsizes=[1.0, 30.0], steps=50, seeds=(0,), compute=lgd.Compute("numba", progress=False))
-    whole = lgd.sweep(X_large, y_large, lgd.TwoLayerNet(64), **kwargs)
-    assert_same(distributed.sweep(X_large, y_large, lgd.TwoLayerNet(64), batch_size=1, **kwargs), whole)
+    return (*lgd.data.separable(n=256, d=16, margin=0.1, seed=0), lgd.TwoLayerNet(64))
+
+
+@pytest.mark.xfail(strict=True, reason="numba runs a lone live configuration of a large problem (n * width >= "
+                                       "2 TEAM_WORK) on a team of threads, whose partial sums round otherwise")
+def test_a_large_configuration_alone_runs_on_a_team():
+    X_large, y_large, net = _large()
+    alone = lgd.sweep(X_large, y_large, net, stepsizes=[1.0], **LARGE)
+    assert_same(distributed.sweep(X_large, y_large, net, stepsizes=[1.0], **LARGE), alone)
+
+
+def test_batches_run_here_have_the_bits_of_batches_on_workers():
+    """client=None runs each batch on one numba thread, as a worker does: a large problem's batches of one
+    configuration form no team here either, so that a store begun here and finished on a cluster is one
+    sweep's bits."""
+    X_large, y_large, net = _large()
+    here = distributed.sweep(X_large, y_large, net, stepsizes=[1.0, 4.0], batch_size=1, **LARGE)
+    with ThreadPoolExecutor(1) as executor:
+        there = distributed.sweep(X_large, y_large, net, stepsizes=[1.0, 4.0], batch_size=1, client=executor,
+                                  **LARGE)
+    assert_same(here, there)
 
 
 def test_on_a_dask_cluster_as_in_one_process(client, local):
@@ -185,6 +203,51 @@ def test_a_restarted_sweep_skips_the_finished_batches(tmp_path, monkeypatch, loc
     assert xr.open_zarr(store)["risk"].dims == ("stepsize", "seed", "start", "step")
     with pytest.raises(ValueError, match="holds another sweep"):
         distributed.sweep(X, Y, NET, store=store, **SWEEP | {"steps": 10})
+
+
+def test_a_store_half_made_is_made_afresh_and_a_folder_of_other_files_refused(tmp_path, monkeypatch, local):
+    """A process killed while the store's layout is written (after the first batch) leaves a half-made store,
+    which the rerun makes afresh; an unfinished batch reads as NaN and status ''; a folder holding files that
+    are not a zarr store is refused, its files kept."""
+    import xarray as xr
+
+    store = tmp_path / "sweep.zarr"
+    to_zarr = xr.Dataset.to_zarr
+
+    def killed(self, *args, **kwargs):  # the store's arrays half written, then the process is gone
+        to_zarr(self.isel(batch=slice(0, 0)).drop_vars(["batch_finished", "batch_seconds"]), *args, **kwargs)
+        raise SystemExit("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(xr.Dataset, "to_zarr", killed)
+        with pytest.raises(SystemExit):
+            distributed.sweep(X, Y, NET, store=store, batch_size=6, **SWEEP)
+    assert os.path.exists(str(store) + ".lgd-creating")
+    calls, run_batch = [], distributed._run_batch
+
+    def failing_second(data, arguments, threads):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the machine went away")
+        return run_batch(data, arguments, threads)
+
+    monkeypatch.setattr(distributed, "_run_batch", failing_second)
+    with pytest.raises(RuntimeError, match="went away"):
+        distributed.sweep(X, Y, NET, store=store, batch_size=6, **SWEEP)
+    partial = xr.open_zarr(store)
+    assert not os.path.exists(str(store) + ".lgd-creating")
+    assert partial["batch_finished"].values.tolist() == [True, False, False, False]
+    unfinished = partial.isel(stepsize=slice(2, None))
+    assert (unfinished["status"] == "").all() and np.isnan(unfinished["risk"]).all()
+    monkeypatch.setattr(distributed, "_run_batch", run_batch)
+    assert_same(distributed.sweep(X, Y, NET, store=store, batch_size=6, **SWEEP), local)
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "draft.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds files and is not a zarr store"):
+        distributed.sweep(X, Y, NET, store=notes, **SWEEP)
+    assert (notes / "draft.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("cut", [0, 1])
@@ -316,17 +379,15 @@ def test_progress_counts_every_configuration_once(monkeypatch):
     counted = []
 
     class Bar:
-        unit = None
-
         def update(self, n):
             counted.append(n)
 
         def close(self):
             pass
 
-    def progress_bar(progress, total):  # the batches' own (progress=False) draw none
-        return counted.append(("total", total)) or Bar() if progress else None
+    def progress_bar(progress, total, unit="step"):  # the batches' own (progress=False) draw none
+        return counted.append(("total", total, unit)) or Bar() if progress else None
 
     monkeypatch.setattr(lgd.driver, "_progress_bar", progress_bar)
     distributed.sweep(X, Y, NET, batch_size=5, **SWEEP | {"steps": 10, "compute": lgd.Compute("numba", progress=True)})
-    assert counted[0] == ("total", 24) and sum(counted[1:]) == 24
+    assert counted[0] == ("total", 24, "config") and sum(counted[1:]) == 24
