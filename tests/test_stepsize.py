@@ -122,6 +122,33 @@ def test_rules_are_saved_with_the_run(tmp_path):
         lgd.sweep(X, y, lgd.TwoLayerNet(3), stepsizes=[1.0, "fast"], steps=5, compute="numpy")
 
 
+def test_adaptive_is_eta_over_the_risk_up_to_the_largest_float64():
+    """eta / L from the log-risk where e^-log L alone overflows but eta e^-log L does not (eta < 1), and the
+    largest float64 where that overflows too."""
+    for eta, log_risk in ((0.5, -700.0), (1.0, -709.5), (1e-3, -715.0), (0.5, -710.0)):
+        expected = eta * math.exp(700.0) * math.exp(-log_risk - 700.0)
+        assert stepsize.stepsize_at(stepsize.ADAPTIVE, eta, 0.0, 0.0, 0, 10, 0.0, log_risk, 0.0, 0.0) == \
+            pytest.approx(expected, rel=1e-12)
+    for eta, log_risk in ((2.0, -709.5), (1.0, -800.0), (1e-3, -1e6)):
+        assert stepsize.stepsize_at(stepsize.ADAPTIVE, eta, 0.0, 0.0, 0, 10, 0.0, log_risk, 0.0, 0.0) == \
+            np.finfo(np.float64).max
+
+
+def test_a_step_past_the_dtypes_range_is_held_at_its_largest(backend_dtype):
+    """Normalised steps of length 1 on a logistic loss whose gradient falls like e^-w: eta_t = 1 / |grad|
+    passes float32's range near w = 88 (float64's near 709). It is held at the dtype's largest number, the
+    weights stay finite and the run completes: float64 reaches w = 120 in 120 steps; float32's gradient
+    underflows to subnormals and then to 0, and the run stops moving there, as float32 GD does."""
+    case = backend_dtype
+    run = lgd.gd(np.array([[1.0]], dtype=case.dtype), np.array([1.0], dtype=case.dtype), lgd.Linear(),
+                 stepsize=stepsize.normalized(1.0), steps=120, init="zeros", compute=_compute(case))
+    assert run.status == "completed" and np.isfinite(run.weights).all()
+    if case.dtype == np.float64:
+        assert run.weights[0] == pytest.approx(120.0, rel=1e-12)
+    else:
+        assert run.eta.max() == np.finfo(np.float32).max and 88.0 < run.weights[0] < 120.0
+
+
 def test_the_sharpness_measured_inside_the_kernels_agrees_with_eigsh(backend_dtype):
     """Record(sharpness_every=s): the top-k Hessian eigenvalues of every configuration of a sweep, measured
     by the backend itself (numba: Lanczos on exact HVPs in the kernel, warm-started), within 1e-6 of
@@ -183,3 +210,24 @@ def test_the_sharpness_of_repeated_eigenvalues_and_of_a_symmetric_network(backen
                                           lgd.losses.get("logistic"), net.scale)
             top = np.sort(np.linalg.eigvalsh(H))[::-1][:3]
             np.testing.assert_allclose(measured, top, rtol=rtol, atol=rtol * top[0])
+
+
+def test_the_sharpness_where_the_top_eigenvalues_lie_close(backend_dtype):
+    """A tanh net whose neurons saturate (init_scale 3, eta 100): its top two eigenvalues within 6% of each
+    other, where Lanczos whose new vectors are orthogonalised once made spurious Ritz values (2-6% off, above
+    the largest): the top two of the dense Hessian at the run's last weights."""
+    pytest.importorskip("scipy")
+    case = backend_dtype
+    rtol = 1e-9 if case.dtype == np.float64 else 1e-4
+    X, y = lgd.data.separable(n=20, d=3, margin=0.1, seed=1)
+    X, y = X.astype(case.dtype), y.astype(case.dtype)
+    net = lgd.TwoLayerNet(6, activation="tanh", scaling="ntk")
+    result = lgd.sweep(X, y, net, stepsizes=[100.0, 50.0], steps=200, init_scale=3.0, compute=_compute(case),
+                       record=lgd.Record(every=200, sharpness_every=20, sharpness_k=2))
+    for c in range(2):
+        H = lgd.hessian.dense_hessian(result.weights[c].astype(np.float64), result.outer_weights[c].astype(np.float64),
+                                      X.astype(np.float64), y.astype(np.float64), net.activation,
+                                      lgd.losses.get("logistic"), net.scale)
+        top = np.sort(np.linalg.eigvalsh(H))[::-1][:2]
+        np.testing.assert_allclose(result.sharpness[c, -1], top, rtol=rtol)
+    assert result.sharpness[0, -1, 1] < 0.95 * result.sharpness[0, -1, 0]  # close, yet apart

@@ -65,6 +65,12 @@ constexpr double LOG_RISK_EXACT_BELOW = 1e-280, LOG_RISK_EXACT_BELOW_F32 = 1e-30
 constexpr int STAT_RISK = 0, STAT_CORRECT = 1, STAT_MARGIN = 2, STAT_GRAD_SQ = 3, STAT_WEIGHT_SQ = 4, STATS = 5;
 
 __host__ __device__ __forceinline__ double narrow(double x, bool f32) { return f32 ? (double)(float)x : x; }
+// eta_t as the run applies it (lgd.backends.cast_stepsizes): held at the largest number of its dtype, then
+// narrowed (NaN stays NaN).
+__host__ __device__ __forceinline__ double narrow_stepsize(double eta, bool f32) {
+    const double largest = f32 ? 3.4028234663852886e38 : 1.7976931348623157e308;
+    return narrow(eta > largest ? largest : eta, f32);
+}
 
 __host__ __device__ __forceinline__ long long record_slot(long long t, long long steps, long long every) {
     if (t % every == 0) return t / every;
@@ -85,7 +91,9 @@ __host__ __device__ inline double stepsize_at(int code, double p0, double p1, do
     case RULE_COSINE:
         return p0 * 0.5 * (1.0 + cos(3.14159265358979323846 * (double)(t < steps ? t : steps) / (double)steps));
     case RULE_ADAPTIVE:
-        return p0 * exp(fmin(-log_risk, 709.0));
+        if (-log_risk <= 709.0) return p0 * exp(-log_risk);
+        // e^-log L overflows past 709.78; p0 e^-log L may not, for p0 < 1
+        return log(p0) - log_risk < 709.78 ? exp(log(p0) - log_risk) : 1.7976931348623157e308;
     case RULE_POLYAK:
         return grad_sq > 0.0 && risk > p0 ? p1 * (risk - p0) / grad_sq : 0.0;
     case RULE_NORMALIZED:
@@ -633,7 +641,7 @@ __device__ void run_chunk(const T* X, const T* y, const T* X_test, const T* y_te
         if (slot >= 0 || log_risk_every_step)
             log_risk = risk >= log_risk_exact_below ? log(risk) : log_risk_from_samples(train, n);
         const double eta_t =
-            narrow(stepsize_at(rule, p0, p1, p2, t, steps, risk, log_risk, grad_sq, sharpness_last[c]), f32);
+            narrow_stepsize(stepsize_at(rule, p0, p1, p2, t, steps, risk, log_risk, grad_sq, sharpness_last[c]), f32);
         if (slot >= 0) {
             const long long at = (long long)c * records + slot, field = (long long)configs * records;
             if (tid == 0)

@@ -225,9 +225,9 @@ __device__ void finalize_block(const T* a, T* grad_a, const long long* rules, co
         }
     }
     const long long rule = rules[c];
-    const double eta_t = narrow(stepsize_at((int)rule, rule_params[3 * c], rule_params[3 * c + 1],
-                                            rule_params[3 * c + 2], t, steps, risk, log_risk, grad_sq,
-                                            sharpness_last[c]), f32);
+    const double eta_t = narrow_stepsize(stepsize_at((int)rule, rule_params[3 * c], rule_params[3 * c + 1],
+                                                     rule_params[3 * c + 2], t, steps, risk, log_risk, grad_sq,
+                                                     sharpness_last[c]), f32);
     if (slot >= 0) {
         const long long at = (long long)c * records + slot, field = (long long)configs * records;
         if (tid == 0) {

@@ -41,6 +41,9 @@ from .tiles import (BACKWARD_GROUP, BLOCKED_MIN_D, TILE_ROWS, WAITING_MAX_M, WAI
 # rules of lgd.stepsize (eta_t), compiled: one formula each, here and in the numpy oracle.
 record_slot = subroutine(types.int64)(_record_slot)
 stepsize_at = subroutine(types.float64)(_stepsize_at)
+# The largest numbers of the two dtypes, where narrow_stepsize holds eta_t.
+FLOAT32_LARGEST = float(np.finfo(np.float32).max)
+FLOAT64_LARGEST = float(np.finfo(np.float64).max)
 
 
 @subroutine(types.float64)
@@ -49,6 +52,14 @@ def narrow(x, f32):
     if f32:
         return np.float64(np.float32(x))
     return x
+
+
+@subroutine(types.float64)
+def narrow_stepsize(eta, f32):
+    """eta_t as the run applies it (lgd.backends.cast_stepsizes): held at the largest number of its dtype,
+    then narrowed (NaN stays NaN)."""
+    largest = FLOAT32_LARGEST if f32 else FLOAT64_LARGEST
+    return narrow(largest if eta > largest else eta, f32)
 
 
 @subroutine(lambda a, p, m: p.dtype)
@@ -780,8 +791,8 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
                             member_block(rows, 0), alpha, beta, ritz, work, cache)
             batch.sharpness_last[c] = trace.sharpness[c, sharpness_slot, 0]
     params = batch.rule_params
-    eta = narrow(stepsize_at(batch.rules[c], params[c, 0], params[c, 1], params[c, 2], t, schedule.steps, risk,
-                             log_risk, grad_sq, batch.sharpness_last[c]), f32)
+    eta = narrow_stepsize(stepsize_at(batch.rules[c], params[c, 0], params[c, 1], params[c, 2], t, schedule.steps,
+                                      risk, log_risk, grad_sq, batch.sharpness_last[c]), f32)
     if slot >= 0:
         record_step(trace, c, slot, n, risk, log_risk, grad_sq, weight_sq, stats, neuron, n_test, test_stats, f32)
         trace.eta[c, slot] = eta

@@ -217,9 +217,11 @@ def record_slot(t, steps, record_every):
 
 
 def cast_stepsizes(stepsizes, dtype) -> np.ndarray:
-    """The stepsizes as a run of `dtype` applies them: rounded once to that dtype (the driver has checked
-    they fit in it)."""
-    return np.asarray(stepsizes, dtype=np.float64).astype(dtype)
+    """The stepsizes as a run of `dtype` applies them: rounded once to that dtype, held at its largest number
+    (the driver has checked that the base stepsizes fit in it; a rule's eta_t, eta / L or a Polyak step, can
+    pass float32's range long before float64's)."""
+    stepsizes = np.asarray(stepsizes, dtype=np.float64)
+    return np.minimum(stepsizes, np.finfo(dtype).max).astype(dtype)
 
 
 def stepsize_of(state: State, c: int, t: int, steps: int, risk: float, log_risk: float, grad_sq: float, dtype,
