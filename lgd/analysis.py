@@ -195,7 +195,8 @@ def margin_monotonicity(run, start: int | None = None) -> MarginMonotonicity:
 class SharpnessSummary:
     """The recorded sharpness (top Hessian eigenvalue) against 2/eta (Cohen et al., ICLR 2021).
 
-    ``initial``, ``peak`` (at ``peak_step``) and ``final`` sharpness; ``limit`` = 2/eta;
+    ``initial``, ``peak`` (at ``peak_step``) and ``final`` sharpness; ``limit`` = 2/eta (NaN under a
+    stepsize rule other than a constant one, and with it every ratio to it);
     ``progressive_sharpening`` = peak / initial (above 1: the sharpness rose);
     ``peak_over_limit`` = peak / (2/eta); ``reached_step``: first recorded step with sharpness >=
     ``fraction`` * 2/eta (None if never); ``median_over_limit_after``: median of sharpness / (2/eta)
@@ -220,7 +221,7 @@ def sharpness_summary(run, fraction: float = 0.9) -> SharpnessSummary:
     if run.sharpness is None:
         raise ValueError("this run has no sharpness: run lgd.gd(..., record=lgd.Record(sharpness_every=...))")
     step, top = _finite_trace(run.sharpness_step, np.asarray(run.sharpness)[:, 0])
-    limit = 2.0 / run.stepsize
+    limit = run.sharpness_limit
     if top.size == 0:
         return SharpnessSummary(math.nan, math.nan, None, math.nan, limit, math.nan, math.nan, None, math.nan,
                                 fraction)

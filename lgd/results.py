@@ -123,8 +123,16 @@ class _Traces:
     @property
     def sharpness_limit(self):
         """2/eta (per config for a sweep): the sharpness above which GD on a quadratic of that
-        curvature diverges, the line the sharpness hovers at in the edge of stability (Cohen et al.)."""
-        return 2.0 / self.stepsize
+        curvature diverges, the line the sharpness hovers at in the edge of stability (Cohen et al.). NaN
+        under a stepsize rule other than a constant one, whose eta_t moves from step to step (``eta`` has it
+        at the recorded steps)."""
+        from .stepsize import is_constant
+
+        rules = self.stepsize_rule
+        if isinstance(self.stepsize, np.ndarray):
+            constant = np.array([is_constant(rule) for rule in (rules or [None] * len(self.stepsize))])
+            return np.where(constant, 2.0 / self.stepsize, np.nan)
+        return 2.0 / self.stepsize if is_constant(rules) else math.nan
 
 
 @dataclass

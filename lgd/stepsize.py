@@ -25,7 +25,7 @@ from numbers import Real
 
 import numpy as np
 
-__all__ = ["Rule", "constant", "warmup", "step_decay", "cosine", "adaptive", "polyak", "normalized",
+__all__ = ["Rule", "constant", "is_constant", "warmup", "step_decay", "cosine", "adaptive", "polyak", "normalized",
            "inverse_sharpness", "as_rule", "stepsize_at"]
 
 _LARGEST = 1.7976931348623157e308
@@ -84,6 +84,12 @@ def constant(eta) -> Rule:
     """eta_t = eta."""
     eta = _positive(eta, "eta")
     return Rule(CONSTANT, (eta, 0.0, 0.0), f"constant({eta:g})", eta)
+
+
+def is_constant(spec) -> bool:
+    """Whether a result's ``stepsize_rule`` (a rule's spec, or None in files saved before rules) is a constant
+    stepsize, the one whose eta_t is its base stepsize at every step."""
+    return spec is None or str(spec).startswith("constant(")
 
 
 def warmup(eta, steps) -> Rule:

@@ -88,6 +88,18 @@ def test_sharpness_summary_reads_progressive_sharpening_and_the_limit(template):
     assert result.reached_step == 30 and result.median_over_limit_after == pytest.approx(1.0)
     with pytest.raises(ValueError, match="sharpness_every"):
         analysis.sharpness_summary(_synthetic(template, [1.0, 0.5]))
+    # Under a rule whose eta_t moves (here c / lambda_max with c = 10) there is no one line 2/eta.
+    ruled = dataclasses.replace(run, stepsize_rule="inverse_sharpness(10)")
+    assert math.isnan(ruled.sharpness_limit) and math.isnan(analysis.sharpness_summary(ruled).limit)
+    assert analysis.sharpness_summary(ruled).reached_step is None
+
+
+def test_the_sharpness_limit_of_a_sweep_is_per_configuration():
+    X, y = lgd.data.xor(n=20)
+    swept = lgd.sweep(X, y, lgd.TwoLayerNet(4), stepsizes=[2.0, lgd.stepsize.warmup(4.0, 10)], steps=4,
+                      compute="numpy")
+    np.testing.assert_array_equal(swept.sharpness_limit, [1.0, np.nan])
+    assert swept[0].sharpness_limit == 1.0 and math.isnan(swept[1].sharpness_limit)
 
 
 def test_acceleration_curve_of_a_synthetic_sweep():

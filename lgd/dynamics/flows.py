@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import stepsize as _stepsize
+
 __all__ = ["flow", "compare_flows", "Flow", "FlowComparison", "METHOD", "RTOL", "ATOL"]
 
 METHOD, RTOL, ATOL = "DOP853", 1e-10, 1e-12
@@ -155,7 +157,7 @@ def compare_flows(run, X, y, *, method: str = METHOD, rtol: float = RTOL, atol: 
     if run.trajectory is None or run.trajectory_step is None:
         raise ValueError("compare_flows needs the run's trajectory: record=lgd.Record(weights=k)")
     rule = getattr(run, "stepsize_rule", None)
-    if rule is not None and not str(rule).startswith("constant("):
+    if not _stepsize.is_constant(rule):
         raise ValueError(f"compare_flows needs a run at a constant stepsize (its flows run to the times t eta); "
                          f"this run's stepsize rule is {rule}")
     model = run.model
