@@ -27,13 +27,17 @@ DEFAULT_STEPSIZES = (30.0, 1000.0, 3000.0)
 # The two-layer network's options and their defaults (`lgd run --model linear` refuses the others set).
 NETWORK_DEFAULTS = {"width": 20, "activation": "leaky_softplus(0.5)", "scaling": "mean_field", "outer": "alternating",
                     "train_outer": False}
+# The file `lgd sweep` writes its grid to, by --format; netCDF3 (scipy's engine) holds 32-bit integers only.
+GRID_FILES = {"zarr": "grid.zarr", "netcdf": "grid.nc"}
+NETCDF_LARGEST_INT = 2**31 - 1
 
 
 def _stepsizes(text: str) -> list:
     try:
         values = [float(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"stepsizes must be comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"stepsizes must be comma-separated numbers (or A:B:N for lgd sweep), got "
+                                         f"{text!r}") from None
     if not values:
         raise argparse.ArgumentTypeError("give at least one stepsize")
     bad = [v for v in values if not (math.isfinite(v) and v > 0)]
@@ -52,7 +56,7 @@ def _grid_stepsizes(text: str) -> list:
             raise argparse.ArgumentTypeError(f"stepsizes A:B:N needs two numbers and a count, got {text!r}") from None
         if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high) or count < 1:
             raise argparse.ArgumentTypeError(f"stepsizes A:B:N needs 0 < A <= B (finite) and N >= 1, got {text!r}")
-        values = np.logspace(math.log10(low), math.log10(high), count).tolist()
+        values = np.geomspace(low, high, count).tolist()  # A and B exactly
     else:
         values = _stepsizes(text)
     twice = sorted({value for value in values if values.count(value) > 1})
@@ -76,6 +80,13 @@ def _integers(text: str, name: str, low: int) -> list:
     if not values or min(values) < low or len(set(values)) != len(values):
         raise argparse.ArgumentTypeError(f"{name} must be distinct integers >= {low}, at least one, got {text!r}")
     return values
+
+
+def _seeds_text(seeds: list) -> str:
+    """Seeds for a header: a long run of consecutive ones as its range A:B."""
+    if len(seeds) > 6 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}:{seeds[0] + len(seeds)}"
+    return str(seeds)
 
 
 def _names(text: str) -> list:
@@ -106,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Run GD at several stepsizes on one dataset and report both phases.")
     data = run.add_argument_group("data")
     data.add_argument("--dataset", default="xor", help="xor, fig4, wu_toy, separable, digits, mnist, cifar10")
-    data.add_argument("--n", type=int, default=None, help="number of training points (dataset default if omitted)")
+    data.add_argument("--n", type=int, default=None, help="number of training points (100 for xor if omitted; the others' own size)")
     data.add_argument("--data-path", default=None, help="folder holding the MNIST or CIFAR-10 files")
     model = run.add_argument_group("model")
     model.add_argument("--model", choices=("two_layer", "linear"), default="two_layer")
@@ -160,7 +171,7 @@ def _configure_sweep(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("grid")
     data.add_argument("--dataset", type=_names, default=["xor"],
                       help="comma-separated embedded datasets: xor, fig4, wu_toy, separable, digits (default: xor)")
-    data.add_argument("--n", type=int, default=None, help="training points per dataset (its default if omitted)")
+    data.add_argument("--n", type=int, default=None, help="training points per dataset (100 for xor if omitted, as lgd run; the others' own size)")
     data.add_argument("--widths", type=lambda text: _integers(text, "widths", 1), default=[20],
                       help="comma-separated widths (default: 20)")
     data.add_argument("--stepsizes", type=_grid_stepsizes, default=np.logspace(-1, 3, 16).tolist(),
@@ -198,23 +209,38 @@ def _sweep(args) -> int:
     import lgd
     from ._json import to_json
     from . import distributed
+    from .driver import _check_seeds, check_init_scale
 
     try:
         for name in ("steps", "record_every", "workers", "batch_size", "n"):
             value = getattr(args, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        out = output_folder(args.out)
+        # Everything that can be refused is, before the output folder, the store or a cluster is made.
         datasets = {}
         for name in args.dataset:
             kwargs = {} if args.n is None else {"n": args.n}
             if name == "xor" and args.n is None:
                 kwargs["n"] = 100  # as lgd run
             datasets[name] = lgd.data.load(name, **kwargs)
+        for width in args.widths:
+            lgd.TwoLayerNet(width, activation=args.activation, scaling=args.scaling, outer=args.outer,
+                            train_outer=args.train_outer)
+        check_init_scale(args.init_scale, args.init, None)
+        _check_seeds(args.seeds)
+        if args.format == "netcdf" and max(args.seeds) > NETCDF_LARGEST_INT:
+            raise ValueError(f"--format netcdf writes netCDF3, whose integers have 32 bits: seeds up to "
+                             f"{NETCDF_LARGEST_INT} (or --format zarr)")
         compute = lgd.Compute(backend=args.backend, dtype=args.dtype, progress=args.progress)
+        lgd.backends.resolve(compute.backend)
+        store = None if args.store is None else Path(args.store).resolve()
+        if store is not None and store in {(Path(args.out) / name).resolve() for name in GRID_FILES.values()}:
+            raise ValueError(f"--zarr {args.store} is where the finished grid is written (--out): give the store "
+                             "a path of its own")
         header = (f"{', '.join(args.dataset)}; widths {args.widths}; {len(args.stepsizes)} stepsizes "
-                  f"{min(args.stepsizes):g}..{max(args.stepsizes):g}; seeds {args.seeds}; "
+                  f"{min(args.stepsizes):g}..{max(args.stepsizes):g}; seeds {_seeds_text(args.seeds)}; "
                   f"{lgd.losses.get(args.loss).spec} loss; {args.steps} steps")
+        out = output_folder(args.out)
         with _cluster(args) as client:
             where = "this process" if client is None else f"Dask scheduler {client.scheduler.address}"
             print(f"{header}; on {where}", flush=True)
@@ -224,9 +250,9 @@ def _sweep(args) -> int:
                                       record=lgd.Record(every=args.record_every), compute=compute, client=client,
                                       batch_size=args.batch_size, store=args.store)
     except KeyboardInterrupt:
-        kept = (f"the batches that finished are in {args.store}, and the same command continues from them"
-                if args.store else "nothing was kept (--zarr STORE keeps each batch as it finishes, for a rerun to "
-                "continue from)")
+        kept = (f"the batches that had finished are in {args.store} (if any had), and the same command continues "
+                "from them" if args.store else "nothing was kept (--zarr STORE keeps each batch as it finishes, for "
+                "a rerun to continue from)")
         print(f"lgd sweep: interrupted; {kept}", file=sys.stderr)
         raise
     except (ValueError, TypeError, ImportError, FileNotFoundError, OSError, MemoryError,
@@ -234,16 +260,27 @@ def _sweep(args) -> int:
         print(f"lgd sweep: error: {exc}", file=sys.stderr)
         return 2
     dataset = result.to_xarray()
+    # Written beside the earlier results first, which go only once the new grid is whole.
+    path = out / GRID_FILES[args.format]
+    partial = out / f".{path.name}.partial"
+    _remove(partial)
+    try:
+        if args.format == "zarr":
+            dataset.to_zarr(partial, mode="w", zarr_format=2, consolidated=True)
+        else:
+            dataset.to_netcdf(partial)
+    except (ValueError, TypeError, OSError) as exc:
+        _remove(partial)
+        print(f"lgd sweep: error: the grid could not be written to {path}: {exc}", file=sys.stderr)
+        return 1
     clear_previous(out)
-    if args.format == "zarr":
-        path = out / "grid.zarr"
-        dataset.to_zarr(path, mode="w", zarr_format=2, consolidated=True)
-    else:
-        path = out / "grid.nc"
-        dataset.to_netcdf(path)
+    _remove(path)
+    os.replace(partial, path)
     summary = {"header": header, "datasets": list(result.datasets), "widths": list(result.widths),
                "stepsizes": args.stepsizes, "seeds": args.seeds, "steps": args.steps, "store": args.store,
-               "dataset": str(path), "cells": []}
+               "dataset": str(path), "activation": args.activation, "scaling": args.scaling, "outer": args.outer,
+               "train_outer": args.train_outer, "loss": args.loss, "init": args.init, "init_scale": args.init_scale,
+               "dtype": args.dtype, "cells": []}
     print(f"{'dataset':>10} {'width':>6} {'configs':>8} {'diverged':>9} {'best log10 risk':>16} {'at stepsize':>12}")
     for (name, width), cell in result:
         log10_risk = distributed.final_log10_risk(cell)
@@ -361,12 +398,22 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _remove(path: Path) -> None:
+    """Remove the file or folder `path`, if there is one."""
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 def clear_previous(out: Path) -> None:
     """Remove what an earlier ``lgd run`` or ``lgd sweep`` wrote into the folder ``out``: the files its
     summary.json lists under "files" (names in the folder, nothing else), so that the folder holds one
     command's results, not traces or a figure of an earlier run with other options beside them."""
     import json
-    import shutil
 
     try:
         files = json.loads((out / "summary.json").read_text()).get("files", [])
@@ -375,12 +422,7 @@ def clear_previous(out: Path) -> None:
     for name in files:
         if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
             continue
-        path = out / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        _remove(out / name)
 
 
 def _load_data(args):

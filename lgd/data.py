@@ -16,6 +16,7 @@ scikit-learn is imported inside ``digits``.
 import gzip
 import numbers
 import pickle
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -202,14 +203,18 @@ def _read_idx(path, magic, ndim):
     then the values. Returns a uint8 array of those dimensions; raises ValueError naming the file when the magic
     number or the length is wrong."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        content = f.read()
+    try:
+        with opener(path, "rb") as f:
+            content = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise ValueError(f"{path} is not a whole gzip file: {exc}") from None
     header_bytes = 4 * (1 + ndim)
     if len(content) < header_bytes:
         raise ValueError(f"{path} is too short for an IDX header ({len(content)} bytes)")
     header = np.frombuffer(content, dtype=">u4", count=1 + ndim)
     if header[0] != magic:
-        raise ValueError(f"{path}: bad IDX magic number 0x{int(header[0]):08x}, expected 0x{magic:08x}")
+        gzipped = " (it is gzipped: name it with a .gz suffix)" if content[:2] == b"\x1f\x8b" else ""
+        raise ValueError(f"{path}: bad IDX magic number 0x{int(header[0]):08x}, expected 0x{magic:08x}{gzipped}")
     shape = tuple(int(size) for size in header[1:])
     values = np.frombuffer(content, dtype=np.uint8, offset=header_bytes)
     if values.size != np.prod(shape):
@@ -261,7 +266,11 @@ def _unpickle(path):
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR-10 file {path.name} not found in {path.parent}")
     with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+        try:
+            return pickle.load(f, encoding="bytes")
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
+                IndexError) as exc:
+            raise ValueError(f"{path} is not a CIFAR-10 pickle: {type(exc).__name__}: {exc}") from None
 
 
 def _entry(record, key, path):

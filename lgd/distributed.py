@@ -622,7 +622,8 @@ def plot_grid(result: Grid, title: str | None = None):
             completed = np.isfinite(risk).any(axis=1)
             median = np.full(len(stepsize), np.nan)
             median[completed] = np.nanmedian(risk[completed], axis=1)
-            ax.semilogx(stepsize, median, "o-", ms=3, color=color, lw=1.2, label=f"width {width}")
+            order = np.argsort(stepsize)  # the line in stepsize order, whatever order the sweep had
+            ax.semilogx(stepsize[order], median[order], "o-", ms=3, color=color, lw=1.2, label=f"width {width}")
         ax.set(xlabel="stepsize eta", ylabel="log10 final risk (median over seeds)", title=name)
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8)

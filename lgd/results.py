@@ -664,9 +664,11 @@ class SweepStore:
 
     @property
     def _creating(self) -> str:
-        """A file beside that folder while :meth:`create` writes it: a store killed then is half made, and a
-        rerun makes it afresh (no batch of it can have finished)."""
-        return os.path.normpath(self._folder) + ".lgd-creating"
+        """A file beside the store (outside it: zarr warns of a file it does not know among a group's members)
+        while :meth:`create` writes the sweep's layout: a store killed then is half made, and a rerun makes it
+        afresh (no batch of it can have finished)."""
+        group = "" if self.group is None else "." + self.group.strip("/").replace("/", ".")
+        return os.path.normpath(self.path) + group + ".lgd-creating"
 
     def prepare(self) -> None:
         """Make the store's folder (with its parents) if it is not there, so that a path no batch could be
@@ -739,8 +741,7 @@ class SweepStore:
         template = xr.Dataset(variables, coords=grid | {name: part[name].values for name in part.coords
                                                         if name not in GRID_DIMS and name != "stepsize_rule"},
                               attrs={"lgd": json.dumps(header), "lgd_store": json.dumps(layout)})
-        os.makedirs(os.path.dirname(self._creating), exist_ok=True)
-        with open(self._creating, "w"):
+        with open(self._creating, "w"):  # beside the store, whose folder prepare() made
             pass
         template.to_zarr(self.path, group=self.group, mode="w", compute=False, zarr_format=ZARR_FORMAT,
                          consolidated=True)

@@ -33,9 +33,10 @@ def test_sweep_on_two_workers(tmp_path, capsys):
     assert "Dask scheduler" in printed and "wrote" in printed
     ds = xr.open_zarr(out / "grid.zarr")
     assert ds["risk"].dims == ("dataset", "width", "stepsize", "seed", "start", "step")
-    np.testing.assert_allclose(ds["stepsize"].values, np.logspace(-1, 3, 5))
+    np.testing.assert_array_equal(ds["stepsize"].values, np.geomspace(0.1, 1000.0, 5))
+    assert ds["stepsize"].values[0] == 0.1 and ds["stepsize"].values[-1] == 1000.0  # A and B exactly
     X, y = lgd.data.xor(n=100)
-    expected = lgd.sweep(X, y, lgd.TwoLayerNet(8, activation="leaky_softplus(0.5)"), stepsizes=np.logspace(-1, 3, 5),
+    expected = lgd.sweep(X, y, lgd.TwoLayerNet(8, activation="leaky_softplus(0.5)"), stepsizes=np.geomspace(0.1, 1000.0, 5),
                          steps=30, seeds=(0, 1), record=3, compute="numba")
     np.testing.assert_array_equal(ds["risk"].sel(dataset="xor", width=8).values.reshape(10, -1), expected.risk)
     summary = _strict((out / "summary.json").read_text())
@@ -91,6 +92,38 @@ def test_sweep_value_errors(tmp_path, capsys):
     assert main(["sweep", *GRID, "--zarr", str(tmp_path / "a-file" / "store.zarr"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "a-file/store.zarr cannot be made" in err and "Traceback" not in err
+
+
+def test_bad_options_are_refused_before_any_folder_store_or_cluster(tmp_path, capsys):
+    """An option that cannot run is one error line before the output folder, the store or a cluster is made;
+    the finished grid's path is not the store's; netCDF3's 32-bit integers are said before the run."""
+    out = tmp_path / "out"
+    for flags, message in ((["--activation", "bogus"], "unknown activation 'bogus'"),
+                           (["--scaling", "-1"], "scaling"), (["--init-scale", "nan"], "init_scale"),
+                           (["--backend", "cupy"], "cupy"), (["--seeds", "99999999999999999999999"], "seeds"),
+                           (["--format", "netcdf", "--seeds", "4294967296"], "32 bits"),
+                           (["--zarr", str(out / "grid.zarr")], "is where the finished grid is written")):
+        assert main(["sweep", *GRID[:-2], "--backend", "numpy", *flags, "--workers", "2", "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err, flags
+        assert not out.exists() and not (out / "grid.zarr").exists()
+
+
+def test_a_grid_that_cannot_be_written_keeps_the_previous_results(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    small = ["--dataset", "wu_toy", "--widths", "2", "--stepsizes", "1", "--steps", "3", "--backend", "numpy",
+             "--no-plot", "--out", str(out)]
+    assert main(["sweep", *small]) == 0
+    before = xr.open_zarr(out / "grid.zarr")["risk"].values
+
+    def failing(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", failing)
+    assert main(["sweep", *small[:-2], "--steps", "4", "--out", str(out)]) == 1
+    assert "could not be written" in capsys.readouterr().err
+    monkeypatch.undo()
+    np.testing.assert_array_equal(xr.open_zarr(out / "grid.zarr")["risk"].values, before)
+    assert sorted(path.name for path in out.iterdir()) == ["grid.zarr", "summary.json"]
 
 
 def test_ctrl_c_in_a_sweep_says_what_was_kept(tmp_path, capsys, monkeypatch):

@@ -228,6 +228,22 @@ def test_mnist_truncated_and_inconsistent_files(tmp_path):
         data.mnist(tmp_path)
 
 
+def test_mnist_damaged_or_misnamed_gzip_names_the_file(tmp_path):
+    write_mnist(tmp_path, "train", MNIST_TRAIN_LABELS, compress=True)
+    labels = tmp_path / "train-labels-idx1-ubyte.gz"
+    whole = labels.read_bytes()
+    labels.write_bytes(whole[: len(whole) // 2])  # cut short
+    with pytest.raises(ValueError, match="train-labels-idx1-ubyte.gz is not a whole gzip file"):
+        data.mnist(tmp_path)
+    labels.write_bytes(b"not gzip at all")
+    with pytest.raises(ValueError, match="train-labels-idx1-ubyte.gz is not a whole gzip file"):
+        data.mnist(tmp_path)
+    labels.unlink()
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(whole)  # gzipped under the plain name
+    with pytest.raises(ValueError, match="bad IDX magic number .*it is gzipped: name it with a .gz suffix"):
+        data.mnist(tmp_path)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"digits": (3, 3)}, "digits must differ"),
     ({"digits": (0, 10)}, "digits must be two digits"),
@@ -316,6 +332,9 @@ def test_cifar10_malformed_batch(tmp_path):
         data.cifar10(tmp_path)
     write_pickle(tmp_path / "data_batch_1", {b"labels": [0, 1]})
     with pytest.raises(ValueError, match="data_batch_1 has no entry 'data'"):
+        data.cifar10(tmp_path)
+    (tmp_path / "data_batch_1").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="data_batch_1 is not a CIFAR-10 pickle"):
         data.cifar10(tmp_path)
 
 
