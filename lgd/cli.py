@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Run GD at several stepsizes on one dataset and report both phases.")
     data = run.add_argument_group("data")
     data.add_argument("--dataset", default="xor", help="xor, fig4, wu_toy, separable, digits, mnist, cifar10")
-    data.add_argument("--n", type=int, default=None, help="number of training points (100 for xor if omitted; the others' own size)")
+    data.add_argument("--n", type=int, default=None,
+                      help="number of training points (100 for xor if omitted; the others' own size)")
     data.add_argument("--data-path", default=None, help="folder holding the MNIST or CIFAR-10 files")
     model = run.add_argument_group("model")
     model.add_argument("--model", choices=("two_layer", "linear"), default="two_layer")
@@ -171,7 +172,8 @@ def _configure_sweep(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("grid")
     data.add_argument("--dataset", type=_names, default=["xor"],
                       help="comma-separated embedded datasets: xor, fig4, wu_toy, separable, digits (default: xor)")
-    data.add_argument("--n", type=int, default=None, help="training points per dataset (100 for xor if omitted, as lgd run; the others' own size)")
+    data.add_argument("--n", type=int, default=None,
+                      help="training points per dataset (100 for xor if omitted, as lgd run; the others' own size)")
     data.add_argument("--widths", type=lambda text: _integers(text, "widths", 1), default=[20],
                       help="comma-separated widths (default: 20)")
     data.add_argument("--stepsizes", type=_grid_stepsizes, default=np.logspace(-1, 3, 16).tolist(),

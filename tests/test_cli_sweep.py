@@ -36,7 +36,8 @@ def test_sweep_on_two_workers(tmp_path, capsys):
     np.testing.assert_array_equal(ds["stepsize"].values, np.geomspace(0.1, 1000.0, 5))
     assert ds["stepsize"].values[0] == 0.1 and ds["stepsize"].values[-1] == 1000.0  # A and B exactly
     X, y = lgd.data.xor(n=100)
-    expected = lgd.sweep(X, y, lgd.TwoLayerNet(8, activation="leaky_softplus(0.5)"), stepsizes=np.geomspace(0.1, 1000.0, 5),
+    expected = lgd.sweep(X, y, lgd.TwoLayerNet(8, activation="leaky_softplus(0.5)"),
+                         stepsizes=np.geomspace(0.1, 1000.0, 5),
                          steps=30, seeds=(0, 1), record=3, compute="numba")
     np.testing.assert_array_equal(ds["risk"].sel(dataset="xor", width=8).values.reshape(10, -1), expected.risk)
     summary = _strict((out / "summary.json").read_text())
