@@ -140,6 +140,8 @@ def test_modified_flow_error_is_second_order_gradient_flow_first_order():
 def test_flow_checks_its_times():
     with pytest.raises(ValueError, match="increasing"):
         flow(ONE, TARGET, lgd.Linear(), "squared", np.ones(1), [1.0, 0.5])
+    start = flow(ONE, TARGET, MINIATURE, "squared", [[0.6]], [0.0])  # time 0 alone: the start, no solver
+    assert start.success and start.parameters.tolist() == [[0.6, 1.0]]
 
 
 def test_lyapunov_window_is_the_difference_quotient():
@@ -154,6 +156,11 @@ def test_lyapunov_window_is_the_difference_quotient():
     sweep = SimpleNamespace(status=["completed", "diverged"], step=step, lyapunov_sum=np.stack([sums, broken]))
     found = lyapunov_window(sweep, 0)
     np.testing.assert_allclose(found, [[-3.5 / 30, -0.3], [-0.1, -0.3]])
+    vanished = sums.copy()
+    vanished[2:, 1] = -np.inf                                                     # the second vector sent to 0
+    run = SimpleNamespace(status="completed", step=step, lyapunov_sum=vanished)
+    np.testing.assert_array_equal(lyapunov_window(run, 0), [-3.5 / 30, -np.inf])
+    np.testing.assert_array_equal(lyapunov_window(run, 20), [-1.5 / 10, -np.inf])  # from -inf on: -inf
     with pytest.raises(ValueError, match="lyapunov=k"):
         lyapunov_window(SimpleNamespace(status="completed", step=step, lyapunov_sum=None))
 
@@ -166,6 +173,37 @@ def test_lyapunov_window_on_a_quadratic_is_log_of_one_minus_eta_lambda():
                       record=lgd.Record(every=5, lyapunov=1), compute="numpy")
     expected = np.log(np.abs(1 - np.array([0.1, 0.5]) * curvature))
     np.testing.assert_allclose(lyapunov_window(sweep, 20)[:, 0], expected, rtol=1e-8)
+    # Curvatures 2 and 0.5 at eta = 0.5: the map I - eta H is diag(0, 0.75), exponents log 0.75 and -inf.
+    run = lgd.gd(np.diag([2.0, 1.0]), np.zeros(2), lgd.Linear(), "squared", stepsize=0.5, steps=200,
+                 init=np.array([1.0, 0.7]), record=lgd.Record(lyapunov=2), compute="numpy")
+    window = lyapunov_window(run, 50, 150)
+    assert window[0] == pytest.approx(math.log(0.75), rel=1e-12) and window[1] == -np.inf
+    assert lyapunov_window(run, 50)[1] == -np.inf and run.lyapunov[1] == -np.inf
+
+
+def test_a_risk_of_exactly_zero_is_a_fixed_point_not_a_divergence():
+    """GD on w^2 / 2 at eta = 1 reaches w = 0, risk 0, log-risk -inf, in one step: converged by log_risk."""
+    sweep = lgd.sweep(ONE, np.zeros(1), lgd.Linear(), "squared", stepsizes=[1.0], steps=100, init=np.ones(1),
+                      compute="numpy")
+    assert sweep.status == ["completed"] and sweep.risk[0, -1] == 0.0
+    assert attractors(sweep, 50, of="log_risk").names == ["converged"]
+    assert bifurcation(sweep, window=50).attractors.names == ["converged"]
+
+
+def test_the_bifurcation_exponent_spans_the_window_and_labels_take_any_period():
+    """The exponent of bifurcation() is over the window's `window` steps (a whole number of an even period's
+    cycles), as lyapunov_window from the record before; periods beyond 64 keep their own labels."""
+    from lgd.dynamics.diagrams import _label_name, _labels
+
+    sweep = lgd.sweep(ONE, TARGET, BALANCED, "squared", stepsizes=[1.2358, 1.2875], steps=600, init=[[0.6]],
+                      record=lgd.Record(weights=1, lyapunov=1), compute="numpy")
+    diagram = bifurcation(sweep, of=0, window=256)
+    np.testing.assert_array_equal(diagram.lyapunov, lyapunov_window(sweep, 600 - 256)[:, 0])
+    assert diagram.step[0] == 600 - 255
+    found = attractors(values=np.stack([np.tile(np.arange(65.0), 3), np.tile(np.arange(66.0), 3)[:195]])[:, :, None],
+                       max_period=100)
+    assert found.period.tolist() == [65, 66]
+    assert [_label_name(label) for label in _labels(found.kind, found.period)] == ["period 65", "period 66"]
 
 
 def test_bifurcation_and_basins_on_the_miniature_factorisation(tmp_path):

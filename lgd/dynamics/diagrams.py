@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .lyapunov import lyapunov_window
-from .periods import BOUNDED, DIVERGED, MAX_PERIOD, SCALARS, TOLERANCE, Attractors, attractors
+from .periods import BOUNDED, DIVERGED, MAX_PERIOD, SCALARS, TOLERANCE, Attractors, attractors, on_the_grid
 
 __all__ = ["bifurcation", "basins", "Bifurcation", "Basins", "plot_bifurcation", "plot_basins"]
 
@@ -69,7 +69,7 @@ class Basins:
 
 def _scalar_window(sweep, of, window):
     """(C, N) values of ``of`` (a scalar trace name or the index of a parameter) over the last ``window``
-    records, and their steps."""
+    records on the grid of records (as :func:`attractors` reads them), and their steps."""
     if isinstance(of, (int, np.integer)) and not isinstance(of, bool):
         if sweep.trajectory is None:
             raise ValueError("a weight coordinate needs the trajectory: record=lgd.Record(weights=1)")
@@ -78,16 +78,17 @@ def _scalar_window(sweep, of, window):
             flat = np.concatenate([flat, sweep.outer_trajectory], axis=2)
         if not -flat.shape[2] <= of < flat.shape[2]:
             raise ValueError(f"parameter index {of} out of range for {flat.shape[2]} parameters")
-        return np.asarray(flat[:, -window:, of], dtype=np.float64), sweep.trajectory_step[-window:], f"parameter {of}"
-    if of not in SCALARS:
+        trace, steps, name = np.asarray(flat[:, :, of], dtype=np.float64), sweep.trajectory_step, f"parameter {of}"
+    elif of not in SCALARS:
         raise ValueError(f"unknown of={of!r}; valid: a parameter index or " + ", ".join(repr(s) for s in SCALARS))
-    if of == "log_risk":
+    elif of == "log_risk":
         from ..results import log_risk_trace
 
-        trace = log_risk_trace(sweep)
+        trace, steps, name = np.asarray(log_risk_trace(sweep), dtype=np.float64), sweep.step, of
     else:
-        trace = np.asarray(getattr(sweep, of), dtype=np.float64)
-    return trace[:, -window:], sweep.step[-window:], of
+        trace, steps, name = np.asarray(getattr(sweep, of), dtype=np.float64), sweep.step, of
+    kept = on_the_grid(steps)
+    return trace[:, :kept][:, -window:], np.asarray(steps)[:kept][-window:], name
 
 
 def bifurcation(sweep, of="log_risk", window: int | None = None, *, period_of: str | None = None,
@@ -108,7 +109,11 @@ def bifurcation(sweep, of="log_risk", window: int | None = None, *, period_of: s
     found = attractors(sweep, window, of=period_of, tol=tol, max_period=max_period, backend=backend)
     lyapunov = None
     if getattr(sweep, "lyapunov_sum", None) is not None:
-        lyapunov = lyapunov_window(sweep, int(step[0]))[:, 0]
+        # Over the window's steps from the record before its first: with every step recorded, `window` steps,
+        # a whole number of periods of an even period (from its first record, one step short).
+        recorded = np.asarray(sweep.step)
+        before = recorded[recorded < step[0]]
+        lyapunov = lyapunov_window(sweep, int(before[-1] if before.size else step[0]))[:, 0]
     return Bifurcation(stepsize=np.asarray(sweep.stepsize, dtype=np.float64), step=np.asarray(step), values=values,
                        of=name, attractors=found, period_of=period_of, lyapunov=lyapunov)
 
@@ -139,10 +144,13 @@ def basins(sweep, first, second, window: int | None = None, *, tol: float = TOLE
                   period=found.period.reshape(shape), final=final.reshape(shape + (-1,)), attractors=found)
 
 
+# The labels of the outcomes that have no period, above any period attractors tests.
+BOUNDED_LABEL, DIVERGED_LABEL = 1 << 40, (1 << 40) + 1
+
+
 def _labels(kind, period):
-    """One integer per outcome for colouring: the period (1 = converged), MAX_PERIOD + 1 bounded,
-    MAX_PERIOD + 2 diverged."""
-    return np.where(kind == DIVERGED, MAX_PERIOD + 2, np.where(kind == BOUNDED, MAX_PERIOD + 1, period))
+    """One integer per outcome for colouring: the period (1 = converged), BOUNDED_LABEL, DIVERGED_LABEL."""
+    return np.where(kind == DIVERGED, DIVERGED_LABEL, np.where(kind == BOUNDED, BOUNDED_LABEL, period))
 
 
 # One colour per outcome, the same in every figure: periods 2, 3, ... cycle through _PERIOD_COLORS.
@@ -151,17 +159,17 @@ _PERIOD_COLORS = ("tab:orange", "tab:green", "tab:brown", "tab:pink", "tab:olive
 
 
 def _label_color(label):
-    if label == MAX_PERIOD + 2:
+    if label == DIVERGED_LABEL:
         return "tab:purple"
-    if label == MAX_PERIOD + 1:
+    if label == BOUNDED_LABEL:
         return "tab:red"
     return "tab:blue" if label == 1 else _PERIOD_COLORS[(label - 2) % len(_PERIOD_COLORS)]
 
 
 def _label_name(label):
-    if label == MAX_PERIOD + 2:
+    if label == DIVERGED_LABEL:
         return "diverged"
-    if label == MAX_PERIOD + 1:
+    if label == BOUNDED_LABEL:
         return "bounded, no period"
     return "fixed point" if label == 1 else f"period {label}"
 

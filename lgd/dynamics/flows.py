@@ -138,15 +138,17 @@ def flow(X, y, model, loss, init, times, *, outer_init=None, stepsize: float | N
     theta, outer = _parameters(model, init, outer_init)
     velocity = _velocity(X, y, model, loss, outer, stepsize)
     parameters = np.full((times.size, theta.size), np.nan)
-    with np.errstate(over="ignore", invalid="ignore"):
-        solution = solve_ivp(velocity, (0.0, float(times[-1])), theta, method=method, t_eval=times, rtol=rtol,
-                             atol=atol)
-    reached = solution.y.shape[1]
-    parameters[:reached] = solution.y.T
+    success, message = True, "the only time is 0: nothing to integrate"
+    if times[-1] > 0:
+        with np.errstate(over="ignore", invalid="ignore"):
+            solution = solve_ivp(velocity, (0.0, float(times[-1])), theta, method=method, t_eval=times, rtol=rtol,
+                                 atol=atol)
+        reached = solution.y.shape[1]
+        parameters[:reached] = solution.y.T
+        success, message = bool(solution.success), str(solution.message)
     parameters[times == 0.0] = theta
     return Flow(time=times, parameters=parameters, modified=None if stepsize is None else float(stepsize),
-                method=method, rtol=float(rtol), atol=float(atol), success=bool(solution.success),
-                message=str(solution.message))
+                method=method, rtol=float(rtol), atol=float(atol), success=success, message=message)
 
 
 def compare_flows(run, X, y, *, method: str = METHOD, rtol: float = RTOL, atol: float = ATOL) -> FlowComparison:

@@ -22,8 +22,10 @@ def lyapunov_window(result, start: int = 0, end: int | None = None) -> np.ndarra
 
     ``start`` and ``end`` are GD steps; each is moved to the first recorded step at or after it (``end``
     defaults to each configuration's last record, where it stopped: its divergence or the last step).
-    The result is (S_end - S_start) / (end - start) from ``result.lyapunov_sum``; NaN for a configuration
-    with no record in the window or whose sums are not finite there (a diverged run's tangents are).
+    The result is (S_end - S_start) / (end - start) from ``result.lyapunov_sum``; -inf for an exponent whose
+    tangent vector the map sent to zero (a singular tangent map: eta = 1/lambda gives log 0), from then on;
+    NaN for a configuration with no record in the window or with a sum there that is NaN or +inf (a diverged
+    run's tangents are).
 
     Needs ``record=lgd.Record(lyapunov=k)``; a ValueError otherwise.
     """
@@ -42,12 +44,14 @@ def lyapunov_window(result, start: int = 0, end: int | None = None) -> np.ndarra
     exponents = np.full(sums.shape[::2], np.nan)
     first = int(np.searchsorted(steps, start))
     for c in range(sums.shape[0]):
-        finite = np.isfinite(sums[c]).all(axis=1)
+        usable = (sums[c] < np.inf).all(axis=1)  # -inf is a vanished tangent vector; NaN and +inf are not sums
         last = len(steps) - 1 if end is None else int(np.searchsorted(steps, end))
         if end is None:
-            while last >= 0 and not finite[last]:
+            while last >= 0 and not usable[last]:
                 last -= 1
-        if first >= len(steps) or last >= len(steps) or last <= first or not (finite[first] and finite[last]):
+        if first >= len(steps) or last >= len(steps) or last <= first or not (usable[first] and usable[last]):
             continue
-        exponents[c] = (sums[c, last] - sums[c, first]) / (steps[last] - steps[first])
+        with np.errstate(invalid="ignore"):
+            growth = np.where(sums[c, first] == -np.inf, -np.inf, sums[c, last] - sums[c, first])
+        exponents[c] = growth / (steps[last] - steps[first])
     return exponents[0] if single else exponents

@@ -36,6 +36,8 @@ KINDS = ("converged", "periodic", "bounded", "diverged")
 MAX_PERIOD = 64
 TOLERANCE = 1e-6
 
+# What attractors(of='log_risk') reads for log 0 (a risk of exactly 0).
+LOG_ZERO = -1e150
 # The scalar traces a window can be read from (attributes of Run and Sweep).
 SCALARS = ("risk", "log_risk", "margin", "normalized_margin", "grad_norm", "weight_norm", "accuracy")
 
@@ -141,7 +143,8 @@ def _classify_numpy(values, finite_status, tol, max_period, kind, period, spread
     with np.errstate(invalid="ignore"):
         spread[:] = np.where(finite, (values.max(axis=1) - values.min(axis=1)).max(axis=1), np.nan)
     open_ = finite.copy()
-    bound = (tol * (1.0 + np.sqrt((values ** 2).sum(axis=2)))) ** 2   # (C, N)
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverged configuration's inf and NaN: never open
+        bound = (tol * (1.0 + np.sqrt((values ** 2).sum(axis=2)))) ** 2   # (C, N)
     for p in range(1, max_period + 1):
         if not open_.any():
             break
@@ -167,6 +170,14 @@ def _compiled():
         else:
             _COMPILED.append(numba.njit(cache=True, nogil=True)(_classify))
     return _COMPILED[0]
+
+
+def on_the_grid(steps) -> int:
+    """How many of the records at ``steps`` are evenly spaced: all, or all but a last one off the grid (the
+    final step T that k does not divide, or where an interrupted run stopped). Periods are counted in records,
+    so a window keeps to the evenly spaced ones."""
+    steps = np.asarray(steps)
+    return steps.size - 1 if steps.size >= 3 and steps[-1] - steps[-2] != steps[-2] - steps[-3] else steps.size
 
 
 def _window_values(result, of, window):
@@ -197,7 +208,11 @@ def _window_values(result, of, window):
         if of == "log_risk":
             from ..results import log_risk_trace
 
-            trace = log_risk_trace(result)
+            # log 0 = -inf is a risk of exactly 0, which GD reached (a fixed point), not a blow-up: in its
+            # place a number below any log-risk a run reaches (about -1e6 at margins of 1e6) whose square
+            # the rule's norms still hold.
+            trace = np.asarray(log_risk_trace(result), dtype=np.float64)
+            trace = np.where(trace == -np.inf, LOG_ZERO, trace)
         else:
             trace = getattr(result, of)
             if trace is None:
@@ -206,12 +221,8 @@ def _window_values(result, of, window):
         what = of
     else:
         raise ValueError(f"unknown of={of!r}; valid: 'weights', " + ", ".join(repr(s) for s in SCALARS))
-    blocks = [np.asarray(block, dtype=np.float64) for block in blocks]
-    steps = np.asarray(steps)
-    if steps.size >= 3 and steps[-1] - steps[-2] != steps[-2] - steps[-3]:
-        # A last record off the grid (the final step T that k does not divide, or where an interrupted run
-        # stopped): periods are counted in records, so the window keeps to the evenly spaced ones.
-        blocks = [block[:, :-1] for block in blocks]
+    kept = on_the_grid(steps)
+    blocks = [np.asarray(block, dtype=np.float64)[:, :kept] for block in blocks]
     records = blocks[0].shape[1]
     if records < 2:
         raise ValueError(f"attractors needs at least 2 records of {of}, got {records}")
