@@ -212,6 +212,7 @@ def _sweep(args) -> int:
     from ._json import to_json
     from . import distributed
     from .driver import _check_seeds, check_init_scale
+    from .results import SweepStore
 
     try:
         for name in ("steps", "record_every", "workers", "batch_size", "n"):
@@ -239,6 +240,8 @@ def _sweep(args) -> int:
         if store is not None and store in {(Path(args.out) / name).resolve() for name in GRID_FILES.values()}:
             raise ValueError(f"--zarr {args.store} is where the finished grid is written (--out): give the store "
                              "a path of its own")
+        if store is not None:
+            SweepStore(args.store).prepare()
         header = (f"{', '.join(args.dataset)}; widths {args.widths}; {len(args.stepsizes)} stepsizes "
                   f"{min(args.stepsizes):g}..{max(args.stepsizes):g}; seeds {_seeds_text(args.seeds)}; "
                   f"{lgd.losses.get(args.loss).spec} loss; {args.steps} steps")

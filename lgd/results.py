@@ -683,11 +683,11 @@ class SweepStore:
                              "path") from None
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise ValueError(f"the store {self.path} is not writable; choose another path")
-        folder = self._folder
-        if (os.path.isdir(folder) and os.listdir(folder) and not os.path.exists(self._creating)
-                and not any(os.path.exists(os.path.join(folder, name)) for name in ZARR_METADATA)):
-            raise ValueError(f"{folder} holds files and is not a zarr store: writing the store there would delete "
-                             "them; choose a new or empty folder")
+        for folder in dict.fromkeys((self.path, self._folder)):  # the store, and its group's folder in it
+            if (os.path.isdir(folder) and os.listdir(folder) and not os.path.exists(self._creating)
+                    and not any(os.path.exists(os.path.join(folder, name)) for name in ZARR_METADATA)):
+                raise ValueError(f"{folder} holds files and is not a zarr store: writing the store there would "
+                                 "delete them or mix with them; choose a new or empty folder")
 
     def _open(self):
         return _xarray().open_zarr(self.path, group=self.group)

@@ -98,15 +98,19 @@ def test_sweep_value_errors(tmp_path, capsys):
 def test_bad_options_are_refused_before_any_folder_store_or_cluster(tmp_path, capsys):
     """An option that cannot run is one error line before the output folder, the store or a cluster is made;
     the finished grid's path is not the store's; netCDF3's 32-bit integers are said before the run."""
-    out = tmp_path / "out"
+    out, notes = tmp_path / "out", tmp_path / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
     for flags, message in ((["--activation", "bogus"], "unknown activation 'bogus'"),
                            (["--scaling", "-1"], "scaling"), (["--init-scale", "nan"], "init_scale"),
                            (["--backend", "cupy"], "cupy"), (["--seeds", "99999999999999999999999"], "seeds"),
                            (["--format", "netcdf", "--seeds", "4294967296"], "32 bits"),
-                           (["--zarr", str(out / "grid.zarr")], "is where the finished grid is written")):
+                           (["--zarr", str(out / "grid.zarr")], "is where the finished grid is written"),
+                           (["--zarr", str(notes)], "holds files and is not a zarr store")):
         assert main(["sweep", *GRID[:-2], "--backend", "numpy", *flags, "--workers", "2", "--out", str(out)]) == 2
         assert message in capsys.readouterr().err, flags
         assert not out.exists() and not (out / "grid.zarr").exists()
+    assert [path.name for path in notes.iterdir()] == ["keep.txt"]
 
 
 def test_a_grid_that_cannot_be_written_keeps_the_previous_results(tmp_path, capsys, monkeypatch):
