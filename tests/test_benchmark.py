@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import lgd
-from lgd.benchmark.command import skipped_cases
+from lgd.benchmark.command import cases_not_timed
 from lgd.benchmark.machine import describe_machine, fp_sharing
 from lgd.benchmark.report import build_report, describe, format_compare, format_markdown, format_table, load, write
 from lgd.cli import main
@@ -104,12 +104,69 @@ def test_compare_prints_new_over_old_and_what_is_missing():
     assert lines[-1] == "not in the old file: S-jax-scan-float64"
 
 
-def test_skipped_cases_from_junit():
+def test_skipped_and_failed_cases_from_junit():
     xml = ('<testsuites><testsuite><testcase name="test_throughput[L-jax-jit-float32]">'
            '<skipped message="JAX is not installed (pip install jax jaxlib)"/></testcase>'
-           '<testcase name="test_throughput[S-numpy-float64]"/></testsuite></testsuites>')
-    assert skipped_cases(xml) == [{"case": "L-jax-jit-float32",
-                                              "reason": "JAX is not installed (pip install jax jaxlib)"}]
+           '<testcase name="test_throughput[S-numpy-float64]"/>'
+           '<testcase name="test_throughput[M-numpy-float64]"><failure message="AssertionError: numpy final risk '
+           'after 20 steps is off by 9.5e-02&#10;assert ..."/></testcase></testsuite></testsuites>')
+    skipped, failed = cases_not_timed(xml)
+    assert skipped == [{"case": "L-jax-jit-float32", "reason": "JAX is not installed (pip install jax jaxlib)"}]
+    assert failed == [{"case": "M-numpy-float64",
+                       "reason": "AssertionError: numpy final risk after 20 steps is off by 9.5e-02"}]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--workloads", ""], "--workloads takes comma-separated names among S, M"),
+    (["--impls", "numpy,torch"], "--impls takes comma-separated names"),
+    (["--dtypes", " "], "--dtypes takes"),
+    (["--steps-scale", "nan"], "--steps-scale must be a positive number, got nan"),
+    (["--round-budget", "-3"], "--round-budget must be a positive number"),
+    (["--quick", "--out", "results.md"], "names the JSON file"),
+])
+def test_lgd_bench_refuses_bad_options_before_running(flags, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(subprocess, "call", lambda *args, **kwargs: pytest.fail("the suite ran"))
+    assert main(["bench", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_failed_case_leaves_the_table_and_the_ratios_and_is_reported(tmp_path, capsys, monkeypatch):
+    """The fastest peer fails after its rounds were timed (its record is in pytest-benchmark's file): it is
+    not the best peer lgd's ratio is taken against, and the printed table, the JSON and the markdown say it
+    failed, and why."""
+    def suite(command, cwd, env):
+        stats = next(arg for arg in command if arg.startswith("--benchmark-json=")).split("=", 1)[1]
+        junit = next(arg for arg in command if arg.startswith("--junitxml=")).split("=", 1)[1]
+        entries = [_entry("S", "numpy", "float64", 0.1), _entry("S", "jax-scan", "float64", 1.0),
+                   _entry("S", "lgd-numba", "float64", 0.5, kind="lgd")]
+        for entry in entries:
+            entry["name"] = f"test_throughput[S-{entry['extra_info']['impl']}-float64]"
+        Path(stats).write_text(json.dumps({"benchmarks": entries}))
+        Path(junit).write_text('<testsuites><testsuite><testcase name="test_throughput[S-numpy-float64]">'
+                               '<failure message="AssertionError: numpy\'s timed run is off the oracle"/></testcase>'
+                               '</testsuite></testsuites>')
+        return 1
+
+    monkeypatch.setattr(subprocess, "call", suite)
+    out = tmp_path / "r.json"
+    assert main(["bench", "--workloads", "S", "--dtypes", "float64", "--out", str(out)]) == 1
+    report = load(out)
+    assert [r["impl"] for r in report["records"]] == ["jax-scan", "lgd-numba"]
+    assert [r for r in report["records"] if r["impl"] == "lgd-numba"][0]["ratio_best_peer"] == pytest.approx(2.0)
+    assert report["failed"] == [{"case": "S-numpy-float64", "reason": "AssertionError: numpy's timed run is off "
+                                                                      "the oracle"}]
+    assert "FAILED 1 cases" in capsys.readouterr().out
+    assert "**Failed**" in out.with_suffix(".md").read_text()
+
+
+def test_lgd_bench_refuses_an_out_it_cannot_write_and_run_options_with_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(subprocess, "call", lambda *args, **kwargs: pytest.fail("the suite ran"))
+    (tmp_path / "a-file").write_text("")
+    assert main(["bench", "--quick", "--out", str(tmp_path / "a-file" / "x.json")]) == 2
+    assert "a-file exists and is a file" in capsys.readouterr().err
+    assert main(["bench", "--report", "x.json", "--workloads", "S"]) == 2
+    assert "--workloads apply to a run" in capsys.readouterr().err
 
 
 def test_machine_is_described():
@@ -211,6 +268,11 @@ def test_paired_peers_time_each_selected_peer_back_to_back(monkeypatch):
     timed = [name for name, steps in calls if steps == 50]  # each timed run after an untimed one
     assert timed == ["lgd-numba", "lgd-numba", "torch-compile", "torch-compile"] * suite.PAIRED_ROUNDS
     assert suite.paired_peers(ours, 50, workload, "float64", {"torch-compile"}, prepared, np.full(1, 2.0)) == {}
+
+    def broken(impl, workload, dtype, keep=False):  # a peer whose risks are NaN disagrees with the oracle too
+        return fake(impl, np.nan, 0.0)
+
+    assert suite.paired_peers(ours, 50, workload, "float64", {"torch-compile"}, broken, np.ones(1)) == {}
 
 
 AVX512 = ["avx2", "avx512bw", "avx512cd", "avx512dq", "avx512f", "avx512vl", "fma"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -58,25 +59,73 @@ def configure(parser) -> None:
 def main(args) -> int:
     try:
         if args.report:
+            ignored = [f"--{key.replace('_', '-')}" for key in (*RUN_OPTIONS, "out", "quick")
+                       if getattr(args, key, None) not in (None, False)]
+            if ignored:
+                raise ValueError(f"--report reports an earlier file; {', '.join(ignored)} apply to a run")
             report = load(args.report)
             code = 0
         else:
+            out = Path(args.out) if args.out else None
+            if out is not None:
+                _check_out(out)  # before the run, which a path that cannot be written would throw away
             report, code = run(args)
-            out = Path(args.out or f"lgd-bench-{report['mode']}-{time.strftime('%Y%m%d-%H%M%S')}.json")
-            write(report, out)
-            print(f"wrote {out} and {out.with_suffix('.md')}")
+            out = out or Path(f"lgd-bench-{report['mode']}-{time.strftime('%Y%m%d-%H%M%S')}.json")
         print(format_table(report))
         if report["skipped"]:
             print(f"skipped {len(report['skipped'])} cases; " + "; ".join(sorted(skip_summary(report))))
+        if report.get("failed"):
+            print(f"FAILED {len(report['failed'])} cases (left out of the table and the ratios): "
+                  + "; ".join(f"{case['case']}: {case['reason']}" for case in report["failed"]))
+        if not args.report:
+            write(report, out)
+            print(f"wrote {out} and {out.with_suffix('.md')}")
         if args.compare:
             print(format_compare(report, load(args.compare)))
         if args.plot:
             save_plot(report, args.plot)
             print(f"wrote {args.plot}")
-    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
+    except (OSError, ValueError, RuntimeError, ImportError) as exc:
         print(f"lgd bench: error: {exc}", file=sys.stderr)
         return 2
     return code
+
+
+# The options that choose what a run times (and --report refuses).
+RUN_OPTIONS = ("workloads", "impls", "dtypes", "steps_scale", "round_budget")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse, before any work, an --out that would not be written or would lose the JSON."""
+    from ..cli import output_folder
+
+    if out.suffix == ".md":
+        raise ValueError(f"--out {out} names the JSON file (the markdown table goes next to it, as .md): give a "
+                         ".json name")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: name the JSON file to write")
+    output_folder(out.parent)
+
+
+def _settings(args, settings: dict) -> dict:
+    """The run's settings with the options of ``args``, checked: names the suite has, numbers it can use."""
+    from .peers import IMPLEMENTATIONS
+    from .workloads import DTYPES, WORKLOADS
+
+    valid = {"workloads": tuple(WORKLOADS), "impls": IMPLEMENTATIONS, "dtypes": DTYPES}
+    for key in RUN_OPTIONS:
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        if key in valid:
+            names = [name for name in value.replace(" ", "").split(",") if name]
+            unknown = [name for name in names if name not in valid[key]]
+            if not names or unknown:
+                raise ValueError(f"--{key} takes comma-separated names among {', '.join(valid[key])}, got {value!r}")
+        elif not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--{key.replace('_', '-')} must be a positive number, got {value}")
+        settings[key] = value
+    return settings
 
 
 def run(args) -> tuple:
@@ -85,11 +134,9 @@ def run(args) -> tuple:
         raise ImportError('`lgd bench` runs a pytest-benchmark suite: pip install "lgd[bench]" (pytest-benchmark; '
                           'torch and jax for their peers)')
     mode = "quick" if args.quick else "full"
-    settings = dict(QUICK if args.quick else FULL)
-    for key in ("workloads", "impls", "dtypes", "steps_scale", "round_budget"):
-        if getattr(args, key, None) is not None:
-            settings[key] = getattr(args, key)
-            mode = "custom"
+    settings = _settings(args, dict(QUICK if args.quick else FULL))
+    if any(getattr(args, key, None) is not None for key in RUN_OPTIONS):
+        mode = "custom"
     with tempfile.TemporaryDirectory(prefix="lgd-bench-") as scratch:
         scratch = Path(scratch)
         stats_path, junit_path, config = scratch / "benchmark.json", scratch / "junit.xml", scratch / "pytest.ini"
@@ -111,21 +158,35 @@ def run(args) -> tuple:
         if code not in (0, 1) or not stats_path.is_file():
             raise RuntimeError(f"the benchmark suite did not run (pytest exit code {code})")
         raw = json.loads(stats_path.read_text())
-        skipped = skipped_cases(junit_path.read_text()) if junit_path.is_file() else []
+        skipped, failed = cases_not_timed(junit_path.read_text()) if junit_path.is_file() else ([], [])
     machine = describe_machine()
     machine["fp_sharing_before"] = sharing_before
-    report = build_report(raw["benchmarks"], skipped, machine, mode, settings)
+    # A case that failed after its rounds were timed (a paired peer, the breakdown) has a record: its numbers
+    # did not pass the suite's checks, so it leaves the table and the ratios with the others that failed.
+    failing = {case["case"] for case in failed}
+    timed = [bench for bench in raw["benchmarks"] if _case_of(bench.get("name", "")) not in failing]
+    report = build_report(timed, skipped, machine, mode, settings)
+    report["failed"] = failed
     report["seconds"] = time.perf_counter() - started
     return report, code
 
 
-def skipped_cases(junit_xml: str) -> list:
-    """[{case, reason}] of the skipped tests of a junit XML report."""
-    skipped = []
+def _case_of(name: str) -> str:
+    """The case of a test's name: 'S-lgd-numba-float64' of 'test_throughput[S-lgd-numba-float64]'."""
+    return name[name.find("[") + 1:-1] if "[" in name else name
+
+
+def cases_not_timed(junit_xml: str) -> tuple:
+    """([{case, reason}] skipped, [{case, reason}] failed) of the tests of a junit XML report."""
+    skipped, failed = [], []
     for testcase in ElementTree.fromstring(junit_xml).iter("testcase"):
+        case = _case_of(testcase.get("name", ""))
         skip = testcase.find("skipped")
         if skip is not None:
-            name = testcase.get("name", "")
-            case = name[name.find("[") + 1:-1] if "[" in name else name
             skipped.append({"case": case, "reason": skip.get("message", "").removeprefix("Skipped: ")})
-    return skipped
+        for kind in ("failure", "error"):
+            fault = testcase.find(kind)
+            if fault is not None:
+                failed.append({"case": case, "reason": (fault.get("message") or kind).splitlines()[0][:300]})
+                break
+    return skipped, failed

@@ -68,7 +68,10 @@ def write(report: dict, path) -> None:
 
 
 def load(path) -> dict:
-    report = json.loads(Path(path).read_text())
+    try:
+        report = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path} is not an `lgd bench` result file (not JSON)") from None
     if report.get("format") != FORMAT:
         raise ValueError(f"{path} is not an `lgd bench` result file (format {report.get('format')!r})")
     return report
@@ -157,6 +160,9 @@ def format_markdown(report: dict) -> str:
                   "lgd in turns (the median of its pairs), so that both see the same machine."]
     if report["skipped"]:
         lines += ["", "Skipped: " + "; ".join(sorted(skip_summary(report))) + "."]
+    if report.get("failed"):
+        lines += ["", "**Failed** (left out of the table and the ratios): "
+                  + "; ".join(f"{case['case']}: {case['reason']}" for case in report["failed"]) + "."]
     broken_down = [r for r in report["records"] if r.get("breakdown")]
     if broken_down:
         lines += ["", "Where lgd's time goes, per configuration-step: the activation's transcendentals (the "

@@ -66,8 +66,14 @@ def test_throughput(benchmark, case, bench_options, prepared, oracle_risk, roofl
         assert benchmark.pedantic(run, args=(steps,)).shape == (workload.configs, steps + 1)
         return
     tic = time.perf_counter()
-    run(steps)
+    out = run(steps)
     warmup = time.perf_counter() - tic
+    # The timed call's own output: its shape, and where it has the agreement run's step, its risks there
+    # (an implementation right for CHECK_STEPS steps and not for the timed ones would otherwise pass).
+    assert out.shape == (workload.configs, steps + 1), f"{impl} returned {out.shape} for {steps} steps"
+    if steps >= CHECK_STEPS:
+        drift = float(np.max(np.abs(np.asarray(out)[:, CHECK_STEPS] - reference) / np.abs(reference)))
+        assert drift <= CHECK_RTOL[dtype], f"{impl}'s timed run is off the oracle at step {CHECK_STEPS} by {drift:.2e}"
     rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, bench_options["round_budget"] // warmup)))
     # Before each timed round, the roofline's work of the same steps: each round's roofline fraction compares
     # two timings seconds apart, which a shared machine's slow phases (tens of percent, lasting seconds to
@@ -127,7 +133,7 @@ def paired_peers(run, steps, workload, dtype, impls, prepared, reference) -> dic
             other = prepared(peer, workload, dtype, keep=True)
         except Unavailable:
             continue
-        if check_error(other, reference) > CHECK_RTOL[dtype]:
+        if not check_error(other, reference) <= CHECK_RTOL[dtype]:  # NaN too
             continue
         ratios = []
         for _ in range(PAIRED_ROUNDS):
