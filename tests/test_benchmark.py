@@ -231,7 +231,10 @@ def test_report_takes_the_smallest_paired_peer_ratio():
     assert records["jax-scan"]["ratio_best_peer_paired"] is None
     markdown = format_markdown(report)
     assert "| S | lgd-numba | float64 | 2,000 | 2.00 | 1.60 | 4.26 | 0.50 |" in markdown
-    assert '"paired" is lgd-numba\'s speed' in markdown
+    assert '"paired" is lgd-numba\'s speed over the faster of jax-scan and torch-compile' in markdown
+    del numba["extra_info"]["paired_peers"]["torch-compile"]  # quick runs pair jax-scan alone: the note says so
+    alone = format_markdown(build_report([numba], [], MACHINE, "quick", {}))
+    assert "speed over jax-scan, each" in alone and "torch-compile" not in alone
     assert "\"paired\" is" not in format_markdown(_report())  # no paired timings: no note
 
 

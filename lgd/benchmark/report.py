@@ -154,9 +154,11 @@ def describe(machine: dict) -> str:
 def format_markdown(report: dict) -> str:
     lines = [f"# lgd bench ({report['mode']}, {report['created']})", "",
              f"Machine: {describe(report['machine'])}.", ""] + _markdown_table(COLUMNS, _rows(report))
-    if any(r.get("ratio_best_peer_paired") is not None for r in report["records"]):
+    paired = sorted({peer for r in report["records"] for peer in (r.get("paired_peers") or {})})
+    if paired:
         lines += ["", "\"vs best peer\" compares the best rounds of cases timed minutes apart; \"paired\" is "
-                  "lgd-numba's speed over the faster of torch.compile and jax-scan, each run back to back with "
+                  f"lgd-numba's speed over {paired[0] if len(paired) == 1 else 'the faster of ' + ' and '.join(paired)}"
+                  ", each run back to back with "
                   "lgd in turns (the median of its pairs), so that both see the same machine."]
     if report["skipped"]:
         lines += ["", "Skipped: " + "; ".join(sorted(skip_summary(report))) + "."]
@@ -254,6 +256,8 @@ def save_plot(report: dict, path) -> None:
         impls = list(dict.fromkeys(r["impl"] for r in sorted(mine, key=lambda r: (r["kind"] != "lgd", r["impl"]))))
         for offset, dtype in ((-0.2, "float64"), (0.2, "float32")):
             values = {r["impl"]: r["steps_per_s"] for r in mine if r["dtype"] == dtype}
+            if not values:  # a dtype not run: no bars, and no legend entry
+                continue
             ax.barh([i + offset for i, impl in enumerate(impls) if impl in values],
                     [values[impl] for impl in impls if impl in values], height=0.4, color=colors[dtype], label=dtype)
             roofs = [r["roofline_steps_per_s"] for r in mine if r["dtype"] == dtype]
