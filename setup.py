@@ -1,6 +1,6 @@
 """Packaging for lgd. The top-level kernels/ folder installs as lgd.kernels, never as `kernels`."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 EXTRAS = {
     # The numba kernels use numba internals (compile_internal, Flags, the cache's index file): bounded to
@@ -32,7 +32,9 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["lgd", "lgd.backends", "lgd.benchmark", "lgd.kernels", "lgd.kernels.numba_cpu"],
+    # Every package under lgd/ and kernels/ (a list by hand once left lgd.dynamics out of the wheel).
+    packages=["lgd", *(f"lgd.{name}" for name in find_packages("lgd")),
+              "lgd.kernels", *(f"lgd.kernels.{name}" for name in find_packages("kernels"))],
     package_dir={"lgd.kernels": "kernels"},
     package_data={"lgd.kernels": ["cuda/*.cu", "cuda/*.cuh", "cuda/*.h", "cuda/*.cpp"]},
     install_requires=["numpy>=1.24"],

@@ -383,6 +383,18 @@ def _install(site: Path) -> None:
                    capture_output=True)
 
 
+def test_an_install_holds_every_module_and_cuda_source(tmp_path):
+    """What setup.py installs (build_py, as a wheel): every Python module of lgd/ and kernels/, and the CUDA
+    sources, under lgd/ and lgd/kernels/."""
+    site = tmp_path / "site-packages"
+    _install(site)
+    installed = {path.relative_to(site / "lgd").as_posix() for path in (site / "lgd").rglob("*") if path.is_file()}
+    sources = {path.relative_to(ROOT / "lgd").as_posix() for path in (ROOT / "lgd").rglob("*.py")}
+    sources |= {"kernels/" + path.relative_to(ROOT / "kernels").as_posix() for path in (ROOT / "kernels").rglob("*")
+                if path.is_file() and path.suffix in (".py", ".cu", ".cuh", ".h", ".cpp")}
+    assert not sources - installed, sorted(sources - installed)
+
+
 def test_lgd_bench_runs_from_a_plain_install(tmp_path):
     """`lgd bench` from an installed lgd, run from another folder: it runs the installed suite and writes its
     results into the current folder, nothing into the package. The smallest run: 20 steps of S, two cases."""
