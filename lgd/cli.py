@@ -220,6 +220,14 @@ def _sweep(args) -> int:
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         # Everything that can be refused is, before the output folder, the store or a cluster is made.
+        needs = {"xarray": ("the grid's dataset", "lgd[distributed]")}
+        if args.format == "zarr" or args.store:
+            needs["zarr"] = ("a zarr store", "lgd[distributed]")
+        if args.format == "netcdf":
+            needs["scipy"] = ("--format netcdf (scipy's netCDF3 writer)", "lgd[analysis]")
+        for module, (need, extra) in needs.items():
+            if importlib.util.find_spec(module) is None:
+                raise ImportError(f"{need} needs {module}: pip install \"{extra}\"")
         datasets = {}
         for name in args.dataset:
             kwargs = {} if args.n is None else {"n": args.n}

@@ -469,6 +469,9 @@ def _sharpness(problem: Problem, state: State, c: int, k: int, points):
 
 
 def _progress_bar(progress, total: int, unit: str = "step"):
+    """A tqdm bar of ``total`` ``unit`` where ``progress`` asks for one (None: where stderr is a terminal and
+    tqdm is installed; True without tqdm is an ImportError), else None."""
+    asked = progress is True
     if progress is None:
         progress = sys.stderr.isatty()
     if not progress:
@@ -476,7 +479,7 @@ def _progress_bar(progress, total: int, unit: str = "step"):
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        if progress is True:
+        if asked:
             raise ImportError('progress=True needs tqdm: pip install tqdm (or "lgd[progress]")') from None
         return None
     return tqdm(total=total, unit=unit, leave=False)

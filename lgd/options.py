@@ -158,7 +158,8 @@ class Compute:
         Precision of the whole run; None keeps float32 input as float32 and uses float64 otherwise.
         Any spelling numpy understands (``np.float32``, ``'f4'``) is stored as the name.
     progress : None | bool
-        A tqdm progress bar; None shows one only when stderr is a terminal.
+        A tqdm progress bar; None shows one only when stderr is a terminal and tqdm is installed (True
+        without tqdm is an ImportError naming the extra).
 
     Examples
     --------

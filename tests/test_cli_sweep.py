@@ -113,6 +113,18 @@ def test_bad_options_are_refused_before_any_folder_store_or_cluster(tmp_path, ca
     assert [path.name for path in notes.iterdir()] == ["keep.txt"]
 
 
+def test_without_xarray_lgd_sweep_says_so_before_any_work(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "xarray" else
+                        find_spec(name, *args))
+    out = tmp_path / "out"
+    assert main(["sweep", *GRID, "--out", str(out)]) == 2
+    assert 'the grid\'s dataset needs xarray: pip install "lgd[distributed]"' in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_a_grid_that_cannot_be_written_keeps_the_previous_results(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     small = ["--dataset", "wu_toy", "--widths", "2", "--stepsizes", "1", "--steps", "3", "--backend", "numpy",

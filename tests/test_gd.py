@@ -315,6 +315,21 @@ def test_progress_bar_on_request_and_off_when_not_a_terminal(xor, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_without_tqdm_a_terminal_gets_no_bar_and_progress_true_says_what_to_install(xor, monkeypatch):
+    """progress=None in a terminal is a bar where tqdm is installed and none (no error) where it is not: `pip
+    install lgd` is numpy only; progress=True without tqdm names the extra."""
+    import sys
+
+    X, y = xor
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    run = lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=1.0, steps=5, compute="numpy")
+    assert run.status == "completed"
+    with pytest.raises(ImportError, match=r'progress=True needs tqdm: pip install tqdm \(or "lgd\[progress\]"\)'):
+        lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=1.0, steps=5, compute=lgd.Compute("numpy", progress=True))
+
+
 def test_the_driver_takes_the_rest_of_a_run_in_one_chunk_where_it_fits(monkeypatch):
     """After its first chunk (16 evaluations) the driver takes the rest of a run in one chunk where that fits in
     CHUNK_SECONDS at the first chunk's pace (each chunk is a runner call), else it grows the chunk toward

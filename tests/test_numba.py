@@ -118,6 +118,30 @@ def test_an_edit_in_a_helper_module_is_compiled_not_loaded_stale(tmp_path):
     assert risk() == 1.0
 
 
+def test_without_a_writable_cache_folder_the_kernels_compile_uncached(monkeypatch, capsys):
+    """Where numba finds no folder to cache in (a read-only install, a home that cannot be written: numba's
+    "no locator available"), a kernel is compiled in the process, uncached, and lgd says so once; so is the
+    classifier of lgd.dynamics."""
+    from numba.core import caching
+
+    from lgd.dynamics import periods
+
+    monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])
+    monkeypatch.setattr(compiler, "_UNCACHED", [])
+    with pytest.raises(RuntimeError, match="no locator available"):
+        compiler.FolderCache(test_without_a_writable_cache_folder_the_kernels_compile_uncached)
+
+    def plus_one(x):
+        return x + 1
+
+    first, second = compiler.kernel(plus_one), compiler.kernel(plus_one)
+    assert first(1) == second(2) - 1 == 2 and compiler.cache_unwritable()
+    assert capsys.readouterr().err.count("set NUMBA_CACHE_DIR") == 1
+    monkeypatch.setattr(periods, "_COMPILED", [])
+    found = lgd.dynamics.attractors(values=np.ones((1, 8, 1)), backend="numba")
+    assert found.names == ["converged"]
+
+
 def test_available_without_importing_numba():
     code = "import sys, lgd.backends._numba as b; assert b.available()[0]; assert 'numba' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -21,6 +21,7 @@ stepsizes never recompiles. The modules, from the bottom up:
 Nothing here checks arguments or knows about lgd's classes: :mod:`lgd.backends._numba` does.
 """
 
+from .compiler import cache_unwritable
 from .formulas import ACTIVATIONS, KNOWN, LOSSES, UNKNOWN_ACTIVATION, UNKNOWN_LOSS
 from .intrinsics import VECTOR_BYTES, tile_columns
 from .step import COLUMN_GROUP
@@ -30,4 +31,4 @@ from .tiles import waiting_samples, z_rows
 
 __all__ = ["run_team", "spin_while", "Data", "Batch", "Spec", "Schedule", "Team", "Buffers", "ACTIVATIONS", "LOSSES",
            "KNOWN", "UNKNOWN_ACTIVATION", "UNKNOWN_LOSS", "waiting_samples", "z_rows", "HVP_BLOCK", "tile_columns",
-           "VECTOR_BYTES", "COLUMN_GROUP"]
+           "VECTOR_BYTES", "COLUMN_GROUP", "cache_unwritable"]

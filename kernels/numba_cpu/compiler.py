@@ -11,6 +11,7 @@ without them fails with a message naming what is missing. Nothing here computes 
 import hashlib
 import inspect
 import os
+import sys
 import weakref
 from pathlib import Path
 
@@ -154,11 +155,34 @@ class FolderCache(FunctionCache):
 
 
 def kernel(func):
-    """An entry point called from Python: njit, nogil, numpy's error model, cached by :class:`FolderCache`."""
+    """An entry point called from Python: njit, nogil, numpy's error model, cached by :class:`FolderCache`
+    (uncached where no folder for the cache can be written: see :func:`uncached`)."""
     dispatcher = njit(error_model="numpy", nogil=True)(func)
     if CACHE:
-        dispatcher._cache = FolderCache(dispatcher.py_func)
+        try:
+            dispatcher._cache = FolderCache(dispatcher.py_func)
+        except RuntimeError:  # numba's "no locator available": no cache folder it can write
+            uncached()
     return dispatcher
+
+
+_UNCACHED = []
+
+
+def cache_unwritable() -> bool:
+    """Whether the kernels compile uncached in this process (:func:`uncached`)."""
+    return bool(_UNCACHED)
+
+
+def uncached() -> None:
+    """Say once on stderr that the kernels compile in every process: numba found no folder to cache them in
+    that it can write (the package's __pycache__, ~/.cache/numba, NUMBA_CACHE_DIR); as a read-only install run
+    by a user whose home cannot be written. They still compile and run."""
+    if not _UNCACHED:
+        _UNCACHED.append(True)
+        print("lgd: numba finds no folder it can write its cache to (the package's __pycache__, ~/.cache/numba): "
+              "the kernels compile in every process; set NUMBA_CACHE_DIR to a writable folder to keep them",
+              file=sys.stderr, flush=True)
 
 
 # Code libraries (one per compiled kernel) -> {(function, (signature, counted)): compile result} of the

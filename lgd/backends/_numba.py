@@ -408,9 +408,11 @@ class Runner:
         # which takes seconds, and says so once rather than sit silent.
         what = ", ".join([f"{'BLAS' if blas else 'fused'} products"] +
                          ["the tangent map"] * bool(self.problem.lyapunov) + ["the sharpness"] * measuring)
+        later = ("later processes compile it again (no cache folder)" if self._kernels.cache_unwritable()
+                 else "later runs load it from the cache")
         notice = threading.Timer(COMPILE_NOTICE_S, print, (
             f"lgd: compiling the numba kernel for {np.dtype(dtype).name} ({what}): about 10 s, once for this "
-            f"variant; later runs load it from the cache",), {"file": sys.stderr, "flush": True})
+            f"variant; {later}",), {"file": sys.stderr, "flush": True})
         notice.daemon = True
         notice.start()
         try:

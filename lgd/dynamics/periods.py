@@ -161,14 +161,18 @@ _COMPILED = []
 
 
 def _compiled():
-    """:func:`_classify` compiled by numba (on first use, cached on disk), or None without numba."""
+    """:func:`_classify` compiled by numba (on first use, cached on disk where numba finds a folder it can
+    write), or None without numba."""
     if not _COMPILED:
         try:
             import numba
         except ImportError:
             _COMPILED.append(None)
         else:
-            _COMPILED.append(numba.njit(cache=True, nogil=True)(_classify))
+            try:
+                _COMPILED.append(numba.njit(cache=True, nogil=True)(_classify))
+            except RuntimeError:  # numba's "no locator available": compiled in this process only
+                _COMPILED.append(numba.njit(nogil=True)(_classify))
     return _COMPILED[0]
 
 
