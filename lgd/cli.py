@@ -110,7 +110,10 @@ def _scaling(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="lgd", description="Large-stepsize gradient descent on two-layer networks.")
+    parser.add_argument("--version", action="version", version=f"lgd {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser("run", help="run GD at several stepsizes: table, traces and figure",

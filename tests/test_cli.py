@@ -122,6 +122,12 @@ def test_a_run_whose_traces_do_not_fit_in_memory_is_told_what_to_record(monkeypa
         lgd.sweep(X, y, lgd.TwoLayerNet(4), stepsizes=[1.0, 2.0, 3.0], steps=10**6, compute="numpy")
 
 
+def test_lgd_version(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"lgd {lgd.__version__}"
+
+
 def test_lgd_info_lists_backends(capsys):
     assert main(["info"]) == 0
     printed = capsys.readouterr().out
