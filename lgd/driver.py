@@ -248,9 +248,8 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
     try:
         trace = empty_trace(steps)
     except MemoryError as exc:
-        records = record_count(steps, record_every)
-        raise MemoryError(f"the traces of {len(configs)} configuration(s) over {records:,} recorded steps do not fit "
-                          f"in memory ({exc}); record every k-th step: record=k (lgd run --record-every K)") from None
+        raise MemoryError(_too_large(exc, len(configs), steps, record, record_every, sharpness_every, sharpness_k,
+                                     model.width, d, bool(neuron_margins))) from None
     sharpness_steps = sharpness = None
     if sharpness_every is not None:
         sharpness_steps = record_steps(steps, sharpness_every)
@@ -640,6 +639,26 @@ def _zero_predictor_risk(y, loss) -> float:
     y = np.asarray(y.get() if _backends.on_device(y) else y, dtype=np.float64)
     u = np.zeros_like(y) if loss.margin else -y
     return float(np.mean(loss.value(u)))
+
+
+def _too_large(exc, configs: int, steps: int, record, every: int, sharpness_every, sharpness_k: int, m: int, d: int,
+               neurons: bool) -> str:
+    """What to say when a run's records do not fit in memory: the record that takes the most (the traces, the
+    trajectory or the sharpness), how many, and the option that records it less often."""
+    count = record_count(steps, every)
+    sizes = [(count * (len(_backends.TRACE_FIELDS) + (m if neurons else 0)), count, "recorded steps",
+              "record every k-th step: record=k (lgd run --record-every K)")]
+    if record.weights:
+        count = record_count(steps, record.weights)
+        sizes.append((count * m * d, count, "recorded weights", "record the weights every k-th step: "
+                      "Record(weights=k), or their projections (Record(project_onto=V))"))
+    if sharpness_every is not None:
+        count = record_count(steps, sharpness_every)
+        sizes.append((count * sharpness_k, count, "sharpness measurements", "measure it less often: "
+                      "Record(sharpness_every=s)"))
+    _, count, what, advice = max(sizes, key=lambda size: size[0])
+    return (f"the records of {configs} configuration(s) do not fit in memory ({exc}): the largest are their "
+            f"{count:,} {what}; {advice}")
 
 
 def _trained_parameters(model: TwoLayerNet, d: int) -> int:

@@ -117,9 +117,15 @@ def test_a_run_whose_traces_do_not_fit_in_memory_is_told_what_to_record(monkeypa
 
     monkeypatch.setattr(driver.Trace, "empty", no_memory)
     X, y = lgd.data.xor(n=20)
-    with pytest.raises(MemoryError, match=r"3 configuration\(s\) over 1,000,001 recorded steps do not fit in "
-                                          r"memory \(Unable to allocate 2.24 TiB\); record every k-th step"):
+    with pytest.raises(MemoryError, match=r"3 configuration\(s\) do not fit in memory \(Unable to allocate 2.24 "
+                                          r"TiB\): the largest are their 1,000,001 recorded steps; record every k-th"):
         lgd.sweep(X, y, lgd.TwoLayerNet(4), stepsizes=[1.0, 2.0, 3.0], steps=10**6, compute="numpy")
+    # Where the trajectory or the sharpness is what does not fit, the message names it and its own option.
+    for options, what in ((dict(every=10**5, weights=1), r"1,000,001 recorded weights; record the weights every"),
+                          (dict(every=10**5, sharpness_every=1), r"1,000,001 sharpness measurements; measure it")):
+        with pytest.raises(MemoryError, match=what):
+            lgd.sweep(X, y, lgd.TwoLayerNet(4), stepsizes=[1.0], steps=10**6, record=lgd.Record(**options),
+                      compute="numpy")
 
 
 def test_lgd_version(capsys):
