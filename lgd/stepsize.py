@@ -46,7 +46,7 @@ def stepsize_at(code, p0, p1, p2, t, steps, risk, log_risk, grad_sq, sharpness):
         return p0 * 0.5 * (1.0 + math.cos(math.pi * min(t, steps) / steps))
     if code == ADAPTIVE:  # p0 / L(W_t) from the log-risk, held at the largest float64 where it would overflow
         if -log_risk <= 709.0:
-            return p0 * math.exp(-log_risk)
+            return min(p0 * math.exp(-log_risk), _LARGEST)
         x = math.log(p0) - log_risk  # e^-log L overflows past 709.78; p0 e^-log L may not, for p0 < 1
         return math.exp(x) if x < 709.78 else _LARGEST
     # Polyak and normalised steps at a zero gradient (a stationary point) and Polyak's at a risk down to L_min:

@@ -284,7 +284,7 @@ def test_the_kernels_stepsize_rules_are_lgd_stepsize():
                                     *[ctypes.c_double] * 4]
     for name in cuda_run.KERNEL_RULES:
         code = cuda_codes.RULES[name]
-        for params in ((0.5, 7.0, 0.5), (2.0, 1.0, 0.9)):
+        for params in ((0.5, 7.0, 0.5), (2.0, 1.0, 0.9), (1e10, 1.0, 0.9)):
             for t in (0, 3, 20, 50):
                 for risk, log_risk in ((0.7, np.log(0.7)), (1e-300, np.log(1e-300)), (0.0, -709.5), (0.0, -800.0)):
                     for grad_sq, sharpness in itertools.product((0.0, 1e-8, 2.5), (np.nan, -0.3, 0.0, 4.2)):

@@ -129,7 +129,7 @@ def test_adaptive_is_eta_over_the_risk_up_to_the_largest_float64():
         expected = eta * math.exp(700.0) * math.exp(-log_risk - 700.0)
         assert stepsize.stepsize_at(stepsize.ADAPTIVE, eta, 0.0, 0.0, 0, 10, 0.0, log_risk, 0.0, 0.0) == \
             pytest.approx(expected, rel=1e-12)
-    for eta, log_risk in ((2.0, -709.5), (1.0, -800.0), (1e-3, -1e6)):
+    for eta, log_risk in ((2.0, -709.5), (1.0, -800.0), (1e-3, -1e6), (1e10, -709.0)):
         assert stepsize.stepsize_at(stepsize.ADAPTIVE, eta, 0.0, 0.0, 0, 10, 0.0, log_risk, 0.0, 0.0) == \
             np.finfo(np.float64).max
 

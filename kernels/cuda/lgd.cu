@@ -91,7 +91,7 @@ __host__ __device__ inline double stepsize_at(int code, double p0, double p1, do
     case RULE_COSINE:
         return p0 * 0.5 * (1.0 + cos(3.14159265358979323846 * (double)(t < steps ? t : steps) / (double)steps));
     case RULE_ADAPTIVE:
-        if (-log_risk <= 709.0) return p0 * exp(-log_risk);
+        if (-log_risk <= 709.0) return fmin(p0 * exp(-log_risk), 1.7976931348623157e308);
         // e^-log L overflows past 709.78; p0 e^-log L may not, for p0 < 1
         return log(p0) - log_risk < 709.78 ? exp(log(p0) - log_risk) : 1.7976931348623157e308;
     case RULE_POLYAK:
