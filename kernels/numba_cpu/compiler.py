@@ -161,12 +161,19 @@ def kernel(func):
     if CACHE:
         try:
             dispatcher._cache = FolderCache(dispatcher.py_func)
-        except RuntimeError:  # numba's "no locator available": no cache folder it can write
+        except RuntimeError as exc:
+            if not no_cache_folder(exc):
+                raise
             uncached()
     return dispatcher
 
 
 _UNCACHED = []
+
+
+def no_cache_folder(exc: RuntimeError) -> bool:
+    """Whether numba raised `exc` because it found no folder it can write a cache to ("no locator available")."""
+    return "no locator available" in str(exc)
 
 
 def cache_unwritable() -> bool:

@@ -171,7 +171,9 @@ def _compiled():
         else:
             try:
                 _COMPILED.append(numba.njit(cache=True, nogil=True)(_classify))
-            except RuntimeError:  # numba's "no locator available": compiled in this process only
+            except RuntimeError as exc:
+                if "no locator available" not in str(exc):  # no cache folder numba can write: this process only
+                    raise
                 _COMPILED.append(numba.njit(nogil=True)(_classify))
     return _COMPILED[0]
 
