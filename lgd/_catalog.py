@@ -28,6 +28,12 @@ def entry_of(spec, kind: str, base: type, factories: dict, own: dict):
     if isinstance(spec, base):
         if spec.name not in factories:
             own[spec.spec] = spec
+        elif type(spec) is not factories[spec.name]:
+            # Results name their entries: under the catalog's name, another formula would be rebuilt as the
+            # catalog's (run.model, lgd.resume, a distributed batch) and be recorded as it.
+            raise ValueError(f"{kind} {spec.name!r} is a {type(spec).__name__}, not the catalog's "
+                             f"{factories[spec.name].__name__}: give an entry of your own a name of its own "
+                             f"(the class attribute name = '...')")
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"{kind} must be a name or an {base.__module__}.{base.__name__}, got {type(spec).__name__}")

@@ -132,7 +132,10 @@ class _Unknown(lgd.activations.Activation):
 
 
 class _Retouched(lgd.activations.relu):
-    """A ReLU of the user's own with a formula of its own (a smoothed kink): relu's name and code."""
+    """A ReLU of the user's own with a formula of its own (a smoothed kink) and a name of its own: relu's
+    code."""
+
+    name = "smoothed_relu"
 
     def phi(self, z):
         return np.sqrt(z * z + 1e-4) / 2 + z / 2
@@ -148,7 +151,7 @@ def test_a_code_the_kernels_do_not_have_is_refused(compiled_backend_dtype):
     with pytest.raises(ValueError, match=r"no formula for the activation 'cube' \(code 99\)"):
         case.backend.runner(problem, 3, 1, (1, 4, 5))
     retouched = make_problem(lgd.TwoLayerNet(4, activation=_Retouched()), "logistic", case.dtype)
-    with pytest.raises(ValueError, match=r"no formula for the activation 'relu' \(code 1\)"):
+    with pytest.raises(ValueError, match=r"no formula for the activation 'smoothed_relu' \(code 1\)"):
         case.backend.runner(retouched, 3, 1, (1, 4, 5))
     assert backends.resolve("auto", entries=(_Retouched(), lgd.losses.logistic())).name == "numpy"
     assert backends.resolve("auto", entries=(lgd.activations.relu(), lgd.losses.logistic())).name == \

@@ -157,6 +157,28 @@ def test_entries_of_your_own_are_known_by_name_once_given(tmp_path):
     assert resumed.status == ["completed"] and np.array_equal(resumed.risk, done.risk)
 
 
+class RetouchedTanh(activations.tanh):
+    """A tanh of a user's own that keeps the catalog's name."""
+
+    def phi(self, z):
+        return 2 * np.tanh(z)
+
+
+class ScaledLogistic(losses.logistic):
+    def value(self, r):
+        return 2 * super().value(r)
+
+
+def test_an_entry_of_your_own_under_a_catalog_name_is_refused():
+    """A subclass of a catalog entry that keeps the entry's name would be recorded, and rebuilt from a
+    result (run.model, lgd.resume), as the catalog's: refused where it is passed, naming both classes."""
+    with pytest.raises(ValueError, match="activation 'tanh' is a RetouchedTanh, not the catalog's tanh: give"):
+        lgd.TwoLayerNet(3, activation=RetouchedTanh())
+    with pytest.raises(ValueError, match="loss 'logistic' is a ScaledLogistic, not the catalog's logistic"):
+        lgd.gd(*lgd.data.xor(n=8), lgd.TwoLayerNet(3), ScaledLogistic(), steps=1, compute="numpy")
+    assert activations.get(activations.tanh()).name == "tanh" and activations.get(activations.silu()).name == "silu"
+
+
 @pytest.mark.parametrize("spec, message", [
     ("sigmoidal", "unknown activation 'sigmoidal'; valid: gelu, identity"),
     ("relu(0.1)", "takes no parameter"),
