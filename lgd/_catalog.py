@@ -13,11 +13,19 @@ import re
 _SPEC = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(\s*([^()]*?)\s*\))?\s*$")
 
 
+def number_text(value: float) -> str:
+    """A number short where that is exact (30, 0.5, 1e-05), else in full (0.1234567, 1234567.0, not
+    1.23457e+06): labels that name a parameter (an entry's spec, a stepsize rule's, a file name) tell
+    apart every two values that differ."""
+    value = float(value)
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
 def param_spec(name: str, param: float) -> str:
-    """``name(param)``: the parameter short where that is exact (0.5, 1e-05), else in full (0.1234567), so that
-    a spec read back (a result's metadata, a distributed sweep's batches) is the entry that was used."""
-    short = f"{param:g}"
-    return f"{name}({short if float(short) == param else repr(float(param))})"
+    """``name(param)`` with the parameter in :func:`number_text`, so that a spec read back (a result's
+    metadata, a distributed sweep's batches) is the entry that was used."""
+    return f"{name}({number_text(param)})"
 
 
 def entry_of(spec, kind: str, base: type, factories: dict, own: dict):

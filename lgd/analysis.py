@@ -279,9 +279,11 @@ def acceleration_curve(sweep, steps: int | None = None) -> AccelerationCurve:
     first = {spec: int(np.flatnonzero(rules == spec)[0]) for spec in dict.fromkeys(rules.tolist())}
     specs = sorted(first, key=lambda spec: float(sweep.stepsize[first[spec]]))
     stepsizes = np.array([sweep.stepsize[first[spec]] for spec in specs], dtype=np.float64)
-    if np.unique(stepsizes).size != stepsizes.size:
+    values, counts = np.unique(stepsizes, return_counts=True)
+    if values.size != stepsizes.size:
+        shared = [spec for spec, eta in zip(specs, stepsizes) if eta in values[counts > 1]]
         raise ValueError(f"acceleration_curve reads one rule over its stepsizes; this sweep has rules that share a "
-                         f"stepsize ({', '.join(specs)}): pass the configurations of one rule")
+                         f"stepsize ({', '.join(shared)}): pass the configurations of one rule")
     log_risk = np.empty(stepsizes.size)
     monotone = np.empty(stepsizes.size, dtype=bool)
     for i, spec in enumerate(specs):

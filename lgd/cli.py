@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._catalog import number_text
+
 DEFAULT_STEPSIZES = (30.0, 1000.0, 3000.0)
 # The two-layer network's options and their defaults (`lgd run --model linear` refuses the others set).
 NETWORK_DEFAULTS = {"width": 20, "activation": "leaky_softplus(0.5)", "scaling": "mean_field", "outer": "alternating",
@@ -527,14 +529,7 @@ def trace_names(stepsizes) -> list:
     """File names of the traces of ``lgd run``, one per configuration and never two alike: the index,
     then the stepsize in full (``run0_eta30.npz``, ``run1_eta1234567.0.npz``)."""
     width = len(str(len(stepsizes) - 1))
-    return [f"run{i:0{width}d}_eta{_stepsize_text(eta)}.npz" for i, eta in enumerate(stepsizes)]
-
-
-def _stepsize_text(stepsize) -> str:
-    """The stepsize short when that is exact (30, 0.5), else in full (1234567.0, not 1.23457e+06)."""
-    stepsize = float(stepsize)
-    short = f"{stepsize:g}"
-    return short if float(short) == stepsize else repr(stepsize)
+    return [f"run{i:0{width}d}_eta{number_text(eta)}.npz" for i, eta in enumerate(stepsizes)]
 
 
 def _risk_text(risk: float, log_risk: float) -> str:
@@ -564,7 +559,7 @@ def format_table(runs) -> str:
         phase = run.phase
         status = {"diverged": f"diverged at step {run.diverged_step}",
                   "interrupted": f"interrupted at step {run.steps_taken}"}.get(run.status, run.status)
-        rows.append((_stepsize_text(run.stepsize), _risk_text(run.final_risk, run.final_log_risk),
+        rows.append((number_text(run.stepsize), _risk_text(run.final_risk, run.final_log_risk),
                      "-" if phase.transition_step is None else str(phase.transition_step),
                      f"{phase.increases_before}/{phase.increases_after}", f"{_last(run.normalized_margin):+.4f}",
                      f"{_last(run.accuracy):.3f}", f"{run.steps_per_second:,.0f}", status))

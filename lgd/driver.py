@@ -26,7 +26,7 @@ from . import checkpoint as _checkpoint
 from . import losses as _losses
 from . import options as _options
 from . import stepsize as _stepsize
-from .backends import Problem, State, Trace, record_count, record_steps
+from .backends import Problem, State, Trace, record_count, record_steps, stepsize_of
 from .models import Linear, TwoLayerNet
 from .options import check_count as _check_count
 from .options import real_array
@@ -299,6 +299,10 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
             last.advance(reached, reached + 1)
         finally:
             last.finish()
+        # That runner's run ends at `reached`; a rule whose eta_t depends on the run's length takes the call's.
+        for c in range(len(configs)):
+            if int(state.rules[c]) in _stepsize.LENGTH_RULES and state.diverged[c] < 0:
+                final.eta[c, -1] = stepsize_of(state, c, reached, steps, math.nan, math.nan, math.nan, problem.dtype)
 
     def kept(field: str, every: int):
         """A trace field over the steps the run took (and, when interrupted, the step it stopped at): a view

@@ -276,6 +276,9 @@ class Sweep(_Traces):
         if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
             raise TypeError(f"a Sweep is indexed by one configuration's number (an int), got {type(i).__name__}: "
                             "sweep[i] is that configuration's Run; iterate over the sweep for all of them")
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"configuration {i} is not in this sweep of {len(self)} configurations (0 to "
+                             f"{len(self) - 1}, or -{len(self)} to -1 from the end)")
         i = range(len(self))[i]
         diverged = int(self.diverged_step[i])
 

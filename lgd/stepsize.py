@@ -25,12 +25,16 @@ from numbers import Real
 
 import numpy as np
 
+from ._catalog import number_text
+
 __all__ = ["Rule", "constant", "is_constant", "warmup", "step_decay", "cosine", "adaptive", "polyak", "normalized",
            "inverse_sharpness", "as_rule", "stepsize_at"]
 
 _LARGEST = 1.7976931348623157e308
 # The rules' codes, data in the kernels.
 CONSTANT, WARMUP, STEP_DECAY, COSINE, ADAPTIVE, POLYAK, NORMALIZED, INVERSE_SHARPNESS = range(8)
+# The rules whose eta_t depends on the run's length T (stepsize_at's `steps`).
+LENGTH_RULES = (COSINE,)
 
 
 def stepsize_at(code, p0, p1, p2, t, steps, risk, log_risk, grad_sq, sharpness):
@@ -83,7 +87,7 @@ def _positive(value, name: str) -> float:
 def constant(eta) -> Rule:
     """eta_t = eta."""
     eta = _positive(eta, "eta")
-    return Rule(CONSTANT, (eta, 0.0, 0.0), f"constant({eta:g})", eta)
+    return Rule(CONSTANT, (eta, 0.0, 0.0), f"constant({number_text(eta)})", eta)
 
 
 def is_constant(spec) -> bool:
@@ -95,7 +99,7 @@ def is_constant(spec) -> bool:
 def warmup(eta, steps) -> Rule:
     """eta_t = eta min(1, (t + 1) / steps): a linear warm-up over `steps` steps, then constant."""
     eta, steps = _positive(eta, "eta"), _positive(steps, "steps")
-    return Rule(WARMUP, (eta, steps, 0.0), f"warmup({eta:g}, {steps:g})", eta)
+    return Rule(WARMUP, (eta, steps, 0.0), f"warmup({number_text(eta)}, {number_text(steps)})", eta)
 
 
 def step_decay(eta, every, factor) -> Rule:
@@ -103,20 +107,20 @@ def step_decay(eta, every, factor) -> Rule:
     eta, every, factor = _positive(eta, "eta"), _positive(every, "every"), _positive(factor, "factor")
     if factor > 1.0:
         raise ValueError(f"stepsize rule: step_decay's factor must be at most 1, got {factor}")
-    return Rule(STEP_DECAY, (eta, every, factor), f"step_decay({eta:g}, {every:g}, {factor:g})", eta)
+    return Rule(STEP_DECAY, (eta, every, factor), f"step_decay({number_text(eta)}, {number_text(every)}, {number_text(factor)})", eta)
 
 
 def cosine(eta) -> Rule:
     """eta_t = eta (1 + cos(pi t / T)) / 2 over the run's T steps."""
     eta = _positive(eta, "eta")
-    return Rule(COSINE, (eta, 0.0, 0.0), f"cosine({eta:g})", eta)
+    return Rule(COSINE, (eta, 0.0, 0.0), f"cosine({number_text(eta)})", eta)
 
 
 def adaptive(eta) -> Rule:
     """eta_t = eta / L(W_t), the risk-adaptive stepsize (Zhang, Wu, Lin and Bartlett, 2025), from the log-risk:
     finite where the risk underflows."""
     eta = _positive(eta, "eta")
-    return Rule(ADAPTIVE, (eta, 0.0, 0.0), f"adaptive({eta:g})", eta)
+    return Rule(ADAPTIVE, (eta, 0.0, 0.0), f"adaptive({number_text(eta)})", eta)
 
 
 def polyak(risk_min=0.0, scale=1.0) -> Rule:
@@ -126,21 +130,21 @@ def polyak(risk_min=0.0, scale=1.0) -> Rule:
             or not math.isfinite(float(risk_min)):
         raise ValueError(f"stepsize rule: risk_min must be a finite number, got {risk_min!r}")
     scale = _positive(scale, "scale")
-    return Rule(POLYAK, (float(risk_min), scale, 0.0), f"polyak({float(risk_min):g}, {scale:g})", scale)
+    return Rule(POLYAK, (float(risk_min), scale, 0.0), f"polyak({number_text(float(risk_min))}, {number_text(scale)})", scale)
 
 
 def normalized(eta) -> Rule:
     """eta_t = eta / |grad L(W_t)|: normalised GD, every step of length eta (0 at a zero gradient: a stationary
     point stays)."""
     eta = _positive(eta, "eta")
-    return Rule(NORMALIZED, (eta, 0.0, 0.0), f"normalized({eta:g})", eta)
+    return Rule(NORMALIZED, (eta, 0.0, 0.0), f"normalized({number_text(eta)})", eta)
 
 
 def inverse_sharpness(c) -> Rule:
     """eta_t = c / lambda_max(W_s), the top Hessian eigenvalue at the latest sharpness step s <= t: needs
     ``lgd.Record(sharpness_every=s)`` (c = 2 sits at the classical stability limit 2 / lambda_max)."""
     c = _positive(c, "c")
-    return Rule(INVERSE_SHARPNESS, (c, 0.0, 0.0), f"inverse_sharpness({c:g})", c)
+    return Rule(INVERSE_SHARPNESS, (c, 0.0, 0.0), f"inverse_sharpness({number_text(c)})", c)
 
 
 def as_rule(value, name: str = "stepsize") -> Rule:

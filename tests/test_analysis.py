@@ -124,10 +124,15 @@ def test_acceleration_curve_of_a_synthetic_sweep():
     curve = analysis.acceleration_curve(rules)
     assert curve.stepsizes.tolist() == [1.0, 3.0, 30.0]
     np.testing.assert_array_equal(curve.log_risk, rules.log_risk[:, -1])
-    mixed = lgd.sweep(X, y, lgd.Linear(), stepsizes=[10.0, lgd.stepsize.adaptive(10.0)], steps=3, init="zeros",
-                      compute="numpy")
-    with pytest.raises(ValueError, match=r"rules that share a stepsize \(constant\(10\), adaptive\(10\)\)"):
+    mixed = lgd.sweep(X, y, lgd.Linear(), stepsizes=[10.0, lgd.stepsize.adaptive(10.0), 3.0], steps=3,
+                      init="zeros", compute="numpy")
+    with pytest.raises(ValueError, match=r"rules that share a stepsize \(constant\(10\), adaptive\(10\)\):"):
         analysis.acceleration_curve(mixed)
+    # stepsizes that print alike to six digits are points of their own
+    close = lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0, 1.0000001, 1.0000002], steps=3, init="zeros",
+                      compute="numpy")
+    assert close.stepsize_rule == ["constant(1)", "constant(1.0000001)", "constant(1.0000002)"]
+    assert analysis.acceleration_curve(close).stepsizes.tolist() == [1.0, 1.0000001, 1.0000002]
 
 
 def test_real_runs_small_stepsize_monotone_large_stepsize_eos_then_rate_one_over_t():

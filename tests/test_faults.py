@@ -77,6 +77,19 @@ def test_an_interrupted_run_counts_only_the_steps_it_took(interrupt_at):
     assert run.steps_per_second == pytest.approx(run.steps_taken / run.seconds)
 
 
+def test_an_interrupted_run_records_the_rules_stepsize_of_the_whole_run(interrupt_at):
+    """The record of the step an interrupted run stopped at gives eta_t of the run it was, not of one ending
+    there: cosine decay over the call's steps (a run ending at t would have decayed to 0)."""
+    X, y = lgd.data.xor(n=20)
+    fired = interrupt_at(40)
+    rules = [lgd.stepsize.cosine(2.0), lgd.stepsize.warmup(2.0, 10), 3.0]
+    grid = lgd.sweep(X, y, lgd.TwoLayerNet(4), stepsizes=rules, steps=1000, record=100, compute="numpy")
+    t = fired[0]
+    assert grid.status == ["interrupted"] * 3 and grid.step[-1] == t
+    np.testing.assert_array_equal(grid.eta[:, -1], [(1 + math.cos(math.pi * t / 1000)), 2.0, 3.0])
+    assert grid.eta[0, -1] == lgd.stepsize.stepsize_at(lgd.stepsize.COSINE, 2.0, 0.0, 0.0, t, 1000, *[math.nan] * 4)
+
+
 def test_the_rate_of_a_sweep_config_uses_its_steps_taken():
     X, y = lgd.data.wu_toy()
     grid = lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0, 2.0], steps=10, init="zeros", compute="numpy")

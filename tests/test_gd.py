@@ -76,6 +76,9 @@ def test_sweep_equals_single_runs(xor):
     assert result[-1].seed == 2 and result[np.int64(1)].seed == 2
     with pytest.raises(TypeError, match="indexed by one configuration's number \\(an int\\), got slice"):
         result[0:2]
+    with pytest.raises(IndexError, match=r"configuration 4 is not in this sweep of 4 configurations \(0 to 3, or -4"):
+        result[4]
+    assert result[-4].stepsize == 0.5
 
 
 def test_divergence_stops_the_run_and_keeps_its_trace(xor):

@@ -113,6 +113,15 @@ def test_bad_rule_parameters_name_the_problem(make, message):
         make()
 
 
+def test_a_rules_label_tells_apart_every_two_parameters():
+    """A rule's spec (the label a result records) is short where that is exact, in full where it is not."""
+    assert stepsize.constant(1.0000001).spec == "constant(1.0000001)" and stepsize.constant(30.0).spec == "constant(30)"
+    assert stepsize.warmup(math.pi, 10).spec == f"warmup({math.pi!r}, 10)"
+    assert stepsize.step_decay(2.0, 100, 0.9999999).spec == "step_decay(2, 100, 0.9999999)"
+    assert stepsize.polyak(1e-7, 0.5).spec == "polyak(1e-07, 0.5)"
+    assert repr(stepsize.cosine(1234567.0)) == "lgd.stepsize.cosine(1234567.0)"
+
+
 def test_rules_are_saved_with_the_run(tmp_path):
     X, y, _, _ = problem_data("logistic")
     run = lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=RULES["cosine"], steps=5, compute="numpy")
