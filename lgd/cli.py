@@ -58,7 +58,9 @@ def _grid_stepsizes(text: str) -> list:
             raise argparse.ArgumentTypeError(f"stepsizes A:B:N needs two numbers and a count, got {text!r}") from None
         if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high) or count < 1:
             raise argparse.ArgumentTypeError(f"stepsizes A:B:N needs 0 < A <= B (finite) and N >= 1, got {text!r}")
-        values = np.geomspace(low, high, count).tolist()  # A and B exactly
+        # A and B exactly, and the values between at 15 significant digits, so that the decades of 0.5:500:4
+        # are 5 and 50 as written, where geomspace gives 4.999999999999999 and 49.99999999999999.
+        values = [low, *(float(f"{v:.15g}") for v in np.geomspace(low, high, count)[1:-1].tolist()), high][:count]
     else:
         values = _stepsizes(text)
     twice = sorted({value for value in values if values.count(value) > 1})
@@ -181,7 +183,7 @@ def _configure_sweep(parser: argparse.ArgumentParser) -> None:
                       help="training points per dataset (100 for xor if omitted, as lgd run; the others' own size)")
     data.add_argument("--widths", type=lambda text: _integers(text, "widths", 1), default=[20],
                       help="comma-separated widths (default: 20)")
-    data.add_argument("--stepsizes", type=_grid_stepsizes, default=np.logspace(-1, 3, 16).tolist(),
+    data.add_argument("--stepsizes", type=_grid_stepsizes, default=_grid_stepsizes("1e-1:1e3:16"),
                       help="A:B:N for N log-spaced stepsizes from A to B, or a comma-separated list "
                            "(default: 1e-1:1e3:16)")
     data.add_argument("--seeds", type=lambda text: _integers(text, "seeds", 0), default=[0],

@@ -86,6 +86,17 @@ def test_sweep_flag_errors(tmp_path, capsys, flags, message):
     assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_log_spaced_stepsizes_are_the_values_written():
+    """A:B:N has A and B exactly and its decades as written (geomspace gives 4.999999999999999 for 5)."""
+    from lgd.cli import _grid_stepsizes
+
+    assert _grid_stepsizes("0.5:500:4") == [0.5, 5.0, 50.0, 500.0]
+    assert _grid_stepsizes("1e-3:1e3:7") == [0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0]
+    between = _grid_stepsizes("1:10:3")
+    assert between[0] == 1.0 and between[2] == 10.0 and between[1] == pytest.approx(10 ** 0.5, rel=1e-15)
+    assert _grid_stepsizes("2:3:1") == [2.0]
+
+
 def test_sweep_value_errors(tmp_path, capsys):
     assert main(["sweep", "--steps", "0", "--out", str(tmp_path)]) == 2
     assert "--steps must be >= 1" in capsys.readouterr().err
