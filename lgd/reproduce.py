@@ -685,6 +685,8 @@ def reproduce(name: str, quick: bool = False, backend: str = "auto", data_path=N
         if data_path is None:
             raise ValueError(f"{name} needs --data-path pointing at the local {name} files")
         return _EXPERIMENTS[name](data_path, **kwargs)
+    if data_path is not None:
+        raise ValueError(f"{name} reads no data files: --data-path is for {' and '.join(sorted(_NEEDS_DATA))}")
     return _EXPERIMENTS[name](**kwargs)
 
 

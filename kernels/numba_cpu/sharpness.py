@@ -5,9 +5,9 @@ weights by Lanczos with full re-orthogonalisation on the exact Hessian-vector pr
 (``cached_hessian_products``: every sample's curvature formed once per measurement), warm-started
 from the previous measurement's top Ritz vector mixed with a fixed spread-out direction (which reaches every
 eigenspace: the Ritz vector alone stays in the invariant subspaces a symmetric network's Hessian has, and
-misses eigenvalues outside them), restarted from a new spread-out direction where the Krylov space closes
-(repeated eigenvalues), and the small
-tridiagonal algebra it needs (Sturm bisection for the Ritz values, inverse iteration for the top Ritz
+misses eigenvalues outside them), restarted from a new spread-out direction orthogonal to the basis where
+the Krylov space closes and, for k >= 2, where it has converged, until a restart adds no further copy of a
+top eigenvalue (one Krylov space finds a repeated eigenvalue once), and the small tridiagonal algebra it needs (Sturm bisection for the Ritz values, inverse iteration for the top Ritz
 vector). lgd.hessian.sharpness (scipy's eigsh on the same products) is the oracle.
 """
 
@@ -25,6 +25,9 @@ RITZ_TOL = 1e-13
 # which where the eigenvalues lie close (a saturated tanh net's top two within 6%) made spurious Ritz values,
 # 2-12% off and above the largest eigenvalue; a second pass leaves them at rounding ("twice is enough").
 REORTHOGONALISE = 2
+# A block of the basis started to look for a further copy of a top eigenvalue has found one when it raises the
+# k-th Ritz value by more than this (relative): then the basis is restarted once more.
+FOUND_TOL = 1e-10
 
 
 @subroutine(types.int64)
@@ -172,6 +175,10 @@ def top_eigenvalues(X, y, Wt, a, spec, start, start_a, out, Q, QA, HV, HB, Vt, H
     n = X.shape[0]
     P, Qc, AQ, AR, coef = cache[0][:n], cache[1][:n], cache[2][:n], cache[3][:n], cache[4][:n]
     curvature_cache(X, y, Wt, a, spec, block, P, Qc, AQ, AR, coef)
+    # T splits into blocks at each restart (beta 0 there), the current one from `first`; `checking` once a
+    # converged basis has been restarted to look for a further copy of a top eigenvalue, with `kth` the k-th
+    # Ritz value then.
+    first, first_top, checking, kth = 0, math.nan, False, math.nan
     for j in range(J):
         cached_hessian_products(X, spec, P, Qc, AQ, AR, coef, Q[j:j + 1], QA[j:j + 1], HV, HB, Vt, HVt, block)
         dot = 0.0
@@ -189,14 +196,25 @@ def top_eigenvalues(X, y, Wt, a, spec, start, start_a, out, Q, QA, HV, HB, Vt, H
             value = ritz_value(alpha, beta, steps, i)
             converged = converged and abs(value - ritz[i]) <= RITZ_TOL * abs(value)
             ritz[i] = value
-        if converged or j + 1 == J:
+        if first > 0:  # a block after a restart: its own top Ritz value settled too
+            top = ritz_value(alpha[first:], beta[first:], steps - first, 0)
+            converged = converged and steps - first >= 2 and abs(top - first_top) <= RITZ_TOL * abs(top)
+            first_top = top
+        if j + 1 == J:
             break
-        if norm > 1e-12 * max(abs(alpha[0]), 1e-300):
-            beta[j + 1] = norm
-        else:
-            # The Krylov space is invariant (it holds one vector of each eigenspace it meets: repeated
-            # eigenvalues, or a symmetric network's): go on from a new spread-out direction orthogonal to the
-            # basis, with beta 0 (T splits into blocks, whose eigenvalues together are the Ritz values).
+        # A single Krylov space holds one vector of each eigenspace, so it finds a repeated eigenvalue once:
+        # with k >= 2, a converged basis goes on from a new direction orthogonal to it (the Hessian on the
+        # rest of the space, whose top is the next copy where there is one), until a block adds nothing to
+        # the top k.
+        if converged and (k == 1 or (checking and not ritz[k - 1] > kth + FOUND_TOL * abs(kth))):
+            break
+        if converged:
+            checking, kth = True, ritz[k - 1]
+        if converged or not norm > 1e-12 * max(abs(alpha[0]), 1e-300):
+            # A restart, or the Krylov space is invariant (it holds one vector of each eigenspace it meets:
+            # repeated eigenvalues, or a symmetric network's): go on from a new spread-out direction
+            # orthogonal to the basis, with beta 0 (T splits into blocks, whose eigenvalues together are the
+            # Ritz values).
             norm = 0.0
             for attempt in range(1, 5):
                 spread = spread_direction(HV[0], HB[0], train_outer, attempt)
@@ -208,6 +226,9 @@ def top_eigenvalues(X, y, Wt, a, spec, start, start_a, out, Q, QA, HV, HB, Vt, H
             if not norm > 1e-8 * spread:  # the basis spans every direction these reach
                 break
             beta[j + 1] = 0.0
+            first, first_top = j + 1, math.nan
+        else:
+            beta[j + 1] = norm
         for jj in range(m):
             for kk in range(d):
                 Q[j + 1, jj, kk] = HV[0, jj, kk] / norm
