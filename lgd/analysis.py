@@ -112,7 +112,7 @@ class StableRate:
     r(t) = eta t L(W_t) at the recorded steps nearest T/10 and T; near 0 when the rate has levelled
     off (risk = O(1/(eta t)), Wu et al.), -0.9 if L fell like 1/t^2 over that decade, +9 if L stalled;
     NaN where the stable phase starts after T/10 (it does not span the last decade). Every number is NaN
-    when the run has no stable phase.
+    when the run has no stable phase; the final rate and its change are NaN for a diverged run.
     """
 
     start: int | None
@@ -146,9 +146,11 @@ def stable_rate(run, start: int | None = None) -> StableRate:
         change = float(np.expm1(log_rate[-1] - log_rate[decade])) if np.isfinite(log_rate[decade]) else math.nan
     else:
         change = math.nan  # the stable phase does not span the last decade of steps
+    diverged = getattr(run, "status", None) == "diverged"  # it reached no final step
     return StableRate(start=start, end=end, monotone=increases == 0, increases=increases,
-                      slope=_loglog_slope(step[window], log_risk[window]), final_rate=float(np.exp(log_rate[-1])),
-                      rate_change_last_decade=change)
+                      slope=_loglog_slope(step[window], log_risk[window]),
+                      final_rate=math.nan if diverged else float(np.exp(log_rate[-1])),
+                      rate_change_last_decade=math.nan if diverged else change)
 
 
 @dataclass(frozen=True)

@@ -321,8 +321,11 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
               for dv in state.diverged]
     steps_taken = np.where(state.diverged >= 0, state.diverged, min(reached, steps)).astype(np.int64)
     weight_norm = kept("weight_norm", record_every)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        normalized = np.where(weight_norm > 0, kept("margin", record_every) / weight_norm, np.nan)
+    # margin / ||theta||^L over the L trained layers (science.md, Cai et al.): scale-free for a homogeneous net,
+    # whose margin grows as c^L when its trained weights grow as c.
+    layers = 2 if model.train_outer else 1
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        normalized = np.where(weight_norm > 0, kept("margin", record_every) / weight_norm ** layers, np.nan)
     meta = {"model": model.config(), "loss": loss.spec, "n": n, "d": d, "dtype": np.dtype(dtype).name,
             "backend": backend.name, "record_every": record_every,
             "init": "inits" if inits is not None else init if isinstance(init, str) else "array",

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import zipfile
-from dataclasses import KW_ONLY, dataclass, fields
+from dataclasses import KW_ONLY, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ class Phase:
     (1/eta for the squared loss), or None when the run never gets there. ``increases_before`` and
     ``increases_after`` count the recorded risk increases before and after s; ``peak_risk`` is the
     largest risk before s; ``final_rate`` is eta * t * risk at the last recorded step, the quantity
-    that levels off in the stable phase (risk = O(1/(eta t))). Both are the constant stepsize's notions: for
+    that levels off in the stable phase (risk = O(1/(eta t))); NaN for a diverged run (``Run.phase``). Both are the constant stepsize's notions: for
     a run under a stepsize rule, eta is the rule's base stepsize (``run.stepsize``), not its eta_t.
     """
 
@@ -141,7 +141,8 @@ class Run(_Traces):
 
     Traces (shape (R,), at ``step``): ``risk``, ``accuracy``, ``grad_norm``, ``weight_norm``
     (||W||_F, with the outer weights when they are trained), ``margin`` (min_i y_i f(x_i)),
-    ``normalized_margin`` (margin / weight_norm), ``test_risk`` and ``test_accuracy`` (None without
+    ``normalized_margin`` (margin / weight_norm, or / weight_norm^2 when both layers are trained: over the norm
+    to the power of the trained layers), ``test_risk`` and ``test_accuracy`` (None without
     test data); ``neuron_margins`` (R, m): min_i y_i a_j phi(w_j . x_i), or None when not recorded.
     ``status`` is ``'completed'``, ``'diverged'`` (at ``diverged_step``, trace kept up to it) or
     ``'interrupted'``. With ``lgd.Record(sharpness_every=s)``: ``sharpness`` (R_s, k), the top-k Hessian
@@ -198,8 +199,10 @@ class Run(_Traces):
     def phase(self) -> Phase:
         """Phase transition, risk increases before/after it and eta * t * risk at the end."""
         loss = _losses.get(self.meta["loss"])
-        return phase_of(self.step, self.risk, self.stepsize, _threshold(self.stepsize, loss, self.meta["n"]),
-                        log_risk=self.log_risk)
+        phase = phase_of(self.step, self.risk, self.stepsize, _threshold(self.stepsize, loss, self.meta["n"]),
+                         log_risk=self.log_risk)
+        # A diverged run reached no final step: no final rate, as no final risk.
+        return replace(phase, final_rate=math.nan) if self.status == "diverged" else phase
 
     @property
     def final_risk(self) -> float:

@@ -194,3 +194,31 @@ def test_stable_rate_of_a_run_whose_risk_underflowed(template):
     assert stable.monotone and stable.slope == pytest.approx(-1.0, abs=1e-12)
     assert stable.rate_change_last_decade == pytest.approx(0.0, abs=1e-12)
     assert math.isnan(analysis.stable_rate(dataclasses.replace(run, log_risk=None)).slope)  # log(0): nothing to fit
+
+
+def test_the_runs_figure_draws_every_run_and_tells_them_apart(tmp_path):
+    """lgd.plot: a single Run is a figure of one run; a run whose risk underflowed to 0.0 stays in the risk and
+    rate panels (log10 of its log-risk); labels name the rule and the seed where runs differ in them."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lgd import plot
+
+    X, y = lgd.data.xor(n=40)
+    run = lgd.gd(X, y, lgd.TwoLayerNet(8), stepsize=50.0, steps=20, compute="numpy")
+    plot.save_runs_figure(run, tmp_path / "one.png")
+    assert (tmp_path / "one.png").stat().st_size > 0
+    grid = lgd.sweep(X, y, lgd.TwoLayerNet(8), stepsizes=[50.0, lgd.stepsize.adaptive(50.0)], seeds=(0, 1), steps=20,
+                     compute="numpy")
+    runs = list(grid)
+    runs[3] = dataclasses.replace(runs[3], risk=np.where(runs[3].step > 5, 0.0, runs[3].risk),
+                                  log_risk=np.where(runs[3].step > 5, -1e5, runs[3].log_risk))
+    figure = plot.plot_runs(runs)
+    ax_risk, ax_margin, ax_rate = figure.axes
+    assert [line.get_label() for line in ax_risk.get_lines() if not line.get_label().startswith("_")] == [
+        "eta = 50, seed 0", "eta = 50, seed 1", "adaptive(50), seed 0", "adaptive(50), seed 1"]
+    drawn = [line for line in ax_risk.get_lines() if not line.get_label().startswith("_")]
+    assert min(line.get_ydata().min() for line in drawn) == pytest.approx(-1e5 / math.log(10))
+    assert all(len(line.get_xdata()) == 20 for line in drawn) and ax_risk.get_ylabel() == "log10 L(W_t)"
+    assert all(len(line.get_xdata()) == 20 for line in ax_rate.get_lines())

@@ -60,6 +60,8 @@ def test_a_diverged_run_counts_only_the_steps_it_took():
     small, large = grid
     assert small.status == "completed" and small.steps_taken == 200
     assert large.status == "diverged" and large.steps_taken == large.diverged_step < 10
+    assert math.isnan(large.phase.final_rate) and math.isnan(lgd.analysis.stable_rate(large).final_rate)
+    assert small.phase.final_rate > 0
     assert grid.steps_taken.tolist() == [200, large.diverged_step] and grid.steps_taken.dtype == np.int64
     # each run: its own steps over the batch's time; the batch: all of them
     assert large.seconds == small.seconds == grid.seconds
@@ -267,6 +269,7 @@ def test_lgd_run_shows_a_diverged_run_as_diverged(tmp_path, capsys):
     assert f"diverged at step {diverged['diverged_step']}" in printed
     # no final risk for it (null, '-'), rather than a last record that may look healthy
     assert diverged["final_risk"] is None and diverged["final_log_risk"] is None
+    assert diverged["final_eta_t_risk"] is None  # no final rate either (it read 0.0, a perfect rate)
     assert next(line for line in printed.splitlines() if line.strip().startswith("1e+06")).split()[1] == "-"
 
 

@@ -88,6 +88,23 @@ def test_neuron_margins_definition():
         assert ev.neuron_margins[j] == pytest.approx(min(y * net.outer[j] * np.tanh(X @ W[j])))
 
 
+@pytest.mark.parametrize("train_outer", [False, True])
+def test_the_normalized_margin_of_a_homogeneous_net_does_not_change_with_its_scale(train_outer):
+    """margin / ||theta||^L over the L trained layers (Cai et al.): a ReLU net's margin grows as c^L when its
+    trained weights grow as c, so the normalized margin stays."""
+    X, y = lgd.data.xor(n=20)
+    W0, a0 = np.random.default_rng(0).standard_normal((4, 2)), np.array([1.0, -1.0, 1.0, -1.0])
+    runs = []
+    for c in (1.0, 10.0):
+        net = lgd.TwoLayerNet(4, "relu", outer=c * a0 if train_outer else a0, train_outer=train_outer)
+        runs.append(lgd.gd(X, y, net, stepsize=1.0, steps=1, init=c * W0, compute="numpy"))
+    small, large = runs
+    assert large.margin[0] == pytest.approx(small.margin[0] * (100.0 if train_outer else 10.0), rel=1e-12)
+    assert large.normalized_margin[0] == pytest.approx(small.normalized_margin[0], rel=1e-12)
+    norm_sq = np.sum(W0 ** 2) + (np.sum(a0 ** 2) if train_outer else 0.0)
+    assert small.normalized_margin[0] == pytest.approx(small.margin[0] / norm_sq ** (1.0 if train_outer else 0.5))
+
+
 def test_float32_stays_float32():
     X, y, rng = _problem(losses.get("logistic"))
     X, y = X.astype(np.float32), y.astype(np.float32)
