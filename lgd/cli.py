@@ -354,7 +354,7 @@ PLUGGED_COMMANDS: dict = {
     "bench": ("lgd.benchmark", "throughput benchmarks against NumPy, PyTorch and JAX"),
     "reproduce": ("lgd.reproduce",
                   "reproduce a figure of the literature: fig4, xor, digits, acceleration, eos, balancing, regimes, "
-                  "orbits, chaos, adaptive"),
+                  "orbits, chaos, adaptive; mnist, cifar10 from local files (--data-path)"),
 }
 
 

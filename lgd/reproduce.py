@@ -431,7 +431,7 @@ def regimes(quick: bool = False, backend: str = "auto", progress=None) -> Reprod
         ax_d.loglog(h, [d["gradient_flow"] for d in distances], "o-", label="to gradient flow")
         ax_d.loglog(h, [d["modified_flow"] for d in distances], "s-", label="to the modified flow")
         ax_d.axvline(1.0, color="grey", ls=":", lw=1)
-        ax_d.set(xlabel="stepsize h", ylabel="largest distance over t <= max(1, 4h)",
+        ax_d.set(xlabel="stepsize h", ylabel="largest distance over t <= h max(4, ceil(1/h))",
                  title="GD against its reference flows")
         ax_d.legend(fontsize=8)
         for ax in (ax_w, ax_d):
@@ -669,7 +669,7 @@ def configure(parser) -> None:
     """Arguments of ``lgd reproduce``."""
     parser.add_argument("name", choices=NAMES, help="which experiment")
     parser.add_argument("--out", default="lgd-reproduce", help="output folder (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="a reduced version (seconds instead of minutes)")
+    parser.add_argument("--quick", action="store_true", help="a reduced version (seconds instead of minutes on numba)")
     parser.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "cupy"))
     parser.add_argument("--data-path", default=None, help="folder of the MNIST or CIFAR-10 files (mnist, cifar10)")
     parser.add_argument("--no-plot", action="store_true", help="skip the figure")

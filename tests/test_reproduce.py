@@ -82,6 +82,9 @@ def test_data_experiments_need_a_path(tmp_path, capsys):
     assert "--data-path" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown experiment"):
         reproduce.reproduce("fig5")
+    # and the others read none: a path given to them is a mistake, said before any work
+    assert main(["reproduce", "fig4", "--quick", "--data-path", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "fig4 reads no data files: --data-path is for cifar10 and mnist" in capsys.readouterr().err
 
 
 def test_regimes_smooth_oscillating_divergent_and_the_flows():
