@@ -124,9 +124,17 @@ class StableRate:
     rate_change_last_decade: float
 
 
+def _check_start(start) -> None:
+    """A step to start from: None or an integer >= 0."""
+    if start is not None and (isinstance(start, (bool, np.bool_)) or not isinstance(start, (int, np.integer))
+                              or start < 0):
+        raise ValueError(f"start must be a step (an integer >= 0) or None, got {start!r}")
+
+
 @_each_run
 def stable_rate(run, start: int | None = None) -> StableRate:
     """Monotonicity, rate eta * t * L and log-log slope of ``run`` in its stable phase."""
+    _check_start(start)
     phase: Phase = run.phase
     finite = np.isfinite(np.asarray(run.risk, dtype=np.float64))
     step, risk = np.asarray(run.step, dtype=np.float64)[finite], np.asarray(run.risk, dtype=np.float64)[finite]
@@ -175,6 +183,7 @@ class MarginMonotonicity:
 @_each_run
 def margin_monotonicity(run, start: int | None = None) -> MarginMonotonicity:
     """How monotone the normalized margin of ``run`` is from ``start`` (default: the transition step) on."""
+    _check_start(start)
     if start is None:
         start = run.phase.transition_step
     step, margin = _finite_trace(run.step, run.normalized_margin)
@@ -267,6 +276,13 @@ class AccelerationCurve:
 
 def acceleration_curve(sweep, steps: int | None = None) -> AccelerationCurve:
     """Final risk against stepsize at the budget ``steps`` (a recorded step; default: the sweep's last)."""
+    from .results import Sweep
+
+    if not isinstance(sweep, Sweep):
+        raise TypeError(f"acceleration_curve reads a Sweep (lgd.sweep's result over stepsizes), got "
+                        f"{type(sweep).__name__}")
+    if steps is not None and (isinstance(steps, (bool, np.bool_)) or not isinstance(steps, (int, np.integer))):
+        raise ValueError(f"steps must be a recorded step (an integer) or None, got {steps!r}")
     steps = int(sweep.steps if steps is None else steps)
     where = np.flatnonzero(np.asarray(sweep.step) == steps)
     if where.size == 0:

@@ -25,6 +25,8 @@ data, so its size is at least theirs: a few megabytes for the problems of the re
 from __future__ import annotations
 
 import contextlib
+import functools
+import glob
 import hashlib
 import json
 import math
@@ -203,16 +205,30 @@ class Writer:
         self.last = time.monotonic()
 
 
+@functools.cache
+def _file_mode() -> int:
+    """The mode a new file gets here (0o666 less the umask): mkstemp's files are 0o600, which would keep a
+    checkpoint from the colleagues who may read the folder."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _write_atomically(path: Path, arrays: dict) -> None:
     """np.savez into a temporary file beside ``path``, flushed to the disk, then renamed over ``path``: a
-    reader (or a run killed meanwhile) sees the old file or the new one, never part of one."""
+    reader (or a run killed meanwhile) sees the old file or the new one, never part of one. Temporary files
+    that a process killed while writing left beside it are removed once the new file is in place."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(descriptor, "wb") as file:
             np.savez(file, **arrays)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temporary, _file_mode())
         os.replace(temporary, path)
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
     except BaseException:  # a Ctrl-C too: leave no temporary file behind
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
@@ -300,17 +316,26 @@ def _difference(name: str, was, now) -> str:
     return f"{name} (checkpoint: {shown(was)}, this call: {shown(now)})"
 
 
+class _SavedResult(ValueError):
+    """A file of Run.save or Sweep.save where a checkpoint was expected."""
+
+
 def read(path) -> Saved:
     """The checkpoint at ``path``; ValueError when it is not a whole lgd checkpoint."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {str(path)!r} is a folder, not a checkpoint file")
     try:
         header, arrays = read_archive(path)
+        if header.get("kind") in ("run", "sweep") and "lgd_checkpoint" not in header:
+            raise _SavedResult(f"{str(path)!r} is a saved lgd {header['kind']} (lgd.load reads it), not a checkpoint; "
+                               f"a checkpoint needs a path of its own")
         if header.get("lgd_checkpoint") != FORMAT:
             raise ValueError(f"format {header.get('lgd_checkpoint')!r}, this lgd reads format {FORMAT}")
         missing = [key for key in HEADER_KEYS if key not in header]
         if missing:
             raise ValueError(f"its header lacks {', '.join(missing)}")
-    except FileNotFoundError:
+    except (FileNotFoundError, _SavedResult):
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise ValueError(f"checkpoint {str(path)!r} cannot be read: it is not an lgd checkpoint, or it is damaged "

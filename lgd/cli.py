@@ -35,8 +35,11 @@ NETCDF_LARGEST_INT = 2**31 - 1
 
 
 def _stepsizes(text: str) -> list:
+    parts = text.replace(" ", "").split(",")
+    if "" in parts[:-1] or parts == [""]:
+        raise argparse.ArgumentTypeError(f"stepsizes must be comma-separated numbers, got {text!r} (an empty entry)")
     try:
-        values = [float(v) for v in text.replace(" ", "").split(",") if v]
+        values = [float(v) for v in parts if v]
     except ValueError:
         raise argparse.ArgumentTypeError(f"stepsizes must be comma-separated numbers (or A:B:N for lgd sweep), got "
                                          f"{text!r}") from None
@@ -58,6 +61,9 @@ def _grid_stepsizes(text: str) -> list:
             raise argparse.ArgumentTypeError(f"stepsizes A:B:N needs two numbers and a count, got {text!r}") from None
         if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high) or count < 1:
             raise argparse.ArgumentTypeError(f"stepsizes A:B:N needs 0 < A <= B (finite) and N >= 1, got {text!r}")
+        if count == 1 and low != high:
+            raise argparse.ArgumentTypeError(f"stepsizes A:B:N with N = 1 would hold A alone; give N >= 2, or A:A:1, "
+                                             f"got {text!r}")
         # A and B exactly, and the values between at 15 significant digits, so that the decades of 0.5:500:4
         # are 5 and 50 as written, where geomspace gives 4.999999999999999 and 49.99999999999999.
         values = [low, *(float(f"{v:.15g}") for v in np.geomspace(low, high, count)[1:-1].tolist()), high][:count]
@@ -463,6 +469,8 @@ def _load_data(args):
 def _run(args) -> int:
     import lgd
     from ._json import to_json
+    from .driver import _LARGEST_SEED as LARGEST_SEED
+    from .driver import check_init_scale
 
     try:
         X, y = _load_data(args)
@@ -473,6 +481,9 @@ def _run(args) -> int:
         model = lgd.Linear() if args.model == "linear" else lgd.TwoLayerNet(
             args.width, activation=args.activation, scaling=args.scaling, outer=args.outer,
             train_outer=args.train_outer)
+        check_init_scale(args.init_scale, args.init, None)
+        if not 0 <= args.seed <= LARGEST_SEED:
+            raise ValueError(f"--seed must be in [0, 2**63 - 1], got {args.seed}")
         out = output_folder(args.out)
         header = (f"{args.dataset} (n={X.shape[0]}, d={X.shape[1]}), {model.describe()}, "
                   f"{lgd.losses.get(args.loss).spec} loss, {args.steps} steps, "

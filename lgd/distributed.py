@@ -171,11 +171,11 @@ def _plan(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, inits
                          "themselves (compute='cupy')")
     data = tuple(None if array is None else np.asarray(array) for array in (X, y, X_test, y_test))
     dtype = _driver._run_dtype(compute.dtype, data[0])
-    _, _ = _driver._check_data(data[0], data[1], checked_loss, dtype, "X", "y")
+    _, _ = _driver.check_data(data[0], data[1], checked_loss, dtype, "X", "y")
     if (X_test is None) != (y_test is None):
         raise ValueError("give both X_test and y_test, or neither")
     if X_test is not None:
-        X_test_checked, _ = _driver._check_data(data[2], data[3], checked_loss, dtype, "X_test", "y_test")
+        X_test_checked, _ = _driver.check_data(data[2], data[3], checked_loss, dtype, "X_test", "y_test")
         if X_test_checked.shape[1] != data[0].shape[1]:
             raise ValueError(f"X_test has {X_test_checked.shape[1]} features but X has {data[0].shape[1]}")
     rules = _driver._stepsize_rules(stepsizes)

@@ -108,6 +108,8 @@ def gd(X, y, model, loss="logistic", stepsize=1.0, steps=1000, *, init="normal",
     """
     record, compute = _options.resolve(record, compute, deprecated, "gd")
     stepsize = _stepsize.as_rule(stepsize, "stepsize")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, Integral) or not 0 <= seed <= _LARGEST_SEED:
+        raise ValueError(f"seed must be an integer in [0, 2**63 - 1], got {seed!r}")
     result = _sweep(X, y, model, loss, [stepsize], steps, (seed,), init=init, init_scale=init_scale, inits=None,
                     outer_inits=None, X_test=X_test, y_test=y_test, record=record, compute=compute,
                     divergence=divergence, checkpoint=checkpoint, checkpoint_every=checkpoint_every, caller="gd")
@@ -170,11 +172,11 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
     loss = _losses.get(loss)
     checkpoint, checkpoint_every = _checkpoint.check_target(checkpoint, checkpoint_every)
     dtype = _run_dtype(dtype, X)
-    X, y = _check_data(X, y, loss, dtype, "X", "y")
+    X, y = check_data(X, y, loss, dtype, "X", "y")
     if (X_test is None) != (y_test is None):
         raise ValueError("give both X_test and y_test, or neither")
     if X_test is not None:
-        X_test, y_test = _check_data(X_test, y_test, loss, dtype, "X_test", "y_test")
+        X_test, y_test = check_data(X_test, y_test, loss, dtype, "X_test", "y_test")
         if X_test.shape[1] != X.shape[1]:
             raise ValueError(f"X_test has {X_test.shape[1]} features but X has {X.shape[1]}")
     rules = _stepsize_rules(stepsizes)
@@ -183,6 +185,8 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
                          "record=lgd.Record(sharpness_every=s)")
     seeds = _check_seeds(seeds)
     steps = _check_count(steps, "steps")
+    if steps > _MOST_STEPS:
+        raise ValueError(f"steps must be at most 2**62 (the kernels count steps in int64), got {steps}")
     init_scale = check_init_scale(init_scale, init, inits)
     _check_stepsize_range(np.array([rule.eta for rule in rules]), dtype)
     n, d = X.shape
@@ -386,24 +390,36 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
 
 
 class _HeldInterrupt:
-    """Holds a Ctrl-C (SIGINT) that arrives during a chunk until the chunk has ended, so that a run stops
-    between two steps with its state and trace in agreement. Only in the main thread (where Python
-    delivers signals) and only over Python's own handler; elsewhere a no-op."""
+    """Holds the signals that stop a run (SIGINT, SIGTERM) where Python handles them (its Ctrl-C handler, or one
+    of the user's: a handler that raises KeyboardInterrupt on a batch system's SIGTERM) while a chunk runs and
+    its bookkeeping is done, and :meth:`deliver` hands them to those handlers afterwards, so that a run stops
+    between two steps with its state, its step count and its trace in agreement. Only in the main thread (where
+    Python delivers signals); elsewhere nothing is held."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name))
 
     def __enter__(self):
-        self.pending, self.previous = False, None
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self.previous = signal.signal(signal.SIGINT, self._hold)
+        self.pending, self.previous = [], {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                if callable(signal.getsignal(signum)):  # not SIG_DFL, SIG_IGN or a handler set outside Python
+                    self.previous[signum] = signal.signal(signum, self._hold)
         return self
 
     def _hold(self, signum, frame):
-        self.pending = True
+        self.pending.append((signum, frame))
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
         return False
+
+    def deliver(self) -> None:
+        """Call the held signals' handlers in the order the signals came (Python's Ctrl-C handler raises
+        KeyboardInterrupt)."""
+        pending, self.pending = self.pending, []
+        for signum, frame in pending:
+            self.previous.get(signum, signal.default_int_handler)(signum, frame)
 
 
 def _advance(runner, state: State, trace: Trace, steps: int, progress, pauses=(), at_pause=None, start: int = 0,
@@ -412,9 +428,10 @@ def _advance(runner, state: State, trace: Trace, steps: int, progress, pauses=()
     holds W_start (0, or where a resumed run stopped) and the trace the records before it.
 
     Chunks end at every step t of the sorted ``pauses``, where ``at_pause(t)`` is called before
-    evaluation t, so the state then holds W_t; that call is timed apart from the GD steps. A Ctrl-C
-    ends the run at the end of the chunk it arrives in (:class:`_HeldInterrupt`), or where it arrives
-    outside a chunk: either way the state then holds W_t for the first evaluation t not run. Between
+    evaluation t, so the state then holds W_t; that call is timed apart from the GD steps. A Ctrl-C (or a
+    KeyboardInterrupt that a handler of SIGINT or SIGTERM raises) ends the run at the end of the chunk it
+    arrives in (:class:`_HeldInterrupt`), or where it arrives outside a chunk: either way the state then holds
+    W_t for the first evaluation t not run. Between
     chunks, when ``checkpoint`` (an lgd.checkpoint.Writer) is due, the records are synced to the host
     and it is written (its time counted in neither figure). Where chunks end changes no bit of the
     results (the backends' arithmetic does not depend on them). Returns (that t, GD seconds of this
@@ -435,24 +452,23 @@ def _advance(runner, state: State, trace: Trace, steps: int, progress, pauses=()
                 paused_seconds += time.perf_counter() - tic
             stop = min(total, t + chunk, pauses[0] if pauses else total)
             tic = time.perf_counter()
-            with _HeldInterrupt() as held:
+            with _HeldInterrupt() as held:  # until t is the step the state holds
                 runner.advance(t, stop)
-            elapsed = time.perf_counter() - tic
-            seconds += elapsed
-            if bar is not None:
-                bar.update(stop - t)
-            # Grow or shrink the chunk toward CHUNK_SECONDS of work, at most 8x per chunk; the rest of the run
-            # in one chunk where it fits in that much at this chunk's pace: each chunk costs a runner call (on
-            # the numba backend about 0.1 ms besides its steps; S's 1,000-step call 1.8% faster in two chunks
-            # than in three, docs/performance.md).
-            rest = total - stop
-            if rest * elapsed <= CHUNK_SECONDS * (stop - t):
-                chunk = max(1, rest)
-            else:
-                chunk = max(1, int(min(8.0 * chunk, (stop - t) * CHUNK_SECONDS / max(elapsed, 1e-6))))
-            t = stop
-            if held.pending:
-                raise KeyboardInterrupt
+                elapsed = time.perf_counter() - tic
+                seconds += elapsed
+                if bar is not None:
+                    bar.update(stop - t)
+                # Grow or shrink the chunk toward CHUNK_SECONDS of work, at most 8x per chunk; the rest of the
+                # run in one chunk where it fits in that much at this chunk's pace: each chunk costs a runner call
+                # (on the numba backend about 0.1 ms besides its steps; S's 1,000-step call 1.8% faster in two
+                # chunks than in three, docs/performance.md).
+                rest = total - stop
+                if rest * elapsed <= CHUNK_SECONDS * (stop - t):
+                    chunk = max(1, rest)
+                else:
+                    chunk = max(1, int(min(8.0 * chunk, (stop - t) * CHUNK_SECONDS / max(elapsed, 1e-6))))
+                t = stop
+            held.deliver()
             if checkpoint is not None and t < total and checkpoint.due():  # the last one is the caller's
                 runner.sync()
                 checkpoint.write(_checkpoint.RUNNING, t, seconds, paused_seconds)
@@ -509,7 +525,10 @@ def _namespace(array):
     return np
 
 
-def _check_data(X, y, loss, dtype, xname: str, yname: str):
+def check_data(X, y, loss, dtype, xname: str, yname: str):
+    """(X, y) as contiguous arrays of ``dtype`` (cupy stays cupy), or ValueError naming what is wrong: shapes,
+    kinds, NaN or Inf, labels other than +-1 for a margin loss, values past the dtype's range. Every entry point
+    that takes data (lgd.gd, lgd.sweep, lgd.distributed, lgd.hessian, lgd.dynamics.flow) checks it here."""
     xp = _namespace(X)
     X = xp.asarray(X)
     y = xp.asarray(y)
@@ -538,20 +557,30 @@ def _check_data(X, y, loss, dtype, xname: str, yname: str):
     return xp.ascontiguousarray(X, dtype=dtype), xp.ascontiguousarray(y, dtype=dtype)
 
 
+# Steps are counted in int64 (with room for a step past the last).
+_MOST_STEPS = 2**62
+
+
 def _check_stepsize_range(stepsizes: np.ndarray, dtype):
-    """A stepsize a run of `dtype` cannot hold (it would round to inf) is refused before any work."""
+    """A stepsize a run of `dtype` cannot hold (it would round to inf, or to 0) is refused before any work."""
     largest = float(np.finfo(dtype).max)
     if np.any(stepsizes > largest):
         raise ValueError(f"stepsize {float(stepsizes.max()):g} does not fit in {np.dtype(dtype).name} (largest "
                          f"{largest:g}); use dtype float64")
+    if np.any(stepsizes.astype(dtype) == 0):
+        raise ValueError(f"stepsize {float(stepsizes.min()):g} rounds to 0 in {np.dtype(dtype).name}; use dtype "
+                         f"float64")
 
 
 def _stepsize_rules(stepsizes) -> list:
     """The rules of a sweep's ``stepsizes``: numbers (constant rules) and lgd.stepsize rules, 1-D, non-empty."""
     if isinstance(stepsizes, (_stepsize.Rule, Real, np.floating, np.integer)):
         stepsizes = [stepsizes]
-    if isinstance(stepsizes, np.ndarray) and stepsizes.ndim != 1:
-        raise ValueError("stepsizes must be a non-empty 1-D sequence of numbers or lgd.stepsize rules")
+    if isinstance(stepsizes, np.ndarray) and stepsizes.ndim == 0:
+        stepsizes = [stepsizes[()]]
+    if isinstance(stepsizes, (set, frozenset, dict, str)) or (isinstance(stepsizes, np.ndarray) and stepsizes.ndim != 1):
+        raise ValueError("stepsizes must be a non-empty 1-D sequence of numbers or lgd.stepsize rules (in the order "
+                         f"of the sweep's configurations), got {type(stepsizes).__name__}")
     stepsizes = list(stepsizes)
     if not stepsizes:
         raise ValueError("stepsizes must be a non-empty 1-D sequence of numbers or lgd.stepsize rules")
@@ -567,11 +596,18 @@ def check_init_scale(init_scale, init, inits) -> float:
     if inits is not None and not (isinstance(init, str) and init == "normal" and init_scale == 1.0):
         raise ValueError("inits gives the starting points: init and init_scale do not apply with it (leave them "
                          "at their defaults)")
+    if init_scale != 1.0 and not (isinstance(init, str) and init == "normal"):
+        given = repr(init) if isinstance(init, str) else "an array"
+        raise ValueError(f"init_scale scales the 'normal' init only; init is {given} (scale the array yourself)")
     return float(init_scale)
 
 
+# A result keeps its seeds as int64.
+_LARGEST_SEED = 2**63 - 1
+
+
 def _check_seeds(seeds) -> list:
-    return distinct_integers(seeds, "seeds", 0, high=2**63 - 1)  # a result keeps them as int64
+    return distinct_integers(seeds, "seeds", 0, high=_LARGEST_SEED)
 
 
 def distinct_integers(values, name: str, low: int, high: int | None = None) -> list:
@@ -579,6 +615,9 @@ def distinct_integers(values, name: str, low: int, high: int | None = None) -> l
     ValueError naming `name`: a sweep axis of seeds, widths, ..."""
     if isinstance(values, Integral):
         values = (values,)
+    if isinstance(values, (str, bytes, set, frozenset)) or (isinstance(values, np.ndarray) and values.ndim != 1) \
+            or not hasattr(values, "__iter__"):
+        raise ValueError(f"{name} must be an integer or a sequence of integers, got {values!r}")
     values = list(values)
     if not values or any(isinstance(v, bool) or not isinstance(v, Integral) or v < low
                          or (high is not None and v > high) for v in values):

@@ -53,12 +53,19 @@ DENSE_PARAMETERS = 50
 
 
 def _prepare(W, a, X, y, activation, loss, points):
-    """Weights as (m, d), data cut to the first ``points`` rows, activation and loss objects."""
+    """Weights as (m, d), data cut to the first ``points`` rows, activation and loss objects; the data checked
+    as lgd.gd checks them, in W's dtype (float64 for weights of another kind than float32 and float64)."""
+    from .driver import check_data
+
     W = np.asarray(W)
+    if W.dtype.kind not in "biuf":
+        raise ValueError(f"W must hold real numbers, got dtype {W.dtype}")
+    if W.dtype not in (np.float32, np.float64):  # integers would truncate X and the scale
+        W = W.astype(np.float64)
     if W.ndim == 1:  # lgd.Linear weights (d,)
         W = W[None, :]
-    X = np.asarray(X, dtype=W.dtype)
-    y = np.asarray(y, dtype=W.dtype)
+    loss = _losses.get(loss)
+    X, y = check_data(X, y, loss, W.dtype, "X", "y")
     if points is not None:
         if isinstance(points, bool) or int(points) != points or points < 1:
             raise ValueError(f"points must be a positive integer or None, got {points!r}")
@@ -66,7 +73,7 @@ def _prepare(W, a, X, y, activation, loss, points):
     a = np.asarray(a, dtype=W.dtype)
     if W.ndim != 2 or a.shape != (W.shape[0],) or X.ndim != 2 or X.shape[1] != W.shape[1]:
         raise ValueError(f"inconsistent shapes: W {W.shape}, a {a.shape}, X {X.shape}")
-    return W, a, X, y, _activations.get(activation), _losses.get(loss)
+    return W, a, X, y, _activations.get(activation), loss
 
 
 class _Curvature:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 
@@ -64,9 +65,10 @@ class TwoLayerNet:
             else:
                 raise ValueError(f"unknown scaling {scaling!r}; valid: 'mean_field', 'ntk' or a positive number")
         else:
-            self.scale = float(scaling)
-            if not (math.isfinite(self.scale) and self.scale > 0):
+            if isinstance(scaling, (bool, np.bool_)) or not isinstance(scaling, (Real, np.floating, np.integer)) \
+                    or not (math.isfinite(float(scaling)) and scaling > 0):
                 raise ValueError(f"scaling must be 'mean_field', 'ntk' or a positive number, got {scaling!r}")
+            self.scale = float(scaling)
         self.scaling = scaling
         if isinstance(outer, str):
             if outer not in ("alternating", "random"):
@@ -79,6 +81,8 @@ class TwoLayerNet:
             if not np.all(np.isfinite(outer)):
                 raise ValueError("outer weights contain NaN or Inf")
         self.outer = outer
+        if not isinstance(train_outer, (bool, np.bool_)):
+            raise ValueError(f"train_outer must be True or False, got {train_outer!r}")
         self.train_outer = bool(train_outer)
 
     def outer_weights(self, rng: np.random.Generator) -> np.ndarray:

@@ -461,9 +461,13 @@ def read_archive(path) -> tuple:
     """(header, arrays) of an ``.npz`` file lgd wrote (a result or a checkpoint): the JSON object of its
     ``header`` entry and its other arrays. ValueError (or the reading's OSError, KeyError, ...) naming what
     is wrong with any other file."""
-    loaded = np.load(path, allow_pickle=False)
-    if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file: one array
+    with open(path, "rb") as file:
+        magic = file.read(6)
+    if magic == b"\x93NUMPY":  # a .npy file
         raise ValueError("one array, not an archive")
+    if not magic.startswith(b"PK"):  # numpy would say it holds pickled data
+        raise ValueError("it is no npz archive")
+    loaded = np.load(path, allow_pickle=False)
     with loaded as archive:
         arrays = {name: archive[name] for name in archive.files}
     header = json.loads(str(arrays.pop("header")))

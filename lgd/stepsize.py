@@ -151,6 +151,8 @@ def as_rule(value, name: str = "stepsize") -> Rule:
     """A :class:`Rule` from a rule or a positive number (a constant rule)."""
     if isinstance(value, Rule):
         return value
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
     if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
         raise ValueError(f"{name} must be a positive number or an lgd.stepsize rule, got {value!r}")
     value = float(value)

@@ -123,6 +123,7 @@ def test_skipped_and_failed_cases_from_junit():
     (["--steps-scale", "nan"], "--steps-scale must be a positive number, got nan"),
     (["--round-budget", "-3"], "--round-budget must be a positive number"),
     (["--quick", "--out", "results.md"], "names the JSON file"),
+    (["--quick", "--compare", "missing.json"], "missing.json"),
 ])
 def test_lgd_bench_refuses_bad_options_before_running(flags, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

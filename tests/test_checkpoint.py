@@ -265,15 +265,20 @@ def test_bad_checkpoint_arguments_are_refused_before_any_work(tmp_path):
 
 
 def test_a_checkpoint_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
-    """Checkpoints are written beside the path and renamed over it: no temporary file stays, and a write
+    """Checkpoints are written beside the path and renamed over it: no temporary file stays (nor one that a
+    process killed while writing left), the file has the folder's usual mode (not mkstemp's 0o600), and a write
     that fails midway (here: the disk full after a few bytes) leaves the last checkpoint as it was."""
     X, y = lgd.data.xor(n=20)
     path = tmp_path / "sweep.ckpt"
     arguments = dict(stepsizes=[1.0], steps=2000, compute="numpy")
     lgd.sweep(X, y, lgd.TwoLayerNet(4), **{**arguments, "steps": 20}, checkpoint=tmp_path / "other.ckpt")
+    (tmp_path / ".sweep.ckpt.k1ll3d.tmp").write_bytes(b"PK\x03\x04 half of an earlier write")
     fired = interrupt_once(monkeypatch, "numpy", 100)
     lgd.sweep(X, y, lgd.TwoLayerNet(4), **arguments, checkpoint=path, checkpoint_every=1e-9)
     assert fired and sorted(p.name for p in tmp_path.iterdir()) == ["other.ckpt", "sweep.ckpt"]
+    (tmp_path / "usual").write_bytes(b"")
+    assert path.stat().st_mode & 0o777 == (tmp_path / "usual").stat().st_mode & 0o777
+    (tmp_path / "usual").unlink()
     content = path.read_bytes()
 
     def disk_full(file, **arrays):
@@ -305,7 +310,8 @@ UNREADABLE = "cannot be read: it is not an lgd checkpoint, or it is damaged"
 
 
 @pytest.mark.parametrize("damage, message", [
-    ("truncated", UNREADABLE), ("garbage", UNREADABLE), ("a saved result", UNREADABLE), ("one array", UNREADABLE),
+    ("truncated", UNREADABLE), ("garbage", UNREADABLE + r" \(ValueError: it is no npz archive\)"),
+    ("a saved result", r"is a saved lgd run \(lgd.load reads it\), not a checkpoint"), ("one array", UNREADABLE),
     ("a header without its keys", UNREADABLE + r" \(ValueError: its header lacks status, reached"),
     ("no weights", "is damaged: it holds no state.W"),
     ("no divergence steps", "is damaged: it holds no state.diverged"),

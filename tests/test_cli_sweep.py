@@ -1,6 +1,7 @@
 """``lgd sweep`` end to end: a tiny grid on a local Dask cluster of two workers, its dataset, strict JSON summary
 and figure; the resumable store; the flags' errors."""
 
+import argparse
 import json
 
 import numpy as np
@@ -94,7 +95,11 @@ def test_log_spaced_stepsizes_are_the_values_written():
     assert _grid_stepsizes("1e-3:1e3:7") == [0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0]
     between = _grid_stepsizes("1:10:3")
     assert between[0] == 1.0 and between[2] == 10.0 and between[1] == pytest.approx(10 ** 0.5, rel=1e-15)
-    assert _grid_stepsizes("2:3:1") == [2.0]
+    assert _grid_stepsizes("2:2:1") == [2.0]
+    with pytest.raises(argparse.ArgumentTypeError, match="N = 1 would hold A alone"):
+        _grid_stepsizes("2:3:1")
+    with pytest.raises(argparse.ArgumentTypeError, match="an empty entry"):
+        _grid_stepsizes("1,,2")
 
 
 def test_sweep_value_errors(tmp_path, capsys):

@@ -262,7 +262,7 @@ def test_a_batch_cut_short_by_ctrl_c_is_not_stored(tmp_path, monkeypatch, local,
     class CtrlC(driver._HeldInterrupt):  # a SIGINT that arrives during the batch's first chunk
         def __enter__(self):
             super().__enter__()
-            self.pending = True
+            self.pending.append((signal.SIGINT, None))
             return self
 
     store = tmp_path / "sweep.zarr"

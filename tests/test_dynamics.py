@@ -142,6 +142,20 @@ def test_flow_checks_its_times():
         flow(ONE, TARGET, lgd.Linear(), "squared", np.ones(1), [1.0, 0.5])
     start = flow(ONE, TARGET, MINIATURE, "squared", [[0.6]], [0.0])  # time 0 alone: the start, no solver
     assert start.success and start.parameters.tolist() == [[0.6, 1.0]]
+    # and the rest of its input, as lgd.gd does (an infinite time integrated forever; W^T was reshaped)
+    X, y = lgd.data.xor(n=12)
+    net, W = lgd.TwoLayerNet(4, activation="tanh"), np.ones((4, 2))
+    for times in ([0.0, np.inf], [0.0, np.nan]):
+        with pytest.raises(ValueError, match="times must be finite, increasing"):
+            flow(X, y, net, "logistic", W, times)
+    with pytest.raises(ValueError, match=r"init must be finite weights of shape \(4, 2\) .* got shape \(2, 4\)"):
+        flow(X, y, net, "logistic", W.T, [0.0, 1.0])
+    with pytest.raises(ValueError, match=r"outer_init must be finite weights of shape \(4,\)"):
+        flow(X, y, net, "logistic", W, [0.0, 1.0], outer_init=np.ones(3))
+    with pytest.raises(ValueError, match=r"labels \+1 or -1"):
+        flow(X, (y + 1) / 2, net, "logistic", W, [0.0, 1.0])
+    with pytest.raises(ValueError, match="stepsize must be a positive number or None, got True"):
+        flow(X, y, net, "logistic", W, [0.0, 1.0], stepsize=True)
 
 
 def test_lyapunov_window_is_the_difference_quotient():

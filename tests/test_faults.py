@@ -79,6 +79,37 @@ def test_an_interrupted_run_counts_only_the_steps_it_took(interrupt_at):
     assert run.steps_per_second == pytest.approx(run.steps_taken / run.seconds)
 
 
+def test_a_keyboard_interrupt_from_a_handler_of_the_users_stops_the_run_between_steps(monkeypatch):
+    """A SIGTERM handler that raises KeyboardInterrupt (how a job stops on a batch system's SIGTERM), its signal
+    arriving in the middle of a chunk: the run ends at the chunk's end with its weights, step count and last
+    record in agreement (it returned the chunk's first step with the weights of a later one)."""
+    X, y = lgd.data.xor(n=20)
+    advance, fired = _numpy.Runner.advance, []
+
+    def signalled_within(self, t_start, t_stop):
+        for t in range(t_start, t_stop):
+            advance(self, t, t + 1)
+            if t == 40 and not fired:
+                fired.append(t)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_numpy.Runner, "advance", signalled_within)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        run = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=5.0, steps=100_000, compute="numpy")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert fired and run.status == "interrupted" and run.steps_taken > 41
+    assert signal.getsignal(signal.SIGTERM) is previous
+    monkeypatch.setattr(_numpy.Runner, "advance", advance)
+    whole = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=5.0, steps=run.steps_taken, compute="numpy")
+    np.testing.assert_array_equal(run.weights, whole.weights)
+    np.testing.assert_array_equal(run.risk, whole.risk)
+
+
 def test_an_interrupted_run_records_the_rules_stepsize_of_the_whole_run(interrupt_at):
     """The record of the step an interrupted run stopped at gives eta_t of the run it was, not of one ending
     there: cosine decay over the call's steps (a run ending at t would have decayed to 0)."""

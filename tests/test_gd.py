@@ -228,8 +228,14 @@ BAD_CALLS = [
     (dict(init_scale=-1.0), "init_scale must be a finite number >= 0"),
     (dict(X_test=np.zeros((2, 2))), "give both X_test and y_test"),
     (dict(X_test=np.zeros((2, 3)), y_test=np.ones(2)), "X_test has 3 features but X has 2"),
-    (dict(seed=-1), r"seeds must be a non-empty sequence of integers in \[0, 9223372036854775807\]"),
-    (dict(seed=2**64 - 1), r"seeds must be a non-empty sequence of integers in \[0, 9223372036854775807\]"),
+    (dict(seed=-1), r"seed must be an integer in \[0, 2\*\*63 - 1\], got -1"),
+    (dict(seed=2**64 - 1), r"seed must be an integer in \[0, 2\*\*63 - 1\]"),
+    (dict(seed=True), r"seed must be an integer in \[0, 2\*\*63 - 1\], got True"),
+    (dict(seed="2"), r"seed must be an integer in \[0, 2\*\*63 - 1\], got '2'"),
+    (dict(init="zeros", init_scale=3.0), "init_scale scales the 'normal' init only; init is 'zeros'"),
+    (dict(init=np.ones((4, 2)), init_scale=3.0), "init_scale scales the 'normal' init only; init is an array"),
+    (dict(steps=10**20), r"steps must be at most 2\*\*62"),
+    (dict(stepsize=1e-50, compute=lgd.Compute("numpy", dtype="float32")), "stepsize 1e-50 rounds to 0 in float32"),
     (dict(init=np.ones((4, 2), dtype=complex)), "init array must hold real numbers, got dtype complex128"),
     (dict(init_scale="1"), "init_scale must be a finite number >= 0, got '1'"),
     (dict(init_scale=True), "init_scale must be a finite number >= 0, got True"),
@@ -262,6 +268,17 @@ def test_more_bad_input():
         lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0, -2.0], steps=1, compute="numpy")
     with pytest.raises(ValueError, match="seeds must be distinct"):
         lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0], seeds=(1, 1), steps=1, compute="numpy")
+    for seeds in (1.5, None, "12", {1, 2}):
+        with pytest.raises(ValueError, match="seeds must be an integer or a sequence of integers"):
+            lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0], seeds=seeds, steps=1, compute="numpy")
+    with pytest.raises(ValueError, match=r"stepsizes must be a non-empty 1-D sequence .* got set"):
+        lgd.sweep(X, y, lgd.Linear(), stepsizes={1.0, 2.0}, steps=1, compute="numpy")
+    assert lgd.gd(X, y, lgd.Linear(), stepsize=np.array(2.0), steps=1, compute="numpy").stepsize == 2.0
+    with pytest.raises(ValueError, match="train_outer must be True or False, got 'False'"):
+        lgd.TwoLayerNet(4, train_outer="False")
+    for scaling in (True, None, [0.5]):
+        with pytest.raises(ValueError, match="scaling must be 'mean_field', 'ntk' or a positive number"):
+            lgd.TwoLayerNet(4, scaling=scaling)
     with pytest.raises(ValueError, match="width must be a positive integer"):
         lgd.TwoLayerNet(0)
     with pytest.raises(ValueError, match="outer weights must hold real numbers, got dtype complex128"):

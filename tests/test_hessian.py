@@ -109,6 +109,16 @@ def test_bad_arguments_raise():
         hessian.hvp(W, a, X, y, "tanh", "logistic", 0.5, np.ones(6))
     with pytest.raises(ValueError, match=r"vector must have 6 entries \(W's 4 and then m = 2 for a\), got 4"):
         hessian.hvp(W, a, X, y, "tanh", "logistic", 0.5, np.ones(4), train_outer=True)
+    # the data are checked as lgd.gd checks them (a y of one label was broadcast, 0/1 labels taken)
+    with pytest.raises(ValueError, match=r"y must be a 1-D array of length 10 \(rows of X\), got shape \(1,\)"):
+        hessian.dense_hessian(W, a, X, y[:1], "tanh", "logistic", 0.5)
+    with pytest.raises(ValueError, match=r"labels \+1 or -1 for the logistic loss"):
+        hessian.sharpness(W, a, X, (y + 1) / 2, "tanh", "logistic", 0.5)
+    # integer weights are computed in float64 (they truncated X and the scale 0.5 to 0)
+    W_int = np.array([[1, 2], [3, -1]])
+    np.testing.assert_array_equal(hessian.sharpness(W_int, a, X, y, "tanh", "logistic", 0.5, k=2),
+                                  hessian.sharpness(W_int.astype(float), a, X, y, "tanh", "logistic", 0.5, k=2))
+    assert hessian.sharpness(W_int, a, X, y, "tanh", "logistic", 0.5)[0] > 0
 
 
 def test_missing_scipy_names_the_extra(monkeypatch):

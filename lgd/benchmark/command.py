@@ -58,6 +58,8 @@ def configure(parser) -> None:
 
 def main(args) -> int:
     try:
+        # Read before any run: a file that cannot be compared with would otherwise be found after the run.
+        earlier = load(args.compare) if args.compare else None
         if args.report:
             ignored = [f"--{key.replace('_', '-')}" for key in (*RUN_OPTIONS, "out", "quick")
                        if getattr(args, key, None) not in (None, False)]
@@ -80,8 +82,8 @@ def main(args) -> int:
         if not args.report:
             write(report, out)
             print(f"wrote {out} and {out.with_suffix('.md')}")
-        if args.compare:
-            print(format_compare(report, load(args.compare)))
+        if earlier is not None:
+            print(format_compare(report, earlier))
         if args.plot:
             save_plot(report, args.plot)
             print(f"wrote {args.plot}")

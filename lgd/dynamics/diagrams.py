@@ -103,6 +103,10 @@ def bifurcation(sweep, of="log_risk", window: int | None = None, *, period_of: s
     the periods to be those of the GD map.
     """
     window = 4 * int(max_period) if window is None else int(window)
+    from ..results import Sweep
+
+    if not isinstance(sweep, Sweep):
+        raise TypeError(f"bifurcation reads a Sweep (lgd.sweep's result over stepsizes), got {type(sweep).__name__}")
     values, step, name = _scalar_window(sweep, of, window)
     if period_of is None:
         period_of = "weights" if (sweep.trajectory is not None or sweep.projections is not None) else name

@@ -23,10 +23,13 @@ Needs scipy (``pip install "lgd[analysis]"``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 
+from .. import losses as _losses
 from .. import stepsize as _stepsize
+from ..options import real_array
 
 __all__ = ["flow", "compare_flows", "Flow", "FlowComparison", "METHOD", "RTOL", "ATOL"]
 
@@ -74,7 +77,6 @@ class FlowComparison:
 
 def _velocity(X, y, model, loss, outer, modified):
     """theta -> d theta / dt of the chosen flow, for the model's trained parameters."""
-    from .. import losses as _losses
     from ..hessian import hvp
     from ..models import evaluate
 
@@ -101,11 +103,18 @@ def _velocity(X, y, model, loss, outer, modified):
     return velocity
 
 
-def _parameters(model, init, outer_init):
+def _parameters(model, d, init, outer_init):
     """theta_0 = (W_0.ravel(), a_0 when trained) and the outer weights a_0."""
-    W = np.asarray(init, dtype=np.float64).reshape(model.width, -1)
+    shape = model.weight_shape(d)
+    W = real_array(init, "init")
+    if W.shape != shape or not np.all(np.isfinite(W)):
+        raise ValueError(f"init must be finite weights of shape {shape} (the model's on {d} features), got shape "
+                         f"{W.shape}" + ("" if W.shape != shape else " with NaN or Inf"))
+    W = W.reshape(model.width, d)
     outer = model.outer_weights(np.random.default_rng(0)) if outer_init is None else outer_init
-    outer = np.asarray(outer, dtype=np.float64).reshape(model.width)
+    outer = real_array(outer, "outer_init")
+    if outer.shape != (model.width,) or not np.all(np.isfinite(outer)):
+        raise ValueError(f"outer_init must be finite weights of shape ({model.width},), got shape {outer.shape}")
     theta = np.concatenate([W.ravel(), outer]) if model.train_outer else W.ravel().copy()
     return theta, outer
 
@@ -128,14 +137,16 @@ def flow(X, y, model, loss, init, times, *, outer_init=None, stepsize: float | N
         from scipy.integrate import solve_ivp
     except ImportError:
         raise ImportError('the reference flows need scipy: pip install "lgd[analysis]"') from None
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    times = np.asarray(times, dtype=np.float64).ravel()
-    if times.size < 1 or times[0] < 0 or np.any(np.diff(times) <= 0):
-        raise ValueError("times must be increasing and start at 0 or later")
-    if stepsize is not None and not (np.isfinite(stepsize) and stepsize > 0):
+    from ..driver import check_data
+
+    X, y = check_data(X, y, _losses.get(loss), np.float64, "X", "y")
+    times = real_array(times, "times").ravel()
+    if times.size < 1 or times[0] < 0 or np.any(np.diff(times) <= 0) or not np.all(np.isfinite(times)):
+        raise ValueError("times must be finite, increasing and start at 0 or later")
+    if stepsize is not None and (isinstance(stepsize, (bool, np.bool_)) or not isinstance(stepsize, Real)
+                                 or not (np.isfinite(stepsize) and stepsize > 0)):
         raise ValueError(f"stepsize must be a positive number or None, got {stepsize!r}")
-    theta, outer = _parameters(model, init, outer_init)
+    theta, outer = _parameters(model, X.shape[1], init, outer_init)
     velocity = _velocity(X, y, model, loss, outer, stepsize)
     parameters = np.full((times.size, theta.size), np.nan)
     success, message = True, "the only time is 0: nothing to integrate"
