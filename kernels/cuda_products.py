@@ -98,7 +98,13 @@ def choose(requested: str, n: int, d: int, m: int, itemsize: int, threads: int, 
         needed = memory_bytes(n, n_test, configs, m, d, itemsize, threads)
     except ValueError:
         return "fused"
-    x_shared = cuda_run.layout(n, d, m, itemsize, threads, shared_budget).x_shared
+    try:
+        x_shared = cuda_run.layout(n, d, m, itemsize, threads, shared_budget).x_shared
+    except ValueError:  # one sample of a wide network does not fit the fused kernel's block: the products path
+        if needed > memory_budget:
+            raise
+        rows_per_block(n, m, itemsize, threads)  # or neither path takes it, which this says
+        return "products"
     return "products" if not x_shared and needed <= memory_budget else "fused"
 
 

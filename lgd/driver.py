@@ -10,8 +10,10 @@ checkpoint files, their fingerprint and :func:`lgd.resume` in :mod:`lgd.checkpoi
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import platform
 import signal
 import sys
 import threading
@@ -334,13 +336,13 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
             "backend": backend.name, "record_every": record_every,
             "init": "inits" if inits is not None else init if isinstance(init, str) else "array",
             "init_scale": init_scale, "divergence": {"risk": divergence.risk, "weight_norm": divergence.weight_norm},
-            "risk_bound": risk_bound}
+            "risk_bound": risk_bound, "made_by": _made_by(backend.name)}
     if checkpoint is not None:
         meta.update(checkpoint=str(checkpoint), sittings=sittings)
     if getattr(runner, "path", None):  # the cupy backend's: the fused kernel or the products path
         meta.update(cuda_path=runner.path)
     if sharpness_every is not None:
-        meta.update(sharpness_every=sharpness_every, sharpness_points=sharpness_points,
+        meta.update(sharpness_every=sharpness_every, sharpness_k=sharpness_k, sharpness_points=sharpness_points,
                     sharpness_seconds=None if in_runner else paused_seconds)
         if in_runner:
             sharpness, sharpness_steps = kept("sharpness", sharpness_every), kept_steps(sharpness_every)
@@ -387,6 +389,20 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
                  seconds=seconds,
                  steps_per_second=float(np.sum(steps_taken)) / seconds if seconds > 0 else math.inf,
                  meta=meta, sharpness=sharpness, sharpness_step=sharpness_steps)
+
+
+@functools.cache
+def _made_by(backend: str) -> dict:
+    """What a result was computed with: the versions of lgd, Python, numpy and the backend's library, and the
+    CPU (hosts of one kind differ in vector width, and the numba kernels' bits with it)."""
+    from . import __version__
+    from .benchmark.machine import cpu_name
+
+    made_by = {"lgd": __version__, "python": platform.python_version(), "numpy": np.__version__, "cpu": cpu_name()}
+    library = {"numba": "numba", "cupy": "cupy"}.get(backend)
+    if library in sys.modules:
+        made_by[library] = getattr(sys.modules[library], "__version__", None)
+    return made_by
 
 
 class _HeldInterrupt:

@@ -119,6 +119,14 @@ def test_the_log_risk_where_the_risk_underflows_is_the_oracles(products, dtype):
                    compute=lgd.Compute(backend=name, dtype=dtype, progress=False)) for name in ("numpy", products)]
     assert np.any(runs[1].risk == 0.0) and np.all(np.isfinite(runs[1].log_risk))
     np.testing.assert_allclose(runs[1].log_risk, runs[0].log_risk, rtol=TOLERANCE[dtype] * 10, atol=TOLERANCE[dtype])
+    # a sample whose squared loss is exactly 0 first in its block, the risk of the others subnormal: its log-loss
+    # -inf met an empty log-sum-exp (-inf - -inf) and made the log-risk -inf
+    X, y = np.array([[0.0], [1.0]]), np.zeros(2)
+    init = np.array([1e-150 if dtype == "float64" else 1e-20])
+    runs = [lgd.gd(X, y, lgd.Linear(), "squared", stepsize=0.1, steps=1, init=init,
+                   compute=lgd.Compute(backend=name, dtype=dtype, progress=False)) for name in ("numpy", products)]
+    assert np.isfinite(runs[0].log_risk).all()
+    np.testing.assert_allclose(runs[1].log_risk, runs[0].log_risk, rtol=TOLERANCE[dtype])
 
 
 def test_a_sweep_is_its_single_runs(products):
@@ -332,3 +340,17 @@ def test_the_run_says_which_path_it_took(monkeypatch):
         run = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=0.1, steps=5, compute=lgd.Compute(backend=name, progress=False))
         assert run.meta["cuda_path"] == path
     assert "cuda_path" not in lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=0.1, steps=5, compute="numpy").meta
+
+
+def test_a_network_too_wide_for_the_fused_kernels_block_takes_the_products_path(monkeypatch):
+    """Width 4,500 in float64: one sample's row does not fit the fused kernel's block (227 KiB), the products
+    path's does. 'auto' takes it there (it was refused); a width neither takes is refused naming numba."""
+    register_host_cuda(monkeypatch)
+    X, y = lgd.data.xor(n=4)
+    compute = lgd.Compute(backend="cuda-host", progress=False)
+    run = lgd.gd(X, y, lgd.TwoLayerNet(4500), stepsize=1.0, steps=2, compute=compute)
+    oracle = lgd.gd(X, y, lgd.TwoLayerNet(4500), stepsize=1.0, steps=2, compute="numpy")
+    assert run.meta["cuda_path"] == "products"
+    np.testing.assert_allclose(run.risk, oracle.risk, rtol=TOLERANCE["float64"])
+    with pytest.raises(ValueError, match=r"width 6000 needs .* the numba backend \(compute='numba'\) has no such"):
+        lgd.gd(X, y, lgd.TwoLayerNet(6000), stepsize=1.0, steps=2, compute=compute)

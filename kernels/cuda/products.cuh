@@ -87,7 +87,7 @@ __device__ void rows_block(T* Z, const T* y, const T* a, const long long* diverg
                 if (l > top) {
                     total = total * exp(top - l) + 1.0;
                     top = l;
-                } else {
+                } else if (l != -infinity(0.0)) {  // a loss of exactly 0 adds nothing (and -inf - -inf is NaN)
                     total += exp(l - top);
                 }
             }

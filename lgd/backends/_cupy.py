@@ -101,10 +101,19 @@ class Runner:
         def device(array):  # one copy per run, where the kernel runs
             return None if array is None else xp.array(array, dtype=dtype, order="C")
 
-        if shape is not None:  # refuse here, before any copy, a width whose one sample does not fit a block
+        if shape is not None:  # refuse here, before any copy, a width whose one sample fits neither path's block
+            from ..kernels import cuda_products
+
             _, m, d = shape
-            cuda_run.layout(problem.X.shape[0], d, m, np.dtype(dtype).itemsize, self.engine.threads,
-                            self.engine.shared_budget)
+            n, itemsize = problem.X.shape[0], np.dtype(dtype).itemsize
+            try:
+                path = cuda_products.choose(self.requested_path, n, d, m, itemsize, self.engine.threads,
+                                            self.engine.shared_budget, trajectories=problem.weights_every > 0,
+                                            tangents=problem.lyapunov > 0)
+                if path == "fused":
+                    cuda_run.layout(n, d, m, itemsize, self.engine.threads, self.engine.shared_budget)
+            except ValueError as exc:
+                raise ValueError(f"{exc}; the numba backend (compute='numba') has no such limit") from None
         self.X, self.y = device(problem.X), device(problem.y)
         self.X_test, self.y_test = device(problem.X_test), device(problem.y_test)
         self.directions = device(problem.directions)

@@ -22,7 +22,7 @@ def describe_machine() -> dict:
     versions."""
     from importlib import metadata
 
-    cpu = _cpuinfo("model name") or platform.processor() or platform.machine()
+    cpu = cpu_name()
     versions = {"python": platform.python_version()}
     for name in VERSIONS:
         try:
@@ -33,6 +33,11 @@ def describe_machine() -> dict:
     return {"cpu": cpu, "cpu_id": cpu_id(), "caches": caches(), "cores": os.cpu_count(), "usable_cores": usable,
             "vector_features": vector_features(), **numba_target(), "fp_sharing": fp_sharing(usable),
             "blas": blas_libraries(), "gpu": _gpu(), "os": platform.platform(), "versions": versions}
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo's, else what the platform says)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 # The CPU flags that say which vector code a host runs (hosts of one machine kind differ: AVX-512 or not).
