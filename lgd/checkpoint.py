@@ -316,6 +316,27 @@ def _difference(name: str, was, now) -> str:
     return f"{name} (checkpoint: {shown(was)}, this call: {shown(now)})"
 
 
+def _check_header(header: dict) -> None:
+    """ValueError where a header's values cannot be a checkpoint's (an edited or corrupted file the zip's checksums
+    pass): a run would go on from a step it never reached, or stop at one it did not."""
+    def count(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    def seconds(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+    call = header["call"]
+    steps = call.get("steps") if isinstance(call, dict) else None
+    problems = [name for name, good in (
+        ("status", header["status"] in (RUNNING, INTERRUPTED, COMPLETED, DIVERGED)),
+        ("steps", count(steps)),
+        ("reached", count(header["reached"]) and count(steps) and header["reached"] <= steps + 1),
+        ("seconds", seconds(header["seconds"])), ("paused_seconds", seconds(header["paused_seconds"])),
+        ("sittings", count(header["sittings"]))) if not good]
+    if problems:
+        raise ValueError(f"its header's {', '.join(problems)} cannot be a checkpoint's")
+
+
 class _SavedResult(ValueError):
     """A file of Run.save or Sweep.save where a checkpoint was expected."""
 
@@ -335,6 +356,7 @@ def read(path) -> Saved:
         missing = [key for key in HEADER_KEYS if key not in header]
         if missing:
             raise ValueError(f"its header lacks {', '.join(missing)}")
+        _check_header(header)
     except (FileNotFoundError, _SavedResult):
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:

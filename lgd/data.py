@@ -14,6 +14,7 @@ scikit-learn is imported inside ``digits``.
 """
 
 import gzip
+import math
 import numbers
 import pickle
 import zlib
@@ -38,6 +39,27 @@ def _check_count(n, name="n", allow_none=True):
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         expected = "a positive integer or None" if allow_none else "a positive integer"
         raise ValueError(f"{name} must be {expected}, got {n!r}")
+
+
+def _check_number(value, name: str, low: float, low_open: bool, high: float = math.inf) -> float:
+    """``value`` as a float, or ValueError naming ``name`` unless it is a real number in the interval from ``low``
+    (excluded when ``low_open``) up to ``high`` (excluded)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value < low or (low_open and value == low) or value >= high:
+        bracket = "(" if low_open else "["
+        upper = "inf" if math.isinf(high) else f"{high:g}"
+        raise ValueError(f"{name} must be a number in {bracket}{low:g}, {upper}), got {value!r}")
+    return float(value)
+
+
+def _check_seed(seed):
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+
+
+def _check_flag(value, name: str):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
 def _check_split(split):
@@ -92,8 +114,9 @@ def xor(n=200, noise=0.1, seed=0, normalize=True):
     ((8, 2), 4)
     """
     _check_count(n, allow_none=False)
-    if not np.isfinite(noise) or noise < 0:
-        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+    _check_number(noise, "noise", 0.0, False)
+    _check_seed(seed)
+    _check_flag(normalize, "normalize")
     centres = np.array([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]])
     centre_labels = np.array([1.0, 1.0, -1.0, -1.0])
     per_cluster = n // 4 + (np.arange(4) < n % 4)
@@ -146,9 +169,10 @@ def separable(n=200, d=10, margin=0.1, seed=0, normalize=True, return_direction=
     """
     _check_count(n, allow_none=False)
     _check_count(d, name="d", allow_none=False)
-    if not np.isfinite(margin) or margin <= 0 or (normalize and margin >= 1):
-        interval = "in (0, 1) when normalize=True" if normalize else "a finite number > 0"
-        raise ValueError(f"margin must be {interval}, got {margin!r}")
+    _check_seed(seed)
+    _check_flag(normalize, "normalize")
+    _check_number(margin, "margin" + (" (with normalize=True)" if normalize else ""), 0.0, True,
+                  1.0 if normalize else math.inf)
     rng = np.random.default_rng(seed)
     direction = rng.standard_normal(d)
     w_star = direction / np.linalg.norm(direction)

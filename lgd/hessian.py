@@ -133,6 +133,8 @@ def hvp(W, a, X, y, activation, loss, scale: float, vector, train_outer: bool = 
     """
     W, a, X, y, activation, loss = _prepare(W, a, X, y, activation, loss, points)
     curvature = _Curvature(W, a, X, y, activation, loss, scale, train_outer)
+    if np.asarray(vector).dtype.kind not in "biuf":
+        raise ValueError(f"vector must hold real numbers, got dtype {np.asarray(vector).dtype}")
     if np.size(vector) != curvature.size:
         raise ValueError(f"vector must have {curvature.size} entries (W's {W.size}"
                          f"{f' and then m = {a.size} for a' if train_outer else ''}), got {np.size(vector)}")

@@ -313,6 +313,7 @@ UNREADABLE = "cannot be read: it is not an lgd checkpoint, or it is damaged"
     ("truncated", UNREADABLE), ("garbage", UNREADABLE + r" \(ValueError: it is no npz archive\)"),
     ("a saved result", r"is a saved lgd run \(lgd.load reads it\), not a checkpoint"), ("one array", UNREADABLE),
     ("a header without its keys", UNREADABLE + r" \(ValueError: its header lacks status, reached"),
+    ("a header edited", UNREADABLE + r" \(ValueError: its header's status, reached, sittings cannot be a checkpoint's"),
     ("no weights", "is damaged: it holds no state.W"),
     ("no divergence steps", "is damaged: it holds no state.diverged"),
 ])
@@ -337,6 +338,10 @@ def test_a_damaged_checkpoint_is_a_clear_error(damage, message, tmp_path):
             arrays = {name: archive[name] for name in archive.files}
         if damage == "a header without its keys":
             arrays["header"] = np.array(json.dumps({"lgd_checkpoint": _checkpoint.FORMAT}))
+        elif damage == "a header edited":
+            header = json.loads(str(arrays["header"]))
+            header.update(status="bogus", reached=10**6, sittings="2")
+            arrays["header"] = np.array(json.dumps(header))
         else:
             del arrays["state.W" if damage == "no weights" else "state.diverged"]
         with open(path, "wb") as file:

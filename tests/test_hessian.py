@@ -114,6 +114,8 @@ def test_bad_arguments_raise():
         hessian.dense_hessian(W, a, X, y[:1], "tanh", "logistic", 0.5)
     with pytest.raises(ValueError, match=r"labels \+1 or -1 for the logistic loss"):
         hessian.sharpness(W, a, X, (y + 1) / 2, "tanh", "logistic", 0.5)
+    with pytest.raises(ValueError, match="vector must hold real numbers, got dtype complex128"):
+        hessian.hvp(W, a, X, y, "tanh", "logistic", 0.5, np.ones(4, dtype=complex))
     # integer weights are computed in float64 (they truncated X and the scale 0.5 to 0)
     W_int = np.array([[1, 2], [3, -1]])
     np.testing.assert_array_equal(hessian.sharpness(W_int, a, X, y, "tanh", "logistic", 0.5, k=2),

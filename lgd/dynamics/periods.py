@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..options import real_array
+
 __all__ = ["attractors", "Attractors", "CONVERGED", "PERIODIC", "BOUNDED", "DIVERGED", "KINDS", "MAX_PERIOD",
            "TOLERANCE"]
 
@@ -271,7 +273,7 @@ def attractors(result=None, window: int | None = None, *, of: str = "weights", v
     if (result is None) == (values is None):
         raise ValueError("pass a result or values, not both")
     if values is not None:
-        values = np.asarray(values, dtype=np.float64)
+        values = real_array(values, "values")
         if values.ndim == 1:
             values = values[None, :, None]
         elif values.ndim == 2:
