@@ -161,6 +161,20 @@ def test_a_failed_case_leaves_the_table_and_the_ratios_and_is_reported(tmp_path,
     assert "**Failed**" in out.with_suffix(".md").read_text()
 
 
+def test_a_run_whose_every_case_is_skipped_says_why(tmp_path, capsys, monkeypatch):
+    """No case can run here (lgd-cupy without a GPU): the reasons, not 'the suite did not run (exit code 0)'."""
+    def suite(command, cwd, env):
+        junit = next(arg for arg in command if arg.startswith("--junitxml=")).split("=", 1)[1]
+        Path(junit).write_text('<testsuites><testsuite><testcase name="test_throughput[S-lgd-cupy-float64]">'
+                               '<skipped message="lgd\'s cupy backend is not a CPU backend"/></testcase>'
+                               '</testsuite></testsuites>')
+        return 0
+
+    monkeypatch.setattr(subprocess, "call", suite)
+    assert main(["bench", "--workloads", "S", "--impls", "lgd-cupy", "--out", str(tmp_path / "r.json")]) == 2
+    assert "no case could run here (1 skipped): lgd's cupy backend is not a CPU backend" in capsys.readouterr().err
+
+
 def test_lgd_bench_refuses_an_out_it_cannot_write_and_run_options_with_report(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(subprocess, "call", lambda *args, **kwargs: pytest.fail("the suite ran"))
     (tmp_path / "a-file").write_text("")

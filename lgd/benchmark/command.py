@@ -157,6 +157,11 @@ def run(args) -> tuple:
         sharing_before = fp_sharing(usable_cores())  # the host may move the vCPUs during the run
         # No bytecode: pytest would cache its assertion-rewritten suite inside the installed package.
         code = subprocess.call(command, cwd=scratch, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+        if code == 0 and not stats_path.is_file() and junit_path.is_file():  # every case skipped: say why
+            skipped, _ = cases_not_timed(junit_path.read_text())
+            if skipped:
+                reasons = sorted({case["reason"] for case in skipped})
+                raise RuntimeError(f"no case could run here ({len(skipped)} skipped): {'; '.join(reasons)}")
         if code not in (0, 1) or not stats_path.is_file():
             raise RuntimeError(f"the benchmark suite did not run (pytest exit code {code})")
         raw = json.loads(stats_path.read_text())
