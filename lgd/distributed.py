@@ -575,7 +575,12 @@ def _datasets(datasets) -> dict:
     if isinstance(datasets, str):
         datasets = (datasets,)
     if not isinstance(datasets, dict):
-        datasets = {name: data.load(name) if isinstance(name, str) else name for name in datasets}
+        given = list(datasets)
+        other = next((name for name in given if not isinstance(name, str)), None)
+        if other is not None:
+            raise ValueError("datasets must be a dict name -> (X, y) or (X, y, X_test, y_test), or names of lgd.data's "
+                             f"datasets; got a sequence holding {type(other).__name__}")
+        datasets = {name: data.load(name) for name in given}
     if not datasets:
         raise ValueError("datasets must name at least one dataset")
     named = {}

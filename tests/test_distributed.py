@@ -357,6 +357,8 @@ def test_bad_input_fails_before_any_batch(tmp_path):
         distributed.grid({"xor": (X, Y)}, widths=[2], stepsizes=[1.0], seeds=(1, 1), client=recorder)
     with pytest.raises(ValueError, match="widths"):
         distributed.grid({"xor": (X, Y)}, widths=[2, 2], stepsizes=[1.0], client=recorder)
+    with pytest.raises(ValueError, match="datasets must be a dict name -> .* got a sequence holding tuple"):
+        distributed.grid([(X, Y)], widths=[2], stepsizes=[1.0], client=recorder)
     with pytest.raises(ValueError, match="checkpoint"):
         lgd.sweep(X, Y, NET, client=recorder, checkpoint=tmp_path / "c")
     (tmp_path / "a-file").write_text("")
