@@ -183,12 +183,13 @@ def _plan(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, inits
         raise ValueError("lgd.stepsize.inverse_sharpness needs the sharpness measured: "
                          "record=lgd.Record(sharpness_every=s)")
     seeds = _driver._check_seeds(seeds)
-    steps = _options.check_count(steps, "steps")
+    steps = _driver.check_steps(steps)
     init_scale = _driver.check_init_scale(init_scale, init, inits)
     _driver._check_stepsize_range(np.array([rule.eta for rule in rules]), dtype)
+    _driver.check_scale(model, dtype)
     d = data[0].shape[1]
     starts = _driver._starting_points(model, d, inits, outer_inits)
-    _driver._directions(record, model, d)
+    _driver._directions(record, model, d, dtype)
     _driver._initial_weights(model, d, init, init_scale, seeds[:1], starts, dtype)  # checks init
     if record.lyapunov:
         _driver._initial_tangents(model, d, record.lyapunov, seeds[:1], [(0, 0, 0)])  # checks the count

@@ -186,17 +186,16 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
         raise ValueError("lgd.stepsize.inverse_sharpness needs the sharpness measured: "
                          "record=lgd.Record(sharpness_every=s)")
     seeds = _check_seeds(seeds)
-    steps = _check_count(steps, "steps")
-    if steps > _MOST_STEPS:
-        raise ValueError(f"steps must be at most 2**62 (the kernels count steps in int64), got {steps}")
+    steps = check_steps(steps)
     init_scale = check_init_scale(init_scale, init, inits)
     _check_stepsize_range(np.array([rule.eta for rule in rules]), dtype)
+    check_scale(model, dtype)
     n, d = X.shape
     if sharpness_every is not None and sharpness_k > _trained_parameters(model, d):
         raise ValueError(f"Record.sharpness_k asks for {sharpness_k} eigenvalues but the model has "
                          f"{_trained_parameters(model, d)} trained parameters")
     starts = _starting_points(model, d, inits, outer_inits)
-    directions = _directions(record, model, d)
+    directions = _directions(record, model, d, dtype)
     risk_bound = divergence.risk * max(1.0, _zero_predictor_risk(y, loss))
     device_input = _backends.on_device(X)
     backend = _backends.resolve(backend, X, (model.activation, loss))
@@ -577,6 +576,23 @@ def check_data(X, y, loss, dtype, xname: str, yname: str):
 _MOST_STEPS = 2**62
 
 
+def check_scale(model: TwoLayerNet, dtype) -> None:
+    """A scaling s(m) that a run of ``dtype`` cannot hold (rounding to 0 or to inf) is refused before any work."""
+    with np.errstate(over="ignore"):
+        held = np.asarray(model.scale, dtype=dtype)
+    if held == 0 or not np.isfinite(held):
+        raise ValueError(f"the model's scaling {model.scale:g} rounds to {float(held):g} in {np.dtype(dtype).name}; "
+                         f"use dtype float64")
+
+
+def check_steps(steps) -> int:
+    """``steps`` as an int, or ValueError: an integer from 1 to 2**62."""
+    steps = _check_count(steps, "steps")
+    if steps > _MOST_STEPS:
+        raise ValueError(f"steps must be at most 2**62 (the kernels count steps in int64), got {steps}")
+    return steps
+
+
 def _check_stepsize_range(stepsizes: np.ndarray, dtype):
     """A stepsize a run of `dtype` cannot hold (it would round to inf, or to 0) is refused before any work."""
     largest = float(np.finfo(dtype).max)
@@ -684,8 +700,8 @@ def _starting_points(model: TwoLayerNet, d: int, inits, outer_inits) -> _Starts:
     return _Starts(W, a)
 
 
-def _directions(record, model: TwoLayerNet, d: int):
-    """Record.project_onto checked against the model's shape: (P, m, d) float64, or None."""
+def _directions(record, model: TwoLayerNet, d: int, dtype):
+    """Record.project_onto checked against the model's shape and the run's dtype: (P, m, d) float64, or None."""
     if record.project_onto is None:
         return None
     directions = record.project_onto
@@ -693,6 +709,10 @@ def _directions(record, model: TwoLayerNet, d: int):
         shape = ", ".join(map(str, model.weight_shape(d)))
         raise ValueError(f"Record.project_onto must have shape (P, {shape}) for this model and data, got "
                          f"{directions.shape}")
+    largest = float(np.finfo(dtype).max)
+    if directions.size and float(np.max(np.abs(directions))) > largest:
+        raise ValueError(f"Record.project_onto holds {float(np.max(np.abs(directions))):g}, which does not fit in "
+                         f"{np.dtype(dtype).name} (largest {largest:g}); rescale it or use dtype float64")
     return directions.reshape(directions.shape[0], model.width, d)
 
 
@@ -773,4 +793,10 @@ def _initial_weights(model: TwoLayerNet, d: int, init, init_scale: float, seeds:
         else:
             W0[i] = 0.0
         a0[i] = model.outer_weights(rng) if starts.a is None else starts.a
+    largest = float(np.finfo(dtype).max)
+    for name, array in (("the initial weights (init, inits or init_scale)", W0),
+                        ("the initial outer weights (outer or outer_inits)", a0)):
+        if array.size and float(np.max(np.abs(array))) > largest:
+            raise ValueError(f"{name} reach {float(np.max(np.abs(array))):g}, which does not fit in "
+                             f"{np.dtype(dtype).name} (largest {largest:g}); rescale them or use dtype float64")
     return W0.astype(dtype), a0.astype(dtype)

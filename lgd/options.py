@@ -192,7 +192,9 @@ class Compute:
 class Divergence:
     """When a run counts as diverged, and stops there with its trace kept (status 'diverged').
 
-    Besides a risk or gradient that is not finite (always), a run stops at the first step t where
+    Besides a risk, a gradient or a weight norm that is not finite (always: weights that an update took past the
+    dtype's range, where the loss and its gradient may still be finite; in float64 a norm whose square passes
+    1.8e308, weights beyond about 1e154), a run stops at the first step t where
 
     - its risk exceeds ``risk`` times the reference risk max(1, L_0), L_0 the risk of the zero predictor
       f = 0 on the training data (loss(0) for the margin losses, mean(y^2)/2 for the squared loss): a

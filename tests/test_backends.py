@@ -68,6 +68,20 @@ def test_divergence_is_reported_at_the_same_step(compiled_backend_dtype):
     np.testing.assert_allclose(runs[1].weights, runs[0].weights, rtol=case.rtol_one_step)
 
 
+def test_weights_that_overflow_are_a_divergence(compiled_backend_dtype):
+    """An update past the dtype's range (eta near its largest number): W_1 is inf, where the logistic loss and its
+    gradient are 0 and finite. The run diverged at step 1, on the oracle as on the kernels (it was 'completed'
+    with risk 0 and accuracy 1)."""
+    case = compiled_backend_dtype
+    eta = 1e38 if case.dtype == np.float32 else 1e308
+    for name in ("numpy", case.backend.name):
+        run = lgd.gd(np.array([[10.0]], dtype=case.dtype), np.array([1.0], dtype=case.dtype), lgd.Linear(),
+                     "logistic", stepsize=eta, steps=3, init=np.array([-1.0]),
+                     compute=lgd.Compute(backend=name, dtype=case.dtype_name, progress=False))
+        assert run.status == "diverged" and run.diverged_step == 1, name
+        assert run.step.tolist() == [0, 1] and run.risk[0] > 1 and np.isinf(run.weight_norm[1]), name
+
+
 def test_a_float32_weight_norm_is_summed_beyond_the_range_of_its_squares(compiled_backend_dtype):
     """||W|| of 3.2e19 is a float32 number whose square is not: the norm (and the normalized margin) is that
     of the weights, on the oracle as on the kernels, not inf (nor a divergence by the weight-norm bound)."""

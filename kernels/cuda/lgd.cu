@@ -709,7 +709,8 @@ __device__ void run_chunk(const T* X, const T* y, const T* X_test, const T* y_te
                 }
             }
         }
-        if (risk > risk_bound || sqrt(stat[STAT_WEIGHT_SQ]) > weight_bound) {
+        // The norm beyond the bound, or not finite: weights an update took past the dtype's range.
+        if (risk > risk_bound || !(isfinite(stat[STAT_WEIGHT_SQ]) && sqrt(stat[STAT_WEIGHT_SQ]) <= weight_bound)) {
             if (tid == 0) diverged[c] = t;
             break;
         }

@@ -252,7 +252,8 @@ __device__ void finalize_block(const T* a, T* grad_a, const long long* rules, co
         }
     }
     if (tid == 0) {
-        if (risk > risk_bound || sqrt(weight_sq) > weight_bound) {
+        // The norm beyond the bound, or not finite: weights an update took past the dtype's range.
+        if (risk > risk_bound || !(isfinite(weight_sq) && sqrt(weight_sq) <= weight_bound)) {
             diverged[c] = t;
         } else if (t < steps) {
             eta[c] = (double)(T)eta_t;

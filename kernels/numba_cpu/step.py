@@ -772,10 +772,10 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
             blank_weights(trace, c, record_slot(t, schedule.steps, schedule.weights_every))
         return False
     slot = record_slot(t, schedule.steps, schedule.record_every) if writes else -1
-    weight_sq = 0.0
+    # Every step: weights that overflowed (an update past the dtype's range) make it inf, and the run diverged.
     if norms is not None:
         weight_sq = norms[2]
-    elif slot >= 0 or spec.weight_bound < math.inf:
+    else:
         weight_sq = weight_norm_sq(Wt, a_step, train_outer)
     log_risk = 0.0
     if slot >= 0 or spec.log_risk_every_step:
@@ -802,7 +802,7 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
         weight_slot = record_slot(t, schedule.steps, schedule.weights_every)
         if weight_slot >= 0:
             record_weights(trace, c, weight_slot, Wt, a_step, directions)
-    if risk > spec.risk_bound or math.sqrt(weight_sq) > spec.weight_bound:
+    if risk > spec.risk_bound or not (math.isfinite(weight_sq) and math.sqrt(weight_sq) <= spec.weight_bound):
         if writes:
             diverged[c] = t
         return False
@@ -826,14 +826,11 @@ def weight_norm_sq(Wt, a, train_outer):
 @subroutine(types.void)
 def split_norms(t, schedule, spec, n, stats, grad, grad_a, Wt, a_step, sums, member):
     """This member's part of the norms of a team split by neurons, into sums[member] (its columns' squared
-    gradient norm, as close_step rounds it, and where a record or the weight bound needs it their squared
-    weight norm), before the barrier after which every member adds the parts (split_total)."""
+    gradient norm, as close_step rounds it, and their squared weight norm, which step_end checks every step),
+    before the barrier after which every member adds the parts (split_total)."""
     _, grad_sq = close_step(grad, grad_a, stats[0], n, spec.train_outer, spec.f32)
-    weight_sq = 0.0
-    if record_slot(t, schedule.steps, schedule.record_every) >= 0 or spec.weight_bound < math.inf:
-        weight_sq = weight_norm_sq(Wt, a_step, spec.train_outer)
     sums[member, 0] = grad_sq
-    sums[member, 1] = weight_sq
+    sums[member, 1] = weight_norm_sq(Wt, a_step, spec.train_outer)
 
 
 @subroutine(types.UniTuple(types.float64, 3))

@@ -67,7 +67,8 @@ class Runner:
                         trace.lyapunov_sum[c, slot] = state.log_growth[c]
                 if p.weights_every > 0:
                     self._record_weights(trace, c, record_slot(t, steps, p.weights_every), W, a)
-                if ev.risk > p.risk_bound or math.sqrt(weight_sq) > p.weight_bound:
+                # A norm beyond the bound, or not finite: weights that an update took past the dtype's range.
+                if ev.risk > p.risk_bound or not (math.isfinite(weight_sq) and math.sqrt(weight_sq) <= p.weight_bound):
                     state.diverged[c] = t
                     break
                 if t < steps:
