@@ -134,16 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="number of training points (100 for xor if omitted; the others' own size)")
     data.add_argument("--data-path", default=None, help="folder holding the MNIST or CIFAR-10 files")
     model = run.add_argument_group("model")
-    model.add_argument("--model", choices=("two_layer", "linear"), default="two_layer")
-    model.add_argument("--width", type=int, default=NETWORK_DEFAULTS["width"], help="hidden neurons m")
+    model.add_argument("--model", choices=("two_layer", "linear"), default="two_layer",
+                       help="a two-layer network or logistic regression (default: %(default)s)")
+    model.add_argument("--width", type=int, default=NETWORK_DEFAULTS["width"],
+                       help="hidden neurons m (default: %(default)s)")
     _network_options(model)
     gd = run.add_argument_group("gradient descent")
     gd.add_argument("--loss", default="logistic",
-                    help="logistic, exponential, flattened_exponential(a), flattened_polynomial(a), squared")
+                    help="logistic, exponential, flattened_exponential(a), flattened_polynomial(a), squared "
+                         "(default: %(default)s)")
     gd.add_argument("--stepsizes", type=_stepsizes, default=list(DEFAULT_STEPSIZES),
-                    help="comma-separated stepsizes (default: %(default)s)")
-    gd.add_argument("--steps", type=int, default=20000)
-    gd.add_argument("--seed", type=int, default=0)
+                    help="comma-separated stepsizes (default: 30,1000,3000)")
+    gd.add_argument("--steps", type=int, default=20000, help="GD steps of each run (default: %(default)s)")
+    gd.add_argument("--seed", type=int, default=0, help="the seed of the initial weights (default: %(default)s)")
     _start_and_compute_options(gd, record_every=1)
     out = run.add_argument_group("output")
     out.add_argument("--out", default="lgd-out", help="output folder (default: %(default)s)")
@@ -165,20 +168,26 @@ def build_parser() -> argparse.ArgumentParser:
 def _network_options(model) -> None:
     """The options of the network that `lgd run` and `lgd sweep` share, into the argument group `model`."""
     model.add_argument("--activation", default=NETWORK_DEFAULTS["activation"],
-                       help="leaky_softplus(c), softplus, relu, leaky_relu(c), gelu, silu, tanh, identity")
+                       help="leaky_softplus(c), softplus, relu, leaky_relu(c), gelu, silu, tanh, identity "
+                            "(default: %(default)s)")
     model.add_argument("--scaling", type=_scaling, default=NETWORK_DEFAULTS["scaling"],
-                       help="mean_field, ntk or a number")
-    model.add_argument("--outer", choices=("alternating", "random"), default=NETWORK_DEFAULTS["outer"])
+                       help="mean_field (1/m), ntk (1/sqrt(m)) or a number (default: %(default)s)")
+    model.add_argument("--outer", choices=("alternating", "random"), default=NETWORK_DEFAULTS["outer"],
+                       help="the outer weights a_j: +1, -1, +1, ... or random signs (default: %(default)s)")
     model.add_argument("--train-outer", action="store_true", help="train the outer weights too")
 
 
 def _start_and_compute_options(gd, record_every: int) -> None:
     """The starting point, recording and compute options that `lgd run` and `lgd sweep` share, into `gd`."""
-    gd.add_argument("--init", choices=("normal", "zeros"), default="normal")
-    gd.add_argument("--init-scale", type=float, default=1.0)
-    gd.add_argument("--record-every", type=int, default=record_every)
-    gd.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "cupy"))
-    gd.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    gd.add_argument("--init", choices=("normal", "zeros"), default="normal",
+                    help="W_0 ~ N(0, init-scale^2) or zero (default: %(default)s)")
+    gd.add_argument("--init-scale", type=float, default=1.0,
+                    help="the standard deviation of a normal W_0 (default: %(default)s)")
+    gd.add_argument("--record-every", type=int, default=record_every,
+                    help="record the traces every this many steps (and the last) (default: %(default)s)")
+    gd.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "cupy"),
+                    help="where the steps run; auto: numba when installed (default: %(default)s)")
+    gd.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="(default: %(default)s)")
 
 
 def _configure_sweep(parser: argparse.ArgumentParser) -> None:
@@ -220,15 +229,34 @@ def _configure_sweep(parser: argparse.ArgumentParser) -> None:
                      help="progress bar (default: when stderr is a terminal)")
 
 
+def _refused_early(args, lgd):
+    """The options `lgd run` and `lgd sweep` share, checked before any folder, store or cluster is made: counts,
+    the loss, the initial scale, the backend (here), dtype and a progress bar that needs tqdm. Returns the
+    Compute."""
+    from .driver import check_init_scale
+
+    for name in ("steps", "record_every"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    lgd.losses.get(args.loss)
+    check_init_scale(args.init_scale, args.init, None)
+    compute = lgd.Compute(backend=args.backend, dtype=args.dtype, progress=args.progress)
+    lgd.backends.resolve(compute.backend)
+    if args.progress and importlib.util.find_spec("tqdm") is None:
+        raise ImportError('--progress needs tqdm: pip install tqdm (or "lgd[progress]")')
+    return compute
+
+
 def _sweep(args) -> int:
     import lgd
     from ._json import to_json
     from . import distributed
-    from .driver import _check_seeds, check_init_scale
+    from .driver import _check_seeds
     from .results import SweepStore
 
     try:
-        for name in ("steps", "record_every", "workers", "batch_size", "n"):
+        compute = _refused_early(args, lgd)
+        for name in ("workers", "batch_size", "n"):
             value = getattr(args, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -250,13 +278,10 @@ def _sweep(args) -> int:
         for width in args.widths:
             lgd.TwoLayerNet(width, activation=args.activation, scaling=args.scaling, outer=args.outer,
                             train_outer=args.train_outer)
-        check_init_scale(args.init_scale, args.init, None)
         _check_seeds(args.seeds)
         if args.format == "netcdf" and max(args.seeds) > NETCDF_LARGEST_INT:
             raise ValueError(f"--format netcdf writes netCDF3, whose integers have 32 bits: seeds up to "
                              f"{NETCDF_LARGEST_INT} (or --format zarr)")
-        compute = lgd.Compute(backend=args.backend, dtype=args.dtype, progress=args.progress)
-        lgd.backends.resolve(compute.backend)
         store = None if args.store is None else Path(args.store).resolve()
         if store is not None and store in {(Path(args.out) / name).resolve() for name in GRID_FILES.values()}:
             raise ValueError(f"--zarr {args.store} is where the finished grid is written (--out): give the store "
@@ -461,7 +486,9 @@ def _load_data(args):
         if args.data_path is None:
             raise ValueError(f"--dataset {args.dataset} needs --data-path pointing at the local files")
         kwargs["path"] = args.data_path
-    elif args.dataset == "xor" and "n" not in kwargs:
+    elif args.data_path is not None:
+        raise ValueError(f"--dataset {args.dataset} is embedded: --data-path is for mnist and cifar10")
+    if args.dataset == "xor" and "n" not in kwargs:
         kwargs["n"] = 100
     return data.load(args.dataset, **kwargs)
 
@@ -470,9 +497,10 @@ def _run(args) -> int:
     import lgd
     from ._json import to_json
     from .driver import _LARGEST_SEED as LARGEST_SEED
-    from .driver import check_init_scale
+    from .driver import _HeldInterrupt
 
     try:
+        compute = _refused_early(args, lgd)
         X, y = _load_data(args)
         unused = [name for name, default in NETWORK_DEFAULTS.items() if getattr(args, name) != default]
         if args.model == "linear" and unused:
@@ -481,48 +509,51 @@ def _run(args) -> int:
         model = lgd.Linear() if args.model == "linear" else lgd.TwoLayerNet(
             args.width, activation=args.activation, scaling=args.scaling, outer=args.outer,
             train_outer=args.train_outer)
-        check_init_scale(args.init_scale, args.init, None)
         if not 0 <= args.seed <= LARGEST_SEED:
             raise ValueError(f"--seed must be in [0, 2**63 - 1], got {args.seed}")
         out = output_folder(args.out)
         header = (f"{args.dataset} (n={X.shape[0]}, d={X.shape[1]}), {model.describe()}, "
-                  f"{lgd.losses.get(args.loss).spec} loss, {args.steps} steps, "
+                  f"{lgd.losses.get(args.loss).spec} loss, {args.steps} steps, seed {args.seed}, "
                   f"{lgd.backends.resolve(args.backend, X).name} backend, {args.dtype}")
         print(header, flush=True)
         # One batched call for all stepsizes: the backend runs the configs side by side.
         grid = lgd.sweep(X, y, model, args.loss, stepsizes=args.stepsizes, steps=args.steps, seeds=(args.seed,),
                          init=args.init, init_scale=args.init_scale, record=lgd.Record(every=args.record_every),
-                         compute=lgd.Compute(backend=args.backend, dtype=args.dtype, progress=args.progress))
+                         compute=compute)
     except (ValueError, TypeError, ImportError, FileNotFoundError, MemoryError, lgd.BackendUnavailable) as exc:
         print(f"lgd run: error: {exc}", file=sys.stderr)
         return 2
 
     # The files first, then the table: a reader that stops reading early (`lgd run | head`) loses no result.
     runs = list(grid)
-    clear_previous(out)
-    summary = {"header": header, "steps": args.steps, "seconds": grid.seconds,
-               "steps_per_second": grid.steps_per_second, "runs": []}
-    for run, name in zip(runs, trace_names(grid.stepsize)):
-        run.save(out / name)
-        phase = run.phase
-        summary["runs"].append({
-            "stepsize": run.stepsize, "status": run.status, "diverged_step": run.diverged_step,
-            "steps_taken": run.steps_taken, "final_risk": run.final_risk, "final_log_risk": run.final_log_risk,
-            "transition_step": phase.transition_step,
-            "increases_before": phase.increases_before, "increases_after": phase.increases_after,
-            "peak_risk": phase.peak_risk, "final_eta_t_risk": phase.final_rate,
-            "normalized_margin": _last(run.normalized_margin), "accuracy": _last(run.accuracy),
-            "steps_per_second": run.steps_per_second, "traces": name})
-    written = [r["traces"] for r in summary["runs"]]
-    if not args.no_plot:
-        try:
-            from .plot import save_runs_figure
-            save_runs_figure(runs, out / "figure.png", title=header)
-            written.append("figure.png")
-        except ImportError as exc:
-            print(f"lgd run: no figure: {exc}", file=sys.stderr)
-    summary["files"] = ["summary.json"] + written
-    (out / "summary.json").write_text(to_json(summary) + "\n")
+    # A Ctrl-C while the files are written waits for them (else the old ones gone, a new one cut short).
+    with _HeldInterrupt() as held:
+        clear_previous(out)
+        summary = {"header": header, "steps": args.steps, "seed": args.seed, "init": args.init,
+                   "init_scale": args.init_scale, "record_every": args.record_every, "seconds": grid.seconds,
+                   "steps_per_second": grid.steps_per_second, "runs": []}
+        for run, name in zip(runs, trace_names(grid.stepsize)):
+            run.save(out / name)
+            phase = run.phase
+            summary["runs"].append({
+                "stepsize": run.stepsize, "status": run.status, "diverged_step": run.diverged_step,
+                "steps_taken": run.steps_taken, "final_risk": run.final_risk, "final_log_risk": run.final_log_risk,
+                "transition_step": phase.transition_step,
+                "increases_before": phase.increases_before, "increases_after": phase.increases_after,
+                "peak_risk": phase.peak_risk, "final_eta_t_risk": phase.final_rate,
+                "normalized_margin": _last(run.normalized_margin), "accuracy": _last(run.accuracy),
+                "steps_per_second": run.steps_per_second, "traces": name})
+        written = [r["traces"] for r in summary["runs"]]
+        if not args.no_plot:
+            try:
+                from .plot import save_runs_figure
+                save_runs_figure(runs, out / "figure.png", title=header)
+                written.append("figure.png")
+            except ImportError as exc:
+                print(f"lgd run: no figure: {exc}", file=sys.stderr)
+        summary["files"] = ["summary.json"] + written
+        (out / "summary.json").write_text(to_json(summary) + "\n")
+    held.deliver()
     print(format_table(runs))
     print(f"(the stepsizes run side by side in one batched call, {grid.steps_per_second:,.0f} steps/s in all; "
           "steps/s of a stepsize: the steps it took over the batch's time)")

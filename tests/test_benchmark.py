@@ -124,6 +124,7 @@ def test_skipped_and_failed_cases_from_junit():
     (["--round-budget", "-3"], "--round-budget must be a positive number"),
     (["--quick", "--out", "results.md"], "names the JSON file"),
     (["--quick", "--compare", "missing.json"], "missing.json"),
+    (["--quick", "--plot", "."], "--plot . is a folder"),
 ])
 def test_lgd_bench_refuses_bad_options_before_running(flags, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

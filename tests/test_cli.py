@@ -1,6 +1,7 @@
 """The `lgd` command line end to end, and the promise that `import lgd` stays light."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -80,6 +81,49 @@ def test_lgd_run_refuses_options_that_do_not_apply(tmp_path, capsys, args, messa
     assert main(["run", "--steps", "2", "--backend", "numpy", "--out", str(tmp_path), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--record-every", "0"], "--record-every must be >= 1, got 0"),
+    (["--loss", "bogus"], "unknown loss 'bogus'"),
+    (["--init", "zeros", "--init-scale", "2"], "init_scale scales the 'normal' init only"),
+    (["--data-path", "/somewhere"], "--dataset xor is embedded: --data-path is for mnist and cifar10"),
+])
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_bad_options_are_refused_before_the_output_folder_or_the_header(tmp_path, capsys, command, args, message):
+    if command == "sweep" and args[0] == "--data-path":
+        pytest.skip("lgd sweep reads embedded datasets only: no --data-path")
+    assert main([command, "--backend", "numpy", "--out", str(tmp_path / "out"), *args]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == "" and not (tmp_path / "out").exists()
+
+
+def test_a_second_ctrl_c_while_lgd_run_writes_its_files_waits_for_them(tmp_path, capsys, monkeypatch):
+    """The old files are cleared and the new ones written whole (a Ctrl-C then left neither, and a trace cut
+    short), and the command then ends interrupted."""
+    import signal
+
+    from lgd.results import Run
+
+    assert main(["run", "--steps", "5", "--stepsizes", "1,2,3", "--backend", "numpy", "--no-plot",
+                 "--out", str(tmp_path)]) == 0
+    save, saved = Run.save, []
+
+    def save_then_ctrl_c(self, path):
+        saved.append(path)
+        if len(saved) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return save(self, path)
+
+    monkeypatch.setattr(Run, "save", save_then_ctrl_c)
+    assert main(["run", "--steps", "5", "--stepsizes", "4,5", "--backend", "numpy", "--no-plot",
+                 "--out", str(tmp_path)]) == 130
+    assert "lgd: interrupted" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [run["stepsize"] for run in summary["runs"]] == [4.0, 5.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run0_eta4.npz", "run1_eta5.npz", "summary.json"]
+    assert lgd.load(tmp_path / "run1_eta5.npz").stepsize == 5.0
 
 
 def test_lgd_run_writes_its_files_before_the_table_and_ends_quietly_when_stdout_closes(tmp_path):

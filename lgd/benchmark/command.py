@@ -60,6 +60,12 @@ def main(args) -> int:
     try:
         # Read before any run: a file that cannot be compared with would otherwise be found after the run.
         earlier = load(args.compare) if args.compare else None
+        if args.plot:
+            from ..cli import output_folder
+
+            if Path(args.plot).is_dir():
+                raise ValueError(f"--plot {args.plot} is a folder: name the figure's file")
+            output_folder(Path(args.plot).parent)
         if args.report:
             ignored = [f"--{key.replace('_', '-')}" for key in (*RUN_OPTIONS, "out", "quick")
                        if getattr(args, key, None) not in (None, False)]
