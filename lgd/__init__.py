@@ -22,12 +22,16 @@ from .results import Phase, Run, Sweep, load
 __version__ = "0.1.0"
 
 
+# Imported on first use (lgd.dynamics, lgd.distributed, ...): nothing of them is needed to run GD, and each
+# imports its heavy packages (dask, matplotlib) only inside the functions that use them.
+_ON_FIRST_USE = ("dynamics", "distributed", "reproduce", "plot")
+
+
 def __getattr__(name):
-    # lgd.dynamics is imported on first use: it is light, but nothing of it is needed to run GD.
-    if name == "dynamics":
+    if name in _ON_FIRST_USE:
         import importlib
 
-        return importlib.import_module(".dynamics", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'lgd' has no attribute {name!r}")
 
 

@@ -207,8 +207,10 @@ def test_console_script_is_installed():
 
 
 def test_import_lgd_imports_neither_numba_nor_cupy():
-    code = ("import sys, lgd; heavy = [m for m in ('numba', 'cupy', 'matplotlib', 'sklearn', 'scipy', 'pandas') "
-            "if m in sys.modules]; print(','.join(heavy))")
+    # lgd.distributed, lgd.reproduce, lgd.plot and lgd.dynamics are reachable from `import lgd` and light too
+    code = ("import sys, lgd; lgd.distributed.sweep, lgd.reproduce.reproduce, lgd.plot.plot_runs, lgd.dynamics.flow; "
+            "heavy = [m for m in ('numba', 'cupy', 'matplotlib', 'sklearn', 'scipy', 'pandas', 'dask', 'xarray', "
+            "'zarr') if m in sys.modules]; print(','.join(heavy))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
