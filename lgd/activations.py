@@ -82,10 +82,14 @@ class Activation:
         return f"Activation({self.spec!r})"
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Activation) and (self.code, self.param) == (other.code, other.param)
+        # The class and the name too: entries of the user's own share a code (none) but not their formulas.
+        return isinstance(other, Activation) and self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((self.code, self.param))
+        return hash(self._key())
+
+    def _key(self) -> tuple:
+        return type(self), self.name, self.code, self.param
 
 
 class identity(Activation):

@@ -169,6 +169,17 @@ class ScaledLogistic(losses.logistic):
         return 2 * super().value(r)
 
 
+def test_entries_of_your_own_are_equal_only_to_themselves():
+    """Entries of a user's own share a code (none): equality and hashes tell them apart by class and name."""
+    assert Softsign() == Softsign() and hash(Softsign()) == hash(Softsign())
+    assert Softsign() != RetouchedSoftsign() and len({Softsign(), RetouchedSoftsign()}) == 2
+    assert activations.get("swish") == activations.get("silu")
+
+
+class RetouchedSoftsign(activations.Activation):
+    name = "softsign2"
+
+
 def test_an_entry_of_your_own_under_a_catalog_name_is_refused():
     """A subclass of a catalog entry that keeps the entry's name would be recorded, and rebuilt from a
     result (run.model, lgd.resume), as the catalog's: refused where it is passed, naming both classes."""
