@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 import platform
 import signal
 import sys
@@ -40,6 +41,11 @@ __all__ = ["gd", "sweep"]
 NEURON_BUDGET = 1 << 24
 # Wall time one chunk aims at: short enough for a live progress bar and a prompt Ctrl-C.
 CHUNK_SECONDS = 0.25
+# The first chunk's steps, before a chunk's pace is known: 16, or 1 for a batch whose step may take long (its
+# multiply-adds C n d m past FIRST_CHUNK_WORK, or the sharpness or Lyapunov exponents recorded): 16 such steps
+# (2.5 s each for n = 2000, d = 600, m = 256 with both every step) kept a Ctrl-C waiting 33 s.
+FIRST_CHUNK_STEPS = 16
+FIRST_CHUNK_WORK = 1 << 26
 
 
 def gd(X, y, model, loss="logistic", stepsize=1.0, steps=1000, *, init="normal", init_scale=1.0, seed=0,
@@ -224,15 +230,24 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
                       sharpness_every=sharpness_every or 0, sharpness_k=sharpness_k, sharpness_points=sharpness_points,
                       lyapunov=record.lyapunov or 0)
 
-    def empty_trace(until: int) -> Trace:
-        """The records of a run of `until` steps (trajectories included when asked for)."""
-        weight_records = record_steps(until, record.weights).size if record.weights else 0
-        return Trace.empty(len(configs), record_steps(until, record_every).size, model.width, bool(neuron_margins),
-                           weight_records=weight_records, dim=d, dtype=dtype, outer=model.train_outer,
-                           directions=0 if directions is None else directions.shape[0],
-                           tangents=record.lyapunov or 0,
-                           sharpness_records=record_steps(until, sharpness_every).size if in_runner else 0,
-                           sharpness_k=sharpness_k if in_runner else 0)
+    def empty_trace(until: int, check_memory: bool = False) -> Trace:
+        """The records of a run of `until` steps (trajectories included when asked for). With `check_memory`,
+        MemoryError before any is made where they would not fit in the memory available: numpy's allocations
+        succeed beyond it where the system overcommits, and the process is killed as they are filled."""
+        shape = (len(configs), record_count(until, record_every), model.width, bool(neuron_margins))
+        options = dict(weight_records=record_count(until, record.weights) if record.weights else 0, dim=d,
+                       dtype=dtype, outer=model.train_outer,
+                       directions=0 if directions is None else directions.shape[0], tangents=record.lyapunov or 0,
+                       sharpness_records=record_count(until, sharpness_every) if in_runner else 0,
+                       sharpness_k=sharpness_k if in_runner else 0)
+        available = _available_memory() if check_memory else None
+        if available is not None:
+            needed = sum(math.prod(size) * np.dtype(kind).itemsize
+                         for size, kind in Trace.layout(*shape, **options).values())
+            if needed > available:
+                raise MemoryError(f"{needed / 2**30:,.1f} GiB of records, {available / 2**30:,.1f} GiB of memory "
+                                  f"available")
+        return Trace.empty(*shape, **options)
 
     call = saved = None
     if checkpoint is not None:  # a checkpoint of another call is refused here, before any work
@@ -251,7 +266,7 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
     in_runner = sharpness_every is not None and (saved.header["in_runner"] if finished
                                                  else getattr(runner, "measures_sharpness", False))
     try:
-        trace = empty_trace(steps)
+        trace = empty_trace(steps, check_memory=True)
     except MemoryError as exc:
         raise MemoryError(_too_large(exc, len(configs), steps, record, record_every, sharpness_every, sharpness_k,
                                      model.width, d, bool(neuron_margins))) from None
@@ -287,7 +302,9 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
         reached, seconds, interrupted, paused_seconds = _advance(
             runner, state, trace, steps, progress,
             pauses=() if between_chunks is None else [t for t in sharpness_steps.tolist() if t >= start],
-            at_pause=None if between_chunks is None else measure_sharpness, start=start, checkpoint=writer)
+            at_pause=None if between_chunks is None else measure_sharpness, start=start, checkpoint=writer,
+            first_chunk=1 if (len(configs) * n * d * model.width > FIRST_CHUNK_WORK or sharpness_every is not None
+                              or record.lyapunov) else FIRST_CHUNK_STEPS)
         if writer is not None:  # before the stop step's record below, which changes no state a resume needs
             status = (_checkpoint.INTERRUPTED if interrupted else _checkpoint.COMPLETED
                       if np.any(state.diverged < 0) else _checkpoint.DIVERGED)
@@ -438,7 +455,7 @@ class _HeldInterrupt:
 
 
 def _advance(runner, state: State, trace: Trace, steps: int, progress, pauses=(), at_pause=None, start: int = 0,
-             checkpoint=None):
+             checkpoint=None, first_chunk: int = FIRST_CHUNK_STEPS):
     """Run evaluations start..steps in chunks (the runner protocol of :mod:`lgd.backends`); the state
     holds W_start (0, or where a resumed run stopped) and the trace the records before it.
 
@@ -449,14 +466,15 @@ def _advance(runner, state: State, trace: Trace, steps: int, progress, pauses=()
     W_t for the first evaluation t not run. Between
     chunks, when ``checkpoint`` (an lgd.checkpoint.Writer) is due, the records are synced to the host
     and it is written (its time counted in neither figure). Where chunks end changes no bit of the
-    results (the backends' arithmetic does not depend on them). Returns (that t, GD seconds of this
-    call, interrupted, seconds spent in ``at_pause``).
+    results (the backends' arithmetic does not depend on them). The first chunk has ``first_chunk`` steps,
+    the next ones grow or shrink toward CHUNK_SECONDS. Returns (that t, GD seconds of this call, interrupted,
+    seconds spent in ``at_pause``).
     """
     total = steps + 1
     bar = _progress_bar(progress, total)
     if bar is not None and start:
         bar.update(start)
-    t, chunk, seconds, paused_seconds = start, min(total, 16), 0.0, 0.0
+    t, chunk, seconds, paused_seconds = start, min(total, first_chunk), 0.0, 0.0
     pauses = list(pauses)
     runner.start(state, trace, start)
     try:
@@ -741,6 +759,22 @@ def _too_large(exc, configs: int, steps: int, record, every: int, sharpness_ever
     _, count, what, advice = max(sizes, key=lambda size: size[0])
     return (f"the records of {configs} configuration(s) do not fit in memory ({exc}): the largest are their "
             f"{count:,} {what}; {advice}")
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory the system says it can give without swapping (Linux's MemAvailable), else its physical
+    memory; None where neither is known."""
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _trained_parameters(model: TwoLayerNet, d: int) -> int:

@@ -172,6 +172,20 @@ def test_a_run_whose_traces_do_not_fit_in_memory_is_told_what_to_record(monkeypa
                       compute="numpy")
 
 
+def test_records_beyond_the_memory_available_are_refused_before_they_are_made(monkeypatch):
+    """Where the system overcommits, numpy's allocations of them succeed and the process is killed as they are
+    filled: their bytes are added up against the memory available first."""
+    from lgd import driver
+
+    monkeypatch.setattr(driver, "_available_memory", lambda: 50 * 2**20)
+    monkeypatch.setattr(driver.Trace, "empty", lambda *args, **kwargs: pytest.fail("the records were made"))
+    X, y = lgd.data.xor(n=20)
+    # 9 scalar traces of 1,000,001 records for 1 configuration: 68.7 MiB
+    with pytest.raises(MemoryError, match=r"1 configuration\(s\) do not fit in memory \(0.1 GiB of records, 0.0 GiB "
+                                          r"of memory available\): the largest are their 1,000,001 recorded steps"):
+        lgd.gd(X, y, lgd.TwoLayerNet(4), steps=10**6, compute="numpy")
+
+
 def test_lgd_version(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])

@@ -375,3 +375,14 @@ def test_the_driver_takes_the_rest_of_a_run_in_one_chunk_where_it_fits(monkeypat
 
     assert chunks(1e3) == [(0, 16), (16, 301)]
     assert chunks(1e-9) == [(0, 16)] + [(t, t + 1) for t in range(16, 301)]
+    # A batch whose steps may take long starts with one: a Ctrl-C waits for a step, not sixteen.
+    for options in (dict(record=lgd.Record(sharpness_every=100)), dict(record=lgd.Record(lyapunov=1))):
+        spans.clear()
+        monkeypatch.setattr(driver, "CHUNK_SECONDS", 1e3)
+        lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=0.5, steps=300, compute=lgd.Compute("numpy", progress=False),
+               **options)
+        assert spans[0] == (0, 1)
+    spans.clear()
+    monkeypatch.setattr(driver, "FIRST_CHUNK_WORK", 20 * 2 * 4 - 1)
+    lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=0.5, steps=300, compute=lgd.Compute("numpy", progress=False))
+    assert spans[0] == (0, 1)

@@ -173,18 +173,30 @@ class Trace(NamedTuple):
         weights if `outer`), or NaN-filled slots of their projections onto `directions` directions when
         that is > 0; at the scalars' slots the log growth of `tangents` tangent vectors (C, R, k); and
         `sharpness_records` slots of the top `sharpness_k` Hessian eigenvalues (C, R_s, k)."""
-        scalars = {name: np.full((configs, records), np.nan) for name in TRACE_FIELDS}
-        neuron = np.full((configs, records if neurons else 0, width), np.nan)
-        stored = 0 if directions else weight_records
         # The weights are the one field that can take gigabytes: left empty (a NaN fill would write them
         # twice); a runner writes every slot a run reaches, NaN at a step where it diverged, and the driver
         # blanks the slots after a divergence.
-        return cls(neuron_margins=neuron, **scalars,
-                   weights=np.empty((configs, stored, width, dim), dtype=dtype),
-                   outer=np.empty((configs, stored if outer else 0, width), dtype=dtype),
-                   projections=np.full((configs, weight_records if directions else 0, directions), np.nan),
-                   lyapunov_sum=np.full((configs, records if tangents else 0, tangents), np.nan),
-                   sharpness=np.full((configs, sharpness_records, sharpness_k), np.nan))
+        layout = cls.layout(configs, records, width, neurons, weight_records=weight_records, dim=dim, dtype=dtype,
+                            outer=outer, directions=directions, tangents=tangents,
+                            sharpness_records=sharpness_records, sharpness_k=sharpness_k)
+        return cls(**{name: np.empty(shape, dtype=kind) if name in ("weights", "outer")
+                      else np.full(shape, np.nan, dtype=kind) for name, (shape, kind) in layout.items()})
+
+    @staticmethod
+    def layout(configs: int, records: int, width: int, neurons: bool, *, weight_records: int = 0, dim: int = 0,
+               dtype=np.float64, outer: bool = False, directions: int = 0, tangents: int = 0,
+               sharpness_records: int = 0, sharpness_k: int = 0) -> dict:
+        """field -> (shape, dtype) of :meth:`empty`'s arrays, for the same arguments (their bytes can be added
+        up before any is made)."""
+        stored = 0 if directions else weight_records
+        fields = {name: ((configs, records), np.float64) for name in TRACE_FIELDS}
+        fields.update(neuron_margins=((configs, records if neurons else 0, width), np.float64),
+                      weights=((configs, stored, width, dim), dtype),
+                      outer=((configs, stored if outer else 0, width), dtype),
+                      projections=((configs, weight_records if directions else 0, directions), np.float64),
+                      lyapunov_sum=((configs, records if tangents else 0, tangents), np.float64),
+                      sharpness=((configs, sharpness_records, sharpness_k), np.float64))
+        return fields
 
 
 # The scalar fields of a Trace, one float64 value per (configuration, record).
