@@ -824,7 +824,7 @@ def weight_norm_sq(Wt, a, train_outer):
 
 
 @subroutine(types.void)
-def split_norms(t, schedule, spec, n, stats, grad, grad_a, Wt, a_step, sums, member):
+def split_norms(spec, n, stats, grad, grad_a, Wt, a_step, sums, member):
     """This member's part of the norms of a team split by neurons, into sums[member] (its columns' squared
     gradient norm, as close_step rounds it, and their squared weight norm, which step_end checks every step),
     before the barrier after which every member adds the parts (split_total)."""

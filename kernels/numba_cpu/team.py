@@ -416,7 +416,7 @@ def run_split_steps(team, c, data, batch, trace, spec, schedule, b, inv_n, neuro
         sum_blocks(parts, 1, grad, a_step, True)
         for j in range(w):
             grad_a[j] = part_a[j]
-        split_norms(t, schedule, spec, n, total[0], grad, grad_a, Wt, a_step, sums, member)
+        split_norms(spec, n, total[0], grad, grad_a, Wt, a_step, sums, member)
         if record and neurons:
             for j in range(w):
                 neuron_all[member * w + j] = neuron[j]
