@@ -699,6 +699,7 @@ def main(args) -> int:
     import lgd
     from ._json import to_json
     from .cli import output_folder
+    from .driver import _HeldInterrupt
 
     tic = time.perf_counter()
     try:
@@ -711,15 +712,20 @@ def main(args) -> int:
     result.summary["quick"] = bool(args.quick)
     result.summary["seconds"] = time.perf_counter() - tic
     written = [out / f"{result.name}.json"]
-    written[0].write_text(to_json(result.summary) + "\n")
-    if not args.no_plot:
-        try:
-            figure = result.draw()
-        except ImportError as exc:
-            print(f"lgd reproduce: no figure: {exc}", file=sys.stderr)
-        else:
-            figure.savefig(out / f"{result.name}.png", dpi=110)
-            _pyplot().close(figure)
-            written.append(out / f"{result.name}.png")
+    figure_path = out / f"{result.name}.png"
+    # A Ctrl-C while the files are written waits for them; an earlier run's figure does not stay beside this JSON.
+    with _HeldInterrupt() as held:
+        written[0].write_text(to_json(result.summary) + "\n")
+        figure_path.unlink(missing_ok=True)
+        if not args.no_plot:
+            try:
+                figure = result.draw()
+            except ImportError as exc:
+                print(f"lgd reproduce: no figure: {exc}", file=sys.stderr)
+            else:
+                figure.savefig(figure_path, dpi=110)
+                _pyplot().close(figure)
+                written.append(figure_path)
     print(f"{result.name}: {result.summary['seconds']:.1f} s; wrote " + ", ".join(str(p) for p in written))
+    held.deliver()
     return 0

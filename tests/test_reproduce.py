@@ -75,6 +75,9 @@ def test_lgd_reproduce_writes_summary_and_figure(tmp_path, capsys):
     assert summary["quick"] is True and summary["experiment"] == "balancing"
     assert (tmp_path / "balancing.png").stat().st_size > 10_000
     assert "wrote" in capsys.readouterr().out
+    # run again without the figure: the earlier one does not stay beside the new JSON
+    assert main(["reproduce", "balancing", "--quick", "--backend", "numpy", "--no-plot", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["balancing.json"]
 
 
 def test_data_experiments_need_a_path(tmp_path, capsys):
