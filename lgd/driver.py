@@ -628,7 +628,8 @@ def _stepsize_rules(stepsizes) -> list:
         stepsizes = [stepsizes]
     if isinstance(stepsizes, np.ndarray) and stepsizes.ndim == 0:
         stepsizes = [stepsizes[()]]
-    if isinstance(stepsizes, (set, frozenset, dict, str)) or (isinstance(stepsizes, np.ndarray) and stepsizes.ndim != 1):
+    unordered = isinstance(stepsizes, (set, frozenset, dict, str))
+    if unordered or (isinstance(stepsizes, np.ndarray) and stepsizes.ndim != 1):
         raise ValueError("stepsizes must be a non-empty 1-D sequence of numbers or lgd.stepsize rules (in the order "
                          f"of the sweep's configurations), got {type(stepsizes).__name__}")
     stepsizes = list(stepsizes)

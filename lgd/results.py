@@ -35,8 +35,9 @@ class Phase:
     (1/eta for the squared loss), or None when the run never gets there. ``increases_before`` and
     ``increases_after`` count the recorded risk increases before and after s; ``peak_risk`` is the
     largest risk before s; ``final_rate`` is eta * t * risk at the last recorded step, the quantity
-    that levels off in the stable phase (risk = O(1/(eta t))); NaN for a diverged run (``Run.phase``). Both are the constant stepsize's notions: for
-    a run under a stepsize rule, eta is the rule's base stepsize (``run.stepsize``), not its eta_t.
+    that levels off in the stable phase (risk = O(1/(eta t))); NaN for a diverged run (``Run.phase``). Both are
+    the constant stepsize's notions: for a run under a stepsize rule, eta is the rule's base stepsize
+    (``run.stepsize``), not its eta_t.
     """
 
     transition_step: int | None

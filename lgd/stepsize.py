@@ -84,10 +84,17 @@ def _positive(value, name: str) -> float:
     return float(value)
 
 
+def _rule(code: int, name: str, values: tuple, eta: float) -> Rule:
+    """The rule of kind ``code`` with its parameters ``values`` (up to three, the others 0) and the spec
+    ``name(values)``, each value short where that is exact and in full otherwise, so that a spec tells apart
+    any two rules that differ."""
+    return Rule(code, (*values, *(0.0,) * (3 - len(values))), f"{name}({', '.join(map(number_text, values))})", eta)
+
+
 def constant(eta) -> Rule:
     """eta_t = eta."""
     eta = _positive(eta, "eta")
-    return Rule(CONSTANT, (eta, 0.0, 0.0), f"constant({number_text(eta)})", eta)
+    return _rule(CONSTANT, "constant", (eta,), eta)
 
 
 def is_constant(spec) -> bool:
@@ -99,7 +106,7 @@ def is_constant(spec) -> bool:
 def warmup(eta, steps) -> Rule:
     """eta_t = eta min(1, (t + 1) / steps): a linear warm-up over `steps` steps, then constant."""
     eta, steps = _positive(eta, "eta"), _positive(steps, "steps")
-    return Rule(WARMUP, (eta, steps, 0.0), f"warmup({number_text(eta)}, {number_text(steps)})", eta)
+    return _rule(WARMUP, "warmup", (eta, steps), eta)
 
 
 def step_decay(eta, every, factor) -> Rule:
@@ -107,20 +114,20 @@ def step_decay(eta, every, factor) -> Rule:
     eta, every, factor = _positive(eta, "eta"), _positive(every, "every"), _positive(factor, "factor")
     if factor > 1.0:
         raise ValueError(f"stepsize rule: step_decay's factor must be at most 1, got {factor}")
-    return Rule(STEP_DECAY, (eta, every, factor), f"step_decay({number_text(eta)}, {number_text(every)}, {number_text(factor)})", eta)
+    return _rule(STEP_DECAY, "step_decay", (eta, every, factor), eta)
 
 
 def cosine(eta) -> Rule:
     """eta_t = eta (1 + cos(pi t / T)) / 2 over the run's T steps."""
     eta = _positive(eta, "eta")
-    return Rule(COSINE, (eta, 0.0, 0.0), f"cosine({number_text(eta)})", eta)
+    return _rule(COSINE, "cosine", (eta,), eta)
 
 
 def adaptive(eta) -> Rule:
     """eta_t = eta / L(W_t), the risk-adaptive stepsize (Zhang, Wu, Lin and Bartlett, 2025), from the log-risk:
     finite where the risk underflows."""
     eta = _positive(eta, "eta")
-    return Rule(ADAPTIVE, (eta, 0.0, 0.0), f"adaptive({number_text(eta)})", eta)
+    return _rule(ADAPTIVE, "adaptive", (eta,), eta)
 
 
 def polyak(risk_min=0.0, scale=1.0) -> Rule:
@@ -130,21 +137,21 @@ def polyak(risk_min=0.0, scale=1.0) -> Rule:
             or not math.isfinite(float(risk_min)):
         raise ValueError(f"stepsize rule: risk_min must be a finite number, got {risk_min!r}")
     scale = _positive(scale, "scale")
-    return Rule(POLYAK, (float(risk_min), scale, 0.0), f"polyak({number_text(float(risk_min))}, {number_text(scale)})", scale)
+    return _rule(POLYAK, "polyak", (float(risk_min), scale), scale)
 
 
 def normalized(eta) -> Rule:
     """eta_t = eta / |grad L(W_t)|: normalised GD, every step of length eta (0 at a zero gradient: a stationary
     point stays)."""
     eta = _positive(eta, "eta")
-    return Rule(NORMALIZED, (eta, 0.0, 0.0), f"normalized({number_text(eta)})", eta)
+    return _rule(NORMALIZED, "normalized", (eta,), eta)
 
 
 def inverse_sharpness(c) -> Rule:
     """eta_t = c / lambda_max(W_s), the top Hessian eigenvalue at the latest sharpness step s <= t: needs
     ``lgd.Record(sharpness_every=s)`` (c = 2 sits at the classical stability limit 2 / lambda_max)."""
     c = _positive(c, "c")
-    return Rule(INVERSE_SHARPNESS, (c, 0.0, 0.0), f"inverse_sharpness({number_text(c)})", c)
+    return _rule(INVERSE_SHARPNESS, "inverse_sharpness", (c,), c)
 
 
 def as_rule(value, name: str = "stepsize") -> Rule:

@@ -7,8 +7,9 @@ from the previous measurement's top Ritz vector mixed with a fixed spread-out di
 eigenspace: the Ritz vector alone stays in the invariant subspaces a symmetric network's Hessian has, and
 misses eigenvalues outside them), restarted from a new spread-out direction orthogonal to the basis where
 the Krylov space closes and, for k >= 2, where it has converged, until a restart adds no further copy of a
-top eigenvalue (one Krylov space finds a repeated eigenvalue once), and the small tridiagonal algebra it needs (Sturm bisection for the Ritz values, inverse iteration for the top Ritz
-vector). lgd.hessian.sharpness (scipy's eigsh on the same products) is the oracle.
+top eigenvalue (one Krylov space finds a repeated eigenvalue once), and the small tridiagonal algebra it
+needs (Sturm bisection for the Ritz values, inverse iteration for the top Ritz vector).
+lgd.hessian.sharpness (scipy's eigsh on the same products) is the oracle.
 """
 
 import math
