@@ -66,7 +66,7 @@ class EdgeOfStability:
     """The oscillating phase before the transition step s (all of the run when there is none).
 
     ``increases``: recorded risk increases L(W_{t'}) > L(W_t) between consecutive records before s;
-    ``peak_risk`` at ``peak_step``: the largest risk before s, and ``peak_over_initial`` its ratio
+    ``peak_risk`` at ``peak_step``: the largest risk up to s, s included, and ``peak_over_initial`` its ratio
     to L(W_0) (above 1: the risk spiked over its starting value, the O(eta) spikes of Wu et al.);
     ``length``: s, or None when the run never reached the stable phase.
     """

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ._catalog import number_text
+from .results import risk_text
 
 DEFAULT_STEPSIZES = (30.0, 1000.0, 3000.0)
 # The two-layer network's options and their defaults (`lgd run --model linear` refuses the others set).
@@ -576,20 +577,6 @@ def trace_names(stepsizes) -> list:
     return [f"run{i:0{width}d}_eta{number_text(eta)}.npz" for i, eta in enumerate(stepsizes)]
 
 
-def _risk_text(risk: float, log_risk: float) -> str:
-    """The risk as 1.234e-05; one that underflowed to 0.0 read off its log (1.234e-400); none (a diverged
-    run's) as -."""
-    if math.isnan(risk):
-        return "-"
-    if risk != 0.0 or not math.isfinite(log_risk):
-        return f"{risk:.3e}"
-    exponent = math.floor(log_risk / math.log(10))
-    mantissa = round(math.exp(log_risk - exponent * math.log(10)), 3)
-    if mantissa >= 10:
-        mantissa, exponent = mantissa / 10, exponent + 1
-    return f"{mantissa:.3f}e{exponent:+03d}"
-
-
 def _last(array) -> float:
     return float(array[-1]) if len(array) else math.nan
 
@@ -603,7 +590,7 @@ def format_table(runs) -> str:
         phase = run.phase
         status = {"diverged": f"diverged at step {run.diverged_step}",
                   "interrupted": f"interrupted at step {run.steps_taken}"}.get(run.status, run.status)
-        rows.append((number_text(run.stepsize), _risk_text(run.final_risk, run.final_log_risk),
+        rows.append((number_text(run.stepsize), risk_text(run.final_risk, run.final_log_risk),
                      "-" if phase.transition_step is None else str(phase.transition_step),
                      f"{phase.increases_before}/{phase.increases_after}", f"{_last(run.normalized_margin):+.4f}",
                      f"{_last(run.accuracy):.3f}", f"{run.steps_per_second:,.0f}", status))

@@ -1,5 +1,6 @@
 """Sweeps beyond one process: :func:`sweep` on a Dask cluster (or a concurrent.futures executor, or here),
-:func:`grid` over datasets and widths with its result :class:`Grid`, and the grid's figure.
+:func:`grid` over datasets and widths with its result :class:`Grid` (:func:`open_grid` reads one back from the
+file ``lgd sweep`` writes), and the grid's figure.
 
 What lives here: splitting a sweep's configurations into batches (blocks of its stepsize x seed x start
 product, each one :func:`lgd.sweep` call on a worker), submitting them (Dask's scheduler reruns the batch of
@@ -45,9 +46,9 @@ from . import options as _options
 from . import stepsize as _stepsize
 from .backends import record_steps
 from .models import TwoLayerNet
-from .results import CONFIG_FIELDS, Sweep, SweepStore, grid_shape
+from .results import CONFIG_FIELDS, GRID_CELL_DIMS, Sweep, SweepStore, cell_key, grid_shape
 
-__all__ = ["sweep", "grid", "Grid", "plot_grid", "save_grid_figure"]
+__all__ = ["sweep", "grid", "Grid", "open_grid", "plot_grid", "save_grid_figure"]
 
 # Batches per worker thread when batch_size is not given: enough that the workers finish close together and
 # that a lost worker costs a fraction of its share, few enough that each batch's fixed cost (its task, its
@@ -476,7 +477,7 @@ class Grid:
 
     ``grid[name, width]`` is that cell's sweep (configurations stepsize-major, then seed, then start);
     :meth:`to_xarray` joins them into one dataset with the dimensions ``dataset``, ``width``, ``stepsize``,
-    ``seed``, ``start`` and ``step``.
+    ``seed``, ``start`` and ``step``, which :meth:`from_xarray` (and :func:`open_grid`, from a file) reads back.
     """
 
     datasets: tuple
@@ -507,7 +508,7 @@ class Grid:
             cells = []
             for width in self.widths:
                 cell = self.sweeps[(name, width)].to_xarray()
-                headers[f"{name}/{width}"] = json.loads(cell.attrs["lgd"])
+                headers[cell_key(name, width)] = json.loads(cell.attrs["lgd"])
                 cell = cell.assign_coords({dim: np.arange(cell.sizes[dim]) for dim in ("neuron", "feature")
                                            if dim in cell.dims}).drop_attrs()
                 cells.append(cell)
@@ -516,6 +517,32 @@ class Grid:
         joined = joined.assign_coords(dataset=list(self.datasets), width=np.array(self.widths, np.int64))
         joined.attrs["lgd"] = json.dumps(headers)
         return joined
+
+    @classmethod
+    def from_xarray(cls, dataset) -> "Grid":
+        """The grid of a dataset written by :meth:`to_xarray` (``lgd sweep``'s grid.zarr or grid.nc opened by
+        xarray): every cell the :class:`lgd.Sweep` it was, bit for bit, without the padding (as
+        ``lgd.Sweep.from_xarray(dataset.sel(dataset=name, width=width))`` reads one cell)."""
+        if any(dim not in dataset.dims for dim in GRID_CELL_DIMS):
+            raise ValueError(f"the dataset has no dimensions {' and '.join(GRID_CELL_DIMS)}: it is no grid of "
+                             "Grid.to_xarray (lgd.Sweep.from_xarray reads a sweep's)")
+        dataset = dataset.load()
+        names = [str(name) for name in dataset["dataset"].values]
+        widths = [int(width) for width in dataset["width"].values]
+        return cls(datasets=tuple(names), widths=tuple(widths),
+                   sweeps={(name, width): Sweep.from_xarray(dataset.sel(dataset=name, width=width))
+                           for name in names for width in widths})
+
+
+def open_grid(path) -> Grid:
+    """The :class:`Grid` in the file ``lgd sweep`` writes, ``grid.zarr`` (a zarr store) or ``grid.nc`` (netCDF),
+    or any :meth:`Grid.to_xarray` written to one; ``grid[name, width]`` is a cell's :class:`lgd.Sweep`."""
+    from .results import _xarray
+
+    xr = _xarray()
+    path = os.fspath(path)
+    with (xr.open_zarr(path) if os.path.isdir(path) else xr.open_dataset(path)) as dataset:
+        return Grid.from_xarray(dataset)
 
 
 def grid(datasets, widths, stepsizes, steps=1000, seeds=(0,), *, loss="logistic", activation="leaky_softplus",

@@ -1,15 +1,18 @@
-"""Result objects: :class:`Run` (one GD run), :class:`Sweep` (a batch of them) and :class:`Phase`.
+"""Result objects: :class:`Run` (one GD run), :class:`Sweep` (a batch of them) and :class:`Phase`; their
+comparison (``==``, field by field) and :func:`risk_text`, how lgd prints a risk that underflowed.
 
 Everything here is host numpy data; saving writes one ``.npz`` file with the traces and a JSON
 header, and :func:`load` reads it back into the same object. For results that outgrow one file:
 :meth:`Sweep.to_xarray` (an ``xarray.Dataset`` whose axes are the sweep's stepsize, seed and starting
-point), :meth:`Sweep.to_zarr` and :func:`open_zarr`, and :class:`SweepStore`, the zarr store that
+point; :meth:`Sweep.from_xarray` reads it, or one cell of a grid of them, ``lgd.distributed.Grid.to_xarray``),
+:meth:`Sweep.to_zarr` and :func:`open_zarr`, and :class:`SweepStore`, the zarr store that
 :func:`lgd.distributed.sweep` writes one batch at a time and resumes from. xarray, zarr and dask are
 imported only inside these (``pip install "lgd[distributed]"``).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -21,7 +24,7 @@ import numpy as np
 
 from . import losses as _losses
 
-__all__ = ["Run", "Sweep", "Phase", "phase_of", "load", "log_risk_trace", "open_zarr", "SweepStore"]
+__all__ = ["Run", "Sweep", "Phase", "phase_of", "load", "log_risk_trace", "risk_text", "open_zarr", "SweepStore"]
 
 _SCALARS = ("risk", "accuracy", "grad_norm", "weight_norm", "margin", "normalized_margin",
             "test_risk", "test_accuracy")
@@ -34,10 +37,11 @@ class Phase:
     ``transition_step`` is the first recorded step s with risk <= ``threshold`` = min(1/eta, loss(0)/n)
     (1/eta for the squared loss), or None when the run never gets there. ``increases_before`` and
     ``increases_after`` count the recorded risk increases before and after s; ``peak_risk`` is the
-    largest risk before s; ``final_rate`` is eta * t * risk at the last recorded step, the quantity
-    that levels off in the stable phase (risk = O(1/(eta t))); NaN for a diverged run (``Run.phase``). Both are
-    the constant stepsize's notions: for a run under a stepsize rule, eta is the rule's base stepsize
-    (``run.stepsize``), not its eta_t.
+    largest recorded risk up to s, s included (so that a run in the stable phase from its first record has
+    one: its initial risk), over the whole run when it never gets there; ``final_rate`` is eta * t * risk at
+    the last recorded step, the quantity that levels off in the stable phase (risk = O(1/(eta t))); NaN for a
+    diverged run (``Run.phase``). Both are the constant stepsize's notions: for a run under a stepsize rule,
+    eta is the rule's base stepsize (``run.stepsize``), not its eta_t.
     """
 
     transition_step: int | None
@@ -78,15 +82,41 @@ def phase_of(step, risk, stepsize: float, threshold: float, log_risk=None) -> Ph
     return Phase(transition, threshold, before, after, peak, rate)
 
 
+def risk_text(risk: float, log_risk: float, missing: str = "-") -> str:
+    """The risk as 1.234e-05; one that underflowed to 0.0 read off its log (1.234e-400); none (NaN: a
+    diverged run's) as ``missing``."""
+    if math.isnan(risk):
+        return missing
+    if risk != 0.0 or not math.isfinite(log_risk):
+        return f"{risk:.3e}"
+    exponent = math.floor(log_risk / math.log(10))
+    mantissa = round(math.exp(log_risk - exponent * math.log(10)), 3)
+    if mantissa >= 10:
+        mantissa, exponent = mantissa / 10, exponent + 1
+    return f"{mantissa:.3f}e{exponent:+03d}"
+
+
+def _same(value, other) -> bool:
+    """Whether two fields of results are equal (see ``_Traces.__eq__``)."""
+    if isinstance(value, np.ndarray) or isinstance(other, np.ndarray):
+        if not (isinstance(value, np.ndarray) and isinstance(other, np.ndarray)):
+            return False
+        return (value.dtype == other.dtype and value.shape == other.shape
+                and np.array_equal(value, other, equal_nan=value.dtype.kind in "fc"))
+    if isinstance(value, float) and isinstance(other, float) and math.isnan(value) and math.isnan(other):
+        return True
+    return value == other
+
+
 def _threshold(stepsize: float, loss, n: int) -> float:
     if loss.margin:
         return min(1.0 / stepsize, loss.at_zero / n)
     return 1.0 / stepsize
 
 
-@dataclass
+@dataclass(eq=False)
 class _Traces:
-    """What a run and a sweep both hold: traces at ``step``, and the final weights."""
+    """What a run and a sweep both hold: traces at ``step``, and the final weights; and their comparison."""
 
     step: np.ndarray
     risk: np.ndarray
@@ -114,6 +144,14 @@ class _Traces:
     lyapunov_sum: np.ndarray | None = None
     eta: np.ndarray | None = None
 
+    def __eq__(self, other):
+        """Every field equal: arrays of the same dtype, shape and values (NaN equal to NaN, as in the traces after a
+        divergence), ``seconds`` and ``meta`` included. A result equals itself and what :func:`load` and
+        :meth:`Sweep.from_xarray` read back of it; two computations of one run differ in their seconds."""
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(_same(getattr(self, f.name), getattr(other, f.name)) for f in fields(self))
+
     @property
     def model(self):
         """The model the result was computed with, rebuilt from its metadata (also after :func:`load`)."""
@@ -136,7 +174,7 @@ class _Traces:
         return 2.0 / self.stepsize if is_constant(rules) else math.nan
 
 
-@dataclass
+@dataclass(eq=False)  # _Traces.__eq__ compares the arrays, which the generated one cannot
 class Run(_Traces):
     """One GD run: traces at the recorded steps (host numpy arrays) and how it ended.
 
@@ -222,7 +260,8 @@ class Run(_Traces):
 
     def __repr__(self) -> str:
         return (f"Run(stepsize={self.stepsize:g}, steps={self.steps}, status={self.status!r}, "
-                f"final_risk={self.final_risk:.3e}, backend={self.meta.get('backend')!r})")
+                f"final_risk={risk_text(self.final_risk, self.final_log_risk, 'nan')}, "
+                f"backend={self.meta.get('backend')!r})")
 
     def to_pandas(self):
         """The scalar traces as a DataFrame indexed by step (pandas is imported here, on demand)."""
@@ -238,7 +277,7 @@ class Run(_Traces):
         return _save(path, "run", self)
 
 
-@dataclass
+@dataclass(eq=False)
 class Sweep(_Traces):
     """A batch of runs on the same data: every trace has a leading config axis of length C.
 
@@ -385,7 +424,9 @@ class Sweep(_Traces):
 
     @classmethod
     def from_xarray(cls, dataset) -> "Sweep":
-        """The sweep of a dataset written by :meth:`to_xarray` (either layout; also a store's region)."""
+        """The sweep of a dataset written by :meth:`to_xarray` (either layout; also a store's region, and one cell
+        of a grid, ``grid.sel(dataset=NAME, width=WIDTH)`` of ``lgd.distributed.Grid.to_xarray`` or of the grid.zarr
+        or grid.nc of ``lgd sweep``), its integers int64 whatever the file held (netCDF3: 32 bits)."""
         return _from_xarray(dataset)
 
     def to_zarr(self, path, group: str | None = None, mode: str = "w-"):
@@ -459,11 +500,21 @@ def _save(path, kind: str, result):
 
 
 def read_archive(path) -> tuple:
-    """(header, arrays) of an ``.npz`` file lgd wrote (a result or a checkpoint): the JSON object of its
-    ``header`` entry and its other arrays. ValueError (or the reading's OSError, KeyError, ...) naming what
-    is wrong with any other file."""
-    with open(path, "rb") as file:
-        magic = file.read(6)
+    """(header, arrays) of an ``.npz`` file lgd wrote (a result or a checkpoint), a path or a binary file open
+    for reading (read from where it stands, as numpy.load reads it): the JSON object of its ``header`` entry and
+    its other arrays. ValueError (or the reading's OSError, KeyError, ...) naming what is wrong with any other
+    file."""
+    if hasattr(path, "read"):
+        if isinstance(path, io.TextIOBase):
+            raise ValueError("a file open in text mode: open it with mode 'rb'")
+        if not path.seekable():  # numpy reads an archive's table of contents at its end
+            raise ValueError("an open file that cannot seek: read it into io.BytesIO first")
+        start = path.tell()
+        magic = path.read(6)
+        path.seek(start)
+    else:
+        with open(path, "rb") as file:
+            magic = file.read(6)
     if magic == b"\x93NUMPY":  # a .npy file
         raise ValueError("one array, not an archive")
     if not magic.startswith(b"PK"):  # numpy would say it holds pickled data
@@ -480,10 +531,18 @@ def read_archive(path) -> tuple:
 def load(path):
     """Read a :class:`Run` or :class:`Sweep` written by its ``save`` method.
 
-    ``path`` is tried as given, then with ``.npz`` appended: the names ``save`` accepts load back.
+    ``path`` is tried as given, then with ``.npz`` appended: the names ``save`` accepts load back. A binary file
+    open for reading (``io.BytesIO``, ``open(path, "rb")``) is read from where it stands, as ``save`` wrote it.
+    A zarr store or a netCDF file (``to_zarr``, ``lgd sweep``'s grid) is refused with the function that reads it.
     """
-    if isinstance(path, (str, os.PathLike)) and not os.path.exists(path) and os.path.exists(_npz_name(path)):
+    named = isinstance(path, (str, os.PathLike))
+    if named and not os.path.exists(path) and os.path.exists(_npz_name(path)):
         path = _npz_name(path)
+    where = repr(os.fspath(path)) if named else f"the file {path!r}"
+    kind = _xarray_file(path) if named else None
+    if kind is not None:
+        raise ValueError(f"{where} is {kind}, not a result that Run.save or Sweep.save wrote (the .npz files "
+                         f"lgd.load reads): {XARRAY_READERS}")
     try:
         header, values = read_archive(path)
         if header.get("kind") not in ("run", "sweep") or "lgd_format" not in header:
@@ -492,8 +551,7 @@ def load(path):
     except FileNotFoundError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{os.fspath(path)!r} is not a result lgd saved, or it is damaged "
-                         f"({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{where} is not a result lgd saved, or it is damaged ({type(exc).__name__}: {exc})") from None
     kind = header.pop("kind")
     header.pop("lgd_format")
     for name in header.pop("none", []):
@@ -522,6 +580,16 @@ _LINEAR_WEIGHTS = ("weights", "initial_weights", "trajectory")
 CONFIG_FIELDS = (*_DIMS, "stepsize", "seed", "init_index", "stepsize_rule")
 # The axes a sweep's configurations span, in their order (stepsize-major): lgd.sweep's product.
 GRID_DIMS = ("stepsize", "seed", "start")
+# The axes of a grid of sweeps (lgd.distributed.Grid.to_xarray) before those of its cells.
+GRID_CELL_DIMS = ("dataset", "width")
+# The coordinates of the recorded steps of each kind of trace.
+_STEP_DIMS = ("step", "trajectory_step", "sharpness_step")
+# The integer fields of a Sweep, all int64.
+_INTEGER_FIELDS = (*_STEP_DIMS, "diverged_step", "steps_taken", "seed", "init_index")
+# What reads each of lgd's xarray forms, for a call given one it cannot read.
+XARRAY_READERS = ("lgd.results.open_zarr(path) reads a sweep's zarr store (Sweep.to_zarr, the store of "
+                  "lgd.distributed.sweep), lgd.distributed.open_grid(path) the grid that `lgd sweep` writes (grid.zarr "
+                  "or grid.nc), and lgd.Sweep.from_xarray a sweep's xarray.Dataset")
 # 'completed', 'diverged', 'interrupted' as fixed-width strings, so that every batch writes into one array.
 STATUS_DTYPE = "<U11"
 # zarr format 2: its fixed-width strings are in the specification (format 3 warns that they are not yet).
@@ -530,6 +598,18 @@ ZARR_FORMAT = 2
 ZARR_METADATA = (".zgroup", ".zattrs", ".zmetadata", "zarr.json")
 # Elements at most in one zarr chunk (64 MB of float64): the step axis is split where a batch's block is longer.
 CHUNK_ELEMENTS = 1 << 23
+
+
+def _xarray_file(path) -> str | None:
+    """'a zarr store' or 'a netCDF file' when ``path`` is one (what to_zarr and ``lgd sweep`` write), else None."""
+    if os.path.isdir(path):
+        return "a zarr store" if any(os.path.exists(os.path.join(path, name)) for name in ZARR_METADATA) else None
+    try:
+        with open(path, "rb") as file:
+            magic = file.read(4)
+    except OSError:
+        return None
+    return "a netCDF file" if magic[:3] == b"CDF" or magic == b"\x89HDF" else None
 
 
 def _xarray():
@@ -590,7 +670,7 @@ def _to_xarray(sweep, grid: bool):
                   "start": ("config", start)}
         if rules is not None:
             coords["stepsize_rule"] = ("config", rules)
-    for name in ("step", "trajectory_step", "sharpness_step"):
+    for name in _STEP_DIMS:
         if getattr(sweep, name) is not None:
             coords[name] = np.asarray(getattr(sweep, name), np.int64)
     data = {}
@@ -607,8 +687,44 @@ def _to_xarray(sweep, grid: bool):
     return xr.Dataset(data, coords=coords, attrs={"lgd": json.dumps(header)})
 
 
-def _from_xarray(dataset):
+def cell_key(name: str, width: int) -> str:
+    """The key of cell (dataset ``name``, ``width``) among the headers of a grid's xarray form (Grid.to_xarray)."""
+    return f"{name}/{int(width)}"
+
+
+def _grid_refusal(cells: list) -> str:
+    name, width = cells[0].rsplit("/", 1)
+    return (f"the dataset is a grid over datasets and widths (lgd.distributed.Grid.to_xarray, the grid.zarr or grid.nc "
+            f"of `lgd sweep`; cells {', '.join(cells)}), not one sweep: lgd.distributed.open_grid(path) reads such a "
+            f"file as a Grid (grid[{name!r}, {width}] is a cell's Sweep), and "
+            f"lgd.Sweep.from_xarray(dataset.sel(dataset={name!r}, width={width})) one cell")
+
+
+def _sweep_header(dataset) -> tuple:
+    """(header, dataset) of the sweep in ``dataset``: its attribute ``lgd``; for one cell selected from a grid
+    (``grid.sel(dataset=NAME, width=WIDTH)``), that cell's header among the grid's and the cell without the grid's
+    padding. ValueError for a whole grid, or a dataset lgd did not write, saying how to read it."""
+    if "lgd" not in dataset.attrs:
+        raise ValueError("the dataset has no attribute 'lgd': it is none that lgd.Sweep.to_xarray or "
+                         "lgd.distributed.Grid.to_xarray wrote")
     header = json.loads(dataset.attrs["lgd"])
+    if "lgd_xarray" in header:
+        return header, dataset
+    cells = list(header)
+    if any(dim in dataset.dims or dim not in dataset.coords for dim in GRID_CELL_DIMS):
+        raise ValueError(_grid_refusal(cells))
+    key = cell_key(dataset["dataset"].item(), dataset["width"].item())
+    if key not in header:
+        raise ValueError(f"the grid's headers have no cell {key} (its cells: {', '.join(cells)})")
+    header = header[key]
+    # Grid.to_xarray pads the fields that follow the width or the data to the grid's largest: cut to this cell's.
+    sizes = {"neuron": header["meta"]["model"].get("width"), "feature": header["meta"].get("d")}
+    return header, dataset.isel({dim: slice(0, size) for dim, size in sizes.items()
+                                 if size is not None and dim in dataset.dims})
+
+
+def _from_xarray(dataset):
+    header, dataset = _sweep_header(dataset)
     lead = ("config",) if "config" in dataset.dims else GRID_DIMS
 
     def per_config(name):
@@ -627,30 +743,35 @@ def _from_xarray(dataset):
         stepsize, seed, start = (dataset[name].values for name in ("stepsize", "seed", "start"))
         rules = dataset["stepsize_rule"].values if header["stepsize_rule"] else None
     fields = {name: per_config(name) if name in dataset.data_vars else None for name in _DIMS}
-    steps_taken = fields.pop("steps_taken").astype(np.int64)
+    fields |= {name: dataset[name].values if name in dataset.coords else None for name in _STEP_DIMS}
+    fields |= {"status": [str(s) for s in fields["status"]], "stepsize": stepsize.astype(np.float64), "seed": seed,
+               "init_index": start if header["init_index"] else None,
+               "stepsize_rule": None if rules is None else [str(rule) for rule in rules]}
+    # netCDF3 holds 32-bit integers only (and a store's reader may choose its own): the Sweep's are int64.
+    fields |= {name: fields[name].astype(np.int64) for name in _INTEGER_FIELDS if fields[name] is not None}
     seconds = header["seconds"]
     if seconds is None:  # a store: the batches' seconds, each recorded as it finished
         seconds = float(np.sum(dataset["batch_seconds"].values))
-    return Sweep(**fields | {"status": [str(s) for s in fields["status"]]},
-                 step=dataset["step"].values, stepsize=stepsize.astype(np.float64), seed=seed.astype(np.int64),
-                 steps=header["steps"], seconds=seconds, steps_per_second=_rate(int(steps_taken.sum()), seconds),
-                 meta=header["meta"], steps_taken=steps_taken,
-                 init_index=start.astype(np.int64) if header["init_index"] else None,
-                 stepsize_rule=None if rules is None else [str(rule) for rule in rules],
-                 trajectory_step=dataset["trajectory_step"].values if "trajectory_step" in dataset.coords else None,
-                 sharpness_step=dataset["sharpness_step"].values if "sharpness_step" in dataset.coords else None)
+    return Sweep(**fields, steps=header["steps"], seconds=seconds,
+                 steps_per_second=_rate(int(fields["steps_taken"].sum()), seconds), meta=header["meta"])
 
 
 def open_zarr(path, group: str | None = None) -> Sweep:
     """The :class:`Sweep` in the zarr store ``path`` (``group``): one written by :meth:`Sweep.to_zarr`, or a
-    :class:`SweepStore` whose batches have all finished (``xarray.open_zarr`` reads either as a Dataset)."""
+    :class:`SweepStore` whose batches have all finished (``xarray.open_zarr`` reads either as a Dataset). The grid
+    of ``lgd sweep`` (grid.zarr) is refused, with the functions that read it (``lgd.distributed.open_grid``)."""
+    if _xarray_file(path) == "a netCDF file":
+        raise ValueError(f"{os.fspath(path)} is a netCDF file, not a zarr store: {XARRAY_READERS}")
     dataset = _xarray().open_zarr(os.fspath(path), group=group)
     if "batch_finished" in dataset:
         missing = int(np.count_nonzero(~dataset["batch_finished"].values))
         if missing:
             raise ValueError(f"the sweep in {path} is not complete: {missing} of {dataset.sizes['batch']} batches "
                              "have not finished (run the sweep again with this store to finish them)")
-    return _from_xarray(dataset.load())
+    try:
+        return _from_xarray(dataset.load())
+    except ValueError as exc:
+        raise ValueError(f"{os.fspath(path)}: {exc}") from None
 
 
 class SweepStore:
@@ -775,8 +896,10 @@ class SweepStore:
         done.to_zarr(self.path, group=self.group, region={"batch": slice(index, index + 1)})
 
     def read(self, index: int) -> Sweep:
-        """Batch ``index`` as a Sweep, read back from the store (bit for bit what was written)."""
+        """Batch ``index`` as a Sweep, read back from the store: bit for bit what was written, the lgd.sweep call of
+        the batch's configurations, whose ``init_index`` numbers the starting points from the batch's first (the
+        store's ``start`` is the sweep's: k0, k0 + 1, ...)."""
         e0, e1, s0, s1, k0, k1 = self.layout()["batches"][index]
         region = self._open().isel(stepsize=slice(e0, e1), seed=slice(s0, s1), start=slice(k0, k1),
                                    batch=slice(index, index + 1))
-        return _from_xarray(region.load())
+        return _from_xarray(region.assign_coords(start=region["start"].values - k0).load())

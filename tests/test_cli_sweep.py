@@ -2,12 +2,14 @@
 and figure; the resumable store; the flags' errors."""
 
 import argparse
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 import lgd
+import lgd.distributed as distributed
 from lgd.cli import main
 
 pytest.importorskip("numba")
@@ -71,6 +73,36 @@ def test_sweep_resumes_from_its_store(tmp_path, capsys):
     # a grid of other stepsizes into the same store is refused, before any GD
     assert main(["sweep", *GRID[:4], "--stepsizes", "1,2", "--zarr", str(store), "--out", str(out)]) == 2
     assert "holds another sweep" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("form", ["zarr", "netcdf"])
+def test_the_grid_it_writes_reads_back_as_its_sweeps(tmp_path, form):
+    """Every cell of grid.zarr or grid.nc is the sweep lgd.sweep computes (the padding of the narrower widths and of
+    the data with fewer features dropped, the integers int64 again); a call that cannot read the grid says what
+    does."""
+    if form == "netcdf":
+        pytest.importorskip("scipy")
+    out = tmp_path / "out"
+    assert main(["sweep", "--backend", "numpy", "--dataset", "xor,fig4", "--widths", "2,4", "--stepsizes", "1,1e4",
+                 "--loss", "exponential", "--steps", "20", "--record-every", "5", "--no-plot", "--format", form,
+                 "--out", str(out)]) == 0
+    path = out / ("grid.zarr" if form == "zarr" else "grid.nc")
+    grid = distributed.open_grid(path)
+    assert (grid.datasets, grid.widths) == (("xor", "fig4"), (2, 4))
+    with (xr.open_zarr(path) if form == "zarr" else xr.open_dataset(path)) as ds:
+        for (name, width), cell in grid:
+            X, y = lgd.data.load(name, **({"n": 100} if name == "xor" else {}))
+            expected = lgd.sweep(X, y, lgd.TwoLayerNet(width, activation="leaky_softplus(0.5)"), "exponential",
+                                 stepsizes=[1.0, 1e4], steps=20, record=5, compute="numpy")
+            assert dataclasses.replace(cell, seconds=expected.seconds,
+                                       steps_per_second=expected.steps_per_second) == expected, (name, width)
+            assert lgd.Sweep.from_xarray(ds.sel(dataset=name, width=width)) == cell
+        with pytest.raises(ValueError, match=r"grid over datasets and widths .*open_grid.*sel\(dataset='xor', width=2"):
+            lgd.Sweep.from_xarray(ds)
+    with pytest.raises(ValueError, match="open_grid"):
+        lgd.results.open_zarr(path)
+    with pytest.raises(ValueError, match=f"is a {'zarr store' if form == 'zarr' else 'netCDF file'}, .*open_grid"):
+        lgd.load(path)
 
 
 @pytest.mark.parametrize("flags, message", [

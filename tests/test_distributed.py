@@ -205,6 +205,33 @@ def test_a_restarted_sweep_skips_the_finished_batches(tmp_path, monkeypatch, loc
         distributed.sweep(X, Y, NET, store=store, **SWEEP | {"steps": 10})
 
 
+def test_a_resumed_store_numbers_the_starting_points_once(tmp_path, monkeypatch):
+    """A batch read back from the store numbers its starting points as the batch computed them, so that the sweep's
+    init_index is 0, 1, 2 whether its batches were read back (some of them, or all) or computed."""
+    inits = np.random.default_rng(0).standard_normal((3, 8, 2))
+    arguments = dict(stepsizes=[1.0, 4.0], steps=5, seeds=(0, 1), inits=inits, compute="numpy")
+    expected = lgd.sweep(X, Y, NET, **arguments)
+    store = tmp_path / "sweep.zarr"
+    run_batch, calls = distributed._run_batch, []
+
+    def failing_fifth(data, batch_arguments, threads):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("the machine went away")
+        return run_batch(data, batch_arguments, threads)
+
+    monkeypatch.setattr(distributed, "_run_batch", failing_fifth)
+    with pytest.raises(RuntimeError, match="went away"):
+        distributed.sweep(X, Y, NET, store=store, batch_size=1, **arguments)  # 12 batches of one start each
+    monkeypatch.setattr(distributed, "_run_batch", run_batch)
+    assert distributed.SweepStore(store).read(2).init_index.tolist() == [0]  # the third start, alone in its batch
+    partly = distributed.sweep(X, Y, NET, store=store, **arguments)  # 4 batches read back, 8 computed
+    again = distributed.sweep(X, Y, NET, store=store, **arguments)  # every batch read back
+    for result in (partly, again, lgd.results.open_zarr(store)):
+        assert result.init_index.tolist() == [0, 1, 2] * 4
+        assert_same(result, expected)
+
+
 def test_a_store_half_made_is_made_afresh_and_a_folder_of_other_files_refused(tmp_path, monkeypatch, local):
     """A process killed while the store's layout is written (after the first batch) leaves a half-made store,
     which the rerun makes afresh; an unfinished batch reads as NaN and status ''; a folder holding files that
@@ -339,6 +366,23 @@ def test_to_xarray_coordinates_and_back():
     flat = result.to_xarray(grid=False)
     assert flat["risk"].dims == ("config", "step") and flat["seed"].values.tolist() == result.seed.tolist()
     assert_same(lgd.Sweep.from_xarray(flat), result)
+
+
+def test_a_sweep_through_netcdf_comes_back_with_its_integer_dtypes(tmp_path):
+    """netCDF3 holds 32-bit integers: every integer field of the Sweep read back is int64 again."""
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("scipy")
+    inits = np.random.default_rng(0).standard_normal((2, 8, 2))
+    result = lgd.sweep(X, Y, NET, "exponential", stepsizes=[1.0, 1e5], steps=20, inits=inits, compute="numpy",
+                       record=lgd.Record(every=5, weights=10, sharpness_every=10))
+    assert "diverged" in result.status
+    for grid in (True, False):
+        result.to_xarray(grid=grid).to_netcdf(tmp_path / f"{grid}.nc")
+        with xr.open_dataset(tmp_path / f"{grid}.nc") as ds:
+            assert ds["step"].dtype == np.int32  # what the file holds
+            again = lgd.Sweep.from_xarray(ds)
+        assert_same(again, result)
+        assert again == result
 
 
 def test_bad_input_fails_before_any_batch(tmp_path):

@@ -1,5 +1,6 @@
 """The GD driver on the numpy backend: validation, recording, divergence, sweeps, results, phases."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -168,6 +169,15 @@ def test_phase_of_a_large_stepsize_run():
     assert small.transition_step is None and small.increases_before == 0
 
 
+def test_the_peak_risk_is_read_up_to_the_transition_step_included():
+    """A run below the threshold from its first record has a peak: its initial risk."""
+    phase = lgd.results.phase_of(np.arange(4), [0.3, 0.2, 0.25, 0.1], stepsize=1.0, threshold=0.5)
+    assert (phase.transition_step, phase.peak_risk, phase.increases_after) == (0, 0.3, 1)
+    phase = lgd.results.phase_of(np.arange(4), [0.9, 2.0, 0.4, 0.3], stepsize=1.0, threshold=0.5)
+    assert (phase.transition_step, phase.peak_risk, phase.increases_before) == (2, 2.0, 1)
+    assert "up to s, s included" in " ".join(lgd.Phase.__doc__.split())
+
+
 def test_save_and_load_round_trip(tmp_path, xor):
     X, y = xor
     Xt, yt = lgd.data.xor(n=8, seed=5)
@@ -185,6 +195,52 @@ def test_save_and_load_round_trip(tmp_path, xor):
     assert again.status == result.status and again.test_risk is None and again.neuron_margins is not None
     np.testing.assert_array_equal(again.diverged_step, result.diverged_step)
     np.testing.assert_array_equal(again[0].risk, result[0].risk)
+
+
+def test_save_into_and_load_from_an_open_file(tmp_path, xor):
+    import io
+
+    X, y = xor
+    run = lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=2.0, steps=10, compute="numpy")
+    result = lgd.sweep(X, y, lgd.TwoLayerNet(3), stepsizes=[1.0, 2.0], steps=5, compute="numpy")
+    for saved in (run, result):
+        buffer = io.BytesIO(b"before")  # read from where the file stands, as save wrote it
+        buffer.seek(6)
+        saved.save(buffer)
+        buffer.seek(6)
+        assert lgd.load(buffer) == saved
+    run.save(tmp_path / "run.npz")
+    with open(tmp_path / "run.npz", "rb") as file:
+        assert lgd.load(file) == run
+    with open(tmp_path / "run.npz") as file, pytest.raises(ValueError, match="text mode: open it with mode 'rb'"):
+        lgd.load(file)
+    with pytest.raises(ValueError, match="is not a result lgd saved"):
+        lgd.load(io.BytesIO(b"not an archive"))
+
+
+def test_results_compare_equal_field_by_field(tmp_path, xor):
+    X, y = xor
+    run = lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=2.0, steps=10, compute="numpy")
+    result = lgd.sweep(X, y, lgd.TwoLayerNet(3), "exponential", stepsizes=[1.0, 1e6], steps=10, compute="numpy")
+    assert "diverged" in result.status  # NaN in its traces, equal to themselves
+    assert run == run and result == result and result[1] == result[1] and run != result
+    assert lgd.load(run.save(tmp_path / "run")) == run and lgd.load(result.save(tmp_path / "sweep")) == result
+    assert result[0] != result[1]
+    risk = run.risk.copy()
+    risk[-1] = np.nextafter(risk[-1], 1.0)
+    assert dataclasses.replace(run, risk=risk) != run
+    assert dataclasses.replace(run, risk=run.risk.astype(np.float32)) != run  # the dtype counts
+    assert dataclasses.replace(run, seconds=run.seconds + 1) != run
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(run)
+
+
+def test_repr_shows_a_risk_that_underflowed_from_its_log():
+    run = lgd.gd(*lgd.data.wu_toy(), lgd.Linear(), stepsize=1e6, steps=200, init="zeros", compute="numpy")
+    assert run.risk[-1] == 0.0 and run.final_log_risk == pytest.approx(-10000.69, abs=0.01)
+    assert "final_risk=5.677e-4344," in repr(run)
+    small = lgd.gd(*lgd.data.wu_toy(), lgd.Linear(), stepsize=1.0, steps=10, init="zeros", compute="numpy")
+    assert f"final_risk={small.final_risk:.3e}," in repr(small)
 
 
 def test_to_pandas(xor):
