@@ -10,6 +10,7 @@ from the cache, 10 s more with an empty one).
 """
 
 import functools
+import math
 import os
 import platform
 import subprocess
@@ -63,7 +64,7 @@ def test_blas_kernel_compiles_without_the_fused_loops(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     compiled = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True,
                               env=env).stdout.split()
-    assert "sample_block" in compiled and "activate_row" in compiled
+    assert "sample_block" in compiled and "row_output" in compiled
     assert "forward_rows" not in compiled and "backward_rows" not in compiled
 
 
@@ -930,7 +931,8 @@ def test_blas_gradient_parts_transposed_from_the_dimension_with_avx512_blas(avx5
     if transposed:
         group = numba_cpu.COLUMN_GROUP
         assert P.shape == Q.shape and P.shape[0] == team and P.shape[1] >= m and P.shape[2] == group
-        assert F.shape[:2] == (team, 8) and outs.shape[:2] == (team, 4) and min(F.shape[2], outs.shape[2]) >= group
+        assert F.shape[:2] == (team, 2 * numba_cpu.PRODUCT_LANES) and outs.shape[:2] == (team, 4)
+        assert min(F.shape[2], outs.shape[2]) >= group
     else:
         assert all(x.shape == (team, 0, 0) for x in b.columns)
 
@@ -1168,26 +1170,28 @@ def _row_and_column_passes():
     return rows, columns
 
 
+@pytest.mark.parametrize("outer", ["trained", "fixed"])
 @pytest.mark.parametrize("loss", ["logistic", "exponential"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
-def test_column_pass_gives_the_row_pass_bits(loss, dtype):
+def test_column_pass_gives_the_row_pass_bits(loss, dtype, outer):
     """Given the same Z, step.column_block (Z held transposed: groups of COLUMN_GROUP samples, f summed for a
     whole group at once) gives sample_block's numbers bit for bit: G, the risk, accuracy and margin, each
     sample's loss argument, grad_a and the neurons' margins, on a block that starts and ends inside a group,
-    for widths with and without a remainder of eight."""
+    for widths with and without a remainder of eight and of sixteen; with the outer layer fixed at +-c, in
+    float64 the outputs in product form (formulas.PRODUCT_MAX_M), the margins from its phi."""
     rows, columns = _row_and_column_passes()
     rng = np.random.default_rng(3)
     group = numba_cpu.COLUMN_GROUP
     n, i0, i1 = 2 * group + 30, 3, 2 * group + 25
-    for m in (16, 21):
+    for m in (16, 21, 40):
         spec = numba_cpu.Spec(activation=activations.get("leaky_softplus(0.5)").code, activation_param=0.5,
                               loss=losses.get(loss).code, loss_param=0.0, margin_loss=True, scale=1.0 / m,
-                              train_outer=True, linear=False, f32=dtype == np.float32, risk_bound=np.inf,
-                              weight_bound=np.inf, log_risk_every_step=False)
+                              train_outer=outer == "trained", linear=False, f32=dtype == np.float32,
+                              risk_bound=np.inf, weight_bound=np.inf, log_risk_every_step=False)
         Z = (4 * rng.standard_normal((n, m))).astype(dtype)
         ZT, Z0 = np.ascontiguousarray(Z.T), Z.copy()
         y = np.where(rng.random(n) < 0.5, -1.0, 1.0).astype(dtype)
-        a = rng.standard_normal(m).astype(dtype)
+        a = (rng.standard_normal(m) if outer == "trained" else np.where(rng.random(m) < 0.5, -0.3, 0.3)).astype(dtype)
         got = {}
         for name in ("rows", "columns"):
             grad_a, neuron, stats, us = np.empty(m, dtype), np.empty(m), np.empty(3), np.zeros(n)
@@ -1199,7 +1203,8 @@ def test_column_pass_gives_the_row_pass_bits(loss, dtype):
                 G = Z
             else:
                 columns(ZT, y, a, spec, True, i0, i1, np.empty((1, m, group), dtype), np.empty((1, m, group), dtype),
-                        np.empty((1, 8, group), dtype), np.empty((1, 4, group)), grad_a, neuron, stats, us)
+                        np.empty((1, 2 * numba_cpu.PRODUCT_LANES, group), dtype), np.empty((1, 4, group)), grad_a,
+                        neuron, stats, us)
                 G = ZT.T
             got[name] = (G[i0:i1], stats, us, grad_a, neuron)
         for G in (Z, ZT.T):  # G over the block's z, nothing outside it
@@ -1563,3 +1568,129 @@ def test_second_process_loads_from_cache_and_only_a_compile_says_so(tmp_path):
     assert first.stderr.count("lgd: compiling the numba kernel for float64 (fused products)") == 1, first.stderr
     assert int(second.stdout.split()[-1]) == 0
     assert "compiling" not in second.stderr
+
+
+def test_log_normal_within_an_ulp_and_a_bit():
+    """exp_log1p.log_normal (the product form's log of a row) is within 1.1 ulp of the log (math.log, itself
+    within an ulp) over the normal numbers: random exponents and mantissas, the reduction's edges at sqrt(1/2)
+    and sqrt 2, powers of two, the smallest and largest normal numbers."""
+    from numba import njit
+
+    from lgd.kernels.numba_cpu.exp_log1p import log_normal
+
+    @njit
+    def logs(x, out):
+        for i in range(x.size):
+            out[i] = log_normal(x[i])
+
+    rng = np.random.default_rng(5)
+    edges = [np.sqrt(0.5), np.sqrt(2.0), 1.0, 2.0, 0.5, np.finfo(float).tiny, np.finfo(float).max]
+    x = np.concatenate([np.exp(rng.uniform(-700, 700, 20000)), rng.uniform(0.5, 2.0, 20000),
+                        2.0 ** rng.integers(-1022, 1024, 500), np.nextafter(edges, 0.0), edges,
+                        np.nextafter(edges[:-1], np.inf)])
+    got = np.empty_like(x)
+    logs(x, got)
+    expected = np.array([math.log(v) for v in x])
+    assert got[x == 1.0].tolist() == [0.0] * int(np.count_nonzero(x == 1.0))
+    ulps = np.abs(got - expected) / np.spacing(np.abs(expected) + (expected == 0))
+    assert ulps.max() <= 2.0, x[np.argmax(ulps)]
+    assert np.mean(ulps) < 0.3
+
+
+@functools.cache
+def _product_rows():
+    from numba import njit
+
+    from lgd.kernels.numba_cpu import formulas as kernel_formulas
+
+    @njit
+    def product_rows(code, c, a, Z, outputs, phi, dphi, alpha, summed_dphi):
+        """The product form's outputs, phi (product_phi) and phi' of every row of Z (copied), its alpha, and
+        activate_span's phi' (the sum of phi's pass)."""
+        m = Z.shape[1]
+        alpha[0] = kernel_formulas.product_alpha(code, False, False, a, m)
+        V = Z.copy()
+        for i in range(Z.shape[0]):
+            kernel_formulas.activate_span(code, c, Z[i], np.empty(m), summed_dphi[i], None, m)
+            kernel_formulas.product_span(c, a, V[i], phi[i], dphi[i], None, 1, m)
+            outputs[i] = kernel_formulas.product_row(c, alpha[0], a, V[i], phi[i], m)
+            kernel_formulas.product_phi_span(c, a, V[i], phi[i], 1, m)
+
+    return product_rows
+
+
+@pytest.mark.parametrize("name", ["leaky_softplus(0.5)", "softplus", "leaky_softplus(0.1)"])
+def test_product_form_outputs_match_the_sum_of_phi(name):
+    """sum_j a_j phi(z_j) in product form (formulas.PRODUCT_MAX_M: a log a row) against the oracle's formula
+    in numpy with outer weights +-alpha, for widths 1 to 70 (remainders of sixteen) and |z| from 1e-300 to 1e6:
+    within a few roundings of the sum of |a_j phi_j|; phi from the product form within a few roundings of
+    |phi|, and phi' bit for bit as activate_span's."""
+    activation = activations.get(name)
+    product_rows = _product_rows()
+    rng = np.random.default_rng(8)
+    for m in (1, 7, 16, 17, 33, 64, 70):
+        scales = 10.0 ** rng.uniform(-300, 6, size=(40, 1))
+        Z = scales * rng.standard_normal((40, m))
+        Z[0] = 0.0
+        Z[1, ::2] = 800.0 * rng.standard_normal(Z[1, ::2].shape)
+        a = np.where(rng.random(m) < 0.5, -1.0, 1.0) / m
+        outputs, phi, dphi, alpha, summed_dphi = np.empty(40), np.empty((40, m)), np.empty((40, m)), np.empty(1), \
+            np.empty((40, m))
+        product_rows(activation.code, activation.param, a, Z, outputs, phi, dphi, alpha, summed_dphi)
+        assert alpha[0] == 1.0 / m
+        exact_phi = activation.phi(Z)
+        terms = np.abs(a * exact_phi).sum(axis=1) + np.abs(a).sum() * np.log(2.0)
+        np.testing.assert_array_less(np.abs(outputs - exact_phi @ a), 8 * np.finfo(float).eps * terms + 1e-300)
+        np.testing.assert_array_less(np.abs(phi - exact_phi), 4 * np.finfo(float).eps * (np.abs(exact_phi) + 1.0))
+        np.testing.assert_array_equal(dphi, summed_dphi)
+        np.testing.assert_allclose(dphi, activation.dphi(Z), rtol=4e-16, atol=0)
+
+
+@pytest.mark.parametrize("case, eligible", [
+    ("alternating", True), ("one neuron", True), ("trained", False), ("float32", False), ("relu", False),
+    ("magnitudes differ", False), ("zeros", False), ("too wide", False)])
+def test_product_form_only_where_it_holds(case, eligible):
+    """formulas.product_alpha: the product form for the softplus family in float64 with the outer layer fixed at
+    +-alpha (alpha > 0), up to PRODUCT_MAX_M neurons; every other net keeps the sum of phi."""
+    from numba import njit
+
+    from lgd.kernels.numba_cpu import formulas as kernel_formulas
+
+    @njit
+    def alpha_of(code, f32, train_outer, a, m):
+        return kernel_formulas.product_alpha(code, f32, train_outer, a, m)
+
+    m = kernel_formulas.PRODUCT_MAX_M + 1 if case == "too wide" else (1 if case == "one neuron" else 6)
+    a = np.where(np.arange(m) % 2 == 0, 0.25, -0.25)
+    if case == "magnitudes differ":
+        a[3] = 0.5
+    if case == "zeros":
+        a[:] = 0.0
+    code = activations.get("relu" if case == "relu" else "leaky_softplus(0.5)").code
+    alpha = alpha_of(code, case == "float32", case == "trained", a, m)
+    assert alpha == (0.25 if eligible else 0.0)
+
+
+@pytest.mark.parametrize("d, m", [(5, 24), (40, 128)])
+@pytest.mark.parametrize("team", [1, 2])
+def test_recording_neuron_margins_leaves_the_run_as_it_is(team, d, m, monkeypatch):
+    """A run that records the neurons' margins (phi from the product form at those steps) steps as one that
+    does not, bit for bit, by one thread and by a team (split by samples, or by neurons for the wider net); and
+    its margins are the oracle's."""
+    import numba
+
+    monkeypatch.setattr(numba, "get_num_threads", lambda: team)
+    monkeypatch.setattr(_numba, "TEAM_WORK", 1)
+    monkeypatch.setattr(_numba, "SPLIT_MIN_BYTES", 0 if m > 100 else 1 << 40)
+    monkeypatch.setattr(_numba, "SPLIT_MIN_BYTES_BY_TARGET", {})
+    X, y = lgd.data.separable(70, d, margin=0.1, seed=2)
+    net = lgd.TwoLayerNet(m, activation="leaky_softplus(0.5)", scaling="mean_field")
+    runs = {}
+    for margins in (True, False):
+        runs[margins] = lgd.gd(X, y, net, "logistic", stepsize=20.0, steps=40,
+                               record=lgd.Record(every=3, neuron_margins=margins), compute=fast(backend="numba"))
+    for name in ("risk", "log_risk", "margin", "grad_norm", "weights"):
+        np.testing.assert_array_equal(getattr(runs[True], name), getattr(runs[False], name), err_msg=name)
+    oracle = lgd.gd(X, y, net, "logistic", stepsize=20.0, steps=40, record=lgd.Record(every=3, neuron_margins=True),
+                    compute=fast(backend="numpy"))
+    np.testing.assert_allclose(runs[True].neuron_margins, oracle.neuron_margins, rtol=1e-10, atol=1e-13)

@@ -142,6 +142,34 @@ def log1p_parts(e):
     return s, fma(-z, g, e), r
 
 
+# log x for a float64 x that is a positive normal number (the outputs in product form: formulas.product_output):
+# x = 2^k y with y in [sqrt(1/2), sqrt 2), log x = k ln2 + log(1 + f), f = y - 1 (exact), log(1 + f) as
+# log1p_parts forms it (s = f / (2 + f), |s| <= 0.172, z = s^2 within g's interval [0, 1/9]), k ln2 in two parts
+# (k LN2_HI exact). Branch-free, so a loop of it vectorises. Adding 2^52 (2 - sqrt 2) to the bits carries into the
+# exponent field exactly where y would reach sqrt 2, so the field then holds k + 1023; k as a float64 from the
+# field's bits in the low mantissa of 2^52 (AVX2 has no conversion of 64-bit integers).
+_REDUCE_OFFSET = np.uint64(0x3FF0000000000000 - 0x3FE6A09E667F3BCD)  # bits of 1 less bits of sqrt(1/2)
+_ONE_BITS = np.uint64(0x3FF0000000000000)
+_TWO52_BITS = np.uint64(0x4330000000000000)
+_TWO52_PLUS_BIAS = 4503599627370496.0 + 1023.0
+
+
+@subroutine(types.float64)
+def log_normal(x):
+    """log x for float64 x a positive normal number (anything else gives a wrong number, not nan): at most about
+    one ulp."""
+    bits = bits_from_double(x)
+    field = (bits + _REDUCE_OFFSET) >> _EXPONENT
+    f = double_from_bits(bits - (field << _EXPONENT) + _ONE_BITS) - 1.0
+    k = double_from_bits(field | _TWO52_BITS) - _TWO52_PLUS_BIAS
+    s = f / (2.0 + f)
+    z = s * s
+    z2 = z * z
+    g = fma(fma(fma(fma(fma(_G9, z, _G8), z2, fma(_G7, z, _G6)), z2, fma(_G5, z, _G4)), z2, fma(_G3, z, _G2)), z2,
+            fma(_G1, z, _G0))
+    return fma(k, _LN2_HI, fma(k, _LN2_LO, fma(-s, fma(-z, g, f), f)))
+
+
 @subroutine(types.UniTuple(types.float64, 2))
 def softplus_sigmoid_from_exp(x, e):
     """(softplus(x), sigmoid(x)) given e = exp(-|x|): one log1p and one division."""

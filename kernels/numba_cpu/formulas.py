@@ -41,15 +41,16 @@ the exponential loss overflows (to inf: the run diverges, as the oracle's does).
 
 import math
 
+import numpy as np
 from numba import types
 
 from lgd.activations import GELU, IDENTITY, LEAKY_RELU, LEAKY_SOFTPLUS, RELU, SILU, SOFTPLUS, TANH
 from lgd.losses import EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL, LOGISTIC, SQUARED
 
 from .compiler import subroutine
-from .exp_log1p import (exp, exp_nonpositive, exp_nonpositive_of, log1p_parts_of, softplus_sigmoid_from_exp,
-                        softplus_sigmoid_from_exp_of)
-from .intrinsics import fma, like, rows_flat
+from .exp_log1p import (exp, exp_nonpositive, exp_nonpositive_of, log1p_parts_of, log_normal,
+                        softplus_sigmoid_from_exp, softplus_sigmoid_from_exp_of)
+from .intrinsics import fma, like, product_lanes, rows_flat
 
 # The codes this file has a formula for: a catalog entry missing here is refused (and the tests, which
 # enumerate the catalogs, fail until its formula is written).
@@ -148,6 +149,98 @@ def activate_span(code, c, z, p, q, r, m):
             q[j] = cdf + xc * pdf
             if r is not None:
                 r[j] = pdf * (two - xc * xc)
+
+
+# The softplus family's outputs in product form. Where the outer weights are fixed at a_j = +-alpha (the default:
+# alternating signs), sum_j a_j phi(z_j) = sum_j a_j l_j + (1 - c) alpha log prod_j v_j with l = c z + (1 - c)
+# max(z, 0) and v_j = 1 + e_j (a_j > 0) or 1 / (1 + e_j) (a_j < 0), e = e^-|z|: a log a row where the sum of
+# phi takes a log1p an entry, and 1 / (1 + e) is the sigmoid that phi' takes anyway (SWEEP and S about 1.1x
+# faster: docs/performance.md). The v_j lie in [1/2, 2], so a row's product of up to PRODUCT_MAX_M is a normal
+# number (log_normal's domain). Every pass (fused, row, column, split) forms the outputs so, and the neurons'
+# margins from phi = l + (1 - c) log1p(e) with log1p(e) = +-log v (product_phi), so that a step's numbers do not
+# depend on the pass or on what the step records. float64 runs only (product_alpha).
+PRODUCT_MAX_M = 1000
+
+
+@subroutine(types.float64)
+def product_alpha(code, f32, train_outer, a, m):
+    """alpha where the outputs of a net of m neurons with outer weights a take the product form: the softplus
+    family, float64, the outer layer fixed with every |a_j| = alpha > 0, at most PRODUCT_MAX_M neurons; else 0."""
+    if (code != LEAKY_SOFTPLUS and code != SOFTPLUS) or f32 or train_outer or m > PRODUCT_MAX_M or m == 0:
+        return 0.0
+    alpha = abs(np.float64(a[0]))
+    for j in range(m):
+        if abs(np.float64(a[j])) != alpha:
+            return 0.0
+    return alpha
+
+
+@subroutine(types.UniTuple(types.float64, 4))
+def product_entry(c, positive, x, e):
+    """(v, l, phi', phi'') of one entry z = x given e = e^-|x| (see PRODUCT_MAX_M); phi' as activate_span forms
+    it, bit for bit. In float64 (a float32 kernel compiles the product form's code but never runs it)."""
+    x, e = np.float64(x), np.float64(e)
+    cz, cbar = c, 1.0 - c
+    u1 = 1.0 + e
+    r1 = 1.0 / u1
+    lin = fma(cbar, max(x, 0.0), cz * x) if c != 0.0 else max(x, 0.0)
+    return (u1 if positive else r1), lin, fma(cbar, r1 if x >= 0.0 else e * r1, cz), cbar * (e * r1) * r1
+
+
+@subroutine(types.void)
+def product_span(c, a, z, p, q, r, rows, m):
+    """The product form's pass over `rows` rows of m entries (1-d spans z, p, q and, unless r is None, r):
+    z[k] becomes v, p[k] l, q[k] phi' and r[k] phi'' of entry k (column k mod m, of weight a[k mod m])."""
+    for k in range(rows * m):
+        p[k] = exp_nonpositive_of(-abs(z[k]))
+    for h in range(rows):
+        at = h * m
+        for j in range(m):
+            v, lin, dphi, ddphi = product_entry(c, a[j] > 0.0, z[at + j], p[at + j])
+            z[at + j], p[at + j], q[at + j] = v, lin, dphi
+            if r is not None:
+                r[at + j] = ddphi
+
+
+@subroutine(types.void)
+def product_column(c, aj, z, p, q, count):
+    """product_span over one neuron's entries of several samples (z, p, q 1-d, weight aj)."""
+    for g in range(count):
+        p[g] = exp_nonpositive_of(-abs(z[g]))
+    positive = aj > 0.0
+    for g in range(count):
+        v, lin, dphi, ddphi = product_entry(c, positive, z[g], p[g])
+        z[g], p[g], q[g] = v, lin, dphi
+
+
+@subroutine(types.float64)
+def product_output(c, alpha, total, product):
+    """sum_j a_j phi(z_j) from total = sum_j a_j l_j and product = prod_j v_j (product_span)."""
+    return fma((1.0 - c) * alpha, log_normal(np.float64(product)), np.float64(total))
+
+
+@subroutine(types.float64)
+def product_row(c, alpha, a, v, p, m):
+    """product_output of one row: v and p as product_span leaves them, summed in product_lanes' order."""
+    total, product = product_lanes(a, p, v, m)
+    return product_output(c, alpha, total, product)
+
+
+@subroutine(types.float64)
+def product_phi(c, positive, v, lin):
+    """phi of an entry from its v and l (product_entry): l + (1 - c) log1p(e), log1p(e) = log v where a_j > 0 and
+    -log v where a_j < 0; for the neurons' margins, at the steps that record them."""
+    lv = log_normal(np.float64(v))
+    return fma(1.0 - c, lv if positive else -lv, np.float64(lin))
+
+
+@subroutine(types.void)
+def product_phi_span(c, a, v, p, rows, m):
+    """product_phi of `rows` rows of m entries, into p (as product_span leaves v and p)."""
+    for h in range(rows):
+        at = h * m
+        for j in range(m):
+            p[at + j] = product_phi(c, a[j] > 0.0, v[at + j], p[at + j])
 
 
 @subroutine(types.void)

@@ -30,8 +30,10 @@ from lgd.models import LOG_RISK_EXACT_BELOW, LOG_RISK_EXACT_BELOW_F32
 from lgd.stepsize import stepsize_at as _stepsize_at
 
 from .compiler import subroutine
-from .formulas import activate_row, activate_span, log_loss_row, loss_curvature, loss_row
-from .intrinsics import dot_lanes, flat, fma, like, narrowed_square_lanes, row_block, rows_flat
+from .formulas import (activate_row, activate_span, log_loss_row, loss_curvature, loss_row, product_alpha,
+                       product_column, product_output, product_phi, product_phi_span, product_row, product_span)
+from .intrinsics import (PRODUCT_LANES, dot_lanes, flat, fma, like, narrowed_square_lanes, product_lanes, row_block,
+                         rows_flat)
 from .sharpness import top_eigenvalues
 from .tangent import member_block
 from .tiles import (BACKWARD_GROUP, BLOCKED_MIN_D, TILE_ROWS, WAITING_MAX_M, WAITING_SAMPLES, WIDE_MIN_D, WIDE_ROWS,
@@ -203,6 +205,8 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
     # z, phi and phi', and the activation takes them in one call; else it takes them row by row.
     spans = zt.shape[1] == m and ps.shape[1] == m and qs.shape[1] == m
     tile_start = tile_end = i0  # samples [tile_start, tile_end) have their z rows in zt
+    alpha = product_alpha(act, spec.f32, spec.train_outer, a, m)  # > 0: the outputs in product form
+    margins = record and neurons
     i = i0
     while i < i1:
         count = min(waiting, i1 - i)
@@ -218,11 +222,22 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
                     forward_rows(X, s, tile, Wt, zt)
                 tile_start, tile_end = s, s + tile
             span = min(tile_end, i + count) - s if spans else 1
-            activate_span(act, act_param, rows_flat(zt, s - tile_start, span), rows_flat(ps, g, span),
-                          rows_flat(qs, g, span), None, span * m)
-            for h in range(g, g + span):
-                outs[0, h] = scale * np.float64(dot_row(a, rows_flat(ps, h, 1), m))
+            z_span, p_span, q_span = rows_flat(zt, s - tile_start, span), rows_flat(ps, g, span), rows_flat(qs, g, span)
+            if alpha > 0.0:  # (a sum and a product a row into outs[0] and outs[1]: the logs for the group below)
+                product_span(act_param, a, z_span, p_span, q_span, None, span, m)
+                for h in range(g, g + span):
+                    outs[0, h], outs[1, h] = product_lanes(a, rows_flat(ps, h, 1), rows_flat(zt, s - tile_start + h - g, 1),
+                                                           m)
+                if margins:
+                    product_phi_span(act_param, a, z_span, p_span, span, m)
+            else:
+                activate_span(act, act_param, z_span, p_span, q_span, None, span * m)
+                for h in range(g, g + span):
+                    outs[0, h] = scale * np.float64(dot_row(a, rows_flat(ps, h, 1), m))
             g += span
+        if alpha > 0.0:
+            for g in range(count):
+                outs[0, g] = scale * product_output(act_param, alpha, outs[0, g], outs[1, g])
         sample_outs(spec.loss, spec.loss_param, spec.margin_loss, y, i, count, outs, spec.f32)
         for g in range(count):
             value, coef, yf, u = outs[0, g], outs[1, g], outs[2, g], outs[3, g]
@@ -235,7 +250,7 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
                 margin = min(margin, yf)
                 coef *= inv_n
                 waiting_factor(X, y, i + g, g, like(qs, coef * scale), xs, qs, g, ps, g, m, rows, a, grad_a, neuron,
-                               spec.train_outer, record and neurons)
+                               spec.train_outer, margins)
         if train:
             if xs is not None:
                 backward_rows(xs, rows, count, qs, grad)
@@ -248,24 +263,33 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
 
 
 @subroutine(types.void)
-def split_forward(X, Wt, a, spec, zt, P, Q, fpart, every_row):
+def split_forward(X, Wt, a, spec, zt, P, Q, fpart, every_row, margins):
     """The first half of a step by a team split by neurons (lgd.backends._numba.split_team): this member's
     columns of the net, Wt (d, w) and a (w,), over every sample of X: the rows of z in register tiles (into zt,
     a tile's rows of w), phi and phi' into P and Q, and each sample's part of the output, sum_j a_j phi_ij over
-    these neurons (dot_row's sum, without the scale s), into fpart (n,) float64. With `every_row` (the
-    training samples), P and Q (n, w) keep every sample's rows; else (held-out samples) they hold a tile's."""
+    these neurons (dot_row's sum, or product_row's where these columns take the product form, without the scale
+    s), into fpart (n,) float64. With `every_row` (the training samples), P and Q (n, w) keep every sample's rows;
+    else (held-out samples) they hold a tile's. `margins`: P must hold phi (the product form leaves l there)."""
     d, w = Wt.shape
     n = X.shape[0]
     act, act_param = spec.activation, spec.activation_param
+    alpha = product_alpha(act, spec.f32, spec.train_outer, a, w)
     s = 0
     while s < n:
         tile = WIDE_ROWS if d >= WIDE_MIN_D and n - s >= WIDE_ROWS else min(TILE_ROWS, n - s)
         forward_rows(X, s, tile, Wt, zt)
         at = s if every_row else 0
-        activate_span(act, act_param, rows_flat(zt, 0, tile), rows_flat(P, at, tile), rows_flat(Q, at, tile), None,
-                      tile * w)
-        for h in range(tile):
-            fpart[s + h] = np.float64(dot_row(a, rows_flat(P, at + h, 1), w))
+        z_span, p_span, q_span = rows_flat(zt, 0, tile), rows_flat(P, at, tile), rows_flat(Q, at, tile)
+        if alpha > 0.0:
+            product_span(act_param, a, z_span, p_span, q_span, None, tile, w)
+            for h in range(tile):
+                fpart[s + h] = product_row(act_param, alpha, a, rows_flat(zt, h, 1), rows_flat(P, at + h, 1), w)
+            if margins:
+                product_phi_span(act_param, a, z_span, p_span, tile, w)
+        else:
+            activate_span(act, act_param, z_span, p_span, q_span, None, tile * w)
+            for h in range(tile):
+                fpart[s + h] = np.float64(dot_row(a, rows_flat(P, at + h, 1), w))
         s += tile
 
 
@@ -376,6 +400,19 @@ def z_columns(gemm):
 COLUMN_GROUP = 64
 
 
+@subroutine(lambda F, first, g, add: F.dtype)
+def lane_tree(F, first, g, add):
+    """product_lanes' combination of column g of F's rows first .. first + 15: sums where `add`, else products."""
+    k = first
+    if add:
+        v0, v1, v2, v3 = F[k, g] + F[k + 8, g], F[k + 1, g] + F[k + 9, g], F[k + 2, g] + F[k + 10, g], F[k + 3, g] + F[k + 11, g]
+        v4, v5, v6, v7 = F[k + 4, g] + F[k + 12, g], F[k + 5, g] + F[k + 13, g], F[k + 6, g] + F[k + 14, g], F[k + 7, g] + F[k + 15, g]
+        return ((v0 + v4) + (v1 + v5)) + ((v2 + v6) + (v3 + v7))
+    v0, v1, v2, v3 = F[k, g] * F[k + 8, g], F[k + 1, g] * F[k + 9, g], F[k + 2, g] * F[k + 10, g], F[k + 3, g] * F[k + 11, g]
+    v4, v5, v6, v7 = F[k + 4, g] * F[k + 12, g], F[k + 5, g] * F[k + 13, g], F[k + 6, g] * F[k + 14, g], F[k + 7, g] * F[k + 15, g]
+    return ((v0 * v4) * (v1 * v5)) * ((v2 * v6) * (v3 * v7))
+
+
 @subroutine(types.void)
 def column_block(ZT, y, a, spec, inv_n, record, neurons, i0, i1, columns, member, grad_a, neuron, stats, us):
     """sample_block's pass over the training block [i0, i1) in the BLAS mode where Z is held transposed, ZT
@@ -396,26 +433,42 @@ def column_block(ZT, y, a, spec, inv_n, record, neurons, i0, i1, columns, member
         for j in range(m):
             grad_a[j] = 0.0
             neuron[j] = np.inf
+        alpha = product_alpha(act, spec.f32, spec.train_outer, a, m)
         risk, correct, margin = 0.0, 0.0, np.inf
         i = i0
         while i < i1:
             count = min(COLUMN_GROUP, i1 - i)
             # dot_row's sum for every sample of the group: eight chains (j mod 8), the last m % 8 terms
             # added to the first, the same tree of sums at the end; each neuron's row of phi is added
-            # while it is still in L1.
-            for r in range(8):
+            # while it is still in L1. In product form, product_lanes' sums and products: PRODUCT_LANES chains
+            # of each (F's rows 0-15 and 16-31).
+            lanes = PRODUCT_LANES if alpha > 0.0 else 8
+            for r in range(lanes):
                 for g in range(count):
                     F[r, g] = 0.0
-            whole = m - m % 8
+                    if alpha > 0.0:
+                        F[lanes + r, g] = 1.0
+            whole = m - m % lanes
             for j in range(m):
-                activate_span(act, act_param, ZT[j, i:i + count], P[j], Q[j], None, count)
-                r = j % 8 if j < whole else 0
+                r = j % lanes if j < whole else 0
                 aj = a[j]
+                if alpha > 0.0:
+                    product_column(act_param, aj, ZT[j, i:i + count], P[j], Q[j], count)
+                    for g in range(count):
+                        F[r, g] = fma(aj, P[j, g], F[r, g])
+                        F[lanes + r, g] = F[lanes + r, g] * ZT[j, i + g]
+                else:
+                    activate_span(act, act_param, ZT[j, i:i + count], P[j], Q[j], None, count)
+                    for g in range(count):
+                        F[r, g] = fma(aj, P[j, g], F[r, g])
+            if alpha > 0.0:
                 for g in range(count):
-                    F[r, g] = fma(aj, P[j, g], F[r, g])
-            for g in range(count):
-                f = ((F[0, g] + F[4, g]) + (F[1, g] + F[5, g])) + ((F[2, g] + F[6, g]) + (F[3, g] + F[7, g]))
-                outs[0, g] = scale * np.float64(f)
+                    total = lane_tree(F, 0, g, 1)
+                    outs[0, g] = scale * product_output(act_param, alpha, total, lane_tree(F, lanes, g, 0))
+            else:
+                for g in range(count):
+                    f = ((F[0, g] + F[4, g]) + (F[1, g] + F[5, g])) + ((F[2, g] + F[6, g]) + (F[3, g] + F[7, g]))
+                    outs[0, g] = scale * np.float64(f)
             sample_outs(spec.loss, spec.loss_param, spec.margin_loss, y, i, count, outs, spec.f32)
             for g in range(count):
                 value, coef, yf, u = outs[0, g], outs[1, g], outs[2, g], outs[3, g]
@@ -428,6 +481,9 @@ def column_block(ZT, y, a, spec, inv_n, record, neurons, i0, i1, columns, member
                 F[0, g] = like(F, (coef * inv_n) * scale)  # c_i, as sample_block's cs
             for j in range(m):
                 aj = a[j]
+                if alpha > 0.0 and record and neurons:  # phi from v and l, before G takes ZT's place
+                    for g in range(count):
+                        P[j, g] = product_phi(act_param, aj > 0.0, ZT[j, i + g], P[j, g])
                 for g in range(count):
                     ZT[j, i + g] = Q[j, g] * (F[0, g] * aj)
                 if spec.train_outer:
@@ -440,6 +496,20 @@ def column_block(ZT, y, a, spec, inv_n, record, neurons, i0, i1, columns, member
         stats[0] = risk
         stats[1] = correct
         stats[2] = margin
+
+
+@subroutine(types.float64)
+def row_output(act, c, alpha, a, z, p, q, r, m, margins):
+    """sum_j a_j phi_j of one row z (its entries left as the pass leaves them), phi' into q, phi into p (l where the
+    outputs take the product form, alpha > 0, unless `margins`) and, unless r is None, phi'' into r."""
+    if alpha > 0.0:
+        product_span(c, a, z, p, q, r, 1, m)
+        total = product_row(c, alpha, a, z, p, m)
+        if margins:
+            product_phi_span(c, a, z, p, 1, m)
+        return total
+    activate_span(act, c, z, p, q, r, m)
+    return np.float64(dot_row(a, p, m))
 
 
 @subroutine(types.void)
@@ -504,6 +574,8 @@ def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, membe
                 return
     risk, correct, margin = 0.0, 0.0, np.inf
     n_train = X.shape[0]
+    alpha = product_alpha(act, spec.f32, spec.train_outer, a, m)
+    margins = record and neurons
     pending = 0
     waiting = WAITING_SAMPLES if m <= WAITING_MAX_M else BACKWARD_GROUP
     tile_start = tile_end = i0  # samples [tile_start, tile_end) have their z rows in zt
@@ -531,19 +603,20 @@ def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, membe
         else:
             # Two ifs, not if / else: numba prunes a branch on an argument that is None, not on one
             # that is an array, so an else would compile the other mode's code into each kernel.
+            total = 0.0
             if Z is not None:
                 if kept is None:
-                    activate_row(act, act_param, Z, i, p, q, None, m)
+                    total = row_output(act, act_param, alpha, a, rows_flat(Z, i, 1), p, q, None, m, margins)
                 if kept is not None:
-                    activate_row(act, act_param, Z, i, p, q, r, m)
+                    total = row_output(act, act_param, alpha, a, rows_flat(Z, i, 1), p, q, r, m, margins)
             if zs is not None:  # with kept rows only: the plain fused step went to fused_block above
                 if i >= tile_end:  # the rows of the next tile's samples (fewer at the block's end)
                     count = WIDE_ROWS if d >= WIDE_MIN_D and i1 - i >= WIDE_ROWS else min(TILE_ROWS, i1 - i)
                     forward_rows(X, i, count, Wt, zt)
                     tile_start, tile_end = i, i + count
                 if kept is not None:
-                    activate_row(act, act_param, zt, i - tile_start, p, q, r, m)
-            f = scale * np.float64(dot_row(a, p, m))
+                    total = row_output(act, act_param, alpha, a, rows_flat(zt, i - tile_start, 1), p, q, r, m, margins)
+            f = scale * total
         value, coef, yf, u = sample_out(spec.loss, spec.loss_param, spec.margin_loss, yi, f, spec.f32)
         if kept is not None:
             if keeping:
@@ -592,7 +665,7 @@ def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, membe
                 if spec.train_outer:
                     for j in range(m):
                         grad_a[j] = fma(cs, p[j], grad_a[j])
-                if record and neurons:
+                if margins:
                     for j in range(m):
                         neuron[j] = min(neuron[j], yi * a[j] * p[j])
     if zs is not None and pending > 0:  # the last samples still waiting, fewer than `waiting`

@@ -403,11 +403,11 @@ def run_split_steps(team, c, data, batch, trace, spec, schedule, b, inv_n, neuro
     fpart, us = fparts[member], b.us[0]
     for t in range(schedule.t_start, schedule.t_stop):
         record = record_slot(t, schedule.steps, schedule.record_every) >= 0
-        split_forward(X, Wt, a_step, spec, zt, P, Q, fpart, True)
+        split_forward(X, Wt, a_step, spec, zt, P, Q, fpart, True, record and neurons)
         test = record and n_test > 0
         if test:
             split_forward(X_test, Wt, a_step, spec, zt, rows_test[0][member], rows_test[1][member],
-                          fparts_test[member], False)
+                          fparts_test[member], False, False)
         barrier(sync, size)
         if test and member == 0:  # the one that records
             split_held_out(y_test, spec, fparts_test, outs, total[1])
