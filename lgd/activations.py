@@ -242,20 +242,27 @@ class silu(Activation):
 
 
 class tanh(Activation):
-    """phi(z) = tanh z; phi' = 1 - tanh^2 z; phi'' = -2 tanh z (1 - tanh^2 z)."""
+    """phi(z) = tanh z; phi' = sech^2 z = 4 e / (1 + e)^2 with e = e^-2|z|; phi'' = -2 tanh z sech^2 z.
+
+    Not 1 - tanh^2 z: tanh z rounds to within an ulp of 1 from |z| of about 18 in float64 (5 in float32),
+    where 1 - tanh^2 cancels (4% off at 18, 0 from 19.1) while sech^2 is a normal number down to e^-708."""
 
     name, code = "tanh", TANH
 
     def phi(self, z):
         return np.tanh(z)
 
+    @staticmethod
+    def _sech_squared(z):
+        z = np.asarray(z)
+        e = np.exp(-2 * np.abs(z))  # in z's dtype; 0 where it underflows, as sech^2 does
+        return 4 * e / ((1 + e) * (1 + e))
+
     def dphi(self, z):
-        t = np.tanh(z)
-        return 1 - t * t
+        return self._sech_squared(z)
 
     def ddphi(self, z):
-        t = np.tanh(z)
-        return -2 * t * (1 - t * t)
+        return -2 * np.tanh(z) * self._sech_squared(z)
 
 
 _FACTORIES = {

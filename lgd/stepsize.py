@@ -37,11 +37,12 @@ CONSTANT, WARMUP, STEP_DECAY, COSINE, ADAPTIVE, POLYAK, NORMALIZED, INVERSE_SHAR
 LENGTH_RULES = (COSINE,)
 
 
-def stepsize_at(code, p0, p1, p2, t, steps, risk, log_risk, grad_sq, sharpness):
+def stepsize_at(code, p0, p1, p2, t, steps, risk, log_risk, grad_norm, sharpness):
     """eta_t of rule `code` with parameters (p0, p1, p2) at step t of `steps`, given the step's risk L(W_t),
-    its log (computed stably: a risk of 1e-300 or 0.0 still gives a finite eta / L), |grad L(W_t)|^2 and
+    its log (computed stably: a risk of 1e-300 or 0.0 still gives a finite eta / L), |grad L(W_t)| and
     the latest measured sharpness (top Hessian eigenvalue). Plain arithmetic: the numba kernels compile
-    this very function."""
+    this very function. The norm, not its square: |grad|^2 underflows to 0 below 1.5e-154 (and overflows
+    above 1.3e154), where a rule tested on it stopped GD at a gradient that is a normal number."""
     if code == WARMUP:  # p0 over p1 steps, linearly from p0 / p1
         return p0 * min(1.0, (t + 1.0) / p1)
     if code == STEP_DECAY:  # p0 p2^floor(t / p1)
@@ -55,10 +56,10 @@ def stepsize_at(code, p0, p1, p2, t, steps, risk, log_risk, grad_sq, sharpness):
         return math.exp(x) if x < 709.78 else _LARGEST
     # Polyak and normalised steps at a zero gradient (a stationary point) and Polyak's at a risk down to L_min:
     # no step (0), where inf times the zero gradient made the weights NaN and a negative step climbed the risk.
-    if code == POLYAK:  # p1 (L(W_t) - L_min) / |grad|^2, L_min = p0
-        return p1 * (risk - p0) / grad_sq if grad_sq > 0.0 and risk > p0 else 0.0
+    if code == POLYAK:  # p1 (L(W_t) - L_min) / |grad|^2, L_min = p0, divided by |grad| twice (its square underflows)
+        return p1 * (risk - p0) / grad_norm / grad_norm if grad_norm > 0.0 and risk > p0 else 0.0
     if code == NORMALIZED:  # p0 / |grad|
-        return p0 / math.sqrt(grad_sq) if grad_sq > 0.0 else 0.0
+        return p0 / grad_norm if grad_norm > 0.0 else 0.0
     if code == INVERSE_SHARPNESS:  # p0 / lambda_max, the latest measured (inf where it is not positive)
         return p0 / sharpness if sharpness > 0.0 else math.inf
     return p0  # CONSTANT

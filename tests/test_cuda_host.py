@@ -273,8 +273,8 @@ def test_the_kernels_record_rule_is_lgd_backends():
 
 def test_the_kernels_stepsize_rules_are_lgd_stepsize():
     """stepsize_at of lgd.cu against lgd.stepsize.stepsize_at, for every rule the kernel has, on a grid of
-    steps, risks (down to 0 with a finite log-risk), gradient norms (0 included) and sharpnesses (none measured
-    yet, not positive, positive)."""
+    steps, risks (down to 0 with a finite log-risk), gradient norms (0 included, and down to 1e-170, whose square
+    underflows) and sharpnesses (none measured yet, not positive, positive)."""
     from lgd import stepsize
     from lgd.kernels import cuda_codes, cuda_run
 
@@ -287,10 +287,10 @@ def test_the_kernels_stepsize_rules_are_lgd_stepsize():
         for params in ((0.5, 7.0, 0.5), (2.0, 1.0, 0.9), (1e10, 1.0, 0.9)):
             for t in (0, 3, 20, 50):
                 for risk, log_risk in ((0.7, np.log(0.7)), (1e-300, np.log(1e-300)), (0.0, -709.5), (0.0, -800.0)):
-                    for grad_sq, sharpness in itertools.product((0.0, 1e-8, 2.5), (np.nan, -0.3, 0.0, 4.2)):
-                        want = stepsize.stepsize_at(code, *params, t, 50, risk, log_risk, grad_sq, sharpness)
-                        got = lib.lgd_stepsize_at(code, *params, t, 50, risk, log_risk, grad_sq, sharpness)
-                        assert got == pytest.approx(want, rel=1e-15), (name, params, t, risk, grad_sq, sharpness)
+                    for grad_norm, sharpness in itertools.product((0.0, 1e-170, 1e-8, 2.5), (np.nan, -0.3, 0.0, 4.2)):
+                        want = stepsize.stepsize_at(code, *params, t, 50, risk, log_risk, grad_norm, sharpness)
+                        got = lib.lgd_stepsize_at(code, *params, t, 50, risk, log_risk, grad_norm, sharpness)
+                        assert got == pytest.approx(want, rel=1e-15), (name, params, t, risk, grad_norm, sharpness)
 
 
 def _formulas(activation, loss, x):

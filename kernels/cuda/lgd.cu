@@ -61,6 +61,14 @@ constexpr int TRACE_RISK = 0, TRACE_LOG_RISK = 1, TRACE_ACCURACY = 2, TRACE_GRAD
 // LOG_RISK_EXACT_BELOW and LOG_RISK_EXACT_BELOW_F32; a test checks they are the same).
 constexpr double LOG_RISK_EXACT_BELOW = 1e-280, LOG_RISK_EXACT_BELOW_F32 = 1e-30;
 
+// A sum of squares whose root is its norm: at least this and finite (lgd.backends.SQUARES_EXACT_FROM, 2^-968; a
+// test checks they are the same); outside, 0 with entries not all 0, subnormal or inf, the norm takes a second
+// pass scaled by the largest |entry| (exact_norms), as the oracle's lgd.backends._numpy._norm.
+constexpr double SQUARES_EXACT_FROM = 4.008336720017946e-292;
+__host__ __device__ __forceinline__ bool rooted(double squares) {
+    return (squares >= SQUARES_EXACT_FROM && squares <= 1.7976931348623157e308) || squares != squares;
+}
+
 // Quantities of the block reductions at the end of a step (STATS values per reduction).
 constexpr int STAT_RISK = 0, STAT_CORRECT = 1, STAT_MARGIN = 2, STAT_GRAD_SQ = 3, STAT_WEIGHT_SQ = 4, STATS = 5;
 
@@ -82,7 +90,7 @@ __host__ __device__ __forceinline__ long long record_slot(long long t, long long
 // every backend evaluates (the codes are generated from lgd.stepsize into codes.cuh). `sharpness` is the
 // configuration's latest measured top Hessian eigenvalue (the driver measures it between chunks).
 __host__ __device__ inline double stepsize_at(int code, double p0, double p1, double p2, long long t, long long steps,
-                                              double risk, double log_risk, double grad_sq, double sharpness) {
+                                              double risk, double log_risk, double grad_norm, double sharpness) {
     switch (code) {
     case RULE_WARMUP:
         return p0 * fmin(1.0, (t + 1.0) / p1);
@@ -95,9 +103,9 @@ __host__ __device__ inline double stepsize_at(int code, double p0, double p1, do
         // e^-log L overflows past 709.78; p0 e^-log L may not, for p0 < 1
         return log(p0) - log_risk < 709.78 ? exp(log(p0) - log_risk) : 1.7976931348623157e308;
     case RULE_POLYAK:
-        return grad_sq > 0.0 && risk > p0 ? p1 * (risk - p0) / grad_sq : 0.0;
+        return grad_norm > 0.0 && risk > p0 ? p1 * (risk - p0) / grad_norm / grad_norm : 0.0;
     case RULE_NORMALIZED:
-        return grad_sq > 0.0 ? p0 / sqrt(grad_sq) : 0.0;
+        return grad_norm > 0.0 ? p0 / grad_norm : 0.0;
     case RULE_INVERSE_SHARPNESS:
         return sharpness > 0.0 ? p0 / sharpness : infinity(0.0);
     default:  // RULE_CONSTANT
@@ -108,13 +116,13 @@ __host__ __device__ inline double stepsize_at(int code, double p0, double p1, do
 // The scalar records of one evaluation: `at` is the configuration's slot in the first field of the trace
 // (fields, configs, records), `field` the stride between fields.
 __host__ __device__ inline void record_scalars(double* at, long long field, double eta, double risk, double log_risk,
-                                               double accuracy, double grad_sq, double weight_sq, double margin) {
+                                               double accuracy, double grad_norm, double weight_norm, double margin) {
     at[TRACE_ETA * field] = eta;
     at[TRACE_RISK * field] = risk;
     at[TRACE_LOG_RISK * field] = log_risk;
     at[TRACE_ACCURACY * field] = accuracy;
-    at[TRACE_GRAD_NORM * field] = sqrt(grad_sq);
-    at[TRACE_WEIGHT_NORM * field] = sqrt(weight_sq);
+    at[TRACE_GRAD_NORM * field] = grad_norm;
+    at[TRACE_WEIGHT_NORM * field] = weight_norm;
     at[TRACE_MARGIN * field] = margin;
 }
 
@@ -154,6 +162,43 @@ __device__ void block_reduce(double (&value)[STATS], const bool (&is_min)[STATS]
         value[q] = total;
     }
     __syncthreads();
+}
+
+// The rare path of a step's norms, where the block's sum of squares of the gradient (grad_sq) or of the weights
+// (weight_sq) is not rooted: that norm as the largest |entry| times the root of the sum of (entry / largest)^2, over
+// grad (and grad_a) or Wt (and as) where the outer layer is trained. Every thread of the block calls it alike.
+template <typename T>
+__device__ void exact_norms(const T* grad, const T* grad_a, const T* Wt, const T* as, int dm, int m, bool train_outer,
+                            double grad_sq, double weight_sq, double& grad_norm, double& weight_norm, double* scratch) {
+    const int tid = threadIdx.x, threads = blockDim.x;
+    const bool is_min[STATS] = {true, true, false, false, false}, sums[STATS] = {false, false, false, false, false};
+    double top[STATS] = {0.0, 0.0, 0.0, 0.0, 0.0};  // minus the largest |entry|: block_reduce takes minima
+    for (int e = tid; e < dm; e += threads) {
+        top[0] = fmin(top[0], -fabs((double)grad[e]));
+        top[1] = fmin(top[1], -fabs((double)Wt[e]));
+    }
+    for (int j = tid; train_outer && j < m; j += threads) {
+        top[0] = fmin(top[0], -fabs((double)grad_a[j]));
+        top[1] = fmin(top[1], -fabs((double)as[j]));
+    }
+    block_reduce(top, is_min, scratch);
+    const double g_top = -top[0], w_top = -top[1];
+    const double g_scale = g_top > 0.0 && isfinite(g_top) ? g_top : 1.0;
+    const double w_scale = w_top > 0.0 && isfinite(w_top) ? w_top : 1.0;
+    double total[STATS] = {0.0, 0.0, 0.0, 0.0, 0.0};
+    for (int e = tid; e < dm; e += threads) {
+        const double g = (double)grad[e] / g_scale, w = (double)Wt[e] / w_scale;
+        total[0] += g * g;
+        total[1] += w * w;
+    }
+    for (int j = tid; train_outer && j < m; j += threads) {
+        const double g = (double)grad_a[j] / g_scale, w = (double)as[j] / w_scale;
+        total[0] += g * g;
+        total[1] += w * w;
+    }
+    block_reduce(total, sums, scratch);
+    if (!rooted(grad_sq)) grad_norm = g_top == 0.0 || !isfinite(g_top) ? g_top : g_top * sqrt(total[0]);
+    if (!rooted(weight_sq)) weight_norm = w_top == 0.0 || !isfinite(w_top) ? w_top : w_top * sqrt(total[1]);
 }
 
 // Threads that share a neuron in the per-neuron sums over samples (grad_a, the neuron margins): thread
@@ -632,8 +677,11 @@ __device__ void run_chunk(const T* X, const T* y, const T* X_test, const T* y_te
         }
         block_reduce(stat, is_min, scratch);
         const double risk = narrow(narrow(stat[STAT_RISK], f32) / n, f32);
-        const double grad_sq = stat[STAT_GRAD_SQ];
-        if (!isfinite(risk) || !isfinite(grad_sq)) {
+        double grad_norm = sqrt(stat[STAT_GRAD_SQ]), weight_norm = sqrt(stat[STAT_WEIGHT_SQ]);
+        if (!rooted(stat[STAT_GRAD_SQ]) || !rooted(stat[STAT_WEIGHT_SQ]))  // the same branch in every thread
+            exact_norms(grad, grad_a, Wt, as, dm, m, train_outer, stat[STAT_GRAD_SQ], stat[STAT_WEIGHT_SQ],
+                        grad_norm, weight_norm, scratch);
+        if (!isfinite(risk) || !isfinite(grad_norm)) {
             if (tid == 0) diverged[c] = t;
             break;
         }
@@ -641,12 +689,12 @@ __device__ void run_chunk(const T* X, const T* y, const T* X_test, const T* y_te
         if (slot >= 0 || log_risk_every_step)
             log_risk = risk >= log_risk_exact_below ? log(risk) : log_risk_from_samples(train, n);
         const double eta_t =
-            narrow_stepsize(stepsize_at(rule, p0, p1, p2, t, steps, risk, log_risk, grad_sq, sharpness_last[c]), f32);
+            narrow_stepsize(stepsize_at(rule, p0, p1, p2, t, steps, risk, log_risk, grad_norm, sharpness_last[c]), f32);
         if (slot >= 0) {
             const long long at = (long long)c * records + slot, field = (long long)configs * records;
             if (tid == 0)
-                record_scalars(trace + at, field, eta_t, risk, log_risk, stat[STAT_CORRECT] / n, grad_sq,
-                               stat[STAT_WEIGHT_SQ], stat[STAT_MARGIN]);
+                record_scalars(trace + at, field, eta_t, risk, log_risk, stat[STAT_CORRECT] / n, grad_norm,
+                               weight_norm, stat[STAT_MARGIN]);
             if (neurons) {
                 double* row = trace_neuron + ((long long)c * neuron_records + slot) * m;
                 for (int j = tid; j < m; j += threads) row[j] = neuron[j];
@@ -710,7 +758,7 @@ __device__ void run_chunk(const T* X, const T* y, const T* X_test, const T* y_te
             }
         }
         // The norm beyond the bound, or not finite: weights an update took past the dtype's range.
-        if (risk > risk_bound || !(isfinite(stat[STAT_WEIGHT_SQ]) && sqrt(stat[STAT_WEIGHT_SQ]) <= weight_bound)) {
+        if (risk > risk_bound || !(isfinite(weight_norm) && weight_norm <= weight_bound)) {
             if (tid == 0) diverged[c] = t;
             break;
         }
@@ -787,8 +835,8 @@ extern "C" long long lgd_record_slot(long long t, long long steps, long long eve
     return lgd::record_slot(t, steps, every);
 }
 extern "C" double lgd_stepsize_at(int code, double p0, double p1, double p2, long long t, long long steps,
-                                  double risk, double log_risk, double grad_sq, double sharpness) {
-    return lgd::stepsize_at(code, p0, p1, p2, t, steps, risk, log_risk, grad_sq, sharpness);
+                                  double risk, double log_risk, double grad_norm, double sharpness) {
+    return lgd::stepsize_at(code, p0, p1, p2, t, steps, risk, log_risk, grad_norm, sharpness);
 }
 // The formulas of formulas.cuh over an array x, for the host tests that compare them with the catalogs': rows
 // of out (7 x n) phi, phi', phi'' of the activation, the loss's value, slope and second derivative, and

@@ -206,7 +206,8 @@ __device__ void finalize_block(const T* a, T* grad_a, const long long* rules, co
     grad_sq += stat[0];
     weight_sq += stat[1];
     const double risk = narrow(narrow(risk_sum, f32) / n, f32);
-    if (!isfinite(risk) || !isfinite(grad_sq)) {
+    const double grad_norm = sqrt(grad_sq), weight_norm = sqrt(weight_sq);
+    if (!isfinite(risk) || !isfinite(grad_norm)) {
         if (tid == 0) diverged[c] = t;
         return;
     }
@@ -226,12 +227,12 @@ __device__ void finalize_block(const T* a, T* grad_a, const long long* rules, co
     }
     const long long rule = rules[c];
     const double eta_t = narrow_stepsize(stepsize_at((int)rule, rule_params[3 * c], rule_params[3 * c + 1],
-                                                     rule_params[3 * c + 2], t, steps, risk, log_risk, grad_sq,
+                                                     rule_params[3 * c + 2], t, steps, risk, log_risk, grad_norm,
                                                      sharpness_last[c]), f32);
     if (slot >= 0) {
         const long long at = (long long)c * records + slot, field = (long long)configs * records;
         if (tid == 0) {
-            record_scalars(trace + at, field, eta_t, risk, log_risk, correct / n, grad_sq, weight_sq, margin);
+            record_scalars(trace + at, field, eta_t, risk, log_risk, correct / n, grad_norm, weight_norm, margin);
             if (n_test > 0) {
                 double test_risk = 0.0, test_correct = 0.0;
                 for (int b = 0; b < test_blocks; ++b) {
@@ -253,7 +254,7 @@ __device__ void finalize_block(const T* a, T* grad_a, const long long* rules, co
     }
     if (tid == 0) {
         // The norm beyond the bound, or not finite: weights an update took past the dtype's range.
-        if (risk > risk_bound || !(isfinite(weight_sq) && sqrt(weight_sq) <= weight_bound)) {
+        if (risk > risk_bound || !(isfinite(weight_norm) && weight_norm <= weight_bound)) {
             diverged[c] = t;
         } else if (t < steps) {
             eta[c] = (double)(T)eta_t;

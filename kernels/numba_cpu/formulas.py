@@ -13,7 +13,7 @@ Activations, row by row (phi and phi' of every entry z of a row; c is the entry'
 - softplus:        phi = log(1 + e^z) = max(z, 0) + log1p(e^-|z|),   phi' = sigmoid(z)
 - leaky_softplus(c): phi = c z + (1 - c) softplus(z),      phi' = c + (1 - c) sigmoid(z)
 - silu:            phi = z sigmoid(z),                     phi' = s + z s (1 - s), s = sigmoid(z)
-- tanh:            phi = tanh z,                           phi' = 1 - tanh^2 z
+- tanh:            phi = tanh z,                           phi' = sech^2 z = 4 e / (1 + e)^2, e = e^-2|z|
 - gelu:            phi = z Phi(z),                         phi' = Phi(z) + z N(z)  (Phi = erfc(-z/sqrt 2)/2,
                    N the normal density, taken as 0 beyond |z| = 40)
 
@@ -29,7 +29,7 @@ the entry's parameter):
 the second derivatives phi'' (:func:`activate_span` with its array r) and loss'' (:func:`loss_curvature`), for
 exact Hessian-vector products (the catalogs' ``ddphi`` and ``d2``): 0 for identity and the ReLUs; s (1 - s)
 for softplus, times (1 - c) for leaky_softplus; s t (2 + z (t - s)) for silu (t = 1 - s);
--2 tanh z (1 - tanh^2 z); N(z) (2 - z^2) for gelu; and sigmoid(u) sigmoid(-u), e^-u, a^2 e^{-a u} (u >= 0,
+-2 tanh z sech^2 z for tanh; N(z) (2 - z^2) for gelu; and sigmoid(u) sigmoid(-u), e^-u, a^2 e^{-a u} (u >= 0,
 else 0), a (a + 1) (1 + u)^{-a-2} (u >= 0, else 0), 1 for the losses;
 and the log of each loss where the loss itself underflows (:func:`log_loss_row`, for the log-risk):
 -u (logistic beyond u = 36, exponential), -a u and -a log1p(u) (the flattened tails), 2 log|r| - log 2.
@@ -131,12 +131,17 @@ def activate_span(code, c, z, p, q, r, m):
             if r is not None:
                 r[j] = s * t * (two + x * (t - s))
     elif code == TANH:
+        # sech^2 from e^-2|z| (the catalog's lgd.activations.tanh): 1 - tanh^2 cancels once tanh rounds to 1.
+        four = like(z, 4.0)
         for j in range(m):
-            th = math.tanh(z[j])
+            x = z[j]
+            th = math.tanh(x)
+            e = exp_nonpositive_of(-two * abs(x))
+            sech2 = four * e / ((one + e) * (one + e))
             p[j] = th
-            q[j] = one - th * th
+            q[j] = sech2
             if r is not None:
-                r[j] = like(z, -2.0) * th * (one - th * th)
+                r[j] = like(z, -2.0) * th * sech2
     elif code == GELU:
         inv_sqrt2, inv_sqrt2pi, cap = like(z, _INV_SQRT2), like(z, _INV_SQRT2PI), like(z, 3200.0)
         for j in range(m):

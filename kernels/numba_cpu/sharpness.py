@@ -8,15 +8,19 @@ eigenspace: the Ritz vector alone stays in the invariant subspaces a symmetric n
 misses eigenvalues outside them), restarted from a new spread-out direction orthogonal to the basis where
 the Krylov space closes and, for k >= 2, where it has converged, until a restart adds no further copy of a
 top eigenvalue (one Krylov space finds a repeated eigenvalue once), and the small tridiagonal algebra it
-needs (Sturm bisection for the Ritz values, inverse iteration for the top Ritz vector).
+needs (Sturm bisection for the Ritz values, inverse iteration for the top Ritz vector, both on the tridiagonal
+scaled to norm about 1: a sharpness of 1e-300 comes out as exact as one of 1, and 0 as 0).
 lgd.hessian.sharpness (scipy's eigsh on the same products) is the oracle.
 """
 
 import math
 
+import numpy as np
 from numba import types
 
 from .compiler import subroutine
+from .intrinsics import flat
+from .norms import exact_norm
 from .tangent import cached_hessian_products, curvature_cache
 
 # Lanczos stops when the top-k Ritz values move by less than this (relative) from one iteration to the next.
@@ -47,42 +51,78 @@ def sturm_count(alpha, beta, j, x):
 
 
 @subroutine(types.float64)
-def ritz_value(alpha, beta, j, rank):
-    """The rank-th largest eigenvalue (rank 0 = largest) of the j x j tridiagonal, by bisection."""
-    radius = 0.0
+def radius(alpha, beta, j):
+    """The Gershgorin radius of the j x j tridiagonal (alpha, beta[1:]): every eigenvalue lies in [-radius,
+    radius]."""
+    largest = 0.0
     for i in range(j):
         row = abs(alpha[i]) + (abs(beta[i]) if i > 0 else 0.0) + (abs(beta[i + 1]) if i + 1 < j else 0.0)
-        radius = max(radius, row)
-    low, high = -radius - 1.0, radius + 1.0
-    target = j - 1 - rank  # eigenvalues below the answer
-    for _ in range(200):
-        mid = 0.5 * (low + high)
-        if mid == low or mid == high:
-            break
-        if sturm_count(alpha, beta, j, mid) <= target:
+        largest = max(largest, row)
+    return largest
+
+
+@subroutine(types.int64)
+def float_key(x):
+    """An integer that orders float64s as their values (-0 and 0 alike): the bits of |x|, negated for x < 0."""
+    bits = np.float64(abs(x)).view(np.int64)
+    return -bits if x < 0.0 else bits
+
+
+@subroutine(types.float64)
+def key_float(key):
+    """The float64 of float_key `key`."""
+    return -np.int64(-key).view(np.float64) if key < 0 else np.int64(key).view(np.float64)
+
+
+@subroutine(types.float64)
+def ritz_value(alpha, beta, j, rank, scaled_alpha, scaled_beta):
+    """The rank-th largest eigenvalue (rank 0 = largest) of the j x j tridiagonal, by Sturm bisection of the
+    tridiagonal divided by its Gershgorin radius (scaled_alpha, scaled_beta: scratch of j entries): its squares
+    neither under- nor overflow at any scale. The bisection halves the float64s between the bounds in their
+    order (float_key), not the interval: at most 64 halvings reach adjacent floats at any magnitude, where
+    halving [-r - 1, r + 1] for 200 steps stopped at 2^-200 and gave a curvature of 0 as -6e-61. 0 for 0."""
+    r = radius(alpha, beta, j)
+    if r == 0.0 or not math.isfinite(r):
+        return 0.0 if r == 0.0 else math.nan
+    for i in range(j):
+        scaled_alpha[i] = alpha[i] / r
+        scaled_beta[i] = beta[i] / r
+    # count(x): the eigenvalues at or below x (sturm_count's zero pivot counts as negative). The answer x*
+    # has count(x) <= target below it and > target from it on; the bounds a little outside [-1, 1] (rounding).
+    target = j - 1 - rank
+    low, high = float_key(-1.0 - 2.0 ** -20), float_key(1.0 + 2.0 ** -20)
+    while high - low > 1:
+        mid = low + (high - low) // 2
+        if sturm_count(scaled_alpha, scaled_beta, j, key_float(mid)) <= target:
             low = mid
         else:
             high = mid
-    return 0.5 * (low + high)
+    return key_float(high) * r
 
 
 @subroutine(types.void)
 def top_ritz_vector(alpha, beta, j, theta, y, work):
     """y (j,): the eigenvector of the tridiagonal for its top eigenvalue theta, by two steps of inverse
-    iteration with the shift just above theta (T - shift is then negative definite: no pivoting needed)."""
-    shift = theta + 1e-10 * max(abs(theta), 1e-300)
+    iteration with the shift just above theta (T - shift is then negative definite: no pivoting needed), on
+    the tridiagonal divided by its Gershgorin radius r (as ritz_value): the shift's distance 1e-10 |theta| / r,
+    at least 1e-100 (at theta 0, or 1e-300 at r 1e-300, a shift of 1e-310 past it made y inf, then NaN)."""
+    r = radius(alpha, beta, j)
+    if r == 0.0 or not math.isfinite(r):
+        r = 1.0
+    theta = theta / r
+    shift = theta + 1e-10 * max(abs(theta), 1e-100)
     for i in range(j):
         y[i] = 1.0
     for _ in range(2):
-        # Thomas algorithm on (T - shift) x = y, the diagonal in work[:j], the right side in y.
-        work[0] = alpha[0] - shift
+        # Thomas algorithm on (T / r - shift) x = y, the diagonal in work[:j], the right side in y.
+        work[0] = alpha[0] / r - shift
         for i in range(1, j):
-            factor = beta[i] / work[i - 1]
-            work[i] = alpha[i] - shift - factor * beta[i]
+            factor = beta[i] / r / work[i - 1]
+            work[i] = alpha[i] / r - shift - factor * (beta[i] / r)
             y[i] -= factor * y[i - 1]
         y[j - 1] /= work[j - 1]
         for i in range(j - 2, -1, -1):
-            y[i] = (y[i] - beta[i + 1] * y[i + 1]) / work[i]
+            y[i] = (y[i] - beta[i + 1] / r * y[i + 1]) / work[i]
         norm = 0.0
         for i in range(j):
             norm += y[i] * y[i]
@@ -109,13 +149,14 @@ def remove_basis(V, VA, Q, QA, count):
 
 @subroutine(types.float64)
 def norm_of(V, VA):
-    """The Euclidean norm of (V, VA)."""
+    """The Euclidean norm of (V, VA), exact at any scale (norms.exact_norm: H q of a Hessian of 1e-300 has
+    squares that underflow, which made the Krylov space look invariant)."""
     norm = 0.0
     for jj in range(V.shape[0]):
         for kk in range(V.shape[1]):
             norm += V[jj, kk] * V[jj, kk]
         norm += VA[jj] * VA[jj]
-    return math.sqrt(norm)
+    return exact_norm(norm, flat(V), VA, True)
 
 
 @subroutine(types.float64)
@@ -194,11 +235,11 @@ def top_eigenvalues(X, y, Wt, a, spec, start, start_a, out, Q, QA, HV, HB, Vt, H
         steps = j + 1
         converged = steps >= k
         for i in range(min(k, steps)):
-            value = ritz_value(alpha, beta, steps, i)
+            value = ritz_value(alpha, beta, steps, i, work[0], work[1])
             converged = converged and abs(value - ritz[i]) <= RITZ_TOL * abs(value)
             ritz[i] = value
         if first > 0:  # a block after a restart: its own top Ritz value settled too
-            top = ritz_value(alpha[first:], beta[first:], steps - first, 0)
+            top = ritz_value(alpha[first:], beta[first:], steps - first, 0, work[0], work[1])
             converged = converged and steps - first >= 2 and abs(top - first_top) <= RITZ_TOL * abs(top)
             first_top = top
         if j + 1 == J:

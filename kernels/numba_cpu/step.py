@@ -34,6 +34,7 @@ from .formulas import (activate_row, activate_span, log_loss_row, loss_curvature
                        product_column, product_output, product_phi, product_phi_span, product_row, product_span)
 from .intrinsics import (PRODUCT_LANES, dot_lanes, flat, fma, like, narrowed_square_lanes, product_lanes, row_block,
                          rows_flat)
+from .norms import exact_norm, rooted
 from .sharpness import top_eigenvalues
 from .tangent import member_block
 from .tiles import (BACKWARD_GROUP, BLOCKED_MIN_D, TILE_ROWS, WAITING_MAX_M, WAITING_SAMPLES, WIDE_MIN_D, WIDE_ROWS,
@@ -681,10 +682,10 @@ def mean_risk(risk_sum, n, f32):
     return narrow(narrow(risk_sum, f32) / n, f32)
 
 
-@subroutine(types.UniTuple(types.float64, 2))
+@subroutine(types.UniTuple(types.float64, 3))
 def close_step(grad, grad_a, risk_sum, n, train_outer, f32):
-    """(risk, squared gradient norm) of a step as the oracle rounds them; in a float32 run grad and grad_a are
-    narrowed in place."""
+    """(risk, gradient norm, squared gradient norm) of a step as the oracle rounds them; in a float32 run grad
+    and grad_a are narrowed in place. The norm is exact_norm of the squared norm, which split_norms also keeps."""
     risk = mean_risk(risk_sum, n, f32)
     grad_sq = sum_squares_narrowing(flat(grad)) if f32 else sum_squares(flat(grad))
     if f32:
@@ -692,7 +693,7 @@ def close_step(grad, grad_a, risk_sum, n, train_outer, f32):
             grad_a[j] = narrow(grad_a[j], True)
     if train_outer:
         grad_sq += sum_squares(grad_a)
-    return risk, grad_sq
+    return risk, exact_norm(grad_sq, flat(grad), grad_a, train_outer), grad_sq
 
 
 @subroutine(types.float64)
@@ -714,13 +715,13 @@ def log_risk_of(risk, code_loss, loss_param, us, f32):
 
 
 @subroutine(types.void)
-def record_step(trace, c, slot, n, risk, log_risk, grad_sq, weight_sq, stats, neuron, n_test, test_stats, f32):
+def record_step(trace, c, slot, n, risk, log_risk, grad_norm, weight_norm, stats, neuron, n_test, test_stats, f32):
     """Write slot `slot` of configuration c of every scalar field of `trace` (an lgd.backends.Trace)."""
     trace.risk[c, slot] = risk
     trace.log_risk[c, slot] = log_risk
     trace.accuracy[c, slot] = stats[1] / n
-    trace.grad_norm[c, slot] = math.sqrt(grad_sq)
-    trace.weight_norm[c, slot] = math.sqrt(weight_sq)
+    trace.grad_norm[c, slot] = grad_norm
+    trace.weight_norm[c, slot] = weight_norm
     trace.margin[c, slot] = stats[2]
     if trace.neuron_margins.shape[1] > 0:
         for j in range(neuron.size):
@@ -829,16 +830,16 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
     writes the trace and the stepsize's sharpness, which the team's other members would then need).
 
     norms is None, or for a team split by neurons (whose members each hold some columns of the net: grad,
-    grad_a, Wt, a and a_step are theirs) the risk and the whole net's squared gradient and weight norms
+    grad_a, Wt, a and a_step are theirs) the risk and the whole net's gradient and weight norms
     (the latter wherever a record or the weight bound needs it), as the team summed them: split_total."""
     train_outer, f32 = spec.train_outer, spec.f32
     diverged = batch.diverged
     if norms is None:
-        risk, grad_sq = close_step(grad, grad_a, stats[0], n, train_outer, f32)
+        risk, grad_norm, _ = close_step(grad, grad_a, stats[0], n, train_outer, f32)
     else:
-        risk, grad_sq = norms[0], norms[1]
+        risk, grad_norm = norms[0], norms[1]
     trajectory = writes and (trace.weights.shape[1] > 0 or trace.projections.shape[1] > 0)
-    if not (math.isfinite(risk) and math.isfinite(grad_sq)):
+    if not (math.isfinite(risk) and math.isfinite(grad_norm)):
         if writes:
             diverged[c] = t
         if trajectory:
@@ -847,9 +848,9 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
     slot = record_slot(t, schedule.steps, schedule.record_every) if writes else -1
     # Every step: weights that overflowed (an update past the dtype's range) make it inf, and the run diverged.
     if norms is not None:
-        weight_sq = norms[2]
+        weight_norm = norms[2]
     else:
-        weight_sq = weight_norm_sq(Wt, a_step, train_outer)
+        weight_norm = weight_norm_of(Wt, a_step, train_outer)
     log_risk = 0.0
     if slot >= 0 or spec.log_risk_every_step:
         log_risk = log_risk_of(risk, spec.loss, spec.loss_param, us, f32)
@@ -865,9 +866,9 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
             batch.sharpness_last[c] = trace.sharpness[c, sharpness_slot, 0]
     params = batch.rule_params
     eta = narrow_stepsize(stepsize_at(batch.rules[c], params[c, 0], params[c, 1], params[c, 2], t, schedule.steps,
-                                      risk, log_risk, grad_sq, batch.sharpness_last[c]), f32)
+                                      risk, log_risk, grad_norm, batch.sharpness_last[c]), f32)
     if slot >= 0:
-        record_step(trace, c, slot, n, risk, log_risk, grad_sq, weight_sq, stats, neuron, n_test, test_stats, f32)
+        record_step(trace, c, slot, n, risk, log_risk, grad_norm, weight_norm, stats, neuron, n_test, test_stats, f32)
         trace.eta[c, slot] = eta
         for l in range(trace.lyapunov_sum.shape[2]):
             trace.lyapunov_sum[c, slot, l] = batch.log_growth[c, l]
@@ -875,7 +876,7 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
         weight_slot = record_slot(t, schedule.steps, schedule.weights_every)
         if weight_slot >= 0:
             record_weights(trace, c, weight_slot, Wt, a_step, directions)
-    if risk > spec.risk_bound or not (math.isfinite(weight_sq) and math.sqrt(weight_sq) <= spec.weight_bound):
+    if risk > spec.risk_bound or not (math.isfinite(weight_norm) and weight_norm <= spec.weight_bound):
         if writes:
             diverged[c] = t
         return False
@@ -888,7 +889,7 @@ def step_end(c, t, schedule, spec, n, stats, grad, grad_a, Wt, a, a_step, trace,
 
 
 @subroutine(types.float64)
-def weight_norm_sq(Wt, a, train_outer):
+def weight_squares(Wt, a, train_outer):
     """The squared norm of the weights: of W, and of a where the outer layer is trained."""
     weight_sq = sum_squares(flat(Wt))
     if train_outer:
@@ -896,26 +897,62 @@ def weight_norm_sq(Wt, a, train_outer):
     return weight_sq
 
 
+@subroutine(types.float64)
+def weight_norm_of(Wt, a, train_outer):
+    """The norm of the weights (exact_norm of their squared norm)."""
+    return exact_norm(weight_squares(Wt, a, train_outer), flat(Wt), a, train_outer)
+
+
 @subroutine(types.void)
 def split_norms(spec, n, stats, grad, grad_a, Wt, a_step, sums, member):
     """This member's part of the norms of a team split by neurons, into sums[member] (its columns' squared
     gradient norm, as close_step rounds it, and their squared weight norm, which step_end checks every step),
-    before the barrier after which every member adds the parts (split_total)."""
-    _, grad_sq = close_step(grad, grad_a, stats[0], n, spec.train_outer, spec.f32)
+    before the barrier after which every member adds the parts (split_total). Where a sum is not rooted, its
+    columns' norm too (sums[member, 2] and [member, 3]), from which split_total's rare path takes the net's."""
+    _, grad_norm, grad_sq = close_step(grad, grad_a, stats[0], n, spec.train_outer, spec.f32)
+    weight_sq = weight_squares(Wt, a_step, spec.train_outer)
     sums[member, 0] = grad_sq
-    sums[member, 1] = weight_norm_sq(Wt, a_step, spec.train_outer)
+    sums[member, 1] = weight_sq
+    if not rooted(grad_sq):
+        sums[member, 2] = grad_norm
+    if not rooted(weight_sq):
+        sums[member, 3] = exact_norm(weight_sq, flat(Wt), a_step, spec.train_outer)
+
+
+@subroutine(types.float64)
+def member_norm(sums, r, q):
+    """Member r's norm of quantity q (0: gradient, 1: weights) from split_norms' sums."""
+    return math.sqrt(sums[r, q]) if rooted(sums[r, q]) else sums[r, q + 2]
+
+
+@subroutine(types.float64)
+def split_norm(squares, sums, q):
+    """The whole net's norm of quantity q from the members' sum of squares `squares`: its root where that is
+    rooted, else (the rare path) from the members' norms, scaled by the largest as exact_norm scales entries."""
+    if rooted(squares):
+        return math.sqrt(squares)
+    top = 0.0
+    for r in range(sums.shape[0]):
+        top = max(top, member_norm(sums, r, q))
+    if top == 0.0 or top == math.inf:
+        return top
+    total = 0.0
+    for r in range(sums.shape[0]):
+        v = member_norm(sums, r, q) / top
+        total += v * v
+    return top * math.sqrt(total)
 
 
 @subroutine(types.UniTuple(types.float64, 3))
 def split_total(spec, n, stats, sums):
-    """(risk, squared gradient norm, squared weight norm) of the whole net from the members' sums, added in
-    member order (every member computes the same bits), rounded as close_step rounds a sum."""
+    """(risk, gradient norm, weight norm) of the whole net from the members' sums, added in member order
+    (every member computes the same bits), rounded as close_step rounds a sum."""
     f32 = spec.f32
     grad_sq, weight_sq = sums[0, 0], sums[0, 1]
     for r in range(1, sums.shape[0]):
         grad_sq += sums[r, 0]
         weight_sq += sums[r, 1]
-    return mean_risk(stats[0], n, f32), grad_sq, weight_sq
+    return mean_risk(stats[0], n, f32), split_norm(grad_sq, sums, 0), split_norm(weight_sq, sums, 1)
 
 
 @subroutine(types.boolean)

@@ -236,7 +236,15 @@ def cast_stepsizes(stepsizes, dtype) -> np.ndarray:
     return np.minimum(stepsizes, np.finfo(dtype).max).astype(dtype)
 
 
-def stepsize_of(state: State, c: int, t: int, steps: int, risk: float, log_risk: float, grad_sq: float, dtype,
+# A float64 sum of squares from which the norm is its square root: at least this (below it squares that
+# underflowed, to 0 or to subnormals of few bits, may weigh in it: 2^-968 leaves them below 2^-107 of it) and
+# finite. Outside, 0 with entries that are not all 0, subnormal or inf, a norm goes over the entries again
+# scaled by the largest |entry| (the numpy oracle's _norm, the numba kernels' norm_of, the CUDA kernels'
+# exact_norm): exact over float64's range, while the common case costs no more than the sum.
+SQUARES_EXACT_FROM = 2.0 ** -968
+
+
+def stepsize_of(state: State, c: int, t: int, steps: int, risk: float, log_risk: float, grad_norm: float, dtype,
                 sharpness: float = math.nan):
     """eta_t of configuration c (lgd.stepsize.stepsize_at of its rule) as a run of `dtype` applies it."""
     from ..stepsize import stepsize_at
@@ -244,7 +252,7 @@ def stepsize_of(state: State, c: int, t: int, steps: int, risk: float, log_risk:
     code, (p0, p1, p2) = int(state.rules[c]), state.rule_params[c]
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         return cast_stepsizes(stepsize_at(code, float(p0), float(p1), float(p2), t, steps, float(risk),
-                                          float(log_risk), float(grad_sq), float(sharpness)), dtype)[()]
+                                          float(log_risk), float(grad_norm), float(sharpness)), dtype)[()]
 
 
 @dataclass(frozen=True)

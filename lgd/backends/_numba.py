@@ -714,10 +714,10 @@ def _split_buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtyp
     but for: pending_q and group[0] hold phi' and phi of every sample (team, n, w), and zs its tiles' rows of z,
     each member's rows without gaps (_gapless); one set of partials; ps and qs empty (team, 0) and stats and
     neuron unused (neurons_part holds a member's margins); and split = (the members' parts of the outputs
-    (team, n) and of the norms (team, 2), float64, each member's row its own lines; the neurons' margins of the
-    whole net (m,), which each member fills in at record steps; the members' parts of the held-out samples'
-    outputs (team, n_test) float64; and per member a tile's rows of their phi and phi' (team, z_rows, w)
-    each)."""
+    (team, n) and of the norms (team, 4: step.split_norms), float64, each member's row its own lines; the
+    neurons' margins of the whole net (m,), which each member fills in at record steps; the members' parts of the
+    held-out samples' outputs (team, n_test) float64; and per member a tile's rows of their phi and phi'
+    (team, z_rows, w) each)."""
     empty = aligned_empty
     w = m // team
     waiting = kernels.waiting_samples.implementation(d, w)
@@ -732,7 +732,7 @@ def _split_buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtyp
         grad=_copies(team, (d, w)), grad_a=_copies(team, (w,)), neuron=_copies(team, (w,)), total=_copies(team, (2, 3)),
         us=empty((1, n)), tangent=None, kept=None, curvature=None, rows=None, Z=None, Z_test=None, grads_blas=None,
         gemm=None, columns=None,
-        split=(_own_rows((team, n), np.float64), _own_rows((team, 2), np.float64), empty(m),
+        split=(_own_rows((team, n), np.float64), _own_rows((team, 4), np.float64), empty(m),
                _own_rows((team, n_test), np.float64),
                (_gapless((team, kernels.z_rows(d, w), w), dtype), _gapless((team, kernels.z_rows(d, w), w), dtype))))
 

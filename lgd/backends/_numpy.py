@@ -12,12 +12,26 @@ import numpy as np
 
 from ..hessian import hvp, sharpness
 from ..models import evaluate, predict
-from . import Problem, State, Trace, record_slot, stepsize_of
+from . import SQUARES_EXACT_FROM, Problem, State, Trace, record_slot, stepsize_of
 
 
 def _sum_squares(x: np.ndarray) -> float:
-    """sum x^2 in float64, whatever the dtype of x."""
-    return float(np.sum(np.square(x, dtype=np.float64)))
+    """sum x^2 in float64, whatever the dtype of x (inf where it overflows: _norm then takes its second pass)."""
+    with np.errstate(over="ignore", under="ignore"):
+        return float(np.sum(np.square(x, dtype=np.float64)))
+
+
+def _norm(*arrays: np.ndarray) -> float:
+    """The norm of the arrays' entries together, in float64: the root of their sum of squares, or where that
+    sum under- or overflowed (outside [SQUARES_EXACT_FROM, inf): a gradient of 1e-170, weights of 1e200), the
+    largest |entry| times the root of the sum of the entries' squares over it. NaN stays NaN."""
+    total = sum(_sum_squares(x) for x in arrays)
+    if SQUARES_EXACT_FROM <= total < math.inf or math.isnan(total):
+        return math.sqrt(total)
+    top = max(float(np.max(np.abs(x), initial=0.0)) for x in arrays)
+    if top == 0.0 or top == math.inf:
+        return top
+    return top * math.sqrt(sum(_sum_squares(x.astype(np.float64) / top) for x in arrays))
 
 
 def available() -> tuple[bool, str]:
@@ -46,29 +60,29 @@ class Runner:
             for t in range(t_start, t_stop):
                 with np.errstate(over="ignore", invalid="ignore"):
                     ev = evaluate(W, a, p.X, p.y, p.activation, p.loss, p.scale, p.train_outer)
-                    grad_sq = _sum_squares(ev.grad_W) + (_sum_squares(ev.grad_a) if p.train_outer else 0.0)
-                if not (math.isfinite(float(ev.risk)) and math.isfinite(grad_sq)):
+                    grad_norm = _norm(ev.grad_W, *((ev.grad_a,) if p.train_outer else ()))
+                if not (math.isfinite(float(ev.risk)) and math.isfinite(grad_norm)):
                     state.diverged[c] = t
                     if p.weights_every > 0:
                         self._record_weights(trace, c, record_slot(t, steps, p.weights_every), W * np.nan, a * np.nan)
                     break
                 # In float64 whatever the dtype, as the kernels sum it: a float32 net's norm is a float32 number
                 # long after its squares are not (||W|| beyond 1.8e19).
-                weight_sq = _sum_squares(W) + (_sum_squares(a) if p.train_outer else 0.0)
+                weight_norm = _norm(W, *((a,) if p.train_outer else ()))
                 if p.sharpness_every > 0 and trace.sharpness.shape[1]:
                     self._measure_sharpness(state, trace, c, record_slot(t, steps, p.sharpness_every), W, a)
-                eta = stepsize_of(state, c, t, steps, ev.risk, ev.log_risk, grad_sq, p.dtype,
+                eta = stepsize_of(state, c, t, steps, ev.risk, ev.log_risk, grad_norm, p.dtype,
                                   state.sharpness_last[c] if state.sharpness_last is not None else math.nan)
                 slot = record_slot(t, steps, self.record_every)
                 if slot >= 0:
-                    self._record(trace, c, slot, ev, grad_sq, weight_sq, W, a)
+                    self._record(trace, c, slot, ev, grad_norm, weight_norm, W, a)
                     trace.eta[c, slot] = eta
                     if state.tangents is not None:
                         trace.lyapunov_sum[c, slot] = state.log_growth[c]
                 if p.weights_every > 0:
                     self._record_weights(trace, c, record_slot(t, steps, p.weights_every), W, a)
                 # A norm beyond the bound, or not finite: weights that an update took past the dtype's range.
-                if ev.risk > p.risk_bound or not (math.isfinite(weight_sq) and math.sqrt(weight_sq) <= p.weight_bound):
+                if ev.risk > p.risk_bound or not (math.isfinite(weight_norm) and weight_norm <= p.weight_bound):
                     state.diverged[c] = t
                     break
                 if t < steps:
@@ -79,13 +93,13 @@ class Runner:
                         if p.train_outer:
                             a -= eta * ev.grad_a
 
-    def _record(self, trace: Trace, c: int, slot: int, ev, grad_sq: float, weight_sq: float, W, a):
+    def _record(self, trace: Trace, c: int, slot: int, ev, grad_norm: float, weight_norm: float, W, a):
         p = self.problem
         trace.risk[c, slot] = ev.risk
         trace.log_risk[c, slot] = ev.log_risk
         trace.accuracy[c, slot] = ev.accuracy
-        trace.grad_norm[c, slot] = math.sqrt(grad_sq)
-        trace.weight_norm[c, slot] = math.sqrt(weight_sq)
+        trace.grad_norm[c, slot] = grad_norm
+        trace.weight_norm[c, slot] = weight_norm
         trace.margin[c, slot] = ev.margin
         if trace.neuron_margins.shape[1]:
             trace.neuron_margins[c, slot] = ev.neuron_margins
