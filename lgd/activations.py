@@ -198,9 +198,34 @@ class gelu(Activation):
 
     name, code = "gelu", GELU
 
+    # Below this z, Phi(z) is a subnormal float64 (below 2.2e-308) or less, and scipy's erfc (cephes) returns 0
+    # from -z / sqrt 2 = sqrt(709.78) (z = -37.68) on, where Phi(z) and z Phi(z) are still subnormals (down to z =
+    # -38.5): gelu(-38) was -0.0 for -1.096e-314, and phi'(-38) lost its Phi term (7e-4 of it). There Phi comes
+    # from erfcx, rounded once (to 1e-13 relative, the rounding of an exponent of -710: subnormals are coarser).
+    TAIL = -37.5
+
+    @staticmethod
+    def _times_cdf(z, scale):
+        """scale * Phi(z), scale > 0 where z < TAIL (an array like z): scale * (erfc(-z / sqrt 2) / 2), and where
+        z < TAIL exp(log(scale erfcx(-z / sqrt 2) / 2) - z^2 / 2) (erfc = erfcx e^(-x^2)), whose rounding to a
+        subnormal is the only one (Phi rounded to a subnormal, then times scale, rounded it twice)."""
+        half, x = z.dtype.type(0.5), -z * z.dtype.type(_INV_SQRT2)
+        value = np.asarray(scale * (half * _erfc(x)))
+        tail = z < gelu.TAIL
+        if not np.any(tail):
+            return value
+        try:
+            from scipy.special import erfcx
+        except ImportError:  # _erfc is math.erfc, which keeps subnormals
+            return value
+        xt, st = x[tail], np.broadcast_to(scale, z.shape)[tail]
+        with np.errstate(divide="ignore", invalid="ignore"):  # log 0 = -inf, as z = -inf's nan
+            value[tail] = np.exp(np.log(st * (half * erfcx(xt).astype(z.dtype, copy=False))) - xt * xt)
+        return value
+
     @staticmethod
     def _cdf(z):
-        return 0.5 * _erfc(-z * z.dtype.type(_INV_SQRT2))
+        return gelu._times_cdf(z, z.dtype.type(1))
 
     @staticmethod
     def _pdf(z):
@@ -209,7 +234,8 @@ class gelu(Activation):
 
     def phi(self, z):
         z = np.asarray(z)
-        return z * self._cdf(z)
+        # -((-z) Phi(z)): _times_cdf's tail needs a positive factor (and -((-z) x) is z x, bit for bit).
+        return -self._times_cdf(z, -z)
 
     def dphi(self, z):
         z = np.asarray(z)

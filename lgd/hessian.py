@@ -179,11 +179,22 @@ def sharpness(W, a, X, y, activation, loss, scale: float, train_outer: bool = Fa
         H = np.stack([curvature.product(column) for column in columns], axis=1)
         return np.linalg.eigvalsh(0.5 * (H + H.T))[::-1][:k]
     try:
-        from scipy.sparse.linalg import LinearOperator, eigsh
+        from scipy.sparse.linalg import ArpackError, LinearOperator, eigsh
     except ImportError:
         raise ImportError('sharpness needs scipy: pip install "lgd[analysis]"') from None
     operator = LinearOperator((size, size), matvec=curvature.product, dtype=W.dtype)
     # A fixed start vector makes the result reproducible (ARPACK otherwise starts at random).
     start = np.random.default_rng(0).standard_normal(size).astype(W.dtype)
-    values = eigsh(operator, k=k, which="LA", return_eigenvectors=False, v0=start)
+    try:
+        values = eigsh(operator, k=k, which="LA", return_eigenvectors=False, v0=start)
+    except ArpackError as error:
+        # ARPACK's -9 ("starting vector is zero"): its first product H v0 was 0, as for a Hessian of exactly 0
+        # (a saturated tanh or dead ReLU net: phi' = phi'' = 0). A nonzero H sends a Gaussian v0 to 0 only
+        # with probability 0; a second random direction confirms it before every eigenvalue is called 0.
+        second = np.random.default_rng(1).standard_normal(size).astype(W.dtype)
+        # (ArpackError keeps the code only in its message.)
+        zero = str(error).startswith("ARPACK error -9:")
+        if not zero or np.any(curvature.product(start)) or np.any(curvature.product(second)):
+            raise
+        return np.zeros(k, dtype=W.dtype)
     return np.sort(values)[::-1]

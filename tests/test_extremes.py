@@ -171,3 +171,24 @@ def test_the_cuda_kernels_threshold_of_exact_squares_is_lgd_backends():
 
     source = (Path(cuda_host.__file__).parent / "cuda" / "lgd.cu").read_text()
     assert float(re.search(r"SQUARES_EXACT_FROM = ([0-9.e+-]+);", source).group(1)) == backends.SQUARES_EXACT_FROM
+
+
+def test_gelu_keeps_its_subnormal_values():
+    """gelu(z) = z Phi(z) and gelu'(z) for z in [-40, -37], against mpmath: scipy's erfc is 0 from z = -37.68 on
+    (cephes), where both are still subnormal float64s, and gelu(-38) was -0.0 for -1.096e-314. Normal values to
+    1e-12 relative, subnormals to 2 of their steps (numba's x erfc(-x / sqrt 2) / 2, from libm, keeps them)."""
+    gelu = lgd.activations.get("gelu")
+    z = np.linspace(-40.0, -37.0, 61)
+    phi, dphi = gelu.phi(z), gelu.dphi(z)
+    tiny = np.finfo(np.float64).smallest_subnormal
+    for v, got, got_d in zip(z, phi, dphi):
+        x = mp.mpf(float(v))
+        want = float(x * mp.ncdf(x))
+        assert abs(float(got) - want) <= max(1e-12 * abs(want), 2 * tiny), (v, got, want)
+        # phi' = Phi + z N: its Phi term (1 / z^2 of it) was lost from z = -37.68 on; where N itself is a
+        # subnormal (z < -37.7), z N carries N's rounding, not checked here.
+        want = float(mp.ncdf(x) + x * mp.npdf(x))
+        if abs(want) > 1e-309:
+            assert float(got_d) == pytest.approx(want, rel=1e-10, abs=0), (v, got_d, want)
+    assert gelu.phi(-38.0) == pytest.approx(-1.096462777e-314, rel=1e-9, abs=0)
+    assert gelu.phi(np.array([-38.0], dtype=np.float32))[0] == 0.0

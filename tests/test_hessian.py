@@ -211,3 +211,17 @@ def test_sharpness_arguments_are_checked():
                       "sharpness_k"), ({"sharpness_every": 2, "sharpness_points": 1.5}, "sharpness_points")):
         with pytest.raises(ValueError, match=f"Record.{name} must be an integer >= 1"):
             lgd.Record(**bad)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_the_sharpness_of_a_hessian_of_zero_above_the_dense_cutoff_is_zero(k):
+    """A Hessian of exactly 0 on more than DENSE_PARAMETERS parameters (ReLU at zero weights: phi = phi' =
+    phi'' = 0): ARPACK's first product is 0 and it raised "error -9: Starting vector is zero"."""
+    X, y = lgd.data.xor(n=40)
+    net = lgd.TwoLayerNet(30, activation="relu")
+    assert 60 > hessian.DENSE_PARAMETERS
+    top = hessian.sharpness(np.zeros((30, 2)), net.outer_weights(None), X, y, "relu", "logistic", 1.0, k=k)
+    np.testing.assert_array_equal(top, np.zeros(k))
+    run = lgd.gd(X, y, net, "logistic", stepsize=1.0, steps=2, init="zeros", compute="numpy",
+                 record=lgd.Record(sharpness_every=1, sharpness_k=k))
+    assert run.sharpness.size == 3 * k and np.all(run.sharpness == 0.0)
