@@ -34,6 +34,9 @@ else 0), a (a + 1) (1 + u)^{-a-2} (u >= 0, else 0), 1 for the losses;
 and the log of each loss where the loss itself underflows (:func:`log_loss_row`, for the log-risk):
 -u (logistic beyond u = 36, exponential), -a u and -a log1p(u) (the flattened tails), 2 log|r| - log 2.
 
+For the softplus family with the outer layer fixed at +-alpha, the outputs sum_j a_j phi_j in product form (a
+log a row: :data:`PRODUCT_MAX_M`, :func:`product_span`, :func:`product_row`), and phi from it for the margins.
+
 Every sigmoid and softplus is built from e^-|z|, so nothing overflows for |z| up to 1e6; only e^-u of
 the exponential loss overflows (to inf: the run diverges, as the oracle's does). What the formulas feed
 (the forward and backward pass, G_ij = loss'_i y_i s a_j phi'(Z_ij) / n) lives in step.
@@ -188,7 +191,7 @@ def product_entry(c, positive, x, e):
     cz, cbar = c, 1.0 - c
     u1 = 1.0 + e
     r1 = 1.0 / u1
-    lin = fma(cbar, max(x, 0.0), cz * x) if c != 0.0 else max(x, 0.0)
+    lin = max(x, cz * x) if c != 0.0 else max(x, 0.0)  # c z + (1 - c) max(z, 0), exact for c in [0, 1]
     return (u1 if positive else r1), lin, fma(cbar, r1 if x >= 0.0 else e * r1, cz), cbar * (e * r1) * r1
 
 

@@ -241,8 +241,9 @@ def product_lanes(typingctx, a, p, v, count):
         double = context.get_value_type(dtype)
         vector = ir.VectorType(double, 8)
         bits = dtype.bitwidth
-        fma8 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.v8f{bits}")
-        fma1 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(double, [double] * 3), f"llvm.fma.f{bits}")
+        module = builder.module
+        fma8 = cgutils.get_or_insert_function(module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.v8f{bits}")
+        fma1 = cgutils.get_or_insert_function(module, ir.FunctionType(double, [double] * 3), f"llvm.fma.f{bits}")
         a_data, p_data, v_data = (context.make_array(signature.args[k])(context, builder, args[k]).data
                                   for k in range(3))
         count = args[3]

@@ -30,7 +30,7 @@ from lgd.models import LOG_RISK_EXACT_BELOW, LOG_RISK_EXACT_BELOW_F32
 from lgd.stepsize import stepsize_at as _stepsize_at
 
 from .compiler import subroutine
-from .formulas import (activate_row, activate_span, log_loss_row, loss_curvature, loss_row, product_alpha,
+from .formulas import (activate_span, log_loss_row, loss_curvature, loss_row, product_alpha,
                        product_column, product_output, product_phi, product_phi_span, product_row, product_span)
 from .intrinsics import (PRODUCT_LANES, dot_lanes, flat, fma, like, narrowed_square_lanes, product_lanes, row_block,
                          rows_flat)
@@ -227,8 +227,8 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
             if alpha > 0.0:  # (a sum and a product a row into outs[0] and outs[1]: the logs for the group below)
                 product_span(act_param, a, z_span, p_span, q_span, None, span, m)
                 for h in range(g, g + span):
-                    outs[0, h], outs[1, h] = product_lanes(a, rows_flat(ps, h, 1), rows_flat(zt, s - tile_start + h - g, 1),
-                                                           m)
+                    z_row = rows_flat(zt, s - tile_start + h - g, 1)
+                    outs[0, h], outs[1, h] = product_lanes(a, rows_flat(ps, h, 1), z_row, m)
                 if margins:
                     product_phi_span(act_param, a, z_span, p_span, span, m)
             else:
@@ -406,11 +406,15 @@ def lane_tree(F, first, g, add):
     """product_lanes' combination of column g of F's rows first .. first + 15: sums where `add`, else products."""
     k = first
     if add:
-        v0, v1, v2, v3 = F[k, g] + F[k + 8, g], F[k + 1, g] + F[k + 9, g], F[k + 2, g] + F[k + 10, g], F[k + 3, g] + F[k + 11, g]
-        v4, v5, v6, v7 = F[k + 4, g] + F[k + 12, g], F[k + 5, g] + F[k + 13, g], F[k + 6, g] + F[k + 14, g], F[k + 7, g] + F[k + 15, g]
+        v0, v1, v2, v3 = F[k, g] + F[k + 8, g], F[k + 1, g] + F[k + 9, g], F[k + 2, g] + F[k + 10, g], \
+            F[k + 3, g] + F[k + 11, g]
+        v4, v5, v6, v7 = F[k + 4, g] + F[k + 12, g], F[k + 5, g] + F[k + 13, g], F[k + 6, g] + F[k + 14, g], \
+            F[k + 7, g] + F[k + 15, g]
         return ((v0 + v4) + (v1 + v5)) + ((v2 + v6) + (v3 + v7))
-    v0, v1, v2, v3 = F[k, g] * F[k + 8, g], F[k + 1, g] * F[k + 9, g], F[k + 2, g] * F[k + 10, g], F[k + 3, g] * F[k + 11, g]
-    v4, v5, v6, v7 = F[k + 4, g] * F[k + 12, g], F[k + 5, g] * F[k + 13, g], F[k + 6, g] * F[k + 14, g], F[k + 7, g] * F[k + 15, g]
+    v0, v1, v2, v3 = F[k, g] * F[k + 8, g], F[k + 1, g] * F[k + 9, g], F[k + 2, g] * F[k + 10, g], \
+        F[k + 3, g] * F[k + 11, g]
+    v4, v5, v6, v7 = F[k + 4, g] * F[k + 12, g], F[k + 5, g] * F[k + 13, g], F[k + 6, g] * F[k + 14, g], \
+        F[k + 7, g] * F[k + 15, g]
     return ((v0 * v4) * (v1 * v5)) * ((v2 * v6) * (v3 * v7))
 
 

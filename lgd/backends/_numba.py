@@ -565,8 +565,10 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
         group = kernels.COLUMN_GROUP
         # Empty arrays rather than None where Z keeps its rows: the same types, so one BLAS kernel serves both
         # layouts (gemm[2] chooses at run time) and neither is a compile of its own.
+        # The third: the outputs' sums (and products: step.column_block) in lanes.
+        lanes = 2 * kernels.PRODUCT_LANES
         columns = ((_own_block((team, m, group), dtype), _own_block((team, m, group), dtype),
-                    _own_rows((team, 2 * kernels.PRODUCT_LANES, group), dtype), _own_rows((team, 4, group), np.float64)) if transposed
+                    _own_rows((team, lanes, group), dtype), _own_rows((team, 4, group), np.float64)) if transposed
                    else (empty((team, 0, 0), dtype), empty((team, 0, 0), dtype), empty((team, 0, 0), dtype),
                          empty((team, 0, 0), np.float64)))
         products = dict(Z=empty((m, n) if transposed else (n, m), dtype), Z_test=empty((n_test, m), dtype),
