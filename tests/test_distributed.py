@@ -178,20 +178,25 @@ def _alive(pid: int, wait: float = 10.0) -> bool:
         time.sleep(0.05)
 
 
+def _batches_failing_at(number: int, calls: list):
+    """distributed._run_batch as it is, but the `number`-th call (counted in `calls`, its stepsizes) raises as a
+    worker that went away."""
+    run_batch = distributed._run_batch
+
+    def failing(data, arguments, threads):
+        calls.append(arguments["stepsizes"])
+        if len(calls) == number:
+            raise RuntimeError("the machine went away")
+        return run_batch(data, arguments, threads)
+    return failing
+
+
 def test_a_restarted_sweep_skips_the_finished_batches(tmp_path, monkeypatch, local):
     import xarray as xr
 
     store = tmp_path / "sweep.zarr"
     calls = []
-    run_batch = distributed._run_batch
-
-    def failing_third(data, arguments, threads):
-        calls.append(arguments["stepsizes"])
-        if len(calls) == 3:
-            raise RuntimeError("the machine went away")
-        return run_batch(data, arguments, threads)
-
-    monkeypatch.setattr(distributed, "_run_batch", failing_third)
+    monkeypatch.setattr(distributed, "_run_batch", _batches_failing_at(3, calls))
     with pytest.raises(RuntimeError, match="went away"):
         distributed.sweep(X, Y, NET, store=store, batch_size=6, **SWEEP)  # 4 batches of 2 stepsizes
     assert xr.open_zarr(store)["batch_finished"].values.tolist() == [True, True, False, False]
@@ -212,15 +217,8 @@ def test_a_resumed_store_numbers_the_starting_points_once(tmp_path, monkeypatch)
     arguments = dict(stepsizes=[1.0, 4.0], steps=5, seeds=(0, 1), inits=inits, compute="numpy")
     expected = lgd.sweep(X, Y, NET, **arguments)
     store = tmp_path / "sweep.zarr"
-    run_batch, calls = distributed._run_batch, []
-
-    def failing_fifth(data, batch_arguments, threads):
-        calls.append(1)
-        if len(calls) == 5:
-            raise RuntimeError("the machine went away")
-        return run_batch(data, batch_arguments, threads)
-
-    monkeypatch.setattr(distributed, "_run_batch", failing_fifth)
+    run_batch = distributed._run_batch
+    monkeypatch.setattr(distributed, "_run_batch", _batches_failing_at(5, []))
     with pytest.raises(RuntimeError, match="went away"):
         distributed.sweep(X, Y, NET, store=store, batch_size=1, **arguments)  # 12 batches of one start each
     monkeypatch.setattr(distributed, "_run_batch", run_batch)
@@ -250,15 +248,8 @@ def test_a_store_half_made_is_made_afresh_and_a_folder_of_other_files_refused(tm
         with pytest.raises(SystemExit):
             distributed.sweep(X, Y, NET, store=store, batch_size=6, **SWEEP)
     assert os.path.exists(str(store) + ".lgd-creating")
-    calls, run_batch = [], distributed._run_batch
-
-    def failing_second(data, arguments, threads):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("the machine went away")
-        return run_batch(data, arguments, threads)
-
-    monkeypatch.setattr(distributed, "_run_batch", failing_second)
+    run_batch = distributed._run_batch
+    monkeypatch.setattr(distributed, "_run_batch", _batches_failing_at(2, []))
     with pytest.raises(RuntimeError, match="went away"):
         distributed.sweep(X, Y, NET, store=store, batch_size=6, **SWEEP)
     partial = xr.open_zarr(store)
