@@ -162,7 +162,7 @@ def activate_span(code, c, z, p, q, r, m):
 # The softplus family's outputs in product form. Where the outer weights are fixed at a_j = +-alpha (the default:
 # alternating signs), sum_j a_j phi(z_j) = sum_j a_j l_j + (1 - c) alpha log prod_j v_j with l = c z + (1 - c)
 # max(z, 0) and v_j = 1 + e_j (a_j > 0) or 1 / (1 + e_j) (a_j < 0), e = e^-|z|: a log a row where the sum of
-# phi takes a log1p an entry, and 1 / (1 + e) is the sigmoid that phi' takes anyway (SWEEP and S about 1.1x
+# phi takes a log1p an entry, and 1 / (1 + e) is the sigmoid that phi' takes anyway (SWEEP and S 1.14-1.23x
 # faster: docs/performance.md). The v_j lie in [1/2, 2], so a row's product of up to PRODUCT_MAX_M is a normal
 # number (log_normal's domain). Every pass (fused, row, column, split) forms the outputs so, and the neurons'
 # margins from phi = l + (1 - c) log1p(e) with log1p(e) = +-log v (product_phi), so that a step's numbers do not
