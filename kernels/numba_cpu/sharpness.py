@@ -6,10 +6,12 @@ weights by Lanczos with full re-orthogonalisation on the exact Hessian-vector pr
 from the previous measurement's top Ritz vector mixed with a fixed spread-out direction (which reaches every
 eigenspace: the Ritz vector alone stays in the invariant subspaces a symmetric network's Hessian has, and
 misses eigenvalues outside them), restarted from a new spread-out direction orthogonal to the basis where
-the Krylov space closes and, for k >= 2, where it has converged, until a restart adds no further copy of a
-top eigenvalue (one Krylov space finds a repeated eigenvalue once), and the small tridiagonal algebra it
-needs (Sturm bisection for the Ritz values, inverse iteration for the top Ritz vector, both on the tridiagonal
-scaled to norm about 1: a sharpness of 1e-300 comes out as exact as one of 1, and 0 as 0).
+the Krylov space closes and, for k >= 2, where it has converged (keeping, locked, only the block's Ritz vectors
+that are eigenvectors: lock_block), until a restart adds no further copy of a top eigenvalue (one Krylov space
+finds a repeated eigenvalue once; a block that closes counts as converged), and the small tridiagonal algebra
+it needs (Sturm bisection for the Ritz values, inverse iteration for the top Ritz vector, a twisted
+factorisation for the others, all on the tridiagonal scaled to norm about 1: a sharpness of 1e-300 comes out
+as exact as one of 1, and 0 as 0).
 lgd.hessian.sharpness (scipy's eigsh on the same products) is the oracle.
 """
 
@@ -33,6 +35,20 @@ REORTHOGONALISE = 2
 # A block of the basis started to look for a further copy of a top eigenvalue has found one when it raises the
 # k-th Ritz value by more than this (relative): then the basis is restarted once more.
 FOUND_TOL = 1e-10
+# A restart tries this many new spread directions (phases) before it takes the basis to span every direction
+# (a random direction of unit norm keeps less than 1e-8 of it outside a basis short of the whole space only
+# with a tiny probability).
+RESTART_ATTEMPTS = 4
+# A restart after convergence keeps (locks) the Ritz vectors of the block that are as good as eigenvectors: those
+# of the top k, and any other whose residual is at most this times the block's spectral radius; the rest of the
+# block is dropped. Keeping all of it, with beta 0, dropped its residual (5.8e-3 on a ReLU net's 0.16): the next
+# block then saw the Hessian compressed to the complement of a space that is not invariant, whose eigenvalues
+# are not the Hessian's (a triple 0.161363 came back as 0.161363 twice and 0.161357). A locked vector with
+# residual r moves the values by r^2 / gap, at most r; dropping the others (not invariant) costs nothing.
+LOCK_TOL = 1e-10
+# Where a pivot of ritz_vector's factorisations is 0 (T - theta singular there), this in its place: far from
+# 0 at the scale 1 of the scaled tridiagonal, small enough that the vector's entries stay finite.
+PIVOT_FLOOR = 2.0 ** -100
 
 
 @subroutine(types.int64)
@@ -131,6 +147,50 @@ def top_ritz_vector(alpha, beta, j, theta, y, work):
             y[i] /= norm
 
 
+@subroutine(types.float64)
+def ritz_vector(alpha, beta, j, theta, z, work):
+    """z (j,) = the unit eigenvector of the j x j tridiagonal (alpha, beta[1:]) for its eigenvalue theta (any
+    one, ritz_value's); returns z's last entry (times the Lanczos residual: the Ritz vector's residual). By a
+    twisted factorisation (Dhillon and Parlett's MRRR): T - theta = L D L^T from the top (in z) and U D U^T from
+    the bottom (in work), joined at the row t where the two pivots leave the least (|gamma_t| smallest: the
+    vector's largest entry, about); z_t = 1 and the rest from the factors, each entry a product of ratios (no
+    pivoting, stable as the Sturm count). top_ritz_vector's inverse iteration is for the top only: below it
+    T - shift is indefinite, where its unpivoted Thomas algorithm is not stable. On T divided by its Gershgorin
+    radius r (as ritz_value)."""
+    r = radius(alpha, beta, j)
+    if r == 0.0 or not math.isfinite(r):
+        r = 1.0
+    shift = theta / r
+    for i in range(j):
+        z[i] = alpha[i] / r - shift - ((beta[i] / r) ** 2 / z[i - 1] if i > 0 else 0.0)
+        if z[i] == 0.0:
+            z[i] = PIVOT_FLOOR
+    for i in range(j - 1, -1, -1):
+        work[i] = alpha[i] / r - shift - ((beta[i + 1] / r) ** 2 / work[i + 1] if i + 1 < j else 0.0)
+        if work[i] == 0.0:
+            work[i] = PIVOT_FLOOR
+    twist, least = 0, math.inf
+    for i in range(j):
+        gamma = abs(z[i] + work[i] - (alpha[i] / r - shift))
+        if gamma < least:
+            twist, least = i, gamma
+    # z_i = -(beta_{i+1} / d+_i) z_{i+1} above the twist and -(beta_i / d-_i) z_{i-1} below it (rows i of
+    # (T - theta) z = 0 through the factors), each over its pivot, which it then replaces.
+    for i in range(twist - 1, -1, -1):
+        z[i] = -(beta[i + 1] / r) * (z[i + 1] if i + 1 < twist else 1.0) / z[i]
+    for i in range(twist + 1, j):
+        work[i] = -(beta[i] / r) * (work[i - 1] if i - 1 > twist else 1.0) / work[i]
+        z[i] = work[i]
+    z[twist] = 1.0
+    norm = 0.0
+    for i in range(j):
+        norm += z[i] * z[i]
+    norm = math.sqrt(norm)
+    for i in range(j):
+        z[i] /= norm
+    return z[j - 1]
+
+
 @subroutine(types.void)
 def remove_basis(V, VA, Q, QA, count):
     """(V, VA) less its parts along the basis vectors (Q[i], QA[i]), i < count: one pass of modified
@@ -159,19 +219,95 @@ def norm_of(V, VA):
     return exact_norm(norm, flat(V), VA, True)
 
 
+# splitmix64's constants (Steele, Lea and Flood 2014): spread_entry's hash of a direction's phase and an entry.
+GOLDEN, MIX_1, MIX_2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+SHIFT_PHASE, SHIFT_1, SHIFT_2, SHIFT_3, SHIFT_53 = (np.uint64(32), np.uint64(30), np.uint64(27), np.uint64(31),
+                                                    np.uint64(11))
+
+
+@subroutine(types.float64)
+def spread_entry(phase, index):
+    """Entry `index` (of the parameters in their order, W's rows then a) of spread direction `phase`: a number
+    in [0.5, 1.5), splitmix64's hash of (phase, index), as if drawn at random, independently across phases and
+    entries. A smooth formula of (phase, neuron, feature) would not do: 1 + 0.5 sin(c p + 7 j + 3 k) gave every
+    direction one of the neuron profiles 1, cos 7j and sin 7j, a space that a symmetric network's Hessian keeps
+    (identical neurons: H = I (x) B + 1 1^T (x) C), so the restarts reached 2 of the m - 1 copies of each
+    eigenvalue of B whatever their number."""
+    z = (np.uint64(phase) << SHIFT_PHASE) + np.uint64(index) + GOLDEN
+    z = (z ^ (z >> SHIFT_1)) * MIX_1
+    z = (z ^ (z >> SHIFT_2)) * MIX_2
+    z = z ^ (z >> SHIFT_3)
+    return 0.5 + np.float64(z >> SHIFT_53) * 2.0 ** -53
+
+
 @subroutine(types.float64)
 def spread_direction(V, VA, train_outer, phase):
-    """V (m, d) and VA (m,) = a fixed direction with every entry in [0.5, 1.5] (VA 0 unless the outer layer is
-    trained), one of several by `phase`; returns its norm. Its entries differ from neuron to neuron and
-    feature to feature, so that it meets every eigenspace of the Hessian, a symmetric network's included."""
+    """V (m, d) and VA (m,) = spread direction `phase` (spread_entry's; VA 0 unless the outer layer is trained);
+    returns its norm. Its entries differ from neuron to neuron and feature to feature, at random, so that it meets
+    every eigenspace of the Hessian, a symmetric network's included, and the directions of different phases
+    span as many dimensions as there are of them (each restart can find one more copy of a repeated
+    eigenvalue)."""
+    m, d = V.shape[0], V.shape[1]
     norm = 0.0
-    for jj in range(V.shape[0]):
-        for kk in range(V.shape[1]):
-            V[jj, kk] = 1.0 + 0.5 * math.sin(1.0 + phase * 2.3 + jj * 7.0 + kk * 3.0)
+    for jj in range(m):
+        for kk in range(d):
+            V[jj, kk] = spread_entry(phase, jj * d + kk)
             norm += V[jj, kk] * V[jj, kk]
-        VA[jj] = (1.0 + 0.5 * math.cos(2.0 + phase * 1.7 + jj * 5.0)) if train_outer else 0.0
+        VA[jj] = spread_entry(phase, m * d + jj) if train_outer else 0.0
         norm += VA[jj] * VA[jj]
     return math.sqrt(norm)
+
+
+@subroutine(types.int64)
+def lock_block(alpha, beta, Q, QA, first, j, residual, floor, work):
+    """Rows first..j of the basis (Q, QA; T's block alpha, beta[first + 1:j + 1], whose Lanczos residual has
+    norm `residual`) replaced by the block's Ritz vectors whose values are at least `floor` (the k-th largest
+    Ritz value: those of the top k, converged) or whose residuals are at most LOCK_TOL times the block's spectral
+    radius, largest value first, as many as rows J + 1 - (j + 1) are free (they are built there, then moved
+    down): each a block of its own in T (alpha its Ritz value, beta 0 on both sides). Returns the rows left."""
+    size = j + 1 - first
+    block_alpha, block_beta = alpha[first:], beta[first:]
+    extent = max(abs(ritz_value(block_alpha, block_beta, size, 0, work[0], work[1])),
+                 abs(ritz_value(block_alpha, block_beta, size, size - 1, work[0], work[1])))
+    m, d = Q.shape[1], Q.shape[2]
+    locked = 0
+    for i in range(size):
+        if j + 1 + locked >= Q.shape[0]:
+            break
+        theta = ritz_value(block_alpha, block_beta, size, i, work[0], work[1])
+        last = ritz_vector(block_alpha, block_beta, size, theta, work[0], work[1])
+        if not (theta >= floor or abs(last) * residual <= LOCK_TOL * extent):
+            continue
+        row = j + 1 + locked
+        for jj in range(m):
+            for kk in range(d):
+                s = 0.0
+                for l in range(size):
+                    s += work[0, l] * Q[first + l, jj, kk]
+                Q[row, jj, kk] = s
+            s = 0.0
+            for l in range(size):
+                s += work[0, l] * QA[first + l, jj]
+            QA[row, jj] = s
+        # Orthogonal to the vectors locked before it to rounding (inverse iteration leaves eps / gap); one
+        # that loses most of its norm there (two Ritz values equal to rounding) is the same vector: not locked.
+        for sweep in range(2):
+            remove_basis(Q[row], QA[row], Q[j + 1:], QA[j + 1:], locked)
+        norm = norm_of(Q[row], QA[row])
+        if not norm > 0.5:
+            continue
+        for jj in range(m):
+            for kk in range(d):
+                Q[row, jj, kk] /= norm
+            QA[row, jj] /= norm
+        alpha[row] = theta
+        locked += 1
+    for i in range(locked):
+        Q[first + i] = Q[j + 1 + i]
+        QA[first + i] = QA[j + 1 + i]
+        alpha[first + i] = alpha[j + 1 + i]
+        beta[first + i] = 0.0
+    return first + locked
 
 
 @subroutine(types.void)
@@ -221,7 +357,10 @@ def top_eigenvalues(X, y, Wt, a, spec, start, start_a, out, Q, QA, HV, HB, Vt, H
     # converged basis has been restarted to look for a further copy of a top eigenvalue, with `kth` the k-th
     # Ritz value then.
     first, first_top, checking, kth = 0, math.nan, False, math.nan
-    for j in range(J):
+    phase = 0  # the spread direction last taken (spread_direction's phase)
+    # j: the basis's last row; at most J products, the basis at most as long (shorter once a restart locks).
+    j = 0
+    for product in range(J):
         cached_hessian_products(X, spec, P, Qc, AQ, AR, coef, Q[j:j + 1], QA[j:j + 1], HV, HB, Vt, HVt, block)
         dot = 0.0
         for jj in range(m):
@@ -232,17 +371,25 @@ def top_eigenvalues(X, y, Wt, a, spec, start, start_a, out, Q, QA, HV, HB, Vt, H
         for sweep in range(REORTHOGONALISE):  # full re-orthogonalisation
             remove_basis(HV[0], HB[0], Q, QA, j + 1)
         norm = norm_of(HV[0], HB[0])
+        # The Krylov space is invariant (it holds one vector of each eigenspace it meets: repeated eigenvalues,
+        # or a symmetric network's).
+        closed = not norm > 1e-12 * max(abs(alpha[0]), 1e-300)
         steps = j + 1
         converged = steps >= k
         for i in range(min(k, steps)):
             value = ritz_value(alpha, beta, steps, i, work[0], work[1])
             converged = converged and abs(value - ritz[i]) <= RITZ_TOL * abs(value)
             ritz[i] = value
-        if first > 0:  # a block after a restart: its own top Ritz value settled too
+        if first > 0:  # a block after a restart: its own top Ritz value settled too, or the block closed
+            # A closed block holds every eigenvalue the rest of the space has along its start (a random
+            # direction: all of them), so its top is the rest's. Asking for two settled steps of it instead
+            # never counted a one-vector block as converged: a ReLU net's null space, once reached, gave one
+            # such block per product up to J (60 products for a top eigenvalue found in 11).
             top = ritz_value(alpha[first:], beta[first:], steps - first, 0, work[0], work[1])
-            converged = converged and steps - first >= 2 and abs(top - first_top) <= RITZ_TOL * abs(top)
+            settled = steps - first >= 2 and abs(top - first_top) <= RITZ_TOL * abs(top)
+            converged = converged and (closed or settled)
             first_top = top
-        if j + 1 == J:
+        if product + 1 == J:
             break
         # A single Krylov space holds one vector of each eigenspace, so it finds a repeated eigenvalue once:
         # with k >= 2, a converged basis goes on from a new direction orthogonal to it (the Hessian on the
@@ -250,16 +397,26 @@ def top_eigenvalues(X, y, Wt, a, spec, start, start_a, out, Q, QA, HV, HB, Vt, H
         # the top k.
         if converged and (k == 1 or (checking and not ritz[k - 1] > kth + FOUND_TOL * abs(kth))):
             break
+        if converged and not closed:
+            # The block is not an invariant space: only its Ritz vectors that are eigenvectors (to LOCK_TOL, and
+            # the converged top k) stay, each a block of T of its own (lock_block); the next block, orthogonal
+            # to them, sees the Hessian on the rest of the space. The k-th value is then that of what stays
+            # (-inf where fewer than k values do: any further block raises it).
+            j = lock_block(alpha, beta, Q, QA, first, j, norm, ritz[k - 1], work) - 1
+            steps = j + 1
+            for i in range(k):
+                ritz[i] = ritz_value(alpha, beta, steps, i, work[0], work[1]) if i < steps else -math.inf
         if converged:
             checking, kth = True, ritz[k - 1]
-        if converged or not norm > 1e-12 * max(abs(alpha[0]), 1e-300):
-            # A restart, or the Krylov space is invariant (it holds one vector of each eigenspace it meets:
-            # repeated eigenvalues, or a symmetric network's): go on from a new spread-out direction
-            # orthogonal to the basis, with beta 0 (T splits into blocks, whose eigenvalues together are the
-            # Ritz values).
+        if converged or closed:
+            # A restart, or the Krylov space is invariant: go on from a new spread-out direction orthogonal to
+            # the basis, with beta 0 (T splits into blocks, whose eigenvalues together are the Ritz values).
+            # Each restart takes the next phases (directions): one already in the basis adds nothing. Starting
+            # every restart from phase 1 of 4 allowed 4 restarts in all, too few for 5 copies of an eigenvalue.
             norm = 0.0
-            for attempt in range(1, 5):
-                spread = spread_direction(HV[0], HB[0], train_outer, attempt)
+            for attempt in range(RESTART_ATTEMPTS):
+                phase += 1
+                spread = spread_direction(HV[0], HB[0], train_outer, phase)
                 for sweep in range(2):
                     remove_basis(HV[0], HB[0], Q, QA, j + 1)
                 norm = norm_of(HV[0], HB[0])
@@ -275,6 +432,7 @@ def top_eigenvalues(X, y, Wt, a, spec, start, start_a, out, Q, QA, HV, HB, Vt, H
             for kk in range(d):
                 Q[j + 1, jj, kk] = HV[0, jj, kk] / norm
             QA[j + 1, jj] = HB[0, jj] / norm
+        j += 1
     for i in range(k):
         out[i] = ritz[i] if i < steps else math.nan
     coefficients = work[0]
