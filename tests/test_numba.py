@@ -931,7 +931,7 @@ def test_blas_gradient_parts_transposed_from_the_dimension_with_avx512_blas(avx5
     if transposed:
         group = numba_cpu.COLUMN_GROUP
         assert P.shape == Q.shape and P.shape[0] == team and P.shape[1] >= m and P.shape[2] == group
-        assert F.shape[:2] == (team, 2 * numba_cpu.PRODUCT_LANES) and outs.shape[:2] == (team, 4)
+        assert F.shape[:2] == (team, 3 * numba_cpu.PRODUCT_LANES) and outs.shape[:2] == (team, 4)
         assert min(F.shape[2], outs.shape[2]) >= group
     else:
         assert all(x.shape == (team, 0, 0) for x in b.columns)
@@ -1189,9 +1189,12 @@ def test_column_pass_gives_the_row_pass_bits(loss, dtype, outer):
                               train_outer=outer == "trained", linear=False, f32=dtype == np.float32,
                               risk_bound=np.inf, weight_bound=np.inf, log_risk_every_step=False)
         Z = (4 * rng.standard_normal((n, m))).astype(dtype)
+        Z[5] = -40.0 - rng.random(m)  # a sample whose output is e^-40-small: the product form keeps it
         ZT, Z0 = np.ascontiguousarray(Z.T), Z.copy()
         y = np.where(rng.random(n) < 0.5, -1.0, 1.0).astype(dtype)
         a = (rng.standard_normal(m) if outer == "trained" else np.where(rng.random(m) < 0.5, -0.3, 0.3)).astype(dtype)
+        spec = spec._replace(product=formulas.product_form(spec.activation, spec.f32, spec.train_outer, a[None]))
+        assert spec.product == (outer == "fixed" and dtype == np.float64)
         got = {}
         for name in ("rows", "columns"):
             grad_a, neuron, stats, us = np.empty(m, dtype), np.empty(m), np.empty(3), np.zeros(n)
@@ -1203,7 +1206,7 @@ def test_column_pass_gives_the_row_pass_bits(loss, dtype, outer):
                 G = Z
             else:
                 columns(ZT, y, a, spec, True, i0, i1, np.empty((1, m, group), dtype), np.empty((1, m, group), dtype),
-                        np.empty((1, 2 * numba_cpu.PRODUCT_LANES, group), dtype), np.empty((1, 4, group)), grad_a,
+                        np.empty((1, 3 * numba_cpu.PRODUCT_LANES, group), dtype), np.empty((1, 4, group)), grad_a,
                         neuron, stats, us)
                 G = ZT.T
             got[name] = (G[i0:i1], stats, us, grad_a, neuron)
@@ -1605,26 +1608,26 @@ def _product_rows():
 
     @njit
     def product_rows(code, c, a, Z, outputs, phi, dphi, alpha, summed_dphi):
-        """The product form's outputs, phi (product_phi) and phi' of every row of Z (copied), its alpha, and
-        activate_span's phi' (the sum of phi's pass)."""
+        """The product form's outputs, phi (product_phi) and phi' of every row of Z (copied), given its alpha,
+        and activate_span's phi' (the sum of phi's pass)."""
         m = Z.shape[1]
-        alpha[0] = kernel_formulas.product_alpha(code, False, False, a, m)
         V = Z.copy()
         for i in range(Z.shape[0]):
             kernel_formulas.activate_span(code, c, Z[i], np.empty(m), summed_dphi[i], None, m)
-            kernel_formulas.product_span(c, a, V[i], phi[i], dphi[i], None, 1, m)
-            outputs[i] = kernel_formulas.product_row(c, alpha[0], a, V[i], phi[i], m)
-            kernel_formulas.product_phi_span(c, a, V[i], phi[i], 1, m)
+            kernel_formulas.product_span(c, V[i], phi[i], dphi[i], None, m)
+            outputs[i] = kernel_formulas.product_row(c, alpha, a, V[i], phi[i], m)
+            kernel_formulas.product_phi_span(c, V[i], phi[i], m)
 
     return product_rows
 
 
 @pytest.mark.parametrize("name", ["leaky_softplus(0.5)", "softplus", "leaky_softplus(0.1)"])
 def test_product_form_outputs_match_the_sum_of_phi(name):
-    """sum_j a_j phi(z_j) in product form (formulas.PRODUCT_MAX_M: a log a row) against the oracle's formula
-    in numpy with outer weights +-alpha, for widths 1 to 70 (remainders of sixteen) and |z| from 1e-300 to 1e6:
-    within a few roundings of the sum of |a_j phi_j|; phi from the product form within a few roundings of
-    |phi|, and phi' bit for bit as activate_span's."""
+    """sum_j a_j phi(z_j) in product form (formulas.PRODUCT_MAX_M: two logs a row) against the oracle's formula
+    in numpy with outer weights +-alpha, for widths 1 to 70 (remainders of sixteen), |z| from 1e-300 to 1e6 and
+    rows whose every z is far below 0 (outputs of e^-50, e^-700): within a few roundings of the sum of
+    |a_j phi_j|; phi from the product form within a few roundings of |phi|, and phi' bit for bit as
+    activate_span's."""
     activation = activations.get(name)
     product_rows = _product_rows()
     rng = np.random.default_rng(8)
@@ -1633,11 +1636,11 @@ def test_product_form_outputs_match_the_sum_of_phi(name):
         Z = scales * rng.standard_normal((40, m))
         Z[0] = 0.0
         Z[1, ::2] = 800.0 * rng.standard_normal(Z[1, ::2].shape)
+        Z[2] = -50.0 - rng.random(m)
+        Z[3] = -700.0 - rng.random(m)
         a = np.where(rng.random(m) < 0.5, -1.0, 1.0) / m
-        outputs, phi, dphi, alpha, summed_dphi = np.empty(40), np.empty((40, m)), np.empty((40, m)), np.empty(1), \
-            np.empty((40, m))
-        product_rows(activation.code, activation.param, a, Z, outputs, phi, dphi, alpha, summed_dphi)
-        assert alpha[0] == 1.0 / m
+        outputs, phi, dphi, summed_dphi = np.empty(40), np.empty((40, m)), np.empty((40, m)), np.empty((40, m))
+        product_rows(activation.code, activation.param, a, Z, outputs, phi, dphi, 1.0 / m, summed_dphi)
         exact_phi = activation.phi(Z)
         terms = np.abs(a * exact_phi).sum(axis=1) + np.abs(a).sum() * np.log(2.0)
         np.testing.assert_array_less(np.abs(outputs - exact_phi @ a), 8 * np.finfo(float).eps * terms + 1e-300)
@@ -1647,28 +1650,25 @@ def test_product_form_outputs_match_the_sum_of_phi(name):
 
 
 @pytest.mark.parametrize("case, eligible", [
-    ("alternating", True), ("one neuron", True), ("trained", False), ("float32", False), ("relu", False),
-    ("magnitudes differ", False), ("zeros", False), ("too wide", False)])
+    ("alternating", True), ("one neuron", True), ("two configurations", True), ("trained", False),
+    ("float32", False), ("relu", False), ("magnitudes differ", False), ("another configuration's differ", False),
+    ("zeros", False), ("too wide", False)])
 def test_product_form_only_where_it_holds(case, eligible):
-    """formulas.product_alpha: the product form for the softplus family in float64 with the outer layer fixed at
-    +-alpha (alpha > 0), up to PRODUCT_MAX_M neurons; every other net keeps the sum of phi."""
-    from numba import njit
-
-    from lgd.kernels.numba_cpu import formulas as kernel_formulas
-
-    @njit
-    def alpha_of(code, f32, train_outer, a, m):
-        return kernel_formulas.product_alpha(code, f32, train_outer, a, m)
-
-    m = kernel_formulas.PRODUCT_MAX_M + 1 if case == "too wide" else (1 if case == "one neuron" else 6)
-    a = np.where(np.arange(m) % 2 == 0, 0.25, -0.25)
+    """formulas.product_form (the host's choice for a run): the softplus family in float64 with the outer layer
+    fixed at +-alpha_c (alpha_c > 0) in every configuration, up to PRODUCT_MAX_M neurons; every other run keeps
+    the sum of phi."""
+    m = formulas.PRODUCT_MAX_M + 1 if case == "too wide" else (1 if case == "one neuron" else 6)
+    A = np.where(np.arange(m) % 2 == 0, 0.25, -0.25)[None]
+    if case in ("two configurations", "another configuration's differ"):
+        A = np.vstack([A, 3.0 * A])
+        if case == "another configuration's differ":
+            A[1, 2] = 1.0
     if case == "magnitudes differ":
-        a[3] = 0.5
+        A[0, 3] = 0.5
     if case == "zeros":
-        a[:] = 0.0
+        A[:] = 0.0
     code = activations.get("relu" if case == "relu" else "leaky_softplus(0.5)").code
-    alpha = alpha_of(code, case == "float32", case == "trained", a, m)
-    assert alpha == (0.25 if eligible else 0.0)
+    assert formulas.product_form(code, case == "float32", case == "trained", A) is eligible
 
 
 @pytest.mark.parametrize("d, m", [(5, 24), (40, 128)])
@@ -1754,3 +1754,36 @@ def test_the_sharpness_stops_once_a_restart_reaches_the_null_space_of_a_relu_net
                  record=lgd.Record(sharpness_every=1, sharpness_k=2))
     want = lgd.hessian.sharpness(W, net.outer_weights(None), X, y, "relu", "logistic", net.scale, k=2)
     np.testing.assert_allclose(run.sharpness[0], want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("outer", ["one magnitude", "magnitudes differ by member"])
+@pytest.mark.parametrize("team", [1, 2])
+def test_outputs_of_neurons_all_far_below_zero_keep_their_digits(team, outer, monkeypatch):
+    """A sample whose every pre-activation is far below 0 has a softplus output of e^-50: the product form holds its
+    products less 1, which keep it (1 + e^-50 rounds to 1), so its margin and accuracy are the oracle's; by one
+    thread and by a team split by neurons, whose members decide nothing alone (outer weights of two magnitudes,
+    one per member, take the sum of phi on every member)."""
+    import numba
+
+    monkeypatch.setattr(numba, "get_num_threads", lambda: team)
+    monkeypatch.setattr(_numba, "TEAM_WORK", 1)
+    monkeypatch.setattr(_numba, "SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(_numba, "SPLIT_MIN_BYTES_BY_TARGET", {})
+    m, d = 128, 32
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((20, d))
+    X[0] = 0.0
+    X[0, 0] = 1.0  # z = w_j0: W's first column at -50 and below
+    y = np.where(rng.random(20) < 0.5, -1.0, 1.0)
+    y[0] = 1.0
+    W = rng.standard_normal((m, d))
+    W[:, 0] = -50.0 - rng.random(m)
+    A = np.ones(m) if outer == "one magnitude" else np.r_[np.ones(m // 2), 2.0 * np.ones(m // 2)]
+    net = lgd.TwoLayerNet(m, activation="softplus", outer=A, scaling=1.0)
+    runs = [lgd.gd(X[:1], y[:1], net, "logistic", stepsize=1e-3, steps=2, init=W,
+                   record=lgd.Record(every=1, neuron_margins=True), compute=fast(backend=backend))
+            for backend in ("numpy", "numba")]
+    assert 0 < runs[0].margin[0] < 1e-18
+    np.testing.assert_allclose(runs[1].margin, runs[0].margin, rtol=1e-10)
+    np.testing.assert_allclose(runs[1].neuron_margins, runs[0].neuron_margins, rtol=1e-10)
+    np.testing.assert_array_equal(runs[1].accuracy, runs[0].accuracy)

@@ -22,7 +22,7 @@ Nothing here checks arguments or knows about lgd's classes: :mod:`lgd.backends._
 """
 
 from .compiler import cache_unwritable
-from .formulas import ACTIVATIONS, KNOWN, LOSSES, UNKNOWN_ACTIVATION, UNKNOWN_LOSS
+from .formulas import ACTIVATIONS, KNOWN, LOSSES, UNKNOWN_ACTIVATION, UNKNOWN_LOSS, product_form
 from .intrinsics import PRODUCT_LANES, VECTOR_BYTES, tile_columns
 from .step import COLUMN_GROUP
 from .tangent import BLOCK as HVP_BLOCK
@@ -31,4 +31,4 @@ from .tiles import waiting_samples, z_rows
 
 __all__ = ["run_team", "spin_while", "Data", "Batch", "Spec", "Schedule", "Team", "Buffers", "ACTIVATIONS", "LOSSES",
            "KNOWN", "UNKNOWN_ACTIVATION", "UNKNOWN_LOSS", "waiting_samples", "z_rows", "HVP_BLOCK", "tile_columns",
-           "VECTOR_BYTES", "COLUMN_GROUP", "PRODUCT_LANES", "cache_unwritable"]
+           "VECTOR_BYTES", "COLUMN_GROUP", "PRODUCT_LANES", "product_form", "cache_unwritable"]

@@ -51,7 +51,7 @@ from lgd.activations import GELU, IDENTITY, LEAKY_RELU, LEAKY_SOFTPLUS, RELU, SI
 from lgd.losses import EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL, LOGISTIC, SQUARED
 
 from .compiler import subroutine
-from .exp_log1p import (exp, exp_nonpositive, exp_nonpositive_of, log1p_parts_of, log_normal,
+from .exp_log1p import (exp, exp_nonpositive, exp_nonpositive_of, log1p_parts_of, log1p_unit, log_normal,
                         softplus_sigmoid_from_exp, softplus_sigmoid_from_exp_of)
 from .intrinsics import fma, like, product_lanes, rows_flat
 
@@ -160,95 +160,94 @@ def activate_span(code, c, z, p, q, r, m):
 
 
 # The softplus family's outputs in product form. Where the outer weights are fixed at a_j = +-alpha (the default:
-# alternating signs), sum_j a_j phi(z_j) = sum_j a_j l_j + (1 - c) alpha log prod_j v_j with l = c z + (1 - c)
-# max(z, 0) and v_j = 1 + e_j (a_j > 0) or 1 / (1 + e_j) (a_j < 0), e = e^-|z|: a log a row where the sum of
-# phi takes a log1p an entry, and 1 / (1 + e) is the sigmoid that phi' takes anyway (SWEEP and S 1.14-1.23x
-# faster: docs/performance.md). The v_j lie in [1/2, 2], so a row's product of up to PRODUCT_MAX_M is a normal
-# number (log_normal's domain). Every pass (fused, row, column, split) forms the outputs so, and the neurons'
-# margins from phi = l + (1 - c) log1p(e) with log1p(e) = +-log v (product_phi), so that a step's numbers do not
-# depend on the pass or on what the step records. float64 runs only (product_alpha).
+# alternating signs), sum_j a_j phi(z_j) = sum_j a_j l_j + (1 - c) alpha (log prod_{a_j > 0} (1 + e_j) -
+# log prod_{a_j < 0} (1 + e_j)) with l = c z + (1 - c) max(z, 0), e = e^-|z|: two logs a row where the sum of phi
+# takes a log1p an entry (docs/performance.md). Each product is held as D = prod - 1, D <- D (1 + e) + e (one fma):
+# e below an ulp of 1 (all of a row's z far below 0, where f is that small) stays in D, where 1 + e would round to
+# 1; log1p(D) from log_normal (log1p_normal). The products lie in [1, 2^m], so
+# up to PRODUCT_MAX_M neurons 1 + D is a normal number. Every pass (fused, row, column, split) forms the outputs
+# so, and the neurons' margins take phi = l + (1 - c) log1p(e) (product_phi), so that a step's numbers do not
+# depend on the pass or on what the step records. Whether a run takes it is the host's (product_form).
 PRODUCT_MAX_M = 1000
 
 
+def product_form(code: int, f32: bool, train_outer: bool, A) -> bool:
+    """Whether a run's outputs take the product form: the softplus family, float64, the outer layer fixed, and
+    every configuration's outer weights A[c] (C, m) of one magnitude alpha_c > 0, at most PRODUCT_MAX_M of them
+    (for a team split by neurons too: a member's columns then hold alpha_c as well)."""
+    A = np.abs(np.asarray(A, dtype=np.float64))
+    if code not in (LEAKY_SOFTPLUS, SOFTPLUS) or f32 or train_outer or A.ndim != 2 or not 0 < A.shape[1] <= PRODUCT_MAX_M:
+        return False
+    return bool(np.all(A[:, :1] > 0) and np.all(A == A[:, :1]))
+
+
 @subroutine(types.float64)
-def product_alpha(code, f32, train_outer, a, m):
-    """alpha where the outputs of a net of m neurons with outer weights a take the product form: the softplus
-    family, float64, the outer layer fixed with every |a_j| = alpha > 0, at most PRODUCT_MAX_M neurons; else 0."""
-    if (code != LEAKY_SOFTPLUS and code != SOFTPLUS) or f32 or train_outer or m > PRODUCT_MAX_M or m == 0:
-        return 0.0
-    alpha = abs(np.float64(a[0]))
-    for j in range(m):
-        if abs(np.float64(a[j])) != alpha:
-            return 0.0
-    return alpha
+def product_alpha(spec, a):
+    """alpha = |a_0| where the run's outputs take the product form (spec.product: product_form), else 0."""
+    return abs(np.float64(a[0])) if spec.product else 0.0
 
 
 @subroutine(types.UniTuple(types.float64, 4))
-def product_entry(c, positive, x, e):
-    """(v, l, phi', phi'') of one entry z = x given e = e^-|x| (see PRODUCT_MAX_M); phi' as activate_span forms
+def product_entry(c, x, e):
+    """(e, l, phi', phi'') of one entry z = x given e = e^-|x| (see PRODUCT_MAX_M); phi' as activate_span forms
     it, bit for bit. In float64 (a float32 kernel compiles the product form's code but never runs it)."""
     x, e = np.float64(x), np.float64(e)
     cz, cbar = c, 1.0 - c
-    u1 = 1.0 + e
-    r1 = 1.0 / u1
+    r1 = 1.0 / (1.0 + e)
     lin = max(x, cz * x) if c != 0.0 else max(x, 0.0)  # c z + (1 - c) max(z, 0), exact for c in [0, 1]
-    return (u1 if positive else r1), lin, fma(cbar, r1 if x >= 0.0 else e * r1, cz), cbar * (e * r1) * r1
+    return e, lin, fma(cbar, r1 if x >= 0.0 else e * r1, cz), cbar * (e * r1) * r1
 
 
 @subroutine(types.void)
-def product_span(c, a, z, p, q, r, rows, m):
-    """The product form's pass over `rows` rows of m entries (1-d spans z, p, q and, unless r is None, r):
-    z[k] becomes v, p[k] l, q[k] phi' and r[k] phi'' of entry k (column k mod m, of weight a[k mod m])."""
-    for k in range(rows * m):
+def product_span(c, z, p, q, r, count):
+    """The product form's pass over `count` entries (1-d spans z, p, q and, unless r is None, r; rows of m one
+    after another, or one neuron's entries of several samples): z[k] becomes e, p[k] l, q[k] phi' and r[k]
+    phi''."""
+    for k in range(count):
         p[k] = exp_nonpositive_of(-abs(z[k]))
-    for h in range(rows):
-        at = h * m
-        for j in range(m):
-            v, lin, dphi, ddphi = product_entry(c, a[j] > 0.0, z[at + j], p[at + j])
-            z[at + j], p[at + j], q[at + j] = v, lin, dphi
-            if r is not None:
-                r[at + j] = ddphi
+    for k in range(count):
+        e, lin, dphi, ddphi = product_entry(c, z[k], p[k])
+        z[k], p[k], q[k] = e, lin, dphi
+        if r is not None:
+            r[k] = ddphi
+
+
+@subroutine(types.float64)
+def log1p_normal(D):
+    """log(1 + D) for float64 D >= 0 with 1 + D normal: log_normal of u = 1 + D, plus the rounding of that sum
+    over u (D below an ulp of 1 gives D)."""
+    u = 1.0 + D
+    return log_normal(u) + (D - (u - 1.0)) / u
+
+
+@subroutine(types.float64)
+def product_output(c, alpha, total, positive, negative):
+    """sum_j a_j phi(z_j) from total = sum_j a_j l_j and the products less 1 of (1 + e_j) over a_j > 0 (positive)
+    and a_j < 0 (negative)."""
+    logs = log1p_normal(np.float64(positive)) - log1p_normal(np.float64(negative))
+    return fma((1.0 - c) * alpha, logs, np.float64(total))
+
+
+@subroutine(types.float64)
+def product_row(c, alpha, a, e, p, m):
+    """product_output of one row: e and p as product_span leaves them, summed in product_lanes' order."""
+    total, positive, negative = product_lanes(a, p, e, m)
+    return product_output(c, alpha, total, positive, negative)
+
+
+@subroutine(types.float64)
+def product_phi(c, e, lin):
+    """phi of an entry from its e and l (product_entry): l + (1 - c) log1p(e); for the neurons' margins, at the
+    steps that record them."""
+    lp, _ = log1p_unit(np.float64(e))
+    return fma(1.0 - c, lp, np.float64(lin))
 
 
 @subroutine(types.void)
-def product_column(c, aj, z, p, q, count):
-    """product_span over one neuron's entries of several samples (z, p, q 1-d, weight aj)."""
-    for g in range(count):
-        p[g] = exp_nonpositive_of(-abs(z[g]))
-    positive = aj > 0.0
-    for g in range(count):
-        v, lin, dphi, ddphi = product_entry(c, positive, z[g], p[g])
-        z[g], p[g], q[g] = v, lin, dphi
-
-
-@subroutine(types.float64)
-def product_output(c, alpha, total, product):
-    """sum_j a_j phi(z_j) from total = sum_j a_j l_j and product = prod_j v_j (product_span)."""
-    return fma((1.0 - c) * alpha, log_normal(np.float64(product)), np.float64(total))
-
-
-@subroutine(types.float64)
-def product_row(c, alpha, a, v, p, m):
-    """product_output of one row: v and p as product_span leaves them, summed in product_lanes' order."""
-    total, product = product_lanes(a, p, v, m)
-    return product_output(c, alpha, total, product)
-
-
-@subroutine(types.float64)
-def product_phi(c, positive, v, lin):
-    """phi of an entry from its v and l (product_entry): l + (1 - c) log1p(e), log1p(e) = log v where a_j > 0 and
-    -log v where a_j < 0; for the neurons' margins, at the steps that record them."""
-    lv = log_normal(np.float64(v))
-    return fma(1.0 - c, lv if positive else -lv, np.float64(lin))
-
-
-@subroutine(types.void)
-def product_phi_span(c, a, v, p, rows, m):
-    """product_phi of `rows` rows of m entries, into p (as product_span leaves v and p)."""
-    for h in range(rows):
-        at = h * m
-        for j in range(m):
-            p[at + j] = product_phi(c, a[j] > 0.0, v[at + j], p[at + j])
+def product_phi_span(c, e, p, count):
+    """product_phi of `count` entries, into p (as product_span leaves e and p)."""
+    for k in range(count):
+        p[k] = product_phi(c, e[k], p[k])
 
 
 @subroutine(types.void)

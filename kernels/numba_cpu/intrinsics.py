@@ -219,37 +219,53 @@ def dot_lanes(typingctx, a, p, count):
     return types.UniTuple(dtype, 8)(a, p, types.intp), codegen
 
 
-# Lanes of product_lanes' sums and products: two vectors of eight for each, so that each row's chains of fmas and
-# products are half as long (a row of m = 64 was bound by their latency with one vector).
+# Lanes of product_lanes' sums: two vectors of eight for each, so that each row's chains are half as long (a row
+# of m = 64 was bound by their latency with one vector).
 PRODUCT_LANES = 16
 
 
 @intrinsic
-def product_lanes(typingctx, a, p, v, count):
-    """(sum a[j] p[j], prod v[j]) over j < count, float64, for the outputs in product form (formulas.product_row):
-    PRODUCT_LANES lanes (j mod 16, fma after fma and product after product in j order), the last count % 16 terms
-    into lane 0, then lane r and lane r + 8 added (multiplied), and those eight combined as dot_row combines its
-    lanes, ((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7)). column_block sums a group's rows in this order too.
-    Vectors of eight lanes whatever the tiles' width, as dot_lanes; the tail and the combination here, not in
-    Python, whose scalar chains and extracted lanes took a third of a row's time at m = 64."""
-    if not (all(isinstance(x, types.Array) and x.ndim == 1 for x in (a, p, v)) and a.dtype == p.dtype == v.dtype
+def product_lanes(typingctx, a, p, e, count):
+    """(sum a[j] p[j], D+, D-) over j < count, for the outputs in product form (formulas.product_row): D+ = prod
+    (1 + e[j]) - 1 over a[j] > 0 and D- over a[j] < 0, each held less 1 (D <- fma(D, 1 + e, e)); in
+    PRODUCT_LANES lanes (j mod 16, in j order), the last count % 16 terms into lane 0, then lane r and lane r + 8
+    joined, and those eight joined as dot_row combines its lanes, ((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 +
+    l7)), the D's by x + y + x y. column_block sums a group's rows in this order too. Vectors of eight lanes
+    whatever the tiles' width, as dot_lanes; the tail and the joins here, not in Python, whose scalar chains and
+    extracted lanes took a third of a row's time at m = 64. float32 kernels compile it too (never run)."""
+    if not (all(isinstance(x, types.Array) and x.ndim == 1 for x in (a, p, e)) and a.dtype == p.dtype == e.dtype
             and a.dtype in (types.float32, types.float64)):
         return None
-    dtype = a.dtype  # float32 kernels compile it too (formulas.product_entry)
+    dtype = a.dtype
 
     def codegen(context, builder, signature, args):
-        double = context.get_value_type(dtype)
-        vector = ir.VectorType(double, 8)
+        element = context.get_value_type(dtype)
+        vector = ir.VectorType(element, 8)
         bits = dtype.bitwidth
-        module = builder.module
-        fma8 = cgutils.get_or_insert_function(module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.v8f{bits}")
-        fma1 = cgutils.get_or_insert_function(module, ir.FunctionType(double, [double] * 3), f"llvm.fma.f{bits}")
-        a_data, p_data, v_data = (context.make_array(signature.args[k])(context, builder, args[k]).data
+        a_data, p_data, e_data = (context.make_array(signature.args[k])(context, builder, args[k]).data
                                   for k in range(3))
         count = args[3]
         step = ir.Constant(count.type, PRODUCT_LANES)
-        sums = [cgutils.alloca_once_value(builder, ir.Constant(vector, [0.0] * 8)) for _ in range(2)]
-        products = [cgutils.alloca_once_value(builder, ir.Constant(vector, [1.0] * 8)) for _ in range(2)]
+        zeros = ir.Constant(vector, [0.0] * 8)
+        # [sum, D+, D-] x two vectors
+        acc = [[cgutils.alloca_once_value(builder, zeros) for _ in range(2)] for _ in range(3)]
+
+        def fma(x, y, z):
+            """llvm.fma of x, y, z (scalars or vectors of any width)."""
+            name = f"llvm.fma.v{x.type.count}f{bits}" if isinstance(x.type, ir.VectorType) else f"llvm.fma.f{bits}"
+            function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(x.type, [x.type] * 3), name)
+            return builder.call(function, [x, y, z])
+
+        def update(sum_, pos, neg, av, pv, ev, zero):
+            """The three accumulators after the terms (av, pv, ev) (vectors, or scalars with a scalar zero)."""
+            # D (1 + e) + e in one fma: the chain from one D to the next is that fma alone (D + e + D e took an
+            # addition more on it), and 1 + e off the chain; its rounding, an ulp of 1 times D, keeps D's digits.
+            one = ir.Constant(zero.type, [1.0] * 8) if isinstance(zero.type, ir.VectorType) else ir.Constant(
+                zero.type, 1.0)
+            positive = builder.fcmp_ordered(">", av, zero)
+            e_pos, e_neg = builder.select(positive, ev, zero), builder.select(positive, zero, ev)
+            return (fma(av, pv, sum_), fma(pos, builder.fadd(one, e_pos), e_pos),
+                    fma(neg, builder.fadd(one, e_neg), e_neg))
 
         def load(data, at):
             return builder.load(builder.bitcast(builder.gep(data, [at]), vector.as_pointer()), align=bits // 8)
@@ -259,35 +275,40 @@ def product_lanes(typingctx, a, p, v, count):
             base = builder.mul(loop.index, step)
             for half in range(2):
                 at = builder.add(base, ir.Constant(count.type, 8 * half))
-                builder.store(builder.call(fma8, [load(a_data, at), load(p_data, at), builder.load(sums[half])]),
-                              sums[half])
-                builder.store(builder.fmul(builder.load(products[half]), load(v_data, at)), products[half])
+                values = update(*(builder.load(acc[q][half]) for q in range(3)), load(a_data, at), load(p_data, at),
+                                load(e_data, at), zeros)
+                for q in range(3):
+                    builder.store(values[q], acc[q][half])
         lane0 = ir.Constant(ir.IntType(32), 0)
         start = builder.mul(whole, step)
         with cgutils.for_range(builder, builder.sub(count, start)) as loop:
             at = builder.add(start, loop.index)
-            total, product = builder.load(sums[0]), builder.load(products[0])
-            new_total = builder.call(fma1, [builder.load(builder.gep(a_data, [at])),
-                                            builder.load(builder.gep(p_data, [at])),
-                                            builder.extract_element(total, lane0)])
-            new_product = builder.fmul(builder.extract_element(product, lane0),
-                                       builder.load(builder.gep(v_data, [at])))
-            builder.store(builder.insert_element(total, new_total, lane0), sums[0])
-            builder.store(builder.insert_element(product, new_product, lane0), products[0])
+            vectors = [builder.load(acc[q][0]) for q in range(3)]
+            values = update(*(builder.extract_element(v, lane0) for v in vectors),
+                            *(builder.load(builder.gep(data, [at])) for data in (a_data, p_data, e_data)),
+                            ir.Constant(element, 0.0))
+            for q in range(3):
+                builder.store(builder.insert_element(vectors[q], values[q], lane0), acc[q][0])
 
         def pick(value, lanes):
             return builder.shuffle_vector(value, value, ir.Constant(ir.VectorType(ir.IntType(32), len(lanes)), lanes))
 
+        def add(x, y):
+            return builder.fadd(x, y)
+
+        def join(x, y):  # (1 + x)(1 + y) - 1
+            return fma(x, y, builder.fadd(x, y))
+
         def combine(slots, op):
             # In shuffles of halves (extracting eight lanes one by one took more than the loop at m = 64).
             value = op(builder.load(slots[0]), builder.load(slots[1]))
-            four = op(pick(value, [0, 1, 2, 3]), pick(value, [4, 5, 6, 7]))  # l_r + l_{r+4}
-            two = op(pick(four, [0, 2]), pick(four, [1, 3]))  # (l0 + l4) + (l1 + l5), (l2 + l6) + (l3 + l7)
+            four = op(pick(value, [0, 1, 2, 3]), pick(value, [4, 5, 6, 7]))  # l_r (joined) l_{r+4}
+            two = op(pick(four, [0, 2]), pick(four, [1, 3]))  # (l0, l4) with (l1, l5); (l2, l6) with (l3, l7)
             return op(builder.extract_element(two, lane0), builder.extract_element(two, ir.Constant(ir.IntType(32), 1)))
 
         return context.make_tuple(builder, signature.return_type,
-                                  [combine(sums, builder.fadd), combine(products, builder.fmul)])
-    return types.UniTuple(dtype, 2)(a, p, v, types.intp), codegen
+                                  [combine(acc[0], add), combine(acc[1], join), combine(acc[2], join)])
+    return types.UniTuple(dtype, 3)(a, p, e, types.intp), codegen
 
 
 @intrinsic

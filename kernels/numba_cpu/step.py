@@ -30,8 +30,8 @@ from lgd.models import LOG_RISK_EXACT_BELOW, LOG_RISK_EXACT_BELOW_F32
 from lgd.stepsize import stepsize_at as _stepsize_at
 
 from .compiler import subroutine
-from .formulas import (activate_span, log_loss_row, loss_curvature, loss_row, product_alpha,
-                       product_column, product_output, product_phi, product_phi_span, product_row, product_span)
+from .formulas import (activate_span, log_loss_row, loss_curvature, loss_row, product_alpha, product_output,
+                       product_phi, product_phi_span, product_row, product_span)
 from .intrinsics import (PRODUCT_LANES, dot_lanes, flat, fma, like, narrowed_square_lanes, product_lanes, row_block,
                          rows_flat)
 from .norms import exact_norm, rooted
@@ -206,7 +206,7 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
     # z, phi and phi', and the activation takes them in one call; else it takes them row by row.
     spans = zt.shape[1] == m and ps.shape[1] == m and qs.shape[1] == m
     tile_start = tile_end = i0  # samples [tile_start, tile_end) have their z rows in zt
-    alpha = product_alpha(act, spec.f32, spec.train_outer, a, m)  # > 0: the outputs in product form
+    alpha = product_alpha(spec, a)  # > 0: the outputs in product form
     margins = record and neurons
     i = i0
     while i < i1:
@@ -224,13 +224,13 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
                 tile_start, tile_end = s, s + tile
             span = min(tile_end, i + count) - s if spans else 1
             z_span, p_span, q_span = rows_flat(zt, s - tile_start, span), rows_flat(ps, g, span), rows_flat(qs, g, span)
-            if alpha > 0.0:  # (a sum and a product a row into outs[0] and outs[1]: the logs for the group below)
-                product_span(act_param, a, z_span, p_span, q_span, None, span, m)
+            if alpha > 0.0:  # (a row's sum and products into outs[0:3]: the logs for the group below)
+                product_span(act_param, z_span, p_span, q_span, None, span * m)
                 for h in range(g, g + span):
-                    z_row = rows_flat(zt, s - tile_start + h - g, 1)
-                    outs[0, h], outs[1, h] = product_lanes(a, rows_flat(ps, h, 1), z_row, m)
+                    e_row = rows_flat(zt, s - tile_start + h - g, 1)
+                    outs[0, h], outs[1, h], outs[2, h] = product_lanes(a, rows_flat(ps, h, 1), e_row, m)
                 if margins:
-                    product_phi_span(act_param, a, z_span, p_span, span, m)
+                    product_phi_span(act_param, z_span, p_span, span * m)
             else:
                 activate_span(act, act_param, z_span, p_span, q_span, None, span * m)
                 for h in range(g, g + span):
@@ -238,7 +238,7 @@ def fused_block(X, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zt, ps, qs, r
             g += span
         if alpha > 0.0:
             for g in range(count):
-                outs[0, g] = scale * product_output(act_param, alpha, outs[0, g], outs[1, g])
+                outs[0, g] = scale * product_output(act_param, alpha, outs[0, g], outs[1, g], outs[2, g])
         sample_outs(spec.loss, spec.loss_param, spec.margin_loss, y, i, count, outs, spec.f32)
         for g in range(count):
             value, coef, yf, u = outs[0, g], outs[1, g], outs[2, g], outs[3, g]
@@ -274,7 +274,7 @@ def split_forward(X, Wt, a, spec, zt, P, Q, fpart, every_row, margins):
     d, w = Wt.shape
     n = X.shape[0]
     act, act_param = spec.activation, spec.activation_param
-    alpha = product_alpha(act, spec.f32, spec.train_outer, a, w)
+    alpha = product_alpha(spec, a)
     s = 0
     while s < n:
         tile = WIDE_ROWS if d >= WIDE_MIN_D and n - s >= WIDE_ROWS else min(TILE_ROWS, n - s)
@@ -282,11 +282,11 @@ def split_forward(X, Wt, a, spec, zt, P, Q, fpart, every_row, margins):
         at = s if every_row else 0
         z_span, p_span, q_span = rows_flat(zt, 0, tile), rows_flat(P, at, tile), rows_flat(Q, at, tile)
         if alpha > 0.0:
-            product_span(act_param, a, z_span, p_span, q_span, None, tile, w)
+            product_span(act_param, z_span, p_span, q_span, None, tile * w)
             for h in range(tile):
                 fpart[s + h] = product_row(act_param, alpha, a, rows_flat(zt, h, 1), rows_flat(P, at + h, 1), w)
             if margins:
-                product_phi_span(act_param, a, z_span, p_span, tile, w)
+                product_phi_span(act_param, z_span, p_span, tile * w)
         else:
             activate_span(act, act_param, z_span, p_span, q_span, None, tile * w)
             for h in range(tile):
@@ -401,21 +401,22 @@ def z_columns(gemm):
 COLUMN_GROUP = 64
 
 
+@subroutine(lambda x, y, add: x)
+def lane_join(x, y, add):
+    """Two of product_lanes' lanes joined: x + y, or (1 + x)(1 + y) - 1 for its products less 1."""
+    return x + y if add else fma(x, y, x + y)
+
+
 @subroutine(lambda F, first, g, add: F.dtype)
 def lane_tree(F, first, g, add):
-    """product_lanes' combination of column g of F's rows first .. first + 15: sums where `add`, else products."""
+    """product_lanes' join of column g of F's rows first .. first + 15 (lane_join)."""
     k = first
-    if add:
-        v0, v1, v2, v3 = F[k, g] + F[k + 8, g], F[k + 1, g] + F[k + 9, g], F[k + 2, g] + F[k + 10, g], \
-            F[k + 3, g] + F[k + 11, g]
-        v4, v5, v6, v7 = F[k + 4, g] + F[k + 12, g], F[k + 5, g] + F[k + 13, g], F[k + 6, g] + F[k + 14, g], \
-            F[k + 7, g] + F[k + 15, g]
-        return ((v0 + v4) + (v1 + v5)) + ((v2 + v6) + (v3 + v7))
-    v0, v1, v2, v3 = F[k, g] * F[k + 8, g], F[k + 1, g] * F[k + 9, g], F[k + 2, g] * F[k + 10, g], \
-        F[k + 3, g] * F[k + 11, g]
-    v4, v5, v6, v7 = F[k + 4, g] * F[k + 12, g], F[k + 5, g] * F[k + 13, g], F[k + 6, g] * F[k + 14, g], \
-        F[k + 7, g] * F[k + 15, g]
-    return ((v0 * v4) * (v1 * v5)) * ((v2 * v6) * (v3 * v7))
+    v0, v1 = lane_join(F[k, g], F[k + 8, g], add), lane_join(F[k + 1, g], F[k + 9, g], add)
+    v2, v3 = lane_join(F[k + 2, g], F[k + 10, g], add), lane_join(F[k + 3, g], F[k + 11, g], add)
+    v4, v5 = lane_join(F[k + 4, g], F[k + 12, g], add), lane_join(F[k + 5, g], F[k + 13, g], add)
+    v6, v7 = lane_join(F[k + 6, g], F[k + 14, g], add), lane_join(F[k + 7, g], F[k + 15, g], add)
+    return lane_join(lane_join(lane_join(v0, v4, add), lane_join(v1, v5, add), add),
+                     lane_join(lane_join(v2, v6, add), lane_join(v3, v7, add), add), add)
 
 
 @subroutine(types.void)
@@ -438,38 +439,39 @@ def column_block(ZT, y, a, spec, inv_n, record, neurons, i0, i1, columns, member
         for j in range(m):
             grad_a[j] = 0.0
             neuron[j] = np.inf
-        alpha = product_alpha(act, spec.f32, spec.train_outer, a, m)
+        alpha = product_alpha(spec, a)
         risk, correct, margin = 0.0, 0.0, np.inf
         i = i0
         while i < i1:
             count = min(COLUMN_GROUP, i1 - i)
             # dot_row's sum for every sample of the group: eight chains (j mod 8), the last m % 8 terms
             # added to the first, the same tree of sums at the end; each neuron's row of phi is added
-            # while it is still in L1. In product form, product_lanes' sums and products: PRODUCT_LANES chains
-            # of each (F's rows 0-15 and 16-31).
+            # while it is still in L1. In product form, product_lanes' sums and products less 1 (F's rows
+            # 0-15, 16-31 for a_j > 0 and 32-47 for a_j < 0), in its order.
             lanes = PRODUCT_LANES if alpha > 0.0 else 8
-            for r in range(lanes):
+            for r in range(3 * lanes if alpha > 0.0 else lanes):
                 for g in range(count):
                     F[r, g] = 0.0
-                    if alpha > 0.0:
-                        F[lanes + r, g] = 1.0
             whole = m - m % lanes
             for j in range(m):
                 r = j % lanes if j < whole else 0
                 aj = a[j]
                 if alpha > 0.0:
-                    product_column(act_param, aj, ZT[j, i:i + count], P[j], Q[j], count)
+                    product_span(act_param, ZT[j, i:i + count], P[j], Q[j], None, count)
+                    d = r + (lanes if aj > 0.0 else 2 * lanes)
                     for g in range(count):
                         F[r, g] = fma(aj, P[j, g], F[r, g])
-                        F[lanes + r, g] = F[lanes + r, g] * ZT[j, i + g]
+                        e = ZT[j, i + g]
+                        F[d, g] = fma(F[d, g], like(F, 1.0) + e, e)
                 else:
                     activate_span(act, act_param, ZT[j, i:i + count], P[j], Q[j], None, count)
                     for g in range(count):
                         F[r, g] = fma(aj, P[j, g], F[r, g])
             if alpha > 0.0:
                 for g in range(count):
-                    total = lane_tree(F, 0, g, 1)
-                    outs[0, g] = scale * product_output(act_param, alpha, total, lane_tree(F, lanes, g, 0))
+                    total, positive = lane_tree(F, 0, g, True), lane_tree(F, lanes, g, False)
+                    outs[0, g] = scale * product_output(act_param, alpha, total, positive,
+                                                        lane_tree(F, 2 * lanes, g, False))
             else:
                 for g in range(count):
                     f = ((F[0, g] + F[4, g]) + (F[1, g] + F[5, g])) + ((F[2, g] + F[6, g]) + (F[3, g] + F[7, g]))
@@ -488,7 +490,7 @@ def column_block(ZT, y, a, spec, inv_n, record, neurons, i0, i1, columns, member
                 aj = a[j]
                 if alpha > 0.0 and record and neurons:  # phi from v and l, before G takes ZT's place
                     for g in range(count):
-                        P[j, g] = product_phi(act_param, aj > 0.0, ZT[j, i + g], P[j, g])
+                        P[j, g] = product_phi(act_param, ZT[j, i + g], P[j, g])
                 for g in range(count):
                     ZT[j, i + g] = Q[j, g] * (F[0, g] * aj)
                 if spec.train_outer:
@@ -508,10 +510,10 @@ def row_output(act, c, alpha, a, z, p, q, r, m, margins):
     """sum_j a_j phi_j of one row z (its entries left as the pass leaves them), phi' into q, phi into p (l where the
     outputs take the product form, alpha > 0, unless `margins`) and, unless r is None, phi'' into r."""
     if alpha > 0.0:
-        product_span(c, a, z, p, q, r, 1, m)
+        product_span(c, z, p, q, r, m)
         total = product_row(c, alpha, a, z, p, m)
         if margins:
-            product_phi_span(c, a, z, p, 1, m)
+            product_phi_span(c, z, p, m)
         return total
     activate_span(act, c, z, p, q, r, m)
     return np.float64(dot_row(a, p, m))
@@ -579,7 +581,7 @@ def sample_block(X, Z, y, Wt, a, spec, inv_n, record, neurons, i0, i1, zs, membe
                 return
     risk, correct, margin = 0.0, 0.0, np.inf
     n_train = X.shape[0]
-    alpha = product_alpha(act, spec.f32, spec.train_outer, a, m)
+    alpha = product_alpha(spec, a)
     margins = record and neurons
     pending = 0
     waiting = WAITING_SAMPLES if m <= WAITING_MAX_M else BACKWARD_GROUP

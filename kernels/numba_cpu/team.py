@@ -76,8 +76,9 @@ class Spec(NamedTuple):
     """What is computed: codes and parameters of the catalogs' activation and loss, the margin rule
     (u = y f, else r = f - y), the output scale s, whether a is trained, the linear model's fast path,
     whether the run is float32 (rounded as the oracle rounds), and the bounds on the risk and on the weight
-    norm above which a run stops as diverged (inf: none), and whether a stepsize rule needs the log-risk at
-    every step."""
+    norm above which a run stops as diverged (inf: none), whether a stepsize rule needs the log-risk at
+    every step, and whether the outputs take the product form (formulas.product_form, decided by the host from
+    every configuration's outer weights)."""
 
     activation: int
     activation_param: float
@@ -91,6 +92,7 @@ class Spec(NamedTuple):
     risk_bound: float
     weight_bound: float
     log_risk_every_step: bool
+    product: bool = False
 
 
 class Schedule(NamedTuple):

@@ -345,6 +345,9 @@ class Runner:
         if not all(x.flags.c_contiguous for x in arrays):
             raise ValueError("the numba backend needs C-contiguous state and trace arrays")
         self.state, self.trace = state, trace
+        p = self.problem
+        self._spec = self._spec._replace(product=self._kernels.product_form(
+            int(p.activation.code), p.dtype == np.float32, bool(p.train_outer), state.a))
         self._batch = self._kernels.Batch(state.W, state.a, state.diverged, *state.tangent_arrays(), state.rules,
                                           state.rule_params, *state.curvature_arrays())
 
@@ -565,8 +568,8 @@ def buffers(kernels, team: int, m: int, d: int, n: int, n_test: int, dtype, blas
         group = kernels.COLUMN_GROUP
         # Empty arrays rather than None where Z keeps its rows: the same types, so one BLAS kernel serves both
         # layouts (gemm[2] chooses at run time) and neither is a compile of its own.
-        # The third: the outputs' sums (and products: step.column_block) in lanes.
-        lanes = 2 * kernels.PRODUCT_LANES
+        # The third: the outputs' sums (and the product form's products: step.column_block) in lanes.
+        lanes = 3 * kernels.PRODUCT_LANES
         columns = ((_own_block((team, m, group), dtype), _own_block((team, m, group), dtype),
                     _own_rows((team, lanes, group), dtype), _own_rows((team, 4, group), np.float64)) if transposed
                    else (empty((team, 0, 0), dtype), empty((team, 0, 0), dtype), empty((team, 0, 0), dtype),
