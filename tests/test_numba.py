@@ -1787,3 +1787,28 @@ def test_outputs_of_neurons_all_far_below_zero_keep_their_digits(team, outer, mo
     np.testing.assert_allclose(runs[1].margin, runs[0].margin, rtol=1e-10)
     np.testing.assert_allclose(runs[1].neuron_margins, runs[0].neuron_margins, rtol=1e-10)
     np.testing.assert_array_equal(runs[1].accuracy, runs[0].accuracy)
+
+
+def test_the_sharpness_warm_start_stays_finite_where_the_top_eigenvalue_is_far_below_the_hessians_scale():
+    """A softplus net whose Hessian has a top eigenvalue of rounding size (1e-16) beside -4.9: the top Ritz vector
+    of the first measurement, by inverse iteration with a shift 1e-10 |theta| past a theta far below T's rounding,
+    was NaN (a zero pivot), and the next measurements, warm-started from it, gave 0 and NaN. They are eigsh's,
+    within 1e-6 of the Hessian's spectral radius at each recorded step (the values below rounding are noise)."""
+    X = np.array([[-190.863, 56.133, 89.119, 34.12, 43.436, 138.316, -29.421, 0.018],
+                  [-72.859, -184.808, -82.066, 107.095, 139.02, 98.711, -8.496, -70.494],
+                  [95.94, 12.774, -96.452, 19.322, -27.103, 52.796, -66.589, -102.745],
+                  [42.427, -10.786, -172.617, 103.559, 106.308, 53.026, 193.266, 115.418],
+                  [10.184, 10.893, -24.911, 17.703, 15.513, -190.17, -163.103, -134.066]])
+    y = np.array([1.0, 1.0, -1.0, -1.0, -1.0])
+    W0 = np.array([[11.073, -8.124, 11.787, 6.318, 5.784, -7.313, -11.656, 8.4],
+                   [2.164, 10.248, 17.335, 7.145, -9.724, -5.392, 11.095, 13.668],
+                   [11.802, 3.484, -7.983, -8.124, 1.067, -4.37, 14.356, -17.869]])
+    net = lgd.TwoLayerNet(3, activation="softplus", scaling="ntk", outer=np.array([1.0, 1.0, -1.0]))
+    run = lgd.gd(X, y, net, "logistic", steps=2, stepsize=1.944, init=W0, compute="numba",
+                 record=lgd.Record(every=1, sharpness_every=1, sharpness_k=2, weights=1))
+    a = net.outer_weights(None)
+    assert np.isfinite(run.sharpness).all(), run.sharpness
+    for W, got in zip(run.trajectory, run.sharpness):
+        H = lgd.hessian.dense_hessian(W, a, X, y, "softplus", "logistic", net.scale)
+        want = lgd.hessian.sharpness(W, a, X, y, "softplus", "logistic", net.scale, k=2)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(np.linalg.eigvalsh(0.5 * (H + H.T))).max())

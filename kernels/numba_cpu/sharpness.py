@@ -49,6 +49,13 @@ LOCK_TOL = 1e-10
 # Where a pivot of ritz_vector's factorisations is 0 (T - theta singular there), this in its place: far from
 # 0 at the scale 1 of the scaled tridiagonal, small enough that the vector's entries stay finite.
 PIVOT_FLOOR = 2.0 ** -100
+# top_ritz_vector's shift lies at least this above theta / r: T / r, of norm about 1, and theta, its top eigenvalue
+# by bisection, are known to about 1e-16 (absolute), so a shift closer than that need not make T / r - shift
+# negative definite. A distance of 1e-10 |theta| / r alone (at least 1e-100) was no distance where the top
+# eigenvalue lies far below the others' magnitude: a softplus net's 7e-17 beside -4.9 (a 2 x 2 block of T) gave
+# a pivot of 0, a start vector of NaN, and every later measurement 0 and NaN (a basis of NaN, restarts refused).
+# Where |theta| / r >= 1e-2, 1e-10 |theta| / r is the larger: the shift (and k = 1's start) there is as before.
+SHIFT_FLOOR = 1e-12
 
 
 @subroutine(types.int64)
@@ -121,12 +128,12 @@ def top_ritz_vector(alpha, beta, j, theta, y, work):
     """y (j,): the eigenvector of the tridiagonal for its top eigenvalue theta, by two steps of inverse
     iteration with the shift just above theta (T - shift is then negative definite: no pivoting needed), on
     the tridiagonal divided by its Gershgorin radius r (as ritz_value): the shift's distance 1e-10 |theta| / r,
-    at least 1e-100 (at theta 0, or 1e-300 at r 1e-300, a shift of 1e-310 past it made y inf, then NaN)."""
+    at least SHIFT_FLOOR, above the rounding of the scaled T (see there)."""
     r = radius(alpha, beta, j)
     if r == 0.0 or not math.isfinite(r):
         r = 1.0
     theta = theta / r
-    shift = theta + 1e-10 * max(abs(theta), 1e-100)
+    shift = theta + max(1e-10 * abs(theta), SHIFT_FLOOR)
     for i in range(j):
         y[i] = 1.0
     for _ in range(2):
@@ -331,15 +338,17 @@ def top_eigenvalues(X, y, Wt, a, spec, start, start_a, out, Q, QA, HV, HB, Vt, H
             norm += start[jj, kk] * start[jj, kk]
         if train_outer:
             norm += start_a[jj] * start_a[jj]
-    # Q[0] = the previous top Ritz vector (unit, when there is one) + the spread-out direction (unit).
+    # Q[0] = the previous top Ritz vector (unit, when there is one) + the spread-out direction (unit). A start
+    # that is not finite (a measurement at weights whose Hessian was not) is none: its NaN would fill the basis,
+    # whose every restart is then refused, and every later measurement would read 0 and NaN.
     spread = spread_direction(Q[0], QA[0], train_outer, 0)
-    warm = 1.0 / math.sqrt(norm) if norm > 0.0 else 0.0
+    warm = 1.0 / math.sqrt(norm) if norm > 0.0 and math.isfinite(norm) else 0.0
     norm = 0.0
     for jj in range(m):
         for kk in range(d):
-            Q[0, jj, kk] = warm * start[jj, kk] + Q[0, jj, kk] / spread
+            Q[0, jj, kk] = (warm * start[jj, kk] if warm > 0.0 else 0.0) + Q[0, jj, kk] / spread
             norm += Q[0, jj, kk] * Q[0, jj, kk]
-        QA[0, jj] = (warm * start_a[jj] + QA[0, jj] / spread) if train_outer else 0.0
+        QA[0, jj] = ((warm * start_a[jj] if warm > 0.0 else 0.0) + QA[0, jj] / spread) if train_outer else 0.0
         norm += QA[0, jj] * QA[0, jj]
     norm = math.sqrt(norm)
     for jj in range(m):
