@@ -20,7 +20,8 @@ EXTRAS = {
     "nvrtc": ["cupy-cuda13x>=14", "nvidia-cuda-nvrtc==13.0.*", "nvidia-cuda-runtime==13.0.*",
               "nvidia-cuda-cccl==13.0.*"],
 }
-EXTRAS["test"] = ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "pandas>=1.5", *EXTRAS["nvrtc"]]
+EXTRAS["test"] = ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "pandas>=1.5", "mpmath>=1.3",
+                  *EXTRAS["nvrtc"]]
 EXTRAS["all"] = sorted({req for name in ("numba", "plot", "data", "progress", "analysis", "distributed")
                        for req in EXTRAS[name]})
 

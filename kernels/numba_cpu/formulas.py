@@ -176,7 +176,9 @@ def product_form(code: int, f32: bool, train_outer: bool, A) -> bool:
     every configuration's outer weights A[c] (C, m) of one magnitude alpha_c > 0, at most PRODUCT_MAX_M of them
     (for a team split by neurons too: a member's columns then hold alpha_c as well)."""
     A = np.abs(np.asarray(A, dtype=np.float64))
-    if code not in (LEAKY_SOFTPLUS, SOFTPLUS) or f32 or train_outer or A.ndim != 2 or not 0 < A.shape[1] <= PRODUCT_MAX_M:
+    if code not in (LEAKY_SOFTPLUS, SOFTPLUS) or f32 or train_outer:
+        return False
+    if A.ndim != 2 or not 0 < A.shape[1] <= PRODUCT_MAX_M:
         return False
     return bool(np.all(A[:, :1] > 0) and np.all(A == A[:, :1]))
 

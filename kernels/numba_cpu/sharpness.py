@@ -146,12 +146,7 @@ def top_ritz_vector(alpha, beta, j, theta, y, work):
         y[j - 1] /= work[j - 1]
         for i in range(j - 2, -1, -1):
             y[i] = (y[i] - beta[i + 1] / r * y[i + 1]) / work[i]
-        norm = 0.0
-        for i in range(j):
-            norm += y[i] * y[i]
-        norm = math.sqrt(norm)
-        for i in range(j):
-            y[i] /= norm
+        unit(y, j)
 
 
 @subroutine(types.float64)
@@ -189,13 +184,19 @@ def ritz_vector(alpha, beta, j, theta, z, work):
         work[i] = -(beta[i] / r) * (work[i - 1] if i - 1 > twist else 1.0) / work[i]
         z[i] = work[i]
     z[twist] = 1.0
+    unit(z, j)
+    return z[j - 1]
+
+
+@subroutine(types.void)
+def unit(y, j):
+    """y[:j] divided by its norm."""
     norm = 0.0
     for i in range(j):
-        norm += z[i] * z[i]
+        norm += y[i] * y[i]
     norm = math.sqrt(norm)
     for i in range(j):
-        z[i] /= norm
-    return z[j - 1]
+        y[i] /= norm
 
 
 @subroutine(types.void)
