@@ -239,8 +239,8 @@ def cast_stepsizes(stepsizes, dtype) -> np.ndarray:
 # A float64 sum of squares from which the norm is its square root: at least this (below it squares that
 # underflowed, to 0 or to subnormals of few bits, may weigh in it: 2^-968 leaves them below 2^-107 of it) and
 # finite. Outside, 0 with entries that are not all 0, subnormal or inf, a norm goes over the entries again
-# scaled by the largest |entry| (the numpy oracle's _norm, the numba kernels' norm_of, the CUDA kernels'
-# exact_norm): exact over float64's range, while the common case costs no more than the sum.
+# scaled by the largest |entry| (the numpy oracle's _numpy._norm, the numba kernels' norms.exact_norm, the CUDA
+# kernels' exact_norms): exact over float64's range, while the common case costs no more than the sum.
 SQUARES_EXACT_FROM = 2.0 ** -968
 
 
