@@ -4,6 +4,8 @@ kernels' float64 exp and log1p in cuda/formulas.cuh. Plain numbers, no compiler:
 and how each algorithm uses them is written beside the code that evaluates them (numba_cpu/exp_log1p.py).
 """
 
+from decimal import Decimal, localcontext
+
 import numpy as np
 
 # exp, float64: x = k ln2 + r (|r| <= ln2/2), exp(r) - 1 = r + r^2 P(r), P's coefficient of r^0 1/2.
@@ -21,6 +23,20 @@ SHIFTER_NONPOSITIVE = 6755399441055744.0 + 1023.0 + NONPOSITIVE_OFFSET
 EXP_P = (0.16666666666666666, 0.041666666666651364, 0.008333333333332157, 0.0013888888905871347,
          0.0001984126985433077, 2.4801536409064087e-05, 2.7557280082684685e-06, 2.761379555451986e-07,
          2.509554598170022e-08)
+
+# exp of x <= 0 by a table, in AVX-512's vector code (numba_cpu.vector_exp): x = (n / 16) ln2 + r with |r| <=
+# ln2/32, e^x = 2^floor(n / 16) 2^(j / 16) e^r, j = n mod 16. 2^(j / 16) as the float64 nearest it and the
+# float64 nearest the rest (computed here to 40 digits); e^r - 1 = r + r^2 Q(r), Q's coefficients of r^0 .. r^4
+# fitted on [-ln2/32, ln2/32] (Chebyshev, mpmath: the error reaches e^r below 2.9e-17). Adding the shifter rounds
+# x / ln2 to a multiple of 1/16, whose sixteenths the low bits carry.
+EXP_TABLE_SIZE = 16
+with localcontext() as _context:
+    _context.prec = 40
+    _powers = [Decimal(2) ** (Decimal(j) / EXP_TABLE_SIZE) for j in range(EXP_TABLE_SIZE)]
+    EXP_TABLE_HI = tuple(float(v) for v in _powers)
+    EXP_TABLE_LO = tuple(float(v - Decimal(hi)) for v, hi in zip(_powers, EXP_TABLE_HI))
+EXP_TABLE_Q = (0.5, 0.1666666666530169, 0.04166666666496045, 0.008333449701253456, 0.0013889034348599464)
+SHIFTER_TABLE = 1.5 * 2.0 ** 48  # its ulp is 1/16
 
 # log(1 + e), e in [0, 1], float64: R(z) = z g(z), g's coefficients of z^0 .. z^9 fitted on [0, 1/9].
 LOG1P_G = (0.6666666666666666, 0.40000000000014585, 0.2857142856710876, 0.22222222717427864,

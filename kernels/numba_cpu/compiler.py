@@ -51,13 +51,19 @@ VECTOR_BYTES_VARIABLE = "LGD_VECTOR_BYTES"
 VECTOR_WIDTHS = (32, 64)
 
 
-def target_vector_bytes() -> int:
-    """64 where the CPU numba compiles for has AVX-512 (avx512f), else 32. numba targets the host unless
-    NUMBA_CPU_NAME / NUMBA_CPU_FEATURES say otherwise (portable caches): the same features decide here."""
+def target_avx512() -> bool:
+    """Whether the CPU numba compiles for has AVX-512 (avx512f). numba targets the host unless NUMBA_CPU_NAME /
+    NUMBA_CPU_FEATURES say otherwise (portable caches): the same features decide here, and numba's cache keys
+    its entries on them."""
     from numba.core import codegen, config
 
     features = config.CPU_FEATURES if config.CPU_FEATURES is not None else codegen.get_host_cpu_features()
-    return 64 if "+avx512f" in features.split(",") else 32
+    return "+avx512f" in features.split(",")
+
+
+def target_vector_bytes() -> int:
+    """64 where the CPU numba compiles for has AVX-512 (:func:`target_avx512`), else 32."""
+    return 64 if target_avx512() else 32
 
 
 def target_cpu_name() -> str:

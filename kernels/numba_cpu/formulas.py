@@ -51,9 +51,10 @@ from lgd.activations import GELU, IDENTITY, LEAKY_RELU, LEAKY_SOFTPLUS, RELU, SI
 from lgd.losses import EXPONENTIAL, FLATTENED_EXPONENTIAL, FLATTENED_POLYNOMIAL, LOGISTIC, SQUARED
 
 from .compiler import subroutine
-from .exp_log1p import (exp, exp_nonpositive, exp_nonpositive_of, log1p_parts_of, log1p_unit, log_normal,
-                        softplus_sigmoid_from_exp, softplus_sigmoid_from_exp_of)
+from .exp_log1p import (exp, exp32_nonpositive, exp_nonpositive, exp_nonpositive_of, log1p_parts_of, log1p_unit,
+                        log_normal, softplus_sigmoid_from_exp, softplus_sigmoid_from_exp_of)
 from .intrinsics import fma, like, product_lanes, rows_flat
+from .passes import exp_pass, product_pass
 
 # The codes this file has a formula for: a catalog entry missing here is refused (and the tests, which
 # enumerate the catalogs, fail until its formula is written).
@@ -83,6 +84,21 @@ def unknown_code(activation, loss):
     return KNOWN
 
 
+def _exp_span64(z, e, count):
+    exp_pass(z, e, count)
+
+
+def _exp_span32(z, e, count):
+    for k in range(count):
+        e[k] = exp32_nonpositive(-abs(z[k]))
+
+
+@subroutine(types.void, pick=lambda z, e, count: _exp_span32 if z.dtype == types.float32 else _exp_span64)
+def exp_span(z, e, count):
+    """e[k] = e^-|z[k]| for k < count (1-d C-contiguous spans): float64 in vector code, as the product form's
+    pass takes it (passes.exp_pass: the same bits), float32 by exp32_nonpositive."""
+
+
 @subroutine(types.void)
 def activate_span(code, c, z, p, q, r, m):
     """p[j] = phi(z[j]) and q[j] = phi'(z[j]) for j < m (1-d arrays), in the dtype of z, and, unless r is
@@ -96,8 +112,7 @@ def activate_span(code, c, z, p, q, r, m):
     if code == LEAKY_SOFTPLUS or code == SOFTPLUS:  # softplus is c = 0
         # Two passes, exp(-|z|) into p first: each loop keeps fewer constants live than one loop doing
         # both, so fewer are reloaded every iteration.
-        for j in range(m):
-            p[j] = exp_nonpositive_of(-abs(z[j]))
+        exp_span(z, p, m)
         # softplus(x) = max(x, 0) + e - s u (log1p_parts): the terms known early first, s u (the end of
         # the longest chain: the division, then the polynomial) last, in one fma; then phi = c x +
         # (1 - c) softplus(x) in one more.
@@ -189,29 +204,13 @@ def product_alpha(spec, a):
     return abs(np.float64(a[0])) if spec.product else 0.0
 
 
-@subroutine(types.UniTuple(types.float64, 4))
-def product_entry(c, x, e):
-    """(e, l, phi', phi'') of one entry z = x given e = e^-|x| (see PRODUCT_MAX_M); phi' as activate_span forms
-    it, bit for bit. In float64 (a float32 kernel compiles the product form's code but never runs it)."""
-    x, e = np.float64(x), np.float64(e)
-    cz, cbar = c, 1.0 - c
-    r1 = 1.0 / (1.0 + e)
-    lin = max(x, cz * x) if c != 0.0 else max(x, 0.0)  # c z + (1 - c) max(z, 0), exact for c in [0, 1]
-    return e, lin, fma(cbar, r1 if x >= 0.0 else e * r1, cz), cbar * (e * r1) * r1
-
-
 @subroutine(types.void)
 def product_span(c, z, p, q, r, count):
     """The product form's pass over `count` entries (1-d spans z, p, q and, unless r is None, r; rows of m one
-    after another, or one neuron's entries of several samples): z[k] becomes e, p[k] l, q[k] phi' and r[k]
-    phi''."""
-    for k in range(count):
-        p[k] = exp_nonpositive_of(-abs(z[k]))
-    for k in range(count):
-        e, lin, dphi, ddphi = product_entry(c, z[k], p[k])
-        z[k], p[k], q[k] = e, lin, dphi
-        if r is not None:
-            r[k] = ddphi
+    after another, or one neuron's entries of several samples): z[k] becomes e = e^-|z|, p[k] l = max(z, c z),
+    q[k] phi' = c + (1 - c) sigmoid(z) (as activate_span forms it, from the same e) and r[k] phi''. In vector code
+    (passes.product_pass: exp by a table where the target has AVX-512)."""
+    product_pass(c, z, p, q, r, count)
 
 
 @subroutine(types.float64)
@@ -239,7 +238,7 @@ def product_row(c, alpha, a, e, p, m):
 
 @subroutine(types.float64)
 def product_phi(c, e, lin):
-    """phi of an entry from its e and l (product_entry): l + (1 - c) log1p(e); for the neurons' margins, at the
+    """phi of an entry from its e and l (product_span): l + (1 - c) log1p(e); for the neurons' margins, at the
     steps that record them."""
     lp, _ = log1p_unit(np.float64(e))
     return fma(1.0 - c, lp, np.float64(lin))

@@ -7,7 +7,7 @@ of rows as one 1-d array (``rows_flat``), the vector operations of the register 
 process's VECTOR_BYTES, and at AVX2's HALF_BYTES) and of :func:`dot_lanes`, a prefetch for writing,
 and the atomics, pause and sched_yield of a team's barrier. Everything resolved by name at load time,
 so the on-disk cache keeps working. No formulas and no loops over the data: those live in exp_log1p,
-formulas, tiles and step.
+formulas, passes (the passes over entries in vector code), tiles and step.
 """
 
 import platform
@@ -260,12 +260,13 @@ def product_lanes(typingctx, a, p, e, count):
             """The three accumulators after the terms (av, pv, ev) (vectors, or scalars with a scalar zero)."""
             # D (1 + e) + e in one fma: the chain from one D to the next is that fma alone (D + e + D e took an
             # addition more on it), and 1 + e off the chain; its rounding, an ulp of 1 times D, keeps D's digits.
+            # The other sign's D is kept by a select (a masked fma with AVX-512), as fma(D, 1, 0) would keep it.
             one = ir.Constant(zero.type, [1.0] * 8) if isinstance(zero.type, ir.VectorType) else ir.Constant(
                 zero.type, 1.0)
             positive = builder.fcmp_ordered(">", av, zero)
-            e_pos, e_neg = builder.select(positive, ev, zero), builder.select(positive, zero, ev)
-            return (fma(av, pv, sum_), fma(pos, builder.fadd(one, e_pos), e_pos),
-                    fma(neg, builder.fadd(one, e_neg), e_neg))
+            factor = builder.fadd(one, ev)
+            return (fma(av, pv, sum_), builder.select(positive, fma(pos, factor, ev), pos),
+                    builder.select(positive, neg, fma(neg, factor, ev)))
 
         def load(data, at):
             return builder.load(builder.bitcast(builder.gep(data, [at]), vector.as_pointer()), align=bits // 8)
