@@ -471,9 +471,11 @@ def _advance(runner, state: State, trace: Trace, steps: int, progress, pauses=()
     seconds spent in ``at_pause``).
     """
     total = steps + 1
-    bar = _progress_bar(progress, total)
+    # The bar counts GD steps: evaluations t .. stop - 1 take the run to step min(stop, steps) (the last
+    # evaluation, at t = steps, takes no step).
+    bar = _progress_bar(progress, steps)
     if bar is not None and start:
-        bar.update(start)
+        bar.update(min(start, steps))
     t, chunk, seconds, paused_seconds = start, min(total, first_chunk), 0.0, 0.0
     pauses = list(pauses)
     runner.start(state, trace, start)
@@ -490,7 +492,7 @@ def _advance(runner, state: State, trace: Trace, steps: int, progress, pauses=()
                 elapsed = time.perf_counter() - tic
                 seconds += elapsed
                 if bar is not None:
-                    bar.update(stop - t)
+                    bar.update(min(stop, steps) - min(t, steps))
                 # Grow or shrink the chunk toward CHUNK_SECONDS of work, at most 8x per chunk; the rest of the
                 # run in one chunk where it fits in that much at this chunk's pace: each chunk costs a runner call
                 # (on the numba backend about 0.1 ms besides its steps; S's 1,000-step call 1.8% faster in two

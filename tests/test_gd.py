@@ -398,6 +398,30 @@ def test_progress_bar_on_request_and_off_when_not_a_terminal(xor, capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("first_chunk", [1, 7, 1000])
+def test_progress_bar_counts_the_gd_steps(xor, monkeypatch, first_chunk):
+    """The bar's total and its updates are the run's steps (not its steps + 1 evaluations), in chunks of any
+    size."""
+    class Bar:
+        def __init__(self, total):
+            self.total, self.count = total, 0
+
+        def update(self, n):
+            assert n >= 0
+            self.count += n
+
+        def close(self):
+            pass
+
+    bars = []
+    monkeypatch.setattr(lgd.driver, "_progress_bar", lambda progress, total, unit="step": bars.append(Bar(total))
+                        or bars[-1])
+    monkeypatch.setattr(lgd.driver, "FIRST_CHUNK_STEPS", first_chunk)
+    X, y = xor
+    lgd.gd(X, y, lgd.TwoLayerNet(3), stepsize=1.0, steps=30, compute="numpy")
+    assert [(bar.total, bar.count) for bar in bars] == [(30, 30)]
+
+
 def test_without_tqdm_a_terminal_gets_no_bar_and_progress_true_says_what_to_install(xor, monkeypatch):
     """progress=None in a terminal is a bar where tqdm is installed and none (no error) where it is not: `pip
     install lgd` is numpy only; progress=True without tqdm names the extra."""
