@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Integral, Real
 
 import numpy as np
@@ -230,15 +230,19 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
                       sharpness_every=sharpness_every or 0, sharpness_k=sharpness_k, sharpness_points=sharpness_points,
                       lyapunov=record.lyapunov or 0)
 
-    def empty_trace(until: int, check_memory: bool = False) -> Trace:
-        """The records of a run of `until` steps (trajectories included when asked for). With `check_memory`,
-        MemoryError before any is made where they would not fit in the memory available: numpy's allocations
-        succeed beyond it where the system overcommits, and the process is killed as they are filled."""
-        shape = (len(configs), record_count(until, record_every), model.width, bool(neuron_margins))
-        options = dict(weight_records=record_count(until, record.weights) if record.weights else 0, dim=d,
+    def empty_trace(until: int, check_memory: bool = False, every: int = 0) -> Trace:
+        """The records of a run of `until` steps (trajectories included when asked for); with `every`, each kind
+        of record (metrics, weights, sharpness) at record_steps(until, every) instead of its own steps. With
+        `check_memory`, MemoryError before any is made where they would not fit in the memory available: numpy's
+        allocations succeed beyond it where the system overcommits, and the process is killed as they are
+        filled."""
+        def count(own):
+            return record_count(until, every or own)
+        shape = (len(configs), count(record_every), model.width, bool(neuron_margins))
+        options = dict(weight_records=count(record.weights) if record.weights else 0, dim=d,
                        dtype=dtype, outer=model.train_outer,
                        directions=0 if directions is None else directions.shape[0], tangents=record.lyapunov or 0,
-                       sharpness_records=record_count(until, sharpness_every) if in_runner else 0,
+                       sharpness_records=count(sharpness_every) if in_runner else 0,
                        sharpness_k=sharpness_k if in_runner else 0)
         available = _available_memory() if check_memory else None
         if available is not None:
@@ -313,9 +317,14 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
     seconds, paused_seconds = seconds_before + seconds, paused_before + paused_seconds
     final = None
     if interrupted:
-        # The weights are W_reached: record that step too, so that the last record and the weights agree.
-        final = empty_trace(reached)
-        last = backend.runner(problem, reached, record_every, state.W.shape)
+        # The weights are W_reached: record that step too, so that the last record and the weights agree. As a
+        # run of `reached` steps that records its two ends only (of which the last is kept): two slots a field,
+        # where the records' own steps would allocate a second trace of the run (trajectories: gigabytes).
+        ends = max(1, reached)
+        final = empty_trace(reached, every=ends)
+        last = backend.runner(replace(problem, weights_every=ends if problem.weights_every else 0,
+                                      sharpness_every=ends if problem.sharpness_every else 0),
+                              reached, ends, state.W.shape)
         last.start(state, final)
         try:
             last.advance(reached, reached + 1)

@@ -123,6 +123,33 @@ def test_an_interrupted_run_records_the_rules_stepsize_of_the_whole_run(interrup
     assert grid.eta[0, -1] == lgd.stepsize.stepsize_at(lgd.stepsize.COSINE, 2.0, 0.0, 0.0, t, 1000, *[math.nan] * 4)
 
 
+def test_an_interrupted_runs_last_record_takes_two_slots_not_a_second_trace(interrupt_at, monkeypatch):
+    """The record of the step an interrupted run stopped at comes from a run that records its two ends: the
+    traces made are the run's and one of two slots a field (records, weights, sharpness), where the records' own
+    steps made a second trace as long as the run's (trajectories: gigabytes); its records are those of a run
+    that ended there."""
+    made, empty = [], lgd.backends.Trace.empty.__func__
+
+    def recorded(cls, configs, records, width, neurons, **options):
+        made.append((records, options["weight_records"], options["sharpness_records"]))
+        return empty(cls, configs, records, width, neurons, **options)
+
+    monkeypatch.setattr(lgd.backends.Trace, "empty", classmethod(recorded))
+    X, y = lgd.data.xor(n=20)
+    fired = interrupt_at(37)
+    record = lgd.Record(every=1, weights=2, sharpness_every=5)
+    run = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=2.0, steps=1000, record=record, compute="numpy")
+    t = fired[0]
+    assert run.status == "interrupted" and made == [(1001, 501, 201), (2, 2, 2)]
+    assert run.step[-1] == run.trajectory_step[-1] == run.sharpness_step[-1] == t
+    monkeypatch.setattr(lgd.backends.Trace, "empty", classmethod(empty))
+    whole = lgd.gd(X, y, lgd.TwoLayerNet(4), stepsize=2.0, steps=t, record=record, compute="numpy")
+    np.testing.assert_array_equal(run.trajectory[-1], whole.weights)
+    for name in ("risk", "margin", "grad_norm", "weight_norm"):
+        np.testing.assert_array_equal(getattr(run, name), getattr(whole, name), err_msg=name)
+    np.testing.assert_allclose(run.sharpness[-1], whole.sharpness[-1], rtol=1e-12)
+
+
 def test_the_rate_of_a_sweep_config_uses_its_steps_taken():
     X, y = lgd.data.wu_toy()
     grid = lgd.sweep(X, y, lgd.Linear(), stepsizes=[1.0, 2.0], steps=10, init="zeros", compute="numpy")
