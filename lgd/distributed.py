@@ -41,9 +41,7 @@ import numpy as np
 
 from . import backends as _backends
 from . import driver as _driver
-from . import losses as _losses
 from . import options as _options
-from . import stepsize as _stepsize
 from .backends import record_steps
 from .models import TwoLayerNet
 from .results import CONFIG_FIELDS, GRID_CELL_DIMS, Sweep, SweepStore, cell_key, grid_shape
@@ -161,36 +159,19 @@ class _Plan:
 
 def _plan(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, inits, outer_inits, X_test, y_test,
           record, compute, divergence, deprecated) -> _Plan:
-    """Every check of lgd.sweep, here before any batch runs (the same checks, called in the same order)."""
+    """Every check of lgd.sweep, here before any batch runs: its checks of the arguments (lgd.driver.check_call),
+    then of the initial weights and tangents, on the first seed."""
     record, compute = _options.resolve(record, compute, deprecated, "sweep")
     divergence = _options.as_divergence(divergence)
-    if not isinstance(model, TwoLayerNet):
-        raise TypeError(f"model must be an lgd.TwoLayerNet or lgd.Linear, got {type(model).__name__}")
-    checked_loss = _losses.get(loss)
     if any(_backends.on_device(array) for array in (X, y, X_test, y_test) if array is not None):
         raise ValueError("a distributed sweep takes host (numpy) arrays: the workers move them to their device "
                          "themselves (compute='cupy')")
     data = tuple(None if array is None else np.asarray(array) for array in (X, y, X_test, y_test))
-    dtype = _driver._run_dtype(compute.dtype, data[0])
-    _, _ = _driver.check_data(data[0], data[1], checked_loss, dtype, "X", "y")
-    if (X_test is None) != (y_test is None):
-        raise ValueError("give both X_test and y_test, or neither")
-    if X_test is not None:
-        X_test_checked, _ = _driver.check_data(data[2], data[3], checked_loss, dtype, "X_test", "y_test")
-        if X_test_checked.shape[1] != data[0].shape[1]:
-            raise ValueError(f"X_test has {X_test_checked.shape[1]} features but X has {data[0].shape[1]}")
-    rules = _driver._stepsize_rules(stepsizes)
-    if record.sharpness_every is None and any(rule.code == _stepsize.INVERSE_SHARPNESS for rule in rules):
-        raise ValueError("lgd.stepsize.inverse_sharpness needs the sharpness measured: "
-                         "record=lgd.Record(sharpness_every=s)")
-    seeds = _driver._check_seeds(seeds)
-    steps = _driver.check_steps(steps)
-    init_scale = _driver.check_init_scale(init_scale, init, inits)
-    _driver._check_stepsize_range(np.array([rule.eta for rule in rules]), dtype)
-    _driver.check_scale(model, dtype)
-    d = data[0].shape[1]
-    starts = _driver._starting_points(model, d, inits, outer_inits)
-    _driver._directions(record, model, d, dtype)
+    checked = _driver.check_call(*data[:2], model, loss, stepsizes, steps, seeds, init=init, init_scale=init_scale,
+                                 inits=inits, outer_inits=outer_inits, X_test=data[2], y_test=data[3], record=record,
+                                 dtype=compute.dtype)
+    checked_loss, dtype, rules, seeds, steps = checked.loss, checked.dtype, checked.rules, checked.seeds, checked.steps
+    init_scale, starts, d = checked.init_scale, checked.starts, checked.X.shape[1]
     _driver._initial_weights(model, d, init, init_scale, seeds[:1], starts, dtype)  # checks init
     if record.lyapunov:
         _driver._initial_tangents(model, d, record.lyapunov, seeds[:1], [(0, 0, 0)])  # checks the count

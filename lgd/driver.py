@@ -167,18 +167,35 @@ def sweep(X, y, model, loss="logistic", stepsizes=(1.0,), steps=1000, seeds=(0,)
                   divergence=divergence, checkpoint=checkpoint, checkpoint_every=checkpoint_every, caller="sweep")
 
 
-def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, inits, outer_inits, X_test, y_test,
-           record, compute, divergence, checkpoint, checkpoint_every, caller: str) -> Sweep:
-    """The body of :func:`sweep` (and :func:`gd`, its `caller`, which a checkpoint records for
-    :func:`lgd.resume`), with ``record`` and ``compute`` resolved."""
-    divergence = _options.as_divergence(divergence)
-    record_every, neuron_margins = record.every, record.neuron_margins
-    sharpness_every, sharpness_k, sharpness_points = record.sharpness_every, record.sharpness_k, record.sharpness_points
-    backend, dtype, progress = compute.backend, compute.dtype, compute.progress
+@dataclass(frozen=True)
+class Checked:
+    """lgd.sweep's arguments as :func:`check_call` leaves them: the loss from its catalog, the run's dtype, the
+    data in it, the stepsize rules, seeds, steps, init_scale, the starting points and the projection directions
+    (or None)."""
+
+    loss: object
+    dtype: object
+    X: np.ndarray
+    y: np.ndarray
+    X_test: np.ndarray | None
+    y_test: np.ndarray | None
+    rules: list
+    seeds: list
+    steps: int
+    init_scale: object
+    starts: object
+    directions: np.ndarray | None
+
+
+def check_call(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, inits, outer_inits, X_test, y_test,
+               record, dtype) -> Checked:
+    """Every check of lgd.sweep's arguments that needs no backend, in one order, before any work: the model, the
+    loss, the data and held-out data, the stepsize rules (and the sharpness an inverse_sharpness rule needs), seeds,
+    steps, init_scale, the stepsizes' range in the dtype, the model's scale, sharpness_k against the parameters,
+    the starting points and the projection directions. lgd.distributed.sweep runs it too, before any batch."""
     if not isinstance(model, TwoLayerNet):
         raise TypeError(f"model must be an lgd.TwoLayerNet or lgd.Linear, got {type(model).__name__}")
     loss = _losses.get(loss)
-    checkpoint, checkpoint_every = _checkpoint.check_target(checkpoint, checkpoint_every)
     dtype = _run_dtype(dtype, X)
     X, y = check_data(X, y, loss, dtype, "X", "y")
     if (X_test is None) != (y_test is None):
@@ -188,7 +205,7 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
         if X_test.shape[1] != X.shape[1]:
             raise ValueError(f"X_test has {X_test.shape[1]} features but X has {X.shape[1]}")
     rules = _stepsize_rules(stepsizes)
-    if sharpness_every is None and any(rule.code == _stepsize.INVERSE_SHARPNESS for rule in rules):
+    if record.sharpness_every is None and any(rule.code == _stepsize.INVERSE_SHARPNESS for rule in rules):
         raise ValueError("lgd.stepsize.inverse_sharpness needs the sharpness measured: "
                          "record=lgd.Record(sharpness_every=s)")
     seeds = _check_seeds(seeds)
@@ -196,12 +213,30 @@ def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, init
     init_scale = check_init_scale(init_scale, init, inits)
     _check_stepsize_range(np.array([rule.eta for rule in rules]), dtype)
     check_scale(model, dtype)
-    n, d = X.shape
-    if sharpness_every is not None and sharpness_k > _trained_parameters(model, d):
-        raise ValueError(f"Record.sharpness_k asks for {sharpness_k} eigenvalues but the model has "
+    d = X.shape[1]
+    if record.sharpness_every is not None and record.sharpness_k > _trained_parameters(model, d):
+        raise ValueError(f"Record.sharpness_k asks for {record.sharpness_k} eigenvalues but the model has "
                          f"{_trained_parameters(model, d)} trained parameters")
-    starts = _starting_points(model, d, inits, outer_inits)
-    directions = _directions(record, model, d, dtype)
+    return Checked(loss=loss, dtype=dtype, X=X, y=y, X_test=X_test, y_test=y_test, rules=rules, seeds=seeds,
+                   steps=steps, init_scale=init_scale, starts=_starting_points(model, d, inits, outer_inits),
+                   directions=_directions(record, model, d, dtype))
+
+
+def _sweep(X, y, model, loss, stepsizes, steps, seeds, *, init, init_scale, inits, outer_inits, X_test, y_test,
+           record, compute, divergence, checkpoint, checkpoint_every, caller: str) -> Sweep:
+    """The body of :func:`sweep` (and :func:`gd`, its `caller`, which a checkpoint records for
+    :func:`lgd.resume`), with ``record`` and ``compute`` resolved."""
+    divergence = _options.as_divergence(divergence)
+    record_every, neuron_margins = record.every, record.neuron_margins
+    sharpness_every, sharpness_k, sharpness_points = record.sharpness_every, record.sharpness_k, record.sharpness_points
+    backend, progress = compute.backend, compute.progress
+    checked = check_call(X, y, model, loss, stepsizes, steps, seeds, init=init, init_scale=init_scale, inits=inits,
+                         outer_inits=outer_inits, X_test=X_test, y_test=y_test, record=record, dtype=compute.dtype)
+    loss, dtype, X, y = checked.loss, checked.dtype, checked.X, checked.y
+    X_test, y_test, rules, seeds, steps = checked.X_test, checked.y_test, checked.rules, checked.seeds, checked.steps
+    init_scale, starts, directions = checked.init_scale, checked.starts, checked.directions
+    checkpoint, checkpoint_every = _checkpoint.check_target(checkpoint, checkpoint_every)
+    n, d = X.shape
     risk_bound = divergence.risk * max(1.0, _zero_predictor_risk(y, loss))
     device_input = _backends.on_device(X)
     backend = _backends.resolve(backend, X, (model.activation, loss))

@@ -388,6 +388,9 @@ def test_bad_input_fails_before_any_batch(tmp_path):
         distributed.sweep(X, np.zeros(len(Y)), NET, client=recorder, stepsizes=[1.0], steps=5)
     with pytest.raises(ValueError, match="batch_size"):
         distributed.sweep(X, Y, NET, client=recorder, stepsizes=[1.0], steps=5, batch_size=0)
+    with pytest.raises(ValueError, match="sharpness_k asks for 1000 eigenvalues"):  # lgd.sweep's own check
+        distributed.sweep(X, Y, NET, client=recorder, stepsizes=[1.0], steps=5,
+                          record=lgd.Record(sharpness_every=1, sharpness_k=1000))
     with pytest.raises(ValueError, match="seeds"):
         distributed.grid({"xor": (X, Y)}, widths=[2], stepsizes=[1.0], seeds=(1, 1), client=recorder)
     with pytest.raises(ValueError, match="widths"):
