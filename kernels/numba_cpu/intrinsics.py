@@ -206,7 +206,7 @@ def dot_lanes(typingctx, a, p, count):
         count = args[2]
         vectors = 8 // lanes
         acc = [cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in range(vectors)]
-        with cgutils.for_range(builder, builder.udiv(count, ir.Constant(count.type, 8))) as loop:
+        with cgutils.for_range(builder, builder.sdiv(count, ir.Constant(count.type, 8))) as loop:
             base = builder.mul(loop.index, ir.Constant(count.type, 8))
             for v in range(vectors):
                 at = builder.add(base, ir.Constant(count.type, v * lanes))
@@ -271,7 +271,7 @@ def product_lanes(typingctx, a, p, e, count):
         def load(data, at):
             return builder.load(builder.bitcast(builder.gep(data, [at]), vector.as_pointer()), align=bits // 8)
 
-        whole = builder.udiv(count, step)
+        whole = builder.sdiv(count, step)  # a negative count: no iteration
         with cgutils.for_range(builder, whole) as loop:
             base = builder.mul(loop.index, step)
             for half in range(2):
@@ -329,7 +329,7 @@ def narrowed_square_lanes(typingctx, flat, count):
         data = context.make_array(signature.args[0])(context, builder, args[0]).data
         count = args[1]
         acc = cgutils.alloca_once_value(builder, ir.Constant(vector, None))
-        with cgutils.for_range(builder, builder.udiv(count, ir.Constant(count.type, 8))) as loop:
+        with cgutils.for_range(builder, builder.sdiv(count, ir.Constant(count.type, 8))) as loop:
             at = builder.bitcast(builder.gep(data, [builder.mul(loop.index, ir.Constant(count.type, 8))]),
                                  vector.as_pointer())
             narrowed = builder.fpext(builder.fptrunc(builder.load(at, align=8), narrow_vector), vector)

@@ -148,7 +148,7 @@ def _span(context, builder, source, targets, compute, count, element):
     compiles the product form's code but never runs it)."""
     narrow, load, store = _memory(builder, element)
     lanes = ir.Constant(count.type, LANES)
-    whole = builder.udiv(count, lanes)
+    whole = builder.sdiv(count, lanes)  # a negative count: no iteration, and no rest
     with cgutils.for_range(builder, whole) as loop:
         at = builder.mul(loop.index, lanes)
         for pointer, value in zip(targets, compute(load(builder.gep(source, [at])))):
