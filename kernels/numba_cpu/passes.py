@@ -23,6 +23,8 @@ from .compiler import target_avx512
 # The table form needs AVX-512's permutes and scaling (x86 intrinsics that do not select on an AVX2 target).
 TABLE_EXP = target_avx512()
 LANES = 8
+# The table's two registers of eight lanes, which one vpermi2pd reads (index bits 0-3; the higher bits ignored).
+assert _poly.EXP_TABLE_SIZE == 2 * LANES
 # Below this e^x is 0 (and the reduction stays exact): exp_nonpositive's clamp.
 _CLAMP = -746.0
 
@@ -97,7 +99,7 @@ def exp_polynomial(builder, xc):
 
 
 def exp_of_z(builder, z, table):
-    """e^-|z| of a vector z: -|z| clamped from below as exp_nonpositive's callers clamp it (a nan passes)."""
+    """e^-|z| of a vector z: -|z| clamped from below as exp_nonpositive clamps it (a nan passes)."""
     fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VECTOR, [_VECTOR]), "llvm.fabs.v8f64")
     x = builder.fneg(builder.call(fabs, [z]))
     xc = builder.select(builder.fcmp_ordered("<", x, _splat(_CLAMP)), _splat(_CLAMP), x)
