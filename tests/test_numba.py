@@ -1565,8 +1565,9 @@ def _entries_of_z():
 def test_vector_exp_of_minus_abs_z(form):
     """passes' e^-|z|, eight lanes at a time and the rest through a vector in memory: the polynomial form
     (hosts without AVX-512) is exp_nonpositive bit for bit; the table form (AVX-512) within 0.78 ulp of mpmath's
-    over the normal range and 1 ulp of the subnormals' spacing, 1 at 0, 0 below the underflow and at infinities, nan kept. Either gives
-    every entry the same bits at any position of a span of any length, and writes nothing beyond it."""
+    over the normal range and 1 ulp of the subnormals' spacing, 1 at 0, 0 below the underflow and at infinities,
+    nan kept. Either gives every entry the same bits at any position of a span of any length, writes nothing
+    beyond it, and nothing for a negative count."""
     mpmath = pytest.importorskip("mpmath")
     from numba import njit
     _needs_avx512(form)
