@@ -1536,7 +1536,7 @@ def _vector_passes():
         @njit
         def products(c, z, count):
             """(e, l, phi', phi'') of z's first count entries, and the three entries after them untouched."""
-            out = np.full((4, z.size), -7.0)
+            out = np.full((4, z.size), -7.0, z.dtype)
             out[0] = z
             product_pass(c, out[0], out[1], out[2], out[3], count)
             return out
@@ -1609,7 +1609,7 @@ def test_vector_exp_of_minus_abs_z(form):
 def test_vector_product_pass_entries(form, c):
     """passes' product form's pass: from its own e (the exp pass's bits), l = max(z, c z), phi' = (1 - c)
     (1 / (1 + e) or e / (1 + e)) + c and phi'' = (1 - c) (e r1) r1 as numpy forms them, bit for bit, over spans of
-    every length up to 17, nothing written beyond them."""
+    every length up to 17, nothing written beyond them; float32 spans as the float64 values rounded."""
     _needs_avx512(form)
     exps, products = _vector_passes()[form]
     z = _entries_of_z()
@@ -1628,6 +1628,11 @@ def test_vector_product_pass_entries(form, c):
         part = products(c, z[3:3 + count + 3], count)
         np.testing.assert_array_equal(part[:, :count], out[:, 3:3 + count])
         assert (part[1:, count:] == -7.0).all()
+    # float32 spans (which a float32 kernel compiles, never runs): the float64 values of their z, rounded
+    with np.errstate(over="ignore"):
+        z32 = z.astype(np.float32)  # 1e300 becomes inf
+        np.testing.assert_array_equal(products(c, z32, z.size), products(c, z32.astype(np.float64), z.size).astype(
+            np.float32))
 
 
 def test_float32_exp_softplus_and_sigmoid_accuracy():

@@ -51,6 +51,17 @@ def fma(typingctx, x, y, z):
     return x(x, y, z), codegen
 
 
+def llvm_fma(builder, x, y, z):
+    """The instruction llvm.fma(x, y, z) (one rounding) for float32 or float64 scalars or vectors of any length,
+    all three of one type: what the intrinsics' code generators call."""
+    kind = x.type
+    element = kind.element if isinstance(kind, ir.VectorType) else kind
+    bits = 64 if isinstance(element, ir.DoubleType) else 32
+    name = f"llvm.fma.v{kind.count}f{bits}" if isinstance(kind, ir.VectorType) else f"llvm.fma.f{bits}"
+    return builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(kind, [kind] * 3), name),
+                        [x, y, z])
+
+
 @intrinsic
 def like(typingctx, array, value):
     """value converted to the dtype of array, in compiled code: float32 runs compute in float32."""
@@ -145,8 +156,6 @@ def vector_ops(context, builder, dtype, vector_bytes=VECTOR_BYTES):
     lanes = vector_bytes // (dtype.bitwidth // 8)
     vector = ir.VectorType(element, lanes)
     align = dtype.bitwidth // 8
-    fma_fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
-                                            f"llvm.fma.v{lanes}f{dtype.bitwidth}")
     zeros = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
 
     def load(pointer):
@@ -159,7 +168,7 @@ def vector_ops(context, builder, dtype, vector_bytes=VECTOR_BYTES):
         one = builder.insert_element(ir.Constant(vector, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
         return builder.shuffle_vector(one, ir.Constant(vector, ir.Undefined), zeros)
 
-    return vector, lanes, load, store, broadcast, lambda a, b, c: builder.call(fma_fn, [a, b, c])
+    return vector, lanes, load, store, broadcast, lambda a, b, c: llvm_fma(builder, a, b, c)
 
 
 def _columns_of(vector_bytes):
@@ -251,10 +260,7 @@ def product_lanes(typingctx, a, p, e, count):
         acc = [[cgutils.alloca_once_value(builder, zeros) for _ in range(2)] for _ in range(3)]
 
         def fma(x, y, z):
-            """llvm.fma of x, y, z (scalars or vectors of any width)."""
-            name = f"llvm.fma.v{x.type.count}f{bits}" if isinstance(x.type, ir.VectorType) else f"llvm.fma.f{bits}"
-            function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(x.type, [x.type] * 3), name)
-            return builder.call(function, [x, y, z])
+            return llvm_fma(builder, x, y, z)
 
         def update(sum_, pos, neg, av, pv, ev, zero):
             """The three accumulators after the terms (av, pv, ev) (vectors, or scalars with a scalar zero)."""

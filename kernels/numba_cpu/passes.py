@@ -19,6 +19,7 @@ from numba.extending import intrinsic
 
 from .. import polynomials as _poly
 from .compiler import target_avx512
+from .intrinsics import llvm_fma
 
 # The table form needs AVX-512's permutes and scaling (x86 intrinsics that do not select on an AVX2 target).
 TABLE_EXP = target_avx512()
@@ -38,13 +39,8 @@ def _splat(value):
 
 
 def _fma(builder):
-    """fma(x, y, z) with one rounding (llvm.fma) of float64 scalars or vectors of any length."""
-    def fma(x, y, z):
-        kind = x.type
-        name = f"llvm.fma.v{kind.count}f64" if isinstance(kind, ir.VectorType) else "llvm.fma.f64"
-        return builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(kind, [kind] * 3), name),
-                            [x, y, z])
-    return fma
+    """fma(x, y, z) with one rounding (intrinsics.llvm_fma) at this builder."""
+    return lambda x, y, z: llvm_fma(builder, x, y, z)
 
 
 def _reduce(builder, xc, shifter):
