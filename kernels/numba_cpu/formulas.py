@@ -208,8 +208,9 @@ def product_alpha(spec, a):
 def product_span(c, z, p, q, r, count):
     """The product form's pass over `count` entries (1-d spans z, p, q and, unless r is None, r; rows of m one
     after another, or one neuron's entries of several samples): z[k] becomes e = e^-|z|, p[k] l = max(z, c z),
-    q[k] phi' = c + (1 - c) sigmoid(z) (as activate_span forms it, from the same e) and r[k] phi''. In vector code
-    (passes.product_pass: exp by a table where the target has AVX-512)."""
+    q[k] phi' = c + (1 - c) sigmoid(z) (from the same e as activate_span; its sigmoid in one division, within an
+    ulp of activate_span's) and r[k] phi''. In vector code (passes.product_pass: exp by a table where the target
+    has AVX-512)."""
     product_pass(c, z, p, q, r, count)
 
 

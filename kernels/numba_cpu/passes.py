@@ -7,9 +7,9 @@ outputs in product form (formulas.product_span). Where numba's target has AVX-51
 a table of 2^(j/16) with a two-register permute and applies 2^k with ``vscalefpd``, LLVM emitting neither from
 the loops numba gives it: a polynomial of degree 6 where the table-free form needs 11 (docs/performance.md).
 Elsewhere exp is exp_log1p.exp_nonpositive's operations one for one, so that a host without AVX-512 computes
-the bits it computed before. The rest of an entry's formulas are written as the scalar code wrote them (the
-same operations, so the same bits), in the loop that computes its exp, where the sigmoid's division overlaps
-exp's fmas.
+the bits it computed before. The rest of an entry's formulas are in the loop that computes its exp, where the
+sigmoid's division overlaps exp's fmas: l as the scalar code forms it (the same bits), phi' with its sigmoid
+in one division (within an ulp of activate_span's, which takes e times 1 / (1 + e) for z < 0).
 """
 
 from llvmlite import ir
@@ -104,8 +104,12 @@ def exp_of_z(builder, z, table):
 
 def entries(builder, z, c, table, curvature):
     """(e, l, phi', phi'' or None) of a vector z, c the (double) parameter of the softplus family: e = e^-|z|,
-    r1 = 1 / (1 + e), l = max(z, c z) (max(z, 0) where c = 0), phi' = (1 - c) (r1 if z >= 0 else e r1) + c,
-    phi'' = (1 - c) (e r1) r1; max as numba's (the second where it is greater, else the first)."""
+    l = max(z, c z) (max(z, 0) where c = 0; as numba's max, the second where it is greater, else the first),
+    phi' = (1 - c) ((1 if z >= 0 else e) / (1 + e)) + c, phi'' = (1 - c) (e r1) r1 with r1 = 1 / (1 + e).
+    The sigmoid is one division, correctly rounded: taking it as e r1 for z < 0 (activate_span's form, which
+    shares r1 with its log1p) cost a multiply more on the FMA pipes that bound this loop (docs/performance.md).
+    c lies in [0, 1] (the catalog's bound), so l is z where z >= 0 and c z (or 0) below: a blend on the sign
+    test phi' takes anyway, in place of a max."""
     fma = _fma(builder)
     e = exp_of_z(builder, z, table)
 
@@ -114,13 +118,17 @@ def entries(builder, z, c, table, curvature):
         return builder.shuffle_vector(one, ir.Constant(_VECTOR, ir.Undefined),
                                       ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
     cz, cbar = broadcast(c), broadcast(builder.fsub(ir.Constant(_DOUBLE, 1.0), c))
-    r1 = builder.fdiv(_splat(1.0), builder.fadd(_splat(1.0), e))
+    u = builder.fadd(_splat(1.0), e)
+    upper = builder.fcmp_unordered(">=", z, _splat(0.0))  # z >= 0 or nan
     other = builder.select(builder.fcmp_unordered("!=", c, ir.Constant(_DOUBLE, 0.0)), builder.fmul(cz, z),
                            _splat(0.0))
-    lin = builder.select(builder.fcmp_ordered(">", other, z), other, z)
+    lin = builder.select(upper, z, other)
+    dphi = fma(cbar, builder.fdiv(builder.select(upper, _splat(1.0), e), u), cz)
+    if not curvature:
+        return e, lin, dphi, None
+    r1 = builder.fdiv(_splat(1.0), u)
     er1 = builder.fmul(e, r1)
-    dphi = fma(cbar, builder.select(builder.fcmp_ordered(">=", z, _splat(0.0)), r1, er1), cz)
-    return e, lin, dphi, builder.fmul(builder.fmul(cbar, er1), r1) if curvature else None
+    return e, lin, dphi, builder.fmul(builder.fmul(cbar, er1), r1)
 
 
 def _memory(builder, element):
