@@ -69,13 +69,16 @@ def plot_runs(runs, title: str | None = None):
 
 def _label(run, runs) -> str:
     """The run's stepsize (its rule's spec under a rule other than a constant one), with its seed and start
-    where the runs drawn differ in them, and its status unless completed."""
+    where the runs drawn differ in them, and its status unless completed (a diverged run's with the step it
+    diverged at)."""
     rule = run.stepsize_rule
     label = f"eta = {number_text(run.stepsize)}" if rule is None or rule.startswith("constant(") else rule
     if len({other.seed for other in runs}) > 1:
         label += f", seed {run.seed}"
     if len({other.init_index for other in runs}) > 1:
         label += f", start {run.init_index}"
+    if run.status == "diverged":  # its curves end at the last record before that step
+        return label + f" (diverged at step {run.diverged_step})"
     return label + ("" if run.status == "completed" else f" ({run.status})")
 
 

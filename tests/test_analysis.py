@@ -198,7 +198,8 @@ def test_stable_rate_of_a_run_whose_risk_underflowed(template):
 
 def test_the_runs_figure_draws_every_run_and_tells_them_apart(tmp_path):
     """lgd.plot: a single Run is a figure of one run; a run whose risk underflowed to 0.0 stays in the risk and
-    rate panels (log10 of its log-risk); labels name the rule and the seed where runs differ in them."""
+    rate panels (log10 of its log-risk); labels name the rule and the seed where runs differ in them, and the
+    step a diverged run diverged at."""
     pytest.importorskip("matplotlib")
     import matplotlib
 
@@ -222,3 +223,10 @@ def test_the_runs_figure_draws_every_run_and_tells_them_apart(tmp_path):
     assert min(line.get_ydata().min() for line in drawn) == pytest.approx(-1e5 / math.log(10))
     assert all(len(line.get_xdata()) == 20 for line in drawn) and ax_risk.get_ylabel() == "log10 L(W_t)"
     assert all(len(line.get_xdata()) == 20 for line in ax_rate.get_lines())
+    # a diverged run's label says at which step: its curves end at the last record before it
+    diverged = lgd.gd(X, y, lgd.TwoLayerNet(8), "squared", stepsize=1e7, steps=20, record=lgd.Record(every=10),
+                      compute="numpy")
+    assert diverged.status == "diverged" and 0 < diverged.diverged_step < 10
+    ax_risk = plot.plot_runs([run, diverged]).axes[0]
+    assert [line.get_label() for line in ax_risk.get_lines() if not line.get_label().startswith("_")] == [
+        "eta = 50", f"eta = 1e+07 (diverged at step {diverged.diverged_step})"]
