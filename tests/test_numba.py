@@ -1607,24 +1607,35 @@ def test_vector_exp_of_minus_abs_z(form):
 @pytest.mark.parametrize("form", ["polynomial", "table"])
 @pytest.mark.parametrize("c", [0.5, 0.0, 0.1])
 def test_vector_product_pass_entries(form, c):
-    """passes' product form's pass: from its own e (the exp pass's bits), l = max(z, c z), phi' = (1 - c)
-    ((1 or e) / (1 + e), one division) + c and phi'' = (1 - c) (e r1) r1 (r1 = 1 / (1 + e)) as numpy forms them,
-    bit for bit, over spans of every length up to 17, nothing written beyond them; float32 spans as the float64
-    values rounded."""
+    """passes' product form's pass: from its own e (the exp pass's bits), l = max(z, c z), phi' = (1 - c) s + c
+    with s = (1 or e) / (1 + e) (one division) and phi'' = (1 - c) (e s) s (z >= 0) or (1 - c) s (1 - s) as numpy
+    forms them, bit for bit, over spans of every length up to 17, nothing written beyond them; phi'' within 4 ulp
+    of (1 - c) e / (1 + e)^2 (mpmath; measured 3.6 where z >= 0, 2.2 below); float32 spans as the float64 values
+    rounded."""
     _needs_avx512(form)
     exps, products = _vector_passes()[form]
     z = _entries_of_z()
     out = products(c, z, z.size)
     e = out[0]
     np.testing.assert_array_equal(e, exps(z, z.size)[:z.size])
-    r1 = 1.0 / (1.0 + e)
     with np.errstate(invalid="ignore"):
         lin = np.where(c * z > z, c * z, z) if c != 0.0 else np.where(0.0 > z, 0.0, z)
-        dphi = (1.0 - c) * (np.where(z >= 0.0, 1.0, e) / (1.0 + e))
+        s = np.where(z >= 0.0, 1.0, e) / (1.0 + e)
+        upper = ~(z < 0.0)  # nan included
+    dphi = (1.0 - c) * s
     # numpy has no fma: phi' = fma(1 - c, sigmoid, c) within an ulp of the product rounded first
     np.testing.assert_array_equal(out[1], lin)
     np.testing.assert_allclose(out[2], dphi + c, rtol=2.3e-16, atol=0)
-    np.testing.assert_array_equal(out[3], (1.0 - c) * (e * r1) * r1)
+    np.testing.assert_array_equal(out[3], np.where(upper, (1.0 - c) * (e * s) * s, (1.0 - c) * s * (1.0 - s)))
+    # phi'' against mpmath where it is a normal number (subnormal e's spacing is not relative)
+    mpmath = pytest.importorskip("mpmath")
+    with mpmath.workprec(120):
+        for v, got in zip(z[::97], out[3][::97]):
+            if np.isfinite(v):
+                ev = mpmath.exp(-abs(mpmath.mpf(float(v))))
+                want = (1 - mpmath.mpf(c)) * ev / (1 + ev) ** 2
+                if want >= np.finfo(float).tiny:
+                    assert abs(mpmath.mpf(float(got)) - want) <= 4 * np.spacing(float(want)), v
     for count in range(18):
         part = products(c, z[3:3 + count + 3], count)
         np.testing.assert_array_equal(part[:, :count], out[:, 3:3 + count])
